@@ -1,0 +1,62 @@
+/* Internal: logging, error text, time and environment helpers. */
+#ifndef MC_LOG_H
+#define MC_LOG_H
+
+#include <stdint.h>
+
+#include "mooncake/mooncake.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { MC_LOG_ERROR = 0, MC_LOG_WARN = 1, MC_LOG_INFO = 2, MC_LOG_DEBUG = 3 };
+
+/* Current level, from MOONCAKE_LOG_LEVEL (error|warn|info|debug or 0-3;
+ * default warn). */
+int mc_log_level(void);
+
+/* Print one line to stderr: "mooncake[pid] LEVEL: text". */
+void mc_log(int level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#define MC_LOG(lvl, ...)                                                       \
+    do {                                                                       \
+        if ((lvl) <= mc_log_level()) mc_log((lvl), __VA_ARGS__);               \
+    } while (0)
+
+/* Record `fmt` as this thread's last error (mc_last_error()) and return st.
+ * Logs it at debug level; callers that decide a failure the user must see
+ * log it themselves once. */
+mc_status_t mc_err(mc_status_t st, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Call; on a negative status store it in `st` and jump to `label`
+ * (NCCLCHECKGOTO). */
+#define MC_CHECK_GOTO(call, st, label)                                         \
+    do {                                                                       \
+        (st) = (call);                                                         \
+        if ((st) < 0) goto label;                                              \
+    } while (0)
+
+#define MC_CHECK(call)                                                         \
+    do {                                                                       \
+        mc_status_t mc_check_st_ = (call);                                     \
+        if (mc_check_st_ < 0) return mc_check_st_;                             \
+    } while (0)
+
+/* Monotonic clock in microseconds. */
+int64_t mc_now_us(void);
+
+/* Deadline helpers: timeout_ms < 0 means none (INT64_MAX). */
+int64_t mc_deadline_us(int64_t timeout_ms);
+
+/* Integer from the environment; `def` if unset or unparsable (logged). */
+int64_t mc_env_int(const char *name, int64_t def);
+/* String from the environment, or `def`. */
+const char *mc_env_str(const char *name, const char *def);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MC_LOG_H */

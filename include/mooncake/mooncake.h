@@ -1,0 +1,440 @@
+/*
+ * mooncake — a fault-tolerant collective-communication engine.
+ *
+ * Public C API. Every symbol is prefixed `mc_`; handles are opaque pointers
+ * (`_h`); output parameters come last, end in `_p`, and are written only on
+ * success.
+ *
+ * Threading: a communicator may be used from several threads, but the
+ * collectives of one communicator must be *issued* in the same order on every
+ * rank (as in NCCL and MPI). Requests may be waited on from any thread.
+ *
+ * Errors: every call returns an mc_status_t. On failure a human-readable
+ * description of the first failure is kept per communicator
+ * (mc_comm_last_error) and per thread (mc_last_error).
+ */
+#ifndef MOONCAKE_MOONCAKE_H
+#define MOONCAKE_MOONCAKE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MC_VERSION_MAJOR 0
+#define MC_VERSION_MINOR 1
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                             */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Status of every call. MC_OK is success, MC_INPROGRESS a pending request,
+ * negative values failures. Peer and membership failures live in their own
+ * range (<= -100) so callers can tell "my arguments are wrong" from "the
+ * group changed".
+ */
+typedef enum mc_status {
+    MC_OK = 0,
+    MC_INPROGRESS = 1,
+
+    MC_ERR_INVALID_ARG = -1, /**< a parameter is invalid; message names it */
+    MC_ERR_NO_MEMORY = -2,   /**< allocation failed */
+    MC_ERR_UNSUPPORTED = -3, /**< the operation is not supported here */
+    MC_ERR_TIMEOUT = -4,     /**< the operation or wait timed out */
+    MC_ERR_IO = -5,          /**< a system call failed (see message) */
+    MC_ERR_INTERNAL = -6,    /**< a bug in mooncake */
+    MC_ERR_NOT_FOUND = -7,   /**< a store key does not exist */
+    MC_ERR_PROTOCOL = -8,    /**< malformed or out-of-bounds data received */
+    MC_ERR_STORE = -9,       /**< the bootstrap store failed */
+
+    MC_ERR_MISMATCH = -100,    /**< ranks called different operations */
+    MC_ERR_PEER_FAILED = -101, /**< a peer process failed */
+    MC_ERR_EVICTED = -102,     /**< this rank was removed from the group */
+    MC_ERR_NO_QUORUM = -103,   /**< this rank is on a minority side */
+    MC_ERR_ROOT_FAILED = -104, /**< the root of a rooted op is not active */
+} mc_status_t;
+
+/** Static text for a status code. Never NULL. */
+const char *mc_status_str(mc_status_t status);
+
+/**
+ * Text of the last failure reported by a mooncake call on the calling
+ * thread (empty string if none). Valid until the next failing call on this
+ * thread.
+ */
+const char *mc_last_error(void);
+
+/* ------------------------------------------------------------------------ */
+/* Data types and reduction operators                                       */
+/* ------------------------------------------------------------------------ */
+
+typedef enum mc_dtype {
+    MC_INT8 = 0,
+    MC_UINT8,
+    MC_INT16,
+    MC_UINT16,
+    MC_INT32,
+    MC_UINT32,
+    MC_INT64,
+    MC_UINT64,
+    MC_BOOL,          /**< one byte, 0 or non-zero */
+    MC_FLOAT16,       /**< IEEE 754 binary16 */
+    MC_BFLOAT16,      /**< bfloat16 (upper half of binary32) */
+    MC_FLOAT32,
+    MC_FLOAT64,
+    MC_FLOAT8_E4M3,   /**< OCP fp8 E4M3 "fn": no infinities, NaN = S.1111.111 */
+    MC_FLOAT8_E5M2,   /**< OCP fp8 E5M2 (IEEE-like, has inf and NaN) */
+    MC_DTYPE_COUNT
+} mc_dtype_t;
+
+/**
+ * Reduction operators.
+ *
+ * Floating types: every reduction step computes in binary32 (binary64 for
+ * MC_FLOAT64) and rounds the result to the element type with
+ * round-to-nearest-even. fp16/bf16/fp8 results therefore carry one rounding
+ * per step, as in NCCL. Out-of-range values become +-inf for fp16, bf16 and
+ * e5m2, and NaN for e4m3 (which has no infinity), matching PyTorch's casts.
+ * MIN and MAX propagate NaN.
+ *
+ * MC_AVG divides the sum by the number of contributing ranks once, at the
+ * end; for integer types the division truncates toward zero.
+ * MC_BAND/BOR/BXOR are for integer types and bool only.
+ * For MC_BOOL, SUM and MAX mean logical or, PROD and MIN logical and.
+ */
+typedef enum mc_redop {
+    MC_SUM = 0,
+    MC_PROD,
+    MC_MIN,
+    MC_MAX,
+    MC_AVG,
+    MC_BAND,
+    MC_BOR,
+    MC_BXOR,
+    MC_REDOP_COUNT
+} mc_redop_t;
+
+/** Size in bytes of one element, or 0 for an invalid dtype. */
+size_t mc_dtype_size(mc_dtype_t dtype);
+/** Lower-case name ("float32", "bfloat16", ...), or "invalid". */
+const char *mc_dtype_name(mc_dtype_t dtype);
+/** Lower-case name ("sum", "avg", ...), or "invalid". */
+const char *mc_redop_name(mc_redop_t op);
+
+/* ------------------------------------------------------------------------ */
+/* Bootstrap store                                                          */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * A key/value store over byte strings that all ranks can reach, used only to
+ * exchange addresses while a communicator is created (and, later, for
+ * membership). The torch shim plugs in torch's c10d::Store; C users can use
+ * the file-system store below.
+ *
+ * All slots are required. They may be called from any thread; an
+ * implementation must be thread-safe. `timeout_ms < 0` waits forever.
+ */
+typedef struct mc_store_ops {
+    size_t size; /**< sizeof(mc_store_ops_t), for versioning */
+    /** Set key to value (overwrites). */
+    mc_status_t (*set)(void *ctx, const char *key, const void *val, size_t len);
+    /**
+     * Wait until key exists (at most timeout_ms), then copy at most cap bytes
+     * of its value to buf and store the full length in *len_p. Returns
+     * MC_ERR_TIMEOUT if the key did not appear in time.
+     */
+    mc_status_t (*get)(void *ctx, const char *key, int64_t timeout_ms,
+                       void *buf, size_t cap, size_t *len_p);
+    /** Non-blocking existence test: *exists_p = 1 if key exists. */
+    mc_status_t (*check)(void *ctx, const char *key, int *exists_p);
+    /**
+     * Atomically: if the key's value equals `expected` (or the key is absent
+     * and expected_len == 0), set it to `desired`. Always copies the value
+     * after the operation (at most cap bytes) to cur and its length to
+     * *cur_len_p.
+     */
+    mc_status_t (*compare_set)(void *ctx, const char *key,
+                               const void *expected, size_t expected_len,
+                               const void *desired, size_t desired_len,
+                               void *cur, size_t cap, size_t *cur_len_p);
+    /**
+     * Atomically add delta to the 64-bit integer stored under key (absent
+     * means 0; stored as decimal text) and return the new value.
+     */
+    mc_status_t (*add)(void *ctx, const char *key, int64_t delta,
+                       int64_t *value_p);
+    /** Delete a key; absent keys are not an error. */
+    mc_status_t (*del)(void *ctx, const char *key);
+    /** Release ctx. Called by mc_store_destroy. May be a no-op. */
+    void (*destroy)(void *ctx);
+} mc_store_ops_t;
+
+typedef struct mc_store *mc_store_h;
+
+/** Wrap a user store. ops is copied; ctx is owned by the caller until
+ *  mc_store_destroy calls ops->destroy(ctx). */
+mc_status_t mc_store_create(const mc_store_ops_t *ops, void *ctx,
+                            mc_store_h *store_p);
+
+/**
+ * File-system store: one file per key under `dir` (created if missing),
+ * written with write-to-temporary + rename so readers never see partial
+ * values; compare_set and add are serialised with flock on a lock file.
+ * Works across processes on one host (or a shared file system).
+ */
+mc_status_t mc_store_file_create(const char *dir, mc_store_h *store_p);
+
+/** A store that prefixes every key with `prefix` and forwards to `base`
+ *  (which must outlive it). */
+mc_status_t mc_store_prefix_create(mc_store_h base, const char *prefix,
+                                   mc_store_h *store_p);
+
+void mc_store_destroy(mc_store_h store);
+
+mc_status_t mc_store_set(mc_store_h s, const char *key, const void *val,
+                         size_t len);
+mc_status_t mc_store_get(mc_store_h s, const char *key, int64_t timeout_ms,
+                         void *buf, size_t cap, size_t *len_p);
+mc_status_t mc_store_check(mc_store_h s, const char *key, int *exists_p);
+mc_status_t mc_store_compare_set(mc_store_h s, const char *key,
+                                 const void *expected, size_t expected_len,
+                                 const void *desired, size_t desired_len,
+                                 void *cur, size_t cap, size_t *cur_len_p);
+mc_status_t mc_store_add(mc_store_h s, const char *key, int64_t delta,
+                         int64_t *value_p);
+mc_status_t mc_store_del(mc_store_h s, const char *key);
+
+/* ------------------------------------------------------------------------ */
+/* Communicator                                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct mc_comm *mc_comm_h;
+typedef struct mc_request *mc_request_h;
+
+typedef enum mc_transport_kind {
+    MC_TRANSPORT_AUTO = 0, /**< shm to same-host peers, TCP otherwise */
+    MC_TRANSPORT_TCP,      /**< TCP to every peer */
+    MC_TRANSPORT_SHM,      /**< shared memory; every peer must be local */
+} mc_transport_kind_t;
+
+/** Communicator options. Initialise with mc_comm_config_init, then set. */
+typedef struct mc_comm_config {
+    size_t size;           /**< sizeof(mc_comm_config_t) */
+    const char *name;      /**< store key prefix; default "mc" */
+    int64_t timeout_ms;    /**< per-operation timeout; default 300000 */
+    int64_t init_timeout_ms; /**< create timeout; default 300000 */
+    mc_transport_kind_t transport; /**< default from MOONCAKE_TRANSPORT */
+} mc_comm_config_t;
+
+/**
+ * Fill cfg with defaults, reading the environment: MOONCAKE_TRANSPORT
+ * (auto|tcp|shm), MOONCAKE_TIMEOUT_MS.
+ */
+void mc_comm_config_init(mc_comm_config_t *cfg);
+
+/**
+ * Create a communicator of `size` ranks; collective over all of them (every
+ * rank calls it with the same size and a store reaching the same keys).
+ * cfg may be NULL for defaults. The store must outlive the call only.
+ * Errors: MC_ERR_INVALID_ARG (rank/size), MC_ERR_TIMEOUT (a peer did not show
+ * up within init_timeout_ms), MC_ERR_IO.
+ */
+mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
+                           const mc_comm_config_t *cfg, mc_comm_h *comm_p);
+
+/**
+ * Destroy a communicator. Pending requests are completed with an error and
+ * must still be freed by their owner. Not collective; safe at any time.
+ */
+void mc_comm_destroy(mc_comm_h comm);
+
+int mc_comm_rank(mc_comm_h comm);
+int mc_comm_size(mc_comm_h comm);
+
+/** Description of the communicator's last failure ("" if none). The string
+ *  is owned by the communicator and valid until the next failure. */
+const char *mc_comm_last_error(mc_comm_h comm);
+
+/** Name of the transport used to reach `peer` ("self", "shm", "tcp"). */
+const char *mc_comm_peer_transport(mc_comm_h comm, int peer);
+
+/* ------------------------------------------------------------------------ */
+/* Requests                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Wait for a request. timeout_ms < 0 waits forever (each operation still
+ * ends at the communicator's operation timeout). Returns the operation's
+ * status once it has finished, or MC_ERR_TIMEOUT if this wait ran out first
+ * (the request stays pending and may be waited on again).
+ */
+mc_status_t mc_request_wait(mc_request_h req, int64_t timeout_ms);
+
+/** Non-blocking: *done_p = 1 and the operation's status returned if
+ *  finished; *done_p = 0 and MC_INPROGRESS otherwise. Drives progress. */
+mc_status_t mc_request_test(mc_request_h req, int *done_p);
+
+/** For a finished receive: the source rank. */
+int mc_request_source(mc_request_h req);
+
+/**
+ * Release a request. If it is still pending the operation continues and the
+ * engine frees it when it finishes; the buffers must stay valid until then.
+ */
+void mc_request_free(mc_request_h req);
+
+/* ------------------------------------------------------------------------ */
+/* Collectives                                                              */
+/* ------------------------------------------------------------------------ */
+/*
+ * Every collective has a non-blocking form `mc_comm_iX(..., mc_request_h*)`
+ * and a blocking form `mc_comm_X(...)` (issue + wait + free). Collectives
+ * of one communicator must be issued in the same order with matching
+ * arguments on every rank; they complete in issue order. Ranks that disagree
+ * on operation, count, dtype, reduction op or root all fail with
+ * MC_ERR_MISMATCH. Counts of 0 are allowed.
+ *
+ * In-place forms follow NCCL: pass the same pointer (or the pointer to this
+ * rank's slot inside the receive buffer, as noted per call).
+ */
+
+/** recv[i] = op over ranks of send[i], i < count. In-place: send == recv. */
+mc_status_t mc_comm_iallreduce(mc_comm_h comm, const void *sendbuf,
+                               void *recvbuf, size_t count, mc_dtype_t dtype,
+                               mc_redop_t op, mc_request_h *req_p);
+mc_status_t mc_comm_allreduce(mc_comm_h comm, const void *sendbuf,
+                              void *recvbuf, size_t count, mc_dtype_t dtype,
+                              mc_redop_t op);
+
+/** recv (size*count elements) = concatenation of every rank's send (count).
+ *  In-place: sendbuf == recvbuf + rank*count elements. */
+mc_status_t mc_comm_iallgather(mc_comm_h comm, const void *sendbuf,
+                               void *recvbuf, size_t count, mc_dtype_t dtype,
+                               mc_request_h *req_p);
+mc_status_t mc_comm_allgather(mc_comm_h comm, const void *sendbuf,
+                              void *recvbuf, size_t count, mc_dtype_t dtype);
+
+/** Uneven allgather: rank r contributes recvcounts[r] elements placed at
+ *  recvbuf + displs[r] elements. sendcount must equal recvcounts[rank];
+ *  recvcounts/displs must be the same on every rank. In-place: sendbuf ==
+ *  recvbuf + displs[rank]. The arrays are copied; they need not outlive the
+ *  call. */
+mc_status_t mc_comm_iallgatherv(mc_comm_h comm, const void *sendbuf,
+                                size_t sendcount, void *recvbuf,
+                                const size_t *recvcounts, const size_t *displs,
+                                mc_dtype_t dtype, mc_request_h *req_p);
+mc_status_t mc_comm_allgatherv(mc_comm_h comm, const void *sendbuf,
+                               size_t sendcount, void *recvbuf,
+                               const size_t *recvcounts, const size_t *displs,
+                               mc_dtype_t dtype);
+
+/** send holds size*recvcount elements; rank r receives block r reduced over
+ *  ranks. In-place: recvbuf == sendbuf + rank*recvcount elements. */
+mc_status_t mc_comm_ireduce_scatter(mc_comm_h comm, const void *sendbuf,
+                                    void *recvbuf, size_t recvcount,
+                                    mc_dtype_t dtype, mc_redop_t op,
+                                    mc_request_h *req_p);
+mc_status_t mc_comm_reduce_scatter(mc_comm_h comm, const void *sendbuf,
+                                   void *recvbuf, size_t recvcount,
+                                   mc_dtype_t dtype, mc_redop_t op);
+
+/** Uneven reduce-scatter: send holds sum(recvcounts) elements, block r
+ *  (recvcounts[r] elements at offset sum(recvcounts[<r])) goes to rank r.
+ *  recvcounts must be the same on every rank. */
+mc_status_t mc_comm_ireduce_scatterv(mc_comm_h comm, const void *sendbuf,
+                                     void *recvbuf, const size_t *recvcounts,
+                                     mc_dtype_t dtype, mc_redop_t op,
+                                     mc_request_h *req_p);
+mc_status_t mc_comm_reduce_scatterv(mc_comm_h comm, const void *sendbuf,
+                                    void *recvbuf, const size_t *recvcounts,
+                                    mc_dtype_t dtype, mc_redop_t op);
+
+/** recv = root's send on every rank. In-place: send == recv (on non-roots
+ *  sendbuf is ignored). */
+mc_status_t mc_comm_ibroadcast(mc_comm_h comm, const void *sendbuf,
+                               void *recvbuf, size_t count, mc_dtype_t dtype,
+                               int root, mc_request_h *req_p);
+mc_status_t mc_comm_broadcast(mc_comm_h comm, const void *sendbuf,
+                              void *recvbuf, size_t count, mc_dtype_t dtype,
+                              int root);
+
+/** At root, recv = op over ranks of send; recvbuf is ignored elsewhere. */
+mc_status_t mc_comm_ireduce(mc_comm_h comm, const void *sendbuf,
+                            void *recvbuf, size_t count, mc_dtype_t dtype,
+                            mc_redop_t op, int root, mc_request_h *req_p);
+mc_status_t mc_comm_reduce(mc_comm_h comm, const void *sendbuf, void *recvbuf,
+                           size_t count, mc_dtype_t dtype, mc_redop_t op,
+                           int root);
+
+/** At root, recv (size*count) = concatenation of sends. In-place at root:
+ *  sendbuf == recvbuf + root*count elements. */
+mc_status_t mc_comm_igather(mc_comm_h comm, const void *sendbuf,
+                            void *recvbuf, size_t count, mc_dtype_t dtype,
+                            int root, mc_request_h *req_p);
+mc_status_t mc_comm_gather(mc_comm_h comm, const void *sendbuf, void *recvbuf,
+                           size_t count, mc_dtype_t dtype, int root);
+
+/** Rank r receives block r (count elements) of root's send (size*count).
+ *  In-place at root: recvbuf == sendbuf + root*count elements. */
+mc_status_t mc_comm_iscatter(mc_comm_h comm, const void *sendbuf,
+                             void *recvbuf, size_t count, mc_dtype_t dtype,
+                             int root, mc_request_h *req_p);
+mc_status_t mc_comm_scatter(mc_comm_h comm, const void *sendbuf, void *recvbuf,
+                            size_t count, mc_dtype_t dtype, int root);
+
+/** Block j of send (count elements) goes to rank j, arriving as block
+ *  `rank` of its recv. Not in-place (send and recv must not overlap). */
+mc_status_t mc_comm_ialltoall(mc_comm_h comm, const void *sendbuf,
+                              void *recvbuf, size_t count, mc_dtype_t dtype,
+                              mc_request_h *req_p);
+mc_status_t mc_comm_alltoall(mc_comm_h comm, const void *sendbuf,
+                             void *recvbuf, size_t count, mc_dtype_t dtype);
+
+/** Uneven all-to-all (MPI_Alltoallv): sendcounts[j] elements at
+ *  sendbuf + sdispls[j] go to rank j; recvcounts[j] elements from rank j land
+ *  at recvbuf + rdispls[j]. sendcounts[j] on rank i must equal recvcounts[i]
+ *  on rank j, else MC_ERR_MISMATCH. Arrays are copied. */
+mc_status_t mc_comm_ialltoallv(mc_comm_h comm, const void *sendbuf,
+                               const size_t *sendcounts, const size_t *sdispls,
+                               void *recvbuf, const size_t *recvcounts,
+                               const size_t *rdispls, mc_dtype_t dtype,
+                               mc_request_h *req_p);
+mc_status_t mc_comm_alltoallv(mc_comm_h comm, const void *sendbuf,
+                              const size_t *sendcounts, const size_t *sdispls,
+                              void *recvbuf, const size_t *recvcounts,
+                              const size_t *rdispls, mc_dtype_t dtype);
+
+mc_status_t mc_comm_ibarrier(mc_comm_h comm, mc_request_h *req_p);
+mc_status_t mc_comm_barrier(mc_comm_h comm);
+
+/* ------------------------------------------------------------------------ */
+/* Point-to-point                                                           */
+/* ------------------------------------------------------------------------ */
+/*
+ * Tagged send/receive, independent of the collective order. Messages from
+ * one sender with the same tag arrive in send order; a receive matches the
+ * oldest message with its (source, tag). A send completes once its buffer
+ * may be reused. The receive's count must equal the send's, else the
+ * receive fails with MC_ERR_MISMATCH.
+ */
+#define MC_ANY_SOURCE (-1)
+
+mc_status_t mc_comm_isend(mc_comm_h comm, const void *buf, size_t count,
+                          mc_dtype_t dtype, int peer, uint32_t tag,
+                          mc_request_h *req_p);
+mc_status_t mc_comm_send(mc_comm_h comm, const void *buf, size_t count,
+                         mc_dtype_t dtype, int peer, uint32_t tag);
+/** peer may be MC_ANY_SOURCE; mc_request_source tells the sender. */
+mc_status_t mc_comm_irecv(mc_comm_h comm, void *buf, size_t count,
+                          mc_dtype_t dtype, int peer, uint32_t tag,
+                          mc_request_h *req_p);
+mc_status_t mc_comm_recv(mc_comm_h comm, void *buf, size_t count,
+                         mc_dtype_t dtype, int peer, uint32_t tag);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOONCAKE_MOONCAKE_H */
