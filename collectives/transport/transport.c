@@ -1,0 +1,26 @@
+/* Stubs for transport slots a transport does not support (libfabric fi_no_*). */
+#include "transport/transport.h"
+
+#include "mc_log.h"
+
+mc_status_t mc_tl_stub_mem_reg(mc_tl_t *tl, void *addr, size_t len,
+                               mc_mr_t **mr_p)
+{
+    (void)tl, (void)addr, (void)len, (void)mr_p;
+    return MC_ERR_UNSUPPORTED;
+}
+
+mc_status_t mc_tl_stub_mem_dereg(mc_tl_t *tl, mc_mr_t *mr)
+{
+    (void)tl, (void)mr;
+    return MC_ERR_UNSUPPORTED;
+}
+
+mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src,
+                           mc_mr_t *lmr, uint64_t raddr, uint64_t rkey,
+                           size_t len, mc_xfer_t *x)
+{
+    (void)tl, (void)peer, (void)src, (void)lmr, (void)raddr, (void)rkey;
+    (void)len, (void)x;
+    return MC_ERR_UNSUPPORTED;
+}

@@ -1,0 +1,154 @@
+/*
+ * Internal transport interface (not installed). A transport moves ordered
+ * byte streams between this rank and a set of peers; the engine above it
+ * frames messages, matches them and runs the algorithms. Transports never
+ * see collective descriptors, and algorithms never see transport structs.
+ *
+ * Model
+ * -----
+ * For every (peer, channel) pair a transport provides two independent,
+ * reliable, in-order byte streams: one outgoing, one incoming. Channels
+ * separate traffic that must not block each other (collectives, tagged
+ * point-to-point). The engine posts transfers (mc_xfer_t); each stream
+ * completes its posted transfers strictly in FIFO order. A transfer is a
+ * contiguous byte range: a posted send is complete once all its bytes have
+ * been handed to the transport (the buffer may be reused); a posted receive
+ * is complete once exactly `len` bytes of the incoming stream have been
+ * written to `buf`. There are no message boundaries in the stream: the
+ * engine writes a header and then a payload, and reads them back the same
+ * way.
+ *
+ * Threading: the engine serialises every call into one transport instance
+ * (it holds its progress lock), so transports need no locks of their own
+ * except where they start helper threads.
+ *
+ * Blocking: only `create`/`connect` may block (bounded by their timeout)
+ * and `wait` (bounded by its timeout). `post_*` and `progress` never block.
+ *
+ * Ownership: a posted mc_xfer_t and its buffer belong to the transport
+ * until the xfer's status leaves MC_INPROGRESS; the engine owns them again
+ * after that (or after `destroy`).
+ *
+ * Failure (end of stream): when a peer dies or closes, each incoming
+ * (peer, channel) stream ends separately, after the bytes it still holds:
+ * it keeps serving posted receives, including ones posted after the death
+ * was noticed, from what the peer wrote before (socket buffer, ring). A
+ * receive fails with MC_ERR_PEER_FAILED only when its stream has no more
+ * bytes; later post_recv on that stream returns MC_ERR_PEER_FAILED without
+ * touching the xfer. Sends to a dead or closed peer fail (posted ones
+ * complete with MC_ERR_PEER_FAILED, later post_send returns it) as soon as
+ * the death is known, and peer_status reports it from then on. A clean
+ * close is logged at info level; the engine logs what matters to users.
+ * A transport never crashes or hangs on a dead peer.
+ *
+ * Slots a transport does not support point at stubs returning
+ * MC_ERR_UNSUPPORTED (see mc_tl_stub_*), never NULL.
+ */
+#ifndef MC_TRANSPORT_H
+#define MC_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mooncake/mooncake.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    MC_CH_COLL = 0,    /* collective frames, consumed in order */
+    MC_CH_P2P = 1,     /* tagged point-to-point frames */
+    MC_NUM_CHANNELS = 2
+};
+
+typedef struct mc_xfer mc_xfer_t;
+/* Completion callback, run from inside `progress` (or from `post_*` if the
+ * transfer completes immediately). It may post new transfers to the same
+ * transport (on any stream). */
+typedef void (*mc_xfer_cb_t)(mc_xfer_t *x);
+
+struct mc_xfer {
+    /* set by the engine before posting */
+    void *buf;          /* send: source bytes; recv: destination */
+    size_t len;         /* may be 0: completes at once, in FIFO order */
+    mc_xfer_cb_t cb;    /* may be NULL */
+    void *arg;          /* for the engine; the transport never reads it */
+    /* owned by the transport while posted */
+    size_t off;         /* bytes done so far */
+    struct mc_xfer *next;
+    /* MC_INPROGRESS while posted; MC_OK or a failure once done. Written by
+     * the transport last (after the data), read by the engine. */
+    volatile int status;
+};
+
+typedef struct mc_tl mc_tl_t;   /* one transport instance in one communicator */
+typedef struct mc_mr mc_mr_t;   /* registered memory (verbs, cuda) */
+
+typedef struct mc_tl_params {
+    int rank;
+    int size;
+    /* Store for address exchange; keys are already unique to this
+     * communicator, so a transport may use "<name>/<rank>/..." directly. */
+    mc_store_h store;
+    /* Random 64-bit id unique to this communicator instance, the same on all
+     * ranks (e.g. for naming shared-memory segments). */
+    uint64_t uid;
+    /* peers[r] != 0: this transport must connect to rank r. Never set for
+     * r == rank. The array has `size` entries and is valid during create and
+     * connect only. */
+    const uint8_t *peers;
+    int64_t timeout_ms;  /* bound for create + connect */
+} mc_tl_params_t;
+
+typedef struct mc_tl_ops {
+    size_t size;       /* sizeof(mc_tl_ops_t) */
+    const char *name;  /* "tcp", "shm", ... */
+
+    /* Allocate local resources (listening socket, shared segment) and
+     * publish this rank's address in the store. Must not wait for peers. */
+    mc_status_t (*create)(const mc_tl_params_t *p, mc_tl_t **tl_p);
+    /* Establish every stream to every peer in p->peers. Blocking, bounded by
+     * p->timeout_ms; symmetric (all those peers call it too). */
+    mc_status_t (*connect)(mc_tl_t *tl);
+    /* Queue a transfer on the outgoing / incoming stream of (peer, ch). */
+    mc_status_t (*post_send)(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x);
+    mc_status_t (*post_recv)(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x);
+    /* Move as many bytes as possible without blocking; run completion
+     * callbacks. Returns the number of transfers completed or partly
+     * advanced (0 if nothing moved). */
+    int (*progress)(mc_tl_t *tl);
+    /* Sleep until progress may be possible (data arrived, space freed, a
+     * peer failed) or timeout_us passed. Spurious early returns are fine. */
+    void (*wait)(mc_tl_t *tl, int64_t timeout_us);
+    /* Evidence of death known about `peer`: MC_OK or MC_ERR_PEER_FAILED. */
+    mc_status_t (*peer_status)(mc_tl_t *tl, int peer);
+
+    /* One-sided, registered memory (verbs, cuda). */
+    mc_status_t (*mem_reg)(mc_tl_t *tl, void *addr, size_t len,
+                           mc_mr_t **mr_p);
+    mc_status_t (*mem_dereg)(mc_tl_t *tl, mc_mr_t *mr);
+    mc_status_t (*put)(mc_tl_t *tl, int peer, const void *src, mc_mr_t *lmr,
+                       uint64_t raddr, uint64_t rkey, size_t len,
+                       mc_xfer_t *x);
+
+    /* Close everything. Posted transfers are abandoned (not completed). */
+    void (*destroy)(mc_tl_t *tl);
+} mc_tl_ops_t;
+
+/* Stubs for unsupported slots (transport.c). */
+mc_status_t mc_tl_stub_mem_reg(mc_tl_t *tl, void *addr, size_t len,
+                               mc_mr_t **mr_p);
+mc_status_t mc_tl_stub_mem_dereg(mc_tl_t *tl, mc_mr_t *mr);
+mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src,
+                           mc_mr_t *lmr, uint64_t raddr, uint64_t rkey,
+                           size_t len, mc_xfer_t *x);
+
+/* The transports compiled in (see transport.c for the table). */
+extern const mc_tl_ops_t mc_tl_tcp_ops;
+extern const mc_tl_ops_t mc_tl_shm_ops;
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MC_TRANSPORT_H */
