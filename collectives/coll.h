@@ -1,0 +1,127 @@
+/*
+ * Internal: what a collective algorithm sees. An algorithm is sequential
+ * code that runs on one rank for one operation: it posts frame sends and
+ * receives to peers over the collective channel and waits on them. The
+ * engine (comm.c) frames every message with a header carrying the
+ * operation's descriptor, checks it on receipt, and turns any disagreement
+ * into MC_ERR_MISMATCH on every rank.
+ *
+ * Rules for algorithms
+ * - Between any two ranks, frames must be received in the order they were
+ *   sent: both sides post them in the same order (the stream is in order).
+ *   `step` is a number the algorithm chooses per frame; the receiver checks
+ *   it equals its own, so both sides must use the same numbering.
+ * - Never send to yourself; copy locally instead.
+ * - Zero-byte frames are fine and still carry the header (use them to keep
+ *   the dependency chain that mismatch detection relies on: every rank's
+ *   completion must depend, directly or through others, on a frame from
+ *   every rank).
+ * - On any failure status from mc_cx_*, return it at once; the engine
+ *   drains or abandons what is still posted. Buffers passed to mc_cx_isend/
+ *   mc_cx_irecv must stay valid until the algorithm returns.
+ * - Frame handles are valid until the algorithm returns.
+ * - Scratch buffers come from mc_cx_scratch (owned by the communicator).
+ */
+#ifndef MC_COLL_H
+#define MC_COLL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mooncake/mooncake.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mc_coll {
+    MC_COLL_NONE = 0,
+    MC_COLL_ALLREDUCE,
+    MC_COLL_ALLGATHER,
+    MC_COLL_ALLGATHERV,
+    MC_COLL_REDUCE_SCATTER,
+    MC_COLL_REDUCE_SCATTERV,
+    MC_COLL_BROADCAST,
+    MC_COLL_REDUCE,
+    MC_COLL_GATHER,
+    MC_COLL_SCATTER,
+    MC_COLL_ALLTOALL,
+    MC_COLL_ALLTOALLV,
+    MC_COLL_BARRIER,
+    MC_COLL_COUNT
+} mc_coll_t;
+
+const char *mc_coll_name(mc_coll_t c);
+
+/* The arguments of one collective call, as validated by the engine.
+ * Counts are in elements of `dtype`. */
+typedef struct mc_coll_args {
+    mc_coll_t coll;
+    mc_dtype_t dtype;
+    mc_redop_t op;       /* reductions only, else MC_SUM */
+    int root;            /* rooted ops only, else -1 */
+    size_t count;        /* the call's count argument (see mooncake.h) */
+    const void *sendbuf; /* never NULL when the op reads it, may == recvbuf */
+    void *recvbuf;
+    int in_place;        /* 1 if the call used its in-place form */
+    /* v-variants (copied, `size` entries each, else NULL):
+     * allgatherv:      counts = recvcounts, displs
+     * reduce_scatterv: counts = recvcounts, displs = prefix sums
+     * alltoallv:       counts/displs = recv side, scounts/sdispls = send */
+    size_t *counts, *displs;
+    size_t *scounts, *sdispls;
+} mc_coll_args_t;
+
+/* Tuning knobs (environment, read once at communicator creation). */
+typedef struct mc_tune {
+    size_t chunk_bytes;          /* pipeline frame size; MOONCAKE_CHUNK_BYTES */
+    size_t allreduce_small_max;  /* bytes; <= uses recursive doubling;
+                                    MOONCAKE_ALLREDUCE_SMALL_MAX */
+    size_t bcast_small_max;      /* bytes; <= uses binomial tree */
+    /* forced algorithm names ("" = choose): MOONCAKE_ALGO_<COLL> */
+    char algo_allreduce[16];     /* "ring" | "rd" */
+    char algo_broadcast[16];     /* "chain" | "tree" */
+} mc_tune_t;
+
+typedef struct mc_cctx mc_cctx_t; /* one operation on one rank */
+
+/* Read-only facts for the algorithm. */
+int mc_cx_rank(const mc_cctx_t *cx);
+int mc_cx_size(const mc_cctx_t *cx);
+const mc_coll_args_t *mc_cx_args(const mc_cctx_t *cx);
+const mc_tune_t *mc_cx_tune(const mc_cctx_t *cx);
+
+typedef int mc_fh_t; /* frame handle, valid during one operation */
+
+/* Post a frame of `bytes` bytes to / from `peer` (!= own rank). */
+mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step,
+                        const void *buf, size_t bytes, mc_fh_t *h_p);
+mc_status_t mc_cx_irecv(mc_cctx_t *cx, int peer, uint32_t step, void *buf,
+                        size_t bytes, mc_fh_t *h_p);
+/* Wait for one frame (drives progress; bounded by the op deadline). */
+mc_status_t mc_cx_wait(mc_cctx_t *cx, mc_fh_t h);
+/* Wait for every frame posted so far in this operation. */
+mc_status_t mc_cx_waitall(mc_cctx_t *cx);
+/* isend + irecv + wait both. */
+mc_status_t mc_cx_sendrecv(mc_cctx_t *cx, uint32_t step, int speer,
+                           const void *sbuf, size_t sbytes, int rpeer,
+                           void *rbuf, size_t rbytes);
+
+/* Scratch buffer `slot` (0..3) of at least `bytes` bytes, 64-byte aligned,
+ * owned by the communicator; contents undefined. NULL on allocation failure
+ * (return MC_ERR_NO_MEMORY then). */
+void *mc_cx_scratch(mc_cctx_t *cx, int slot, size_t bytes);
+
+/* Run the collective described by mc_cx_args(cx): picks the algorithm
+ * (algo/select.c). */
+mc_status_t mc_coll_run(mc_cctx_t *cx);
+
+/* Algorithms (files under algo/). */
+mc_status_t mc_algo_barrier_dissemination(mc_cctx_t *cx);
+mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx);
+mc_status_t mc_algo_allreduce_ring(mc_cctx_t *cx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MC_COLL_H */
