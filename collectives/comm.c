@@ -1,0 +1,2360 @@
+/*
+ * The communicator: creation, requests, the operation queue, framing and
+ * matching of messages, and the progress loop.
+ *
+ * Protocol (see docs/design.md for the long form)
+ * - Every message is a frame: a 64-byte mc_hdr_t followed by `len` payload
+ *   bytes, on one of two ordered streams per peer: MC_CH_COLL carries the
+ *   frames of collectives, MC_CH_P2P tagged point-to-point messages and
+ *   ABORT notices.
+ * - Collectives are numbered by `seq` in issue order and run one at a time
+ *   by whichever thread holds exec_lock (a blocking caller inline, or the
+ *   progress thread for non-blocking calls). Every data frame carries the
+ *   operation's descriptor; the receiver compares it with its own before it
+ *   accepts the payload. A difference fails the operation with
+ *   MC_ERR_MISMATCH, and the failing rank sends ABORT(seq, text) to every
+ *   peer over the p2p stream (which is always read), so ranks that were
+ *   waiting on other frames fail too instead of hanging.
+ * - Each stream always has a header receive posted. A header for a later
+ *   seq than the running operation is held (the stream stalls: backpressure,
+ *   no buffering); one for an earlier seq belongs to a failed operation and
+ *   its payload is discarded.
+ * - Transfer completion callbacks only queue an event; events are processed
+ *   right after the transport's progress call, under plock, so there is no
+ *   recursion between callbacks and posts.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chunk.h"
+#include "coll.h"
+#include "engine.h"
+#include "mc_log.h"
+#include "reduce.h"
+#include "transport/transport.h"
+
+#define MC_TL_MAX 2
+#define MC_FRAME_BLOCK 64
+#define MC_HOST_MAX 512
+
+typedef struct mc_comm mc_comm_t;
+typedef struct mc_request mc_request_t;
+
+/* A deferred completion: transfer callbacks push these; processed after
+ * the transport's progress call returns. */
+typedef struct mc_ev {
+    struct mc_ev *next;
+    int queued;
+    mc_comm_t *comm;
+    void (*fn)(struct mc_ev *ev);
+} mc_ev_t;
+
+enum { F_POSTED = 1, F_PAYLOAD, F_DONE };
+
+typedef struct mc_frame {
+    mc_hdr_t hdr; /* send: the header we send */
+    mc_xfer_t hx, px;
+    void *buf;
+    size_t bytes;
+    int peer;
+    uint32_t step;
+    int is_send;
+    int state;
+    mc_status_t status;
+    struct mc_frame *rnext; /* per-peer FIFO of posted receives */
+} mc_frame_t;
+
+typedef struct mc_unexp {
+    struct mc_unexp *next;
+    int src;
+    uint32_t tag;
+    size_t len;
+    void *data;
+    int complete;
+    int drop;              /* unlinked: free when its payload completes */
+    mc_request_t *claimed; /* a receive matched it before it completed */
+} mc_unexp_t;
+
+/* Incoming side of one (peer, channel) stream. */
+enum { IN_HDR = 1, IN_HAVE_HDR, IN_PAYLOAD, IN_DISCARD, IN_ABORT, IN_DEAD };
+
+typedef struct mc_in {
+    mc_ev_t ev;
+    int peer, ch, state;
+    mc_hdr_t hdr;
+    mc_xfer_t hx, px;
+    uint64_t discard_left;
+    char abuf[MC_ABORT_MSG_MAX + 1];
+    mc_frame_t *rq_head, *rq_tail; /* coll: receives of the running op */
+    mc_frame_t *cur;               /* coll: frame whose payload is moving */
+    mc_request_t *p2p_req;         /* p2p: receive whose payload is moving */
+    mc_unexp_t *p2p_unexp;         /* p2p: unexpected message being read */
+} mc_in_t;
+
+/* Outgoing ABORT notice to one peer (fire and forget). */
+typedef struct mc_abort_out {
+    mc_hdr_t hdr;
+    char msg[MC_ABORT_MSG_MAX];
+    mc_xfer_t hx, px;
+    int busy;
+} mc_abort_out_t;
+
+enum { R_COLL = 1, R_SEND, R_RECV };
+
+struct mc_request {
+    mc_ev_t ev;
+    mc_comm_t *comm;
+    int kind;
+    int refs; /* user + engine */
+    volatile int done;
+    mc_status_t status;
+    char err[MC_ABORT_MSG_MAX + 128];
+    struct mc_request *next;
+    /* collectives */
+    mc_coll_args_t args;
+    uint64_t seq;
+    /* point-to-point */
+    int peer, source;
+    uint32_t tag;
+    void *buf;
+    size_t bytes;
+    mc_hdr_t shdr;
+    mc_xfer_t hx, px;
+};
+
+struct mc_cctx {
+    mc_comm_t *comm;
+    mc_request_t *req;
+    uint64_t seq;
+    int64_t deadline_us;
+    uint64_t dcount, desc;
+    mc_status_t failed;
+    int remote_abort;
+    char err[MC_ABORT_MSG_MAX];
+    mc_frame_t **blocks;
+    int nblocks, nframes;
+};
+
+struct mc_comm {
+    int rank, size;
+    char name[128];
+    int64_t timeout_ms;
+    mc_tune_t tune;
+    uint64_t uid;
+    int ntl;
+    mc_tl_t *tl[MC_TL_MAX];
+    const mc_tl_ops_t *tlops[MC_TL_MAX];
+    int8_t *peer_tl; /* index into tl[] per peer; -1 for self */
+    int oversub;     /* more local ranks than cores: sleep sooner */
+
+    pthread_mutex_t plock; /* transports, streams, matching, cx */
+    mc_ev_t *ev_head, *ev_tail;
+    mc_in_t *in[MC_NUM_CHANNELS]; /* [ch][peer] */
+    mc_abort_out_t *abort_out;    /* [peer * MC_NUM_CHANNELS + ch] */
+    uint64_t *abort_seq;          /* [peer]: ABORT received for a later op */
+    mc_status_t *abort_why;
+    char (*abort_msg)[MC_ABORT_MSG_MAX + 1];
+    uint8_t *peer_dead;
+    uint8_t *p2p_dead;
+    mc_cctx_t cx;
+    int cx_active;
+    uint64_t exec_seq; /* seq of the running or next operation */
+    mc_request_t *precv_head, *precv_tail; /* posted unmatched receives */
+    mc_unexp_t *unexp_head, *unexp_tail;
+    size_t unexp_bytes, unexp_max;
+    char *discard;
+    size_t discard_len;
+    void *scratch[4];
+    size_t scratch_len[4];
+
+    pthread_mutex_t qlock; /* op queue */
+    pthread_cond_t qcond;
+    mc_request_t *qhead, *qtail;
+    uint64_t next_seq;
+    int stopping, thread_started;
+    pthread_t thread;
+    pthread_mutex_t exec_lock;
+
+    pthread_mutex_t dlock; /* completion notification */
+    pthread_cond_t dcond;
+
+    pthread_mutex_t elock;
+    char last_err[1024];
+};
+
+/* ------------------------------------------------------------------------ */
+/* Small helpers                                                            */
+/* ------------------------------------------------------------------------ */
+
+static void comm_set_error(mc_comm_t *c, const char *msg)
+{
+    if (!c) return;
+    pthread_mutex_lock(&c->elock);
+    snprintf(c->last_err, sizeof(c->last_err), "%s", msg);
+    pthread_mutex_unlock(&c->elock);
+}
+
+/* Argument error: thread-local text + the communicator's last error. */
+static mc_status_t comm_err(mc_comm_t *c, mc_status_t st, const char *fmt,
+                            ...) __attribute__((format(printf, 3, 4)));
+static mc_status_t comm_err(mc_comm_t *c, mc_status_t st, const char *fmt,
+                            ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    comm_set_error(c, buf);
+    return mc_err(st, "%s", buf);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static int is_rooted(mc_coll_t c)
+{
+    return c == MC_COLL_BROADCAST || c == MC_COLL_REDUCE ||
+           c == MC_COLL_GATHER || c == MC_COLL_SCATTER;
+}
+
+static int is_reduction(mc_coll_t c)
+{
+    return c == MC_COLL_ALLREDUCE || c == MC_COLL_REDUCE ||
+           c == MC_COLL_REDUCE_SCATTER || c == MC_COLL_REDUCE_SCATTERV;
+}
+
+/* Text like "allreduce(count=10, dtype=float32, op=sum)". */
+static void describe(char *out, size_t cap, int coll, int dtype, int op,
+                     int root, uint64_t count)
+{
+    int n = snprintf(out, cap, "%s(count=%llu, dtype=%s", mc_coll_name(coll),
+                     (unsigned long long)count, mc_dtype_name(dtype));
+    if (n < 0 || (size_t)n >= cap) return;
+    if (is_reduction(coll))
+        n += snprintf(out + n, cap - (size_t)n, ", op=%s", mc_redop_name(op));
+    if (n < 0 || (size_t)n >= cap) return;
+    if (is_rooted(coll))
+        n += snprintf(out + n, cap - (size_t)n, ", root=%d", root);
+    if (n < 0 || (size_t)n >= cap) return;
+    snprintf(out + n, cap - (size_t)n, ")");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Events and progress                                                      */
+/* ------------------------------------------------------------------------ */
+
+static void xfer_cb(mc_xfer_t *x)
+{
+    mc_ev_t *ev = x->arg;
+    if (ev->queued) return;
+    ev->queued = 1;
+    ev->next = NULL;
+    mc_comm_t *c = ev->comm;
+    if (c->ev_tail) c->ev_tail->next = ev;
+    else c->ev_head = ev;
+    c->ev_tail = ev;
+}
+
+static void drain_events(mc_comm_t *c)
+{
+    while (c->ev_head) {
+        mc_ev_t *ev = c->ev_head;
+        c->ev_head = ev->next;
+        if (!c->ev_head) c->ev_tail = NULL;
+        ev->queued = 0;
+        ev->fn(ev);
+    }
+}
+
+/* Progress every transport once and process what completed. plock held. */
+static int progress_locked(mc_comm_t *c)
+{
+    int n = 0;
+    for (int i = 0; i < c->ntl; i++) {
+        n += c->tlops[i]->progress(c->tl[i]);
+        if (c->ev_head) {
+            drain_events(c);
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Spin, then yield, then sleep in the transports; `idle_since` is the time
+ * progress last happened. plock NOT held. */
+static void idle_wait(mc_comm_t *c, int64_t idle_since, int64_t now)
+{
+    int64_t idle = now - idle_since;
+    int64_t spin_us = c->oversub ? 2 : 50;
+    int64_t yield_us = c->oversub ? 20 : 500;
+    if (idle < spin_us) {
+        for (int i = 0; i < 16; i++) cpu_relax();
+    } else if (idle < spin_us + yield_us || c->ntl == 0) {
+        sched_yield();
+    } else {
+        pthread_mutex_lock(&c->plock);
+        int64_t t = c->ntl > 1 ? 100 : 1000;
+        for (int i = 0; i < c->ntl; i++) c->tlops[i]->wait(c->tl[i], t);
+        pthread_mutex_unlock(&c->plock);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Request lifecycle                                                        */
+/* ------------------------------------------------------------------------ */
+
+static void req_release(mc_request_t *r)
+{
+    if (__atomic_sub_fetch(&r->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    free(r->args.counts);
+    free(r->args.displs);
+    free(r->args.scounts);
+    free(r->args.sdispls);
+    free(r);
+}
+
+static void req_complete(mc_request_t *r, mc_status_t st, const char *err)
+{
+    mc_comm_t *c = r->comm;
+    r->status = st;
+    if (st < 0 && err) {
+        snprintf(r->err, sizeof(r->err), "%s", err);
+        comm_set_error(c, err);
+    }
+    pthread_mutex_lock(&c->dlock);
+    __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&c->dcond);
+    pthread_mutex_unlock(&c->dlock);
+    req_release(r); /* the engine's reference */
+}
+
+/* ------------------------------------------------------------------------ */
+/* Incoming streams                                                         */
+/* ------------------------------------------------------------------------ */
+
+static void in_event(mc_ev_t *ev);
+static void coll_match(mc_comm_t *c, mc_in_t *in);
+static void p2p_match(mc_comm_t *c, mc_in_t *in);
+static void cx_fail(mc_comm_t *c, mc_status_t st, int remote, const char *fmt,
+                    ...) __attribute__((format(printf, 4, 5)));
+
+static void peer_failed(mc_comm_t *c, int peer, mc_status_t st);
+static void p2p_peer_failed(mc_comm_t *c, int peer);
+static mc_frame_t *cx_frame(mc_cctx_t *cx, mc_fh_t h);
+static int frame_done(mc_frame_t *f);
+
+static void in_post(mc_comm_t *c, mc_in_t *in, mc_xfer_t *x, void *buf,
+                    size_t len)
+{
+    x->buf = buf;
+    x->len = len;
+    x->cb = xfer_cb;
+    x->arg = &in->ev;
+    x->off = 0;
+    x->next = NULL;
+    x->status = MC_INPROGRESS;
+    int t = c->peer_tl[in->peer];
+    mc_status_t st = c->tlops[t]->post_recv(c->tl[t], in->peer, in->ch, x);
+    if (st < 0) {
+        in->state = IN_DEAD;
+        if (in->ch == MC_CH_COLL) peer_failed(c, in->peer, st);
+        else p2p_peer_failed(c, in->peer);
+    }
+}
+
+static void in_post_hdr(mc_comm_t *c, mc_in_t *in)
+{
+    in->state = IN_HDR;
+    in_post(c, in, &in->hx, &in->hdr, sizeof(in->hdr));
+}
+
+static void in_discard_step(mc_comm_t *c, mc_in_t *in)
+{
+    if (in->discard_left == 0) {
+        in_post_hdr(c, in);
+        return;
+    }
+    size_t n = in->discard_left < c->discard_len ? (size_t)in->discard_left
+                                                 : c->discard_len;
+    in->state = IN_DISCARD;
+    in_post(c, in, &in->px, c->discard, n);
+}
+
+static void in_discard(mc_comm_t *c, mc_in_t *in)
+{
+    in->discard_left = in->hdr.len;
+    in_discard_step(c, in);
+}
+
+static void handle_abort(mc_comm_t *c, int peer, uint64_t seq,
+                         mc_status_t why, const char *text)
+{
+    /* the sender's status travels in the count field */
+    if (why >= 0 || why < MC_ERR_ROOT_FAILED) why = MC_ERR_MISMATCH;
+    if (c->cx_active && c->cx.seq == seq) {
+        cx_fail(c, why, 1, "%s", text);
+    } else if (seq >= c->exec_seq) {
+        c->abort_seq[peer] = seq;
+        c->abort_why[peer] = why;
+        snprintf(c->abort_msg[peer], sizeof(c->abort_msg[peer]), "%s", text);
+    }
+    /* earlier seq: that operation already ended here; nothing to do */
+}
+
+static void in_protocol_error(mc_comm_t *c, mc_in_t *in, const char *why)
+{
+    MC_LOG(MC_LOG_ERROR,
+           "rank %d: protocol error on %s stream from rank %d: %s; "
+           "treating the peer as failed",
+           c->rank, in->ch == MC_CH_COLL ? "collective" : "p2p", in->peer,
+           why);
+    in->state = IN_DEAD;
+    peer_failed(c, in->peer, MC_ERR_PROTOCOL);
+}
+
+static void in_event(mc_ev_t *ev)
+{
+    mc_in_t *in = (mc_in_t *)ev;
+    mc_comm_t *c = ev->comm;
+    mc_xfer_t *x = in->state == IN_HDR ? &in->hx : &in->px;
+    if (in->state == IN_DEAD || in->state == IN_HAVE_HDR) return;
+    if (x->status == MC_INPROGRESS) return;
+    if (x->status != MC_OK) {
+        int st = in->state;
+        in->state = IN_DEAD;
+        if (st == IN_PAYLOAD && in->cur) {
+            in->cur->status = x->status;
+            in->cur->state = F_DONE;
+            in->cur = NULL;
+        }
+        if (in->ch == MC_CH_COLL) peer_failed(c, in->peer, (mc_status_t)x->status);
+        else p2p_peer_failed(c, in->peer);
+        return;
+    }
+    switch (in->state) {
+    case IN_HDR: {
+        mc_hdr_t *h = &in->hdr;
+        if (h->magic != MC_WIRE_MAGIC || h->src != in->peer) {
+            in_protocol_error(c, in, "bad magic or source in frame header");
+            return;
+        }
+        if (h->kind == MC_KIND_ABORT) {
+            if (h->len > MC_ABORT_MSG_MAX) {
+                in_protocol_error(c, in, "malformed abort frame");
+                return;
+            }
+            in->state = IN_ABORT;
+            in_post(c, in, &in->px, in->abuf, (size_t)h->len);
+            return;
+        }
+        if ((in->ch == MC_CH_COLL && h->kind != MC_KIND_DATA) ||
+            (in->ch == MC_CH_P2P && h->kind != MC_KIND_P2P)) {
+            in_protocol_error(c, in, "unexpected frame kind");
+            return;
+        }
+        in->state = IN_HAVE_HDR;
+        if (in->ch == MC_CH_COLL) coll_match(c, in);
+        else p2p_match(c, in);
+        return;
+    }
+    case IN_ABORT:
+        in->abuf[in->hdr.len] = '\0';
+        handle_abort(c, in->peer, in->hdr.seq,
+                     (mc_status_t)(int64_t)in->hdr.count, in->abuf);
+        in_post_hdr(c, in);
+        return;
+    case IN_DISCARD:
+        in->discard_left -= x->len;
+        in_discard_step(c, in);
+        return;
+    case IN_PAYLOAD:
+        if (in->ch == MC_CH_COLL) {
+            mc_frame_t *f = in->cur;
+            in->cur = NULL;
+            f->status = MC_OK;
+            f->state = F_DONE;
+        } else if (in->p2p_req) {
+            mc_request_t *r = in->p2p_req;
+            in->p2p_req = NULL;
+            req_complete(r, MC_OK, NULL);
+        } else if (in->p2p_unexp) {
+            mc_unexp_t *u = in->p2p_unexp;
+            in->p2p_unexp = NULL;
+            u->complete = 1;
+            if (u->drop) {
+                c->unexp_bytes -= u->len;
+                free(u->data);
+                free(u);
+            } else if (u->claimed) {
+                mc_request_t *r = u->claimed;
+                if (u->len) memcpy(r->buf, u->data, u->len);
+                c->unexp_bytes -= u->len;
+                free(u->data);
+                free(u);
+                req_complete(r, MC_OK, NULL);
+            }
+        }
+        in_post_hdr(c, in);
+        return;
+    }
+}
+
+/* Collective stream: a header is in in->hdr (IN_HAVE_HDR). */
+static void coll_match(mc_comm_t *c, mc_in_t *in)
+{
+    mc_hdr_t *h = &in->hdr;
+    mc_cctx_t *cx = &c->cx;
+    if (h->seq < c->exec_seq ||
+        (c->cx_active && h->seq == cx->seq && cx->failed < 0)) {
+        in_discard(c, in); /* frame of an operation that already failed */
+        return;
+    }
+    if (!c->cx_active || h->seq > cx->seq) {
+        if (c->cx_active && in->rq_head && cx->failed == MC_OK) {
+            char theirs[160];
+            describe(theirs, sizeof(theirs), h->coll, h->dtype, h->op,
+                     h->root, h->count);
+            cx_fail(c, MC_ERR_MISMATCH, 0,
+                    "collective mismatch at seq %llu: rank %d finished it "
+                    "and sent a frame of seq %llu (%s) while rank %d still "
+                    "expects a frame from it",
+                    (unsigned long long)cx->seq, in->peer,
+                    (unsigned long long)h->seq, theirs, c->rank);
+        }
+        return; /* peer ahead: hold the header, the stream waits */
+    }
+    mc_frame_t *f = in->rq_head;
+    if (!f) return; /* the algorithm has not posted this receive yet */
+    const mc_coll_args_t *a = &cx->req->args;
+    if (h->coll != a->coll || h->dtype != a->dtype || h->op != a->op ||
+        h->root != a->root || h->count != cx->dcount || h->desc != cx->desc) {
+        char mine[160], theirs[160];
+        describe(mine, sizeof(mine), a->coll, a->dtype, a->op, a->root,
+                 cx->dcount);
+        describe(theirs, sizeof(theirs), h->coll, h->dtype, h->op, h->root,
+                 h->count);
+        cx_fail(c, MC_ERR_MISMATCH, 0,
+                "collective mismatch at seq %llu: rank %d called %s but rank "
+                "%d called %s%s",
+                (unsigned long long)cx->seq, c->rank, mine, in->peer, theirs,
+                (!strcmp(mine, theirs)) ? " (per-rank counts differ)" : "");
+        in_discard(c, in);
+        return;
+    }
+    if (h->step != f->step || h->len != f->bytes) {
+        char mine[160];
+        describe(mine, sizeof(mine), a->coll, a->dtype, a->op, a->root,
+                 cx->dcount);
+        cx_fail(c, MC_ERR_MISMATCH, 0,
+                "collective mismatch at seq %llu in %s: rank %d sent %llu "
+                "bytes (step %u) but rank %d expects %zu bytes (step %u) from "
+                "it",
+                (unsigned long long)cx->seq, mine, in->peer,
+                (unsigned long long)h->len, h->step, c->rank, f->bytes,
+                f->step);
+        in_discard(c, in);
+        return;
+    }
+    in->rq_head = f->rnext;
+    if (!in->rq_head) in->rq_tail = NULL;
+    f->state = F_PAYLOAD;
+    in->cur = f;
+    in->state = IN_PAYLOAD;
+    in_post(c, in, &in->px, f->buf, f->bytes);
+}
+
+/* p2p stream: a header is in in->hdr (IN_HAVE_HDR). */
+static void p2p_match(mc_comm_t *c, mc_in_t *in)
+{
+    mc_hdr_t *h = &in->hdr;
+    mc_request_t *prev = NULL, *r = c->precv_head;
+    while (r && !((r->peer == MC_ANY_SOURCE || r->peer == in->peer) &&
+                  r->tag == h->tag)) {
+        prev = r;
+        r = r->next;
+    }
+    if (r) {
+        if (prev) prev->next = r->next;
+        else c->precv_head = r->next;
+        if (c->precv_tail == r) c->precv_tail = prev;
+        r->source = in->peer;
+        if (h->len != r->bytes) {
+            char msg[256];
+            snprintf(msg, sizeof(msg),
+                     "p2p mismatch: rank %d sent %llu bytes with tag %u but "
+                     "rank %d posted a receive of %zu bytes",
+                     in->peer, (unsigned long long)h->len, h->tag, c->rank,
+                     r->bytes);
+            req_complete(r, MC_ERR_MISMATCH, msg);
+            in_discard(c, in);
+            return;
+        }
+        in->p2p_req = r;
+        in->state = IN_PAYLOAD;
+        in_post(c, in, &in->px, r->buf, r->bytes);
+        return;
+    }
+    /* Unexpected: buffer it if within the cap, else hold the stream until
+     * a matching receive is posted. */
+    if (h->len > c->unexp_max - c->unexp_bytes) return;
+    mc_unexp_t *u = calloc(1, sizeof(*u));
+    void *data = malloc(h->len ? (size_t)h->len : 1);
+    if (!u || !data) {
+        free(u);
+        free(data);
+        return; /* hold; retried when a receive is posted */
+    }
+    u->src = in->peer;
+    u->tag = h->tag;
+    u->len = (size_t)h->len;
+    u->data = data;
+    c->unexp_bytes += u->len;
+    if (c->unexp_tail) c->unexp_tail->next = u;
+    else c->unexp_head = u;
+    c->unexp_tail = u;
+    in->p2p_unexp = u;
+    in->state = IN_PAYLOAD;
+    in_post(c, in, &in->px, data, u->len);
+}
+
+/* The p2p stream from `peer` ended: fail receives that can only be served
+ * by it. Streams end separately, each after the data it still holds, so
+ * the collective stream may still deliver frames. */
+static void p2p_peer_failed(mc_comm_t *c, int peer)
+{
+    if (c->p2p_dead[peer]) return;
+    c->p2p_dead[peer] = 1;
+    mc_request_t *prev = NULL, *r = c->precv_head;
+    while (r) {
+        mc_request_t *next = r->next;
+        if (r->peer == peer) {
+            if (prev) prev->next = next;
+            else c->precv_head = next;
+            if (c->precv_tail == r) c->precv_tail = prev;
+            char msg[128];
+            snprintf(msg, sizeof(msg), "recv from rank %d: peer failed", peer);
+            req_complete(r, MC_ERR_PEER_FAILED, msg);
+        } else {
+            prev = r;
+        }
+        r = next;
+    }
+    mc_in_t *pin = &c->in[MC_CH_P2P][peer];
+    if (pin->p2p_req) {
+        mc_request_t *q = pin->p2p_req;
+        pin->p2p_req = NULL;
+        req_complete(q, MC_ERR_PEER_FAILED, "recv: peer failed mid-message");
+    }
+}
+
+
+/* Evidence that `peer` is gone: fail what depends on it. */
+static void peer_failed(mc_comm_t *c, int peer, mc_status_t st)
+{
+    if (c->peer_dead[peer]) return;
+    c->peer_dead[peer] = 1;
+    MC_LOG(MC_LOG_INFO, "rank %d: lost rank %d (%s)", c->rank, peer,
+           mc_status_str(st));
+    /* A peer that exits after its last frame to us is normal: fail the
+     * running operation only if it still waits on that peer. */
+    int involved = 0;
+    if (c->cx_active) {
+        mc_in_t *cin = &c->in[MC_CH_COLL][peer];
+        involved = cin->rq_head != NULL || (cin->cur != NULL);
+        for (int i = 0; i < c->cx.nframes && !involved; i++) {
+            mc_frame_t *f = cx_frame(&c->cx, i);
+            involved = f->peer == peer && !frame_done(f);
+        }
+    }
+    if (involved && c->cx.failed == MC_OK)
+        cx_fail(c, MC_ERR_PEER_FAILED, 0,
+                "%s at seq %llu: rank %d failed (%s)",
+                mc_coll_name(c->cx.req->args.coll),
+                (unsigned long long)c->cx.seq, peer, mc_status_str(st));
+    p2p_peer_failed(c, peer);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The running collective                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void cx_fail(mc_comm_t *c, mc_status_t st, int remote, const char *fmt,
+                    ...)
+{
+    mc_cctx_t *cx = &c->cx;
+    if (cx->failed < 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cx->err, sizeof(cx->err), fmt, ap);
+    va_end(ap);
+    cx->failed = st;
+    cx->remote_abort = remote;
+    if (!remote) MC_LOG(MC_LOG_ERROR, "rank %d: %s", c->rank, cx->err);
+}
+
+int mc_cx_rank(const mc_cctx_t *cx) { return cx->comm->rank; }
+int mc_cx_size(const mc_cctx_t *cx) { return cx->comm->size; }
+const mc_coll_args_t *mc_cx_args(const mc_cctx_t *cx)
+{
+    return &cx->req->args;
+}
+const mc_tune_t *mc_cx_tune(const mc_cctx_t *cx) { return &cx->comm->tune; }
+
+static mc_frame_t *cx_frame(mc_cctx_t *cx, mc_fh_t h)
+{
+    return &cx->blocks[h / MC_FRAME_BLOCK][h % MC_FRAME_BLOCK];
+}
+
+static mc_status_t cx_new_frame(mc_cctx_t *cx, mc_fh_t *h_p)
+{
+    int idx = cx->nframes;
+    if (idx / MC_FRAME_BLOCK >= cx->nblocks) {
+        mc_frame_t **nb =
+            realloc(cx->blocks, sizeof(*nb) * (size_t)(cx->nblocks + 1));
+        if (!nb) return mc_err(MC_ERR_NO_MEMORY, "frame table");
+        cx->blocks = nb;
+        nb[cx->nblocks] = calloc(MC_FRAME_BLOCK, sizeof(mc_frame_t));
+        if (!nb[cx->nblocks]) return mc_err(MC_ERR_NO_MEMORY, "frame table");
+        cx->nblocks++;
+    }
+    cx->nframes++;
+    mc_frame_t *f = cx_frame(cx, idx);
+    memset(f, 0, sizeof(*f));
+    *h_p = idx;
+    return MC_OK;
+}
+
+static mc_status_t cx_check_peer(mc_cctx_t *cx, int peer)
+{
+    mc_comm_t *c = cx->comm;
+    if (peer < 0 || peer >= c->size || peer == c->rank) {
+        cx_fail(c, MC_ERR_INTERNAL, 0, "algorithm used invalid peer %d",
+                peer);
+        return MC_ERR_INTERNAL;
+    }
+    return cx->failed;
+}
+
+mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step,
+                        const void *buf, size_t bytes, mc_fh_t *h_p)
+{
+    mc_comm_t *c = cx->comm;
+    pthread_mutex_lock(&c->plock);
+    mc_status_t st = cx_check_peer(cx, peer);
+    mc_fh_t h;
+    if (st == MC_OK) st = cx_new_frame(cx, &h);
+    if (st < 0) goto out;
+    mc_frame_t *f = cx_frame(cx, h);
+    const mc_coll_args_t *a = &cx->req->args;
+    f->is_send = 1;
+    f->peer = peer;
+    f->step = step;
+    f->buf = (void *)buf;
+    f->bytes = bytes;
+    f->state = F_POSTED;
+    f->hdr = (mc_hdr_t){.magic = MC_WIRE_MAGIC,
+                        .kind = MC_KIND_DATA,
+                        .coll = (uint8_t)a->coll,
+                        .dtype = (uint8_t)a->dtype,
+                        .op = (uint8_t)a->op,
+                        .root = a->root,
+                        .step = step,
+                        .seq = cx->seq,
+                        .epoch = 1,
+                        .count = cx->dcount,
+                        .desc = cx->desc,
+                        .len = bytes,
+                        .src = c->rank};
+    f->hx = (mc_xfer_t){.buf = &f->hdr, .len = sizeof(f->hdr),
+                        .status = MC_INPROGRESS};
+    f->px = (mc_xfer_t){.buf = (void *)buf, .len = bytes,
+                        .status = MC_INPROGRESS};
+    int t = c->peer_tl[peer];
+    st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_COLL, &f->hx);
+    if (st == MC_OK)
+        st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_COLL, &f->px);
+    if (st < 0) {
+        /* never posted: nothing for cleanup to wait on */
+        if (f->hx.status == MC_INPROGRESS) f->hx.status = st;
+        f->px.status = st;
+        f->state = F_DONE;
+        f->status = st;
+        peer_failed(c, peer, st);
+        if (cx->failed == MC_OK)
+            cx_fail(c, st, 0, "send to rank %d failed: %s", peer,
+                    mc_status_str(st));
+        st = cx->failed;
+        goto out;
+    }
+    *h_p = h;
+out:
+    pthread_mutex_unlock(&c->plock);
+    return st;
+}
+
+mc_status_t mc_cx_irecv(mc_cctx_t *cx, int peer, uint32_t step, void *buf,
+                        size_t bytes, mc_fh_t *h_p)
+{
+    mc_comm_t *c = cx->comm;
+    pthread_mutex_lock(&c->plock);
+    mc_status_t st = cx_check_peer(cx, peer);
+    mc_fh_t h;
+    /* the stream may still hold frames the peer wrote before it ended; a
+     * receive fails only once the stream itself has ended */
+    if (st == MC_OK && c->in[MC_CH_COLL][peer].state == IN_DEAD) {
+        cx_fail(c, MC_ERR_PEER_FAILED, 0, "%s at seq %llu: rank %d has failed",
+                mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
+                peer);
+        st = cx->failed;
+    }
+    if (st == MC_OK) st = cx_new_frame(cx, &h);
+    if (st < 0) goto out;
+    mc_frame_t *f = cx_frame(cx, h);
+    f->peer = peer;
+    f->step = step;
+    f->buf = buf;
+    f->bytes = bytes;
+    f->state = F_POSTED;
+    mc_in_t *in = &c->in[MC_CH_COLL][peer];
+    if (in->rq_tail) in->rq_tail->rnext = f;
+    else in->rq_head = f;
+    in->rq_tail = f;
+    if (in->state == IN_HAVE_HDR) coll_match(c, in);
+    *h_p = h;
+out:
+    pthread_mutex_unlock(&c->plock);
+    return st;
+}
+
+/* Frame finished? plock held. */
+static int frame_done(mc_frame_t *f)
+{
+    if (f->state == F_DONE) return 1;
+    if (f->is_send && f->px.status != MC_INPROGRESS &&
+        f->hx.status != MC_INPROGRESS) {
+        f->status = f->hx.status < 0 ? (mc_status_t)f->hx.status
+                                     : (mc_status_t)f->px.status;
+        f->state = F_DONE;
+        return 1;
+    }
+    return 0;
+}
+
+static void cx_timeout(mc_cctx_t *cx, mc_frame_t *f)
+{
+    mc_comm_t *c = cx->comm;
+    cx_fail(c, MC_ERR_TIMEOUT, 0,
+            "%s at seq %llu timed out after %lld ms on rank %d waiting to %s "
+            "rank %d (step %u)",
+            mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
+            (long long)c->timeout_ms, c->rank,
+            f ? (f->is_send ? "send to" : "receive from") : "hear from",
+            f ? f->peer : -1, f ? f->step : 0);
+}
+
+/* Wait for frames [from, to) (or one), driving progress. */
+static mc_status_t cx_wait_range(mc_cctx_t *cx, int from, int to)
+{
+    mc_comm_t *c = cx->comm;
+    int64_t idle_since = mc_now_us();
+    int i = from;
+    for (;;) {
+        pthread_mutex_lock(&c->plock);
+        int n = progress_locked(c);
+        while (i < to && frame_done(cx_frame(cx, i))) {
+            mc_frame_t *f = cx_frame(cx, i);
+            if (f->status < 0 && cx->failed == MC_OK)
+                cx_fail(c, f->status, 0, "%s at seq %llu: transfer with rank "
+                        "%d failed: %s", mc_coll_name(cx->req->args.coll),
+                        (unsigned long long)cx->seq, f->peer,
+                        mc_status_str(f->status));
+            i++;
+        }
+        mc_status_t st = cx->failed;
+        pthread_mutex_unlock(&c->plock);
+        if (st < 0) return st;
+        if (i >= to) return MC_OK;
+        int64_t now = mc_now_us();
+        if (n) idle_since = now;
+        if (now > cx->deadline_us) {
+            pthread_mutex_lock(&c->plock);
+            cx_timeout(cx, cx_frame(cx, i));
+            st = cx->failed;
+            pthread_mutex_unlock(&c->plock);
+            return st;
+        }
+        if (!n) idle_wait(c, idle_since, now);
+    }
+}
+
+mc_status_t mc_cx_wait(mc_cctx_t *cx, mc_fh_t h)
+{
+    if (h < 0 || h >= cx->nframes) return MC_ERR_INTERNAL;
+    return cx_wait_range(cx, h, h + 1);
+}
+
+mc_status_t mc_cx_waitall(mc_cctx_t *cx)
+{
+    return cx_wait_range(cx, 0, cx->nframes);
+}
+
+mc_status_t mc_cx_sendrecv(mc_cctx_t *cx, uint32_t step, int speer,
+                           const void *sbuf, size_t sbytes, int rpeer,
+                           void *rbuf, size_t rbytes)
+{
+    mc_fh_t hs, hr;
+    MC_CHECK(mc_cx_irecv(cx, rpeer, step, rbuf, rbytes, &hr));
+    MC_CHECK(mc_cx_isend(cx, speer, step, sbuf, sbytes, &hs));
+    MC_CHECK(mc_cx_wait(cx, hr));
+    return mc_cx_wait(cx, hs);
+}
+
+void *mc_cx_scratch(mc_cctx_t *cx, int slot, size_t bytes)
+{
+    mc_comm_t *c = cx->comm;
+    if (slot < 0 || slot >= 4) return NULL;
+    if (bytes == 0) bytes = 64;
+    if (c->scratch_len[slot] < bytes) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, bytes)) return NULL;
+        free(c->scratch[slot]);
+        c->scratch[slot] = p;
+        c->scratch_len[slot] = bytes;
+    }
+    return c->scratch[slot];
+}
+
+/* Tell every peer that operation `seq` failed here. plock held.
+ * The notice goes on both streams: on the p2p stream, which is always read,
+ * it reaches a peer that waits on some other rank; on the collective stream
+ * it arrives in order, after this rank's last frames of `seq` and before
+ * any frame of the next operation, so a peer never mistakes the next
+ * operation's frames for a mismatch of its own. */
+static void send_aborts(mc_comm_t *c, uint64_t seq, mc_status_t why,
+                        const char *text, int p2p_too)
+{
+    size_t len = strnlen(text, MC_ABORT_MSG_MAX - 1);
+    for (int p = 0; p < c->size; p++) {
+        if (p == c->rank || c->peer_dead[p]) continue;
+        for (int ch = 0; ch < (p2p_too ? MC_NUM_CHANNELS : 1); ch++) {
+            mc_abort_out_t *a = &c->abort_out[p * MC_NUM_CHANNELS + ch];
+            if (a->busy && (a->px.status == MC_INPROGRESS ||
+                            a->hx.status == MC_INPROGRESS))
+                continue; /* a previous notice is still going out */
+            a->busy = 1;
+            a->hdr = (mc_hdr_t){.magic = MC_WIRE_MAGIC,
+                                .kind = MC_KIND_ABORT,
+                                .seq = seq,
+                                .epoch = 1,
+                                .count = (uint64_t)(int64_t)why,
+                                .len = len,
+                                .src = c->rank};
+            memcpy(a->msg, text, len);
+            a->hx = (mc_xfer_t){.buf = &a->hdr, .len = sizeof(a->hdr),
+                                .status = MC_INPROGRESS};
+            a->px = (mc_xfer_t){.buf = a->msg, .len = len,
+                                .status = MC_INPROGRESS};
+            int t = c->peer_tl[p];
+            if (c->tlops[t]->post_send(c->tl[t], p, ch, &a->hx) < 0 ||
+                c->tlops[t]->post_send(c->tl[t], p, ch, &a->px) < 0)
+                a->busy = 0;
+        }
+    }
+}
+
+/* Canonical descriptor count: the same on every rank of a correct call. */
+static uint64_t desc_count(const mc_coll_args_t *a, int size)
+{
+    uint64_t s = 0;
+    switch (a->coll) {
+    case MC_COLL_ALLGATHERV:
+    case MC_COLL_REDUCE_SCATTERV:
+        for (int i = 0; i < size; i++) s += a->counts[i];
+        return s;
+    case MC_COLL_ALLTOALLV:
+    case MC_COLL_BARRIER:
+        return 0;
+    default:
+        return a->count;
+    }
+}
+
+static uint64_t desc_hash(const mc_coll_args_t *a, int size, uint64_t dcount)
+{
+    uint64_t h = 1469598103934665603ull;
+    int32_t v[4] = {a->coll, a->dtype, a->op, a->root};
+    h = fnv1a(h, v, sizeof(v));
+    h = fnv1a(h, &dcount, sizeof(dcount));
+    if (a->coll == MC_COLL_ALLGATHERV || a->coll == MC_COLL_REDUCE_SCATTERV)
+        h = fnv1a(h, a->counts, sizeof(size_t) * (size_t)size);
+    return h;
+}
+
+/* Run one queued collective to completion (exec_lock held). */
+static void run_coll(mc_comm_t *c, mc_request_t *r)
+{
+    mc_cctx_t *cx = &c->cx;
+    pthread_mutex_lock(&c->plock);
+    cx->comm = c;
+    cx->req = r;
+    cx->seq = r->seq;
+    cx->deadline_us = mc_deadline_us(c->timeout_ms);
+    cx->dcount = desc_count(&r->args, c->size);
+    cx->desc = desc_hash(&r->args, c->size, cx->dcount);
+    cx->failed = MC_OK;
+    cx->remote_abort = 0;
+    cx->err[0] = '\0';
+    cx->nframes = 0;
+    c->cx_active = 1;
+    for (int p = 0; p < c->size; p++) {
+        if (p != c->rank && c->abort_seq[p] == r->seq) {
+            cx_fail(c, c->abort_why[p], 1, "%s", c->abort_msg[p]);
+            break;
+        }
+    }
+    /* headers that were held for this seq can match once receives exist;
+     * coll_match runs again from mc_cx_irecv */
+    mc_status_t st = cx->failed;
+    pthread_mutex_unlock(&c->plock);
+
+    if (st == MC_OK) st = mc_coll_run(cx);
+
+    pthread_mutex_lock(&c->plock);
+    if (st < 0 && cx->failed == MC_OK)
+        cx_fail(c, st, 0, "%s at seq %llu failed: %s",
+                mc_coll_name(r->args.coll), (unsigned long long)r->seq,
+                mc_last_error()[0] ? mc_last_error() : mc_status_str(st));
+    if (cx->failed < 0) st = cx->failed;
+    if (st < 0 && !cx->remote_abort) {
+        char text[MC_ABORT_MSG_MAX + 64];
+        snprintf(text, sizeof(text), "rank %d reports: %s", c->rank, cx->err);
+        send_aborts(c, cx->seq, st, text, 1);
+    } else if (st < 0) {
+        /* Failed because a peer said so: still mark the end of this
+         * operation on our collective streams, so that no peer reads our
+         * next operation's frames as a divergence of its own. */
+        send_aborts(c, cx->seq, st, cx->err, 0);
+    }
+    /* Drain: payloads moving into or out of user memory must finish (or
+     * fail) before the buffers go back to the caller. Receives whose header
+     * has not arrived are simply dropped. */
+    for (int p = 0; p < c->size; p++) {
+        if (p == c->rank) continue;
+        mc_in_t *in = &c->in[MC_CH_COLL][p];
+        in->rq_head = in->rq_tail = NULL;
+    }
+    int64_t drain_deadline = mc_now_us() + 2000000;
+    for (;;) {
+        int busy = 0;
+        for (int i = 0; i < cx->nframes; i++) {
+            mc_frame_t *f = cx_frame(cx, i);
+            if (frame_done(f)) continue;
+            if (f->is_send || f->state == F_PAYLOAD) busy = 1;
+        }
+        if (!busy) break;
+        if (mc_now_us() > drain_deadline && st < 0) {
+            MC_LOG(MC_LOG_ERROR,
+                   "rank %d: transfers of failed %s seq %llu did not drain; "
+                   "the communicator must be destroyed",
+                   c->rank, mc_coll_name(r->args.coll),
+                   (unsigned long long)r->seq);
+            break;
+        }
+        int n = progress_locked(c);
+        if (!n) {
+            pthread_mutex_unlock(&c->plock);
+            idle_wait(c, 0, mc_now_us());
+            pthread_mutex_lock(&c->plock);
+        }
+    }
+    c->cx_active = 0;
+    c->exec_seq = r->seq + 1;
+    /* a header held for the op that just ended is now stale */
+    for (int p = 0; p < c->size; p++) {
+        if (p == c->rank) continue;
+        mc_in_t *in = &c->in[MC_CH_COLL][p];
+        if (in->state == IN_HAVE_HDR && in->hdr.seq < c->exec_seq)
+            in_discard(c, in);
+    }
+    char err[sizeof(cx->err)];
+    snprintf(err, sizeof(err), "%s", cx->err);
+    pthread_mutex_unlock(&c->plock);
+    req_complete(r, st, err);
+}
+
+/* Run queued collectives in order until the queue is empty or `until` is
+ * done. exec_lock held. */
+static void run_queue(mc_comm_t *c, mc_request_t *until)
+{
+    for (;;) {
+        if (until && __atomic_load_n(&until->done, __ATOMIC_ACQUIRE)) return;
+        pthread_mutex_lock(&c->qlock);
+        mc_request_t *r = c->qhead;
+        if (r) {
+            c->qhead = r->next;
+            if (!c->qhead) c->qtail = NULL;
+        }
+        pthread_mutex_unlock(&c->qlock);
+        if (!r) return;
+        run_coll(c, r);
+    }
+}
+
+static void *progress_thread(void *arg)
+{
+    mc_comm_t *c = arg;
+    for (;;) {
+        pthread_mutex_lock(&c->qlock);
+        while (!c->qhead && !c->stopping)
+            pthread_cond_wait(&c->qcond, &c->qlock);
+        int stop = c->stopping;
+        pthread_mutex_unlock(&c->qlock);
+        if (stop) return NULL;
+        pthread_mutex_lock(&c->exec_lock);
+        run_queue(c, NULL);
+        pthread_mutex_unlock(&c->exec_lock);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Requests: public API                                                     */
+/* ------------------------------------------------------------------------ */
+
+static void start_thread(mc_comm_t *c);
+
+static mc_status_t req_result(mc_request_t *r)
+{
+    if (r->status < 0) {
+        mc_err(r->status, "%s", r->err[0] ? r->err : mc_status_str(r->status));
+    }
+    return r->status;
+}
+
+mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
+{
+    if (!r) return mc_err(MC_ERR_INVALID_ARG, "mc_request_wait: NULL request");
+    mc_comm_t *c = r->comm;
+    int64_t deadline = mc_deadline_us(timeout_ms);
+    int64_t idle_since = mc_now_us();
+    while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
+        int64_t now = mc_now_us();
+        if (now >= deadline)
+            return mc_err(MC_ERR_TIMEOUT,
+                          "mc_request_wait: not finished within %lld ms",
+                          (long long)timeout_ms);
+        if (r->kind == R_COLL) {
+            /* A wait with a time limit cannot run the operation inline: an
+             * operation, once started, runs to its end (or to the
+             * communicator's operation timeout). Hand it to the progress
+             * thread and wait for it instead. Unlimited waits (the blocking
+             * calls) run inline, with no thread hand-off. */
+            if (timeout_ms >= 0 && !c->thread_started) start_thread(c);
+            if (timeout_ms < 0 && pthread_mutex_trylock(&c->exec_lock) == 0) {
+                /* run the queue inline, one operation at a time, so the
+                 * wait timeout is honoured at operation boundaries */
+                while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE) &&
+                       mc_now_us() < deadline) {
+                    pthread_mutex_lock(&c->qlock);
+                    mc_request_t *q = c->qhead;
+                    if (q) {
+                        c->qhead = q->next;
+                        if (!c->qhead) c->qtail = NULL;
+                    }
+                    pthread_mutex_unlock(&c->qlock);
+                    if (!q) break;
+                    run_coll(c, q);
+                }
+                pthread_mutex_unlock(&c->exec_lock);
+                if (c->thread_started) {
+                    pthread_mutex_lock(&c->qlock);
+                    if (c->qhead) pthread_cond_signal(&c->qcond);
+                    pthread_mutex_unlock(&c->qlock);
+                }
+                continue;
+            }
+            /* another thread runs the queue: sleep until something ends */
+            pthread_mutex_lock(&c->dlock);
+            if (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += 1000000;
+                if (ts.tv_nsec >= 1000000000) {
+                    ts.tv_sec++;
+                    ts.tv_nsec -= 1000000000;
+                }
+                pthread_cond_timedwait(&c->dcond, &c->dlock, &ts);
+            }
+            pthread_mutex_unlock(&c->dlock);
+            continue;
+        }
+        /* point-to-point: drive progress ourselves */
+        pthread_mutex_lock(&c->plock);
+        int n = progress_locked(c);
+        pthread_mutex_unlock(&c->plock);
+        if (n) idle_since = now;
+        else idle_wait(c, idle_since, now);
+    }
+    return req_result(r);
+}
+
+mc_status_t mc_request_test(mc_request_h r, int *done_p)
+{
+    if (!r || !done_p)
+        return mc_err(MC_ERR_INVALID_ARG, "mc_request_test: NULL argument");
+    mc_comm_t *c = r->comm;
+    if (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
+        if (r->kind == R_COLL) {
+            start_thread(c);
+        } else {
+            pthread_mutex_lock(&c->plock);
+            progress_locked(c);
+            pthread_mutex_unlock(&c->plock);
+        }
+    }
+    if (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
+        *done_p = 0;
+        return MC_INPROGRESS;
+    }
+    *done_p = 1;
+    return req_result(r);
+}
+
+int mc_request_source(mc_request_h r)
+{
+    if (!r) return -1;
+    return r->kind == R_RECV ? r->source : (r->kind == R_SEND ? r->peer : -1);
+}
+
+void mc_request_free(mc_request_h r)
+{
+    if (r) req_release(r);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Issuing operations                                                       */
+/* ------------------------------------------------------------------------ */
+
+static void start_thread(mc_comm_t *c)
+{
+    pthread_mutex_lock(&c->qlock);
+    if (!c->thread_started && !c->stopping) {
+        if (pthread_create(&c->thread, NULL, progress_thread, c) == 0)
+            c->thread_started = 1;
+        else
+            MC_LOG(MC_LOG_WARN, "could not start the progress thread; "
+                                "operations progress only inside waits");
+    }
+    pthread_cond_signal(&c->qcond);
+    pthread_mutex_unlock(&c->qlock);
+}
+
+static mc_request_t *req_new(mc_comm_t *c, int kind)
+{
+    mc_request_t *r = calloc(1, sizeof(*r));
+    if (!r) return NULL;
+    r->comm = c;
+    r->kind = kind;
+    r->refs = 2;
+    r->status = MC_INPROGRESS;
+    r->ev.comm = c;
+    r->peer = -1;
+    r->source = -1;
+    return r;
+}
+
+static mc_status_t coll_issue(mc_comm_t *c, mc_request_t *r, int async,
+                              mc_request_h *req_p)
+{
+    pthread_mutex_lock(&c->qlock);
+    if (c->stopping) {
+        pthread_mutex_unlock(&c->qlock);
+        req_release(r);
+        req_release(r);
+        return comm_err(c, MC_ERR_INVALID_ARG, "communicator is being "
+                                               "destroyed");
+    }
+    r->seq = c->next_seq++;
+    if (c->qtail) c->qtail->next = r;
+    else c->qhead = r;
+    c->qtail = r;
+    pthread_mutex_unlock(&c->qlock);
+    if (async) start_thread(c);
+    *req_p = r;
+    return MC_OK;
+}
+
+static size_t *dup_sizes(const size_t *a, int n)
+{
+    size_t *p = malloc(sizeof(size_t) * (size_t)n);
+    if (p) memcpy(p, a, sizeof(size_t) * (size_t)n);
+    return p;
+}
+
+#define CHECK_COMM(c, fn)                                                      \
+    do {                                                                       \
+        if (!(c)) return mc_err(MC_ERR_INVALID_ARG, "%s: comm is NULL", fn);   \
+    } while (0)
+
+static mc_status_t check_dtype(mc_comm_t *c, const char *fn, mc_dtype_t dt)
+{
+    if ((unsigned)dt >= MC_DTYPE_COUNT)
+        return comm_err(c, MC_ERR_INVALID_ARG, "%s: invalid dtype %d", fn,
+                        (int)dt);
+    return MC_OK;
+}
+
+static mc_status_t check_redop(mc_comm_t *c, const char *fn, mc_dtype_t dt,
+                               mc_redop_t op)
+{
+    MC_CHECK(check_dtype(c, fn, dt));
+    if ((unsigned)op >= MC_REDOP_COUNT)
+        return comm_err(c, MC_ERR_INVALID_ARG, "%s: invalid reduction op %d",
+                        fn, (int)op);
+    if (mc_redop_check(dt, op) != MC_OK)
+        return comm_err(c, MC_ERR_INVALID_ARG,
+                        "%s: reduction op %s is not defined for dtype %s", fn,
+                        mc_redop_name(op), mc_dtype_name(dt));
+    return MC_OK;
+}
+
+/* count elements of dt, times `mult`, must fit in size_t / ssize_t. */
+static mc_status_t check_bytes(mc_comm_t *c, const char *fn, size_t count,
+                               size_t mult, mc_dtype_t dt)
+{
+    size_t es = mc_dtype_size(dt);
+    if (mult && count > (SIZE_MAX / 2) / es / mult)
+        return comm_err(c, MC_ERR_INVALID_ARG, "%s: count %zu is too large",
+                        fn, count);
+    return MC_OK;
+}
+
+static mc_status_t check_buf(mc_comm_t *c, const char *fn, const void *p,
+                             size_t count, const char *what)
+{
+    if (count && !p)
+        return comm_err(c, MC_ERR_INVALID_ARG, "%s: %s is NULL with count %zu",
+                        fn, what, count);
+    return MC_OK;
+}
+
+static mc_status_t check_root(mc_comm_t *c, const char *fn, int root)
+{
+    if (root < 0 || root >= c->size)
+        return comm_err(c, MC_ERR_INVALID_ARG,
+                        "%s: root %d out of range [0, %d)", fn, root, c->size);
+    return MC_OK;
+}
+
+static mc_status_t new_coll(mc_comm_t *c, mc_coll_t coll, mc_dtype_t dt,
+                            mc_redop_t op, int root, size_t count,
+                            const void *sbuf, void *rbuf, mc_request_t **r_p)
+{
+    mc_request_t *r = req_new(c, R_COLL);
+    if (!r) return comm_err(c, MC_ERR_NO_MEMORY, "out of memory");
+    r->args.coll = coll;
+    r->args.dtype = dt;
+    r->args.op = op;
+    r->args.root = root;
+    r->args.count = count;
+    r->args.sendbuf = sbuf;
+    r->args.recvbuf = rbuf;
+    *r_p = r;
+    return MC_OK;
+}
+
+/* Wait for and free the request the issuing call stored in *r_p. Takes a
+ * pointer because argument evaluation order is unspecified in C. */
+static mc_status_t blocking(mc_status_t st, mc_request_h *r_p)
+{
+    if (st < 0) return st;
+    st = mc_request_wait(*r_p, -1);
+    mc_request_free(*r_p);
+    return st;
+}
+
+#define ES(dt) mc_dtype_size(dt)
+#define AT(p, n, dt) ((char *)(p) + (n) * ES(dt))
+
+static mc_status_t iallreduce(mc_comm_h c, const void *s, void *rb, size_t n,
+                              mc_dtype_t dt, mc_redop_t op, int async,
+                              mc_request_h *req_p)
+{
+    static const char fn[] = "allreduce";
+    CHECK_COMM(c, fn);
+    MC_CHECK(check_redop(c, fn, dt, op));
+    MC_CHECK(check_bytes(c, fn, n, 1, dt));
+    MC_CHECK(check_buf(c, fn, s, n, "sendbuf"));
+    MC_CHECK(check_buf(c, fn, rb, n, "recvbuf"));
+    mc_request_t *r = NULL;
+    MC_CHECK(new_coll(c, MC_COLL_ALLREDUCE, dt, op, -1, n, s, rb, &r));
+    r->args.in_place = s == rb;
+    return coll_issue(c, r, async, req_p);
+}
+
+mc_status_t mc_comm_iallreduce(mc_comm_h c, const void *s, void *rb, size_t n,
+                               mc_dtype_t dt, mc_redop_t op,
+                               mc_request_h *req_p)
+{
+    if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "allreduce: req_p is NULL");
+    return iallreduce(c, s, rb, n, dt, op, 1, req_p);
+}
+
+mc_status_t mc_comm_allreduce(mc_comm_h c, const void *s, void *rb, size_t n,
+                              mc_dtype_t dt, mc_redop_t op)
+{
+    mc_request_h r = NULL;
+    mc_status_t st = iallreduce(c, s, rb, n, dt, op, 0, &r);
+    return blocking(st, &r);
+}
+
+static mc_status_t iallgatherv(mc_comm_h c, mc_coll_t coll, const void *s,
+                               size_t scount, void *rb, const size_t *counts,
+                               const size_t *displs, mc_dtype_t dt, int async,
+                               mc_request_h *req_p)
+{
+    const char *fn = coll == MC_COLL_ALLGATHER ? "allgather" : "allgatherv";
+    CHECK_COMM(c, fn);
+    MC_CHECK(check_dtype(c, fn, dt));
+    if (!counts || !displs)
+        return comm_err(c, MC_ERR_INVALID_ARG,
+                        "%s: recvcounts/displs is NULL", fn);
+    size_t total = 0;
+    for (int i = 0; i < c->size; i++) {
+        MC_CHECK(check_bytes(c, fn, counts[i], 1, dt));
+        MC_CHECK(check_bytes(c, fn, displs[i], 1, dt));
+        if (counts[i] > (SIZE_MAX / 4) / ES(dt) - total)
+            return comm_err(c, MC_ERR_INVALID_ARG, "%s: counts too large", fn);
+        total += counts[i];
+    }
+    if (scount != counts[c->rank])
+        return comm_err(c, MC_ERR_INVALID_ARG,
+                        "%s: sendcount %zu differs from recvcounts[%d] = %zu",
+                        fn, scount, c->rank, counts[c->rank]);
+    MC_CHECK(check_buf(c, fn, s, scount, "sendbuf"));
+    MC_CHECK(check_buf(c, fn, rb, total, "recvbuf"));
+    mc_request_t *r = NULL;
+    MC_CHECK(new_coll(c, coll, dt, MC_SUM, -1, scount, s, rb, &r));
+    r->args.counts = dup_sizes(counts, c->size);
+    r->args.displs = dup_sizes(displs, c->size);
+    if (!r->args.counts || !r->args.displs) {
+        req_release(r);
+        req_release(r);
+        return comm_err(c, MC_ERR_NO_MEMORY, "%s: out of memory", fn);
+    }
+    r->args.in_place = rb && s == AT(rb, displs[c->rank], dt);
+    return coll_issue(c, r, async, req_p);
+}
+
+static mc_status_t iallgather(mc_comm_h c, const void *s, void *rb, size_t n,
+                              mc_dtype_t dt, int async, mc_request_h *req_p)
+{
+    CHECK_COMM(c, "allgather");
+    MC_CHECK(check_dtype(c, "allgather", dt));
+    MC_CHECK(check_bytes(c, "allgather", n, (size_t)c->size, dt));
+    size_t *counts = malloc(sizeof(size_t) * (size_t)c->size);
+    size_t *displs = malloc(sizeof(size_t) * (size_t)c->size);
+    if (!counts || !displs) {
+        free(counts);
+        free(displs);
+        return comm_err(c, MC_ERR_NO_MEMORY, "allgather: out of memory");
+    }
+    for (int i = 0; i < c->size; i++) {
+        counts[i] = n;
+        displs[i] = n * (size_t)i;
+    }
+    mc_status_t st = iallgatherv(c, MC_COLL_ALLGATHER, s, n, rb, counts,
+                                 displs, dt, async, req_p);
+    free(counts);
+    free(displs);
+    return st;
+}
+
+mc_status_t mc_comm_iallgather(mc_comm_h c, const void *s, void *rb, size_t n,
+                               mc_dtype_t dt, mc_request_h *req_p)
+{
+    if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "allgather: req_p is NULL");
+    return iallgather(c, s, rb, n, dt, 1, req_p);
+}
+
+mc_status_t mc_comm_allgather(mc_comm_h c, const void *s, void *rb, size_t n,
+                              mc_dtype_t dt)
+{
+    mc_request_h r = NULL;
+    return blocking(iallgather(c, s, rb, n, dt, 0, &r), &r);
+}
+
+mc_status_t mc_comm_iallgatherv(mc_comm_h c, const void *s, size_t scount,
+                                void *rb, const size_t *counts,
+                                const size_t *displs, mc_dtype_t dt,
+                                mc_request_h *req_p)
+{
+    if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "allgatherv: req_p is NULL");
+    return iallgatherv(c, MC_COLL_ALLGATHERV, s, scount, rb, counts, displs,
+                       dt, 1, req_p);
+}
+
+mc_status_t mc_comm_allgatherv(mc_comm_h c, const void *s, size_t scount,
+                               void *rb, const size_t *counts,
+                               const size_t *displs, mc_dtype_t dt)
+{
+    mc_request_h r = NULL;
+    return blocking(iallgatherv(c, MC_COLL_ALLGATHERV, s, scount, rb, counts,
+                                displs, dt, 0, &r), &r);
+}
+
+static mc_status_t ireduce_scatterv(mc_comm_h c, mc_coll_t coll,
+                                    const void *s, void *rb,
+                                    const size_t *counts, mc_dtype_t dt,
+                                    mc_redop_t op, int async,
+                                    mc_request_h *req_p)
+{
+    const char *fn =
+        coll == MC_COLL_REDUCE_SCATTER ? "reduce_scatter" : "reduce_scatterv";
+    CHECK_COMM(c, fn);
+    MC_CHECK(check_redop(c, fn, dt, op));
+    if (!counts)
+        return comm_err(c, MC_ERR_INVALID_ARG, "%s: recvcounts is NULL", fn);
+    size_t total = 0;
+    size_t *displs = malloc(sizeof(size_t) * (size_t)c->size);
+    if (!displs) return comm_err(c, MC_ERR_NO_MEMORY, "%s: out of memory", fn);
+    for (int i = 0; i < c->size; i++) {
+        if (counts[i] > (SIZE_MAX / 4) / ES(dt) - total) {
+            free(displs);
+            return comm_err(c, MC_ERR_INVALID_ARG, "%s: counts too large", fn);
+        }
+        displs[i] = total;
+        total += counts[i];
+    }
+    mc_status_t st = check_buf(c, fn, s, total, "sendbuf");
+    if (st == MC_OK) st = check_buf(c, fn, rb, counts[c->rank], "recvbuf");
+    mc_request_t *r = NULL;
+    if (st == MC_OK)
+        st = new_coll(c, coll, dt, op, -1, counts[c->rank], s, rb, &r);
+    if (st < 0) {
+        free(displs);
+        return st;
+    }
+    if (coll == MC_COLL_REDUCE_SCATTER) r->args.count = counts[0];
+    r->args.counts = dup_sizes(counts, c->size);
+    r->args.displs = displs;
+    if (!r->args.counts) {
+        req_release(r);
+        req_release(r);
+        return comm_err(c, MC_ERR_NO_MEMORY, "%s: out of memory", fn);
+    }
+    r->args.in_place = s && rb == AT(s, displs[c->rank], dt);
+    return coll_issue(c, r, async, req_p);
+}
+
+static mc_status_t ireduce_scatter(mc_comm_h c, const void *s, void *rb,
+                                   size_t n, mc_dtype_t dt, mc_redop_t op,
+                                   int async, mc_request_h *req_p)
+{
+    CHECK_COMM(c, "reduce_scatter");
+    MC_CHECK(check_bytes(c, "reduce_scatter", n, (size_t)c->size,
+                         (unsigned)dt < MC_DTYPE_COUNT ? dt : MC_UINT8));
+    size_t *counts = malloc(sizeof(size_t) * (size_t)c->size);
+    if (!counts)
+        return comm_err(c, MC_ERR_NO_MEMORY, "reduce_scatter: out of memory");
+    for (int i = 0; i < c->size; i++) counts[i] = n;
+    mc_status_t st = ireduce_scatterv(c, MC_COLL_REDUCE_SCATTER, s, rb, counts,
+                                      dt, op, async, req_p);
+    free(counts);
+    return st;
+}
+
+mc_status_t mc_comm_ireduce_scatter(mc_comm_h c, const void *s, void *rb,
+                                    size_t n, mc_dtype_t dt, mc_redop_t op,
+                                    mc_request_h *req_p)
+{
+    if (!req_p)
+        return mc_err(MC_ERR_INVALID_ARG, "reduce_scatter: req_p is NULL");
+    return ireduce_scatter(c, s, rb, n, dt, op, 1, req_p);
+}
+
+mc_status_t mc_comm_reduce_scatter(mc_comm_h c, const void *s, void *rb,
+                                   size_t n, mc_dtype_t dt, mc_redop_t op)
+{
+    mc_request_h r = NULL;
+    return blocking(ireduce_scatter(c, s, rb, n, dt, op, 0, &r), &r);
+}
+
+mc_status_t mc_comm_ireduce_scatterv(mc_comm_h c, const void *s, void *rb,
+                                     const size_t *counts, mc_dtype_t dt,
+                                     mc_redop_t op, mc_request_h *req_p)
+{
+    if (!req_p)
+        return mc_err(MC_ERR_INVALID_ARG, "reduce_scatterv: req_p is NULL");
+    return ireduce_scatterv(c, MC_COLL_REDUCE_SCATTERV, s, rb, counts, dt, op,
+                            1, req_p);
+}
+
+mc_status_t mc_comm_reduce_scatterv(mc_comm_h c, const void *s, void *rb,
+                                    const size_t *counts, mc_dtype_t dt,
+                                    mc_redop_t op)
+{
+    mc_request_h r = NULL;
+    return blocking(ireduce_scatterv(c, MC_COLL_REDUCE_SCATTERV, s, rb, counts,
+                                     dt, op, 0, &r), &r);
+}
+
+/* broadcast, reduce, gather, scatter */
+static mc_status_t irooted(mc_comm_h c, mc_coll_t coll, const void *s,
+                           void *rb, size_t n, mc_dtype_t dt, mc_redop_t op,
+                           int root, int async, mc_request_h *req_p)
+{
+    const char *fn = mc_coll_name(coll);
+    CHECK_COMM(c, fn);
+    if (coll == MC_COLL_REDUCE) MC_CHECK(check_redop(c, fn, dt, op));
+    else MC_CHECK(check_dtype(c, fn, dt));
+    MC_CHECK(check_root(c, fn, root));
+    int is_root = c->rank == root;
+    size_t blocks = (coll == MC_COLL_GATHER || coll == MC_COLL_SCATTER)
+                        ? (size_t)c->size
+                        : 1;
+    MC_CHECK(check_bytes(c, fn, n, blocks, dt));
+    int in_place = 0;
+    switch (coll) {
+    case MC_COLL_BROADCAST:
+        if (is_root) MC_CHECK(check_buf(c, fn, s, n, "sendbuf"));
+        MC_CHECK(check_buf(c, fn, rb, n, "recvbuf"));
+        in_place = s == rb;
+        if (!is_root) s = rb;
+        break;
+    case MC_COLL_REDUCE:
+        MC_CHECK(check_buf(c, fn, s, n, "sendbuf"));
+        if (is_root) MC_CHECK(check_buf(c, fn, rb, n, "recvbuf"));
+        in_place = s == rb;
+        break;
+    case MC_COLL_GATHER:
+        MC_CHECK(check_buf(c, fn, s, n, "sendbuf"));
+        if (is_root) {
+            MC_CHECK(check_buf(c, fn, rb, n * blocks, "recvbuf"));
+            in_place = rb && s == AT(rb, (size_t)root * n, dt);
+        }
+        break;
+    case MC_COLL_SCATTER:
+        MC_CHECK(check_buf(c, fn, rb, n, "recvbuf"));
+        if (is_root) {
+            MC_CHECK(check_buf(c, fn, s, n * blocks, "sendbuf"));
+            in_place = s && rb == AT(s, (size_t)root * n, dt);
+        }
+        break;
+    default:
+        return comm_err(c, MC_ERR_INTERNAL, "irooted: bad collective");
+    }
+    mc_request_t *r = NULL;
+    MC_CHECK(new_coll(c, coll, dt, coll == MC_COLL_REDUCE ? op : MC_SUM, root,
+                      n, s, rb, &r));
+    r->args.in_place = in_place;
+    return coll_issue(c, r, async, req_p);
+}
+
+#define ROOTED(name, coll)                                                     \
+    mc_status_t mc_comm_i##name(mc_comm_h c, const void *s, void *rb,          \
+                                size_t n, mc_dtype_t dt, int root,             \
+                                mc_request_h *req_p)                           \
+    {                                                                          \
+        if (!req_p)                                                            \
+            return mc_err(MC_ERR_INVALID_ARG, #name ": req_p is NULL");        \
+        return irooted(c, coll, s, rb, n, dt, MC_SUM, root, 1, req_p);         \
+    }                                                                          \
+    mc_status_t mc_comm_##name(mc_comm_h c, const void *s, void *rb,           \
+                               size_t n, mc_dtype_t dt, int root)              \
+    {                                                                          \
+        mc_request_h r = NULL;                                                 \
+        return blocking(                                                       \
+            irooted(c, coll, s, rb, n, dt, MC_SUM, root, 0, &r), &r);           \
+    }
+
+ROOTED(broadcast, MC_COLL_BROADCAST)
+ROOTED(gather, MC_COLL_GATHER)
+ROOTED(scatter, MC_COLL_SCATTER)
+
+mc_status_t mc_comm_ireduce(mc_comm_h c, const void *s, void *rb, size_t n,
+                            mc_dtype_t dt, mc_redop_t op, int root,
+                            mc_request_h *req_p)
+{
+    if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "reduce: req_p is NULL");
+    return irooted(c, MC_COLL_REDUCE, s, rb, n, dt, op, root, 1, req_p);
+}
+
+mc_status_t mc_comm_reduce(mc_comm_h c, const void *s, void *rb, size_t n,
+                           mc_dtype_t dt, mc_redop_t op, int root)
+{
+    mc_request_h r = NULL;
+    return blocking(irooted(c, MC_COLL_REDUCE, s, rb, n, dt, op, root, 0, &r), &r);
+}
+
+static int ranges_overlap(const void *a, size_t alen, const void *b,
+                          size_t blen)
+{
+    if (!a || !b || !alen || !blen) return 0;
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return x < y + blen && y < x + alen;
+}
+
+static mc_status_t ialltoallv(mc_comm_h c, mc_coll_t coll, const void *s,
+                              const size_t *sc, const size_t *sd, void *rb,
+                              const size_t *rc, const size_t *rd,
+                              mc_dtype_t dt, size_t n, int async,
+                              mc_request_h *req_p)
+{
+    const char *fn = mc_coll_name(coll);
+    CHECK_COMM(c, fn);
+    MC_CHECK(check_dtype(c, fn, dt));
+    if (!sc || !sd || !rc || !rd)
+        return comm_err(c, MC_ERR_INVALID_ARG, "%s: a count/displacement "
+                                               "array is NULL", fn);
+    size_t send_end = 0, recv_end = 0;
+    for (int i = 0; i < c->size; i++) {
+        MC_CHECK(check_bytes(c, fn, sc[i], 2, dt));
+        MC_CHECK(check_bytes(c, fn, sd[i], 2, dt));
+        MC_CHECK(check_bytes(c, fn, rc[i], 2, dt));
+        MC_CHECK(check_bytes(c, fn, rd[i], 2, dt));
+        if (sc[i] && sd[i] + sc[i] > send_end) send_end = sd[i] + sc[i];
+        if (rc[i] && rd[i] + rc[i] > recv_end) recv_end = rd[i] + rc[i];
+    }
+    MC_CHECK(check_buf(c, fn, s, send_end, "sendbuf"));
+    MC_CHECK(check_buf(c, fn, rb, recv_end, "recvbuf"));
+    if (ranges_overlap(s, send_end * ES(dt), rb, recv_end * ES(dt)))
+        return comm_err(c, MC_ERR_INVALID_ARG,
+                        "%s: send and receive buffers overlap (in-place "
+                        "all-to-all is not supported)", fn);
+    mc_request_t *r = NULL;
+    MC_CHECK(new_coll(c, coll, dt, MC_SUM, -1, n, s, rb, &r));
+    r->args.counts = dup_sizes(rc, c->size);
+    r->args.displs = dup_sizes(rd, c->size);
+    r->args.scounts = dup_sizes(sc, c->size);
+    r->args.sdispls = dup_sizes(sd, c->size);
+    if (!r->args.counts || !r->args.displs || !r->args.scounts ||
+        !r->args.sdispls) {
+        req_release(r);
+        req_release(r);
+        return comm_err(c, MC_ERR_NO_MEMORY, "%s: out of memory", fn);
+    }
+    return coll_issue(c, r, async, req_p);
+}
+
+static mc_status_t ialltoall(mc_comm_h c, const void *s, void *rb, size_t n,
+                             mc_dtype_t dt, int async, mc_request_h *req_p)
+{
+    CHECK_COMM(c, "alltoall");
+    MC_CHECK(check_dtype(c, "alltoall", dt));
+    MC_CHECK(check_bytes(c, "alltoall", n, (size_t)c->size, dt));
+    size_t *cnt = malloc(sizeof(size_t) * (size_t)c->size);
+    size_t *dsp = malloc(sizeof(size_t) * (size_t)c->size);
+    if (!cnt || !dsp) {
+        free(cnt);
+        free(dsp);
+        return comm_err(c, MC_ERR_NO_MEMORY, "alltoall: out of memory");
+    }
+    for (int i = 0; i < c->size; i++) {
+        cnt[i] = n;
+        dsp[i] = n * (size_t)i;
+    }
+    mc_status_t st = ialltoallv(c, MC_COLL_ALLTOALL, s, cnt, dsp, rb, cnt, dsp,
+                                dt, n, async, req_p);
+    free(cnt);
+    free(dsp);
+    return st;
+}
+
+mc_status_t mc_comm_ialltoall(mc_comm_h c, const void *s, void *rb, size_t n,
+                              mc_dtype_t dt, mc_request_h *req_p)
+{
+    if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "alltoall: req_p is NULL");
+    return ialltoall(c, s, rb, n, dt, 1, req_p);
+}
+
+mc_status_t mc_comm_alltoall(mc_comm_h c, const void *s, void *rb, size_t n,
+                             mc_dtype_t dt)
+{
+    mc_request_h r = NULL;
+    return blocking(ialltoall(c, s, rb, n, dt, 0, &r), &r);
+}
+
+mc_status_t mc_comm_ialltoallv(mc_comm_h c, const void *s, const size_t *sc,
+                               const size_t *sd, void *rb, const size_t *rc,
+                               const size_t *rd, mc_dtype_t dt,
+                               mc_request_h *req_p)
+{
+    if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "alltoallv: req_p is NULL");
+    return ialltoallv(c, MC_COLL_ALLTOALLV, s, sc, sd, rb, rc, rd, dt, 0, 1,
+                      req_p);
+}
+
+mc_status_t mc_comm_alltoallv(mc_comm_h c, const void *s, const size_t *sc,
+                              const size_t *sd, void *rb, const size_t *rc,
+                              const size_t *rd, mc_dtype_t dt)
+{
+    mc_request_h r = NULL;
+    return blocking(ialltoallv(c, MC_COLL_ALLTOALLV, s, sc, sd, rb, rc, rd, dt,
+                               0, 0, &r), &r);
+}
+
+static mc_status_t ibarrier(mc_comm_h c, int async, mc_request_h *req_p)
+{
+    CHECK_COMM(c, "barrier");
+    mc_request_t *r = NULL;
+    MC_CHECK(new_coll(c, MC_COLL_BARRIER, MC_UINT8, MC_SUM, -1, 0, NULL, NULL,
+                      &r));
+    return coll_issue(c, r, async, req_p);
+}
+
+mc_status_t mc_comm_ibarrier(mc_comm_h c, mc_request_h *req_p)
+{
+    if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "barrier: req_p is NULL");
+    return ibarrier(c, 1, req_p);
+}
+
+mc_status_t mc_comm_barrier(mc_comm_h c)
+{
+    mc_request_h r = NULL;
+    return blocking(ibarrier(c, 0, &r), &r);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Point-to-point                                                           */
+/* ------------------------------------------------------------------------ */
+
+static mc_status_t p2p_check(mc_comm_t *c, const char *fn, const void *buf,
+                             size_t n, mc_dtype_t dt, int peer, int any_ok)
+{
+    CHECK_COMM(c, fn);
+    MC_CHECK(check_dtype(c, fn, dt));
+    MC_CHECK(check_bytes(c, fn, n, 1, dt));
+    MC_CHECK(check_buf(c, fn, buf, n, "buf"));
+    if (any_ok && peer == MC_ANY_SOURCE) return MC_OK;
+    if (peer < 0 || peer >= c->size || peer == c->rank)
+        return comm_err(c, MC_ERR_INVALID_ARG,
+                        "%s: peer %d invalid (size %d, own rank %d)", fn, peer,
+                        c->size, c->rank);
+    return MC_OK;
+}
+
+static void p2p_send_event(mc_ev_t *ev)
+{
+    mc_request_t *r = (mc_request_t *)ev;
+    if (r->done || r->px.status == MC_INPROGRESS ||
+        r->hx.status == MC_INPROGRESS)
+        return;
+    mc_status_t st = r->hx.status < 0 ? (mc_status_t)r->hx.status
+                                      : (mc_status_t)r->px.status;
+    char msg[128] = "";
+    if (st < 0)
+        snprintf(msg, sizeof(msg), "send to rank %d failed: %s", r->peer,
+                 mc_status_str(st));
+    req_complete(r, st, msg);
+}
+
+mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n,
+                          mc_dtype_t dt, int peer, uint32_t tag,
+                          mc_request_h *req_p)
+{
+    MC_CHECK(p2p_check(c, "send", buf, n, dt, peer, 0));
+    if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "send: req_p is NULL");
+    mc_request_t *r = req_new(c, R_SEND);
+    if (!r) return comm_err(c, MC_ERR_NO_MEMORY, "send: out of memory");
+    r->peer = peer;
+    r->tag = tag;
+    r->bytes = n * ES(dt);
+    r->ev.fn = p2p_send_event;
+    r->shdr = (mc_hdr_t){.magic = MC_WIRE_MAGIC,
+                         .kind = MC_KIND_P2P,
+                         .dtype = (uint8_t)dt,
+                         .epoch = 1,
+                         .count = n,
+                         .len = r->bytes,
+                         .tag = tag,
+                         .src = c->rank};
+    r->hx = (mc_xfer_t){.buf = &r->shdr, .len = sizeof(r->shdr),
+                        .cb = xfer_cb, .arg = &r->ev,
+                        .status = MC_INPROGRESS};
+    r->px = (mc_xfer_t){.buf = (void *)buf, .len = r->bytes, .cb = xfer_cb,
+                        .arg = &r->ev, .status = MC_INPROGRESS};
+    pthread_mutex_lock(&c->plock);
+    int t = c->peer_tl[peer];
+    mc_status_t st = MC_OK;
+    if (c->peer_dead[peer]) st = MC_ERR_PEER_FAILED;
+    if (st == MC_OK)
+        st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_P2P, &r->hx);
+    if (st == MC_OK)
+        st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_P2P, &r->px);
+    if (st < 0) {
+        /* header may be queued already: leave the request to the engine
+         * only if something is in flight */
+        int inflight = r->hx.status == MC_INPROGRESS;
+        pthread_mutex_unlock(&c->plock);
+        if (!inflight) {
+            req_release(r);
+            req_release(r);
+        }
+        return comm_err(c, st, "send to rank %d: %s", peer,
+                        mc_status_str(st));
+    }
+    progress_locked(c);
+    pthread_mutex_unlock(&c->plock);
+    *req_p = r;
+    return MC_OK;
+}
+
+mc_status_t mc_comm_send(mc_comm_h c, const void *buf, size_t n,
+                         mc_dtype_t dt, int peer, uint32_t tag)
+{
+    mc_request_h r = NULL;
+    return blocking(mc_comm_isend(c, buf, n, dt, peer, tag, &r), &r);
+}
+
+mc_status_t mc_comm_irecv(mc_comm_h c, void *buf, size_t n, mc_dtype_t dt,
+                          int peer, uint32_t tag, mc_request_h *req_p)
+{
+    MC_CHECK(p2p_check(c, "recv", buf, n, dt, peer, 1));
+    if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "recv: req_p is NULL");
+    mc_request_t *r = req_new(c, R_RECV);
+    if (!r) return comm_err(c, MC_ERR_NO_MEMORY, "recv: out of memory");
+    r->peer = peer;
+    r->tag = tag;
+    r->buf = buf;
+    r->bytes = n * ES(dt);
+    *req_p = r;
+    pthread_mutex_lock(&c->plock);
+    /* an unexpected message that already arrived (or is arriving)? */
+    mc_unexp_t *prev = NULL, *u = c->unexp_head;
+    while (u && !((peer == MC_ANY_SOURCE || u->src == peer) && u->tag == tag &&
+                  !u->claimed)) {
+        prev = u;
+        u = u->next;
+    }
+    if (u) {
+        if (prev) prev->next = u->next;
+        else c->unexp_head = u->next;
+        if (c->unexp_tail == u) c->unexp_tail = prev;
+        r->source = u->src;
+        if (u->len != r->bytes) {
+            char msg[256];
+            snprintf(msg, sizeof(msg),
+                     "p2p mismatch: rank %d sent %zu bytes with tag %u but "
+                     "rank %d posted a receive of %zu bytes",
+                     u->src, u->len, tag, c->rank, r->bytes);
+            if (u->complete) {
+                c->unexp_bytes -= u->len;
+                free(u->data);
+                free(u);
+            } else {
+                u->drop = 1; /* still arriving: freed when complete */
+            }
+            req_complete(r, MC_ERR_MISMATCH, msg);
+        } else if (u->complete) {
+            if (u->len) memcpy(buf, u->data, u->len);
+            c->unexp_bytes -= u->len;
+            free(u->data);
+            free(u);
+            req_complete(r, MC_OK, NULL);
+        } else {
+            u->claimed = r; /* copied when its payload completes */
+        }
+    } else {
+        if (peer != MC_ANY_SOURCE && c->p2p_dead[peer]) {
+            pthread_mutex_unlock(&c->plock);
+            char msg[128];
+            snprintf(msg, sizeof(msg), "recv from rank %d: peer failed", peer);
+            req_complete(r, MC_ERR_PEER_FAILED, msg);
+            return MC_OK;
+        }
+        if (c->precv_tail) c->precv_tail->next = r;
+        else c->precv_head = r;
+        c->precv_tail = r;
+        /* a stream held for lack of buffer space may match now */
+        for (int p = 0; p < c->size; p++) {
+            if (p == c->rank) continue;
+            mc_in_t *in = &c->in[MC_CH_P2P][p];
+            if (in->state == IN_HAVE_HDR) p2p_match(c, in);
+        }
+    }
+    progress_locked(c);
+    pthread_mutex_unlock(&c->plock);
+    return MC_OK;
+}
+
+mc_status_t mc_comm_recv(mc_comm_h c, void *buf, size_t n, mc_dtype_t dt,
+                         int peer, uint32_t tag)
+{
+    mc_request_h r = NULL;
+    return blocking(mc_comm_irecv(c, buf, n, dt, peer, tag, &r), &r);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Creation and destruction                                                 */
+/* ------------------------------------------------------------------------ */
+
+void mc_comm_config_init(mc_comm_config_t *cfg)
+{
+    if (!cfg) return;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->size = sizeof(*cfg);
+    cfg->name = "mc";
+    cfg->timeout_ms = mc_env_int("MOONCAKE_TIMEOUT_MS", 300000);
+    cfg->init_timeout_ms = mc_env_int("MOONCAKE_INIT_TIMEOUT_MS", 300000);
+    const char *t = mc_env_str("MOONCAKE_TRANSPORT", "auto");
+    if (!strcmp(t, "tcp")) cfg->transport = MC_TRANSPORT_TCP;
+    else if (!strcmp(t, "shm")) cfg->transport = MC_TRANSPORT_SHM;
+    else {
+        if (strcmp(t, "auto"))
+            MC_LOG(MC_LOG_WARN, "MOONCAKE_TRANSPORT=%s unknown; using auto", t);
+        cfg->transport = MC_TRANSPORT_AUTO;
+    }
+}
+
+static void tune_init(mc_tune_t *t)
+{
+    t->chunk_bytes = (size_t)mc_env_int("MOONCAKE_CHUNK_BYTES", 512 << 10);
+    if (t->chunk_bytes < 4096) t->chunk_bytes = 4096;
+    t->allreduce_small_max =
+        (size_t)mc_env_int("MOONCAKE_ALLREDUCE_SMALL_MAX", 64 << 10);
+    t->bcast_small_max =
+        (size_t)mc_env_int("MOONCAKE_BCAST_SMALL_MAX", 64 << 10);
+    snprintf(t->algo_allreduce, sizeof(t->algo_allreduce), "%s",
+             mc_env_str("MOONCAKE_ALGO_ALLREDUCE", ""));
+    snprintf(t->algo_broadcast, sizeof(t->algo_broadcast), "%s",
+             mc_env_str("MOONCAKE_ALGO_BROADCAST", ""));
+}
+
+/* Identity of this host: ranks with equal strings share memory. */
+static void host_id(char *out, size_t cap)
+{
+    char host[256] = "", boot[64] = "";
+    gethostname(host, sizeof(host) - 1);
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY);
+    if (fd >= 0) {
+        ssize_t n = read(fd, boot, sizeof(boot) - 1);
+        if (n > 0) boot[n] = '\0';
+        close(fd);
+    }
+    for (char *p = boot; *p; p++)
+        if (*p == '\n') *p = '\0';
+    snprintf(out, cap, "%s|%s|%u", host, boot, (unsigned)getuid());
+}
+
+static int local_cpus(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static void comm_free(mc_comm_t *c)
+{
+    for (int i = 0; i < c->ntl; i++) c->tlops[i]->destroy(c->tl[i]);
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) free(c->in[ch]);
+    while (c->unexp_head) {
+        mc_unexp_t *u = c->unexp_head;
+        c->unexp_head = u->next;
+        free(u->data);
+        free(u);
+    }
+    for (int b = 0; b < c->cx.nblocks; b++) free(c->cx.blocks[b]);
+    free(c->cx.blocks);
+    for (int i = 0; i < 4; i++) free(c->scratch[i]);
+    free(c->discard);
+    free(c->abort_out);
+    free(c->abort_seq);
+    free(c->abort_why);
+    free(c->abort_msg);
+    free(c->peer_dead);
+    free(c->p2p_dead);
+    free(c->peer_tl);
+    pthread_mutex_destroy(&c->plock);
+    pthread_mutex_destroy(&c->qlock);
+    pthread_cond_destroy(&c->qcond);
+    pthread_mutex_destroy(&c->exec_lock);
+    pthread_mutex_destroy(&c->dlock);
+    pthread_cond_destroy(&c->dcond);
+    pthread_mutex_destroy(&c->elock);
+    free(c);
+}
+
+static const mc_tl_ops_t *const mc_transports[] = {&mc_tl_shm_ops,
+                                                   &mc_tl_tcp_ops};
+enum { TL_SHM = 0, TL_TCP = 1 };
+
+mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
+                           const mc_comm_config_t *ucfg, mc_comm_h *comm_p)
+{
+    if (!comm_p) return mc_err(MC_ERR_INVALID_ARG, "comm_create: comm_p NULL");
+    if (size <= 0 || size > 65536)
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "comm_create: size %d out of range [1, 65536]", size);
+    if (rank < 0 || rank >= size)
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "comm_create: rank %d out of range [0, %d)", rank, size);
+    if (!store) return mc_err(MC_ERR_INVALID_ARG, "comm_create: store is NULL");
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    if (ucfg) {
+        if (ucfg->size < sizeof(cfg))
+            return mc_err(MC_ERR_INVALID_ARG,
+                          "comm_create: config not initialised with "
+                          "mc_comm_config_init");
+        cfg = *ucfg;
+    }
+    if (!cfg.name || !*cfg.name || strlen(cfg.name) >= 100)
+        return mc_err(MC_ERR_INVALID_ARG, "comm_create: invalid config name");
+    if ((unsigned)cfg.transport > MC_TRANSPORT_SHM)
+        return mc_err(MC_ERR_INVALID_ARG, "comm_create: invalid transport %d",
+                      (int)cfg.transport);
+
+    mc_status_t st = MC_OK;
+    mc_store_h ps = NULL;
+    char *hosts = NULL;
+    uint8_t *mask = NULL;
+    mc_comm_t *c = calloc(1, sizeof(*c));
+    if (!c) return mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
+    c->rank = rank;
+    c->size = size;
+    snprintf(c->name, sizeof(c->name), "%s", cfg.name);
+    c->timeout_ms = cfg.timeout_ms;
+    tune_init(&c->tune);
+    pthread_mutex_init(&c->plock, NULL);
+    pthread_mutex_init(&c->qlock, NULL);
+    pthread_cond_init(&c->qcond, NULL);
+    pthread_mutex_init(&c->exec_lock, NULL);
+    pthread_mutex_init(&c->dlock, NULL);
+    pthread_cond_init(&c->dcond, NULL);
+    pthread_mutex_init(&c->elock, NULL);
+    c->unexp_max = (size_t)mc_env_int("MOONCAKE_P2P_UNEXPECTED_MAX",
+                                      (int64_t)1 << 30);
+    c->discard_len = 1 << 16;
+    c->discard = malloc(c->discard_len);
+    c->peer_tl = malloc((size_t)size);
+    c->peer_dead = calloc((size_t)size, 1);
+    c->p2p_dead = calloc((size_t)size, 1);
+    c->abort_out =
+        calloc((size_t)size * MC_NUM_CHANNELS, sizeof(*c->abort_out));
+    c->abort_seq = malloc(sizeof(uint64_t) * (size_t)size);
+    c->abort_why = calloc((size_t)size, sizeof(mc_status_t));
+    c->abort_msg = calloc((size_t)size, sizeof(*c->abort_msg));
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++)
+        c->in[ch] = calloc((size_t)size, sizeof(mc_in_t));
+    hosts = calloc((size_t)size, MC_HOST_MAX);
+    mask = calloc((size_t)size, 1);
+    if (!c->discard || !c->peer_tl || !c->peer_dead || !c->p2p_dead || !c->abort_out ||
+        !c->abort_seq || !c->abort_why || !c->abort_msg || !c->in[0] || !c->in[1] || !hosts ||
+        !mask) {
+        st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
+        goto err_free;
+    }
+    for (int p = 0; p < size; p++) {
+        c->abort_seq[p] = UINT64_MAX;
+        c->peer_tl[p] = -1;
+    }
+
+    if (size > 1) {
+        int64_t deadline = mc_deadline_us(cfg.init_timeout_ms);
+        MC_CHECK_GOTO(mc_store_prefix_create(store, c->name, &ps), st,
+                      err_free);
+        /* communicator id, so segments and connections of different
+         * communicators never mix */
+        char key[64];
+        if (rank == 0) {
+            uint64_t uid = 0;
+            if (getrandom(&uid, sizeof(uid), 0) != sizeof(uid))
+                uid = (uint64_t)mc_now_us() ^ ((uint64_t)getpid() << 32);
+            c->uid = uid;
+            MC_CHECK_GOTO(mc_store_set(ps, "uid", &uid, sizeof(uid)), st,
+                          err_free);
+        } else {
+            size_t len;
+            MC_CHECK_GOTO(mc_store_get(ps, "uid", cfg.init_timeout_ms, &c->uid,
+                                       sizeof(c->uid), &len),
+                          st, err_free);
+        }
+        /* which peers share this host */
+        char me[MC_HOST_MAX];
+        host_id(me, sizeof(me));
+        snprintf(key, sizeof(key), "host/%d", rank);
+        MC_CHECK_GOTO(mc_store_set(ps, key, me, strlen(me) + 1), st, err_free);
+        int local = 1;
+        for (int p = 0; p < size; p++) {
+            if (p == rank) continue;
+            size_t len = 0;
+            int64_t left = (deadline - mc_now_us()) / 1000;
+            snprintf(key, sizeof(key), "host/%d", p);
+            st = mc_store_get(ps, key, left > 0 ? left : 0,
+                              hosts + (size_t)p * MC_HOST_MAX, MC_HOST_MAX - 1,
+                              &len);
+            if (st == MC_ERR_TIMEOUT) {
+                st = mc_err(MC_ERR_TIMEOUT,
+                            "comm_create: rank %d did not join within %lld ms",
+                            p, (long long)cfg.init_timeout_ms);
+            }
+            if (st < 0) goto err_free;
+            int same = !strcmp(hosts + (size_t)p * MC_HOST_MAX, me);
+            local += same;
+            if (cfg.transport == MC_TRANSPORT_TCP) c->peer_tl[p] = TL_TCP;
+            else if (cfg.transport == MC_TRANSPORT_SHM) {
+                if (!same) {
+                    st = mc_err(MC_ERR_INVALID_ARG,
+                                "comm_create: transport shm requested but "
+                                "rank %d is on another host",
+                                p);
+                    goto err_free;
+                }
+                c->peer_tl[p] = TL_SHM;
+            } else {
+                c->peer_tl[p] = same ? TL_SHM : TL_TCP;
+            }
+        }
+        c->oversub = local > local_cpus();
+        /* bring up each transport that some peer needs */
+        int slot_of[2] = {-1, -1};
+        for (int t = 0; t < 2; t++) {
+            int any = 0;
+            for (int p = 0; p < size; p++) {
+                mask[p] = p != rank && c->peer_tl[p] == t;
+                any |= mask[p];
+            }
+            if (!any) continue;
+            int64_t left = (deadline - mc_now_us()) / 1000;
+            mc_tl_params_t params = {.rank = rank,
+                                     .size = size,
+                                     .store = ps,
+                                     .uid = c->uid,
+                                     .peers = mask,
+                                     .timeout_ms = left > 0 ? left : 0};
+            const mc_tl_ops_t *ops = mc_transports[t];
+            mc_tl_t *tl = NULL;
+            MC_CHECK_GOTO(ops->create(&params, &tl), st, err_free);
+            c->tl[c->ntl] = tl;
+            c->tlops[c->ntl] = ops;
+            slot_of[t] = c->ntl++;
+            MC_CHECK_GOTO(ops->connect(tl), st, err_free);
+        }
+        for (int p = 0; p < size; p++)
+            if (p != rank) c->peer_tl[p] = (int8_t)slot_of[c->peer_tl[p]];
+        mc_store_destroy(ps);
+        ps = NULL;
+    }
+    free(hosts);
+    hosts = NULL;
+    free(mask);
+    mask = NULL;
+
+    /* every stream always has a header receive posted */
+    pthread_mutex_lock(&c->plock);
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
+        for (int p = 0; p < size; p++) {
+            mc_in_t *in = &c->in[ch][p];
+            in->ev.comm = c;
+            in->ev.fn = in_event;
+            in->peer = p;
+            in->ch = ch;
+            if (p != rank) in_post_hdr(c, in);
+        }
+    }
+    pthread_mutex_unlock(&c->plock);
+    MC_LOG(MC_LOG_INFO, "rank %d/%d: communicator '%s' ready", rank, size,
+           c->name);
+    *comm_p = c;
+    return MC_OK;
+
+err_free:
+    if (ps) mc_store_destroy(ps);
+    free(hosts);
+    free(mask);
+    {
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", mc_last_error());
+        comm_free(c);
+        mc_err(st, "%s", msg);
+    }
+    return st;
+}
+
+void mc_comm_destroy(mc_comm_h c)
+{
+    if (!c) return;
+    pthread_mutex_lock(&c->qlock);
+    c->stopping = 1;
+    pthread_cond_broadcast(&c->qcond);
+    pthread_mutex_unlock(&c->qlock);
+    if (c->thread_started) pthread_join(c->thread, NULL);
+    /* operations that never ran */
+    pthread_mutex_lock(&c->qlock);
+    mc_request_t *q = c->qhead;
+    c->qhead = c->qtail = NULL;
+    pthread_mutex_unlock(&c->qlock);
+    while (q) {
+        mc_request_t *next = q->next;
+        req_complete(q, MC_ERR_IO, "communicator destroyed before the "
+                                   "operation ran");
+        q = next;
+    }
+    pthread_mutex_lock(&c->plock);
+    /* give sends already handed to us a bounded chance to leave */
+    int64_t until = mc_now_us() + 200000;
+    for (;;) {
+        int busy = 0;
+        for (int i = 0; i < c->size * MC_NUM_CHANNELS; i++) {
+            mc_abort_out_t *a = &c->abort_out[i];
+            if (a->busy && a->px.status == MC_INPROGRESS) busy = 1;
+        }
+        if (!busy || mc_now_us() > until) break;
+        progress_locked(c);
+    }
+    while (c->precv_head) {
+        mc_request_t *r = c->precv_head;
+        c->precv_head = r->next;
+        req_complete(r, MC_ERR_IO, "communicator destroyed");
+    }
+    for (int p = 0; p < c->size; p++) {
+        mc_in_t *in = &c->in[MC_CH_P2P][p];
+        if (in->p2p_req) req_complete(in->p2p_req, MC_ERR_IO, "destroyed");
+        in->p2p_req = NULL;
+    }
+    pthread_mutex_unlock(&c->plock);
+    comm_free(c);
+}
+
+int mc_comm_rank(mc_comm_h c) { return c ? c->rank : -1; }
+int mc_comm_size(mc_comm_h c) { return c ? c->size : -1; }
+
+const char *mc_comm_last_error(mc_comm_h c)
+{
+    return c ? c->last_err : "comm is NULL";
+}
+
+const char *mc_comm_peer_transport(mc_comm_h c, int peer)
+{
+    if (!c || peer < 0 || peer >= c->size) return "invalid";
+    if (peer == c->rank) return "self";
+    int t = c->peer_tl[peer];
+    return t >= 0 ? c->tlops[t]->name : "none";
+}
