@@ -1,0 +1,618 @@
+/*
+ * Public API contract: bad arguments fail with MC_ERR_INVALID_ARG and a
+ * message naming the problem (never a crash, output parameters untouched),
+ * status/dtype/op names, request test/wait/free lifecycle, a short wait on
+ * a broadcast whose root has not called yet (MC_ERR_TIMEOUT, then success
+ * on a later wait), rank/size and per-peer transport names.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ref.h"
+#include "tests_common.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int contains_ci(const char *hay, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (const char *p = hay; *p; p++) {
+        size_t i = 0;
+        while (i < n && p[i] &&
+               tolower((unsigned char)p[i]) == tolower((unsigned char)needle[i]))
+            i++;
+        if (i == n) return 1;
+    }
+    return 0;
+}
+
+/* Does msg contain one of the '|'-separated keywords? */
+static int names_any(const char *msg, const char *keywords)
+{
+    char kw[128];
+    snprintf(kw, sizeof(kw), "%s", keywords);
+    for (char *save = NULL, *k = strtok_r(kw, "|", &save); k;
+         k = strtok_r(NULL, "|", &save))
+        if (contains_ci(msg, k)) return 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* No communicator needed                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void test_status_str(void **state)
+{
+    (void)state;
+    static const mc_status_t codes[] = {
+        MC_OK,            MC_INPROGRESS,       MC_ERR_INVALID_ARG,
+        MC_ERR_NO_MEMORY, MC_ERR_UNSUPPORTED,  MC_ERR_TIMEOUT,
+        MC_ERR_IO,        MC_ERR_INTERNAL,     MC_ERR_NOT_FOUND,
+        MC_ERR_PROTOCOL,  MC_ERR_STORE,        MC_ERR_MISMATCH,
+        MC_ERR_PEER_FAILED, MC_ERR_EVICTED,    MC_ERR_NO_QUORUM,
+        MC_ERR_ROOT_FAILED};
+    enum { N = sizeof(codes) / sizeof(codes[0]) };
+    const char *s[N];
+    for (int i = 0; i < N; i++) {
+        s[i] = mc_status_str(codes[i]);
+        assert_non_null(s[i]);
+        assert_true(strlen(s[i]) > 0);
+        for (int j = 0; j < i; j++)
+            if (strcmp(s[i], s[j]) == 0)
+                fail_msg("mc_status_str(%d) == mc_status_str(%d) == \"%s\"",
+                         codes[i], codes[j], s[i]);
+    }
+    assert_non_null(mc_status_str((mc_status_t)12345));
+    assert_non_null(mc_status_str((mc_status_t)-12345));
+    assert_non_null(mc_last_error());
+}
+
+static void test_names(void **state)
+{
+    (void)state;
+    for (int d = 0; d < MC_DTYPE_COUNT; d++) {
+        if (mc_dtype_size((mc_dtype_t)d) != ref_dsize((mc_dtype_t)d))
+            fail_msg("mc_dtype_size(%s) = %zu, expected %zu",
+                     ref_dname((mc_dtype_t)d), mc_dtype_size((mc_dtype_t)d),
+                     ref_dsize((mc_dtype_t)d));
+        const char *n = mc_dtype_name((mc_dtype_t)d);
+        assert_non_null(n);
+        assert_true(*n && strcmp(n, "invalid") != 0);
+        for (int e = 0; e < d; e++)
+            assert_string_not_equal(n, mc_dtype_name((mc_dtype_t)e));
+    }
+    assert_string_equal(mc_dtype_name(MC_FLOAT32), "float32");
+    assert_string_equal(mc_dtype_name(MC_BFLOAT16), "bfloat16");
+    assert_int_equal(mc_dtype_size(MC_DTYPE_COUNT), 0);
+    assert_int_equal(mc_dtype_size((mc_dtype_t)-1), 0);
+    assert_string_equal(mc_dtype_name(MC_DTYPE_COUNT), "invalid");
+    assert_string_equal(mc_dtype_name((mc_dtype_t)-1), "invalid");
+    for (int o = 0; o < MC_REDOP_COUNT; o++) {
+        const char *n = mc_redop_name((mc_redop_t)o);
+        assert_non_null(n);
+        assert_true(*n && strcmp(n, "invalid") != 0);
+        for (int e = 0; e < o; e++)
+            assert_string_not_equal(n, mc_redop_name((mc_redop_t)e));
+    }
+    assert_string_equal(mc_redop_name(MC_SUM), "sum");
+    assert_string_equal(mc_redop_name(MC_AVG), "avg");
+    assert_string_equal(mc_redop_name(MC_REDOP_COUNT), "invalid");
+    assert_string_equal(mc_redop_name((mc_redop_t)-1), "invalid");
+}
+
+static void test_config_init(void **state)
+{
+    (void)state;
+    mc_comm_config_t cfg;
+    setenv("MOONCAKE_TRANSPORT", "tcp", 1);
+    setenv("MOONCAKE_TIMEOUT_MS", "1234", 1);
+    memset(&cfg, 0xff, sizeof(cfg));
+    mc_comm_config_init(&cfg);
+    assert_int_equal(cfg.size, sizeof(cfg));
+    assert_int_equal(cfg.transport, MC_TRANSPORT_TCP);
+    assert_int_equal(cfg.timeout_ms, 1234);
+    setenv("MOONCAKE_TRANSPORT", "shm", 1);
+    mc_comm_config_init(&cfg);
+    assert_int_equal(cfg.transport, MC_TRANSPORT_SHM);
+    unsetenv("MOONCAKE_TRANSPORT");
+    unsetenv("MOONCAKE_TIMEOUT_MS");
+    mc_comm_config_init(&cfg);
+    assert_int_equal(cfg.transport, MC_TRANSPORT_AUTO);
+    assert_int_equal(cfg.timeout_ms, 300000);
+    assert_int_equal(cfg.init_timeout_ms, 300000);
+}
+
+/* Bad arguments to mc_comm_create fail at once, in this process. */
+static void test_create_bad_args(void **state)
+{
+    (void)state;
+    char *dir = mc_test_mkdtemp();
+    assert_non_null(dir);
+    mc_store_h store;
+    assert_int_equal(mc_store_file_create(dir, &store), MC_OK);
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.init_timeout_ms = 3000; /* a wrongly accepted call must not block */
+    cfg.transport = MC_TRANSPORT_SHM;
+    static const struct {
+        int rank, size, null_store, null_out;
+        const char *kw;
+    } cases[] = {
+        {2, 2, 0, 0, "rank"}, {5, 2, 0, 0, "rank"}, {-1, 2, 0, 0, "rank"},
+        {0, 0, 0, 0, "size"}, {0, -3, 0, 0, "size"}, {0, 2, 1, 0, "store"},
+        {0, 1, 1, 0, "store"},
+        {0, 1, 0, 1, "comm|null|output|_p"},
+    };
+    /* failures are counted, not fail_msg()ed, so the store is released */
+    int fails = 0;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        mc_comm_h sentinel = (mc_comm_h)(uintptr_t)0x1234, comm = sentinel;
+        double t0 = now_s();
+        mc_status_t st =
+            mc_comm_create(cases[i].rank, cases[i].size,
+                           cases[i].null_store ? NULL : store, &cfg,
+                           cases[i].null_out ? NULL : &comm);
+        double dt = now_s() - t0;
+        const char *msg = mc_last_error();
+        if (st != MC_ERR_INVALID_ARG) {
+            fails++;
+            print_error("mc_comm_create(rank=%d, size=%d, store=%s, "
+                        "comm_p=%s) returned %s, expected "
+                        "MC_ERR_INVALID_ARG\n",
+                        cases[i].rank, cases[i].size,
+                        cases[i].null_store ? "NULL" : "ok",
+                        cases[i].null_out ? "NULL" : "ok", mc_status_str(st));
+            if (st == MC_OK && comm != sentinel) mc_comm_destroy(comm);
+            continue;
+        }
+        if (comm != sentinel) {
+            fails++;
+            print_error("create case %zu: comm_p written on failure\n", i);
+        }
+        if (dt > 1.0) {
+            fails++;
+            print_error("create case %zu: took %.2f s\n", i, dt);
+        }
+        if (!msg || !names_any(msg, cases[i].kw)) {
+            fails++;
+            print_error("create case %zu: mc_last_error \"%s\" does not name "
+                        "%s\n",
+                        i, msg ? msg : "(null)", cases[i].kw);
+        }
+    }
+    /* NULL-safe no-ops */
+    mc_comm_destroy(NULL);
+    mc_request_free(NULL);
+    mc_store_destroy(store);
+    mc_test_rmtree(dir);
+    free(dir);
+    assert_int_equal(fails, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Bad arguments on a live communicator                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct api_param {
+    int size;
+    mc_transport_kind_t transport;
+} api_param_t;
+
+/* Expect MC_ERR_INVALID_ARG with a message naming one of `kw`; for the
+ * non-blocking forms the request sentinel must stay untouched. */
+static int expect_invalid(int rank, mc_comm_h comm, const char *what,
+                          mc_status_t st, const char *kw)
+{
+    if (st != MC_ERR_INVALID_ARG)
+        return MC_TFAIL(rank, "%s: returned %s (%s), expected "
+                              "MC_ERR_INVALID_ARG",
+                        what, mc_status_str(st), mc_last_error());
+    const char *msg = mc_last_error();
+    if (!msg || !*msg)
+        return MC_TFAIL(rank, "%s: empty mc_last_error", what);
+    if (!names_any(msg, kw))
+        return MC_TFAIL(rank, "%s: message \"%s\" does not name the problem "
+                              "(%s)",
+                        what, msg, kw);
+    if (comm) {
+        const char *cm = mc_comm_last_error(comm);
+        if (!cm || !*cm)
+            return MC_TFAIL(rank, "%s: empty mc_comm_last_error", what);
+    }
+    return 0;
+}
+
+#define BAD(expr, kw)                                                          \
+    (fails += expect_invalid(rank, comm, #expr, (expr), kw))
+
+#define BAD_NB(call, kw)                                                       \
+    do {                                                                       \
+        mc_request_h req_ = (mc_request_h)(uintptr_t)0x5678;                   \
+        mc_status_t st_ = call;                                                \
+        fails += expect_invalid(rank, comm, #call, st_, kw);                   \
+        if (req_ != (mc_request_h)(uintptr_t)0x5678)                           \
+            fails += MC_TFAIL(rank, "%s: req_p written on failure", #call);    \
+    } while (0)
+
+static int bad_args_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    (void)arg;
+    int fails = 0;
+    int32_t a[64], b[64];
+    float f[64];
+    size_t cnt[8], dsp[8];
+    memset(a, 0, sizeof(a));
+    memset(f, 0, sizeof(f));
+    for (int r = 0; r < 8; r++) cnt[r] = 2, dsp[r] = (size_t)r * 2;
+
+    const char *fresh = mc_comm_last_error(comm);
+    if (!fresh || *fresh)
+        fails += MC_TFAIL(rank, "fresh communicator has last error \"%s\"",
+                          fresh ? fresh : "(null)");
+
+    const char *BUF = "buf|null|send|recv";
+    const char *DT = "dtype|type";
+    const char *OP = "op|band|bor|bxor|float|bfloat16";
+    const char *ROOT = "root";
+    const char *PEER = "peer|rank|dest|source|self";
+
+    /* comm NULL: only the thread message can carry the text */
+    {
+        mc_status_t st = mc_comm_allreduce(NULL, a, b, 4, MC_INT32, MC_SUM);
+        fails += expect_invalid(rank, NULL, "allreduce(comm=NULL)", st,
+                                "comm|null|handle");
+        st = mc_comm_barrier(NULL);
+        fails += expect_invalid(rank, NULL, "barrier(comm=NULL)", st,
+                                "comm|null|handle");
+        st = mc_comm_send(NULL, a, 1, MC_INT32, 0, 0);
+        fails += expect_invalid(rank, NULL, "send(comm=NULL)", st,
+                                "comm|null|handle");
+    }
+    BAD(mc_comm_allreduce(comm, NULL, b, 4, MC_INT32, MC_SUM), BUF);
+    BAD(mc_comm_allreduce(comm, a, NULL, 4, MC_INT32, MC_SUM), BUF);
+    BAD_NB(mc_comm_iallreduce(comm, a, b, 4, MC_DTYPE_COUNT, MC_SUM, &req_), DT);
+    BAD(mc_comm_allreduce(comm, a, b, 4, (mc_dtype_t)-1, MC_SUM), DT);
+    BAD_NB(mc_comm_iallreduce(comm, a, b, 4, MC_INT32, MC_REDOP_COUNT, &req_), OP);
+    BAD(mc_comm_allreduce(comm, a, b, 4, MC_INT32, (mc_redop_t)-1), OP);
+    BAD(mc_comm_allreduce(comm, f, f, 4, MC_FLOAT32, MC_BAND), OP);
+    BAD(mc_comm_allreduce(comm, f, f, 4, MC_BFLOAT16, MC_BXOR), OP);
+    BAD(mc_comm_allreduce(comm, f, f, 4, MC_FLOAT8_E4M3, MC_BOR), OP);
+    BAD(mc_comm_allreduce(comm, f, f, 4, MC_FLOAT64, MC_BAND), OP);
+    BAD(mc_comm_reduce_scatter(comm, f, f, 2, MC_FLOAT16, MC_BOR), OP);
+    BAD(mc_comm_reduce(comm, f, f, 4, MC_FLOAT8_E5M2, MC_BXOR, 0), OP);
+    BAD(mc_comm_allgather(comm, NULL, b, 2, MC_INT32), BUF);
+    BAD(mc_comm_allgather(comm, a, b, 2, MC_DTYPE_COUNT), DT);
+    BAD(mc_comm_broadcast(comm, a, a, 4, MC_INT32, size), ROOT);
+    BAD(mc_comm_broadcast(comm, a, a, 4, MC_INT32, -1), ROOT);
+    BAD_NB(mc_comm_ibroadcast(comm, a, a, 4, MC_INT32, size + 7, &req_), ROOT);
+    BAD(mc_comm_reduce(comm, a, b, 4, MC_INT32, MC_SUM, size), ROOT);
+    BAD(mc_comm_reduce(comm, a, b, 4, MC_INT32, MC_SUM, -2), ROOT);
+    BAD(mc_comm_gather(comm, a, b, 2, MC_INT32, -5), ROOT);
+    BAD(mc_comm_scatter(comm, a, b, 2, MC_INT32, size + 3), ROOT);
+    BAD(mc_comm_reduce_scatterv(comm, a, b, NULL, MC_INT32, MC_SUM),
+        "count|null|recvcounts");
+    BAD(mc_comm_allgatherv(comm, a, 2, b, NULL, dsp, MC_INT32),
+        "count|null|recvcounts");
+    BAD(mc_comm_allgatherv(comm, a, 2, b, cnt, NULL, MC_INT32),
+        "displ|null");
+    BAD(mc_comm_allgatherv(comm, a, 3, b, cnt, dsp, MC_INT32),
+        "count|sendcount|recvcounts");
+    BAD(mc_comm_alltoallv(comm, a, NULL, dsp, b, cnt, dsp, MC_INT32),
+        "count|null");
+    BAD(mc_comm_alltoallv(comm, a, cnt, dsp, b, cnt, NULL, MC_INT32),
+        "displ|null");
+    BAD(mc_comm_alltoall(comm, a, a, 2, MC_INT32),
+        "overlap|in-place|in place|alias|same");
+    /* point-to-point */
+    BAD(mc_comm_send(comm, a, 4, MC_INT32, size, 1), PEER);
+    BAD(mc_comm_send(comm, a, 4, MC_INT32, -1, 1), PEER);
+    BAD(mc_comm_send(comm, a, 4, MC_INT32, rank, 1), PEER);
+    BAD_NB(mc_comm_isend(comm, a, 4, MC_INT32, size + 1, 1, &req_), PEER);
+    if (size > 1) {
+        BAD(mc_comm_send(comm, NULL, 4, MC_INT32, (rank + 1) % size, 1), BUF);
+        BAD(mc_comm_send(comm, a, 4, MC_DTYPE_COUNT, (rank + 1) % size, 1), DT);
+    }
+    BAD(mc_comm_recv(comm, b, 4, MC_INT32, size, 1), PEER);
+    BAD(mc_comm_recv(comm, b, 4, MC_INT32, -2, 1), PEER);
+    BAD_NB(mc_comm_irecv(comm, NULL, 4, MC_INT32, MC_ANY_SOURCE, 1, &req_), BUF);
+    /* requests */
+    BAD(mc_request_wait(NULL, 0), "req|null");
+    {
+        int done = 7;
+        BAD(mc_request_test(NULL, &done), "req|null");
+        if (done != 7) fails += MC_TFAIL(rank, "done_p written on failure");
+    }
+    /* must not crash; values unspecified */
+    (void)mc_comm_peer_transport(comm, size);
+    (void)mc_comm_peer_transport(comm, -1);
+    (void)mc_comm_rank(NULL);
+    (void)mc_comm_size(NULL);
+
+    /* After all that the communicator works. */
+    for (int i = 0; i < 8; i++) a[i] = rank + i;
+    mc_status_t st = mc_comm_allreduce(comm, a, b, 8, MC_INT32, MC_SUM);
+    if (st != MC_OK)
+        return MC_TFAIL(rank, "allreduce after bad calls: %s: %s",
+                        mc_status_str(st), mc_last_error()) + fails;
+    for (int i = 0; i < 8; i++)
+        if (b[i] != size * (size - 1) / 2 + size * i)
+            return MC_TFAIL(rank, "allreduce after bad calls: index %d: "
+                                  "expected %d got %d",
+                            i, size * (size - 1) / 2 + size * i, b[i]) +
+                   fails;
+    /* count 0 with NULL buffers is allowed */
+    st = mc_comm_allreduce(comm, NULL, NULL, 0, MC_INT32, MC_SUM);
+    if (st != MC_OK)
+        fails += MC_TFAIL(rank, "allreduce count 0 with NULL buffers: %s: %s",
+                          mc_status_str(st), mc_last_error());
+    return fails;
+}
+
+static void test_bad_args(void **state)
+{
+    api_param_t *p = *state;
+    assert_int_equal(
+        mc_test_spawn(p->size, p->transport, 60, bad_args_body, p), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Requests, timeouts, transports                                           */
+/* ------------------------------------------------------------------------ */
+
+static int lifecycle_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    const api_param_t *p = arg;
+    int fails = 0;
+    mc_status_t st;
+    mc_request_h req;
+
+    /* rank, size, transports */
+    if (mc_comm_rank(comm) != rank || mc_comm_size(comm) != size)
+        fails += MC_TFAIL(rank, "mc_comm_rank/size %d/%d, expected %d/%d",
+                          mc_comm_rank(comm), mc_comm_size(comm), rank, size);
+    const char *want = p->transport == MC_TRANSPORT_TCP ? "tcp" : "shm";
+    for (int peer = 0; peer < size; peer++) {
+        const char *t = mc_comm_peer_transport(comm, peer);
+        const char *e = peer == rank ? "self" : want;
+        if (!t || strcmp(t, e) != 0)
+            fails += MC_TFAIL(rank, "mc_comm_peer_transport(%d) = \"%s\", "
+                                    "expected \"%s\" (configured %s)",
+                              peer, t ? t : "(null)", e,
+                              ref_tname(p->transport));
+    }
+
+    /* ibarrier: test until done */
+    st = mc_comm_ibarrier(comm, &req);
+    if (st != MC_OK)
+        return MC_TFAIL(rank, "ibarrier: %s: %s", mc_status_str(st),
+                        mc_last_error());
+    {
+        int done = 0;
+        double t0 = now_s();
+        while (1) {
+            st = mc_request_test(req, &done);
+            if (done) break;
+            if (st != MC_INPROGRESS)
+                return MC_TFAIL(rank, "request_test pending: returned %s with "
+                                      "done=0, expected MC_INPROGRESS",
+                                mc_status_str(st));
+            if (now_s() - t0 > 20)
+                return MC_TFAIL(rank, "ibarrier never finished under "
+                                      "mc_request_test");
+            usleep(100);
+        }
+        if (st != MC_OK)
+            return MC_TFAIL(rank, "ibarrier finished with %s: %s",
+                            mc_status_str(st), mc_last_error());
+        /* a finished request can be tested and waited again */
+        done = 0;
+        st = mc_request_test(req, &done);
+        if (st != MC_OK || done != 1)
+            fails += MC_TFAIL(rank, "re-test of finished request: %s done=%d",
+                              mc_status_str(st), done);
+        st = mc_request_wait(req, 0);
+        if (st != MC_OK)
+            fails += MC_TFAIL(rank, "wait on finished request: %s",
+                              mc_status_str(st));
+        mc_request_free(req);
+    }
+
+    /* pending irecv: test says in progress until the send happens */
+    if (rank == 1) {
+        int32_t r[3] = {0, 0, 0};
+        st = mc_comm_irecv(comm, r, 3, MC_INT32, 0, 3, &req);
+        if (st != MC_OK)
+            return MC_TFAIL(rank, "irecv: %s: %s", mc_status_str(st),
+                            mc_last_error());
+        int done = 5;
+        st = mc_request_test(req, &done);
+        if (st != MC_INPROGRESS || done != 0)
+            fails += MC_TFAIL(rank, "test of an unmatched irecv: %s done=%d, "
+                                    "expected MC_INPROGRESS done=0",
+                              mc_status_str(st), done);
+        st = mc_comm_barrier(comm);
+        if (st != MC_OK)
+            return MC_TFAIL(rank, "barrier: %s", mc_status_str(st));
+        st = mc_request_wait(req, 20000);
+        if (st != MC_OK)
+            return MC_TFAIL(rank, "wait irecv: %s: %s", mc_status_str(st),
+                            mc_last_error());
+        if (mc_request_source(req) != 0)
+            fails += MC_TFAIL(rank, "mc_request_source = %d, expected 0",
+                              mc_request_source(req));
+        if (r[0] != 31 || r[1] != 32 || r[2] != 33)
+            fails += MC_TFAIL(rank, "irecv data {%d,%d,%d}", r[0], r[1], r[2]);
+        mc_request_free(req);
+    } else {
+        st = mc_comm_barrier(comm);
+        if (st != MC_OK)
+            return MC_TFAIL(rank, "barrier: %s", mc_status_str(st));
+        if (rank == 0) {
+            int32_t s[3] = {31, 32, 33};
+            st = mc_comm_send(comm, s, 3, MC_INT32, 1, 3);
+            if (st != MC_OK)
+                return MC_TFAIL(rank, "send: %s: %s", mc_status_str(st),
+                                mc_last_error());
+        }
+    }
+
+    /* free while pending: the operation still completes (in issue order,
+     * so after the following blocking allreduce it is done) */
+    {
+        int32_t s1[100], r1[100], s2[4], r2[4];
+        for (int i = 0; i < 100; i++) s1[i] = rank * 1000 + i;
+        for (int i = 0; i < 4; i++) s2[i] = rank;
+        memset(r1, 0, sizeof(r1));
+        st = mc_comm_iallreduce(comm, s1, r1, 100, MC_INT32, MC_SUM, &req);
+        if (st != MC_OK)
+            return MC_TFAIL(rank, "iallreduce: %s", mc_status_str(st));
+        mc_request_free(req);
+        st = mc_comm_allreduce(comm, s2, r2, 4, MC_INT32, MC_MAX);
+        if (st != MC_OK)
+            return MC_TFAIL(rank, "allreduce after a freed pending one: %s: %s",
+                            mc_status_str(st), mc_last_error());
+        if (r2[0] != size - 1)
+            fails += MC_TFAIL(rank, "allreduce max: got %d expected %d", r2[0],
+                              size - 1);
+        for (int i = 0; i < 100; i++) {
+            int32_t e = 1000 * (size * (size - 1) / 2) + size * i;
+            if (r1[i] != e) {
+                fails += MC_TFAIL(rank, "freed pending allreduce: index %d: "
+                                        "expected %d got %d",
+                                  i, e, r1[i]);
+                break;
+            }
+        }
+    }
+
+    /* Short wait on a broadcast whose root has not called yet. */
+    {
+        uint8_t buf[1000];
+        st = mc_comm_barrier(comm);
+        if (st != MC_OK)
+            return MC_TFAIL(rank, "barrier: %s", mc_status_str(st));
+        if (rank == 0) {
+            usleep(700000);
+            for (int i = 0; i < 1000; i++) buf[i] = (uint8_t)(i * 7 + 1);
+            st = mc_comm_broadcast(comm, buf, buf, 1000, MC_UINT8, 0);
+            if (st != MC_OK)
+                return MC_TFAIL(rank, "late root broadcast: %s: %s",
+                                mc_status_str(st), mc_last_error());
+        } else {
+            memset(buf, 0, sizeof(buf));
+            st = mc_comm_ibroadcast(comm, buf, buf, 1000, MC_UINT8, 0, &req);
+            if (st != MC_OK)
+                return MC_TFAIL(rank, "ibroadcast: %s", mc_status_str(st));
+            double t0 = now_s();
+            st = mc_request_wait(req, 50);
+            double dt = now_s() - t0;
+            if (st != MC_ERR_TIMEOUT)
+                fails += MC_TFAIL(rank, "wait(50 ms) before the root called: "
+                                        "%s after %.3f s, expected "
+                                        "MC_ERR_TIMEOUT",
+                                  mc_status_str(st), dt);
+            else if (dt < 0.045 || dt > 0.5)
+                fails += MC_TFAIL(rank, "wait(50 ms) timed out after %.3f s", dt);
+            int done = 9;
+            mc_status_t ts = mc_request_test(req, &done);
+            if (st == MC_ERR_TIMEOUT && (ts != MC_INPROGRESS || done != 0))
+                fails += MC_TFAIL(rank, "test after wait timeout: %s done=%d",
+                                  mc_status_str(ts), done);
+            st = mc_request_wait(req, -1);
+            mc_request_free(req);
+            if (st != MC_OK)
+                return MC_TFAIL(rank, "second wait on the broadcast: %s: %s",
+                                mc_status_str(st), mc_last_error()) + fails;
+            for (int i = 0; i < 1000; i++)
+                if (buf[i] != (uint8_t)(i * 7 + 1)) {
+                    fails += MC_TFAIL(rank, "late broadcast: index %d: "
+                                            "expected %d got %d",
+                                      i, (uint8_t)(i * 7 + 1), buf[i]);
+                    break;
+                }
+        }
+    }
+    st = mc_comm_barrier(comm);
+    if (st != MC_OK)
+        return MC_TFAIL(rank, "final barrier: %s", mc_status_str(st)) + fails;
+    return fails;
+}
+
+static void test_lifecycle(void **state)
+{
+    api_param_t *p = *state;
+    assert_int_equal(
+        mc_test_spawn(p->size, p->transport, 60, lifecycle_body, p), 0);
+}
+
+/* MC_TRANSPORT_AUTO with every peer on this host: shm to all of them. */
+static int auto_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    (void)arg;
+    int fails = 0;
+    for (int peer = 0; peer < size; peer++) {
+        const char *t = mc_comm_peer_transport(comm, peer);
+        const char *e = peer == rank ? "self" : "shm";
+        if (!t || strcmp(t, e) != 0)
+            fails += MC_TFAIL(rank, "auto transport: peer %d is \"%s\", "
+                                    "expected \"%s\"",
+                              peer, t ? t : "(null)", e);
+    }
+    int64_t v = rank + 1, s = 0;
+    mc_status_t st = mc_comm_allreduce(comm, &v, &s, 1, MC_INT64, MC_SUM);
+    if (st != MC_OK || s != (int64_t)size * (size + 1) / 2)
+        fails += MC_TFAIL(rank, "auto allreduce: %s, sum %lld",
+                          mc_status_str(st), (long long)s);
+    return fails;
+}
+
+static void test_auto_transport(void **state)
+{
+    (void)state;
+    assert_int_equal(mc_test_spawn(3, MC_TRANSPORT_AUTO, 60, auto_body, NULL),
+                     0);
+}
+
+static void test_size_one(void **state)
+{
+    api_param_t *p = *state;
+    assert_int_equal(
+        mc_test_spawn(1, p->transport, 60, bad_args_body, p), 0);
+}
+
+static api_param_t p2shm = {2, MC_TRANSPORT_SHM}, p3tcp = {3, MC_TRANSPORT_TCP},
+                   p2tcp = {2, MC_TRANSPORT_TCP}, p3shm = {3, MC_TRANSPORT_SHM};
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_status_str),
+        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_config_init),
+        cmocka_unit_test(test_create_bad_args),
+        {"bad_args_2_shm", test_bad_args, NULL, NULL, &p2shm},
+        {"bad_args_3_tcp", test_bad_args, NULL, NULL, &p3tcp},
+        {"bad_args_1_shm", test_size_one, NULL, NULL, &p2shm},
+        {"lifecycle_2_shm", test_lifecycle, NULL, NULL, &p2shm},
+        {"lifecycle_2_tcp", test_lifecycle, NULL, NULL, &p2tcp},
+        {"lifecycle_3_shm", test_lifecycle, NULL, NULL, &p3shm},
+        cmocka_unit_test(test_auto_transport),
+    };
+    return cmocka_run_group_tests_name("api", tests, NULL, NULL);
+}

@@ -1,0 +1,375 @@
+/*
+ * Tagged point-to-point over real rank processes (2, 3, 4 ranks; shm and
+ * tcp): out-of-order tags, same-tag ordering, a ring of 8 MiB messages with
+ * everything posted before waiting, MC_ANY_SOURCE with mc_request_source,
+ * count mismatch (MC_ERR_MISMATCH at the receiver, communicator still
+ * usable), zero-count messages, and p2p interleaved with collectives.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ref.h"
+#include "tests_common.h"
+
+#define RING_BYTES (8u << 20)
+
+typedef struct p2p_param {
+    int size;
+    mc_transport_kind_t transport;
+} p2p_param_t;
+
+typedef struct pc {
+    mc_comm_h comm;
+    int rank, size;
+    const char *tname;
+} pc_t;
+
+#define FAIL(c, ...)                                                           \
+    (fprintf(stderr, "[ranks=%d transport=%s] ", (c)->size, (c)->tname),      \
+     MC_TFAIL((c)->rank, __VA_ARGS__))
+
+#define CALL(c, expr)                                                          \
+    do {                                                                       \
+        mc_status_t st_ = (expr);                                              \
+        if (st_ != MC_OK)                                                      \
+            return FAIL(c, "%s returned %s: %s", #expr, mc_status_str(st_),   \
+                        mc_last_error());                                      \
+    } while (0)
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static mc_status_t wait_free(mc_request_h req, int64_t timeout_ms)
+{
+    mc_status_t st = mc_request_wait(req, timeout_ms);
+    if (st != MC_ERR_TIMEOUT) mc_request_free(req);
+    return st;
+}
+
+/* Compare int32 arrays; report the first difference. */
+static int check_i32(pc_t *c, const char *what, const int32_t *got,
+                     const int32_t *exp, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != exp[i])
+            return FAIL(c, "%s: first wrong index %zu of %zu: expected %d got %d",
+                        what, i, n, exp[i], got[i]);
+    return 0;
+}
+
+static void fill_i32(int32_t *b, size_t n, int32_t base)
+{
+    for (size_t i = 0; i < n; i++) b[i] = base + (int32_t)i;
+}
+
+/* Sent tag 1 then tag 2; received tag 2 then tag 1. Then three messages
+ * with one tag must arrive in send order. */
+static int t_tags(pc_t *c)
+{
+    int32_t a[10], b[20], ra[10], rb[20], ea[10], eb[20];
+    fill_i32(ea, 10, 1000);
+    fill_i32(eb, 20, 2000);
+    if (c->rank == 0) {
+        mc_request_h r1, r2;
+        memcpy(a, ea, sizeof(a));
+        memcpy(b, eb, sizeof(b));
+        CALL(c, mc_comm_isend(c->comm, a, 10, MC_INT32, 1, 1, &r1));
+        CALL(c, mc_comm_isend(c->comm, b, 20, MC_INT32, 1, 2, &r2));
+        CALL(c, wait_free(r1, -1));
+        CALL(c, wait_free(r2, -1));
+        for (int k = 0; k < 3; k++) {
+            int32_t m[4];
+            fill_i32(m, 4, 100 * k);
+            CALL(c, mc_comm_send(c->comm, m, 4, MC_INT32, 1, 5));
+        }
+    } else if (c->rank == 1) {
+        memset(ra, 0, sizeof(ra));
+        memset(rb, 0, sizeof(rb));
+        CALL(c, mc_comm_recv(c->comm, rb, 20, MC_INT32, 0, 2));
+        CALL(c, mc_comm_recv(c->comm, ra, 10, MC_INT32, 0, 1));
+        if (check_i32(c, "recv tag 2 (sent second)", rb, eb, 20)) return 1;
+        if (check_i32(c, "recv tag 1 (sent first)", ra, ea, 10)) return 1;
+        for (int k = 0; k < 3; k++) {
+            int32_t m[4], e[4];
+            fill_i32(e, 4, 100 * k);
+            CALL(c, mc_comm_recv(c->comm, m, 4, MC_INT32, 0, 5));
+            if (check_i32(c, "same-tag message order", m, e, 4)) return 1;
+        }
+    }
+    return 0;
+}
+
+/* Everyone sends 8 MiB to the next rank and receives from the previous,
+ * all posted before any wait (and the send waited first). */
+static int t_ring(pc_t *c)
+{
+    int next = (c->rank + 1) % c->size, prev = (c->rank + c->size - 1) % c->size;
+    size_t n = RING_BYTES / 8;
+    uint64_t *s = malloc(RING_BYTES), *r = malloc(RING_BYTES);
+    if (!s || !r) {
+        free(s);
+        free(r);
+        return FAIL(c, "out of memory");
+    }
+    ref_fill_bytes(MC_UINT64, 77, c->rank, 0, s, n);
+    memset(r, 0, RING_BYTES);
+    mc_request_h rs = NULL, rr = NULL;
+    int rc = 0;
+    double t0 = now_s();
+    mc_status_t st = mc_comm_irecv(c->comm, r, n, MC_UINT64, prev, 9, &rr);
+    if (st == MC_OK)
+        st = mc_comm_isend(c->comm, s, n, MC_UINT64, next, 9, &rs);
+    if (st != MC_OK) {
+        rc = FAIL(c, "ring post: %s: %s", mc_status_str(st), mc_last_error());
+        goto out;
+    }
+    st = mc_request_wait(rs, -1);
+    if (st != MC_OK) {
+        rc = FAIL(c, "ring send wait: %s: %s", mc_status_str(st),
+                  mc_last_error());
+        goto out;
+    }
+    st = mc_request_wait(rr, -1);
+    if (st != MC_OK) {
+        rc = FAIL(c, "ring recv wait: %s: %s", mc_status_str(st),
+                  mc_last_error());
+        goto out;
+    }
+    if (mc_request_source(rr) != prev)
+        rc = FAIL(c, "ring: mc_request_source %d, expected %d",
+                  mc_request_source(rr), prev);
+    {
+        uint64_t *e = malloc(RING_BYTES);
+        if (!e) {
+            rc = FAIL(c, "out of memory");
+            goto out;
+        }
+        ref_fill_bytes(MC_UINT64, 77, prev, 0, e, n);
+        for (size_t i = 0; i < n; i++)
+            if (r[i] != e[i]) {
+                rc = FAIL(c, "ring 8 MiB from %d: first wrong index %zu of %zu: "
+                             "expected %016llx got %016llx",
+                          prev, i, n, (unsigned long long)e[i],
+                          (unsigned long long)r[i]);
+                break;
+            }
+        free(e);
+    }
+    if (getenv("MC_TEST_VERBOSE") && c->rank == 0)
+        fprintf(stderr, "ring %d x 8 MiB over %s: %.3f s\n", c->size, c->tname,
+                now_s() - t0);
+out:
+    if (rs) mc_request_free(rs);
+    if (rr) mc_request_free(rr);
+    free(s);
+    free(r);
+    return rc;
+}
+
+/* Rank 0 receives one message from every other rank via MC_ANY_SOURCE. */
+static int t_any_source(pc_t *c)
+{
+    if (c->rank != 0) {
+        int64_t m[4] = {c->rank, c->rank * 2, c->rank * 3, -c->rank};
+        CALL(c, mc_comm_send(c->comm, m, 4, MC_INT64, 0, 7));
+        return 0;
+    }
+    int n = c->size - 1;
+    int64_t m[8][4];
+    mc_request_h req[8];
+    int seen[8] = {0};
+    for (int k = 0; k < n; k++)
+        CALL(c, mc_comm_irecv(c->comm, m[k], 4, MC_INT64, MC_ANY_SOURCE, 7,
+                              &req[k]));
+    int rc = 0;
+    for (int k = 0; k < n; k++) {
+        mc_status_t st = mc_request_wait(req[k], -1);
+        int src = mc_request_source(req[k]);
+        mc_request_free(req[k]);
+        if (st != MC_OK) {
+            rc = FAIL(c, "any-source recv %d: %s: %s", k, mc_status_str(st),
+                      mc_last_error());
+            continue;
+        }
+        if (src < 1 || src >= c->size || seen[src]++) {
+            rc = FAIL(c, "any-source recv %d: bad or repeated source %d", k, src);
+            continue;
+        }
+        if (m[k][0] != src || m[k][1] != 2 * src || m[k][2] != 3 * src ||
+            m[k][3] != -src)
+            rc = FAIL(c, "any-source recv %d from %d: data {%lld,%lld,%lld,%lld}",
+                      k, src, (long long)m[k][0], (long long)m[k][1],
+                      (long long)m[k][2], (long long)m[k][3]);
+    }
+    return rc;
+}
+
+/* Receive count != send count: the receiver fails with MC_ERR_MISMATCH,
+ * the sender finishes (either way), and the pair still works afterwards. */
+static int t_count_mismatch(pc_t *c)
+{
+    static const size_t sends[2] = {10, 5}, recvs[2] = {8, 9};
+    for (int k = 0; k < 2; k++) {
+        int32_t buf[16], e[16];
+        fill_i32(e, 16, 50 * k);
+        if (c->rank == 1) {
+            memcpy(buf, e, sizeof(buf));
+            mc_request_h req;
+            CALL(c, mc_comm_isend(c->comm, buf, sends[k], MC_INT32, 0,
+                                  (uint32_t)(11 + k), &req));
+            double t0 = now_s();
+            mc_status_t st = mc_request_wait(req, 15000);
+            if (st == MC_ERR_TIMEOUT)
+                return FAIL(c, "send of %zu (receiver expects %zu) did not "
+                               "finish in %.1f s",
+                            sends[k], recvs[k], now_s() - t0);
+            mc_request_free(req);
+            if (st != MC_OK && st != MC_ERR_MISMATCH)
+                return FAIL(c, "mismatched send returned %s: %s",
+                            mc_status_str(st), mc_last_error());
+        } else if (c->rank == 0) {
+            double t0 = now_s();
+            mc_status_t st = mc_comm_recv(c->comm, buf, recvs[k], MC_INT32, 1,
+                                          (uint32_t)(11 + k));
+            double dt = now_s() - t0;
+            if (st != MC_ERR_MISMATCH)
+                return FAIL(c, "recv count %zu of a %zu-element message: got "
+                               "%s, expected MC_ERR_MISMATCH",
+                            recvs[k], sends[k], mc_status_str(st));
+            if (dt > 10)
+                return FAIL(c, "count mismatch took %.1f s", dt);
+            if (!*mc_last_error())
+                return FAIL(c, "count mismatch: empty mc_last_error");
+        }
+        /* the pair (and everybody) still works */
+        if (c->rank == 1) {
+            fill_i32(buf, 16, 777 + k);
+            CALL(c, mc_comm_send(c->comm, buf, 16, MC_INT32, 0, 13));
+        } else if (c->rank == 0) {
+            fill_i32(e, 16, 777 + k);
+            memset(buf, 0, sizeof(buf));
+            CALL(c, mc_comm_recv(c->comm, buf, 16, MC_INT32, 1, 13));
+            if (check_i32(c, "send/recv after a count mismatch", buf, e, 16))
+                return 1;
+        }
+        CALL(c, mc_comm_barrier(c->comm));
+    }
+    return 0;
+}
+
+/* Zero-count messages (NULL and non-NULL buffers) keep their place in the
+ * per-tag order. */
+static int t_zero(pc_t *c)
+{
+    int32_t m[3] = {1, 2, 3}, r[3] = {0, 0, 0}, dummy = 42;
+    if (c->rank == 0) {
+        CALL(c, mc_comm_send(c->comm, NULL, 0, MC_INT32, 1, 15));
+        CALL(c, mc_comm_send(c->comm, &dummy, 0, MC_FLOAT64, 1, 15));
+        CALL(c, mc_comm_send(c->comm, m, 3, MC_INT32, 1, 15));
+    } else if (c->rank == 1) {
+        mc_request_h req;
+        CALL(c, mc_comm_irecv(c->comm, NULL, 0, MC_INT32, 0, 15, &req));
+        CALL(c, wait_free(req, -1));
+        CALL(c, mc_comm_recv(c->comm, &dummy, 0, MC_FLOAT64, 0, 15));
+        if (dummy != 42) return FAIL(c, "zero-count recv wrote its buffer");
+        CALL(c, mc_comm_recv(c->comm, r, 3, MC_INT32, 0, 15));
+        if (check_i32(c, "message after two zero-count ones", r, m, 3)) return 1;
+    }
+    return 0;
+}
+
+/* Point-to-point posted across collectives must not disturb either. */
+static int t_interleaved(pc_t *c)
+{
+    int32_t s[64], r[64], e[64], ar[5], are[5];
+    mc_request_h pre = NULL;
+    int last = c->size - 1;
+    fill_i32(s, 64, 5000 + c->rank);
+    if (c->rank == last)
+        CALL(c, mc_comm_irecv(c->comm, r, 64, MC_INT32, 0, 20, &pre));
+    if (c->rank == 0)
+        CALL(c, mc_comm_isend(c->comm, s, 64, MC_INT32, last, 21, &pre));
+    for (int i = 0; i < 5; i++) ar[i] = c->rank + i;
+    CALL(c, mc_comm_allreduce(c->comm, ar, ar, 5, MC_INT32, MC_SUM));
+    for (int i = 0; i < 5; i++)
+        are[i] = c->size * (c->size - 1) / 2 + c->size * i;
+    if (check_i32(c, "allreduce between p2p", ar, are, 5)) return 1;
+    if (c->rank == 0) CALL(c, mc_comm_send(c->comm, s, 64, MC_INT32, last, 20));
+    int32_t bc[3] = {0, 0, 0}, bce[3] = {9, 8, 7};
+    if (c->rank == last) memcpy(bc, bce, sizeof(bc));
+    CALL(c, mc_comm_broadcast(c->comm, bc, bc, 3, MC_INT32, last));
+    if (check_i32(c, "broadcast between p2p", bc, bce, 3)) return 1;
+    /* the tag-21 send may need the receive (posted only now by `last`) */
+    if (c->rank == 0) CALL(c, wait_free(pre, -1));
+    if (c->rank == last) {
+        fill_i32(e, 64, 5000);
+        CALL(c, wait_free(pre, -1));
+        if (check_i32(c, "irecv posted before the allreduce", r, e, 64))
+            return 1;
+        memset(r, 0, sizeof(r));
+        CALL(c, mc_comm_recv(c->comm, r, 64, MC_INT32, 0, 21));
+        if (check_i32(c, "isend posted before the allreduce", r, e, 64))
+            return 1;
+    }
+    return 0;
+}
+
+static int rank_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    const p2p_param_t *p = arg;
+    pc_t c = {comm, rank, size, ref_tname(p->transport)};
+    static int (*const steps[])(pc_t *) = {t_tags, t_ring, t_any_source,
+                                           t_count_mismatch, t_zero,
+                                           t_interleaved};
+    static const char *const names[] = {"tags", "ring", "any_source",
+                                        "count_mismatch", "zero",
+                                        "interleaved"};
+    for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+        if (steps[k](&c))
+            return FAIL(&c, "step '%s' failed", names[k]);
+        mc_status_t st = mc_comm_barrier(comm);
+        if (st != MC_OK)
+            return FAIL(&c, "barrier after '%s': %s: %s", names[k],
+                        mc_status_str(st), mc_last_error());
+    }
+    return 0;
+}
+
+static void test_p2p(void **state)
+{
+    p2p_param_t *p = *state;
+    assert_int_equal(mc_test_spawn(p->size, p->transport, 120, rank_body, p),
+                     0);
+}
+
+static p2p_param_t params[] = {
+    {2, MC_TRANSPORT_SHM}, {3, MC_TRANSPORT_SHM}, {4, MC_TRANSPORT_SHM},
+    {2, MC_TRANSPORT_TCP}, {3, MC_TRANSPORT_TCP}, {4, MC_TRANSPORT_TCP},
+};
+
+int main(void)
+{
+    enum { N = sizeof(params) / sizeof(params[0]) };
+    static char names[N][48];
+    struct CMUnitTest tests[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof(names[i]), "p2p_%d_%s", params[i].size,
+                 ref_tname(params[i].transport));
+        tests[i] = (struct CMUnitTest){names[i], test_p2p, NULL, NULL,
+                                       &params[i]};
+    }
+    return _cmocka_run_group_tests("p2p", tests, N, NULL, NULL);
+}
