@@ -1,0 +1,1153 @@
+/*
+ * mooncake-bench: nccl-tests style bandwidth benchmark for one collective.
+ *
+ * The parent forks --ranks local processes; each builds a communicator over
+ * a file store in a fresh temporary directory (removed at exit) and sweeps
+ * the message size. Rank 0 prints the nccl-tests table: per size the
+ * out-of-place and in-place time, algorithm and bus bandwidth, and the
+ * number of wrong elements from a verification run.
+ *
+ * Only the public API is used, plus reduce.h's scalar conversions to encode
+ * the exact reference values for fp16/bf16/fp8.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mooncake/mooncake.h"
+#include "reduce.h"
+
+#define BENCH_MAX_RANKS 256
+#define BENCH_MAX_BYTES ((uint64_t)16 << 30)
+
+enum bench_op {
+    OP_ALLREDUCE,
+    OP_ALLGATHER,
+    OP_REDUCE_SCATTER,
+    OP_BROADCAST,
+    OP_REDUCE,
+    OP_GATHER,
+    OP_SCATTER,
+    OP_ALLTOALL,
+    OP_BARRIER,
+    OP_COUNT
+};
+
+static const char *const bench_op_names[OP_COUNT] = {
+    "allreduce", "allgather", "reduce_scatter", "broadcast", "reduce",
+    "gather",    "scatter",   "alltoall",       "barrier",
+};
+
+struct bench_opts {
+    uint64_t minb, maxb, factor;
+    int iters, warmup;
+    enum bench_op op;
+    mc_dtype_t dtype;
+    mc_redop_t redop;
+    int root;
+    mc_transport_kind_t transport;
+    int check;
+    int memcpy_bw;
+    int nranks;
+    const char *dir;
+};
+
+/* Sizes of one step of the sweep, following nccl-tests: `count` is the
+ * count passed to the API, `bytes` the size printed and used for algbw. */
+struct layout {
+    size_t count;
+    size_t send_bytes, recv_bytes;
+    size_t bytes;
+};
+
+/* clang-format off */
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: mooncake-bench [options]\n"
+"  -b, --minbytes SIZE     smallest size (default 8)\n"
+"  -e, --maxbytes SIZE     largest size (default 64M)\n"
+"  -f, --stepfactor N      multiply the size by N each step (default 2)\n"
+"  -n, --iters N           timed iterations per size (default 20)\n"
+"  -w, --warmup_iters N    untimed warm-up iterations (default 5)\n"
+"  -o, --op OP             allreduce|allgather|reduce_scatter|broadcast|reduce|\n"
+"                          gather|scatter|alltoall|barrier (default allreduce)\n"
+"  -d, --datatype TYPE     int8 uint8 int16 uint16 int32 uint32 int64 uint64\n"
+"                          bool float16 bfloat16 float32 float64 float8_e4m3\n"
+"                          float8_e5m2 (default float32)\n"
+"  -r, --redop OP          sum prod min max avg band bor bxor (default sum)\n"
+"      --root R            root of broadcast/reduce/gather/scatter (default 0)\n"
+"      --ranks N           number of local rank processes (default 2)\n"
+"      --transport KIND    shm|tcp|auto (default: MOONCAKE_TRANSPORT or auto)\n"
+"  -c, --check 0|1         verify results, count wrong elements (default 1)\n"
+"      --memcpy            also print single-thread memcpy bandwidth (GB/s)\n"
+"                          of this machine for each size (rank 0's process)\n"
+"  -h, --help              this text\n"
+"SIZE accepts K, M, G suffixes (powers of 1024).\n"
+"\n"
+"Size conventions (as nccl-tests): `size` is the larger of the per-rank\n"
+"send and receive buffers, `count` the count passed to the call:\n"
+"  allreduce, broadcast, reduce: size = the buffer, count = size/elt\n"
+"  allgather, gather:  size = the gathered output, count = size/(ranks*elt)\n"
+"  reduce_scatter, scatter: size = the full input, count = size/(ranks*elt)\n"
+"  alltoall: size = the send buffer, count = size/(ranks*elt) per peer\n"
+"algbw = size / time; busbw = algbw * factor with factor 2(n-1)/n for\n"
+"allreduce, (n-1)/n for allgather, reduce_scatter and alltoall, 1 for\n"
+"broadcast, reduce, gather and scatter. Time is the average per iteration\n"
+"between barriers, the maximum over ranks. #wrong counts wrong elements over\n"
+"all ranks in one extra run on inputs with an exactly computable result.\n"
+"Exit status: 0 ok, 1 wrong results or a failed rank, 2 usage error.\n");
+}
+/* clang-format on */
+
+/* ------------------------------------------------------------------------ */
+/* Option parsing                                                           */
+/* ------------------------------------------------------------------------ */
+
+static int parse_size(const char *s, uint64_t *v_p)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *s == '-') return -1;
+    uint64_t mul = 1;
+    switch (*end) {
+    case 'k':
+    case 'K':
+        mul = (uint64_t)1 << 10;
+        end++;
+        break;
+    case 'm':
+    case 'M':
+        mul = (uint64_t)1 << 20;
+        end++;
+        break;
+    case 'g':
+    case 'G':
+        mul = (uint64_t)1 << 30;
+        end++;
+        break;
+    default:
+        break;
+    }
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end) return -1;
+    if (v > UINT64_MAX / mul) return -1;
+    *v_p = (uint64_t)v * mul;
+    return 0;
+}
+
+static int parse_int(const char *s, long lo, long hi, int *v_p)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *v_p = (int)v;
+    return 0;
+}
+
+static int parse_dtype(const char *s, mc_dtype_t *d_p)
+{
+    static const struct {
+        const char *alias;
+        mc_dtype_t d;
+    } aliases[] = {{"float", MC_FLOAT32},       {"half", MC_FLOAT16},
+                   {"double", MC_FLOAT64},      {"bf16", MC_BFLOAT16},
+                   {"int", MC_INT32},           {"fp8_e4m3", MC_FLOAT8_E4M3},
+                   {"fp8_e5m2", MC_FLOAT8_E5M2}};
+    for (int d = 0; d < MC_DTYPE_COUNT; d++)
+        if (!strcasecmp(s, mc_dtype_name((mc_dtype_t)d))) {
+            *d_p = (mc_dtype_t)d;
+            return 0;
+        }
+    for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++)
+        if (!strcasecmp(s, aliases[i].alias)) {
+            *d_p = aliases[i].d;
+            return 0;
+        }
+    return -1;
+}
+
+static int parse_redop(const char *s, mc_redop_t *op_p)
+{
+    for (int o = 0; o < MC_REDOP_COUNT; o++)
+        if (!strcasecmp(s, mc_redop_name((mc_redop_t)o))) {
+            *op_p = (mc_redop_t)o;
+            return 0;
+        }
+    return -1;
+}
+
+/* Returns 0 to run, 1 to exit successfully (help), -1 on a usage error. */
+static int parse_args(int argc, char **argv, struct bench_opts *o)
+{
+    enum { OPT_ROOT = 256, OPT_RANKS, OPT_TRANSPORT, OPT_MEMCPY };
+    static const struct option longopts[] = {
+        {"minbytes", required_argument, NULL, 'b'},
+        {"maxbytes", required_argument, NULL, 'e'},
+        {"stepfactor", required_argument, NULL, 'f'},
+        {"iters", required_argument, NULL, 'n'},
+        {"warmup_iters", required_argument, NULL, 'w'},
+        {"op", required_argument, NULL, 'o'},
+        {"datatype", required_argument, NULL, 'd'},
+        {"redop", required_argument, NULL, 'r'},
+        {"check", required_argument, NULL, 'c'},
+        {"root", required_argument, NULL, OPT_ROOT},
+        {"ranks", required_argument, NULL, OPT_RANKS},
+        {"transport", required_argument, NULL, OPT_TRANSPORT},
+        {"memcpy", no_argument, NULL, OPT_MEMCPY},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    *o = (struct bench_opts){
+        .minb = 8,
+        .maxb = (uint64_t)64 << 20,
+        .factor = 2,
+        .iters = 20,
+        .warmup = 5,
+        .op = OP_ALLREDUCE,
+        .dtype = MC_FLOAT32,
+        .redop = MC_SUM,
+        .root = 0,
+        .transport = cfg.transport,
+        .check = 1,
+        .nranks = 2,
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "b:e:f:n:w:o:d:r:c:h", longopts,
+                            NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'b':
+            bad = parse_size(optarg, &o->minb) || o->minb == 0;
+            break;
+        case 'e':
+            bad = parse_size(optarg, &o->maxb);
+            break;
+        case 'f': {
+            int f;
+            bad = parse_int(optarg, 2, 1 << 20, &f);
+            o->factor = (uint64_t)f;
+            break;
+        }
+        case 'n':
+            bad = parse_int(optarg, 1, 100000000, &o->iters);
+            break;
+        case 'w':
+            bad = parse_int(optarg, 0, 100000000, &o->warmup);
+            break;
+        case 'o': {
+            bad = 1;
+            for (int i = 0; i < OP_COUNT; i++)
+                if (!strcasecmp(optarg, bench_op_names[i])) {
+                    o->op = (enum bench_op)i;
+                    bad = 0;
+                }
+            break;
+        }
+        case 'd':
+            bad = parse_dtype(optarg, &o->dtype);
+            break;
+        case 'r':
+            bad = parse_redop(optarg, &o->redop);
+            break;
+        case 'c':
+            bad = parse_int(optarg, 0, 1, &o->check);
+            break;
+        case OPT_ROOT:
+            bad = parse_int(optarg, 0, BENCH_MAX_RANKS, &o->root);
+            break;
+        case OPT_RANKS:
+            bad = parse_int(optarg, 1, BENCH_MAX_RANKS, &o->nranks);
+            break;
+        case OPT_TRANSPORT:
+            if (!strcasecmp(optarg, "shm"))
+                o->transport = MC_TRANSPORT_SHM;
+            else if (!strcasecmp(optarg, "tcp"))
+                o->transport = MC_TRANSPORT_TCP;
+            else if (!strcasecmp(optarg, "auto"))
+                o->transport = MC_TRANSPORT_AUTO;
+            else
+                bad = 1;
+            break;
+        case OPT_MEMCPY:
+            o->memcpy_bw = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            usage(stderr);
+            return -1;
+        }
+        if (bad) {
+            fprintf(stderr, "mooncake-bench: invalid value '%s' for -%c%s\n",
+                    optarg, c < 256 ? c : '-',
+                    c == OPT_ROOT        ? "-root"
+                    : c == OPT_RANKS     ? "-ranks"
+                    : c == OPT_TRANSPORT ? "-transport"
+                                         : "");
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "mooncake-bench: unexpected argument '%s'\n",
+                argv[optind]);
+        return -1;
+    }
+    if (o->maxb < o->minb || o->maxb > BENCH_MAX_BYTES) {
+        fprintf(stderr,
+                "mooncake-bench: need minbytes <= maxbytes <= %" PRIu64 "\n",
+                BENCH_MAX_BYTES);
+        return -1;
+    }
+    if (o->root >= o->nranks) {
+        fprintf(stderr, "mooncake-bench: --root %d is not below --ranks %d\n",
+                o->root, o->nranks);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Element encoding and the exact reference                                 */
+/* ------------------------------------------------------------------------ */
+
+static void put(void *buf, size_t i, mc_dtype_t dt, double v)
+{
+    int64_t x = (int64_t)v; /* via int64: negative -> unsigned is defined */
+    switch (dt) {
+    case MC_INT8:
+        ((int8_t *)buf)[i] = (int8_t)x;
+        break;
+    case MC_UINT8:
+        ((uint8_t *)buf)[i] = (uint8_t)x;
+        break;
+    case MC_INT16:
+        ((int16_t *)buf)[i] = (int16_t)x;
+        break;
+    case MC_UINT16:
+        ((uint16_t *)buf)[i] = (uint16_t)x;
+        break;
+    case MC_INT32:
+        ((int32_t *)buf)[i] = (int32_t)x;
+        break;
+    case MC_UINT32:
+        ((uint32_t *)buf)[i] = (uint32_t)x;
+        break;
+    case MC_INT64:
+        ((int64_t *)buf)[i] = x;
+        break;
+    case MC_UINT64:
+        ((uint64_t *)buf)[i] = (uint64_t)x;
+        break;
+    case MC_BOOL:
+        ((uint8_t *)buf)[i] = v != 0;
+        break;
+    case MC_FLOAT16:
+        ((uint16_t *)buf)[i] = mc_float_to_fp16((float)v);
+        break;
+    case MC_BFLOAT16:
+        ((uint16_t *)buf)[i] = mc_float_to_bf16((float)v);
+        break;
+    case MC_FLOAT32:
+        ((float *)buf)[i] = (float)v;
+        break;
+    case MC_FLOAT64:
+        ((double *)buf)[i] = v;
+        break;
+    case MC_FLOAT8_E4M3:
+        ((uint8_t *)buf)[i] = mc_float_to_fp8e4m3((float)v);
+        break;
+    case MC_FLOAT8_E5M2:
+        ((uint8_t *)buf)[i] = mc_float_to_fp8e5m2((float)v);
+        break;
+    default:
+        break;
+    }
+}
+
+static double get(const void *buf, size_t i, mc_dtype_t dt)
+{
+    switch (dt) {
+    case MC_INT8:
+        return ((const int8_t *)buf)[i];
+    case MC_UINT8:
+        return ((const uint8_t *)buf)[i];
+    case MC_INT16:
+        return ((const int16_t *)buf)[i];
+    case MC_UINT16:
+        return ((const uint16_t *)buf)[i];
+    case MC_INT32:
+        return ((const int32_t *)buf)[i];
+    case MC_UINT32:
+        return ((const uint32_t *)buf)[i];
+    case MC_INT64:
+        return (double)((const int64_t *)buf)[i];
+    case MC_UINT64:
+        return (double)((const uint64_t *)buf)[i];
+    case MC_BOOL:
+        return ((const uint8_t *)buf)[i] != 0;
+    case MC_FLOAT16:
+        return mc_fp16_to_float(((const uint16_t *)buf)[i]);
+    case MC_BFLOAT16:
+        return mc_bf16_to_float(((const uint16_t *)buf)[i]);
+    case MC_FLOAT32:
+        return ((const float *)buf)[i];
+    case MC_FLOAT64:
+        return ((const double *)buf)[i];
+    case MC_FLOAT8_E4M3:
+        return mc_fp8e4m3_to_float(((const uint8_t *)buf)[i]);
+    case MC_FLOAT8_E5M2:
+        return mc_fp8e5m2_to_float(((const uint8_t *)buf)[i]);
+    default:
+        return 0;
+    }
+}
+
+/* Largest L such that every integer 0..L is exact in the type. */
+static int64_t exact_limit(mc_dtype_t dt)
+{
+    switch (dt) {
+    case MC_BOOL:
+        return 1;
+    case MC_INT8:
+        return 127;
+    case MC_UINT8:
+        return 255;
+    case MC_INT16:
+        return 32767;
+    case MC_UINT16:
+        return 65535;
+    case MC_FLOAT16:
+        return 2048;
+    case MC_BFLOAT16:
+        return 256;
+    case MC_FLOAT8_E4M3:
+        return 16;
+    case MC_FLOAT8_E5M2:
+        return 8;
+    default:
+        return 1 << 20;
+    }
+}
+
+static int is_float(mc_dtype_t dt)
+{
+    return dt == MC_FLOAT16 || dt == MC_BFLOAT16 || dt == MC_FLOAT32 ||
+           dt == MC_FLOAT64 || dt == MC_FLOAT8_E4M3 || dt == MC_FLOAT8_E5M2;
+}
+
+/*
+ * Verification inputs are small non-negative integers chosen so that every
+ * partial result of the reduction is exact in the element type, whatever
+ * order the engine combines ranks in: then the exact result is known.
+ */
+struct pattern {
+    mc_dtype_t dt;
+    mc_redop_t op;
+    int n;
+    int64_t m_red; /* reduction inputs are (3r + i) % m_red */
+    int64_t m_mov; /* data-movement inputs are (7r + 3j + i) % m_mov */
+};
+
+static void pattern_init(struct pattern *p, const struct bench_opts *o)
+{
+    int64_t lim = exact_limit(o->dtype);
+    p->dt = o->dtype;
+    p->op = o->redop;
+    p->n = o->nranks;
+    p->m_mov = (lim < 100 ? lim : 100) + 1;
+    if (o->dtype == MC_BOOL)
+        p->m_red = 2;
+    else if (o->redop == MC_SUM || o->redop == MC_AVG) {
+        int64_t per = lim / o->nranks;
+        p->m_red = (per < 100 ? per : 100) + 1;
+    } else
+        p->m_red = p->m_mov;
+}
+
+static double red_in(const struct pattern *p, int r, size_t i)
+{
+    if (p->op == MC_PROD) /* at most one factor of 2 per element */
+        return ((size_t)r + i) % (size_t)(p->n + 1) == 0 ? 2 : 1;
+    return (double)(((size_t)r * 3 + i) % (size_t)p->m_red);
+}
+
+static double mov_in(const struct pattern *p, int r, size_t j, size_t i)
+{
+    return (double)(((size_t)r * 7 + j * 3 + i) % (size_t)p->m_mov);
+}
+
+/* Reference reduction over ranks of red_in(., i), rounded to the type. */
+static double red_ref(const struct pattern *p, size_t i)
+{
+    double acc = red_in(p, 0, i);
+    int boolean = p->dt == MC_BOOL;
+    for (int r = 1; r < p->n; r++) {
+        double v = red_in(p, r, i);
+        switch (p->op) {
+        case MC_SUM:
+        case MC_AVG:
+            acc = boolean ? (acc != 0 || v != 0) : acc + v;
+            break;
+        case MC_PROD:
+            acc = boolean ? (acc != 0 && v != 0) : acc * v;
+            break;
+        case MC_MIN:
+            acc = v < acc ? v : acc;
+            break;
+        case MC_MAX:
+            acc = v > acc ? v : acc;
+            break;
+        case MC_BAND:
+            acc = (double)((int64_t)acc & (int64_t)v);
+            break;
+        case MC_BOR:
+            acc = (double)((int64_t)acc | (int64_t)v);
+            break;
+        case MC_BXOR:
+            acc = (double)((int64_t)acc ^ (int64_t)v);
+            break;
+        default:
+            break;
+        }
+    }
+    if (p->op == MC_AVG && !boolean) {
+        if (p->dt == MC_FLOAT64)
+            acc = acc / p->n;
+        else if (is_float(p->dt))
+            acc = (double)((float)acc / (float)p->n);
+        else
+            acc = (double)((int64_t)acc / p->n);
+    }
+    /* round-trip through the type, as the engine's result is */
+    unsigned char tmp[8];
+    put(tmp, 0, p->dt, acc);
+    return get(tmp, 0, p->dt);
+}
+
+/* A value no verification input takes (for bool it cannot exist). */
+#define GARBAGE (-1.0)
+
+static void fill_garbage(void *buf, size_t n, mc_dtype_t dt)
+{
+    for (size_t i = 0; i < n; i++)
+        put(buf, i, dt, GARBAGE);
+}
+
+static int64_t count_wrong(const void *buf, size_t n, mc_dtype_t dt,
+                           double (*want)(const struct pattern *, int, size_t,
+                                          size_t),
+                           const struct pattern *p, int a, size_t block)
+{
+    int64_t wrong = 0;
+    for (size_t i = 0; i < n; i++)
+        if (get(buf, i, dt) != want(p, a, block, i)) wrong++;
+    return wrong;
+}
+
+/* Adapters so count_wrong has one signature for every expectation. */
+static double want_red(const struct pattern *p, int a, size_t off, size_t i)
+{
+    (void)a;
+    return red_ref(p, off + i);
+}
+
+static double want_mov(const struct pattern *p, int r, size_t j, size_t i)
+{
+    unsigned char tmp[8];
+    put(tmp, 0, p->dt, mov_in(p, r, j, i));
+    return get(tmp, 0, p->dt);
+}
+
+/* ------------------------------------------------------------------------ */
+/* One rank                                                                 */
+/* ------------------------------------------------------------------------ */
+
+struct rank_ctx {
+    const struct bench_opts *o;
+    mc_comm_h comm;
+    int rank, n;
+    size_t esz;
+    unsigned char *send, *recv;
+    struct pattern pat;
+};
+
+static void layout_for(const struct rank_ctx *c, uint64_t size,
+                       struct layout *l)
+{
+    size_t e = c->esz, n = (size_t)c->n;
+    switch (c->o->op) {
+    case OP_ALLREDUCE:
+    case OP_BROADCAST:
+    case OP_REDUCE:
+        l->count = size / e;
+        l->send_bytes = l->recv_bytes = l->count * e;
+        break;
+    case OP_ALLGATHER:
+    case OP_GATHER:
+        l->count = size / (e * n);
+        l->send_bytes = l->count * e;
+        l->recv_bytes = l->count * e * n;
+        break;
+    case OP_REDUCE_SCATTER:
+    case OP_SCATTER:
+        l->count = size / (e * n);
+        l->send_bytes = l->count * e * n;
+        l->recv_bytes = l->count * e;
+        break;
+    case OP_ALLTOALL:
+        l->count = size / (e * n);
+        l->send_bytes = l->recv_bytes = l->count * e * n;
+        break;
+    default:
+        l->count = 0;
+        l->send_bytes = l->recv_bytes = 0;
+        break;
+    }
+    l->bytes = l->send_bytes > l->recv_bytes ? l->send_bytes : l->recv_bytes;
+}
+
+static double busbw_factor(enum bench_op op, int n)
+{
+    switch (op) {
+    case OP_ALLREDUCE:
+        return 2.0 * (n - 1) / n;
+    case OP_ALLGATHER:
+    case OP_REDUCE_SCATTER:
+    case OP_ALLTOALL:
+    case OP_GATHER: /* as nccl-tests: only (n-1)/n of the data moves */
+    case OP_SCATTER:
+        return (double)(n - 1) / n;
+    case OP_BARRIER:
+        return 0;
+    default:
+        return 1; /* broadcast, reduce */
+    }
+}
+
+static int has_inplace(enum bench_op op)
+{
+    return op != OP_ALLTOALL && op != OP_BARRIER;
+}
+
+/* Buffers for one call: in place as NCCL defines it per operation. */
+static void buffers(const struct rank_ctx *c, const struct layout *l,
+                    int inplace, unsigned char **s_p, unsigned char **r_p)
+{
+    size_t blk = l->count * c->esz * (size_t)c->rank;
+    *s_p = c->send;
+    *r_p = c->recv;
+    if (!inplace) return;
+    switch (c->o->op) {
+    case OP_ALLREDUCE:
+    case OP_BROADCAST:
+    case OP_REDUCE:
+        *s_p = c->recv;
+        break;
+    case OP_ALLGATHER:
+    case OP_GATHER:
+        *s_p = c->recv + blk;
+        break;
+    case OP_REDUCE_SCATTER:
+    case OP_SCATTER:
+        *r_p = c->send + blk;
+        break;
+    default:
+        break;
+    }
+}
+
+static mc_status_t run_once(const struct rank_ctx *c, const struct layout *l,
+                            void *s, void *r)
+{
+    mc_comm_h comm = c->comm;
+    const struct bench_opts *o = c->o;
+    switch (o->op) {
+    case OP_ALLREDUCE:
+        return mc_comm_allreduce(comm, s, r, l->count, o->dtype, o->redop);
+    case OP_ALLGATHER:
+        return mc_comm_allgather(comm, s, r, l->count, o->dtype);
+    case OP_REDUCE_SCATTER:
+        return mc_comm_reduce_scatter(comm, s, r, l->count, o->dtype, o->redop);
+    case OP_BROADCAST:
+        return mc_comm_broadcast(comm, s, r, l->count, o->dtype, o->root);
+    case OP_REDUCE:
+        return mc_comm_reduce(comm, s, r, l->count, o->dtype, o->redop,
+                              o->root);
+    case OP_GATHER:
+        return mc_comm_gather(comm, s, r, l->count, o->dtype, o->root);
+    case OP_SCATTER:
+        return mc_comm_scatter(comm, s, r, l->count, o->dtype, o->root);
+    case OP_ALLTOALL:
+        return mc_comm_alltoall(comm, s, r, l->count, o->dtype);
+    default:
+        return mc_comm_barrier(comm);
+    }
+}
+
+static void die(const struct rank_ctx *c, mc_status_t st, const char *what)
+{
+    fprintf(stderr, "mooncake-bench: rank %d: %s failed: %s: %s\n", c->rank,
+            what, mc_status_str(st),
+            c->comm ? mc_comm_last_error(c->comm) : mc_last_error());
+    fflush(NULL);
+    _exit(1);
+}
+
+/* Average time per iteration in microseconds, the maximum over ranks. */
+static double time_op(const struct rank_ctx *c, const struct layout *l,
+                      int inplace)
+{
+    unsigned char *s, *r;
+    buffers(c, l, inplace, &s, &r);
+    mc_status_t st;
+    for (int i = 0; i < c->o->warmup; i++)
+        if ((st = run_once(c, l, s, r)) != MC_OK) die(c, st, "warm-up");
+    if ((st = mc_comm_barrier(c->comm)) != MC_OK) die(c, st, "barrier");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < c->o->iters; i++)
+        if ((st = run_once(c, l, s, r)) != MC_OK) die(c, st, "collective");
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double us = ((double)(t1.tv_sec - t0.tv_sec) * 1e6 +
+                 (double)(t1.tv_nsec - t0.tv_nsec) / 1e3) /
+                c->o->iters;
+    if ((st = mc_comm_barrier(c->comm)) != MC_OK) die(c, st, "barrier");
+    if ((st = mc_comm_allreduce(c->comm, &us, &us, 1, MC_FLOAT64, MC_MAX)) !=
+        MC_OK)
+        die(c, st, "allreduce(max time)");
+    return us;
+}
+
+/* Fill the send buffers with data for the timed loop (the same pattern as
+ * verification, so reductions stay in range for a while). */
+static void fill_inputs(const struct rank_ctx *c, const struct layout *l,
+                        int inplace)
+{
+    unsigned char *s, *r;
+    buffers(c, l, inplace, &s, &r);
+    const struct pattern *p = &c->pat;
+    mc_dtype_t dt = c->o->dtype;
+    size_t n = (size_t)c->n, cnt = l->count, e = c->esz;
+    int me = c->rank, root = c->o->root;
+    switch (c->o->op) {
+    case OP_ALLREDUCE:
+    case OP_REDUCE:
+        if (!inplace) fill_garbage(r, cnt, dt);
+        for (size_t i = 0; i < cnt; i++)
+            put(s, i, dt, red_in(p, me, i));
+        break;
+    case OP_REDUCE_SCATTER:
+        if (!inplace) fill_garbage(r, cnt, dt);
+        for (size_t i = 0; i < cnt * n; i++)
+            put(s, i, dt, red_in(p, me, i));
+        break;
+    case OP_BROADCAST:
+        fill_garbage(r, cnt, dt);
+        if (me == root)
+            for (size_t i = 0; i < cnt; i++)
+                put(s, i, dt, mov_in(p, root, 0, i));
+        else if (!inplace)
+            fill_garbage(s, cnt, dt);
+        break;
+    case OP_ALLGATHER:
+    case OP_GATHER:
+        fill_garbage(r, cnt * n, dt);
+        for (size_t i = 0; i < cnt; i++)
+            put(s, i, dt, mov_in(p, me, 0, i));
+        break;
+    case OP_SCATTER:
+        fill_garbage(s, cnt * n, dt);
+        if (!inplace) fill_garbage(r, cnt, dt);
+        if (me == root)
+            for (size_t b = 0; b < n; b++)
+                for (size_t i = 0; i < cnt; i++)
+                    put(s + b * cnt * e, i, dt, mov_in(p, (int)b, 0, i));
+        break;
+    case OP_ALLTOALL:
+        fill_garbage(r, cnt * n, dt);
+        for (size_t j = 0; j < n; j++)
+            for (size_t i = 0; i < cnt; i++)
+                put(s + j * cnt * e, i, dt, mov_in(p, me, j, i));
+        break;
+    default:
+        break;
+    }
+}
+
+/* One verification run; returns the number of wrong elements over ranks. */
+static int64_t check_op(const struct rank_ctx *c, const struct layout *l,
+                        int inplace)
+{
+    unsigned char *s, *r;
+    buffers(c, l, inplace, &s, &r);
+    fill_inputs(c, l, inplace);
+    mc_status_t st = run_once(c, l, s, r);
+    if (st != MC_OK) die(c, st, "verification run");
+    const struct pattern *p = &c->pat;
+    mc_dtype_t dt = c->o->dtype;
+    size_t n = (size_t)c->n, cnt = l->count, e = c->esz;
+    int me = c->rank, root = c->o->root;
+    int64_t wrong = 0;
+    switch (c->o->op) {
+    case OP_ALLREDUCE:
+        wrong = count_wrong(r, cnt, dt, want_red, p, 0, 0);
+        break;
+    case OP_REDUCE:
+        if (me == root) wrong = count_wrong(r, cnt, dt, want_red, p, 0, 0);
+        break;
+    case OP_REDUCE_SCATTER:
+        wrong = count_wrong(r, cnt, dt, want_red, p, 0, (size_t)me * cnt);
+        break;
+    case OP_BROADCAST:
+        wrong = count_wrong(r, cnt, dt, want_mov, p, root, 0);
+        break;
+    case OP_ALLGATHER:
+    case OP_GATHER:
+        if (c->o->op == OP_GATHER && me != root) break;
+        for (size_t b = 0; b < n; b++)
+            wrong +=
+                count_wrong(r + b * cnt * e, cnt, dt, want_mov, p, (int)b, 0);
+        break;
+    case OP_SCATTER:
+        wrong = count_wrong(r, cnt, dt, want_mov, p, me, 0);
+        break;
+    case OP_ALLTOALL:
+        /* block j came from rank j, which sent its block `me` */
+        for (size_t j = 0; j < n; j++)
+            wrong += count_wrong(r + j * cnt * e, cnt, dt, want_mov, p, (int)j,
+                                 (size_t)me);
+        break;
+    default:
+        break;
+    }
+    st = mc_comm_allreduce(c->comm, &wrong, &wrong, 1, MC_INT64, MC_SUM);
+    if (st != MC_OK) die(c, st, "allreduce(#wrong)");
+    return wrong;
+}
+
+/* Single-thread memcpy bandwidth in GB/s for `bytes`, destination touched
+ * beforehand. Enough copies to move >= 64 MiB, at least 5. */
+static double memcpy_gbps(unsigned char *dst, const unsigned char *src,
+                          size_t bytes)
+{
+    if (bytes == 0) return 0;
+    size_t reps = ((size_t)64 << 20) / bytes;
+    if (reps < 5) reps = 5;
+    if (reps > 100000) reps = 100000;
+    memcpy(dst, src, bytes); /* warm */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (size_t i = 0; i < reps; i++) {
+        memcpy(dst, src, bytes);
+        __asm__ volatile("" : : "r"(dst) : "memory");
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double sec = (double)(t1.tv_sec - t0.tv_sec) +
+                 (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    return sec > 0 ? (double)bytes * (double)reps / sec / 1e9 : 0;
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void time_str(char out[16], double us)
+{
+    if (us >= 10000.0)
+        snprintf(out, 16, "%7.0f", us);
+    else if (us >= 100.0)
+        snprintf(out, 16, "%7.1f", us);
+    else
+        snprintf(out, 16, "%7.2f", us);
+}
+
+static void print_header(const struct rank_ctx *c, mc_store_h store)
+{
+    const struct bench_opts *o = c->o;
+    static const char *tnames[] = {"auto", "tcp", "shm"};
+    printf("# mooncake-bench %d.%d: op %s  ranks %d  transport %s\n",
+           MC_VERSION_MAJOR, MC_VERSION_MINOR, bench_op_names[o->op], c->n,
+           (unsigned)o->transport < 3 ? tnames[o->transport] : "?");
+    printf("# minBytes %" PRIu64 " maxBytes %" PRIu64 " step: %" PRIu64
+           "(factor) warmup iters: %d iters: %d "
+           "validation: %d\n#\n# Using ranks\n",
+           o->minb, o->maxb, o->factor, o->warmup, o->iters, o->check);
+    /* Every rank published "pid host transport-to-next-peer". */
+    for (int r = 0; r < c->n; r++) {
+        char key[64], info[256];
+        size_t len = 0;
+        snprintf(key, sizeof(key), "bench/info/%d", r);
+        if (mc_store_get(store, key, 60000, info, sizeof(info) - 1, &len) !=
+            MC_OK)
+            snprintf(info, sizeof(info), "(unknown)");
+        else
+            info[len < sizeof(info) - 1 ? len : sizeof(info) - 1] = '\0';
+        printf("#  Rank %3d %s\n", r, info);
+    }
+    printf("#\n");
+    const char *mc = o->memcpy_bw ? "  memcpy" : "";
+    const char *mcu = o->memcpy_bw ? "  (GB/s)" : "";
+    printf("# %10s  %12s  %11s  %6s  %6s           out-of-place          "
+           "             in-place          \n",
+           "", "", "", "", "");
+    printf("# %10s  %12s  %11s  %6s  %6s  %7s  %6s  %6s  %6s  %7s  %6s  %6s "
+           " %6s%s\n",
+           "size", "count", "type", "redop", "root", "time", "algbw", "busbw",
+           "#wrong", "time", "algbw", "busbw", "#wrong", mc);
+    printf("# %10s  %12s  %11s  %6s  %6s  %7s  %6s  %6s  %6s  %7s  %6s  %6s "
+           " %6s%s\n",
+           "(B)", "(elements)", "", "", "", "(us)", "(GB/s)", "(GB/s)", "",
+           "(us)", "(GB/s)", "(GB/s)", "", mcu);
+    fflush(stdout);
+}
+
+static int rank_main(const struct bench_opts *o, int rank)
+{
+    struct rank_ctx c = {.o = o, .rank = rank, .n = o->nranks};
+    c.esz = mc_dtype_size(o->dtype);
+    pattern_init(&c.pat, o);
+    mc_store_h store;
+    mc_status_t st = mc_store_file_create(o->dir, &store);
+    if (st != MC_OK) die(&c, st, "mc_store_file_create");
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.name = "bench";
+    cfg.transport = o->transport;
+    st = mc_comm_create(rank, o->nranks, store, &cfg, &c.comm);
+    if (st != MC_OK) die(&c, st, "mc_comm_create");
+
+    char host[128] = "?", key[64], info[256];
+    gethostname(host, sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    int peer = (rank + 1) % o->nranks;
+    int n = snprintf(info, sizeof(info),
+                     "Pid %6d on %s transport to rank %d: %s", (int)getpid(),
+                     host, peer, mc_comm_peer_transport(c.comm, peer));
+    if (n < 0) n = 0;
+    if ((size_t)n >= sizeof(info)) n = (int)sizeof(info) - 1;
+    snprintf(key, sizeof(key), "bench/info/%d", rank);
+    if ((st = mc_store_set(store, key, info, (size_t)n)) != MC_OK)
+        die(&c, st, "mc_store_set");
+
+    /* Buffers for the largest step, touched so page faults are not timed. */
+    struct layout big;
+    layout_for(&c, o->maxb, &big);
+    size_t sb = big.send_bytes ? big.send_bytes : 1;
+    size_t rb = big.recv_bytes ? big.recv_bytes : 1;
+    c.send = malloc(sb);
+    c.recv = malloc(rb);
+    unsigned char *msrc = NULL, *mdst = NULL;
+    if (o->memcpy_bw && rank == 0) {
+        msrc = malloc(o->maxb);
+        mdst = malloc(o->maxb);
+        if (msrc && mdst) {
+            memset(msrc, 1, o->maxb);
+            memset(mdst, 2, o->maxb);
+        }
+    }
+    if (!c.send || !c.recv || (o->memcpy_bw && rank == 0 && (!msrc || !mdst))) {
+        fprintf(stderr,
+                "mooncake-bench: rank %d: out of memory for %zu-byte "
+                "buffers\n",
+                rank, sb + rb);
+        _exit(1);
+    }
+    memset(c.send, 0, sb);
+    memset(c.recv, 0, rb);
+
+    if (rank == 0) print_header(&c, store);
+    double bw_sum = 0;
+    int bw_n = 0;
+    int64_t wrong_total = 0;
+    for (uint64_t size = o->minb; size <= o->maxb;) {
+        struct layout l;
+        layout_for(&c, size, &l);
+        double t[2] = {0, 0};
+        int64_t wrong[2] = {0, 0};
+        int modes = has_inplace(o->op) ? 2 : 1;
+        for (int ip = 0; ip < modes; ip++) {
+            fill_inputs(&c, &l, ip);
+            t[ip] = time_op(&c, &l, ip);
+            if (o->check && o->op != OP_BARRIER) {
+                wrong[ip] = check_op(&c, &l, ip);
+                wrong_total += wrong[ip];
+            }
+        }
+        if (rank == 0) {
+            int rooted = o->op == OP_BROADCAST || o->op == OP_REDUCE ||
+                         o->op == OP_GATHER || o->op == OP_SCATTER;
+            int reducing = o->op == OP_ALLREDUCE || o->op == OP_REDUCE ||
+                           o->op == OP_REDUCE_SCATTER;
+            printf("%12zu  %12zu  %11s  %6s  %6d", l.bytes, l.count,
+                   mc_dtype_name(o->dtype),
+                   reducing ? mc_redop_name(o->redop) : "none",
+                   rooted ? o->root : -1);
+            for (int ip = 0; ip < 2; ip++) {
+                if (ip >= modes) {
+                    printf("  %7s  %6s  %6s  %6s", "N/A", "N/A", "N/A", "N/A");
+                    continue;
+                }
+                char ts[16], ws[24];
+                time_str(ts, t[ip]);
+                double algbw = t[ip] > 0 ? (double)l.bytes / 1e3 / t[ip] : 0;
+                double busbw = algbw * busbw_factor(o->op, c.n);
+                if (o->check && o->op != OP_BARRIER)
+                    snprintf(ws, sizeof(ws), "%" PRId64, wrong[ip]);
+                else
+                    snprintf(ws, sizeof(ws), "N/A");
+                printf("  %7s  %6.2f  %6.2f  %6s", ts, algbw, busbw, ws);
+                bw_sum += busbw;
+                bw_n++;
+            }
+            if (o->memcpy_bw)
+                printf("  %6.2f", memcpy_gbps(mdst, msrc, l.bytes));
+            printf("\n");
+            fflush(stdout);
+        }
+        if (o->op == OP_BARRIER) break; /* size is meaningless */
+        if (size > o->maxb / o->factor) break;
+        size *= o->factor;
+    }
+    if (rank == 0) {
+        printf("# Out of bounds values : %" PRId64 " %s\n", wrong_total,
+               wrong_total ? "FAILED" : "OK");
+        printf("# Avg bus bandwidth    : %g \n#\n", bw_n ? bw_sum / bw_n : 0.0);
+        fflush(stdout);
+    }
+    st = mc_comm_barrier(c.comm);
+    if (st != MC_OK) die(&c, st, "final barrier");
+    /* Destroy only once every rank has left the barrier: a rank still
+     * completing it would otherwise see its peers' transports close. */
+    int64_t done = 0;
+    if ((st = mc_store_add(store, "bench/done", 1, &done)) != MC_OK)
+        die(&c, st, "mc_store_add");
+    for (int64_t t0 = now_us(); done < o->nranks; usleep(1000)) {
+        if (now_us() - t0 > 60 * 1000000LL) {
+            fprintf(stderr, "mooncake-bench: rank %d: peers did not finish\n",
+                    rank);
+            break;
+        }
+        if ((st = mc_store_add(store, "bench/done", 0, &done)) != MC_OK)
+            die(&c, st, "mc_store_add");
+    }
+    mc_comm_destroy(c.comm);
+    mc_store_destroy(store);
+    free(c.send);
+    free(c.recv);
+    free(msrc);
+    free(mdst);
+    return wrong_total ? 2 : 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Parent: fork the ranks, reap them, clean up                              */
+/* ------------------------------------------------------------------------ */
+
+static pid_t bench_pids[BENCH_MAX_RANKS];
+static int bench_nranks;
+
+static void kill_ranks(void)
+{
+    for (int i = 0; i < bench_nranks; i++)
+        if (bench_pids[i] > 0) kill(bench_pids[i], SIGKILL);
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    kill_ranks(); /* reaped by the main loop, which then cleans up */
+}
+
+static int rm_cb(const char *path, const struct stat *sb, int flag,
+                 struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct bench_opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc) return rc > 0 ? 0 : 2;
+
+    const char *tmp = getenv("TMPDIR");
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/mooncake-bench.XXXXXX",
+             tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "mooncake-bench: mkdtemp %s: %s\n", dir,
+                strerror(errno));
+        return 1;
+    }
+    o.dir = dir;
+
+    fflush(NULL);
+    bench_nranks = o.nranks;
+    int failed = 0, wrong = 0;
+    for (int r = 0; r < o.nranks; r++) {
+        pid_t p = fork();
+        if (p == 0) {
+            int res = rank_main(&o, r);
+            fflush(NULL);
+            _exit(res);
+        }
+        if (p < 0) {
+            fprintf(stderr, "mooncake-bench: fork: %s\n", strerror(errno));
+            failed = 1;
+            kill_ranks();
+            break;
+        }
+        bench_pids[r] = p;
+    }
+    /* Ctrl-C reaches the ranks directly; the parent stays to clean up. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, on_signal);
+    signal(SIGHUP, on_signal);
+    for (;;) {
+        int st;
+        pid_t p = waitpid(-1, &st, 0);
+        if (p < 0) {
+            if (errno == EINTR) continue;
+            break; /* ECHILD: all reaped */
+        }
+        for (int i = 0; i < o.nranks; i++) {
+            if (bench_pids[i] != p) continue;
+            bench_pids[i] = 0;
+            if (WIFEXITED(st) && WEXITSTATUS(st) == 0) break;
+            if (WIFEXITED(st) && WEXITSTATUS(st) == 2) {
+                wrong = 1;
+                break;
+            }
+            if (WIFSIGNALED(st))
+                fprintf(stderr, "mooncake-bench: rank %d killed by signal %d\n",
+                        i, WTERMSIG(st));
+            /* A failed rank would leave the others waiting for it. */
+            if (!failed) kill_ranks();
+            failed = 1;
+            break;
+        }
+    }
+    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    return failed || wrong ? 1 : 0;
+}
