@@ -63,7 +63,7 @@ typedef struct mc_coll_args {
     size_t count;        /* the call's count argument (see mooncake.h) */
     const void *sendbuf; /* never NULL when the op reads it, may == recvbuf */
     void *recvbuf;
-    int in_place;        /* 1 if the call used its in-place form */
+    int in_place; /* 1 if the call used its in-place form */
     /* v-variants (copied, `size` entries each, else NULL):
      * allgatherv:      counts = recvcounts, displs
      * reduce_scatterv: counts = recvcounts, displs = prefix sums
@@ -74,13 +74,13 @@ typedef struct mc_coll_args {
 
 /* Tuning knobs (environment, read once at communicator creation). */
 typedef struct mc_tune {
-    size_t chunk_bytes;          /* pipeline frame size; MOONCAKE_CHUNK_BYTES */
-    size_t allreduce_small_max;  /* bytes; <= uses recursive doubling;
-                                    MOONCAKE_ALLREDUCE_SMALL_MAX */
-    size_t bcast_small_max;      /* bytes; <= uses binomial tree */
+    size_t chunk_bytes;         /* pipeline frame size; MOONCAKE_CHUNK_BYTES */
+    size_t allreduce_small_max; /* bytes; <= uses recursive doubling;
+                                   MOONCAKE_ALLREDUCE_SMALL_MAX */
+    size_t bcast_small_max;     /* bytes; <= uses binomial tree */
     /* forced algorithm names ("" = choose): MOONCAKE_ALGO_<COLL> */
-    char algo_allreduce[16];     /* "ring" | "rd" */
-    char algo_broadcast[16];     /* "chain" | "tree" */
+    char algo_allreduce[16]; /* "ring" | "rd" */
+    char algo_broadcast[16]; /* "chain" | "tree" */
 } mc_tune_t;
 
 typedef struct mc_cctx mc_cctx_t; /* one operation on one rank */
@@ -94,8 +94,8 @@ const mc_tune_t *mc_cx_tune(const mc_cctx_t *cx);
 typedef int mc_fh_t; /* frame handle, valid during one operation */
 
 /* Post a frame of `bytes` bytes to / from `peer` (!= own rank). */
-mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step,
-                        const void *buf, size_t bytes, mc_fh_t *h_p);
+mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step, const void *buf,
+                        size_t bytes, mc_fh_t *h_p);
 mc_status_t mc_cx_irecv(mc_cctx_t *cx, int peer, uint32_t step, void *buf,
                         size_t bytes, mc_fh_t *h_p);
 /* Wait for one frame (drives progress; bounded by the op deadline). */

@@ -204,10 +204,9 @@ static void comm_set_error(mc_comm_t *c, const char *msg)
 }
 
 /* Argument error: thread-local text + the communicator's last error. */
-static mc_status_t comm_err(mc_comm_t *c, mc_status_t st, const char *fmt,
-                            ...) __attribute__((format(printf, 3, 4)));
-static mc_status_t comm_err(mc_comm_t *c, mc_status_t st, const char *fmt,
-                            ...)
+static mc_status_t comm_err(mc_comm_t *c, mc_status_t st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static mc_status_t comm_err(mc_comm_t *c, mc_status_t st, const char *fmt, ...)
 {
     char buf[1024];
     va_list ap;
@@ -276,8 +275,10 @@ static void xfer_cb(mc_xfer_t *x)
     ev->queued = 1;
     ev->next = NULL;
     mc_comm_t *c = ev->comm;
-    if (c->ev_tail) c->ev_tail->next = ev;
-    else c->ev_head = ev;
+    if (c->ev_tail)
+        c->ev_tail->next = ev;
+    else
+        c->ev_head = ev;
     c->ev_tail = ev;
 }
 
@@ -314,13 +315,15 @@ static void idle_wait(mc_comm_t *c, int64_t idle_since, int64_t now)
     int64_t spin_us = c->oversub ? 2 : 50;
     int64_t yield_us = c->oversub ? 20 : 500;
     if (idle < spin_us) {
-        for (int i = 0; i < 16; i++) cpu_relax();
+        for (int i = 0; i < 16; i++)
+            cpu_relax();
     } else if (idle < spin_us + yield_us || c->ntl == 0) {
         sched_yield();
     } else {
         pthread_mutex_lock(&c->plock);
         int64_t t = c->ntl > 1 ? 100 : 1000;
-        for (int i = 0; i < c->ntl; i++) c->tlops[i]->wait(c->tl[i], t);
+        for (int i = 0; i < c->ntl; i++)
+            c->tlops[i]->wait(c->tl[i], t);
         pthread_mutex_unlock(&c->plock);
     }
 }
@@ -383,8 +386,10 @@ static void in_post(mc_comm_t *c, mc_in_t *in, mc_xfer_t *x, void *buf,
     mc_status_t st = c->tlops[t]->post_recv(c->tl[t], in->peer, in->ch, x);
     if (st < 0) {
         in->state = IN_DEAD;
-        if (in->ch == MC_CH_COLL) peer_failed(c, in->peer, st);
-        else p2p_peer_failed(c, in->peer);
+        if (in->ch == MC_CH_COLL)
+            peer_failed(c, in->peer, st);
+        else
+            p2p_peer_failed(c, in->peer);
     }
 }
 
@@ -412,8 +417,8 @@ static void in_discard(mc_comm_t *c, mc_in_t *in)
     in_discard_step(c, in);
 }
 
-static void handle_abort(mc_comm_t *c, int peer, uint64_t seq,
-                         mc_status_t why, const char *text)
+static void handle_abort(mc_comm_t *c, int peer, uint64_t seq, mc_status_t why,
+                         const char *text)
 {
     /* the sender's status travels in the count field */
     if (why >= 0 || why < MC_ERR_ROOT_FAILED) why = MC_ERR_MISMATCH;
@@ -432,8 +437,7 @@ static void in_protocol_error(mc_comm_t *c, mc_in_t *in, const char *why)
     MC_LOG(MC_LOG_ERROR,
            "rank %d: protocol error on %s stream from rank %d: %s; "
            "treating the peer as failed",
-           c->rank, in->ch == MC_CH_COLL ? "collective" : "p2p", in->peer,
-           why);
+           c->rank, in->ch == MC_CH_COLL ? "collective" : "p2p", in->peer, why);
     in->state = IN_DEAD;
     peer_failed(c, in->peer, MC_ERR_PROTOCOL);
 }
@@ -453,8 +457,10 @@ static void in_event(mc_ev_t *ev)
             in->cur->state = F_DONE;
             in->cur = NULL;
         }
-        if (in->ch == MC_CH_COLL) peer_failed(c, in->peer, (mc_status_t)x->status);
-        else p2p_peer_failed(c, in->peer);
+        if (in->ch == MC_CH_COLL)
+            peer_failed(c, in->peer, (mc_status_t)x->status);
+        else
+            p2p_peer_failed(c, in->peer);
         return;
     }
     switch (in->state) {
@@ -479,8 +485,10 @@ static void in_event(mc_ev_t *ev)
             return;
         }
         in->state = IN_HAVE_HDR;
-        if (in->ch == MC_CH_COLL) coll_match(c, in);
-        else p2p_match(c, in);
+        if (in->ch == MC_CH_COLL)
+            coll_match(c, in);
+        else
+            p2p_match(c, in);
         return;
     }
     case IN_ABORT:
@@ -538,8 +546,8 @@ static void coll_match(mc_comm_t *c, mc_in_t *in)
     if (!c->cx_active || h->seq > cx->seq) {
         if (c->cx_active && in->rq_head && cx->failed == MC_OK) {
             char theirs[160];
-            describe(theirs, sizeof(theirs), h->coll, h->dtype, h->op,
-                     h->root, h->count);
+            describe(theirs, sizeof(theirs), h->coll, h->dtype, h->op, h->root,
+                     h->count);
             cx_fail(c, MC_ERR_MISMATCH, 0,
                     "collective mismatch at seq %llu: rank %d finished it "
                     "and sent a frame of seq %llu (%s) while rank %d still "
@@ -600,8 +608,10 @@ static void p2p_match(mc_comm_t *c, mc_in_t *in)
         r = r->next;
     }
     if (r) {
-        if (prev) prev->next = r->next;
-        else c->precv_head = r->next;
+        if (prev)
+            prev->next = r->next;
+        else
+            c->precv_head = r->next;
         if (c->precv_tail == r) c->precv_tail = prev;
         r->source = in->peer;
         if (h->len != r->bytes) {
@@ -635,8 +645,10 @@ static void p2p_match(mc_comm_t *c, mc_in_t *in)
     u->len = (size_t)h->len;
     u->data = data;
     c->unexp_bytes += u->len;
-    if (c->unexp_tail) c->unexp_tail->next = u;
-    else c->unexp_head = u;
+    if (c->unexp_tail)
+        c->unexp_tail->next = u;
+    else
+        c->unexp_head = u;
     c->unexp_tail = u;
     in->p2p_unexp = u;
     in->state = IN_PAYLOAD;
@@ -654,8 +666,10 @@ static void p2p_peer_failed(mc_comm_t *c, int peer)
     while (r) {
         mc_request_t *next = r->next;
         if (r->peer == peer) {
-            if (prev) prev->next = next;
-            else c->precv_head = next;
+            if (prev)
+                prev->next = next;
+            else
+                c->precv_head = next;
             if (c->precv_tail == r) c->precv_tail = prev;
             char msg[128];
             snprintf(msg, sizeof(msg), "recv from rank %d: peer failed", peer);
@@ -672,7 +686,6 @@ static void p2p_peer_failed(mc_comm_t *c, int peer)
         req_complete(q, MC_ERR_PEER_FAILED, "recv: peer failed mid-message");
     }
 }
-
 
 /* Evidence that `peer` is gone: fail what depends on it. */
 static void peer_failed(mc_comm_t *c, int peer, mc_status_t st)
@@ -693,8 +706,7 @@ static void peer_failed(mc_comm_t *c, int peer, mc_status_t st)
         }
     }
     if (involved && c->cx.failed == MC_OK)
-        cx_fail(c, MC_ERR_PEER_FAILED, 0,
-                "%s at seq %llu: rank %d failed (%s)",
+        cx_fail(c, MC_ERR_PEER_FAILED, 0, "%s at seq %llu: rank %d failed (%s)",
                 mc_coll_name(c->cx.req->args.coll),
                 (unsigned long long)c->cx.seq, peer, mc_status_str(st));
     p2p_peer_failed(c, peer);
@@ -718,13 +730,22 @@ static void cx_fail(mc_comm_t *c, mc_status_t st, int remote, const char *fmt,
     if (!remote) MC_LOG(MC_LOG_ERROR, "rank %d: %s", c->rank, cx->err);
 }
 
-int mc_cx_rank(const mc_cctx_t *cx) { return cx->comm->rank; }
-int mc_cx_size(const mc_cctx_t *cx) { return cx->comm->size; }
+int mc_cx_rank(const mc_cctx_t *cx)
+{
+    return cx->comm->rank;
+}
+int mc_cx_size(const mc_cctx_t *cx)
+{
+    return cx->comm->size;
+}
 const mc_coll_args_t *mc_cx_args(const mc_cctx_t *cx)
 {
     return &cx->req->args;
 }
-const mc_tune_t *mc_cx_tune(const mc_cctx_t *cx) { return &cx->comm->tune; }
+const mc_tune_t *mc_cx_tune(const mc_cctx_t *cx)
+{
+    return &cx->comm->tune;
+}
 
 static mc_frame_t *cx_frame(mc_cctx_t *cx, mc_fh_t h)
 {
@@ -754,15 +775,14 @@ static mc_status_t cx_check_peer(mc_cctx_t *cx, int peer)
 {
     mc_comm_t *c = cx->comm;
     if (peer < 0 || peer >= c->size || peer == c->rank) {
-        cx_fail(c, MC_ERR_INTERNAL, 0, "algorithm used invalid peer %d",
-                peer);
+        cx_fail(c, MC_ERR_INTERNAL, 0, "algorithm used invalid peer %d", peer);
         return MC_ERR_INTERNAL;
     }
     return cx->failed;
 }
 
-mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step,
-                        const void *buf, size_t bytes, mc_fh_t *h_p)
+mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step, const void *buf,
+                        size_t bytes, mc_fh_t *h_p)
 {
     mc_comm_t *c = cx->comm;
     pthread_mutex_lock(&c->plock);
@@ -791,10 +811,10 @@ mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step,
                         .desc = cx->desc,
                         .len = bytes,
                         .src = c->rank};
-    f->hx = (mc_xfer_t){.buf = &f->hdr, .len = sizeof(f->hdr),
-                        .status = MC_INPROGRESS};
-    f->px = (mc_xfer_t){.buf = (void *)buf, .len = bytes,
-                        .status = MC_INPROGRESS};
+    f->hx = (mc_xfer_t){
+        .buf = &f->hdr, .len = sizeof(f->hdr), .status = MC_INPROGRESS};
+    f->px =
+        (mc_xfer_t){.buf = (void *)buf, .len = bytes, .status = MC_INPROGRESS};
     int t = c->peer_tl[peer];
     st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_COLL, &f->hx);
     if (st == MC_OK)
@@ -842,8 +862,10 @@ mc_status_t mc_cx_irecv(mc_cctx_t *cx, int peer, uint32_t step, void *buf,
     f->bytes = bytes;
     f->state = F_POSTED;
     mc_in_t *in = &c->in[MC_CH_COLL][peer];
-    if (in->rq_tail) in->rq_tail->rnext = f;
-    else in->rq_head = f;
+    if (in->rq_tail)
+        in->rq_tail->rnext = f;
+    else
+        in->rq_head = f;
     in->rq_tail = f;
     if (in->state == IN_HAVE_HDR) coll_match(c, in);
     *h_p = h;
@@ -890,8 +912,10 @@ static mc_status_t cx_wait_range(mc_cctx_t *cx, int from, int to)
         while (i < to && frame_done(cx_frame(cx, i))) {
             mc_frame_t *f = cx_frame(cx, i);
             if (f->status < 0 && cx->failed == MC_OK)
-                cx_fail(c, f->status, 0, "%s at seq %llu: transfer with rank "
-                        "%d failed: %s", mc_coll_name(cx->req->args.coll),
+                cx_fail(c, f->status, 0,
+                        "%s at seq %llu: transfer with rank "
+                        "%d failed: %s",
+                        mc_coll_name(cx->req->args.coll),
                         (unsigned long long)cx->seq, f->peer,
                         mc_status_str(f->status));
             i++;
@@ -976,10 +1000,10 @@ static void send_aborts(mc_comm_t *c, uint64_t seq, mc_status_t why,
                                 .len = len,
                                 .src = c->rank};
             memcpy(a->msg, text, len);
-            a->hx = (mc_xfer_t){.buf = &a->hdr, .len = sizeof(a->hdr),
-                                .status = MC_INPROGRESS};
-            a->px = (mc_xfer_t){.buf = a->msg, .len = len,
-                                .status = MC_INPROGRESS};
+            a->hx = (mc_xfer_t){
+                .buf = &a->hdr, .len = sizeof(a->hdr), .status = MC_INPROGRESS};
+            a->px =
+                (mc_xfer_t){.buf = a->msg, .len = len, .status = MC_INPROGRESS};
             int t = c->peer_tl[p];
             if (c->tlops[t]->post_send(c->tl[t], p, ch, &a->hx) < 0 ||
                 c->tlops[t]->post_send(c->tl[t], p, ch, &a->px) < 0)
@@ -995,7 +1019,8 @@ static uint64_t desc_count(const mc_coll_args_t *a, int size)
     switch (a->coll) {
     case MC_COLL_ALLGATHERV:
     case MC_COLL_REDUCE_SCATTERV:
-        for (int i = 0; i < size; i++) s += a->counts[i];
+        for (int i = 0; i < size; i++)
+            s += a->counts[i];
         return s;
     case MC_COLL_ALLTOALLV:
     case MC_COLL_BARRIER:
@@ -1217,8 +1242,10 @@ mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
         pthread_mutex_lock(&c->plock);
         int n = progress_locked(c);
         pthread_mutex_unlock(&c->plock);
-        if (n) idle_since = now;
-        else idle_wait(c, idle_since, now);
+        if (n)
+            idle_since = now;
+        else
+            idle_wait(c, idle_since, now);
     }
     return req_result(r);
 }
@@ -1296,12 +1323,15 @@ static mc_status_t coll_issue(mc_comm_t *c, mc_request_t *r, int async,
         pthread_mutex_unlock(&c->qlock);
         req_release(r);
         req_release(r);
-        return comm_err(c, MC_ERR_INVALID_ARG, "communicator is being "
-                                               "destroyed");
+        return comm_err(c, MC_ERR_INVALID_ARG,
+                        "communicator is being "
+                        "destroyed");
     }
     r->seq = c->next_seq++;
-    if (c->qtail) c->qtail->next = r;
-    else c->qhead = r;
+    if (c->qtail)
+        c->qtail->next = r;
+    else
+        c->qhead = r;
     c->qtail = r;
     pthread_mutex_unlock(&c->qlock);
     if (async) start_thread(c);
@@ -1349,8 +1379,8 @@ static mc_status_t check_bytes(mc_comm_t *c, const char *fn, size_t count,
 {
     size_t es = mc_dtype_size(dt);
     if (mult && count > (SIZE_MAX / 2) / es / mult)
-        return comm_err(c, MC_ERR_INVALID_ARG, "%s: count %zu is too large",
-                        fn, count);
+        return comm_err(c, MC_ERR_INVALID_ARG, "%s: count %zu is too large", fn,
+                        count);
     return MC_OK;
 }
 
@@ -1399,7 +1429,7 @@ static mc_status_t blocking(mc_status_t st, mc_request_h *r_p)
 }
 
 #define ES(dt) mc_dtype_size(dt)
-#define AT(p, n, dt) ((char *)(p) + (n) * ES(dt))
+#define AT(p, n, dt) ((char *)(p) + (n)*ES(dt))
 
 static mc_status_t iallreduce(mc_comm_h c, const void *s, void *rb, size_t n,
                               mc_dtype_t dt, mc_redop_t op, int async,
@@ -1442,8 +1472,8 @@ static mc_status_t iallgatherv(mc_comm_h c, mc_coll_t coll, const void *s,
     CHECK_COMM(c, fn);
     MC_CHECK(check_dtype(c, fn, dt));
     if (!counts || !displs)
-        return comm_err(c, MC_ERR_INVALID_ARG,
-                        "%s: recvcounts/displs is NULL", fn);
+        return comm_err(c, MC_ERR_INVALID_ARG, "%s: recvcounts/displs is NULL",
+                        fn);
     size_t total = 0;
     for (int i = 0; i < c->size; i++) {
         MC_CHECK(check_bytes(c, fn, counts[i], 1, dt));
@@ -1488,8 +1518,8 @@ static mc_status_t iallgather(mc_comm_h c, const void *s, void *rb, size_t n,
         counts[i] = n;
         displs[i] = n * (size_t)i;
     }
-    mc_status_t st = iallgatherv(c, MC_COLL_ALLGATHER, s, n, rb, counts,
-                                 displs, dt, async, req_p);
+    mc_status_t st = iallgatherv(c, MC_COLL_ALLGATHER, s, n, rb, counts, displs,
+                                 dt, async, req_p);
     free(counts);
     free(displs);
     return st;
@@ -1515,8 +1545,8 @@ mc_status_t mc_comm_iallgatherv(mc_comm_h c, const void *s, size_t scount,
                                 mc_request_h *req_p)
 {
     if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "allgatherv: req_p is NULL");
-    return iallgatherv(c, MC_COLL_ALLGATHERV, s, scount, rb, counts, displs,
-                       dt, 1, req_p);
+    return iallgatherv(c, MC_COLL_ALLGATHERV, s, scount, rb, counts, displs, dt,
+                       1, req_p);
 }
 
 mc_status_t mc_comm_allgatherv(mc_comm_h c, const void *s, size_t scount,
@@ -1525,13 +1555,13 @@ mc_status_t mc_comm_allgatherv(mc_comm_h c, const void *s, size_t scount,
 {
     mc_request_h r = NULL;
     return blocking(iallgatherv(c, MC_COLL_ALLGATHERV, s, scount, rb, counts,
-                                displs, dt, 0, &r), &r);
+                                displs, dt, 0, &r),
+                    &r);
 }
 
-static mc_status_t ireduce_scatterv(mc_comm_h c, mc_coll_t coll,
-                                    const void *s, void *rb,
-                                    const size_t *counts, mc_dtype_t dt,
-                                    mc_redop_t op, int async,
+static mc_status_t ireduce_scatterv(mc_comm_h c, mc_coll_t coll, const void *s,
+                                    void *rb, const size_t *counts,
+                                    mc_dtype_t dt, mc_redop_t op, int async,
                                     mc_request_h *req_p)
 {
     const char *fn =
@@ -1582,7 +1612,8 @@ static mc_status_t ireduce_scatter(mc_comm_h c, const void *s, void *rb,
     size_t *counts = malloc(sizeof(size_t) * (size_t)c->size);
     if (!counts)
         return comm_err(c, MC_ERR_NO_MEMORY, "reduce_scatter: out of memory");
-    for (int i = 0; i < c->size; i++) counts[i] = n;
+    for (int i = 0; i < c->size; i++)
+        counts[i] = n;
     mc_status_t st = ireduce_scatterv(c, MC_COLL_REDUCE_SCATTER, s, rb, counts,
                                       dt, op, async, req_p);
     free(counts);
@@ -1621,18 +1652,21 @@ mc_status_t mc_comm_reduce_scatterv(mc_comm_h c, const void *s, void *rb,
 {
     mc_request_h r = NULL;
     return blocking(ireduce_scatterv(c, MC_COLL_REDUCE_SCATTERV, s, rb, counts,
-                                     dt, op, 0, &r), &r);
+                                     dt, op, 0, &r),
+                    &r);
 }
 
 /* broadcast, reduce, gather, scatter */
-static mc_status_t irooted(mc_comm_h c, mc_coll_t coll, const void *s,
-                           void *rb, size_t n, mc_dtype_t dt, mc_redop_t op,
-                           int root, int async, mc_request_h *req_p)
+static mc_status_t irooted(mc_comm_h c, mc_coll_t coll, const void *s, void *rb,
+                           size_t n, mc_dtype_t dt, mc_redop_t op, int root,
+                           int async, mc_request_h *req_p)
 {
     const char *fn = mc_coll_name(coll);
     CHECK_COMM(c, fn);
-    if (coll == MC_COLL_REDUCE) MC_CHECK(check_redop(c, fn, dt, op));
-    else MC_CHECK(check_dtype(c, fn, dt));
+    if (coll == MC_COLL_REDUCE)
+        MC_CHECK(check_redop(c, fn, dt, op));
+    else
+        MC_CHECK(check_dtype(c, fn, dt));
     MC_CHECK(check_root(c, fn, root));
     int is_root = c->rank == root;
     size_t blocks = (coll == MC_COLL_GATHER || coll == MC_COLL_SCATTER)
@@ -1685,12 +1719,12 @@ static mc_status_t irooted(mc_comm_h c, mc_coll_t coll, const void *s,
             return mc_err(MC_ERR_INVALID_ARG, #name ": req_p is NULL");        \
         return irooted(c, coll, s, rb, n, dt, MC_SUM, root, 1, req_p);         \
     }                                                                          \
-    mc_status_t mc_comm_##name(mc_comm_h c, const void *s, void *rb,           \
-                               size_t n, mc_dtype_t dt, int root)              \
+    mc_status_t mc_comm_##name(mc_comm_h c, const void *s, void *rb, size_t n, \
+                               mc_dtype_t dt, int root)                        \
     {                                                                          \
         mc_request_h r = NULL;                                                 \
-        return blocking(                                                       \
-            irooted(c, coll, s, rb, n, dt, MC_SUM, root, 0, &r), &r);           \
+        return blocking(irooted(c, coll, s, rb, n, dt, MC_SUM, root, 0, &r),   \
+                        &r);                                                   \
     }
 
 ROOTED(broadcast, MC_COLL_BROADCAST)
@@ -1709,7 +1743,8 @@ mc_status_t mc_comm_reduce(mc_comm_h c, const void *s, void *rb, size_t n,
                            mc_dtype_t dt, mc_redop_t op, int root)
 {
     mc_request_h r = NULL;
-    return blocking(irooted(c, MC_COLL_REDUCE, s, rb, n, dt, op, root, 0, &r), &r);
+    return blocking(irooted(c, MC_COLL_REDUCE, s, rb, n, dt, op, root, 0, &r),
+                    &r);
 }
 
 static int ranges_overlap(const void *a, size_t alen, const void *b,
@@ -1722,16 +1757,17 @@ static int ranges_overlap(const void *a, size_t alen, const void *b,
 
 static mc_status_t ialltoallv(mc_comm_h c, mc_coll_t coll, const void *s,
                               const size_t *sc, const size_t *sd, void *rb,
-                              const size_t *rc, const size_t *rd,
-                              mc_dtype_t dt, size_t n, int async,
-                              mc_request_h *req_p)
+                              const size_t *rc, const size_t *rd, mc_dtype_t dt,
+                              size_t n, int async, mc_request_h *req_p)
 {
     const char *fn = mc_coll_name(coll);
     CHECK_COMM(c, fn);
     MC_CHECK(check_dtype(c, fn, dt));
     if (!sc || !sd || !rc || !rd)
-        return comm_err(c, MC_ERR_INVALID_ARG, "%s: a count/displacement "
-                                               "array is NULL", fn);
+        return comm_err(c, MC_ERR_INVALID_ARG,
+                        "%s: a count/displacement "
+                        "array is NULL",
+                        fn);
     size_t send_end = 0, recv_end = 0;
     for (int i = 0; i < c->size; i++) {
         MC_CHECK(check_bytes(c, fn, sc[i], 2, dt));
@@ -1746,7 +1782,8 @@ static mc_status_t ialltoallv(mc_comm_h c, mc_coll_t coll, const void *s,
     if (ranges_overlap(s, send_end * ES(dt), rb, recv_end * ES(dt)))
         return comm_err(c, MC_ERR_INVALID_ARG,
                         "%s: send and receive buffers overlap (in-place "
-                        "all-to-all is not supported)", fn);
+                        "all-to-all is not supported)",
+                        fn);
     mc_request_t *r = NULL;
     MC_CHECK(new_coll(c, coll, dt, MC_SUM, -1, n, s, rb, &r));
     r->args.counts = dup_sizes(rc, c->size);
@@ -1815,16 +1852,17 @@ mc_status_t mc_comm_alltoallv(mc_comm_h c, const void *s, const size_t *sc,
                               const size_t *rd, mc_dtype_t dt)
 {
     mc_request_h r = NULL;
-    return blocking(ialltoallv(c, MC_COLL_ALLTOALLV, s, sc, sd, rb, rc, rd, dt,
-                               0, 0, &r), &r);
+    return blocking(
+        ialltoallv(c, MC_COLL_ALLTOALLV, s, sc, sd, rb, rc, rd, dt, 0, 0, &r),
+        &r);
 }
 
 static mc_status_t ibarrier(mc_comm_h c, int async, mc_request_h *req_p)
 {
     CHECK_COMM(c, "barrier");
     mc_request_t *r = NULL;
-    MC_CHECK(new_coll(c, MC_COLL_BARRIER, MC_UINT8, MC_SUM, -1, 0, NULL, NULL,
-                      &r));
+    MC_CHECK(
+        new_coll(c, MC_COLL_BARRIER, MC_UINT8, MC_SUM, -1, 0, NULL, NULL, &r));
     return coll_issue(c, r, async, req_p);
 }
 
@@ -1874,9 +1912,8 @@ static void p2p_send_event(mc_ev_t *ev)
     req_complete(r, st, msg);
 }
 
-mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n,
-                          mc_dtype_t dt, int peer, uint32_t tag,
-                          mc_request_h *req_p)
+mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n, mc_dtype_t dt,
+                          int peer, uint32_t tag, mc_request_h *req_p)
 {
     MC_CHECK(p2p_check(c, "send", buf, n, dt, peer, 0));
     if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "send: req_p is NULL");
@@ -1894,11 +1931,16 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n,
                          .len = r->bytes,
                          .tag = tag,
                          .src = c->rank};
-    r->hx = (mc_xfer_t){.buf = &r->shdr, .len = sizeof(r->shdr),
-                        .cb = xfer_cb, .arg = &r->ev,
+    r->hx = (mc_xfer_t){.buf = &r->shdr,
+                        .len = sizeof(r->shdr),
+                        .cb = xfer_cb,
+                        .arg = &r->ev,
                         .status = MC_INPROGRESS};
-    r->px = (mc_xfer_t){.buf = (void *)buf, .len = r->bytes, .cb = xfer_cb,
-                        .arg = &r->ev, .status = MC_INPROGRESS};
+    r->px = (mc_xfer_t){.buf = (void *)buf,
+                        .len = r->bytes,
+                        .cb = xfer_cb,
+                        .arg = &r->ev,
+                        .status = MC_INPROGRESS};
     pthread_mutex_lock(&c->plock);
     int t = c->peer_tl[peer];
     mc_status_t st = MC_OK;
@@ -1916,8 +1958,7 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n,
             req_release(r);
             req_release(r);
         }
-        return comm_err(c, st, "send to rank %d: %s", peer,
-                        mc_status_str(st));
+        return comm_err(c, st, "send to rank %d: %s", peer, mc_status_str(st));
     }
     progress_locked(c);
     pthread_mutex_unlock(&c->plock);
@@ -1925,8 +1966,8 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n,
     return MC_OK;
 }
 
-mc_status_t mc_comm_send(mc_comm_h c, const void *buf, size_t n,
-                         mc_dtype_t dt, int peer, uint32_t tag)
+mc_status_t mc_comm_send(mc_comm_h c, const void *buf, size_t n, mc_dtype_t dt,
+                         int peer, uint32_t tag)
 {
     mc_request_h r = NULL;
     return blocking(mc_comm_isend(c, buf, n, dt, peer, tag, &r), &r);
@@ -1953,8 +1994,10 @@ mc_status_t mc_comm_irecv(mc_comm_h c, void *buf, size_t n, mc_dtype_t dt,
         u = u->next;
     }
     if (u) {
-        if (prev) prev->next = u->next;
-        else c->unexp_head = u->next;
+        if (prev)
+            prev->next = u->next;
+        else
+            c->unexp_head = u->next;
         if (c->unexp_tail == u) c->unexp_tail = prev;
         r->source = u->src;
         if (u->len != r->bytes) {
@@ -1988,8 +2031,10 @@ mc_status_t mc_comm_irecv(mc_comm_h c, void *buf, size_t n, mc_dtype_t dt,
             req_complete(r, MC_ERR_PEER_FAILED, msg);
             return MC_OK;
         }
-        if (c->precv_tail) c->precv_tail->next = r;
-        else c->precv_head = r;
+        if (c->precv_tail)
+            c->precv_tail->next = r;
+        else
+            c->precv_head = r;
         c->precv_tail = r;
         /* a stream held for lack of buffer space may match now */
         for (int p = 0; p < c->size; p++) {
@@ -2023,8 +2068,10 @@ void mc_comm_config_init(mc_comm_config_t *cfg)
     cfg->timeout_ms = mc_env_int("MOONCAKE_TIMEOUT_MS", 300000);
     cfg->init_timeout_ms = mc_env_int("MOONCAKE_INIT_TIMEOUT_MS", 300000);
     const char *t = mc_env_str("MOONCAKE_TRANSPORT", "auto");
-    if (!strcmp(t, "tcp")) cfg->transport = MC_TRANSPORT_TCP;
-    else if (!strcmp(t, "shm")) cfg->transport = MC_TRANSPORT_SHM;
+    if (!strcmp(t, "tcp"))
+        cfg->transport = MC_TRANSPORT_TCP;
+    else if (!strcmp(t, "shm"))
+        cfg->transport = MC_TRANSPORT_SHM;
     else {
         if (strcmp(t, "auto"))
             MC_LOG(MC_LOG_WARN, "MOONCAKE_TRANSPORT=%s unknown; using auto", t);
@@ -2072,17 +2119,21 @@ static int local_cpus(void)
 
 static void comm_free(mc_comm_t *c)
 {
-    for (int i = 0; i < c->ntl; i++) c->tlops[i]->destroy(c->tl[i]);
-    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) free(c->in[ch]);
+    for (int i = 0; i < c->ntl; i++)
+        c->tlops[i]->destroy(c->tl[i]);
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++)
+        free(c->in[ch]);
     while (c->unexp_head) {
         mc_unexp_t *u = c->unexp_head;
         c->unexp_head = u->next;
         free(u->data);
         free(u);
     }
-    for (int b = 0; b < c->cx.nblocks; b++) free(c->cx.blocks[b]);
+    for (int b = 0; b < c->cx.nblocks; b++)
+        free(c->cx.blocks[b]);
     free(c->cx.blocks);
-    for (int i = 0; i < 4; i++) free(c->scratch[i]);
+    for (int i = 0; i < 4; i++)
+        free(c->scratch[i]);
     free(c->discard);
     free(c->abort_out);
     free(c->abort_seq);
@@ -2149,8 +2200,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     pthread_mutex_init(&c->dlock, NULL);
     pthread_cond_init(&c->dcond, NULL);
     pthread_mutex_init(&c->elock, NULL);
-    c->unexp_max = (size_t)mc_env_int("MOONCAKE_P2P_UNEXPECTED_MAX",
-                                      (int64_t)1 << 30);
+    c->unexp_max =
+        (size_t)mc_env_int("MOONCAKE_P2P_UNEXPECTED_MAX", (int64_t)1 << 30);
     c->discard_len = 1 << 16;
     c->discard = malloc(c->discard_len);
     c->peer_tl = malloc((size_t)size);
@@ -2165,9 +2216,9 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         c->in[ch] = calloc((size_t)size, sizeof(mc_in_t));
     hosts = calloc((size_t)size, MC_HOST_MAX);
     mask = calloc((size_t)size, 1);
-    if (!c->discard || !c->peer_tl || !c->peer_dead || !c->p2p_dead || !c->abort_out ||
-        !c->abort_seq || !c->abort_why || !c->abort_msg || !c->in[0] || !c->in[1] || !hosts ||
-        !mask) {
+    if (!c->discard || !c->peer_tl || !c->peer_dead || !c->p2p_dead ||
+        !c->abort_out || !c->abort_seq || !c->abort_why || !c->abort_msg ||
+        !c->in[0] || !c->in[1] || !hosts || !mask) {
         st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
         goto err_free;
     }
@@ -2218,7 +2269,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
             if (st < 0) goto err_free;
             int same = !strcmp(hosts + (size_t)p * MC_HOST_MAX, me);
             local += same;
-            if (cfg.transport == MC_TRANSPORT_TCP) c->peer_tl[p] = TL_TCP;
+            if (cfg.transport == MC_TRANSPORT_TCP)
+                c->peer_tl[p] = TL_TCP;
             else if (cfg.transport == MC_TRANSPORT_SHM) {
                 if (!same) {
                     st = mc_err(MC_ERR_INVALID_ARG,
@@ -2313,8 +2365,9 @@ void mc_comm_destroy(mc_comm_h c)
     pthread_mutex_unlock(&c->qlock);
     while (q) {
         mc_request_t *next = q->next;
-        req_complete(q, MC_ERR_IO, "communicator destroyed before the "
-                                   "operation ran");
+        req_complete(q, MC_ERR_IO,
+                     "communicator destroyed before the "
+                     "operation ran");
         q = next;
     }
     pthread_mutex_lock(&c->plock);
@@ -2343,8 +2396,14 @@ void mc_comm_destroy(mc_comm_h c)
     comm_free(c);
 }
 
-int mc_comm_rank(mc_comm_h c) { return c ? c->rank : -1; }
-int mc_comm_size(mc_comm_h c) { return c ? c->size : -1; }
+int mc_comm_rank(mc_comm_h c)
+{
+    return c ? c->rank : -1;
+}
+int mc_comm_size(mc_comm_h c)
+{
+    return c ? c->size : -1;
+}
 
 const char *mc_comm_last_error(mc_comm_h c)
 {

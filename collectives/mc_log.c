@@ -12,7 +12,10 @@
 
 static _Thread_local char mc_tls_err[1024];
 
-const char *mc_last_error(void) { return mc_tls_err; }
+const char *mc_last_error(void)
+{
+    return mc_tls_err;
+}
 
 static int mc_log_level_cached = -1;
 
@@ -23,12 +26,16 @@ int mc_log_level(void)
     const char *s = getenv("MOONCAKE_LOG_LEVEL");
     lvl = MC_LOG_WARN;
     if (s && *s) {
-        if (!strcasecmp(s, "error")) lvl = MC_LOG_ERROR;
+        if (!strcasecmp(s, "error"))
+            lvl = MC_LOG_ERROR;
         else if (!strcasecmp(s, "warn") || !strcasecmp(s, "warning"))
             lvl = MC_LOG_WARN;
-        else if (!strcasecmp(s, "info")) lvl = MC_LOG_INFO;
-        else if (!strcasecmp(s, "debug")) lvl = MC_LOG_DEBUG;
-        else if (s[0] >= '0' && s[0] <= '3' && !s[1]) lvl = s[0] - '0';
+        else if (!strcasecmp(s, "info"))
+            lvl = MC_LOG_INFO;
+        else if (!strcasecmp(s, "debug"))
+            lvl = MC_LOG_DEBUG;
+        else if (s[0] >= '0' && s[0] <= '3' && !s[1])
+            lvl = s[0] - '0';
     }
     __atomic_store_n(&mc_log_level_cached, lvl, __ATOMIC_RELAXED);
     return lvl;
@@ -39,7 +46,9 @@ void mc_log(int level, const char *fmt, ...)
     static const char *names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
     char line[1400];
     int n = snprintf(line, sizeof(line), "mooncake[%d] %s: ", (int)getpid(),
-                     names[level < 0 ? 0 : level > 3 ? 3 : level]);
+                     names[level < 0   ? 0
+                           : level > 3 ? 3
+                                       : level]);
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
@@ -97,22 +106,38 @@ const char *mc_env_str(const char *name, const char *def)
 const char *mc_status_str(mc_status_t st)
 {
     switch (st) {
-    case MC_OK: return "success";
-    case MC_INPROGRESS: return "in progress";
-    case MC_ERR_INVALID_ARG: return "invalid argument";
-    case MC_ERR_NO_MEMORY: return "out of memory";
-    case MC_ERR_UNSUPPORTED: return "unsupported";
-    case MC_ERR_TIMEOUT: return "timed out";
-    case MC_ERR_IO: return "I/O error";
-    case MC_ERR_INTERNAL: return "internal error";
-    case MC_ERR_NOT_FOUND: return "not found";
-    case MC_ERR_PROTOCOL: return "protocol error";
-    case MC_ERR_STORE: return "store error";
-    case MC_ERR_MISMATCH: return "collective mismatch";
-    case MC_ERR_PEER_FAILED: return "peer failed";
-    case MC_ERR_EVICTED: return "evicted";
-    case MC_ERR_NO_QUORUM: return "no quorum";
-    case MC_ERR_ROOT_FAILED: return "root failed";
+    case MC_OK:
+        return "success";
+    case MC_INPROGRESS:
+        return "in progress";
+    case MC_ERR_INVALID_ARG:
+        return "invalid argument";
+    case MC_ERR_NO_MEMORY:
+        return "out of memory";
+    case MC_ERR_UNSUPPORTED:
+        return "unsupported";
+    case MC_ERR_TIMEOUT:
+        return "timed out";
+    case MC_ERR_IO:
+        return "I/O error";
+    case MC_ERR_INTERNAL:
+        return "internal error";
+    case MC_ERR_NOT_FOUND:
+        return "not found";
+    case MC_ERR_PROTOCOL:
+        return "protocol error";
+    case MC_ERR_STORE:
+        return "store error";
+    case MC_ERR_MISMATCH:
+        return "collective mismatch";
+    case MC_ERR_PEER_FAILED:
+        return "peer failed";
+    case MC_ERR_EVICTED:
+        return "evicted";
+    case MC_ERR_NO_QUORUM:
+        return "no quorum";
+    case MC_ERR_ROOT_FAILED:
+        return "root failed";
     }
     return "unknown status";
 }

@@ -17,14 +17,13 @@
     do {                                                                       \
         mc_status_t st_ = (call);                                              \
         if (st_ != MC_OK) {                                                    \
-            fprintf(stderr, "rank %d: %s failed: %s: %s\n", rank, #call,      \
-                    mc_status_str(st_), mc_last_error());                     \
+            fprintf(stderr, "rank %d: %s failed: %s: %s\n", rank, #call,       \
+                    mc_status_str(st_), mc_last_error());                      \
             return 1;                                                          \
         }                                                                      \
     } while (0)
 
-static int run_rank(int rank, int size, const char *dir,
-                    mc_transport_kind_t tk)
+static int run_rank(int rank, int size, const char *dir, mc_transport_kind_t tk)
 {
     mc_store_h store;
     CHECK(mc_store_file_create(dir, &store));
@@ -38,10 +37,12 @@ static int run_rank(int rank, int size, const char *dir,
     /* allreduce: sum of (rank + 1) over ranks, 1M floats */
     size_t n = 1 << 20;
     float *x = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = (float)(rank + 1);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(rank + 1);
     CHECK(mc_comm_allreduce(comm, x, x, n, MC_FLOAT32, MC_SUM));
     float want = (float)size * (size + 1) / 2;
-    for (size_t i = 0; i < n; i++) bad += x[i] != want;
+    for (size_t i = 0; i < n; i++)
+        bad += x[i] != want;
 
     /* broadcast from the last rank */
     int64_t token = rank == size - 1 ? 424242 : 0;
@@ -52,14 +53,17 @@ static int run_rank(int rank, int size, const char *dir,
     int32_t *all = malloc(sizeof(int32_t) * (size_t)size);
     int32_t me = rank;
     CHECK(mc_comm_allgather(comm, &me, all, 1, MC_INT32));
-    for (int i = 0; i < size; i++) bad += all[i] != i;
+    for (int i = 0; i < size; i++)
+        bad += all[i] != i;
 
     /* p2p ring: pass the rank to the right */
     int32_t got = -1;
     mc_request_h rs = NULL, rr = NULL;
-    if (size > 1) CHECK(mc_comm_irecv(comm, &got, 1, MC_INT32, (rank + size - 1) % size, 7,
-                        &rr));
-    if (size > 1) CHECK(mc_comm_isend(comm, &me, 1, MC_INT32, (rank + 1) % size, 7, &rs));
+    if (size > 1)
+        CHECK(mc_comm_irecv(comm, &got, 1, MC_INT32, (rank + size - 1) % size,
+                            7, &rr));
+    if (size > 1)
+        CHECK(mc_comm_isend(comm, &me, 1, MC_INT32, (rank + 1) % size, 7, &rs));
     if (size > 1) {
         CHECK(mc_request_wait(rr, -1));
         CHECK(mc_request_wait(rs, -1));
@@ -94,7 +98,8 @@ int main(int argc, char **argv)
                  : !strcmp(t, "shm") ? MC_TRANSPORT_SHM
                                      : MC_TRANSPORT_AUTO;
         } else {
-            fprintf(stderr, "usage: %s [--ranks N] [--transport shm|tcp|auto]\n",
+            fprintf(stderr,
+                    "usage: %s [--ranks N] [--transport shm|tcp|auto]\n",
                     argv[0]);
             return 2;
         }

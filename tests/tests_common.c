@@ -134,8 +134,7 @@ static int spawn_body(int rank, int size, void *p)
     struct spawn_ctx *c = p;
     mc_store_h store;
     mc_status_t st = mc_store_file_create(c->dir, &store);
-    if (st != MC_OK)
-        return MC_TFAIL(rank, "store: %s", mc_last_error());
+    if (st != MC_OK) return MC_TFAIL(rank, "store: %s", mc_last_error());
     mc_comm_config_t cfg;
     mc_comm_config_init(&cfg);
     cfg.transport = c->transport;

@@ -28,8 +28,8 @@
 
 enum {
     MC_PH_BARRIER = 1,
-    MC_PH_RD = 2,        /* allreduce, recursive doubling */
-    MC_PH_RING = 3,      /* allreduce, ring */
+    MC_PH_RD = 2,   /* allreduce, recursive doubling */
+    MC_PH_RING = 3, /* allreduce, ring */
     MC_PH_ALLGATHER = 4,
     MC_PH_RSCATTER = 5,
     MC_PH_BCAST_TREE = 6,
@@ -62,8 +62,7 @@ static inline char *mc_algo_at(void *base, size_t elems, size_t es)
     return base ? (char *)base + elems * es : NULL;
 }
 
-static inline const char *mc_algo_cat(const void *base, size_t elems,
-                                      size_t es)
+static inline const char *mc_algo_cat(const void *base, size_t elems, size_t es)
 {
     return base ? (const char *)base + elems * es : NULL;
 }
@@ -93,8 +92,10 @@ static inline void *mc_algo_scratch(mc_cctx_t *cx, int slot, size_t bytes)
 {
     void *p = mc_cx_scratch(cx, slot, bytes ? bytes : 1);
     if (!p)
-        mc_err(MC_ERR_NO_MEMORY, "collective scratch of %zu bytes: out of "
-               "memory", bytes);
+        mc_err(MC_ERR_NO_MEMORY,
+               "collective scratch of %zu bytes: out of "
+               "memory",
+               bytes);
     return p;
 }
 
@@ -151,8 +152,8 @@ static inline void mc_ring_cur_load_(mc_ring_cur_t *cu)
     size_t coff, clen;
     if (cu->g >= cu->nsteps) return;
     if (cu->c == 0) {
-        cu->blk = mc_algo_mod((long long)cu->rank - (long long)cu->g -
-                                  cu->shift, cu->bl->n);
+        cu->blk = mc_algo_mod(
+            (long long)cu->rank - (long long)cu->g - cu->shift, cu->bl->n);
         mc_blocks_get(cu->bl, cu->blk, &cu->boff, &cu->blen);
         cu->nck = mc_chunk_count(cu->blen, cu->ce);
     }

@@ -55,10 +55,9 @@ mc_status_t mc_algo_allgatherv_ring(mc_cctx_t *cx)
     mc_ring_cur_init(&cur, &bl, r, 1, nsteps, ce);
     while (mc_ring_cur_valid(&cur)) {
         while (mc_ring_cur_valid(&post) && post.k < cur.k + L + 1) {
-            st = mc_cx_irecv(cx, prev,
-                             mc_algo_step(MC_PH_ALLGATHER, post.g, post.c),
-                             mc_algo_at(out, post.off, es), post.len * es,
-                             &rh[post.k % S]);
+            st = mc_cx_irecv(
+                cx, prev, mc_algo_step(MC_PH_ALLGATHER, post.g, post.c),
+                mc_algo_at(out, post.off, es), post.len * es, &rh[post.k % S]);
             if (st < 0) return st;
             mc_ring_cur_next(&post);
         }

@@ -47,7 +47,8 @@ mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx)
     tmp = mc_algo_scratch(cx, 0, bytes);
     if (!tmp) return MC_ERR_NO_MEMORY;
 
-    while (p <= n / 2) p <<= 1;
+    while (p <= n / 2)
+        p <<= 1;
     rem = n - p;
 
     /* 1. Fold. */
@@ -171,9 +172,8 @@ mc_status_t mc_algo_allreduce_ring(mc_cctx_t *cx)
             void *dst = post.g < (size_t)(n - 1)
                             ? scr + (post.k % S) * slot_elems * es
                             : mc_algo_at(out, post.off, es);
-            st = mc_cx_irecv(cx, prev,
-                             mc_algo_step(MC_PH_RING, post.g, post.c), dst,
-                             post.len * es, &rh[post.k % S]);
+            st = mc_cx_irecv(cx, prev, mc_algo_step(MC_PH_RING, post.g, post.c),
+                             dst, post.len * es, &rh[post.k % S]);
             if (st < 0) return st;
             mc_ring_cur_next(&post);
         }

@@ -71,8 +71,8 @@ mc_status_t mc_algo_alltoallv_pairwise(mc_cctx_t *cx)
 
     for (int k = 1; k < n; k++) {
         for (; posted < n && posted < k + W; posted++) {
-            int to = (r + posted) % n, from = mc_algo_mod((long long)r - posted,
-                                                          n);
+            int to = (r + posted) % n,
+                from = mc_algo_mod((long long)r - posted, n);
             /* The peer receives this in its own step `posted` too. */
             uint32_t step = mc_algo_step(MC_PH_ALLTOALL, 0, (size_t)posted);
             mc_a2a_send_block(&lo, to, &sp, &sb);

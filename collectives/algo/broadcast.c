@@ -112,10 +112,9 @@ mc_status_t mc_algo_broadcast_chain(mc_cctx_t *cx)
     for (size_t c = 0; c < nck; c++) {
         for (; posted < nck && posted < c + L + 1; posted++) {
             mc_chunk_range(a->count, ce, posted, &off, &len);
-            st = mc_cx_irecv(cx, prev,
-                             mc_algo_step(MC_PH_BCAST_CHAIN, 0, posted),
-                             mc_algo_at(a->recvbuf, off, es), len * es,
-                             &rh[posted % S]);
+            st = mc_cx_irecv(
+                cx, prev, mc_algo_step(MC_PH_BCAST_CHAIN, 0, posted),
+                mc_algo_at(a->recvbuf, off, es), len * es, &rh[posted % S]);
             if (st < 0) return st;
         }
         st = mc_cx_wait(cx, rh[c % S]);

@@ -95,8 +95,8 @@ mc_status_t mc_algo_reduce_scatterv_ring(mc_cctx_t *cx)
                  * here by our send of step g-1, if that block had a chunk
                  * number c at all. */
                 size_t o2, l2;
-                mc_blocks_get(&bl, mc_algo_mod((long long)r - (long long)post.g,
-                                               n),
+                mc_blocks_get(&bl,
+                              mc_algo_mod((long long)r - (long long)post.g, n),
                               &o2, &l2);
                 if (post.c < mc_chunk_count(l2, ce)) {
                     st = mc_cx_wait(cx, sh[post.g % 2][post.c]);

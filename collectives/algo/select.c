@@ -39,14 +39,15 @@ static mc_status_t mc_check_v(const char *what, const size_t *counts,
             !mc_mul_ok(displs[j] + counts[j], es, &bytes))
             return mc_err(MC_ERR_INVALID_ARG,
                           "%s: block %d (displacement %zu, count %zu) "
-                          "overflows", what, j, displs[j], counts[j]);
+                          "overflows",
+                          what, j, displs[j], counts[j]);
     }
     return MC_OK;
 }
 
 /* count * factor elements must be addressable in bytes. */
-static mc_status_t mc_check_count(const char *what, size_t count,
-                                  size_t factor, size_t es)
+static mc_status_t mc_check_count(const char *what, size_t count, size_t factor,
+                                  size_t es)
 {
     size_t elems, bytes;
     if (!mc_mul_ok(count, factor, &elems) || !mc_mul_ok(elems, es, &bytes))
@@ -127,23 +128,19 @@ mc_status_t mc_coll_run(mc_cctx_t *cx)
         return mc_run_allreduce(cx, a->count * es);
 
     case MC_COLL_ALLGATHER:
-        if ((st = mc_check_count(what, a->count, (size_t)n, es)) < 0)
-            return st;
+        if ((st = mc_check_count(what, a->count, (size_t)n, es)) < 0) return st;
         return mc_algo_allgatherv_ring(cx);
     case MC_COLL_ALLGATHERV:
-        if ((st = mc_check_v(what, a->counts, a->displs, n, es)) < 0)
-            return st;
+        if ((st = mc_check_v(what, a->counts, a->displs, n, es)) < 0) return st;
         return mc_algo_allgatherv_ring(cx);
 
     case MC_COLL_REDUCE_SCATTER:
         if ((st = mc_redop_check(a->dtype, a->op)) < 0) return st;
-        if ((st = mc_check_count(what, a->count, (size_t)n, es)) < 0)
-            return st;
+        if ((st = mc_check_count(what, a->count, (size_t)n, es)) < 0) return st;
         return mc_algo_reduce_scatterv_ring(cx);
     case MC_COLL_REDUCE_SCATTERV:
         if ((st = mc_redop_check(a->dtype, a->op)) < 0) return st;
-        if ((st = mc_check_v(what, a->counts, a->displs, n, es)) < 0)
-            return st;
+        if ((st = mc_check_v(what, a->counts, a->displs, n, es)) < 0) return st;
         return mc_algo_reduce_scatterv_ring(cx);
 
     case MC_COLL_BROADCAST:
@@ -164,14 +161,12 @@ mc_status_t mc_coll_run(mc_cctx_t *cx)
     case MC_COLL_GATHER:
     case MC_COLL_SCATTER:
         if ((st = mc_check_root(what, a->root, n)) < 0) return st;
-        if ((st = mc_check_count(what, a->count, (size_t)n, es)) < 0)
-            return st;
+        if ((st = mc_check_count(what, a->count, (size_t)n, es)) < 0) return st;
         return a->coll == MC_COLL_GATHER ? mc_algo_gather_direct(cx)
                                          : mc_algo_scatter_direct(cx);
 
     case MC_COLL_ALLTOALL:
-        if ((st = mc_check_count(what, a->count, (size_t)n, es)) < 0)
-            return st;
+        if ((st = mc_check_count(what, a->count, (size_t)n, es)) < 0) return st;
         return mc_algo_alltoallv_pairwise(cx);
     case MC_COLL_ALLTOALLV: {
         int r = mc_cx_rank(cx);
@@ -181,7 +176,8 @@ mc_status_t mc_coll_run(mc_cctx_t *cx)
         if (a->scounts[r] != a->counts[r])
             return mc_err(MC_ERR_MISMATCH,
                           "%s: rank %d sends itself %zu elements but "
-                          "expects %zu", what, r, a->scounts[r], a->counts[r]);
+                          "expects %zu",
+                          what, r, a->scounts[r], a->counts[r]);
         return mc_algo_alltoallv_pairwise(cx);
     }
 

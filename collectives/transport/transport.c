@@ -1,4 +1,5 @@
-/* Stubs for transport slots a transport does not support (libfabric fi_no_*). */
+/* Stubs for transport slots a transport does not support (libfabric fi_no_*).
+ */
 #include "transport/transport.h"
 
 #include "mc_log.h"
@@ -16,9 +17,9 @@ mc_status_t mc_tl_stub_mem_dereg(mc_tl_t *tl, mc_mr_t *mr)
     return MC_ERR_UNSUPPORTED;
 }
 
-mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src,
-                           mc_mr_t *lmr, uint64_t raddr, uint64_t rkey,
-                           size_t len, mc_xfer_t *x)
+mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src, mc_mr_t *lmr,
+                           uint64_t raddr, uint64_t rkey, size_t len,
+                           mc_xfer_t *x)
 {
     (void)tl, (void)peer, (void)src, (void)lmr, (void)raddr, (void)rkey;
     (void)len, (void)x;

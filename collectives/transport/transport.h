@@ -57,8 +57,8 @@ extern "C" {
 #endif
 
 enum {
-    MC_CH_COLL = 0,    /* collective frames, consumed in order */
-    MC_CH_P2P = 1,     /* tagged point-to-point frames */
+    MC_CH_COLL = 0, /* collective frames, consumed in order */
+    MC_CH_P2P = 1,  /* tagged point-to-point frames */
     MC_NUM_CHANNELS = 2
 };
 
@@ -70,20 +70,20 @@ typedef void (*mc_xfer_cb_t)(mc_xfer_t *x);
 
 struct mc_xfer {
     /* set by the engine before posting */
-    void *buf;          /* send: source bytes; recv: destination */
-    size_t len;         /* may be 0: completes at once, in FIFO order */
-    mc_xfer_cb_t cb;    /* may be NULL */
-    void *arg;          /* for the engine; the transport never reads it */
+    void *buf;       /* send: source bytes; recv: destination */
+    size_t len;      /* may be 0: completes at once, in FIFO order */
+    mc_xfer_cb_t cb; /* may be NULL */
+    void *arg;       /* for the engine; the transport never reads it */
     /* owned by the transport while posted */
-    size_t off;         /* bytes done so far */
+    size_t off; /* bytes done so far */
     struct mc_xfer *next;
     /* MC_INPROGRESS while posted; MC_OK or a failure once done. Written by
      * the transport last (after the data), read by the engine. */
     volatile int status;
 };
 
-typedef struct mc_tl mc_tl_t;   /* one transport instance in one communicator */
-typedef struct mc_mr mc_mr_t;   /* registered memory (verbs, cuda) */
+typedef struct mc_tl mc_tl_t; /* one transport instance in one communicator */
+typedef struct mc_mr mc_mr_t; /* registered memory (verbs, cuda) */
 
 typedef struct mc_tl_params {
     int rank;
@@ -98,12 +98,12 @@ typedef struct mc_tl_params {
      * r == rank. The array has `size` entries and is valid during create and
      * connect only. */
     const uint8_t *peers;
-    int64_t timeout_ms;  /* bound for create + connect */
+    int64_t timeout_ms; /* bound for create + connect */
 } mc_tl_params_t;
 
 typedef struct mc_tl_ops {
-    size_t size;       /* sizeof(mc_tl_ops_t) */
-    const char *name;  /* "tcp", "shm", ... */
+    size_t size;      /* sizeof(mc_tl_ops_t) */
+    const char *name; /* "tcp", "shm", ... */
 
     /* Allocate local resources (listening socket, shared segment) and
      * publish this rank's address in the store. Must not wait for peers. */
@@ -125,12 +125,10 @@ typedef struct mc_tl_ops {
     mc_status_t (*peer_status)(mc_tl_t *tl, int peer);
 
     /* One-sided, registered memory (verbs, cuda). */
-    mc_status_t (*mem_reg)(mc_tl_t *tl, void *addr, size_t len,
-                           mc_mr_t **mr_p);
+    mc_status_t (*mem_reg)(mc_tl_t *tl, void *addr, size_t len, mc_mr_t **mr_p);
     mc_status_t (*mem_dereg)(mc_tl_t *tl, mc_mr_t *mr);
     mc_status_t (*put)(mc_tl_t *tl, int peer, const void *src, mc_mr_t *lmr,
-                       uint64_t raddr, uint64_t rkey, size_t len,
-                       mc_xfer_t *x);
+                       uint64_t raddr, uint64_t rkey, size_t len, mc_xfer_t *x);
 
     /* Close everything. Posted transfers are abandoned (not completed). */
     void (*destroy)(mc_tl_t *tl);
@@ -140,9 +138,9 @@ typedef struct mc_tl_ops {
 mc_status_t mc_tl_stub_mem_reg(mc_tl_t *tl, void *addr, size_t len,
                                mc_mr_t **mr_p);
 mc_status_t mc_tl_stub_mem_dereg(mc_tl_t *tl, mc_mr_t *mr);
-mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src,
-                           mc_mr_t *lmr, uint64_t raddr, uint64_t rkey,
-                           size_t len, mc_xfer_t *x);
+mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src, mc_mr_t *lmr,
+                           uint64_t raddr, uint64_t rkey, size_t len,
+                           mc_xfer_t *x);
 
 /* The transports compiled in (see transport.c for the table). */
 extern const mc_tl_ops_t mc_tl_tcp_ops;

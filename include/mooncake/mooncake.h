@@ -80,13 +80,13 @@ typedef enum mc_dtype {
     MC_UINT32,
     MC_INT64,
     MC_UINT64,
-    MC_BOOL,          /**< one byte, 0 or non-zero */
-    MC_FLOAT16,       /**< IEEE 754 binary16 */
-    MC_BFLOAT16,      /**< bfloat16 (upper half of binary32) */
+    MC_BOOL,     /**< one byte, 0 or non-zero */
+    MC_FLOAT16,  /**< IEEE 754 binary16 */
+    MC_BFLOAT16, /**< bfloat16 (upper half of binary32) */
     MC_FLOAT32,
     MC_FLOAT64,
-    MC_FLOAT8_E4M3,   /**< OCP fp8 E4M3 "fn": no infinities, NaN = S.1111.111 */
-    MC_FLOAT8_E5M2,   /**< OCP fp8 E5M2 (IEEE-like, has inf and NaN) */
+    MC_FLOAT8_E4M3, /**< OCP fp8 E4M3 "fn": no infinities, NaN = S.1111.111 */
+    MC_FLOAT8_E5M2, /**< OCP fp8 E5M2 (IEEE-like, has inf and NaN) */
     MC_DTYPE_COUNT
 } mc_dtype_t;
 
@@ -156,10 +156,10 @@ typedef struct mc_store_ops {
      * after the operation (at most cap bytes) to cur and its length to
      * *cur_len_p.
      */
-    mc_status_t (*compare_set)(void *ctx, const char *key,
-                               const void *expected, size_t expected_len,
-                               const void *desired, size_t desired_len,
-                               void *cur, size_t cap, size_t *cur_len_p);
+    mc_status_t (*compare_set)(void *ctx, const char *key, const void *expected,
+                               size_t expected_len, const void *desired,
+                               size_t desired_len, void *cur, size_t cap,
+                               size_t *cur_len_p);
     /**
      * Atomically add delta to the 64-bit integer stored under key (absent
      * means 0; stored as decimal text) and return the new value.
@@ -222,10 +222,10 @@ typedef enum mc_transport_kind {
 
 /** Communicator options. Initialise with mc_comm_config_init, then set. */
 typedef struct mc_comm_config {
-    size_t size;           /**< sizeof(mc_comm_config_t) */
-    const char *name;      /**< store key prefix; default "mc" */
-    int64_t timeout_ms;    /**< per-operation timeout; default 300000 */
-    int64_t init_timeout_ms; /**< create timeout; default 300000 */
+    size_t size;                   /**< sizeof(mc_comm_config_t) */
+    const char *name;              /**< store key prefix; default "mc" */
+    int64_t timeout_ms;            /**< per-operation timeout; default 300000 */
+    int64_t init_timeout_ms;       /**< create timeout; default 300000 */
     mc_transport_kind_t transport; /**< default from MOONCAKE_TRANSPORT */
 } mc_comm_config_t;
 
@@ -362,26 +362,26 @@ mc_status_t mc_comm_broadcast(mc_comm_h comm, const void *sendbuf,
                               int root);
 
 /** At root, recv = op over ranks of send; recvbuf is ignored elsewhere. */
-mc_status_t mc_comm_ireduce(mc_comm_h comm, const void *sendbuf,
-                            void *recvbuf, size_t count, mc_dtype_t dtype,
-                            mc_redop_t op, int root, mc_request_h *req_p);
+mc_status_t mc_comm_ireduce(mc_comm_h comm, const void *sendbuf, void *recvbuf,
+                            size_t count, mc_dtype_t dtype, mc_redop_t op,
+                            int root, mc_request_h *req_p);
 mc_status_t mc_comm_reduce(mc_comm_h comm, const void *sendbuf, void *recvbuf,
                            size_t count, mc_dtype_t dtype, mc_redop_t op,
                            int root);
 
 /** At root, recv (size*count) = concatenation of sends. In-place at root:
  *  sendbuf == recvbuf + root*count elements. */
-mc_status_t mc_comm_igather(mc_comm_h comm, const void *sendbuf,
-                            void *recvbuf, size_t count, mc_dtype_t dtype,
-                            int root, mc_request_h *req_p);
+mc_status_t mc_comm_igather(mc_comm_h comm, const void *sendbuf, void *recvbuf,
+                            size_t count, mc_dtype_t dtype, int root,
+                            mc_request_h *req_p);
 mc_status_t mc_comm_gather(mc_comm_h comm, const void *sendbuf, void *recvbuf,
                            size_t count, mc_dtype_t dtype, int root);
 
 /** Rank r receives block r (count elements) of root's send (size*count).
  *  In-place at root: recvbuf == sendbuf + root*count elements. */
-mc_status_t mc_comm_iscatter(mc_comm_h comm, const void *sendbuf,
-                             void *recvbuf, size_t count, mc_dtype_t dtype,
-                             int root, mc_request_h *req_p);
+mc_status_t mc_comm_iscatter(mc_comm_h comm, const void *sendbuf, void *recvbuf,
+                             size_t count, mc_dtype_t dtype, int root,
+                             mc_request_h *req_p);
 mc_status_t mc_comm_scatter(mc_comm_h comm, const void *sendbuf, void *recvbuf,
                             size_t count, mc_dtype_t dtype, int root);
 
@@ -390,8 +390,8 @@ mc_status_t mc_comm_scatter(mc_comm_h comm, const void *sendbuf, void *recvbuf,
 mc_status_t mc_comm_ialltoall(mc_comm_h comm, const void *sendbuf,
                               void *recvbuf, size_t count, mc_dtype_t dtype,
                               mc_request_h *req_p);
-mc_status_t mc_comm_alltoall(mc_comm_h comm, const void *sendbuf,
-                             void *recvbuf, size_t count, mc_dtype_t dtype);
+mc_status_t mc_comm_alltoall(mc_comm_h comm, const void *sendbuf, void *recvbuf,
+                             size_t count, mc_dtype_t dtype);
 
 /** Uneven all-to-all (MPI_Alltoallv): sendcounts[j] elements at
  *  sendbuf + sdispls[j] go to rank j; recvcounts[j] elements from rank j land

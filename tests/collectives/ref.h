@@ -33,8 +33,8 @@
 #include "reduce.h"
 
 static const char *const ref_dtype_names[MC_DTYPE_COUNT] = {
-    "int8",   "uint8",   "int16",    "uint16",  "int32",
-    "uint32", "int64",   "uint64",   "bool",    "float16",
+    "int8",     "uint8",   "int16",   "uint16",      "int32",
+    "uint32",   "int64",   "uint64",  "bool",        "float16",
     "bfloat16", "float32", "float64", "float8_e4m3", "float8_e5m2"};
 static const char *const ref_op_names[MC_REDOP_COUNT] = {
     "sum", "prod", "min", "max", "avg", "band", "bor", "bxor"};
@@ -51,19 +51,35 @@ static inline const char *ref_oname(mc_redop_t op)
 
 static inline const char *ref_tname(mc_transport_kind_t t)
 {
-    return t == MC_TRANSPORT_SHM ? "shm" : t == MC_TRANSPORT_TCP ? "tcp"
-                                                                 : "auto";
+    return t == MC_TRANSPORT_SHM   ? "shm"
+           : t == MC_TRANSPORT_TCP ? "tcp"
+                                   : "auto";
 }
 
 static inline size_t ref_dsize(mc_dtype_t d)
 {
     switch (d) {
-    case MC_INT8: case MC_UINT8: case MC_BOOL:
-    case MC_FLOAT8_E4M3: case MC_FLOAT8_E5M2: return 1;
-    case MC_INT16: case MC_UINT16: case MC_FLOAT16: case MC_BFLOAT16: return 2;
-    case MC_INT32: case MC_UINT32: case MC_FLOAT32: return 4;
-    case MC_INT64: case MC_UINT64: case MC_FLOAT64: return 8;
-    default: return 0;
+    case MC_INT8:
+    case MC_UINT8:
+    case MC_BOOL:
+    case MC_FLOAT8_E4M3:
+    case MC_FLOAT8_E5M2:
+        return 1;
+    case MC_INT16:
+    case MC_UINT16:
+    case MC_FLOAT16:
+    case MC_BFLOAT16:
+        return 2;
+    case MC_INT32:
+    case MC_UINT32:
+    case MC_FLOAT32:
+        return 4;
+    case MC_INT64:
+    case MC_UINT64:
+    case MC_FLOAT64:
+        return 8;
+    default:
+        return 0;
     }
 }
 
@@ -118,7 +134,8 @@ static inline uint64_t ref_sext(mc_dtype_t d, uint64_t u)
 {
     size_t b = ref_dsize(d) * 8;
     u &= ref_width_mask(d);
-    if (ref_is_signed(d) && b < 64 && (u >> (b - 1)) & 1) u |= ~ref_width_mask(d);
+    if (ref_is_signed(d) && b < 64 && (u >> (b - 1)) & 1)
+        u |= ~ref_width_mask(d);
     return u;
 }
 
@@ -126,10 +143,14 @@ static inline uint64_t ref_sext(mc_dtype_t d, uint64_t u)
 static inline double ref_bits_to_double(mc_dtype_t d, uint64_t bits)
 {
     switch (d) {
-    case MC_FLOAT16: return mc_fp16_to_float((uint16_t)bits);
-    case MC_BFLOAT16: return mc_bf16_to_float((uint16_t)bits);
-    case MC_FLOAT8_E4M3: return mc_fp8e4m3_to_float((uint8_t)bits);
-    case MC_FLOAT8_E5M2: return mc_fp8e5m2_to_float((uint8_t)bits);
+    case MC_FLOAT16:
+        return mc_fp16_to_float((uint16_t)bits);
+    case MC_BFLOAT16:
+        return mc_bf16_to_float((uint16_t)bits);
+    case MC_FLOAT8_E4M3:
+        return mc_fp8e4m3_to_float((uint8_t)bits);
+    case MC_FLOAT8_E5M2:
+        return mc_fp8e5m2_to_float((uint8_t)bits);
     case MC_FLOAT32: {
         uint32_t w = (uint32_t)bits;
         float f;
@@ -141,7 +162,8 @@ static inline double ref_bits_to_double(mc_dtype_t d, uint64_t bits)
         memcpy(&f, &bits, 8);
         return f;
     }
-    default: return 0;
+    default:
+        return 0;
     }
 }
 
@@ -149,16 +171,21 @@ static inline double ref_bits_to_double(mc_dtype_t d, uint64_t bits)
 static inline uint64_t ref_float_to_bits(mc_dtype_t d, float f)
 {
     switch (d) {
-    case MC_FLOAT16: return mc_float_to_fp16(f);
-    case MC_BFLOAT16: return mc_float_to_bf16(f);
-    case MC_FLOAT8_E4M3: return mc_float_to_fp8e4m3(f);
-    case MC_FLOAT8_E5M2: return mc_float_to_fp8e5m2(f);
+    case MC_FLOAT16:
+        return mc_float_to_fp16(f);
+    case MC_BFLOAT16:
+        return mc_float_to_bf16(f);
+    case MC_FLOAT8_E4M3:
+        return mc_float_to_fp8e4m3(f);
+    case MC_FLOAT8_E5M2:
+        return mc_float_to_fp8e5m2(f);
     case MC_FLOAT32: {
         uint32_t w;
         memcpy(&w, &f, 4);
         return w;
     }
-    default: return 0;
+    default:
+        return 0;
     }
 }
 
@@ -184,7 +211,8 @@ static inline void ref_put_bits(mc_dtype_t d, void *buf, size_t i,
 {
     size_t es = ref_dsize(d);
     unsigned char *p = (unsigned char *)buf + i * es;
-    for (size_t b = 0; b < es; b++) p[b] = (unsigned char)(bits >> (8 * b));
+    for (size_t b = 0; b < es; b++)
+        p[b] = (unsigned char)(bits >> (8 * b));
 }
 
 static inline uint64_t ref_get_bits(mc_dtype_t d, const void *buf, size_t i)
@@ -192,7 +220,8 @@ static inline uint64_t ref_get_bits(mc_dtype_t d, const void *buf, size_t i)
     size_t es = ref_dsize(d);
     const unsigned char *p = (const unsigned char *)buf + i * es;
     uint64_t bits = 0;
-    for (size_t b = 0; b < es; b++) bits |= (uint64_t)p[b] << (8 * b);
+    for (size_t b = 0; b < es; b++)
+        bits |= (uint64_t)p[b] << (8 * b);
     return bits;
 }
 
@@ -201,20 +230,35 @@ static inline uint64_t ref_get_bits(mc_dtype_t d, const void *buf, size_t i)
 static inline uint64_t ref_sum_mag(mc_dtype_t d)
 {
     switch (d) {
-    case MC_INT8: return 15;
-    case MC_UINT8: return 31;
-    case MC_INT16: return 4000;
-    case MC_UINT16: return 8000;
-    case MC_INT32: return 200000000;
-    case MC_UINT32: return 500000000;
-    case MC_INT64: case MC_UINT64: return 1000000000000000ull;
-    case MC_FLOAT16: return 120;     /* 8 * 120 < 2048 */
-    case MC_BFLOAT16: return 15;     /* 8 * 15 < 256 */
-    case MC_FLOAT32: return 100000;  /* halves: 8 * 2e5 < 2^24 */
-    case MC_FLOAT64: return 1000000000;
-    case MC_FLOAT8_E4M3: return 2;   /* |sum| <= 16 */
-    case MC_FLOAT8_E5M2: return 1;   /* |sum| <= 8 */
-    default: return 1;
+    case MC_INT8:
+        return 15;
+    case MC_UINT8:
+        return 31;
+    case MC_INT16:
+        return 4000;
+    case MC_UINT16:
+        return 8000;
+    case MC_INT32:
+        return 200000000;
+    case MC_UINT32:
+        return 500000000;
+    case MC_INT64:
+    case MC_UINT64:
+        return 1000000000000000ull;
+    case MC_FLOAT16:
+        return 120; /* 8 * 120 < 2048 */
+    case MC_BFLOAT16:
+        return 15; /* 8 * 15 < 256 */
+    case MC_FLOAT32:
+        return 100000; /* halves: 8 * 2e5 < 2^24 */
+    case MC_FLOAT64:
+        return 1000000000;
+    case MC_FLOAT8_E4M3:
+        return 2; /* |sum| <= 16 */
+    case MC_FLOAT8_E5M2:
+        return 1; /* |sum| <= 8 */
+    default:
+        return 1;
     }
 }
 
@@ -294,27 +338,53 @@ static inline void ref_combine(mc_dtype_t d, mc_redop_t op, ref_val_t *dst,
     if (d == MC_BOOL) {
         uint64_t a = dst->u != 0, b = src.u != 0;
         switch (op) {
-        case MC_SUM: case MC_MAX: case MC_BOR: dst->u = a | b; break;
-        case MC_PROD: case MC_MIN: case MC_BAND: dst->u = a & b; break;
-        case MC_BXOR: dst->u = a ^ b; break;
-        default: break;
+        case MC_SUM:
+        case MC_MAX:
+        case MC_BOR:
+            dst->u = a | b;
+            break;
+        case MC_PROD:
+        case MC_MIN:
+        case MC_BAND:
+            dst->u = a & b;
+            break;
+        case MC_BXOR:
+            dst->u = a ^ b;
+            break;
+        default:
+            break;
         }
         return;
     }
     if (ref_is_float(d)) {
         switch (op) {
-        case MC_SUM: case MC_AVG: dst->f += src.f; break;
-        case MC_PROD: dst->f *= src.f; break;
-        case MC_MIN: if (src.f < dst->f) dst->f = src.f; break;
-        case MC_MAX: if (src.f > dst->f) dst->f = src.f; break;
-        default: break;
+        case MC_SUM:
+        case MC_AVG:
+            dst->f += src.f;
+            break;
+        case MC_PROD:
+            dst->f *= src.f;
+            break;
+        case MC_MIN:
+            if (src.f < dst->f) dst->f = src.f;
+            break;
+        case MC_MAX:
+            if (src.f > dst->f) dst->f = src.f;
+            break;
+        default:
+            break;
         }
         return;
     }
     int sg = ref_is_signed(d);
     switch (op) {
-    case MC_SUM: case MC_AVG: dst->u += src.u; break;
-    case MC_PROD: dst->u = (uint64_t)((int64_t)dst->u * (int64_t)src.u); break;
+    case MC_SUM:
+    case MC_AVG:
+        dst->u += src.u;
+        break;
+    case MC_PROD:
+        dst->u = (uint64_t)((int64_t)dst->u * (int64_t)src.u);
+        break;
     case MC_MIN:
         if (sg ? (int64_t)src.u < (int64_t)dst->u : src.u < dst->u)
             dst->u = src.u;
@@ -323,10 +393,17 @@ static inline void ref_combine(mc_dtype_t d, mc_redop_t op, ref_val_t *dst,
         if (sg ? (int64_t)src.u > (int64_t)dst->u : src.u > dst->u)
             dst->u = src.u;
         break;
-    case MC_BAND: dst->u &= src.u; break;
-    case MC_BOR: dst->u |= src.u; break;
-    case MC_BXOR: dst->u ^= src.u; break;
-    default: break;
+    case MC_BAND:
+        dst->u &= src.u;
+        break;
+    case MC_BOR:
+        dst->u |= src.u;
+        break;
+    case MC_BXOR:
+        dst->u ^= src.u;
+        break;
+    default:
+        break;
     }
 }
 
@@ -342,8 +419,7 @@ static inline uint64_t ref_reduce_bits(mc_dtype_t d, mc_redop_t op,
     if (ref_is_float(d))
         return ref_float_to_bits(d, (float)acc.f / (float)nranks);
     if (ref_is_signed(d))
-        return (uint64_t)((int64_t)acc.u / (int64_t)nranks) &
-               ref_width_mask(d);
+        return (uint64_t)((int64_t)acc.u / (int64_t)nranks) & ref_width_mask(d);
     return (acc.u / (uint64_t)nranks) & ref_width_mask(d);
 }
 
@@ -353,7 +429,8 @@ static inline void ref_fill_input(mc_dtype_t d, mc_redop_t op, uint64_t seed,
                                   int rank, size_t base, void *buf, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        ref_put_bits(d, buf, i, ref_bits(d, ref_gen(d, op, seed, rank, base + i)));
+        ref_put_bits(d, buf, i,
+                     ref_bits(d, ref_gen(d, op, seed, rank, base + i)));
 }
 
 /* Raw bytes for data-movement collectives: element idx of rank's data. */
@@ -361,8 +438,8 @@ static inline void ref_fill_bytes(mc_dtype_t d, uint64_t seed, int rank,
                                   size_t base, void *buf, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        ref_put_bits(d, buf, i, ref_hash3(seed ^ 0x5bd1e995u, (uint64_t)rank,
-                                          base + i));
+        ref_put_bits(d, buf, i,
+                     ref_hash3(seed ^ 0x5bd1e995u, (uint64_t)rank, base + i));
 }
 
 static inline uint64_t ref_fnv(uint64_t h, const void *buf, size_t bytes)

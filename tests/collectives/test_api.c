@@ -35,7 +35,8 @@ static int contains_ci(const char *hay, const char *needle)
     for (const char *p = hay; *p; p++) {
         size_t i = 0;
         while (i < n && p[i] &&
-               tolower((unsigned char)p[i]) == tolower((unsigned char)needle[i]))
+               tolower((unsigned char)p[i]) ==
+                   tolower((unsigned char)needle[i]))
             i++;
         if (i == n) return 1;
     }
@@ -60,13 +61,22 @@ static int names_any(const char *msg, const char *keywords)
 static void test_status_str(void **state)
 {
     (void)state;
-    static const mc_status_t codes[] = {
-        MC_OK,            MC_INPROGRESS,       MC_ERR_INVALID_ARG,
-        MC_ERR_NO_MEMORY, MC_ERR_UNSUPPORTED,  MC_ERR_TIMEOUT,
-        MC_ERR_IO,        MC_ERR_INTERNAL,     MC_ERR_NOT_FOUND,
-        MC_ERR_PROTOCOL,  MC_ERR_STORE,        MC_ERR_MISMATCH,
-        MC_ERR_PEER_FAILED, MC_ERR_EVICTED,    MC_ERR_NO_QUORUM,
-        MC_ERR_ROOT_FAILED};
+    static const mc_status_t codes[] = {MC_OK,
+                                        MC_INPROGRESS,
+                                        MC_ERR_INVALID_ARG,
+                                        MC_ERR_NO_MEMORY,
+                                        MC_ERR_UNSUPPORTED,
+                                        MC_ERR_TIMEOUT,
+                                        MC_ERR_IO,
+                                        MC_ERR_INTERNAL,
+                                        MC_ERR_NOT_FOUND,
+                                        MC_ERR_PROTOCOL,
+                                        MC_ERR_STORE,
+                                        MC_ERR_MISMATCH,
+                                        MC_ERR_PEER_FAILED,
+                                        MC_ERR_EVICTED,
+                                        MC_ERR_NO_QUORUM,
+                                        MC_ERR_ROOT_FAILED};
     enum { N = sizeof(codes) / sizeof(codes[0]) };
     const char *s[N];
     for (int i = 0; i < N; i++) {
@@ -154,20 +164,19 @@ static void test_create_bad_args(void **state)
         int rank, size, null_store, null_out;
         const char *kw;
     } cases[] = {
-        {2, 2, 0, 0, "rank"}, {5, 2, 0, 0, "rank"}, {-1, 2, 0, 0, "rank"},
-        {0, 0, 0, 0, "size"}, {0, -3, 0, 0, "size"}, {0, 2, 1, 0, "store"},
-        {0, 1, 1, 0, "store"},
-        {0, 1, 0, 1, "comm|null|output|_p"},
+        {2, 2, 0, 0, "rank"},  {5, 2, 0, 0, "rank"},
+        {-1, 2, 0, 0, "rank"}, {0, 0, 0, 0, "size"},
+        {0, -3, 0, 0, "size"}, {0, 2, 1, 0, "store"},
+        {0, 1, 1, 0, "store"}, {0, 1, 0, 1, "comm|null|output|_p"},
     };
     /* failures are counted, not fail_msg()ed, so the store is released */
     int fails = 0;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         mc_comm_h sentinel = (mc_comm_h)(uintptr_t)0x1234, comm = sentinel;
         double t0 = now_s();
-        mc_status_t st =
-            mc_comm_create(cases[i].rank, cases[i].size,
-                           cases[i].null_store ? NULL : store, &cfg,
-                           cases[i].null_out ? NULL : &comm);
+        mc_status_t st = mc_comm_create(cases[i].rank, cases[i].size,
+                                        cases[i].null_store ? NULL : store,
+                                        &cfg, cases[i].null_out ? NULL : &comm);
         double dt = now_s() - t0;
         const char *msg = mc_last_error();
         if (st != MC_ERR_INVALID_ARG) {
@@ -220,15 +229,16 @@ static int expect_invalid(int rank, mc_comm_h comm, const char *what,
                           mc_status_t st, const char *kw)
 {
     if (st != MC_ERR_INVALID_ARG)
-        return MC_TFAIL(rank, "%s: returned %s (%s), expected "
-                              "MC_ERR_INVALID_ARG",
+        return MC_TFAIL(rank,
+                        "%s: returned %s (%s), expected "
+                        "MC_ERR_INVALID_ARG",
                         what, mc_status_str(st), mc_last_error());
     const char *msg = mc_last_error();
-    if (!msg || !*msg)
-        return MC_TFAIL(rank, "%s: empty mc_last_error", what);
+    if (!msg || !*msg) return MC_TFAIL(rank, "%s: empty mc_last_error", what);
     if (!names_any(msg, kw))
-        return MC_TFAIL(rank, "%s: message \"%s\" does not name the problem "
-                              "(%s)",
+        return MC_TFAIL(rank,
+                        "%s: message \"%s\" does not name the problem "
+                        "(%s)",
                         what, msg, kw);
     if (comm) {
         const char *cm = mc_comm_last_error(comm);
@@ -238,8 +248,7 @@ static int expect_invalid(int rank, mc_comm_h comm, const char *what,
     return 0;
 }
 
-#define BAD(expr, kw)                                                          \
-    (fails += expect_invalid(rank, comm, #expr, (expr), kw))
+#define BAD(expr, kw) (fails += expect_invalid(rank, comm, #expr, (expr), kw))
 
 #define BAD_NB(call, kw)                                                       \
     do {                                                                       \
@@ -259,7 +268,8 @@ static int bad_args_body(mc_comm_h comm, int rank, int size, void *arg)
     size_t cnt[8], dsp[8];
     memset(a, 0, sizeof(a));
     memset(f, 0, sizeof(f));
-    for (int r = 0; r < 8; r++) cnt[r] = 2, dsp[r] = (size_t)r * 2;
+    for (int r = 0; r < 8; r++)
+        cnt[r] = 2, dsp[r] = (size_t)r * 2;
 
     const char *fresh = mc_comm_last_error(comm);
     if (!fresh || *fresh)
@@ -286,9 +296,11 @@ static int bad_args_body(mc_comm_h comm, int rank, int size, void *arg)
     }
     BAD(mc_comm_allreduce(comm, NULL, b, 4, MC_INT32, MC_SUM), BUF);
     BAD(mc_comm_allreduce(comm, a, NULL, 4, MC_INT32, MC_SUM), BUF);
-    BAD_NB(mc_comm_iallreduce(comm, a, b, 4, MC_DTYPE_COUNT, MC_SUM, &req_), DT);
+    BAD_NB(mc_comm_iallreduce(comm, a, b, 4, MC_DTYPE_COUNT, MC_SUM, &req_),
+           DT);
     BAD(mc_comm_allreduce(comm, a, b, 4, (mc_dtype_t)-1, MC_SUM), DT);
-    BAD_NB(mc_comm_iallreduce(comm, a, b, 4, MC_INT32, MC_REDOP_COUNT, &req_), OP);
+    BAD_NB(mc_comm_iallreduce(comm, a, b, 4, MC_INT32, MC_REDOP_COUNT, &req_),
+           OP);
     BAD(mc_comm_allreduce(comm, a, b, 4, MC_INT32, (mc_redop_t)-1), OP);
     BAD(mc_comm_allreduce(comm, f, f, 4, MC_FLOAT32, MC_BAND), OP);
     BAD(mc_comm_allreduce(comm, f, f, 4, MC_BFLOAT16, MC_BXOR), OP);
@@ -309,8 +321,7 @@ static int bad_args_body(mc_comm_h comm, int rank, int size, void *arg)
         "count|null|recvcounts");
     BAD(mc_comm_allgatherv(comm, a, 2, b, NULL, dsp, MC_INT32),
         "count|null|recvcounts");
-    BAD(mc_comm_allgatherv(comm, a, 2, b, cnt, NULL, MC_INT32),
-        "displ|null");
+    BAD(mc_comm_allgatherv(comm, a, 2, b, cnt, NULL, MC_INT32), "displ|null");
     BAD(mc_comm_allgatherv(comm, a, 3, b, cnt, dsp, MC_INT32),
         "count|sendcount|recvcounts");
     BAD(mc_comm_alltoallv(comm, a, NULL, dsp, b, cnt, dsp, MC_INT32),
@@ -330,7 +341,8 @@ static int bad_args_body(mc_comm_h comm, int rank, int size, void *arg)
     }
     BAD(mc_comm_recv(comm, b, 4, MC_INT32, size, 1), PEER);
     BAD(mc_comm_recv(comm, b, 4, MC_INT32, -2, 1), PEER);
-    BAD_NB(mc_comm_irecv(comm, NULL, 4, MC_INT32, MC_ANY_SOURCE, 1, &req_), BUF);
+    BAD_NB(mc_comm_irecv(comm, NULL, 4, MC_INT32, MC_ANY_SOURCE, 1, &req_),
+           BUF);
     /* requests */
     BAD(mc_request_wait(NULL, 0), "req|null");
     {
@@ -345,15 +357,18 @@ static int bad_args_body(mc_comm_h comm, int rank, int size, void *arg)
     (void)mc_comm_size(NULL);
 
     /* After all that the communicator works. */
-    for (int i = 0; i < 8; i++) a[i] = rank + i;
+    for (int i = 0; i < 8; i++)
+        a[i] = rank + i;
     mc_status_t st = mc_comm_allreduce(comm, a, b, 8, MC_INT32, MC_SUM);
     if (st != MC_OK)
         return MC_TFAIL(rank, "allreduce after bad calls: %s: %s",
-                        mc_status_str(st), mc_last_error()) + fails;
+                        mc_status_str(st), mc_last_error()) +
+               fails;
     for (int i = 0; i < 8; i++)
         if (b[i] != size * (size - 1) / 2 + size * i)
-            return MC_TFAIL(rank, "allreduce after bad calls: index %d: "
-                                  "expected %d got %d",
+            return MC_TFAIL(rank,
+                            "allreduce after bad calls: index %d: "
+                            "expected %d got %d",
                             i, size * (size - 1) / 2 + size * i, b[i]) +
                    fails;
     /* count 0 with NULL buffers is allowed */
@@ -367,8 +382,8 @@ static int bad_args_body(mc_comm_h comm, int rank, int size, void *arg)
 static void test_bad_args(void **state)
 {
     api_param_t *p = *state;
-    assert_int_equal(
-        mc_test_spawn(p->size, p->transport, 60, bad_args_body, p), 0);
+    assert_int_equal(mc_test_spawn(p->size, p->transport, 60, bad_args_body, p),
+                     0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -391,10 +406,11 @@ static int lifecycle_body(mc_comm_h comm, int rank, int size, void *arg)
         const char *t = mc_comm_peer_transport(comm, peer);
         const char *e = peer == rank ? "self" : want;
         if (!t || strcmp(t, e) != 0)
-            fails += MC_TFAIL(rank, "mc_comm_peer_transport(%d) = \"%s\", "
-                                    "expected \"%s\" (configured %s)",
-                              peer, t ? t : "(null)", e,
-                              ref_tname(p->transport));
+            fails +=
+                MC_TFAIL(rank,
+                         "mc_comm_peer_transport(%d) = \"%s\", "
+                         "expected \"%s\" (configured %s)",
+                         peer, t ? t : "(null)", e, ref_tname(p->transport));
     }
 
     /* ibarrier: test until done */
@@ -409,8 +425,9 @@ static int lifecycle_body(mc_comm_h comm, int rank, int size, void *arg)
             st = mc_request_test(req, &done);
             if (done) break;
             if (st != MC_INPROGRESS)
-                return MC_TFAIL(rank, "request_test pending: returned %s with "
-                                      "done=0, expected MC_INPROGRESS",
+                return MC_TFAIL(rank,
+                                "request_test pending: returned %s with "
+                                "done=0, expected MC_INPROGRESS",
                                 mc_status_str(st));
             if (now_s() - t0 > 20)
                 return MC_TFAIL(rank, "ibarrier never finished under "
@@ -443,8 +460,9 @@ static int lifecycle_body(mc_comm_h comm, int rank, int size, void *arg)
         int done = 5;
         st = mc_request_test(req, &done);
         if (st != MC_INPROGRESS || done != 0)
-            fails += MC_TFAIL(rank, "test of an unmatched irecv: %s done=%d, "
-                                    "expected MC_INPROGRESS done=0",
+            fails += MC_TFAIL(rank,
+                              "test of an unmatched irecv: %s done=%d, "
+                              "expected MC_INPROGRESS done=0",
                               mc_status_str(st), done);
         st = mc_comm_barrier(comm);
         if (st != MC_OK)
@@ -476,8 +494,10 @@ static int lifecycle_body(mc_comm_h comm, int rank, int size, void *arg)
      * so after the following blocking allreduce it is done) */
     {
         int32_t s1[100], r1[100], s2[4], r2[4];
-        for (int i = 0; i < 100; i++) s1[i] = rank * 1000 + i;
-        for (int i = 0; i < 4; i++) s2[i] = rank;
+        for (int i = 0; i < 100; i++)
+            s1[i] = rank * 1000 + i;
+        for (int i = 0; i < 4; i++)
+            s2[i] = rank;
         memset(r1, 0, sizeof(r1));
         st = mc_comm_iallreduce(comm, s1, r1, 100, MC_INT32, MC_SUM, &req);
         if (st != MC_OK)
@@ -493,8 +513,9 @@ static int lifecycle_body(mc_comm_h comm, int rank, int size, void *arg)
         for (int i = 0; i < 100; i++) {
             int32_t e = 1000 * (size * (size - 1) / 2) + size * i;
             if (r1[i] != e) {
-                fails += MC_TFAIL(rank, "freed pending allreduce: index %d: "
-                                        "expected %d got %d",
+                fails += MC_TFAIL(rank,
+                                  "freed pending allreduce: index %d: "
+                                  "expected %d got %d",
                                   i, e, r1[i]);
                 break;
             }
@@ -509,7 +530,8 @@ static int lifecycle_body(mc_comm_h comm, int rank, int size, void *arg)
             return MC_TFAIL(rank, "barrier: %s", mc_status_str(st));
         if (rank == 0) {
             usleep(700000);
-            for (int i = 0; i < 1000; i++) buf[i] = (uint8_t)(i * 7 + 1);
+            for (int i = 0; i < 1000; i++)
+                buf[i] = (uint8_t)(i * 7 + 1);
             st = mc_comm_broadcast(comm, buf, buf, 1000, MC_UINT8, 0);
             if (st != MC_OK)
                 return MC_TFAIL(rank, "late root broadcast: %s: %s",
@@ -523,12 +545,14 @@ static int lifecycle_body(mc_comm_h comm, int rank, int size, void *arg)
             st = mc_request_wait(req, 50);
             double dt = now_s() - t0;
             if (st != MC_ERR_TIMEOUT)
-                fails += MC_TFAIL(rank, "wait(50 ms) before the root called: "
-                                        "%s after %.3f s, expected "
-                                        "MC_ERR_TIMEOUT",
+                fails += MC_TFAIL(rank,
+                                  "wait(50 ms) before the root called: "
+                                  "%s after %.3f s, expected "
+                                  "MC_ERR_TIMEOUT",
                                   mc_status_str(st), dt);
             else if (dt < 0.045 || dt > 0.5)
-                fails += MC_TFAIL(rank, "wait(50 ms) timed out after %.3f s", dt);
+                fails +=
+                    MC_TFAIL(rank, "wait(50 ms) timed out after %.3f s", dt);
             int done = 9;
             mc_status_t ts = mc_request_test(req, &done);
             if (st == MC_ERR_TIMEOUT && (ts != MC_INPROGRESS || done != 0))
@@ -538,11 +562,13 @@ static int lifecycle_body(mc_comm_h comm, int rank, int size, void *arg)
             mc_request_free(req);
             if (st != MC_OK)
                 return MC_TFAIL(rank, "second wait on the broadcast: %s: %s",
-                                mc_status_str(st), mc_last_error()) + fails;
+                                mc_status_str(st), mc_last_error()) +
+                       fails;
             for (int i = 0; i < 1000; i++)
                 if (buf[i] != (uint8_t)(i * 7 + 1)) {
-                    fails += MC_TFAIL(rank, "late broadcast: index %d: "
-                                            "expected %d got %d",
+                    fails += MC_TFAIL(rank,
+                                      "late broadcast: index %d: "
+                                      "expected %d got %d",
                                       i, (uint8_t)(i * 7 + 1), buf[i]);
                     break;
                 }
@@ -570,8 +596,9 @@ static int auto_body(mc_comm_h comm, int rank, int size, void *arg)
         const char *t = mc_comm_peer_transport(comm, peer);
         const char *e = peer == rank ? "self" : "shm";
         if (!t || strcmp(t, e) != 0)
-            fails += MC_TFAIL(rank, "auto transport: peer %d is \"%s\", "
-                                    "expected \"%s\"",
+            fails += MC_TFAIL(rank,
+                              "auto transport: peer %d is \"%s\", "
+                              "expected \"%s\"",
                               peer, t ? t : "(null)", e);
     }
     int64_t v = rank + 1, s = 0;
@@ -592,8 +619,7 @@ static void test_auto_transport(void **state)
 static void test_size_one(void **state)
 {
     api_param_t *p = *state;
-    assert_int_equal(
-        mc_test_spawn(1, p->transport, 60, bad_args_body, p), 0);
+    assert_int_equal(mc_test_spawn(1, p->transport, 60, bad_args_body, p), 0);
 }
 
 static api_param_t p2shm = {2, MC_TRANSPORT_SHM}, p3tcp = {3, MC_TRANSPORT_TCP},

@@ -42,9 +42,9 @@ typedef struct colls_param {
     int part;
     const char *algo_allreduce; /* NULL = engine's choice */
     const char *algo_broadcast;
-    const char *chunk_bytes;    /* MOONCAKE_CHUNK_BYTES, NULL = default */
+    const char *chunk_bytes; /* MOONCAKE_CHUNK_BYTES, NULL = default */
     const char *name;
-    unsigned *barrier_cnt;      /* shared (MAP_SHARED) counters */
+    unsigned *barrier_cnt; /* shared (MAP_SHARED) counters */
 } colls_param_t;
 
 typedef struct tc {
@@ -52,14 +52,14 @@ typedef struct tc {
     int rank, size;
     const colls_param_t *p;
     int fails;
-    uint64_t hash;      /* FNV over every allreduce result, in order */
-    uint64_t seed;      /* advanced per case so cases differ */
+    uint64_t hash; /* FNV over every allreduce result, in order */
+    uint64_t seed; /* advanced per case so cases differ */
     char what[256];
 } tc_t;
 
 static const mc_dtype_t all_dtypes[MC_DTYPE_COUNT] = {
-    MC_INT8,   MC_UINT8,   MC_INT16,   MC_UINT16,   MC_INT32,
-    MC_UINT32, MC_INT64,   MC_UINT64,  MC_BOOL,     MC_FLOAT16,
+    MC_INT8,     MC_UINT8,   MC_INT16,   MC_UINT16,      MC_INT32,
+    MC_UINT32,   MC_INT64,   MC_UINT64,  MC_BOOL,        MC_FLOAT16,
     MC_BFLOAT16, MC_FLOAT32, MC_FLOAT64, MC_FLOAT8_E4M3, MC_FLOAT8_E5M2};
 
 static void *xalloc(size_t bytes)
@@ -101,12 +101,10 @@ static void report(tc_t *t, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
-    fprintf(stderr,
-            "[rank %d] ranks=%d transport=%s algo=%s/%s: %s: %s\n", t->rank,
-            t->size, ref_tname(t->p->transport),
+    fprintf(stderr, "[rank %d] ranks=%d transport=%s algo=%s/%s: %s: %s\n",
+            t->rank, t->size, ref_tname(t->p->transport),
             t->p->algo_allreduce ? t->p->algo_allreduce : "auto",
-            t->p->algo_broadcast ? t->p->algo_broadcast : "auto", t->what,
-            buf);
+            t->p->algo_broadcast ? t->p->algo_broadcast : "auto", t->what, buf);
     fflush(stderr);
 }
 
@@ -139,7 +137,8 @@ static void check(tc_t *t, const char *label, mc_dtype_t d, const void *got,
     char e[64], g[64];
     ref_fmt(d, ref_get_bits(d, exp, first), e, sizeof(e));
     ref_fmt(d, ref_get_bits(d, got, first), g, sizeof(g));
-    report(t, "%s: first wrong index %zu of %zu (%zu wrong): expected %s got %s",
+    report(t,
+           "%s: first wrong index %zu of %zu (%zu wrong): expected %s got %s",
            label, first, n, wrong, e, g);
 }
 
@@ -147,8 +146,7 @@ static void check(tc_t *t, const char *label, mc_dtype_t d, const void *got,
 /* Reductions                                                               */
 /* ------------------------------------------------------------------------ */
 
-static int run_allreduce(tc_t *t, mc_dtype_t d, mc_redop_t op, size_t n,
-                         int ip)
+static int run_allreduce(tc_t *t, mc_dtype_t d, mc_redop_t op, size_t n, int ip)
 {
     size_t es = ref_dsize(d);
     uint64_t seed = ++t->seed;
@@ -177,21 +175,21 @@ out:
     return rc;
 }
 
-static int run_reduce_scatter(tc_t *t, mc_dtype_t d, mc_redop_t op,
-                              size_t rc_, int ip)
+static int run_reduce_scatter(tc_t *t, mc_dtype_t d, mc_redop_t op, size_t rc_,
+                              int ip)
 {
     size_t es = ref_dsize(d), total = rc_ * (size_t)t->size;
     uint64_t seed = ++t->seed;
     unsigned char *send = xalloc(total * es), *recv = xalloc(rc_ * es);
     unsigned char *exp = xalloc(rc_ * es), *orig = xalloc(total * es);
-    set_what(t, "reduce_scatter dtype=%s op=%s recvcount=%zu %s",
-             ref_dname(d), ref_oname(op), rc_, ip ? "in-place" : "out-of-place");
+    set_what(t, "reduce_scatter dtype=%s op=%s recvcount=%zu %s", ref_dname(d),
+             ref_oname(op), rc_, ip ? "in-place" : "out-of-place");
     ref_fill_input(d, op, seed, t->rank, 0, send, total);
     memcpy(orig, send, total * es);
     for (size_t k = 0; k < rc_; k++)
-        ref_put_bits(d, exp, k,
-                     ref_reduce_bits(d, op, seed, t->size,
-                                     (size_t)t->rank * rc_ + k));
+        ref_put_bits(
+            d, exp, k,
+            ref_reduce_bits(d, op, seed, t->size, (size_t)t->rank * rc_ + k));
     memset(recv, SENTINEL, rc_ * es);
     unsigned char *out = ip ? send + (size_t)t->rank * rc_ * es : recv;
     int rc = 0;
@@ -240,7 +238,8 @@ static int run_reduce_scatterv(tc_t *t, mc_dtype_t d, mc_redop_t op,
     memset(recv, SENTINEL, mine * es + es);
     memset(exp + mine * es, SENTINEL, es);
     int rc = 0;
-    mc_status_t st = mc_comm_reduce_scatterv(t->comm, send, recv, counts, d, op);
+    mc_status_t st =
+        mc_comm_reduce_scatterv(t->comm, send, recv, counts, d, op);
     if (st != MC_OK) {
         report(t, "returned %s: %s", mc_status_str(st), mc_last_error());
         rc = -1;
@@ -252,8 +251,8 @@ out:
     return rc;
 }
 
-static int run_reduce(tc_t *t, mc_dtype_t d, mc_redop_t op, size_t n,
-                      int root, int ip)
+static int run_reduce(tc_t *t, mc_dtype_t d, mc_redop_t op, size_t n, int root,
+                      int ip)
 {
     size_t es = ref_dsize(d);
     uint64_t seed = ++t->seed;
@@ -338,8 +337,8 @@ static int run_allgatherv(tc_t *t, mc_dtype_t d, size_t base, int ip)
     size_t mine = counts[t->rank];
     unsigned char *send = xalloc(mine * es), *recv = xalloc(total * es);
     unsigned char *exp = xalloc(total * es);
-    set_what(t, "allgatherv dtype=%s base=%zu mine=%zu %s", ref_dname(d),
-             base, mine, ip ? "in-place" : "out-of-place");
+    set_what(t, "allgatherv dtype=%s base=%zu mine=%zu %s", ref_dname(d), base,
+             mine, ip ? "in-place" : "out-of-place");
     memset(exp, SENTINEL, total * es);
     for (int r = 0; r < t->size; r++)
         ref_fill_bytes(d, seed, r, 0, exp + displs[r] * es, counts[r]);
@@ -437,8 +436,8 @@ static int run_scatter(tc_t *t, mc_dtype_t d, size_t n, int root, int ip)
     int is_root = t->rank == root;
     unsigned char *send = xalloc(total * es), *recv = xalloc(n * es);
     unsigned char *exp = xalloc(total * es);
-    set_what(t, "scatter dtype=%s count=%zu root=%d %s", ref_dname(d), n,
-             root, ip ? "in-place" : "out-of-place");
+    set_what(t, "scatter dtype=%s count=%zu root=%d %s", ref_dname(d), n, root,
+             ip ? "in-place" : "out-of-place");
     ref_fill_bytes(d, seed, root, 0, exp, total);
     if (is_root)
         memcpy(send, exp, total * es);
@@ -501,7 +500,8 @@ static int run_alltoallv(tc_t *t, mc_dtype_t d, size_t base)
 {
     size_t es = ref_dsize(d), sz = (size_t)t->size;
     size_t *sc = xalloc(sz * sizeof(size_t)), *sd = xalloc(sz * sizeof(size_t));
-    size_t *rcn = xalloc(sz * sizeof(size_t)), *rd = xalloc(sz * sizeof(size_t));
+    size_t *rcn = xalloc(sz * sizeof(size_t)),
+           *rd = xalloc(sz * sizeof(size_t));
     /* send blocks packed in reverse peer order; receive blocks in order with
      * a one-element gap before each (must stay untouched) */
     size_t stot = 0, rtot = 1;
@@ -520,17 +520,16 @@ static int run_alltoallv(tc_t *t, mc_dtype_t d, size_t base)
     unsigned char *exp = xalloc(rtot * es), *orig = xalloc(stot * es);
     set_what(t, "alltoallv dtype=%s base=%zu", ref_dname(d), base);
     for (int j = 0; j < t->size; j++)
-        ref_fill_bytes(d, seed, t->rank, (size_t)j * 1000003u, send + sd[j] * es,
-                       sc[j]);
+        ref_fill_bytes(d, seed, t->rank, (size_t)j * 1000003u,
+                       send + sd[j] * es, sc[j]);
     memcpy(orig, send, stot * es);
     memset(exp, SENTINEL, rtot * es);
     for (int j = 0; j < t->size; j++)
-        ref_fill_bytes(d, seed, j, (size_t)t->rank * 1000003u,
-                       exp + rd[j] * es, rcn[j]);
+        ref_fill_bytes(d, seed, j, (size_t)t->rank * 1000003u, exp + rd[j] * es,
+                       rcn[j]);
     memset(recv, SENTINEL, rtot * es);
     int rc = 0;
-    mc_status_t st =
-        mc_comm_alltoallv(t->comm, send, sc, sd, recv, rcn, rd, d);
+    mc_status_t st = mc_comm_alltoallv(t->comm, send, sc, sd, recv, rcn, rd, d);
     if (st != MC_OK) {
         report(t, "returned %s: %s", mc_status_str(st), mc_last_error());
         rc = -1;
@@ -617,7 +616,8 @@ static int run_inflight(tc_t *t)
     int32_t *x = xalloc(1000 * 4);
     ref_fill_input(MC_INT32, MC_BXOR, seed + 9, R, 0, x, 1000);
     /* 10: allgatherv uint8 */
-    size_t *cnt = xalloc(sz * sizeof(size_t)), *dsp = xalloc(sz * sizeof(size_t));
+    size_t *cnt = xalloc(sz * sizeof(size_t)),
+           *dsp = xalloc(sz * sizeof(size_t));
     size_t tot = 0;
     for (int r = 0; r < S; r++) {
         cnt[r] = uneven_count(3, r, S);
@@ -640,17 +640,24 @@ static int run_inflight(tc_t *t)
         }                                                                      \
         nreq++;                                                                \
     } while (0)
-    ISSUE(mc_comm_iallreduce(t->comm, ar_s, ar_r, 37, MC_FLOAT32, MC_SUM, &req[nreq]));
+    ISSUE(mc_comm_iallreduce(t->comm, ar_s, ar_r, 37, MC_FLOAT32, MC_SUM,
+                             &req[nreq]));
     ISSUE(mc_comm_iallgather(t->comm, ag_s, ag_r, 5, MC_INT32, &req[nreq]));
-    ISSUE(mc_comm_ibroadcast(t->comm, bc, bc, 100, MC_UINT8, S - 1, &req[nreq]));
-    ISSUE(mc_comm_ireduce(t->comm, rd_s, rd_r, 11, MC_INT64, MC_MAX, 0, &req[nreq]));
+    ISSUE(
+        mc_comm_ibroadcast(t->comm, bc, bc, 100, MC_UINT8, S - 1, &req[nreq]));
+    ISSUE(mc_comm_ireduce(t->comm, rd_s, rd_r, 11, MC_INT64, MC_MAX, 0,
+                          &req[nreq]));
     ISSUE(mc_comm_ialltoall(t->comm, a2a_s, a2a_r, 3, MC_UINT16, &req[nreq]));
     ISSUE(mc_comm_ibarrier(t->comm, &req[nreq]));
-    ISSUE(mc_comm_ireduce_scatter(t->comm, rs_s, rs_r, 9, MC_BFLOAT16, MC_SUM, &req[nreq]));
-    ISSUE(mc_comm_igather(t->comm, ga_s, ga_r, 4, MC_FLOAT64, S / 2, &req[nreq]));
+    ISSUE(mc_comm_ireduce_scatter(t->comm, rs_s, rs_r, 9, MC_BFLOAT16, MC_SUM,
+                                  &req[nreq]));
+    ISSUE(
+        mc_comm_igather(t->comm, ga_s, ga_r, 4, MC_FLOAT64, S / 2, &req[nreq]));
     ISSUE(mc_comm_iscatter(t->comm, sc_s, sc_r, 6, MC_INT16, 0, &req[nreq]));
-    ISSUE(mc_comm_iallreduce(t->comm, x, x, 1000, MC_INT32, MC_BXOR, &req[nreq]));
-    ISSUE(mc_comm_iallgatherv(t->comm, agv_s, cnt[R], agv_r, cnt, dsp, MC_UINT8, &req[nreq]));
+    ISSUE(
+        mc_comm_iallreduce(t->comm, x, x, 1000, MC_INT32, MC_BXOR, &req[nreq]));
+    ISSUE(mc_comm_iallgatherv(t->comm, agv_s, cnt[R], agv_r, cnt, dsp, MC_UINT8,
+                              &req[nreq]));
 #undef ISSUE
 
     /* Wait the last one first: operations complete in issue order, so all
@@ -667,8 +674,9 @@ static int run_inflight(tc_t *t)
                 int done = -1;
                 mc_status_t ts = mc_request_test(req[j], &done);
                 if (done != 1 || ts != MC_OK)
-                    report(t, "op %d not complete (test: %s done=%d) after "
-                              "the later op %d completed",
+                    report(t,
+                           "op %d not complete (test: %s done=%d) after "
+                           "the later op %d completed",
                            j, mc_status_str(ts), done, k);
             }
         }
@@ -746,7 +754,8 @@ static int run_inflight(tc_t *t)
     }
 
 cleanup:
-    for (int k = 0; k < nreq; k++) mc_request_free(req[k]);
+    for (int k = 0; k < nreq; k++)
+        mc_request_free(req[k]);
     free(ag_r), free(a2a_s), free(a2a_r), free(rs_s), free(ga_r), free(sc_s);
     free(x), free(cnt), free(dsp), free(agv_r);
     return rc;
@@ -765,7 +774,8 @@ static int run_inexact(tc_t *t, mc_dtype_t d, size_t n)
     set_what(t, "allreduce inexact dtype=%s op=sum count=%zu", ref_dname(d), n);
     for (size_t i = 0; i < n; i++) {
         double v = (double)(ref_hash3(seed, (uint64_t)t->rank, i) >> 11) *
-                       0x1p-52 * 2.0 - 1.0;
+                       0x1p-52 * 2.0 -
+                   1.0;
         ref_put_bits(d, buf, i, ref_double_to_bits(d, v));
     }
     int rc = 0;
@@ -780,7 +790,8 @@ static int run_inexact(tc_t *t, mc_dtype_t d, size_t n)
         double sum = 0, sabs = 0;
         for (int r = 0; r < t->size; r++) {
             double v = (double)(ref_hash3(seed, (uint64_t)r, i) >> 11) *
-                           0x1p-52 * 2.0 - 1.0;
+                           0x1p-52 * 2.0 -
+                       1.0;
             v = ref_bits_to_double(d, ref_double_to_bits(d, v));
             sum += v;
             sabs += fabs(v);
@@ -975,21 +986,25 @@ static void test_colls(void **state)
 }
 
 #define P(n, tr, part, ar, bc, ch)                                             \
-    {n, tr, part, ar, bc, ch, NULL, NULL}
+    {                                                                          \
+        n, tr, part, ar, bc, ch, NULL, NULL                                    \
+    }
 static colls_param_t params[] = {
 #define SIZES(tr)                                                              \
-    P(1, tr, PART_ALL, NULL, NULL, NULL), P(2, tr, PART_ALL, NULL, NULL, NULL), \
-    P(3, tr, PART_ALL, NULL, NULL, NULL), P(4, tr, PART_ALL, NULL, NULL, NULL), \
-    P(8, tr, PART_ALL, NULL, NULL, NULL),                                      \
-    P(1, tr, PART_ALGO, "ring", "chain", "4096"),                              \
-    P(2, tr, PART_ALGO, "ring", "chain", "4096"),                              \
-    P(3, tr, PART_ALGO, "ring", "chain", "4096"),                              \
-    P(4, tr, PART_ALGO, "ring", "chain", "4096"),                              \
-    P(8, tr, PART_ALGO, "ring", "chain", "4096"),                              \
-    P(2, tr, PART_ALGO, "rd", "tree", NULL),                                   \
-    P(3, tr, PART_ALGO, "rd", "tree", NULL),                                   \
-    P(4, tr, PART_ALGO, "rd", "tree", NULL),                                   \
-    P(8, tr, PART_ALGO, "rd", "tree", NULL)
+    P(1, tr, PART_ALL, NULL, NULL, NULL),                                      \
+        P(2, tr, PART_ALL, NULL, NULL, NULL),                                  \
+        P(3, tr, PART_ALL, NULL, NULL, NULL),                                  \
+        P(4, tr, PART_ALL, NULL, NULL, NULL),                                  \
+        P(8, tr, PART_ALL, NULL, NULL, NULL),                                  \
+        P(1, tr, PART_ALGO, "ring", "chain", "4096"),                          \
+        P(2, tr, PART_ALGO, "ring", "chain", "4096"),                          \
+        P(3, tr, PART_ALGO, "ring", "chain", "4096"),                          \
+        P(4, tr, PART_ALGO, "ring", "chain", "4096"),                          \
+        P(8, tr, PART_ALGO, "ring", "chain", "4096"),                          \
+        P(2, tr, PART_ALGO, "rd", "tree", NULL),                               \
+        P(3, tr, PART_ALGO, "rd", "tree", NULL),                               \
+        P(4, tr, PART_ALGO, "rd", "tree", NULL),                               \
+        P(8, tr, PART_ALGO, "rd", "tree", NULL)
     SIZES(MC_TRANSPORT_SHM),
     SIZES(MC_TRANSPORT_TCP),
 #undef SIZES

@@ -31,22 +31,22 @@ typedef struct mm_param {
 } mm_param_t;
 
 typedef enum {
-    SC_COLL,        /* last rank: allgather; others: allreduce */
-    SC_COUNT,       /* last rank: count 5; others 4 */
-    SC_COUNT_NB,    /* same, non-blocking issue + wait */
-    SC_DTYPE,       /* last rank: float32; others int32 (same bytes) */
-    SC_DTYPE_R0,    /* rank 0: int64 x 2; others int32 x 4 (same bytes) */
-    SC_OP,          /* last rank: max; others sum */
-    SC_ROOT,        /* broadcast: last rank root 1; others root 0 */
-    SC_ZERO,        /* last rank: count 0; others 4 */
-    SC_ZERO_R0,     /* rank 0: count 4; others 0 */
-    SC_BARRIER,     /* last rank: barrier; others allreduce */
-    SC_ALL_COUNT,   /* count = rank + 1 */
-    SC_ALL_COLL,    /* every rank a different collective */
-    SC_ALL_ROOT,    /* reduce with root = rank */
-    SC_RSV_COUNTS,  /* reduce_scatterv: last rank's recvcounts differ */
-    SC_AGV_COUNTS,  /* allgatherv: last rank's recvcounts differ elsewhere */
-    SC_A2AV_PAIR,   /* alltoallv: 0->1 send 3, 1 expects 2 from 0 */
+    SC_COLL,       /* last rank: allgather; others: allreduce */
+    SC_COUNT,      /* last rank: count 5; others 4 */
+    SC_COUNT_NB,   /* same, non-blocking issue + wait */
+    SC_DTYPE,      /* last rank: float32; others int32 (same bytes) */
+    SC_DTYPE_R0,   /* rank 0: int64 x 2; others int32 x 4 (same bytes) */
+    SC_OP,         /* last rank: max; others sum */
+    SC_ROOT,       /* broadcast: last rank root 1; others root 0 */
+    SC_ZERO,       /* last rank: count 0; others 4 */
+    SC_ZERO_R0,    /* rank 0: count 4; others 0 */
+    SC_BARRIER,    /* last rank: barrier; others allreduce */
+    SC_ALL_COUNT,  /* count = rank + 1 */
+    SC_ALL_COLL,   /* every rank a different collective */
+    SC_ALL_ROOT,   /* reduce with root = rank */
+    SC_RSV_COUNTS, /* reduce_scatterv: last rank's recvcounts differ */
+    SC_AGV_COUNTS, /* allgatherv: last rank's recvcounts differ elsewhere */
+    SC_A2AV_PAIR,  /* alltoallv: 0->1 send 3, 1 expects 2 from 0 */
     SC_COUNT_
 } scenario_t;
 
@@ -79,22 +79,45 @@ static void sc_keywords(scenario_t sc, int size, char *buf, size_t cap)
 {
     int tot = 2 * size + 1;
     switch (sc) {
-    case SC_COLL: snprintf(buf, cap, "allgather"); break;
-    case SC_COUNT:
-    case SC_COUNT_NB: snprintf(buf, cap, "count=5|count 5|count: 5"); break;
-    case SC_DTYPE: snprintf(buf, cap, "float32"); break;
-    case SC_DTYPE_R0: snprintf(buf, cap, "int64"); break;
-    case SC_OP: snprintf(buf, cap, "max"); break;
-    case SC_ROOT: snprintf(buf, cap, "root=1|root 1|root: 1"); break;
-    case SC_ZERO: snprintf(buf, cap, "count=0|count 0|count: 0"); break;
-    case SC_ZERO_R0: snprintf(buf, cap, "count=4|count 4|count: 4"); break;
-    case SC_BARRIER: snprintf(buf, cap, "barrier"); break;
-    case SC_ALL_COUNT:
-        snprintf(buf, cap, "count=1|count 1|count=2|count 2|count=3|count 3|"
-                           "count=4|count 4");
+    case SC_COLL:
+        snprintf(buf, cap, "allgather");
         break;
-    case SC_ALL_COLL: snprintf(buf, cap, "allgather|broadcast|reduce_scatter"); break;
-    case SC_ALL_ROOT: snprintf(buf, cap, "root"); break;
+    case SC_COUNT:
+    case SC_COUNT_NB:
+        snprintf(buf, cap, "count=5|count 5|count: 5");
+        break;
+    case SC_DTYPE:
+        snprintf(buf, cap, "float32");
+        break;
+    case SC_DTYPE_R0:
+        snprintf(buf, cap, "int64");
+        break;
+    case SC_OP:
+        snprintf(buf, cap, "max");
+        break;
+    case SC_ROOT:
+        snprintf(buf, cap, "root=1|root 1|root: 1");
+        break;
+    case SC_ZERO:
+        snprintf(buf, cap, "count=0|count 0|count: 0");
+        break;
+    case SC_ZERO_R0:
+        snprintf(buf, cap, "count=4|count 4|count: 4");
+        break;
+    case SC_BARRIER:
+        snprintf(buf, cap, "barrier");
+        break;
+    case SC_ALL_COUNT:
+        snprintf(buf, cap,
+                 "count=1|count 1|count=2|count 2|count=3|count 3|"
+                 "count=4|count 4");
+        break;
+    case SC_ALL_COLL:
+        snprintf(buf, cap, "allgather|broadcast|reduce_scatter");
+        break;
+    case SC_ALL_ROOT:
+        snprintf(buf, cap, "root");
+        break;
     case SC_RSV_COUNTS:
     case SC_AGV_COUNTS:
         snprintf(buf, cap, "recvcounts|count=%d|count %d", tot, tot);
@@ -102,7 +125,9 @@ static void sc_keywords(scenario_t sc, int size, char *buf, size_t cap)
     case SC_A2AV_PAIR:
         snprintf(buf, cap, "12 bytes|count=3|count 3|sendcount|recvcount");
         break;
-    default: snprintf(buf, cap, "mismatch"); break;
+    default:
+        snprintf(buf, cap, "mismatch");
+        break;
     }
 }
 
@@ -112,7 +137,8 @@ static int contains_ci(const char *hay, const char *needle)
     for (const char *p = hay; *p; p++) {
         size_t i = 0;
         while (i < n && p[i] &&
-               tolower((unsigned char)p[i]) == tolower((unsigned char)needle[i]))
+               tolower((unsigned char)p[i]) ==
+                   tolower((unsigned char)needle[i]))
             i++;
         if (i == n) return 1;
     }
@@ -174,8 +200,8 @@ static mc_status_t do_scenario(mc_comm_h comm, int rank, int size,
         return mc_comm_allreduce(comm, sbuf, rbuf, last ? 0 : 4, MC_INT32,
                                  MC_SUM);
     case SC_ZERO_R0:
-        return mc_comm_allreduce(comm, sbuf, rbuf, rank == 0 ? 4 : 0,
-                                 MC_INT32, MC_SUM);
+        return mc_comm_allreduce(comm, sbuf, rbuf, rank == 0 ? 4 : 0, MC_INT32,
+                                 MC_SUM);
     case SC_BARRIER:
         if (last) return mc_comm_barrier(comm);
         return mc_comm_allreduce(comm, sbuf, rbuf, 4, MC_INT32, MC_SUM);
@@ -184,9 +210,12 @@ static mc_status_t do_scenario(mc_comm_h comm, int rank, int size,
                                  MC_SUM);
     case SC_ALL_COLL:
         switch (rank % 4) {
-        case 0: return mc_comm_allreduce(comm, sbuf, rbuf, 4, MC_INT32, MC_SUM);
-        case 1: return mc_comm_allgather(comm, sbuf, rbuf, 4, MC_INT32);
-        case 2: return mc_comm_broadcast(comm, sbuf, rbuf, 4, MC_INT32, 0);
+        case 0:
+            return mc_comm_allreduce(comm, sbuf, rbuf, 4, MC_INT32, MC_SUM);
+        case 1:
+            return mc_comm_allgather(comm, sbuf, rbuf, 4, MC_INT32);
+        case 2:
+            return mc_comm_broadcast(comm, sbuf, rbuf, 4, MC_INT32, 0);
         default:
             return mc_comm_reduce_scatter(comm, sbuf, rbuf, 4, MC_INT32,
                                           MC_SUM);
@@ -194,7 +223,8 @@ static mc_status_t do_scenario(mc_comm_h comm, int rank, int size,
     case SC_ALL_ROOT:
         return mc_comm_reduce(comm, sbuf, rbuf, 4, MC_INT32, MC_SUM, rank);
     case SC_RSV_COUNTS:
-        for (int r = 0; r < size; r++) counts[r] = 2;
+        for (int r = 0; r < size; r++)
+            counts[r] = 2;
         if (last) counts[0] = 3;
         return mc_comm_reduce_scatterv(comm, sbuf, rbuf, counts, MC_INT32,
                                        MC_SUM);
@@ -224,7 +254,8 @@ static mc_status_t do_scenario(mc_comm_h comm, int rank, int size,
 static int recovery_ok(mc_comm_h comm, int rank, int size, const char *after)
 {
     int32_t s[7], r[7];
-    for (int i = 0; i < 7; i++) s[i] = rank * 10 + i;
+    for (int i = 0; i < 7; i++)
+        s[i] = rank * 10 + i;
     memset(r, 0xA5, sizeof(r));
     mc_status_t st = mc_comm_allreduce(comm, s, r, 7, MC_INT32, MC_SUM);
     if (st != MC_OK)
@@ -257,7 +288,8 @@ static int rank_body(mc_comm_h comm, int rank, int size, void *arg)
         const char *name = sc_info[sc].name;
         char kw[128];
         double t0 = now_s();
-        mc_status_t st = do_scenario(comm, rank, size, (scenario_t)sc, sbuf, rbuf);
+        mc_status_t st =
+            do_scenario(comm, rank, size, (scenario_t)sc, sbuf, rbuf);
         double dt = now_s() - t0;
         const char *cerr = mc_comm_last_error(comm);
         const char *terr = mc_last_error();
@@ -279,19 +311,21 @@ static int rank_body(mc_comm_h comm, int rank, int size, void *arg)
                     rank, size, ref_tname(p->transport), name);
         } else {
             if (dt > QUICK_S)
-                fails += MC_TFAIL(rank, "ranks=%d %s '%s': mismatch took %.3f s",
-                                  size, ref_tname(p->transport), name, dt);
+                fails +=
+                    MC_TFAIL(rank, "ranks=%d %s '%s': mismatch took %.3f s",
+                             size, ref_tname(p->transport), name, dt);
             if (!cerr || !*cerr)
-                fails += MC_TFAIL(rank, "ranks=%d %s '%s': empty "
-                                        "mc_comm_last_error",
+                fails += MC_TFAIL(rank,
+                                  "ranks=%d %s '%s': empty "
+                                  "mc_comm_last_error",
                                   size, ref_tname(p->transport), name);
             else if (sc_keywords((scenario_t)sc, size, kw, sizeof(kw)),
                      !names_any(cerr, kw))
-                fails += MC_TFAIL(rank,
-                                  "ranks=%d %s '%s': mc_comm_last_error does "
-                                  "not name what differs (%s): \"%s\"",
-                                  size, ref_tname(p->transport), name, kw,
-                                  cerr);
+                fails +=
+                    MC_TFAIL(rank,
+                             "ranks=%d %s '%s': mc_comm_last_error does "
+                             "not name what differs (%s): \"%s\"",
+                             size, ref_tname(p->transport), name, kw, cerr);
             if (!terr || !*terr)
                 fails += MC_TFAIL(rank, "ranks=%d %s '%s': empty mc_last_error",
                                   size, ref_tname(p->transport), name);

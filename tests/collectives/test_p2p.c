@@ -34,14 +34,14 @@ typedef struct pc {
 } pc_t;
 
 #define FAIL(c, ...)                                                           \
-    (fprintf(stderr, "[ranks=%d transport=%s] ", (c)->size, (c)->tname),      \
+    (fprintf(stderr, "[ranks=%d transport=%s] ", (c)->size, (c)->tname),       \
      MC_TFAIL((c)->rank, __VA_ARGS__))
 
 #define CALL(c, expr)                                                          \
     do {                                                                       \
         mc_status_t st_ = (expr);                                              \
         if (st_ != MC_OK)                                                      \
-            return FAIL(c, "%s returned %s: %s", #expr, mc_status_str(st_),   \
+            return FAIL(c, "%s returned %s: %s", #expr, mc_status_str(st_),    \
                         mc_last_error());                                      \
     } while (0)
 
@@ -65,14 +65,16 @@ static int check_i32(pc_t *c, const char *what, const int32_t *got,
 {
     for (size_t i = 0; i < n; i++)
         if (got[i] != exp[i])
-            return FAIL(c, "%s: first wrong index %zu of %zu: expected %d got %d",
+            return FAIL(c,
+                        "%s: first wrong index %zu of %zu: expected %d got %d",
                         what, i, n, exp[i], got[i]);
     return 0;
 }
 
 static void fill_i32(int32_t *b, size_t n, int32_t base)
 {
-    for (size_t i = 0; i < n; i++) b[i] = base + (int32_t)i;
+    for (size_t i = 0; i < n; i++)
+        b[i] = base + (int32_t)i;
 }
 
 /* Sent tag 1 then tag 2; received tag 2 then tag 1. Then three messages
@@ -116,7 +118,8 @@ static int t_tags(pc_t *c)
  * all posted before any wait (and the send waited first). */
 static int t_ring(pc_t *c)
 {
-    int next = (c->rank + 1) % c->size, prev = (c->rank + c->size - 1) % c->size;
+    int next = (c->rank + 1) % c->size,
+        prev = (c->rank + c->size - 1) % c->size;
     size_t n = RING_BYTES / 8;
     uint64_t *s = malloc(RING_BYTES), *r = malloc(RING_BYTES);
     if (!s || !r) {
@@ -130,8 +133,7 @@ static int t_ring(pc_t *c)
     int rc = 0;
     double t0 = now_s();
     mc_status_t st = mc_comm_irecv(c->comm, r, n, MC_UINT64, prev, 9, &rr);
-    if (st == MC_OK)
-        st = mc_comm_isend(c->comm, s, n, MC_UINT64, next, 9, &rs);
+    if (st == MC_OK) st = mc_comm_isend(c->comm, s, n, MC_UINT64, next, 9, &rs);
     if (st != MC_OK) {
         rc = FAIL(c, "ring post: %s: %s", mc_status_str(st), mc_last_error());
         goto out;
@@ -160,8 +162,9 @@ static int t_ring(pc_t *c)
         ref_fill_bytes(MC_UINT64, 77, prev, 0, e, n);
         for (size_t i = 0; i < n; i++)
             if (r[i] != e[i]) {
-                rc = FAIL(c, "ring 8 MiB from %d: first wrong index %zu of %zu: "
-                             "expected %016llx got %016llx",
+                rc = FAIL(c,
+                          "ring 8 MiB from %d: first wrong index %zu of %zu: "
+                          "expected %016llx got %016llx",
                           prev, i, n, (unsigned long long)e[i],
                           (unsigned long long)r[i]);
                 break;
@@ -205,12 +208,14 @@ static int t_any_source(pc_t *c)
             continue;
         }
         if (src < 1 || src >= c->size || seen[src]++) {
-            rc = FAIL(c, "any-source recv %d: bad or repeated source %d", k, src);
+            rc = FAIL(c, "any-source recv %d: bad or repeated source %d", k,
+                      src);
             continue;
         }
         if (m[k][0] != src || m[k][1] != 2 * src || m[k][2] != 3 * src ||
             m[k][3] != -src)
-            rc = FAIL(c, "any-source recv %d from %d: data {%lld,%lld,%lld,%lld}",
+            rc = FAIL(c,
+                      "any-source recv %d from %d: data {%lld,%lld,%lld,%lld}",
                       k, src, (long long)m[k][0], (long long)m[k][1],
                       (long long)m[k][2], (long long)m[k][3]);
     }
@@ -233,8 +238,9 @@ static int t_count_mismatch(pc_t *c)
             double t0 = now_s();
             mc_status_t st = mc_request_wait(req, 15000);
             if (st == MC_ERR_TIMEOUT)
-                return FAIL(c, "send of %zu (receiver expects %zu) did not "
-                               "finish in %.1f s",
+                return FAIL(c,
+                            "send of %zu (receiver expects %zu) did not "
+                            "finish in %.1f s",
                             sends[k], recvs[k], now_s() - t0);
             mc_request_free(req);
             if (st != MC_OK && st != MC_ERR_MISMATCH)
@@ -246,11 +252,11 @@ static int t_count_mismatch(pc_t *c)
                                           (uint32_t)(11 + k));
             double dt = now_s() - t0;
             if (st != MC_ERR_MISMATCH)
-                return FAIL(c, "recv count %zu of a %zu-element message: got "
-                               "%s, expected MC_ERR_MISMATCH",
+                return FAIL(c,
+                            "recv count %zu of a %zu-element message: got "
+                            "%s, expected MC_ERR_MISMATCH",
                             recvs[k], sends[k], mc_status_str(st));
-            if (dt > 10)
-                return FAIL(c, "count mismatch took %.1f s", dt);
+            if (dt > 10) return FAIL(c, "count mismatch took %.1f s", dt);
             if (!*mc_last_error())
                 return FAIL(c, "count mismatch: empty mc_last_error");
         }
@@ -286,7 +292,8 @@ static int t_zero(pc_t *c)
         CALL(c, mc_comm_recv(c->comm, &dummy, 0, MC_FLOAT64, 0, 15));
         if (dummy != 42) return FAIL(c, "zero-count recv wrote its buffer");
         CALL(c, mc_comm_recv(c->comm, r, 3, MC_INT32, 0, 15));
-        if (check_i32(c, "message after two zero-count ones", r, m, 3)) return 1;
+        if (check_i32(c, "message after two zero-count ones", r, m, 3))
+            return 1;
     }
     return 0;
 }
@@ -302,7 +309,8 @@ static int t_interleaved(pc_t *c)
         CALL(c, mc_comm_irecv(c->comm, r, 64, MC_INT32, 0, 20, &pre));
     if (c->rank == 0)
         CALL(c, mc_comm_isend(c->comm, s, 64, MC_INT32, last, 21, &pre));
-    for (int i = 0; i < 5; i++) ar[i] = c->rank + i;
+    for (int i = 0; i < 5; i++)
+        ar[i] = c->rank + i;
     CALL(c, mc_comm_allreduce(c->comm, ar, ar, 5, MC_INT32, MC_SUM));
     for (int i = 0; i < 5; i++)
         are[i] = c->size * (c->size - 1) / 2 + c->size * i;
@@ -331,15 +339,12 @@ static int rank_body(mc_comm_h comm, int rank, int size, void *arg)
 {
     const p2p_param_t *p = arg;
     pc_t c = {comm, rank, size, ref_tname(p->transport)};
-    static int (*const steps[])(pc_t *) = {t_tags, t_ring, t_any_source,
-                                           t_count_mismatch, t_zero,
-                                           t_interleaved};
-    static const char *const names[] = {"tags", "ring", "any_source",
-                                        "count_mismatch", "zero",
-                                        "interleaved"};
+    static int (*const steps[])(pc_t *) = {
+        t_tags, t_ring, t_any_source, t_count_mismatch, t_zero, t_interleaved};
+    static const char *const names[] = {
+        "tags", "ring", "any_source", "count_mismatch", "zero", "interleaved"};
     for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
-        if (steps[k](&c))
-            return FAIL(&c, "step '%s' failed", names[k]);
+        if (steps[k](&c)) return FAIL(&c, "step '%s' failed", names[k]);
         mc_status_t st = mc_comm_barrier(comm);
         if (st != MC_OK)
             return FAIL(&c, "barrier after '%s': %s: %s", names[k],
@@ -368,8 +373,8 @@ int main(void)
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof(names[i]), "p2p_%d_%s", params[i].size,
                  ref_tname(params[i].transport));
-        tests[i] = (struct CMUnitTest){names[i], test_p2p, NULL, NULL,
-                                       &params[i]};
+        tests[i] =
+            (struct CMUnitTest){names[i], test_p2p, NULL, NULL, &params[i]};
     }
     return _cmocka_run_group_tests("p2p", tests, N, NULL, NULL);
 }

@@ -897,8 +897,8 @@ static int body_eos(int rank, int size, void *arg)
         if (ops->post_recv(tl, 1, ch, &hx) != MC_OK ||
             t_wait_one(tl, &hx, T_TIMEOUT_MS) != 0 || hx.status != MC_OK ||
             t_check(hdr, HDR, 1, 0, ch, 0) >= 0) {
-            rc = MC_TFAIL(rank, "%s header: status %d",
-                          ch ? "p2p" : "coll", hx.status);
+            rc = MC_TFAIL(rank, "%s header: status %d", ch ? "p2p" : "coll",
+                          hx.status);
             break;
         }
         if (ch == MC_CH_COLL && wait_close) {
@@ -1055,13 +1055,14 @@ static int body_stall(int rank, int size, void *arg)
     if (!rc && t_wait_one(tl, &x, 10000) != 0)
         return MC_TFAIL(rank, "p2p receive from a dead peer hangs");
     int64_t dt = mc_now_us() - t0;
-    if (!rc) fprintf(stderr, "  stalled receive failed after %.0f ms\n",
-                     (double)dt / 1000);
+    if (!rc)
+        fprintf(stderr, "  stalled receive failed after %.0f ms\n",
+                (double)dt / 1000);
     if (!rc && x.status != MC_ERR_PEER_FAILED)
         rc = MC_TFAIL(rank, "p2p status %d", x.status);
     if (!rc && (dt < 250000 || dt > 3000000))
-        rc = MC_TFAIL(rank, "failed after %lld us, grace 300 ms",
-                      (long long)dt);
+        rc =
+            MC_TFAIL(rank, "failed after %lld us, grace 300 ms", (long long)dt);
     mc_store_set(store, "stall_done", "1", 1);
     t_close(tl, store);
     return rc;

@@ -289,7 +289,7 @@ static void shm_mark_gone(mc_tl_t *tl, mc_shm_peer_t *pe, const char *why,
     /* A clean close is routine; a vanished process with transfers in
      * flight is worth a warning (the engine reports what it costs). */
     MC_LOG(strcmp(why, MC_SHM_WHY_CLOSED) == 0 || !posted ? MC_LOG_INFO
-                                                           : MC_LOG_WARN,
+                                                          : MC_LOG_WARN,
            "shm: rank %d: peer %d (pid %d) %s; failing sends to it, still "
            "delivering what it sent",
            tl->rank, pe->rank, (int)pe->pid, why);
@@ -534,9 +534,8 @@ static mc_status_t shm_post(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
         if (avail == 0) s->eof = 1;
     }
     if (is_send ? pe->gone : s->eof)
-        return mc_err(MC_ERR_PEER_FAILED,
-                      "shm %s: rank %d: peer %d %s%s", op, tl->rank, peer,
-                      pe->why ? pe->why : "failed",
+        return mc_err(MC_ERR_PEER_FAILED, "shm %s: rank %d: peer %d %s%s", op,
+                      tl->rank, peer, pe->why ? pe->why : "failed",
                       is_send ? "" : " and its stream has ended");
 
     x->off = 0;

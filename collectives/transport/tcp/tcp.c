@@ -83,7 +83,7 @@ typedef struct mc_tcp_q {
 } mc_tcp_q_t;
 
 typedef struct mc_tcp_stream {
-    int fd;    /* closed (-1) once the incoming stream ended */
+    int fd; /* closed (-1) once the incoming stream ended */
     int peer, ch;
     mc_tcp_q_t sq, rq;
     uint8_t active; /* on tl->active */
