@@ -129,6 +129,10 @@ struct mc_request {
     size_t bytes;
     mc_hdr_t shdr;
     mc_xfer_t hx, px;
+    /* completion callback (under the communicator's dlock) */
+    mc_request_cb_t cb;
+    void *cb_arg;
+    struct mc_request *cb_next;
 };
 
 struct mc_cctx {
@@ -186,6 +190,11 @@ struct mc_comm {
 
     pthread_mutex_t dlock; /* completion notification */
     pthread_cond_t dcond;
+    /* completion callbacks: queue and thread (under dlock) */
+    mc_request_t *cb_head, *cb_tail;
+    pthread_cond_t cbcond;
+    pthread_t cb_thread;
+    int cb_started, cb_stopping;
 
     pthread_mutex_t elock;
     char last_err[1024];
@@ -342,6 +351,8 @@ static void req_release(mc_request_t *r)
     free(r);
 }
 
+static void cb_enqueue(mc_comm_t *c, mc_request_t *r);
+
 static void req_complete(mc_request_t *r, mc_status_t st, const char *err)
 {
     mc_comm_t *c = r->comm;
@@ -353,8 +364,67 @@ static void req_complete(mc_request_t *r, mc_status_t st, const char *err)
     pthread_mutex_lock(&c->dlock);
     __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&c->dcond);
+    if (r->cb) cb_enqueue(c, r);
     pthread_mutex_unlock(&c->dlock);
     req_release(r); /* the engine's reference */
+}
+
+/* Queue r's callback (dlock held); the queue holds a reference. */
+static void cb_enqueue(mc_comm_t *c, mc_request_t *r)
+{
+    __atomic_add_fetch(&r->refs, 1, __ATOMIC_ACQ_REL);
+    r->cb_next = NULL;
+    if (c->cb_tail) c->cb_tail->cb_next = r;
+    else c->cb_head = r;
+    c->cb_tail = r;
+    pthread_cond_signal(&c->cbcond);
+}
+
+/* Runs completion callbacks outside every engine lock, in order. */
+static void *cb_thread_main(void *arg)
+{
+    mc_comm_t *c = arg;
+    pthread_mutex_lock(&c->dlock);
+    for (;;) {
+        while (!c->cb_head && !c->cb_stopping)
+            pthread_cond_wait(&c->cbcond, &c->dlock);
+        mc_request_t *r = c->cb_head;
+        if (!r) break; /* stopping and drained */
+        c->cb_head = r->cb_next;
+        if (!c->cb_head) c->cb_tail = NULL;
+        pthread_mutex_unlock(&c->dlock);
+        r->cb(r, r->status, r->cb_arg);
+        req_release(r);
+        pthread_mutex_lock(&c->dlock);
+    }
+    pthread_mutex_unlock(&c->dlock);
+    return NULL;
+}
+
+mc_status_t mc_request_on_complete(mc_request_h r, mc_request_cb_t cb,
+                                   void *arg)
+{
+    if (!r || !cb)
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "mc_request_on_complete: NULL request or callback");
+    mc_comm_t *c = r->comm;
+    mc_status_t st = MC_OK;
+    pthread_mutex_lock(&c->dlock);
+    if (r->cb) {
+        st = mc_err(MC_ERR_INVALID_ARG,
+                    "mc_request_on_complete: a callback is already set");
+    } else if (!c->cb_started &&
+               pthread_create(&c->cb_thread, NULL, cb_thread_main, c) != 0) {
+        st = mc_err(MC_ERR_IO, "mc_request_on_complete: cannot start the "
+                               "callback thread");
+    } else {
+        c->cb_started = 1;
+        r->cb = cb;
+        r->cb_arg = arg;
+        if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) cb_enqueue(c, r);
+    }
+    pthread_mutex_unlock(&c->dlock);
+    return st;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2148,6 +2218,7 @@ static void comm_free(mc_comm_t *c)
     pthread_mutex_destroy(&c->exec_lock);
     pthread_mutex_destroy(&c->dlock);
     pthread_cond_destroy(&c->dcond);
+    pthread_cond_destroy(&c->cbcond);
     pthread_mutex_destroy(&c->elock);
     free(c);
 }
@@ -2199,6 +2270,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     pthread_mutex_init(&c->exec_lock, NULL);
     pthread_mutex_init(&c->dlock, NULL);
     pthread_cond_init(&c->dcond, NULL);
+    pthread_cond_init(&c->cbcond, NULL);
     pthread_mutex_init(&c->elock, NULL);
     c->unexp_max =
         (size_t)mc_env_int("MOONCAKE_P2P_UNEXPECTED_MAX", (int64_t)1 << 30);
@@ -2393,6 +2465,13 @@ void mc_comm_destroy(mc_comm_h c)
         in->p2p_req = NULL;
     }
     pthread_mutex_unlock(&c->plock);
+    /* run the callbacks still queued (requests failed above included) */
+    pthread_mutex_lock(&c->dlock);
+    c->cb_stopping = 1;
+    pthread_cond_broadcast(&c->cbcond);
+    int cb_started = c->cb_started;
+    pthread_mutex_unlock(&c->dlock);
+    if (cb_started) pthread_join(c->cb_thread, NULL);
     comm_free(c);
 }
 

@@ -280,6 +280,21 @@ mc_status_t mc_request_test(mc_request_h req, int *done_p);
 /** For a finished receive: the source rank. */
 int mc_request_source(mc_request_h req);
 
+/** Completion callback: `status` is the operation's final status. */
+typedef void (*mc_request_cb_t)(mc_request_h req, mc_status_t status,
+                                void *arg);
+
+/**
+ * Run cb(req, status, arg) once when the request finishes (at once if it
+ * already has). Callbacks run in order of completion on a thread owned by
+ * the communicator, never inside an engine lock, so they may issue new
+ * operations; they must not block for long. The request stays valid until
+ * the callback returns even if its owner frees it meanwhile. One callback
+ * per request: a second registration returns MC_ERR_INVALID_ARG.
+ */
+mc_status_t mc_request_on_complete(mc_request_h req, mc_request_cb_t cb,
+                                   void *arg);
+
 /**
  * Release a request. If it is still pending the operation continues and the
  * engine frees it when it finishes; the buffers must stay valid until then.
