@@ -122,6 +122,7 @@ struct mc_request {
     /* collectives */
     mc_coll_args_t args;
     uint64_t seq;
+    int64_t t_issue; /* mc_now_us() when queued */
     /* point-to-point */
     int peer, source;
     uint32_t tag;
@@ -185,6 +186,7 @@ struct mc_comm {
     mc_request_t *qhead, *qtail;
     uint64_t next_seq;
     int stopping, thread_started;
+    int64_t async_grace_us; /* MOONCAKE_ASYNC_GRACE_US */
     pthread_t thread;
     pthread_mutex_t exec_lock;
 
@@ -1229,8 +1231,17 @@ static void *progress_thread(void *arg)
         while (!c->qhead && !c->stopping)
             pthread_cond_wait(&c->qcond, &c->qlock);
         int stop = c->stopping;
+        int64_t issued = c->qhead ? c->qhead->t_issue : 0;
         pthread_mutex_unlock(&c->qlock);
         if (stop) return NULL;
+        /* Give a caller that waits right after issuing (torch does, for
+         * every synchronous op) the chance to run the operation inline:
+         * a hand-off to this thread costs a wake-up on both sides. */
+        int64_t idle = issued + c->async_grace_us - mc_now_us();
+        if (idle > 0) {
+            struct timespec ts = {0, (long)(idle * 1000)};
+            nanosleep(&ts, NULL);
+        }
         pthread_mutex_lock(&c->exec_lock);
         run_queue(c, NULL);
         pthread_mutex_unlock(&c->exec_lock);
@@ -1398,6 +1409,7 @@ static mc_status_t coll_issue(mc_comm_t *c, mc_request_t *r, int async,
                         "destroyed");
     }
     r->seq = c->next_seq++;
+    r->t_issue = mc_now_us();
     if (c->qtail)
         c->qtail->next = r;
     else
@@ -2275,6 +2287,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->unexp_max =
         (size_t)mc_env_int("MOONCAKE_P2P_UNEXPECTED_MAX", (int64_t)1 << 30);
     c->discard_len = 1 << 16;
+    c->async_grace_us = mc_env_int("MOONCAKE_ASYNC_GRACE_US", 50);
     c->discard = malloc(c->discard_len);
     c->peer_tl = malloc((size_t)size);
     c->peer_dead = calloc((size_t)size, 1);
