@@ -1,0 +1,44 @@
+"""mooncake: a fault-tolerant collective-communication engine, as a
+torch.distributed backend.
+
+    import mooncake                       # registers the backend "mooncake"
+    import torch.distributed as dist
+    dist.init_process_group(backend="mooncake", ...)
+
+The backend is registered for the ``cpu`` and ``cuda`` devices (``barrier()``
+sends a CPU tensor even in CUDA jobs). CUDA tensors are staged through pinned
+host memory. Environment variables ``MOONCAKE_*`` (transport, timeouts, log
+level) apply to every communicator; the timeout given to
+``init_process_group``/``new_group`` sets the init and per-operation timeouts
+unless ``MOONCAKE_TIMEOUT_MS``/``MOONCAKE_INIT_TIMEOUT_MS`` are set.
+"""
+
+import atexit
+
+import torch  # noqa: F401  (loads libtorch before our extension)
+import torch.distributed as _dist
+
+from . import _C
+from ._C import MooncakeBackend, create_backend
+
+__version__ = _C.__version__
+BACKEND_NAME = "mooncake"
+
+__all__ = ["BACKEND_NAME", "MooncakeBackend", "create_backend", "__version__"]
+
+
+def _register():
+    # Registering twice raises inside torch (the name becomes an attribute of
+    # Backend); importing this module again must stay harmless.
+    if BACKEND_NAME.upper() in _dist.Backend._plugins:
+        return
+    _dist.Backend.register_backend(
+        BACKEND_NAME, create_backend, extended_api=False, devices=["cpu", "cuda"]
+    )
+
+
+_register()
+
+# Let completion callbacks still running Python (Future.then) finish before
+# the interpreter finalizes; see waitCallbacksIdle in the shim.
+atexit.register(_C._quiesce, 5000)
