@@ -7,19 +7,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 rc=0
+passed=0
+failed=0
+count() { if [ "$1" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); rc=1; fi; }
 for flavour in release asan; do
   echo "== $flavour build"
   scripts/build.sh "$flavour"
   echo "== $flavour tests"
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-  (cd "build/$flavour" && ctest --output-on-failure --timeout 1200) || rc=1
+  r=0; (cd "build/$flavour" && ctest --output-on-failure --timeout 1200) || r=$?
+  count $r
 done
 unset ASAN_OPTIONS UBSAN_OPTIONS
 echo "== torch backend"
 scripts/setup_torch.sh
-.venv/bin/python -m pytest -q tests/python || rc=1
+r=0; .venv/bin/python -m pytest -q tests/python || r=$?
+count $r
 echo "== PyTorch distributed suite (gloo and mooncake)"
-.venv/bin/python tests/python/run_torch_suite.py || rc=1
-tests/gpu/run.sh || rc=1
+r=0; .venv/bin/python tests/python/run_torch_suite.py || r=$?
+count $r
+r=0; tests/gpu/run.sh || r=$?
+count $r
+# one line per suite above: C release, C asan, torch pytest, torch suite, gpu
+echo "suites: $passed passed, $failed failed"
 exit $rc
