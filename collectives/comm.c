@@ -247,6 +247,10 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
     return h;
 }
 
+/* Frame steps are printed as phase.step.index (see algo/algo.h). */
+#define STEP_FMT "%u.%u.%u"
+#define STEP_ARGS(s) ((s) >> 28), (((s) >> 16) & 0xfffu), ((s)&0xffffu)
+
 static int is_rooted(mc_coll_t c)
 {
     return c == MC_COLL_BROADCAST || c == MC_COLL_REDUCE ||
@@ -376,8 +380,10 @@ static void cb_enqueue(mc_comm_t *c, mc_request_t *r)
 {
     __atomic_add_fetch(&r->refs, 1, __ATOMIC_ACQ_REL);
     r->cb_next = NULL;
-    if (c->cb_tail) c->cb_tail->cb_next = r;
-    else c->cb_head = r;
+    if (c->cb_tail)
+        c->cb_tail->cb_next = r;
+    else
+        c->cb_head = r;
     c->cb_tail = r;
     pthread_cond_signal(&c->cbcond);
 }
@@ -653,11 +659,11 @@ static void coll_match(mc_comm_t *c, mc_in_t *in)
                  cx->dcount);
         cx_fail(c, MC_ERR_MISMATCH, 0,
                 "collective mismatch at seq %llu in %s: rank %d sent %llu "
-                "bytes (step %u) but rank %d expects %zu bytes (step %u) from "
-                "it",
+                "bytes (step " STEP_FMT
+                ") but rank %d expects %zu bytes (step " STEP_FMT ") from it",
                 (unsigned long long)cx->seq, mine, in->peer,
-                (unsigned long long)h->len, h->step, c->rank, f->bytes,
-                f->step);
+                (unsigned long long)h->len, STEP_ARGS(h->step), c->rank,
+                f->bytes, STEP_ARGS(f->step));
         in_discard(c, in);
         return;
     }
@@ -965,11 +971,11 @@ static void cx_timeout(mc_cctx_t *cx, mc_frame_t *f)
     mc_comm_t *c = cx->comm;
     cx_fail(c, MC_ERR_TIMEOUT, 0,
             "%s at seq %llu timed out after %lld ms on rank %d waiting to %s "
-            "rank %d (step %u)",
+            "rank %d (step " STEP_FMT ")",
             mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
             (long long)c->timeout_ms, c->rank,
             f ? (f->is_send ? "send to" : "receive from") : "hear from",
-            f ? f->peer : -1, f ? f->step : 0);
+            f ? f->peer : -1, STEP_ARGS(f ? f->step : 0u));
 }
 
 /* Wait for frames [from, to) (or one), driving progress. */
