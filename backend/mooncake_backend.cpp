@@ -599,9 +599,9 @@ void MooncakeWork::complete()
             st == MC_ERR_TIMEOUT
                 ? c10::str("mooncake ", opName_, " failed: Timed out - ",
                            text.empty() ? mc_status_str(st) : text.c_str())
-                : c10::str("mooncake ", opName_, " failed (", mc_status_str(st),
-                           "): ",
-                           text.empty() ? mc_status_str(st) : text.c_str());
+                : c10::str(
+                      "mooncake ", opName_, " failed (", mc_status_str(st),
+                      "): ", text.empty() ? mc_status_str(st) : text.c_str());
         eptr = std::make_exception_ptr(
             c10::DistBackendError(msg, /*backtrace=*/nullptr));
     }
@@ -842,8 +842,9 @@ void MooncakeBackend::throwIssue(const char *op, mc_status_t st) const
         TORCH_CHECK(false, "mooncake ", op, ": ", text);
     }
     if (st == MC_ERR_TIMEOUT)
-        C10_THROW_ERROR(DistBackendError,
-                        c10::str("mooncake ", op, " failed: Timed out - ", text));
+        C10_THROW_ERROR(
+            DistBackendError,
+            c10::str("mooncake ", op, " failed: Timed out - ", text));
     C10_THROW_ERROR(DistBackendError, c10::str("mooncake ", op, " failed (",
                                                mc_status_str(st), "): ", text));
 }
@@ -1113,6 +1114,36 @@ c10::intrusive_ptr<c10d::Work> MooncakeBackend::allgather_coalesced(
     return w;
 }
 
+// The per-rank tensor list a rooted op takes at its root (gather's outputs,
+// scatter's inputs): exactly `size` tensors shaped like `like` at the root,
+// nothing elsewhere. Returns the root's list (empty on other ranks).
+std::vector<at::Tensor>
+MooncakeBackend::rootList(std::vector<std::vector<at::Tensor>> &lists,
+                          const at::Tensor &like, int64_t rootRank,
+                          const char *op, const char *what) const
+{
+    TORCH_CHECK(rootRank >= 0 && rootRank < size_, "mooncake ", op,
+                ": root rank ", rootRank, " out of range for group size ",
+                size_);
+    if (rank_ != rootRank) {
+        TORCH_CHECK(lists.empty() || (lists.size() == 1 && lists[0].empty()),
+                    "mooncake ", op, ": only the root takes ", what,
+                    " tensors");
+        return {};
+    }
+    TORCH_CHECK(lists.size() == 1 && static_cast<int>(lists[0].size()) == size_,
+                "mooncake ", op, ": the root needs one ", what, " list of ",
+                size_, " tensors");
+    for (auto &t : lists[0]) {
+        checkTensor(t, op);
+        checkSameDtype(t, like, op);
+        TORCH_CHECK(t.numel() == like.numel(), "mooncake ", op, ": ", what,
+                    " tensors must have ", like.numel(),
+                    " elements like the rank's own tensor, got ", t.numel());
+    }
+    return lists[0];
+}
+
 c10::intrusive_ptr<c10d::Work>
 MooncakeBackend::gather(std::vector<std::vector<at::Tensor>> &outputs,
                         std::vector<at::Tensor> &inputs,
@@ -1120,30 +1151,9 @@ MooncakeBackend::gather(std::vector<std::vector<at::Tensor>> &outputs,
 {
     const at::Tensor &in = single(inputs, "gather");
     checkTensor(in, "gather");
-    TORCH_CHECK(opts.rootRank >= 0 && opts.rootRank < size_,
-                "mooncake gather: root rank ", opts.rootRank,
-                " out of range for group size ", size_);
     bool root = rank_ == opts.rootRank;
-    std::vector<at::Tensor> outs;
-    if (root) {
-        TORCH_CHECK(outputs.size() == 1 &&
-                        static_cast<int>(outputs[0].size()) == size_,
-                    "mooncake gather: the root needs one output list of ",
-                    size_, " tensors");
-        outs = outputs[0];
-        for (auto &t : outs) {
-            checkTensor(t, "gather");
-            checkSameDtype(t, in, "gather");
-            TORCH_CHECK(t.numel() == in.numel(),
-                        "mooncake gather: output tensors must have ",
-                        in.numel(), " elements like the input, got ",
-                        t.numel());
-        }
-    } else {
-        TORCH_CHECK(outputs.empty() ||
-                        (outputs.size() == 1 && outputs[0].empty()),
-                    "mooncake gather: only the root takes output tensors");
-    }
+    std::vector<at::Tensor> outs =
+        rootList(outputs, in, opts.rootRank, "gather", "output");
     auto w = newWork(c10d::OpType::GATHER, "gather", outs, opts.timeout);
     const bool blk = !opts.asyncOp && inline_;
     w->noteCuda({in});
@@ -1169,29 +1179,9 @@ MooncakeBackend::scatter(std::vector<at::Tensor> &outputs,
 {
     const at::Tensor &out = single(outputs, "scatter");
     checkTensor(out, "scatter");
-    TORCH_CHECK(opts.rootRank >= 0 && opts.rootRank < size_,
-                "mooncake scatter: root rank ", opts.rootRank,
-                " out of range for group size ", size_);
     bool root = rank_ == opts.rootRank;
-    std::vector<at::Tensor> ins;
-    if (root) {
-        TORCH_CHECK(inputs.size() == 1 &&
-                        static_cast<int>(inputs[0].size()) == size_,
-                    "mooncake scatter: the root needs one input list of ",
-                    size_, " tensors");
-        ins = inputs[0];
-        for (auto &t : ins) {
-            checkTensor(t, "scatter");
-            checkSameDtype(t, out, "scatter");
-            TORCH_CHECK(t.numel() == out.numel(),
-                        "mooncake scatter: input tensors must have ",
-                        out.numel(), " elements like the output, got ",
-                        t.numel());
-        }
-    } else {
-        TORCH_CHECK(inputs.empty() || (inputs.size() == 1 && inputs[0].empty()),
-                    "mooncake scatter: only the root takes input tensors");
-    }
+    std::vector<at::Tensor> ins =
+        rootList(inputs, out, opts.rootRank, "scatter", "input");
     auto w = newWork(c10d::OpType::SCATTER, "scatter", {out}, opts.timeout);
     const bool blk = !opts.asyncOp && inline_;
     w->noteCuda(ins);

@@ -245,6 +245,10 @@ class MooncakeBackend : public c10d::Backend
     std::string peerTransport(int peer) const;
 
   private:
+    std::vector<at::Tensor>
+    rootList(std::vector<std::vector<at::Tensor>> &lists,
+             const at::Tensor &like, int64_t rootRank, const char *op,
+             const char *what) const;
     std::chrono::milliseconds opTimeout(std::chrono::milliseconds t) const;
     c10::intrusive_ptr<MooncakeWork> newWork(c10d::OpType type,
                                              const char *name,
