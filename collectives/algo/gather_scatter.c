@@ -9,13 +9,17 @@
  */
 #include "algo.h"
 
-mc_status_t mc_algo_gather_direct(mc_cctx_t *cx)
+/* The root exchanges one frame with every peer: it receives block j from
+ * rank j (gather) or sends block j to rank j (scatter); every other rank
+ * does the opposite once. Each pair carries a single frame, so the post
+ * order does not matter for the in-order rule. */
+static mc_status_t rooted_direct(mc_cctx_t *cx, int gather)
 {
     const mc_coll_args_t *a = mc_cx_args(cx);
     int n = mc_cx_size(cx), r = mc_cx_rank(cx), root = a->root;
     size_t es = mc_dtype_size(a->dtype);
     size_t bytes = a->count * es;
-    uint32_t step = mc_algo_step(MC_PH_GATHER, 0, 0);
+    uint32_t step = mc_algo_step(gather ? MC_PH_GATHER : MC_PH_SCATTER, 0, 0);
     mc_status_t st;
     mc_fh_t h;
 
@@ -24,52 +28,35 @@ mc_status_t mc_algo_gather_direct(mc_cctx_t *cx)
         if (st < 0) return st;
     }
     if (r != root) {
-        st = mc_cx_isend(cx, root, step, a->sendbuf, bytes, &h);
+        st = gather ? mc_cx_isend(cx, root, step, a->sendbuf, bytes, &h)
+                    : mc_cx_irecv(cx, root, step, a->recvbuf, bytes, &h);
         if (st < 0) return st;
         return mc_cx_waitall(cx);
     }
-    for (int j = 0; j < n; j++) {
-        if (j == root) continue;
-        st = mc_cx_irecv(cx, j, step,
-                         mc_algo_at(a->recvbuf, (size_t)j * a->count, es),
-                         bytes, &h);
+    for (int k = 1; k < n; k++) {
+        int j = (root + k) % n;
+        size_t off = (size_t)j * a->count;
+        st = gather ? mc_cx_irecv(cx, j, step, mc_algo_at(a->recvbuf, off, es),
+                                  bytes, &h)
+                    : mc_cx_isend(cx, j, step, mc_algo_cat(a->sendbuf, off, es),
+                                  bytes, &h);
         if (st < 0) return st;
     }
-    /* Own block while the others arrive (no-op in place). */
-    mc_algo_copy(mc_algo_at(a->recvbuf, (size_t)root * a->count, es),
-                 a->sendbuf, bytes);
+    /* The root's own block, while the others move (no-op in place). */
+    size_t own = (size_t)root * a->count;
+    if (gather)
+        mc_algo_copy(mc_algo_at(a->recvbuf, own, es), a->sendbuf, bytes);
+    else
+        mc_algo_copy(a->recvbuf, mc_algo_cat(a->sendbuf, own, es), bytes);
     return mc_cx_waitall(cx);
+}
+
+mc_status_t mc_algo_gather_direct(mc_cctx_t *cx)
+{
+    return rooted_direct(cx, 1);
 }
 
 mc_status_t mc_algo_scatter_direct(mc_cctx_t *cx)
 {
-    const mc_coll_args_t *a = mc_cx_args(cx);
-    int n = mc_cx_size(cx), r = mc_cx_rank(cx), root = a->root;
-    size_t es = mc_dtype_size(a->dtype);
-    size_t bytes = a->count * es;
-    uint32_t step = mc_algo_step(MC_PH_SCATTER, 0, 0);
-    mc_status_t st;
-    mc_fh_t h;
-
-    if (n > 1) {
-        st = mc_algo_barrier_dissemination(cx);
-        if (st < 0) return st;
-    }
-    if (r != root) {
-        st = mc_cx_irecv(cx, root, step, a->recvbuf, bytes, &h);
-        if (st < 0) return st;
-        return mc_cx_waitall(cx);
-    }
-    /* One frame per peer; each pair carries a single frame, so the post
-     * order does not matter for the in-order rule. */
-    for (int k = 1; k < n; k++) {
-        int j = (root + k) % n;
-        st = mc_cx_isend(cx, j, step,
-                         mc_algo_cat(a->sendbuf, (size_t)j * a->count, es),
-                         bytes, &h);
-        if (st < 0) return st;
-    }
-    mc_algo_copy(a->recvbuf,
-                 mc_algo_cat(a->sendbuf, (size_t)root * a->count, es), bytes);
-    return mc_cx_waitall(cx);
+    return rooted_direct(cx, 0);
 }
