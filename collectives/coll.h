@@ -112,9 +112,28 @@ mc_status_t mc_cx_sendrecv(mc_cctx_t *cx, uint32_t step, int speer,
  * (return MC_ERR_NO_MEMORY then). */
 void *mc_cx_scratch(mc_cctx_t *cx, int slot, size_t bytes);
 
+/* Views with holes. The algorithms see a dense group: mc_cx_rank/size are
+ * the virtual rank and count over the active slots of the operation's
+ * view, and peers passed to mc_cx_isend/irecv are virtual ranks. The
+ * caller's arguments (mc_coll_args_t, buffers laid out by slot, root as a
+ * slot) are mapped onto that dense group by mc_coll_run_view. */
+int mc_cx_nslots(const mc_cctx_t *cx);          /* communicator size */
+int mc_cx_slot(const mc_cctx_t *cx, int vrank); /* -1 if out of range */
+int mc_cx_vrank(const mc_cctx_t *cx, int slot); /* -1 if inactive */
+/* Replace the arguments mc_cx_args returns (NULL: the call's own). The
+ * pointed-to struct must stay valid until the algorithm returns. */
+void mc_cx_set_args(mc_cctx_t *cx, const mc_coll_args_t *a);
+
 /* Run the collective described by mc_cx_args(cx): picks the algorithm
- * (algo/select.c). */
+ * (algo/select.c). Arguments are in virtual-rank terms. */
 mc_status_t mc_coll_run(mc_cctx_t *cx);
+
+/* Run the call's collective over the operation's view (algo/view.c): when
+ * every slot is active this is mc_coll_run; otherwise it maps the call's
+ * slot-based arguments to virtual ranks, runs mc_coll_run and fills the
+ * slots of inactive ranks as the fault model says (zeros in gathered
+ * outputs, MC_ERR_ROOT_FAILED for an inactive root). */
+mc_status_t mc_coll_run_view(mc_cctx_t *cx);
 
 /* Algorithms (files under algo/). */
 mc_status_t mc_algo_barrier_dissemination(mc_cctx_t *cx);

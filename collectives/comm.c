@@ -139,7 +139,12 @@ struct mc_request {
 struct mc_cctx {
     mc_comm_t *comm;
     mc_request_t *req;
+    const mc_coll_args_t *args; /* what the algorithm sees (mc_cx_args) */
     uint64_t seq;
+    uint64_t epoch;    /* view of this attempt */
+    int vrank, nv;     /* virtual rank and size over the active slots */
+    const int *vslots; /* [nv] slot of each virtual rank */
+    const int *vof;    /* [size] virtual rank of each slot, -1 inactive */
     int64_t deadline_us;
     uint64_t dcount, desc;
     mc_status_t failed;
@@ -200,6 +205,24 @@ struct mc_comm {
 
     pthread_mutex_t elock;
     char last_err[1024];
+
+    /* View (see docs/fault-model). Changed only by the thread that holds
+     * exec_lock, under plock. */
+    int ft, auto_recover;
+    uint64_t epoch;
+    uint8_t *active; /* [size] */
+    int nactive;
+    int *vslots; /* [size]: active slots, ascending, nactive used */
+    int *vof;    /* [size]: slot -> virtual rank, -1 when inactive */
+    int evicted;
+    int need_recover; /* manual mode: failure seen, view not yet accepted */
+    uint64_t view_changes;
+    int *failed_last; /* [size] ranks removed by the last view change */
+    int nfailed_last;
+    /* view of the last successful collective (mc_comm_op_view) */
+    int op_valid;
+    uint64_t op_epoch;
+    uint8_t *op_active;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -495,9 +518,10 @@ static void in_discard(mc_comm_t *c, mc_in_t *in)
     in_discard_step(c, in);
 }
 
-static void handle_abort(mc_comm_t *c, int peer, uint64_t seq, mc_status_t why,
-                         const char *text)
+static void handle_abort(mc_comm_t *c, int peer, uint64_t seq, uint64_t epoch,
+                         mc_status_t why, const char *text)
 {
+    if (epoch < c->epoch) return; /* about an attempt in an older view */
     /* the sender's status travels in the count field */
     if (why >= 0 || why < MC_ERR_ROOT_FAILED) why = MC_ERR_MISMATCH;
     if (c->cx_active && c->cx.seq == seq) {
@@ -571,7 +595,7 @@ static void in_event(mc_ev_t *ev)
     }
     case IN_ABORT:
         in->abuf[in->hdr.len] = '\0';
-        handle_abort(c, in->peer, in->hdr.seq,
+        handle_abort(c, in->peer, in->hdr.seq, in->hdr.epoch,
                      (mc_status_t)(int64_t)in->hdr.count, in->abuf);
         in_post_hdr(c, in);
         return;
@@ -616,6 +640,11 @@ static void coll_match(mc_comm_t *c, mc_in_t *in)
 {
     mc_hdr_t *h = &in->hdr;
     mc_cctx_t *cx = &c->cx;
+    if (h->epoch > c->epoch) return; /* sender is in a newer view: hold */
+    if (h->epoch < c->epoch) {
+        in_discard(c, in); /* an attempt in an older view */
+        return;
+    }
     if (h->seq < c->exec_seq ||
         (c->cx_active && h->seq == cx->seq && cx->failed < 0)) {
         in_discard(c, in); /* frame of an operation that already failed */
@@ -810,15 +839,31 @@ static void cx_fail(mc_comm_t *c, mc_status_t st, int remote, const char *fmt,
 
 int mc_cx_rank(const mc_cctx_t *cx)
 {
-    return cx->comm->rank;
+    return cx->vrank;
 }
 int mc_cx_size(const mc_cctx_t *cx)
 {
-    return cx->comm->size;
+    return cx->nv;
 }
 const mc_coll_args_t *mc_cx_args(const mc_cctx_t *cx)
 {
-    return &cx->req->args;
+    return cx->args;
+}
+int mc_cx_nslots(const mc_cctx_t *cx)
+{
+    return cx->comm->size;
+}
+int mc_cx_slot(const mc_cctx_t *cx, int vrank)
+{
+    return vrank >= 0 && vrank < cx->nv ? cx->vslots[vrank] : -1;
+}
+int mc_cx_vrank(const mc_cctx_t *cx, int slot)
+{
+    return slot >= 0 && slot < cx->comm->size ? cx->vof[slot] : -1;
+}
+void mc_cx_set_args(mc_cctx_t *cx, const mc_coll_args_t *a)
+{
+    cx->args = a ? a : &cx->req->args;
 }
 const mc_tune_t *mc_cx_tune(const mc_cctx_t *cx)
 {
@@ -849,13 +894,16 @@ static mc_status_t cx_new_frame(mc_cctx_t *cx, mc_fh_t *h_p)
     return MC_OK;
 }
 
-static mc_status_t cx_check_peer(mc_cctx_t *cx, int peer)
+/* Map the algorithm's virtual peer to its slot in *peer_p. */
+static mc_status_t cx_check_peer(mc_cctx_t *cx, int *peer_p)
 {
     mc_comm_t *c = cx->comm;
-    if (peer < 0 || peer >= c->size || peer == c->rank) {
-        cx_fail(c, MC_ERR_INTERNAL, 0, "algorithm used invalid peer %d", peer);
+    int v = *peer_p;
+    if (v < 0 || v >= cx->nv || v == cx->vrank) {
+        cx_fail(c, MC_ERR_INTERNAL, 0, "algorithm used invalid peer %d", v);
         return MC_ERR_INTERNAL;
     }
+    *peer_p = cx->vslots[v];
     return cx->failed;
 }
 
@@ -864,7 +912,7 @@ mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step, const void *buf,
 {
     mc_comm_t *c = cx->comm;
     pthread_mutex_lock(&c->plock);
-    mc_status_t st = cx_check_peer(cx, peer);
+    mc_status_t st = cx_check_peer(cx, &peer);
     mc_fh_t h;
     if (st == MC_OK) st = cx_new_frame(cx, &h);
     if (st < 0) goto out;
@@ -884,7 +932,7 @@ mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step, const void *buf,
                         .root = a->root,
                         .step = step,
                         .seq = cx->seq,
-                        .epoch = 1,
+                        .epoch = cx->epoch,
                         .count = cx->dcount,
                         .desc = cx->desc,
                         .len = bytes,
@@ -921,7 +969,7 @@ mc_status_t mc_cx_irecv(mc_cctx_t *cx, int peer, uint32_t step, void *buf,
 {
     mc_comm_t *c = cx->comm;
     pthread_mutex_lock(&c->plock);
-    mc_status_t st = cx_check_peer(cx, peer);
+    mc_status_t st = cx_check_peer(cx, &peer);
     mc_fh_t h;
     /* the stream may still hold frames the peer wrote before it ended; a
      * receive fails only once the stream itself has ended */
@@ -1073,7 +1121,7 @@ static void send_aborts(mc_comm_t *c, uint64_t seq, mc_status_t why,
             a->hdr = (mc_hdr_t){.magic = MC_WIRE_MAGIC,
                                 .kind = MC_KIND_ABORT,
                                 .seq = seq,
-                                .epoch = 1,
+                                .epoch = c->epoch,
                                 .count = (uint64_t)(int64_t)why,
                                 .len = len,
                                 .src = c->rank};
@@ -1119,13 +1167,20 @@ static uint64_t desc_hash(const mc_coll_args_t *a, int size, uint64_t dcount)
     return h;
 }
 
-/* Run one queued collective to completion (exec_lock held). */
-static void run_coll(mc_comm_t *c, mc_request_t *r)
+/* One attempt at a queued collective over the current view (exec_lock
+ * held). Leaves the error text in cx->err. */
+static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
 {
     mc_cctx_t *cx = &c->cx;
     pthread_mutex_lock(&c->plock);
     cx->comm = c;
     cx->req = r;
+    cx->args = &r->args;
+    cx->epoch = c->epoch;
+    cx->nv = c->nactive;
+    cx->vslots = c->vslots;
+    cx->vof = c->vof;
+    cx->vrank = c->vof[c->rank];
     cx->seq = r->seq;
     cx->deadline_us = mc_deadline_us(c->timeout_ms);
     cx->dcount = desc_count(&r->args, c->size);
@@ -1146,7 +1201,7 @@ static void run_coll(mc_comm_t *c, mc_request_t *r)
     mc_status_t st = cx->failed;
     pthread_mutex_unlock(&c->plock);
 
-    if (st == MC_OK) st = mc_coll_run(cx);
+    if (st == MC_OK) st = mc_coll_run_view(cx);
 
     pthread_mutex_lock(&c->plock);
     if (st < 0 && cx->failed == MC_OK)
@@ -1197,13 +1252,51 @@ static void run_coll(mc_comm_t *c, mc_request_t *r)
         }
     }
     c->cx_active = 0;
-    c->exec_seq = r->seq + 1;
+    pthread_mutex_unlock(&c->plock);
+    return st;
+}
+
+/* Operation `seq` has ended here (plock held). */
+static void op_end(mc_comm_t *c, uint64_t seq)
+{
+    c->exec_seq = seq + 1;
     /* a header held for the op that just ended is now stale */
     for (int p = 0; p < c->size; p++) {
         if (p == c->rank) continue;
         mc_in_t *in = &c->in[MC_CH_COLL][p];
         if (in->state == IN_HAVE_HDR && in->hdr.seq < c->exec_seq)
             in_discard(c, in);
+    }
+}
+
+/* Run one queued collective to completion (exec_lock held). */
+static void run_coll(mc_comm_t *c, mc_request_t *r)
+{
+    mc_cctx_t *cx = &c->cx;
+    mc_status_t st;
+    if (c->evicted) {
+        st = MC_ERR_EVICTED;
+        snprintf(cx->err, sizeof(cx->err),
+                 "%s at seq %llu: rank %d was removed from the group (view "
+                 "epoch %llu); it must rejoin as a new process",
+                 mc_coll_name(r->args.coll), (unsigned long long)r->seq,
+                 c->rank, (unsigned long long)c->epoch);
+    } else if (c->need_recover) {
+        st = MC_ERR_PEER_FAILED;
+        snprintf(cx->err, sizeof(cx->err),
+                 "%s at seq %llu: ranks failed and the group has not accepted "
+                 "the new view (epoch %llu); call recover first",
+                 mc_coll_name(r->args.coll), (unsigned long long)r->seq,
+                 (unsigned long long)c->epoch);
+    } else {
+        st = coll_attempt(c, r);
+    }
+    pthread_mutex_lock(&c->plock);
+    op_end(c, r->seq);
+    if (st == MC_OK) {
+        c->op_valid = 1;
+        c->op_epoch = cx->epoch;
+        memcpy(c->op_active, c->active, (size_t)c->size);
     }
     char err[sizeof(cx->err)];
     snprintf(err, sizeof(err), "%s", cx->err);
@@ -2014,7 +2107,7 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n, mc_dtype_t dt,
     r->shdr = (mc_hdr_t){.magic = MC_WIRE_MAGIC,
                          .kind = MC_KIND_P2P,
                          .dtype = (uint8_t)dt,
-                         .epoch = 1,
+                         .epoch = c->epoch,
                          .count = n,
                          .len = r->bytes,
                          .tag = tag,
@@ -2155,6 +2248,8 @@ void mc_comm_config_init(mc_comm_config_t *cfg)
     cfg->name = "mc";
     cfg->timeout_ms = mc_env_int("MOONCAKE_TIMEOUT_MS", 300000);
     cfg->init_timeout_ms = mc_env_int("MOONCAKE_INIT_TIMEOUT_MS", 300000);
+    cfg->ft = mc_env_int("MOONCAKE_FT", 1) != 0;
+    cfg->auto_recover = mc_env_int("MOONCAKE_AUTO_RECOVER", 1) != 0;
     const char *t = mc_env_str("MOONCAKE_TRANSPORT", "auto");
     if (!strcmp(t, "tcp"))
         cfg->transport = MC_TRANSPORT_TCP;
@@ -2230,6 +2325,11 @@ static void comm_free(mc_comm_t *c)
     free(c->peer_dead);
     free(c->p2p_dead);
     free(c->peer_tl);
+    free(c->active);
+    free(c->vslots);
+    free(c->vof);
+    free(c->failed_last);
+    free(c->op_active);
     pthread_mutex_destroy(&c->plock);
     pthread_mutex_destroy(&c->qlock);
     pthread_cond_destroy(&c->qcond);
@@ -2281,6 +2381,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->size = size;
     snprintf(c->name, sizeof(c->name), "%s", cfg.name);
     c->timeout_ms = cfg.timeout_ms;
+    c->ft = cfg.ft != 0;
+    c->auto_recover = cfg.auto_recover != 0;
     tune_init(&c->tune);
     pthread_mutex_init(&c->plock, NULL);
     pthread_mutex_init(&c->qlock, NULL);
@@ -2307,6 +2409,23 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         c->in[ch] = calloc((size_t)size, sizeof(mc_in_t));
     hosts = calloc((size_t)size, MC_HOST_MAX);
     mask = calloc((size_t)size, 1);
+    c->active = calloc((size_t)size, 1);
+    c->op_active = calloc((size_t)size, 1);
+    c->vslots = calloc((size_t)size, sizeof(int));
+    c->vof = calloc((size_t)size, sizeof(int));
+    c->failed_last = calloc((size_t)size, sizeof(int));
+    if (!c->active || !c->op_active || !c->vslots || !c->vof ||
+        !c->failed_last) {
+        st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
+        goto err_free;
+    }
+    c->epoch = 1;
+    c->nactive = size;
+    for (int p = 0; p < size; p++) {
+        c->active[p] = 1;
+        c->vslots[p] = p;
+        c->vof[p] = p;
+    }
     if (!c->discard || !c->peer_tl || !c->peer_dead || !c->p2p_dead ||
         !c->abort_out || !c->abort_seq || !c->abort_why || !c->abort_msg ||
         !c->in[0] || !c->in[1] || !hosts || !mask) {
@@ -2514,4 +2633,169 @@ const char *mc_comm_peer_transport(mc_comm_h c, int peer)
     if (peer == c->rank) return "self";
     int t = c->peer_tl[peer];
     return t >= 0 ? c->tlops[t]->name : "none";
+}
+
+/* ------------------------------------------------------------------------ */
+/* Views                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Adopt `active` as view `epoch` (plock held). Records which ranks left. */
+static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
+{
+    int nf = 0, n = 0;
+    for (int p = 0; p < c->size; p++) {
+        if (c->active[p] && !active[p]) c->failed_last[nf++] = p;
+        c->active[p] = active[p] ? 1 : 0;
+        c->vof[p] = -1;
+        if (c->active[p]) {
+            c->vof[p] = n;
+            c->vslots[n++] = p;
+        }
+    }
+    c->nfailed_last = nf;
+    c->nactive = n;
+    c->epoch = epoch;
+    c->view_changes++;
+    if (!c->active[c->rank]) c->evicted = 1;
+    /* ABORT notices and held headers of the old view are void */
+    for (int p = 0; p < c->size; p++) {
+        c->abort_seq[p] = UINT64_MAX;
+        if (p == c->rank) continue;
+        mc_in_t *in = &c->in[MC_CH_COLL][p];
+        if (in->state == IN_HAVE_HDR && in->hdr.epoch < c->epoch)
+            in_discard(c, in);
+    }
+    char list[256] = "";
+    size_t off = 0;
+    for (int i = 0; i < nf && off + 16 < sizeof(list); i++)
+        off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%d",
+                                i ? "," : "", c->failed_last[i]);
+    MC_LOG(MC_LOG_WARN,
+           "rank %d: view epoch %llu adopted: %d of %d ranks active%s%s%s",
+           c->rank, (unsigned long long)epoch, n, c->size,
+           nf ? ", removed [" : "", list, nf ? "]" : "");
+}
+
+static void view_out(mc_comm_t *c, uint64_t epoch, const uint8_t *act,
+                     uint64_t *epoch_p, uint8_t *active, int *nactive_p)
+{
+    int n = 0;
+    for (int p = 0; p < c->size; p++)
+        n += act[p] != 0;
+    if (epoch_p) *epoch_p = epoch;
+    if (active) memcpy(active, act, (size_t)c->size);
+    if (nactive_p) *nactive_p = n;
+}
+
+mc_status_t mc_comm_view(mc_comm_h c, uint64_t *epoch_p, uint8_t *active,
+                         int *nactive_p)
+{
+    CHECK_COMM(c, "mc_comm_view");
+    pthread_mutex_lock(&c->plock);
+    view_out(c, c->epoch, c->active, epoch_p, active, nactive_p);
+    pthread_mutex_unlock(&c->plock);
+    return MC_OK;
+}
+
+mc_status_t mc_comm_op_view(mc_comm_h c, uint64_t *epoch_p, uint8_t *active,
+                            int *nactive_p)
+{
+    CHECK_COMM(c, "mc_comm_op_view");
+    pthread_mutex_lock(&c->plock);
+    int valid = c->op_valid;
+    if (valid)
+        view_out(c, c->op_epoch, c->op_active, epoch_p, active, nactive_p);
+    pthread_mutex_unlock(&c->plock);
+    if (!valid)
+        return mc_err(MC_ERR_NOT_FOUND,
+                      "mc_comm_op_view: no collective has succeeded yet");
+    return MC_OK;
+}
+
+int mc_comm_failed_ranks(mc_comm_h c, int *out, int cap)
+{
+    if (!c) return 0;
+    pthread_mutex_lock(&c->plock);
+    int n = c->nfailed_last;
+    for (int i = 0; out && i < n && i < cap; i++)
+        out[i] = c->failed_last[i];
+    pthread_mutex_unlock(&c->plock);
+    return n;
+}
+
+uint64_t mc_comm_view_changes(mc_comm_h c)
+{
+    if (!c) return 0;
+    pthread_mutex_lock(&c->plock);
+    uint64_t n = c->view_changes;
+    pthread_mutex_unlock(&c->plock);
+    return n;
+}
+
+mc_status_t mc_comm_recover(mc_comm_h c)
+{
+    CHECK_COMM(c, "mc_comm_recover");
+    pthread_mutex_lock(&c->exec_lock);
+    pthread_mutex_lock(&c->plock);
+    int evicted = c->evicted;
+    c->need_recover = 0;
+    pthread_mutex_unlock(&c->plock);
+    pthread_mutex_unlock(&c->exec_lock);
+    if (evicted)
+        return comm_err(c, MC_ERR_EVICTED,
+                        "mc_comm_recover: rank %d was removed from the group; "
+                        "it must rejoin as a new process",
+                        c->rank);
+    return MC_OK;
+}
+
+mc_status_t mc_comm_shrink(mc_comm_h c, const int *ranks, int n)
+{
+    CHECK_COMM(c, "mc_comm_shrink");
+    if (n < 0 || (n > 0 && !ranks))
+        return comm_err(c, MC_ERR_INVALID_ARG,
+                        "mc_comm_shrink: invalid rank list (n=%d)", n);
+    uint8_t *next = malloc((size_t)c->size);
+    if (!next) return comm_err(c, MC_ERR_NO_MEMORY, "mc_comm_shrink");
+    pthread_mutex_lock(&c->plock);
+    memcpy(next, c->active, (size_t)c->size);
+    pthread_mutex_unlock(&c->plock);
+    for (int i = 0; i < n; i++) {
+        if (ranks[i] < 0 || ranks[i] >= c->size) {
+            free(next);
+            return comm_err(c, MC_ERR_INVALID_ARG,
+                            "mc_comm_shrink: rank %d out of range [0, %d)",
+                            ranks[i], c->size);
+        }
+        if (!next[ranks[i]]) {
+            free(next);
+            return comm_err(c, MC_ERR_INVALID_ARG,
+                            "mc_comm_shrink: rank %d is not in the view "
+                            "(listed twice or already removed)",
+                            ranks[i]);
+        }
+        next[ranks[i]] = 0;
+    }
+    if (!c->ft) {
+        free(next);
+        return comm_err(c, MC_ERR_UNSUPPORTED,
+                        "mc_comm_shrink: fault tolerance is off (MOONCAKE_FT=0)");
+    }
+    /* an operation boundary: everything issued before runs first */
+    pthread_mutex_lock(&c->exec_lock);
+    run_queue(c, NULL);
+    pthread_mutex_lock(&c->plock);
+    mc_status_t st = MC_OK;
+    if (c->evicted)
+        st = comm_err(c, MC_ERR_EVICTED,
+                      "mc_comm_shrink: rank %d was already removed", c->rank);
+    else
+        view_adopt(c, c->epoch + 1, next);
+    int evicted = c->evicted;
+    pthread_mutex_unlock(&c->plock);
+    pthread_mutex_unlock(&c->exec_lock);
+    free(next);
+    if (st < 0 || evicted) return st;
+    /* the ranks that stay meet in the new view */
+    return mc_comm_barrier(c);
 }

@@ -227,6 +227,15 @@ typedef struct mc_comm_config {
     int64_t timeout_ms;            /**< per-operation timeout; default 300000 */
     int64_t init_timeout_ms;       /**< create timeout; default 300000 */
     mc_transport_kind_t transport; /**< default from MOONCAKE_TRANSPORT */
+    /** Fault tolerance (see docs/fault-model): 1 = survivors agree on a new
+     *  view when ranks fail; 0 = a failure fails the operation and the
+     *  communicator cannot change. Default MOONCAKE_FT (1). */
+    int ft;
+    /** With ft: 1 = re-run the interrupted operation over the new view and
+     *  return success (auto mode); 0 = fail it with MC_ERR_PEER_FAILED on
+     *  every survivor until mc_comm_recover (manual mode). Default
+     *  MOONCAKE_AUTO_RECOVER (1). */
+    int auto_recover;
 } mc_comm_config_t;
 
 /**
@@ -260,6 +269,51 @@ const char *mc_comm_last_error(mc_comm_h comm);
 
 /** Name of the transport used to reach `peer` ("self", "shm", "tcp"). */
 const char *mc_comm_peer_transport(mc_comm_h comm, int peer);
+
+/* ------------------------------------------------------------------------ */
+/* Views and fault tolerance                                                */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * The communicator's current view. *epoch_p starts at 1 and grows by one per
+ * view change. If `active` is not NULL it receives mc_comm_size() bytes, 1
+ * for each active rank slot. *nactive_p (may be NULL) gets the active count.
+ */
+mc_status_t mc_comm_view(mc_comm_h comm, uint64_t *epoch_p, uint8_t *active,
+                         int *nactive_p);
+
+/**
+ * The view in which the communicator's most recently completed successful
+ * collective ran (its result covers exactly that view's active ranks;
+ * collectives complete in issue order). Same outputs as mc_comm_view.
+ * MC_ERR_NOT_FOUND before any collective has succeeded.
+ */
+mc_status_t mc_comm_op_view(mc_comm_h comm, uint64_t *epoch_p,
+                            uint8_t *active, int *nactive_p);
+
+/**
+ * Ranks removed by the most recent view change, ascending; returns how many
+ * there are (at most `cap` are written; `out` may be NULL).
+ */
+int mc_comm_failed_ranks(mc_comm_h comm, int *out, int cap);
+
+/** Number of view changes this rank has adopted. */
+uint64_t mc_comm_view_changes(mc_comm_h comm);
+
+/**
+ * Manual mode: accept the view the survivors agreed on after a failure.
+ * Until then every collective fails with MC_ERR_PEER_FAILED. Local; every
+ * survivor calls it. No-op (MC_OK) when nothing is pending.
+ */
+mc_status_t mc_comm_recover(mc_comm_h comm);
+
+/**
+ * Remove `ranks` from the view (like ncclCommShrink): collective over the
+ * ranks that stay, which must all pass the same list; they adopt view
+ * epoch + 1 without the listed ranks. A listed rank that calls it is
+ * evicted: its later collectives fail with MC_ERR_EVICTED.
+ */
+mc_status_t mc_comm_shrink(mc_comm_h comm, const int *ranks, int n);
 
 /* ------------------------------------------------------------------------ */
 /* Requests                                                                 */
