@@ -2799,3 +2799,12 @@ mc_status_t mc_comm_shrink(mc_comm_h c, const int *ranks, int n)
     /* the ranks that stay meet in the new view */
     return mc_comm_barrier(c);
 }
+
+mc_status_t mc_comm_set_auto_recover(mc_comm_h c, int on)
+{
+    CHECK_COMM(c, "mc_comm_set_auto_recover");
+    pthread_mutex_lock(&c->plock);
+    c->auto_recover = on != 0;
+    pthread_mutex_unlock(&c->plock);
+    return MC_OK;
+}

@@ -307,6 +307,9 @@ uint64_t mc_comm_view_changes(mc_comm_h comm);
  */
 mc_status_t mc_comm_recover(mc_comm_h comm);
 
+/** Switch between auto (1) and manual (0) recovery for later failures. */
+mc_status_t mc_comm_set_auto_recover(mc_comm_h comm, int on);
+
 /**
  * Remove `ranks` from the view (like ncclCommShrink): collective over the
  * ranks that stay, which must all pass the same list; they adopt view
