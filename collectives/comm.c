@@ -85,7 +85,15 @@ typedef struct mc_unexp {
 } mc_unexp_t;
 
 /* Incoming side of one (peer, channel) stream. */
-enum { IN_HDR = 1, IN_HAVE_HDR, IN_PAYLOAD, IN_DISCARD, IN_ABORT, IN_DEAD };
+enum {
+    IN_HDR = 1,
+    IN_HAVE_HDR,
+    IN_PAYLOAD,
+    IN_DISCARD,
+    IN_ABORT,
+    IN_CTRL,
+    IN_DEAD
+};
 
 typedef struct mc_in {
     mc_ev_t ev;
@@ -98,7 +106,28 @@ typedef struct mc_in {
     mc_frame_t *cur;               /* coll: frame whose payload is moving */
     mc_request_t *p2p_req;         /* p2p: receive whose payload is moving */
     mc_unexp_t *p2p_unexp;         /* p2p: unexpected message being read */
+    uint8_t *cbuf;                 /* p2p: control message being read */
 } mc_in_t;
+
+/* Control message of the view agreement (MC_KIND_CTRL on the p2p stream,
+ * which is always read). Followed by three byte maps of `size` entries:
+ * the sender's view's active slots, ranks it has evidence are dead, ranks
+ * it suspects. */
+enum { CT_REPORT = 1, CT_VIEW = 2, CT_NOQUORUM = 3 };
+typedef struct mc_ctrl {
+    uint32_t type;
+    int32_t coord;       /* REPORT: the sender's coordinator; VIEW: decider */
+    uint64_t epoch;      /* the sender's view (VIEW: the announced view) */
+    uint64_t view_start; /* first seq of that view */
+    int64_t last_ended;  /* REPORT: the last seq that ended on the sender */
+} mc_ctrl_t;
+
+typedef struct mc_ctrl_out {
+    struct mc_ctrl_out *next;
+    mc_hdr_t hdr;
+    mc_xfer_t hx, px;
+    uint8_t body[]; /* mc_ctrl_t + maps */
+} mc_ctrl_out_t;
 
 /* Outgoing ABORT notice to one peer (fire and forget). */
 typedef struct mc_abort_out {
@@ -138,6 +167,7 @@ struct mc_request {
 
 struct mc_cctx {
     mc_comm_t *comm;
+    int data_done; /* the algorithm finished (FT: before the final barrier) */
     mc_request_t *req;
     const mc_coll_args_t *args; /* what the algorithm sees (mc_cx_args) */
     uint64_t seq;
@@ -223,6 +253,29 @@ struct mc_comm {
     int op_valid;
     uint64_t op_epoch;
     uint8_t *op_active;
+    uint8_t *att_active; /* [size] view of the running attempt */
+
+    /* Agreement (plock). */
+    uint64_t view_start;  /* first seq of the current view */
+    uint8_t *suspect;     /* [size] peers this rank suspects (timeouts) */
+    int ag_on;            /* this rank is in an agreement for c->epoch */
+    int ag_wake;          /* a peer started one for c->epoch */
+    int ag_noq;           /* the coordinator found no quorum */
+    uint64_t ag_sig;      /* what our last report said (resend on change) */
+    uint64_t *rep_epoch;  /* [size] epoch of the latest report from a peer */
+    int *rep_coord;       /* [size] */
+    int64_t *rep_last;    /* [size] */
+    uint8_t *rep_maps;    /* [size][2 * size]: dead, suspect */
+    uint64_t *sent_view;  /* [size] epoch of the view last sent to a peer */
+    int nv_pending;       /* a newer view heard of, adopt at a safe point */
+    uint64_t nv_epoch, nv_start;
+    int nv_from;
+    uint8_t *nv_active; /* [size] */
+    uint8_t *ag_tmp;    /* [size] */
+    mc_ctrl_out_t *ctrl_out;
+    size_t ctrl_len; /* sizeof(mc_ctrl_t) + 3 * size */
+    void *backup;    /* input of an in-place op, for a re-run */
+    size_t backup_cap;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -534,6 +587,8 @@ static void handle_abort(mc_comm_t *c, int peer, uint64_t seq, uint64_t epoch,
     /* earlier seq: that operation already ended here; nothing to do */
 }
 
+static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body);
+
 static void in_protocol_error(mc_comm_t *c, mc_in_t *in, const char *why)
 {
     MC_LOG(MC_LOG_ERROR,
@@ -581,6 +636,19 @@ static void in_event(mc_ev_t *ev)
             in_post(c, in, &in->px, in->abuf, (size_t)h->len);
             return;
         }
+        if (h->kind == MC_KIND_CTRL && in->ch == MC_CH_P2P) {
+            if (h->len != c->ctrl_len || !c->ft) {
+                in_protocol_error(c, in, "malformed control frame");
+                return;
+            }
+            if (!in->cbuf && !(in->cbuf = malloc(c->ctrl_len))) {
+                in_protocol_error(c, in, "out of memory for a control frame");
+                return;
+            }
+            in->state = IN_CTRL;
+            in_post(c, in, &in->px, in->cbuf, c->ctrl_len);
+            return;
+        }
         if ((in->ch == MC_CH_COLL && h->kind != MC_KIND_DATA) ||
             (in->ch == MC_CH_P2P && h->kind != MC_KIND_P2P)) {
             in_protocol_error(c, in, "unexpected frame kind");
@@ -598,6 +666,10 @@ static void in_event(mc_ev_t *ev)
         handle_abort(c, in->peer, in->hdr.seq, in->hdr.epoch,
                      (mc_status_t)(int64_t)in->hdr.count, in->abuf);
         in_post_hdr(c, in);
+        return;
+    case IN_CTRL:
+        in_post_hdr(c, in);
+        handle_ctrl(c, in->peer, in->cbuf);
         return;
     case IN_DISCARD:
         in->discard_left -= x->len;
@@ -834,7 +906,11 @@ static void cx_fail(mc_comm_t *c, mc_status_t st, int remote, const char *fmt,
     va_end(ap);
     cx->failed = st;
     cx->remote_abort = remote;
-    if (!remote) MC_LOG(MC_LOG_ERROR, "rank %d: %s", c->rank, cx->err);
+    /* with fault tolerance a failed peer is handled, not an error */
+    int handled = c->ft && (st == MC_ERR_PEER_FAILED || st == MC_ERR_TIMEOUT);
+    if (!remote)
+        MC_LOG(handled ? MC_LOG_WARN : MC_LOG_ERROR, "rank %d: %s", c->rank,
+               cx->err);
 }
 
 int mc_cx_rank(const mc_cctx_t *cx)
@@ -1017,6 +1093,7 @@ static int frame_done(mc_frame_t *f)
 static void cx_timeout(mc_cctx_t *cx, mc_frame_t *f)
 {
     mc_comm_t *c = cx->comm;
+    if (c->ft && f && c->cx.failed == MC_OK) c->suspect[f->peer] = 1;
     cx_fail(c, MC_ERR_TIMEOUT, 0,
             "%s at seq %llu timed out after %lld ms on rank %d waiting to %s "
             "rank %d (step " STEP_FMT ")",
@@ -1167,6 +1244,418 @@ static uint64_t desc_hash(const mc_coll_args_t *a, int size, uint64_t dcount)
     return h;
 }
 
+/* ------------------------------------------------------------------------ */
+/* View agreement (fault tolerance; see docs/design.md "Agreement")         */
+/* ------------------------------------------------------------------------ */
+/*
+ * When a collective fails because a rank died (evidence: its p2p stream
+ * ended) or is suspected (a timeout), the survivors of view `epoch` agree
+ * on view `epoch + 1`:
+ *  - every member broadcasts a REPORT: whom it knows dead or suspects, its
+ *    coordinator (the lowest active rank it has no evidence or suspicion
+ *    against: its *own* knowledge only), and the last seq that ended on it;
+ *  - the coordinator decides once it holds a report naming it coordinator
+ *    from every member not known dead or suspected by anyone: the new
+ *    active set is the old one minus those, and the view starts at
+ *    max(last ended) + 1. It announces the VIEW; every adopter forwards it.
+ *  - a member adopts any view newer than its own, from any message.
+ * Streams are FIFO and a peer counts as dead only once its p2p stream has
+ * ended, after every message it sent: a member that names a new coordinator
+ * has read any VIEW the previous one sent it, so a successor never decides
+ * differently from a view some survivor already holds (crash failures).
+ * A rank returns from a collective only after a final barrier in which
+ * every rank confirms its own part is done; so if any rank ended seq S,
+ * every survivor has its result for S, completes S in the old view, and
+ * the new view starts at S + 1. Otherwise S re-runs over the new view.
+ */
+
+static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active);
+
+#define CTRL_MAPS(c, body) ((uint8_t *)(body) + sizeof(mc_ctrl_t))
+
+static void ctrl_gc(mc_comm_t *c)
+{
+    mc_ctrl_out_t **pp = &c->ctrl_out;
+    while (*pp) {
+        mc_ctrl_out_t *m = *pp;
+        if (m->hx.status != MC_INPROGRESS && m->px.status != MC_INPROGRESS) {
+            *pp = m->next;
+            free(m);
+        } else {
+            pp = &m->next;
+        }
+    }
+}
+
+/* Send one control message (plock held). Best effort: a dead peer's
+ * failure shows up through its streams. */
+static void ctrl_send(mc_comm_t *c, int to, const mc_ctrl_t *ct,
+                      const uint8_t *active, const uint8_t *dead,
+                      const uint8_t *susp)
+{
+    if (to == c->rank || c->p2p_dead[to]) return;
+    mc_ctrl_out_t *m = malloc(sizeof(*m) + c->ctrl_len);
+    if (!m) {
+        MC_LOG(MC_LOG_ERROR, "rank %d: out of memory for a control message",
+               c->rank);
+        return;
+    }
+    size_t n = (size_t)c->size;
+    memcpy(m->body, ct, sizeof(*ct));
+    uint8_t *maps = CTRL_MAPS(c, m->body);
+    memcpy(maps, active, n);
+    if (dead)
+        memcpy(maps + n, dead, n);
+    else
+        memset(maps + n, 0, n);
+    if (susp)
+        memcpy(maps + 2 * n, susp, n);
+    else
+        memset(maps + 2 * n, 0, n);
+    m->hdr = (mc_hdr_t){.magic = MC_WIRE_MAGIC,
+                        .kind = MC_KIND_CTRL,
+                        .epoch = ct->epoch,
+                        .len = c->ctrl_len,
+                        .src = c->rank};
+    m->hx = (mc_xfer_t){
+        .buf = &m->hdr, .len = sizeof(m->hdr), .status = MC_INPROGRESS};
+    m->px = (mc_xfer_t){
+        .buf = m->body, .len = c->ctrl_len, .status = MC_INPROGRESS};
+    m->next = c->ctrl_out;
+    c->ctrl_out = m;
+    int t = c->peer_tl[to];
+    if (c->tlops[t]->post_send(c->tl[t], to, MC_CH_P2P, &m->hx) < 0) {
+        m->hx.status = MC_ERR_IO;
+        m->px.status = MC_ERR_IO;
+        return;
+    }
+    if (c->tlops[t]->post_send(c->tl[t], to, MC_CH_P2P, &m->px) < 0)
+        m->px.status = MC_ERR_IO;
+}
+
+/* Evidence (for agreement) that `p` is gone: its p2p stream ended, so
+ * every control message it sent us has been read. */
+static int ag_dead(const mc_comm_t *c, int p)
+{
+    return c->p2p_dead[p];
+}
+
+static int ag_coord(const mc_comm_t *c)
+{
+    for (int p = 0; p < c->size; p++)
+        if (c->active[p] &&
+            (p == c->rank || (!ag_dead(c, p) && !c->suspect[p])))
+            return p;
+    return c->rank;
+}
+
+static uint64_t ag_signature(const mc_comm_t *c)
+{
+    uint64_t h = 1469598103934665603ull;
+    int coord = ag_coord(c);
+    h = fnv1a(h, &coord, sizeof(coord));
+    h = fnv1a(h, &c->epoch, sizeof(c->epoch));
+    for (int p = 0; p < c->size; p++) {
+        uint8_t v = (uint8_t)(ag_dead(c, p) | (c->suspect[p] << 1));
+        h = fnv1a(h, &v, 1);
+    }
+    return h;
+}
+
+static void ag_send_report(mc_comm_t *c)
+{
+    uint8_t *dead = c->ag_tmp;
+    if (c->nv_pending) return; /* adopt first */
+    for (int p = 0; p < c->size; p++)
+        dead[p] = (uint8_t)(ag_dead(c, p) || c->peer_dead[p]);
+    mc_ctrl_t ct = {.type = CT_REPORT,
+                    .coord = ag_coord(c),
+                    .epoch = c->epoch,
+                    .view_start = c->view_start,
+                    .last_ended = (int64_t)c->exec_seq - 1};
+    for (int p = 0; p < c->size; p++)
+        if (c->active[p]) ctrl_send(c, p, &ct, c->active, dead, c->suspect);
+    c->ag_sig = ag_signature(c);
+}
+
+/* Note a view newer than ours (plock held). */
+static void ag_note_view(mc_comm_t *c, uint64_t epoch, uint64_t start,
+                         const uint8_t *active, int from)
+{
+    if (epoch <= c->epoch || (c->nv_pending && epoch <= c->nv_epoch)) return;
+    c->nv_pending = 1;
+    c->nv_epoch = epoch;
+    c->nv_start = start;
+    c->nv_from = from;
+    memcpy(c->nv_active, active, (size_t)c->size);
+}
+
+/* The running attempt cannot finish: the group is changing its view. */
+static void ag_interrupt(mc_comm_t *c, int from)
+{
+    if (c->cx_active && c->cx.failed == MC_OK)
+        cx_fail(c, MC_ERR_PEER_FAILED, 1,
+                "%s at seq %llu: rank %d reports a failure in view %llu",
+                mc_coll_name(c->cx.req->args.coll),
+                (unsigned long long)c->cx.seq, from,
+                (unsigned long long)c->epoch);
+}
+
+static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
+{
+    mc_ctrl_t ct;
+    memcpy(&ct, body, sizeof(ct));
+    const uint8_t *maps = CTRL_MAPS(c, body);
+    size_t n = (size_t)c->size;
+    if (c->evicted) return;
+    if (ct.epoch > c->epoch) {
+        ag_note_view(c, ct.epoch, ct.view_start, maps, from);
+        ag_interrupt(c, from);
+    }
+    switch (ct.type) {
+    case CT_REPORT:
+        if (ct.epoch < c->epoch) {
+            /* the sender missed a view change: tell it (once per epoch) */
+            if (c->sent_view[from] < c->epoch) {
+                c->sent_view[from] = c->epoch;
+                mc_ctrl_t v = {.type = CT_VIEW,
+                               .coord = c->rank,
+                               .epoch = c->epoch,
+                               .view_start = c->view_start};
+                ctrl_send(c, from, &v, c->active, NULL, NULL);
+            }
+            return;
+        }
+        c->rep_epoch[from] = ct.epoch;
+        c->rep_coord[from] = ct.coord;
+        c->rep_last[from] = ct.last_ended;
+        memcpy(c->rep_maps + (size_t)from * 2 * n, maps + n, 2 * n);
+        if (ct.epoch == c->epoch) {
+            c->ag_wake = 1;
+            ag_interrupt(c, from);
+        }
+        return;
+    case CT_VIEW:
+        if (ct.epoch == c->epoch && memcmp(maps, c->active, n) != 0)
+            MC_LOG(MC_LOG_ERROR,
+                   "rank %d: rank %d announces a different view with the "
+                   "same epoch %llu; ignoring it",
+                   c->rank, from, (unsigned long long)ct.epoch);
+        return;
+    case CT_NOQUORUM:
+        if (ct.epoch == c->epoch) {
+            c->ag_noq = 1;
+            ag_interrupt(c, from);
+        }
+        return;
+    default:
+        MC_LOG(MC_LOG_WARN, "rank %d: unknown control message %u from %d",
+               c->rank, ct.type, from);
+    }
+}
+
+enum { AG_RERUN = 1, AG_DONE_OLD, AG_NOQUORUM, AG_EVICTED, AG_TIMEOUT };
+
+/* Adopt the pending view (plock held). `seq` is the operation this rank is
+ * in. Forwards the view to everyone who may not have it. */
+static int ag_adopt(mc_comm_t *c, uint64_t seq)
+{
+    mc_ctrl_t v = {.type = CT_VIEW,
+                   .coord = c->nv_from,
+                   .epoch = c->nv_epoch,
+                   .view_start = c->nv_start};
+    for (int p = 0; p < c->size; p++)
+        if ((c->active[p] || c->nv_active[p]) && p != c->nv_from &&
+            c->sent_view[p] < c->nv_epoch) {
+            c->sent_view[p] = c->nv_epoch;
+            ctrl_send(c, p, &v, c->nv_active, NULL, NULL);
+        }
+    view_adopt(c, c->nv_epoch, c->nv_active);
+    c->view_start = c->nv_start;
+    c->nv_pending = 0;
+    memset(c->nv_active, 0, (size_t)c->size);
+    memset(c->suspect, 0, (size_t)c->size);
+    c->ag_on = 0;
+    c->ag_wake = 0;
+    c->ag_noq = 0;
+    for (int p = 0; p < c->size; p++)
+        if (c->rep_epoch[p] == c->epoch) c->ag_wake = 1; /* already changing */
+    if (c->evicted) return AG_EVICTED;
+    return seq < c->view_start ? AG_DONE_OLD : AG_RERUN;
+}
+
+/* Coordinator: decide if every needed report is in (plock held). */
+static int ag_try_decide(mc_comm_t *c)
+{
+    size_t n = (size_t)c->size;
+    uint8_t *next = c->nv_active; /* built in place, published below */
+    int64_t maxlast = (int64_t)c->exec_seq - 1;
+    int nold = 0, nnew = 0, susp_only = 0;
+    for (int q = 0; q < c->size; q++) {
+        next[q] = 0;
+        if (!c->active[q]) continue;
+        nold++;
+        int dead = ag_dead(c, q) || c->peer_dead[q];
+        int susp = c->suspect[q];
+        for (int p = 0; p < c->size && q != c->rank; p++) {
+            if (p == c->rank || c->rep_epoch[p] != c->epoch) continue;
+            const uint8_t *m = c->rep_maps + (size_t)p * 2 * n;
+            dead |= m[q];
+            susp |= m[n + q];
+        }
+        if (q != c->rank && (dead || susp)) {
+            susp_only |= !dead;
+            continue;
+        }
+        if (q != c->rank) {
+            if (c->rep_epoch[q] != c->epoch || c->rep_coord[q] != c->rank) {
+                memset(next, 0, n);
+                return 0; /* wait for its report */
+            }
+            if (c->rep_last[q] > maxlast) maxlast = c->rep_last[q];
+        }
+        next[q] = 1;
+        nnew++;
+    }
+    if (susp_only && 2 * nnew <= nold) {
+        MC_LOG(MC_LOG_ERROR,
+               "rank %d: view %llu: only %d of %d ranks reachable and some "
+               "removals rest on suspicion alone: no quorum",
+               c->rank, (unsigned long long)c->epoch, nnew, nold);
+        mc_ctrl_t q = {.type = CT_NOQUORUM, .coord = c->rank,
+                       .epoch = c->epoch, .view_start = c->view_start};
+        for (int p = 0; p < c->size; p++)
+            if (next[p]) ctrl_send(c, p, &q, c->active, NULL, NULL);
+        memset(next, 0, n);
+        return AG_NOQUORUM;
+    }
+    c->nv_pending = 1;
+    c->nv_epoch = c->epoch + 1;
+    c->nv_start = (uint64_t)(maxlast + 1);
+    c->nv_from = c->rank;
+    return 1;
+}
+
+/* Agree on the next view, as a member of operation `seq` (exec_lock held,
+ * plock NOT held). */
+static int agree(mc_comm_t *c, uint64_t seq)
+{
+    pthread_mutex_lock(&c->plock);
+    int64_t t0 = mc_now_us();
+    int64_t round_us = c->timeout_ms > 0 ? c->timeout_ms * 1000 : INT64_MAX / 4;
+    int64_t deadline = t0 + round_us, give_up = t0 + 3 * round_us;
+    if (!c->ag_on) {
+        c->ag_on = 1;
+        if (!c->nv_pending) ag_send_report(c);
+    }
+    int outcome = 0;
+    int64_t idle_since = t0;
+    while (!outcome) {
+        int n = progress_locked(c);
+        ctrl_gc(c);
+        if (c->nv_pending) {
+            outcome = ag_adopt(c, seq);
+            break;
+        }
+        if (c->ag_noq) {
+            c->ag_noq = 0;
+            c->ag_on = 0;
+            outcome = AG_NOQUORUM;
+            break;
+        }
+        if (ag_signature(c) != c->ag_sig) ag_send_report(c);
+        if (ag_coord(c) == c->rank) {
+            int d = ag_try_decide(c);
+            if (d == AG_NOQUORUM) {
+                c->ag_on = 0;
+                outcome = AG_NOQUORUM;
+                break;
+            }
+            if (d) continue; /* adopt on the next pass */
+        }
+        int64_t now = mc_now_us();
+        if (now > give_up) {
+            c->ag_on = 0;
+            outcome = AG_TIMEOUT;
+            break;
+        }
+        if (now > deadline) {
+            /* suspect whoever we are still waiting for */
+            int coord = ag_coord(c);
+            if (coord != c->rank) {
+                c->suspect[coord] = 1;
+            } else {
+                for (int q = 0; q < c->size; q++)
+                    if (c->active[q] && q != c->rank &&
+                        (c->rep_epoch[q] != c->epoch ||
+                         c->rep_coord[q] != c->rank))
+                        c->suspect[q] = 1;
+            }
+            MC_LOG(MC_LOG_WARN,
+                   "rank %d: view agreement for epoch %llu stalled for "
+                   "%lld ms; suspecting the ranks it waits for",
+                   c->rank, (unsigned long long)c->epoch,
+                   (long long)((now - t0) / 1000));
+            deadline = now + round_us;
+        }
+        if (n) {
+            idle_since = now;
+        } else {
+            pthread_mutex_unlock(&c->plock);
+            idle_wait(c, idle_since, now);
+            pthread_mutex_lock(&c->plock);
+        }
+    }
+    pthread_mutex_unlock(&c->plock);
+    return outcome;
+}
+
+/* Does some active peer look failed (plock held)? */
+static int view_broken(const mc_comm_t *c)
+{
+    if (c->nv_pending || c->ag_wake || c->ag_noq) return 1;
+    for (int p = 0; p < c->size; p++)
+        if (p != c->rank && c->active[p] &&
+            (c->peer_dead[p] || c->p2p_dead[p] || c->suspect[p]))
+            return 1;
+    return 0;
+}
+
+static int mem_overlap(const void *a, size_t alen, const void *b, size_t blen)
+{
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return alen && blen && x < y + blen && y < x + alen;
+}
+
+/* Bytes of an operation's input that the operation itself may overwrite
+ * (in-place reductions): kept aside so that a re-run sees the original. */
+static size_t inplace_input(const mc_comm_t *c, const mc_coll_args_t *a)
+{
+    size_t es = mc_dtype_size(a->dtype), in = 0, out = 0;
+    switch (a->coll) {
+    case MC_COLL_ALLREDUCE:
+        in = out = a->count * es;
+        break;
+    case MC_COLL_REDUCE:
+        in = a->count * es;
+        out = a->recvbuf ? a->count * es : 0;
+        break;
+    case MC_COLL_REDUCE_SCATTER:
+        in = a->count * (size_t)c->size * es;
+        out = a->count * es;
+        break;
+    case MC_COLL_REDUCE_SCATTERV:
+        for (int i = 0; i < c->size; i++)
+            in += a->counts[i] * es;
+        out = a->counts[c->rank] * es;
+        break;
+    default:
+        return 0;
+    }
+    if (!a->sendbuf || !a->recvbuf) return 0;
+    return mem_overlap(a->sendbuf, in, a->recvbuf, out) ? in : 0;
+}
+
 /* One attempt at a queued collective over the current view (exec_lock
  * held). Leaves the error text in cx->err. */
 static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
@@ -1181,6 +1670,8 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     cx->vslots = c->vslots;
     cx->vof = c->vof;
     cx->vrank = c->vof[c->rank];
+    cx->data_done = r->args.coll == MC_COLL_BARRIER;
+    memcpy(c->att_active, c->active, (size_t)c->size);
     cx->seq = r->seq;
     cx->deadline_us = mc_deadline_us(c->timeout_ms);
     cx->dcount = desc_count(&r->args, c->size);
@@ -1202,6 +1693,12 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     pthread_mutex_unlock(&c->plock);
 
     if (st == MC_OK) st = mc_coll_run_view(cx);
+    if (st == MC_OK && c->ft && r->args.coll != MC_COLL_BARRIER) {
+        /* Return only once every rank has its result: then a failure
+         * from here on can always complete this op in this view. */
+        cx->data_done = 1;
+        st = mc_algo_barrier_dissemination(cx);
+    }
 
     pthread_mutex_lock(&c->plock);
     if (st < 0 && cx->failed == MC_OK)
@@ -1209,7 +1706,9 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
                 mc_coll_name(r->args.coll), (unsigned long long)r->seq,
                 mc_last_error()[0] ? mc_last_error() : mc_status_str(st));
     if (cx->failed < 0) st = cx->failed;
-    if (st < 0 && !cx->remote_abort) {
+    if (c->ft && (st == MC_ERR_PEER_FAILED || st == MC_ERR_TIMEOUT)) {
+        /* the view agreement tells the peers */
+    } else if (st < 0 && !cx->remote_abort) {
         char text[MC_ABORT_MSG_MAX + 64];
         snprintf(text, sizeof(text), "rank %d reports: %s", c->rank, cx->err);
         send_aborts(c, cx->seq, st, text, 1);
@@ -1269,6 +1768,131 @@ static void op_end(mc_comm_t *c, uint64_t seq)
     }
 }
 
+static void list_ranks(char *out, size_t cap, const int *v, int n)
+{
+    size_t off = 0;
+    out[0] = '\0';
+    for (int i = 0; i < n && off + 12 < cap; i++)
+        off += (size_t)snprintf(out + off, cap - off, "%s%d", i ? ", " : "",
+                                v[i]);
+}
+
+/* A collective with fault tolerance: attempts and view agreements until it
+ * completes in some view or fails for good (exec_lock held). */
+static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
+{
+    mc_cctx_t *cx = &c->cx;
+    const char *name = mc_coll_name(r->args.coll);
+    size_t keep = c->auto_recover ? inplace_input(c, &r->args) : 0;
+    if (keep) {
+        if (c->backup_cap < keep) {
+            void *b = realloc(c->backup, keep);
+            if (!b) {
+                snprintf(cx->err, sizeof(cx->err),
+                         "%s at seq %llu: no memory to keep the input for a "
+                         "re-run",
+                         name, (unsigned long long)r->seq);
+                return MC_ERR_NO_MEMORY;
+            }
+            c->backup = b;
+            c->backup_cap = keep;
+        }
+        memcpy(c->backup, r->args.sendbuf, keep);
+    }
+    mc_status_t st = MC_OK;
+    for (int attempt = 0;; attempt++) {
+        uint64_t old_epoch = c->epoch;
+        int old_n = c->nactive;
+        pthread_mutex_lock(&c->plock);
+        int outcome = 0;
+        if (c->nv_pending) {
+            cx->data_done = 0;
+            memcpy(c->att_active, c->active, (size_t)c->size);
+            outcome = ag_adopt(c, r->seq);
+        }
+        int broken = view_broken(c);
+        pthread_mutex_unlock(&c->plock);
+        if (!outcome) {
+            if (!broken) {
+                if (attempt && keep)
+                    memcpy((void *)r->args.sendbuf, c->backup, keep);
+                st = coll_attempt(c, r);
+                if (st == MC_OK ||
+                    (st != MC_ERR_PEER_FAILED && st != MC_ERR_TIMEOUT))
+                    return st;
+            } else {
+                cx->data_done = 0;
+                memcpy(c->att_active, c->active, (size_t)c->size);
+            }
+            outcome = agree(c, r->seq);
+        }
+        char list[256];
+        switch (outcome) {
+        case AG_EVICTED:
+            goto evicted;
+        case AG_NOQUORUM:
+            snprintf(cx->err, sizeof(cx->err),
+                     "%s at seq %llu: no quorum: rank %d cannot reach a "
+                     "strict majority of view %llu",
+                     name, (unsigned long long)r->seq, c->rank,
+                     (unsigned long long)c->epoch);
+            return MC_ERR_NO_QUORUM;
+        case AG_TIMEOUT:
+            snprintf(cx->err, sizeof(cx->err),
+                     "%s at seq %llu: the view agreement did not finish "
+                     "within 3x the operation timeout (%lld ms)",
+                     name, (unsigned long long)r->seq,
+                     (long long)c->timeout_ms);
+            return MC_ERR_TIMEOUT;
+        default:
+            break;
+        }
+        pthread_mutex_lock(&c->plock);
+        int nf = c->nfailed_last;
+        list_ranks(list, sizeof(list), c->failed_last, nf);
+        int removed = c->nactive < old_n;
+        uint64_t ep = c->epoch;
+        if (removed && !c->auto_recover) c->need_recover = 1;
+        pthread_mutex_unlock(&c->plock);
+        if (outcome == AG_DONE_OLD) {
+            if (!cx->data_done) {
+                snprintf(cx->err, sizeof(cx->err),
+                         "%s at seq %llu: the group completed it in view %llu "
+                         "but rank %d lacks its result (internal error)",
+                         name, (unsigned long long)r->seq,
+                         (unsigned long long)old_epoch, c->rank);
+                MC_LOG(MC_LOG_ERROR, "rank %d: %s", c->rank, cx->err);
+                return MC_ERR_INTERNAL;
+            }
+            cx->epoch = old_epoch; /* the result covers the old view */
+            return MC_OK;
+        }
+        if (st == MC_ERR_TIMEOUT && !removed)
+            return st; /* everyone is alive, just slow: the timeout stands */
+        if (removed && !c->auto_recover) {
+            snprintf(cx->err, sizeof(cx->err),
+                     "%s at seq %llu: rank failure: ranks [%s] failed; the "
+                     "survivors agreed on view %llu; call recover to continue",
+                     name, (unsigned long long)r->seq, list,
+                     (unsigned long long)ep);
+            return MC_ERR_PEER_FAILED;
+        }
+        if (removed)
+            MC_LOG(MC_LOG_WARN,
+                   "rank %d: %s seq %llu runs again in view %llu without "
+                   "ranks [%s]",
+                   c->rank, name, (unsigned long long)r->seq,
+                   (unsigned long long)ep, list);
+    }
+evicted:
+    snprintf(cx->err, sizeof(cx->err),
+             "%s at seq %llu: rank %d was removed from the group (view epoch "
+             "%llu); it must rejoin as a new process",
+             name, (unsigned long long)r->seq, c->rank,
+             (unsigned long long)c->epoch);
+    return MC_ERR_EVICTED;
+}
+
 /* Run one queued collective to completion (exec_lock held). */
 static void run_coll(mc_comm_t *c, mc_request_t *r)
 {
@@ -1288,15 +1912,17 @@ static void run_coll(mc_comm_t *c, mc_request_t *r)
                  "the new view (epoch %llu); call recover first",
                  mc_coll_name(r->args.coll), (unsigned long long)r->seq,
                  (unsigned long long)c->epoch);
-    } else {
+    } else if (!c->ft) {
         st = coll_attempt(c, r);
+    } else {
+        st = run_ft(c, r);
     }
     pthread_mutex_lock(&c->plock);
     op_end(c, r->seq);
     if (st == MC_OK) {
         c->op_valid = 1;
         c->op_epoch = cx->epoch;
-        memcpy(c->op_active, c->active, (size_t)c->size);
+        memcpy(c->op_active, c->att_active, (size_t)c->size);
     }
     char err[sizeof(cx->err)];
     snprintf(err, sizeof(err), "%s", cx->err);
@@ -2304,8 +2930,11 @@ static void comm_free(mc_comm_t *c)
 {
     for (int i = 0; i < c->ntl; i++)
         c->tlops[i]->destroy(c->tl[i]);
-    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++)
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
+        for (int p = 0; c->in[ch] && p < c->size; p++)
+            free(c->in[ch][p].cbuf);
         free(c->in[ch]);
+    }
     while (c->unexp_head) {
         mc_unexp_t *u = c->unexp_head;
         c->unexp_head = u->next;
@@ -2330,6 +2959,21 @@ static void comm_free(mc_comm_t *c)
     free(c->vof);
     free(c->failed_last);
     free(c->op_active);
+    free(c->att_active);
+    free(c->suspect);
+    free(c->nv_active);
+    free(c->ag_tmp);
+    free(c->rep_epoch);
+    free(c->rep_coord);
+    free(c->rep_last);
+    free(c->rep_maps);
+    free(c->sent_view);
+    free(c->backup);
+    while (c->ctrl_out) {
+        mc_ctrl_out_t *m = c->ctrl_out;
+        c->ctrl_out = m->next;
+        free(m);
+    }
     pthread_mutex_destroy(&c->plock);
     pthread_mutex_destroy(&c->qlock);
     pthread_cond_destroy(&c->qcond);
@@ -2414,8 +3058,26 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->vslots = calloc((size_t)size, sizeof(int));
     c->vof = calloc((size_t)size, sizeof(int));
     c->failed_last = calloc((size_t)size, sizeof(int));
+    c->att_active = calloc((size_t)size, 1);
+    c->suspect = calloc((size_t)size, 1);
+    c->nv_active = calloc((size_t)size, 1);
+    c->ag_tmp = calloc((size_t)size, 1);
+    c->rep_epoch = calloc((size_t)size, sizeof(uint64_t));
+    c->rep_coord = calloc((size_t)size, sizeof(int));
+    c->rep_last = calloc((size_t)size, sizeof(int64_t));
+    c->sent_view = calloc((size_t)size, sizeof(uint64_t));
+    c->ctrl_len = sizeof(mc_ctrl_t) + 3 * (size_t)size;
+    if (c->ft && size > 4096) {
+        MC_LOG(MC_LOG_WARN, "rank %d: fault tolerance supports up to 4096 "
+                            "ranks; turning it off for %d",
+               rank, size);
+        c->ft = 0;
+    }
+    if (c->ft) c->rep_maps = calloc((size_t)size * 2, (size_t)size);
     if (!c->active || !c->op_active || !c->vslots || !c->vof ||
-        !c->failed_last) {
+        !c->failed_last || !c->att_active || !c->suspect || !c->nv_active ||
+        !c->ag_tmp || !c->rep_epoch || !c->rep_coord || !c->rep_last ||
+        !c->sent_view || (c->ft && !c->rep_maps)) {
         st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
         goto err_free;
     }
@@ -2589,6 +3251,8 @@ void mc_comm_destroy(mc_comm_h c)
             mc_abort_out_t *a = &c->abort_out[i];
             if (a->busy && a->px.status == MC_INPROGRESS) busy = 1;
         }
+        ctrl_gc(c);
+        if (c->ctrl_out) busy = 1;
         if (!busy || mc_now_us() > until) break;
         progress_locked(c);
     }
