@@ -67,7 +67,9 @@ typedef struct mc_coll_args {
     /* v-variants (copied, `size` entries each, else NULL):
      * allgatherv:      counts = recvcounts, displs
      * reduce_scatterv: counts = recvcounts, displs = prefix sums
-     * alltoallv:       counts/displs = recv side, scounts/sdispls = send */
+     * alltoallv:       counts/displs = recv side, scounts/sdispls = send
+     * gather/scatter:  displs may be set (algo/view.c, views with holes):
+     *                  each rank's block offset in the root's buffer */
     size_t *counts, *displs;
     size_t *scounts, *sdispls;
 } mc_coll_args_t;

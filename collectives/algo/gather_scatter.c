@@ -2,7 +2,8 @@
  * Gather and scatter: direct. The root posts one frame per peer, every
  * other rank one frame to or from the root; the transports move the frames
  * concurrently. Block j is `count` elements at j*count of the root's
- * buffer.
+ * buffer, or at displs[j] when the arguments carry displacements (a view
+ * with holes: view.c points them at the blocks of the ranks' slots).
  *
  * Data only flows to or from the root, so both start with the
  * dissemination barrier, which carries the descriptor check to every rank.
@@ -35,7 +36,7 @@ static mc_status_t rooted_direct(mc_cctx_t *cx, int gather)
     }
     for (int k = 1; k < n; k++) {
         int j = (root + k) % n;
-        size_t off = (size_t)j * a->count;
+        size_t off = a->displs ? a->displs[j] : (size_t)j * a->count;
         st = gather ? mc_cx_irecv(cx, j, step, mc_algo_at(a->recvbuf, off, es),
                                   bytes, &h)
                     : mc_cx_isend(cx, j, step, mc_algo_cat(a->sendbuf, off, es),
@@ -43,7 +44,7 @@ static mc_status_t rooted_direct(mc_cctx_t *cx, int gather)
         if (st < 0) return st;
     }
     /* The root's own block, while the others move (no-op in place). */
-    size_t own = (size_t)root * a->count;
+    size_t own = a->displs ? a->displs[root] : (size_t)root * a->count;
     if (gather)
         mc_algo_copy(mc_algo_at(a->recvbuf, own, es), a->sendbuf, bytes);
     else
