@@ -25,3 +25,10 @@ mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src, mc_mr_t *lmr,
     (void)len, (void)x;
     return MC_ERR_UNSUPPORTED;
 }
+
+mc_status_t mc_tl_stub_add_peer(mc_tl_t *tl, int peer, uint64_t incarnation,
+                                int64_t timeout_ms)
+{
+    (void)tl, (void)peer, (void)incarnation, (void)timeout_ms;
+    return MC_ERR_UNSUPPORTED;
+}

@@ -23,7 +23,9 @@
  * except where they start helper threads.
  *
  * Blocking: only `create`/`connect` may block (bounded by their timeout)
- * and `wait` (bounded by its timeout). `post_*` and `progress` never block.
+ * and `wait` (bounded by its timeout). `post_*`, `add_peer` and `progress`
+ * never block; while an add is in progress, progress looks in the store
+ * now and then (a non-waiting check, and a get of a key that exists).
  *
  * Ownership: a posted mc_xfer_t and its buffer belong to the transport
  * until the xfer's status leaves MC_INPROGRESS; the engine owns them again
@@ -40,6 +42,45 @@
  * the death is known, and peer_status reports it from then on. A clean
  * close is logged at info level; the engine logs what matters to users.
  * A transport never crashes or hangs on a dead peer.
+ *
+ * Rejoin (add_peer)
+ * -----------------
+ * A slot's process is named by (rank, incarnation). The processes that
+ * create the communicator have incarnation 0. A process that takes a slot
+ * later (a failed one, or a reserved one never used: scale-up) has an
+ * incarnation > 0 that is larger than the incarnation of every process that
+ * is a member when it is created, and unique in its slot; the epoch of the
+ * view that admits it is such a number. "Newer" below means a larger
+ * (incarnation, rank) pair.
+ *
+ * The joiner creates each transport with `incarnation`, `peers` = every
+ * slot it will talk to (all other active slots of the view that admits it,
+ * co-joiners of that view included) and `peer_incarnation` = theirs.
+ * create publishes its address under a key qualified by the incarnation
+ * (so a dead process's address is never used for its successor), and
+ * connect returns once every peer in `peers` has connected to it: each
+ * running member does so by calling add_peer(joiner, incarnation),
+ * co-joiners by their own connect.
+ *
+ * add_peer(peer, incarnation) is called by a member for a newer process
+ * only (a joiner). It never blocks: it discards everything the transport
+ * still holds for the slot (sockets, rings, end-of-stream state; transfers
+ * still posted on the old streams complete with MC_ERR_PEER_FAILED from the
+ * next progress), then progress connects to that incarnation. Meanwhile
+ * peer_status says MC_INPROGRESS; then MC_OK once both channels' streams
+ * are up, fresh (nothing the old process wrote is ever delivered), or a
+ * failure (MC_ERR_TIMEOUT: nobody took the slot within timeout_ms;
+ * MC_ERR_PEER_FAILED: the joiner failed, or it expects another incarnation
+ * of this rank). Transfers may be posted to the peer while the add is in
+ * progress: they move once it is up, or fail with it. add_peer may be
+ * called again for the same slot at any time (a newer joiner, or a retry
+ * after a failure); the earlier attempt is abandoned. A process that was
+ * connected and is dropped that way sees this rank leave (a live, evicted
+ * process finds its streams to this rank ended), so a retry with the same
+ * incarnation only works if the earlier attempt never connected. Every
+ * handshake checks both sides' incarnations, so a stale process of another
+ * incarnation (a crashed one's late socket, an evicted one still running)
+ * is never connected.
  *
  * Slots a transport does not support point at stubs returning
  * MC_ERR_UNSUPPORTED (see mc_tl_stub_*), never NULL.
@@ -89,7 +130,10 @@ typedef struct mc_tl_params {
     int rank;
     int size;
     /* Store for address exchange; keys are already unique to this
-     * communicator, so a transport may use "<name>/<rank>/..." directly. */
+     * communicator, so a transport may use "<name>/<rank>/..." directly.
+     * Used by create and connect, and by add_peer until the peer is up (or
+     * its add failed): it must stay valid until destroy if add_peer is
+     * used. */
     mc_store_h store;
     /* Random 64-bit id unique to this communicator instance, the same on all
      * ranks (e.g. for naming shared-memory segments). */
@@ -98,6 +142,14 @@ typedef struct mc_tl_params {
      * r == rank. The array has `size` entries and is valid during create and
      * connect only. */
     const uint8_t *peers;
+    /* This process's incarnation in slot `rank`: 0 for the processes that
+     * create the communicator, > 0 for one that takes a slot later (see
+     * "Rejoin" above). */
+    uint64_t incarnation;
+    /* peer_incarnation[r]: incarnation of the process in slot r, for every
+     * r in `peers`; NULL means all 0. `size` entries, valid during create
+     * and connect only. */
+    const uint64_t *peer_incarnation;
     int64_t timeout_ms; /* bound for create + connect */
 } mc_tl_params_t;
 
@@ -121,8 +173,19 @@ typedef struct mc_tl_ops {
     /* Sleep until progress may be possible (data arrived, space freed, a
      * peer failed) or timeout_us passed. Spurious early returns are fine. */
     void (*wait)(mc_tl_t *tl, int64_t timeout_us);
-    /* Evidence of death known about `peer`: MC_OK or MC_ERR_PEER_FAILED. */
+    /* Evidence of death known about `peer`: MC_OK or MC_ERR_PEER_FAILED;
+     * for a peer being added (see add_peer) MC_INPROGRESS until it is up,
+     * and MC_ERR_TIMEOUT if the add timed out. */
     mc_status_t (*peer_status)(mc_tl_t *tl, int peer);
+    /* Start connecting slot `peer` to its process of incarnation
+     * `incarnation` (see "Rejoin" above). Requires a connected transport,
+     * incarnation > 0 and a newer peer ((incarnation, peer) > this
+     * process's (incarnation, rank)). Never blocks: progress finishes the
+     * connection within timeout_ms (< 0: forever) and peer_status reports
+     * the outcome. Not from inside a completion callback. Returns MC_OK
+     * once started, MC_ERR_INVALID_ARG for a bad call. */
+    mc_status_t (*add_peer)(mc_tl_t *tl, int peer, uint64_t incarnation,
+                            int64_t timeout_ms);
 
     /* One-sided, registered memory (verbs, cuda). */
     mc_status_t (*mem_reg)(mc_tl_t *tl, void *addr, size_t len, mc_mr_t **mr_p);
@@ -138,6 +201,8 @@ typedef struct mc_tl_ops {
 mc_status_t mc_tl_stub_mem_reg(mc_tl_t *tl, void *addr, size_t len,
                                mc_mr_t **mr_p);
 mc_status_t mc_tl_stub_mem_dereg(mc_tl_t *tl, mc_mr_t *mr);
+mc_status_t mc_tl_stub_add_peer(mc_tl_t *tl, int peer, uint64_t incarnation,
+                                int64_t timeout_ms);
 mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src, mc_mr_t *lmr,
                            uint64_t raddr, uint64_t rkey, size_t len,
                            mc_xfer_t *x);

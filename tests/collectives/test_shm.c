@@ -300,6 +300,7 @@ static void test_vtable_and_args(void **state)
     mc_xfer_t x = {.buf = buf, .len = sizeof(buf)};
     assert_int_equal(ops->post_send(tl, 1, MC_CH_COLL, &x),
                      MC_ERR_INVALID_ARG); /* not connected */
+    assert_int_equal(ops->add_peer(tl, 1, 1, 100), MC_ERR_INVALID_ARG);
     int64_t t0 = mc_now_us();
     assert_int_equal(ops->connect(tl), MC_ERR_TIMEOUT);
     int64_t dt = mc_now_us() - t0;
@@ -324,6 +325,9 @@ static void test_vtable_and_args(void **state)
     assert_int_equal(ops->post_send(tl, 0, MC_CH_COLL, NULL),
                      MC_ERR_INVALID_ARG);
     assert_int_equal(ops->peer_status(tl, 0), MC_ERR_INVALID_ARG);
+    /* add_peer: only a newer process, never this rank */
+    assert_int_equal(ops->add_peer(tl, 0, 1, 100), MC_ERR_INVALID_ARG);
+    assert_int_equal(ops->add_peer(tl, 1, 1, 100), MC_ERR_INVALID_ARG);
     assert_int_equal(ops->progress(tl), 0);
     t0 = mc_now_us();
     ops->wait(tl, 20000); /* nothing posted: sleeps about the timeout */

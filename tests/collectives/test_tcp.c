@@ -1117,21 +1117,27 @@ static void test_connect_timeout(void **state)
 /* ------------------------------------------------------------------------ */
 /* Bad hellos are rejected without disturbing the real connection: process
  * 2 (not a member) connects to rank 0 with a wrong uid, then with its own
- * uid but a rank that may not connect, and expects to be closed each time;
- * only then does rank 1 start. */
+ * uid but a rank that may not connect, then as rank 1 of another
+ * incarnation (a stale process), then as rank 1 wanting another
+ * incarnation of rank 0, and expects to be closed each time; only then
+ * does rank 1 start. */
 
-static int rogue_try(const struct sockaddr_in *sa, uint64_t uid, uint32_t r)
+static int rogue_try(const struct sockaddr_in *sa, uint64_t uid, uint32_t r,
+                     uint64_t inc, uint64_t to_inc)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0 || connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) != 0)
         return -1;
-    uint8_t h[24];
-    uint32_t w[4] = {0x4d435450u, 1, r, 0};
+    /* v2 hello: magic, version, rank, channel, uid, incarnations */
+    uint8_t h[40];
+    uint32_t w[4] = {0x4d435450u, 2, r, 0};
     for (int i = 0; i < 4; i++)
         for (int b = 0; b < 4; b++)
             h[4 * i + b] = (uint8_t)(w[i] >> (8 * b));
-    for (int b = 0; b < 8; b++)
-        h[16 + b] = (uint8_t)(uid >> (8 * b));
+    uint64_t q[3] = {uid, inc, to_inc};
+    for (int i = 0; i < 3; i++)
+        for (int b = 0; b < 8; b++)
+            h[16 + 8 * i + b] = (uint8_t)(q[i] >> (8 * b));
     if (send(fd, h, sizeof(h), MSG_NOSIGNAL) != (ssize_t)sizeof(h)) return -1;
     struct pollfd p = {.fd = fd, .events = POLLIN};
     int ok = poll(&p, 1, 5000) == 1 && recv(fd, h, sizeof(h), 0) <= 0;
@@ -1158,10 +1164,14 @@ static int body_rogue(int rank, int size, void *arg)
         inet_pton(AF_INET, a, &sa.sin_addr);
         sa.sin_port = htons((uint16_t)atoi(colon + 1));
         int rc = 0;
-        if (rogue_try(&sa, c->uid ^ 1, 1) != 0)
+        if (rogue_try(&sa, c->uid ^ 1, 1, 0, 0) != 0)
             rc = MC_TFAIL(rank, "wrong uid not rejected");
-        if (rogue_try(&sa, c->uid, 0) != 0)
+        if (rogue_try(&sa, c->uid, 0, 0, 0) != 0)
             rc = MC_TFAIL(rank, "rank 0 -> rank 0 not rejected");
+        if (rogue_try(&sa, c->uid, 1, 7, 0) != 0)
+            rc = MC_TFAIL(rank, "rank 1 of incarnation 7 not rejected");
+        if (rogue_try(&sa, c->uid, 1, 0, 3) != 0)
+            rc = MC_TFAIL(rank, "hello for incarnation 3 not rejected");
         mc_store_set(store, "rogue_done", "1", 1);
         mc_store_destroy(store);
         return rc;
@@ -1235,6 +1245,7 @@ static void test_bad_args(void **state)
     assert_int_equal(ops->post_recv(tl, 0, 0, &x), MC_ERR_INVALID_ARG);
     assert_int_equal(ops->peer_status(tl, 1), MC_OK);
     assert_int_equal(ops->peer_status(tl, -1), MC_ERR_INVALID_ARG);
+    assert_int_equal(ops->add_peer(tl, 1, 1, 100), MC_ERR_INVALID_ARG);
     assert_int_equal(ops->mem_reg(tl, peers, 1, NULL), MC_ERR_UNSUPPORTED);
     assert_int_equal(ops->progress(tl), 0);
     char addr[64] = {0};

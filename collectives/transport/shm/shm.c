@@ -2,48 +2,78 @@
  * Shared-memory transport for ranks on the same host.
  *
  * Segments
- *  Every rank creates one POSIX shm segment "/mc-<uid:016x>-<rank>":
- *    [0, 4 KiB)        control block (mc_shm_ctrl_t): identity, doorbell
- *    [4 KiB, ...)      directory: (off, cap) of the ring that producer rank
- *                      r uses on channel ch, at index r * MC_NUM_CHANNELS + ch
- *    page-aligned      rings, one per (peer, channel) in which this rank is
- *                      the CONSUMER (see shm_ring.h for the ring protocol)
- *  Rings are sized by the consumer (MOONCAKE_SHM_RING_BYTES for collectives,
- *  1 MiB for point-to-point) and the producer reads the size from the
- *  directory, so ranks need not agree on the setting. The segment is
- *  fully allocated up front (posix_fallocate) so a full /dev/shm fails
- *  create cleanly instead of raising SIGBUS on first touch of a ring page.
+ *  Every rank creates one POSIX shm segment "/mc-<uid:016x>-<rank>", or
+ *  "/mc-<uid:016x>-<rank>.<incarnation>" for a process that took its slot
+ *  later (see "Rejoin" in transport.h):
+ *    [0, 4 KiB)        control block (mc_shm_ctrl_t): identity, own bell
+ *    [4 KiB, ...)      directory: one entry per rank r (mc_shm_dirent_t):
+ *                      the incarnation of r it is for, the rings r produces
+ *                      into on each channel, and for a guest (below) its
+ *                      link block and the rings it consumes
+ *    page-aligned      the rings and link blocks (see shm_ring.h for the
+ *                      ring protocol)
+ *  Rings are sized by the rank that creates them (MOONCAKE_SHM_RING_BYTES
+ *  for collectives, 1 MiB for point-to-point) and the other side reads the
+ *  size from the directory, so ranks need not agree on the setting. The
+ *  segment is fully allocated up front (posix_fallocate) so a full /dev/shm
+ *  fails create cleanly instead of raising SIGBUS on first touch.
+ *
+ * Who holds a pair's rings
+ *  Classic pairs (both incarnation 0, the processes that created the
+ *  communicator): each rank holds the rings it CONSUMES, in its own
+ *  segment; it sleeps on the bell in its control block and every peer
+ *  rings that bell.
+ *  Any other pair: the newer process (larger (incarnation, rank)) is the
+ *  HOST and holds both directions' rings, plus a link block (one page,
+ *  mc_shm_link_t) for the older one, the GUEST. The host can do this
+ *  because it was created after the guest, with the guest in its peer set;
+ *  the guest (a running member) cannot grow its own segment, and the
+ *  rings of a slot's earlier process are never reused, so a stale process
+ *  of that slot can never write into a new stream. The host sleeps on its
+ *  own bell; the guest sleeps on the bell in the link block as well as its
+ *  own (futex_waitv; see shm_wait).
  *
  * Bootstrap
- *  create publishes "shm/<rank>" = "<segment name> <pid>". connect maps
- *  every peer's segment (we produce into the ring it holds for us), checks
- *  its identity, sets "shm/<rank>/mapped" and waits for that key from every
- *  peer: once all peers have mapped our segment, we unlink it, so nothing
- *  is left in /dev/shm even if every process is later SIGKILLed. A crash
- *  between create and the end of connect can still leave a segment behind.
+ *  create publishes "shm/<rank>" (or "shm/<rank>.<incarnation>") =
+ *  "<segment name> <pid>". connect maps every classic peer's segment,
+ *  attaches to every host among its peers, and waits until every guest
+ *  has attached to it; add_peer attaches (from progress) to a new host.
+ *  Attaching: map the host's segment, check its identity and that its
+ *  directory entry for us names our incarnation, write our pid into the
+ *  link block, release-store `attached`, ring the host. Unlinking: a
+ *  classic peer sets "shm/<rank>/mapped" once it mapped everything and
+ *  waits for that key from its classic peers; a host waits for `attached`
+ *  from every guest. Then the rank unlinks its segment, so nothing is left
+ *  in /dev/shm even if every process is later SIGKILLed. A crash between
+ *  create and the end of connect can still leave a segment behind.
  *
  * Sleeping
  *  The engine spins on progress() and calls wait() when idle. wait() sets
- *  our `sleeping` flag, issues a full fence, reads the doorbell, re-checks
- *  every stream that has posted transfers, and only then futex-waits on the
- *  doorbell. A side that publishes bytes (producer) or frees space
- *  (consumer) issues a full fence and reads the other side's `sleeping`;
- *  only if it is set does it bump the doorbell and FUTEX_WAKE. The two
- *  fences make the classic Dekker pattern: either the waiter's re-check
- *  sees the new counter, or the waker sees the flag; and a bump made after
- *  the waiter read the doorbell makes its FUTEX_WAIT return at once. So no
- *  wakeup is lost, and a waker pays one fence and one shared read when
- *  nobody sleeps.
+ *  the `sleeping` flag of each bell it sleeps on, issues a full fence,
+ *  reads the doorbells, re-checks every stream that has posted transfers,
+ *  and only then futex-waits on the doorbells. A side that publishes bytes
+ *  (producer) or frees space (consumer) issues a full fence and reads the
+ *  other side's `sleeping`; only if it is set does it bump the doorbell and
+ *  FUTEX_WAKE. The two fences make the classic Dekker pattern: either the
+ *  waiter's re-check sees the new counter, or the waker sees the flag; and
+ *  a bump made after the waiter read the doorbell makes its wait return at
+ *  once. So no wakeup is lost, and a waker pays one fence and one shared
+ *  read when nobody sleeps. A guest with link bells uses futex_waitv; where
+ *  that is missing (Linux < 5.16) or there are too many links, it sleeps
+ *  on its own bell at most MC_SHM_SLEEP_LINK_US.
  *
  * Failure and end of stream
- *  A dead peer rings no doorbell, so wait() sleeps at most
- *  MC_SHM_SLEEP_MAX_US while transfers are posted. A peer is checked
- *  (its `closed` flag, then a poll on a pidfd, or kill(pid, 0) where
- *  pidfds are unavailable) only on every 32nd progress() pass in which one
- *  of its streams with posted transfers could not move, in wait(), and in
- *  peer_status(); at most every MC_SHM_CHECK_US either way. Moving data
- *  never pays for it. A pidfd also sees a dead-but-unreaped (zombie) peer
- *  and cannot be fooled by pid reuse.
+ *  A dead peer rings no bell, so wait() sleeps at most MC_SHM_SLEEP_MAX_US
+ *  while transfers are posted. A peer is checked (its `closed` flags, then
+ *  a poll on a pidfd, or kill(pid, 0) where pidfds are unavailable) only
+ *  on every 32nd progress() pass in which one of its streams with posted
+ *  transfers could not move, in wait(), and in peer_status(); at most
+ *  every MC_SHM_CHECK_US either way. Moving data never pays for it. A
+ *  pidfd also sees a dead-but-unreaped (zombie) peer and cannot be fooled
+ *  by pid reuse. `closed` flags: the peer's control block (it destroyed
+ *  its transport), the directory entry it holds for us (it dropped us: a
+ *  newer process took our slot in its view), or the link block (a guest
+ *  left).
  *
  *  Once a peer is known gone, peer_status() reports it and sends to it fail
  *  (posted ones from the next progress(), new posts at once): nobody will
@@ -61,7 +91,16 @@
  *  counters are corrupt is not trusted to end anything: all its streams
  *  fail at once. A clean close is logged at info level, a death or
  *  corruption with transfers posted at warn level. Segments stay mapped
- *  until destroy, so late accesses never fault.
+ *  until destroy (or until add_peer replaces the peer), so late accesses
+ *  never fault.
+ *
+ * Rejoin
+ *  add_peer(r, incarnation) drops whatever we hold for slot r (tells the
+ *  old process so through a `closed` flag, unmaps its segment, moves the
+ *  transfers still queued to an orphan list that the next progress fails)
+ *  and from then on progress tries to attach to r's new segment, looking
+ *  for its store key at most every MC_SHM_ADD_RETRY_MAX_US, until it is
+ *  attached or timeout_ms has passed. Transfers posted meanwhile wait.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -84,8 +123,8 @@
 #include "transport/shm/shm_ring.h"
 #include "transport/transport.h"
 
-#define MC_SHM_MAGIC UINT64_C(0x31306d68732d636d) /* "mc-shm01" */
-#define MC_SHM_VERSION 1u
+#define MC_SHM_MAGIC UINT64_C(0x32306d68732d636d) /* "mc-shm02" */
+#define MC_SHM_VERSION 2u
 #define MC_SHM_PAGE 4096u
 #define MC_SHM_MAX_RANKS 65536
 #define MC_SHM_COLL_DEFAULT ((uint64_t)4 << 20)
@@ -94,8 +133,22 @@
 #define MC_SHM_RING_MAX ((uint64_t)1 << 30)
 #define MC_SHM_SEG_MAX ((uint64_t)1 << 40)
 #define MC_SHM_NAME_MAX 64
+#define MC_SHM_KEY_MAX 64
 #define MC_SHM_CHECK_US 2000      /* liveness check period, stalled peer */
 #define MC_SHM_SLEEP_MAX_US 50000 /* longest wait() sleep with xfers posted */
+#define MC_SHM_SLEEP_LINK_US 1000 /* longest sleep without futex_waitv */
+#define MC_SHM_WAITV_MAX 128      /* FUTEX_WAITV_MAX */
+#define MC_SHM_ADD_RETRY_MIN_US 500
+#define MC_SHM_ADD_RETRY_MAX_US 20000
+#define MC_SHM_ATTACH_POLL_US 5000 /* connect: host looking for guests */
+
+/* Someone's sleep word and flags, 128-byte aligned (own cache lines).
+ * Written only rarely (sleep/wake, close), read by every waker. */
+typedef struct mc_shm_bell {
+    _Alignas(128) uint32_t doorbell; /* futex word, bumped by wakers */
+    uint32_t sleeping;               /* owner is in (or entering) wait() */
+    uint32_t closed;                 /* owner left (see the users) */
+} mc_shm_bell_t;
 
 typedef struct mc_shm_ctrl {
     uint64_t magic; /* written last by create */
@@ -103,28 +156,50 @@ typedef struct mc_shm_ctrl {
     int32_t rank;
     int32_t size;
     int32_t pid;
+    uint64_t inc;       /* the owner's incarnation */
     uint64_t pidns_dev; /* the owner's pid namespace, 0 if unknown */
     uint64_t pidns_ino;
     uint64_t seg_bytes;
     uint64_t dir_off;
-    /* Written only rarely (sleep/wake, destroy), read by every waker. */
-    _Alignas(128) uint32_t doorbell; /* futex word, bumped by wakers */
-    uint32_t sleeping;               /* owner is in (or entering) wait() */
-    uint32_t closed;                 /* owner destroyed its transport */
+    mc_shm_bell_t bell; /* the owner's; closed: it destroyed its transport */
 } mc_shm_ctrl_t;
 
 _Static_assert(sizeof(mc_shm_ctrl_t) <= MC_SHM_PAGE, "control block > page");
 
-typedef struct mc_shm_dirent {
-    uint64_t off; /* 0: no ring for this producer */
+typedef struct mc_shm_ringref {
+    uint64_t off; /* 0: none */
     uint64_t cap;
+} mc_shm_ringref_t;
+
+/* The owner's directory entry for rank r. */
+typedef struct mc_shm_dirent {
+    uint64_t inc;  /* the incarnation of r this entry is for */
+    uint64_t link; /* r is a guest: offset of its link block, else 0 */
+    mc_shm_ringref_t in[MC_NUM_CHANNELS];  /* r produces, owner consumes */
+    mc_shm_ringref_t out[MC_NUM_CHANNELS]; /* guest: owner produces */
+    uint32_t dropped; /* the owner dropped r: r must count it gone */
+    uint32_t pad_;
 } mc_shm_dirent_t;
+
+/* A guest's page in its host's segment; written by the guest. */
+typedef struct mc_shm_link {
+    uint64_t inc; /* the guest's incarnation */
+    int32_t pid;
+    uint32_t attached; /* release-stored last */
+    uint64_t pidns_dev;
+    uint64_t pidns_ino;
+    mc_shm_bell_t bell; /* the guest's, for this link; closed: it left */
+} mc_shm_link_t;
+
+_Static_assert(sizeof(mc_shm_link_t) <= MC_SHM_PAGE, "link block > page");
+
+enum { SHM_CLASSIC, SHM_HOST, SHM_GUEST };
 
 struct mc_shm_peer;
 
 typedef struct mc_shm_stream {
     mc_xfer_t *q, *qtail; /* posted transfers, FIFO */
-    mc_shm_ring_t ring;
+    mc_shm_ring_t ring;   /* ring.data NULL: no ring (never connected) */
     struct mc_shm_peer *peer;
     int is_send;
     int eof; /* recv: ended (dry after the peer went, or corrupt); posts
@@ -133,24 +208,34 @@ typedef struct mc_shm_stream {
 
 typedef struct mc_shm_peer {
     int rank;
-    int gone;        /* closed, dead or corrupt: sends fail, rings drain */
-    int broken;      /* corrupt counters: its rings are not read any more */
-    int settled;     /* sends posted before `gone` have been failed */
-    const char *why; /* reason, for log lines and rejected posts */
+    int role;            /* who holds the pair's rings: SHM_* (us: SHM_HOST) */
+    uint64_t inc;        /* incarnation of the process in the slot */
+    int up;              /* connected: its streams move */
+    int adding;          /* add_peer: attaching from progress */
+    int gone;            /* closed, dead, corrupt or failed add: sends fail */
+    int broken;          /* corrupt counters: its rings are not read any more */
+    int settled;         /* sends posted before `gone` have been failed */
+    mc_status_t fail_st; /* for peer_status once gone: MC_ERR_PEER_FAILED
+                          * or MC_ERR_TIMEOUT (add) */
+    const char *why;     /* reason, for log lines and rejected posts */
     pid_t pid;
     int pidfd; /* -1: fall back to kill(pid, 0) */
-    void *map;
+    void *map; /* classic, guest: the peer's segment */
     size_t map_len;
-    mc_shm_ctrl_t *ctrl; /* the peer's control block (inside map) */
+    mc_shm_bell_t *bell;       /* where the peer sleeps: ring after moving */
+    const uint32_t *closed[2]; /* flags that say it left (NULL: none) */
+    mc_shm_link_t *link;       /* host, guest: the link block */
     int64_t next_check_us;
-    mc_shm_stream_t tx[MC_NUM_CHANNELS]; /* ring in the peer's segment */
-    mc_shm_stream_t rx[MC_NUM_CHANNELS]; /* ring in our segment */
+    int64_t add_deadline_us, add_next_us, add_backoff_us;
+    mc_shm_stream_t tx[MC_NUM_CHANNELS];
+    mc_shm_stream_t rx[MC_NUM_CHANNELS];
 } mc_shm_peer_t;
 
 struct mc_tl {
     int rank;
     int size;
     uint64_t uid;
+    uint64_t inc; /* our incarnation */
     mc_store_h store;
     int64_t deadline_us; /* create + connect */
     char name[MC_SHM_NAME_MAX];
@@ -158,23 +243,50 @@ struct mc_tl {
     size_t seg_len;
     int linked; /* our segment name still exists in /dev/shm */
     mc_shm_ctrl_t *ctrl;
-    int32_t *peer_idx; /* rank -> index in peers, -1 if not a peer */
-    mc_shm_peer_t *peers;
-    int npeers;
+    mc_shm_dirent_t *dir; /* in our segment */
+    int32_t *peer_idx;    /* rank -> index in peers, -1 if not a peer */
+    mc_shm_peer_t **peers;
+    int npeers, peers_cap;
+    mc_shm_peer_t **adds; /* peers with `adding` */
+    int nadds;            /* capacity peers_cap */
+    mc_xfer_t *orphans;   /* taken off dropped peers; progress fails them */
     int connect_called;
     int connected;
     int busy;        /* inside progress or a post's immediate advance */
     int nunsettled;  /* peers with gone && !settled */
     unsigned stalls; /* stalled streams seen by progress, for rate limits */
+    int no_waitv;    /* futex_waitv is not available */
 };
 
 /* ------------------------------------------------------------------------ */
 /* helpers                                                                  */
 /* ------------------------------------------------------------------------ */
 
-static void shm_seg_name(uint64_t uid, int rank, char out[MC_SHM_NAME_MAX])
+static void shm_seg_name(uint64_t uid, int rank, uint64_t inc,
+                         char out[MC_SHM_NAME_MAX])
 {
-    snprintf(out, MC_SHM_NAME_MAX, "/mc-%016" PRIx64 "-%d", uid, rank);
+    if (inc)
+        snprintf(out, MC_SHM_NAME_MAX, "/mc-%016" PRIx64 "-%d.%" PRIu64, uid,
+                 rank, inc);
+    else
+        snprintf(out, MC_SHM_NAME_MAX, "/mc-%016" PRIx64 "-%d", uid, rank);
+}
+
+static void shm_key(char out[MC_SHM_KEY_MAX], int rank, uint64_t inc)
+{
+    if (inc)
+        snprintf(out, MC_SHM_KEY_MAX, "shm/%d.%" PRIu64, rank, inc);
+    else
+        snprintf(out, MC_SHM_KEY_MAX, "shm/%d", rank);
+}
+
+/* Who holds the rings of the pair (us, peer), from our side. */
+static int shm_role(const mc_tl_t *tl, int peer, uint64_t peer_inc)
+{
+    if (!tl->inc && !peer_inc) return SHM_CLASSIC;
+    if (tl->inc > peer_inc || (tl->inc == peer_inc && tl->rank > peer))
+        return SHM_HOST;
+    return SHM_GUEST;
 }
 
 static uint64_t shm_round_up(uint64_t v, uint64_t a)
@@ -210,6 +322,13 @@ static void shm_pidns(uint64_t *dev_p, uint64_t *ino_p)
     }
 }
 
+static int shm_same_pidns(uint64_t dev, uint64_t ino)
+{
+    uint64_t my_dev, my_ino;
+    shm_pidns(&my_dev, &my_ino);
+    return !my_ino || !ino || (my_ino == ino && my_dev == dev);
+}
+
 static int64_t shm_remaining_ms(const mc_tl_t *tl)
 {
     if (tl->deadline_us == INT64_MAX) return -1;
@@ -222,26 +341,45 @@ static void shm_futex_wake(uint32_t *word)
     syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-/* Tell the owner of `c` that a counter it may be waiting on moved. The
- * counter was release-stored before; the fence orders it before our read of
- * `sleeping` (pairs with the fence in shm_wait). */
-static void shm_bell(mc_shm_ctrl_t *c)
+/* Tell the owner of bell `b` that a counter it may be waiting on moved.
+ * The counter was release-stored before; the fence orders it before our
+ * read of `sleeping` (pairs with the fence in shm_wait). */
+static void shm_bell(mc_shm_bell_t *b)
 {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&c->sleeping, __ATOMIC_RELAXED)) {
-        __atomic_fetch_add(&c->doorbell, 1, __ATOMIC_SEQ_CST);
-        shm_futex_wake(&c->doorbell);
+    if (__atomic_load_n(&b->sleeping, __ATOMIC_RELAXED)) {
+        __atomic_fetch_add(&b->doorbell, 1, __ATOMIC_SEQ_CST);
+        shm_futex_wake(&b->doorbell);
     }
 }
 
+/* A ring reference from a segment of seg_len bytes, read once (the other
+ * process could change it under us). */
+static int shm_ringref_ok(const mc_shm_ringref_t *ref, size_t seg_len,
+                          uint64_t *off_p, uint64_t *cap_p)
+{
+    uint64_t off = __atomic_load_n(&ref->off, __ATOMIC_RELAXED);
+    uint64_t cap = __atomic_load_n(&ref->cap, __ATOMIC_RELAXED);
+    if (off == 0 || off % MC_SHM_PAGE || cap < MC_SHM_RING_MIN ||
+        cap > MC_SHM_RING_MAX || (cap & (cap - 1)) || off > seg_len ||
+        seg_len - off < MC_SHM_RING_CTRL_BYTES + cap)
+        return 0;
+    *off_p = off;
+    *cap_p = cap;
+    return 1;
+}
+
 #define MC_SHM_WHY_CLOSED "closed its shared-memory transport"
+#define MC_SHM_WHY_DROPPED "dropped this rank (a newer process took its slot)"
 #define MC_SHM_WHY_CORRUPT "corrupted a ring's counters"
 
 /* Reason the peer is gone, or NULL while it looks alive. */
 static const char *shm_peer_gone(const mc_shm_peer_t *pe)
 {
-    if (__atomic_load_n(&pe->ctrl->closed, __ATOMIC_ACQUIRE))
+    if (pe->closed[0] && __atomic_load_n(pe->closed[0], __ATOMIC_ACQUIRE))
         return MC_SHM_WHY_CLOSED;
+    if (pe->closed[1] && __atomic_load_n(pe->closed[1], __ATOMIC_ACQUIRE))
+        return MC_SHM_WHY_DROPPED;
     if (pe->pidfd >= 0) {
         struct pollfd pfd = {.fd = pe->pidfd, .events = POLLIN};
         return poll(&pfd, 1, 0) > 0 ? "exited" : NULL;
@@ -327,10 +465,13 @@ static int shm_fail_list(mc_xfer_t *x)
  * the transfers completed or partly advanced; sets *bad on corrupt
  * counters. A receive left incomplete saw a freshly reloaded, too small
  * head (mc_shm_ring_read reloads whenever its cached head falls short).
+ * The peer's bell is read once: callbacks cannot drop a peer (add_peer is
+ * refused inside progress).
  */
 static int shm_advance(mc_shm_stream_t *s, int *bad)
 {
     mc_shm_ring_t *r = &s->ring;
+    mc_shm_bell_t *bell = s->peer->bell;
     uint64_t rung = r->pos;
     int n = 0;
     mc_xfer_t *x;
@@ -350,7 +491,7 @@ static int shm_advance(mc_shm_stream_t *s, int *bad)
             if (k < want) break; /* ring full (send) or empty (recv) */
             if (x->off < x->len) {
                 /* more to copy: let a sleeping peer start on this piece */
-                shm_bell(s->peer->ctrl);
+                shm_bell(bell);
                 rung = r->pos;
             }
         }
@@ -363,12 +504,12 @@ static int shm_advance(mc_shm_stream_t *s, int *bad)
         n++;
         /* wake the peer before running engine code in a callback */
         if (x->cb && r->pos != rung) {
-            shm_bell(s->peer->ctrl);
+            shm_bell(bell);
             rung = r->pos;
         }
         shm_complete(x, MC_OK);
     }
-    if (r->pos != rung) shm_bell(s->peer->ctrl);
+    if (r->pos != rung) shm_bell(bell);
     return n;
 }
 
@@ -398,7 +539,7 @@ static int shm_settle(mc_tl_t *tl, mc_shm_peer_t *pe)
     for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
         mc_shm_stream_t *s = &pe->rx[ch];
         if (!s->q) continue;
-        if (!pe->broken) {
+        if (!pe->broken && s->ring.data) {
             int bad = 0;
             n += shm_advance(s, &bad);
             if (bad) shm_mark_gone(tl, pe, MC_SHM_WHY_CORRUPT, 1);
@@ -417,15 +558,89 @@ static int shm_settle(mc_tl_t *tl, mc_shm_peer_t *pe)
     return n;
 }
 
+static mc_status_t shm_attach(mc_tl_t *tl, mc_shm_peer_t *pe, int64_t wait_ms);
+static void shm_add_fail(mc_tl_t *tl, mc_shm_peer_t *pe, mc_status_t st,
+                         const char *why);
+
+static void shm_add_remove(mc_tl_t *tl, mc_shm_peer_t *pe)
+{
+    pe->adding = 0;
+    for (int i = 0; i < tl->nadds; i++)
+        if (tl->adds[i] == pe) {
+            tl->adds[i] = tl->adds[--tl->nadds];
+            break;
+        }
+}
+
+/* Try the attaches that are due (progress, busy held). */
+static int shm_add_progress(mc_tl_t *tl)
+{
+    int n = 0;
+    int64_t now = mc_now_us();
+    for (int i = 0; i < tl->nadds;) {
+        mc_shm_peer_t *pe = tl->adds[i];
+        if (now < pe->add_next_us) {
+            i++;
+            continue;
+        }
+        mc_status_t st = shm_attach(tl, pe, 0);
+        if (st == MC_INPROGRESS && now >= pe->add_deadline_us) {
+            shm_add_fail(tl, pe, MC_ERR_TIMEOUT,
+                         "no process of that incarnation attached within "
+                         "the timeout");
+            n++;
+            continue; /* removed: adds[i] is the next one */
+        }
+        if (st == MC_INPROGRESS) {
+            pe->add_next_us = now + pe->add_backoff_us;
+            pe->add_backoff_us *= 2;
+            if (pe->add_backoff_us > MC_SHM_ADD_RETRY_MAX_US)
+                pe->add_backoff_us = MC_SHM_ADD_RETRY_MAX_US;
+            i++;
+            continue;
+        }
+        if (st == MC_OK) {
+            shm_add_remove(tl, pe);
+            MC_LOG(MC_LOG_INFO,
+                   "shm: rank %d: connected to peer %d (incarnation %" PRIu64
+                   ", pid %d)",
+                   tl->rank, pe->rank, pe->inc, (int)pe->pid);
+        } else {
+            char why[256];
+            snprintf(why, sizeof(why), "%s", mc_last_error());
+            shm_add_fail(tl, pe, MC_ERR_PEER_FAILED, why);
+        }
+        n++;
+    }
+    return n;
+}
+
+/* Complete what add_peer took off dropped peers (progress, busy held). */
+static int shm_fail_orphans(mc_tl_t *tl)
+{
+    mc_xfer_t *x = tl->orphans;
+    tl->orphans = NULL;
+    int n = 0;
+    while (x) {
+        mc_xfer_t *next = x->next;
+        shm_complete(x, x->off >= x->len ? MC_OK : MC_ERR_PEER_FAILED);
+        n++;
+        x = next;
+    }
+    return n;
+}
+
 static int shm_progress(mc_tl_t *tl)
 {
     if (!tl || !tl->connected) return 0;
     int moved = 0;
     int64_t now = 0;
     tl->busy++;
+    if (tl->orphans) moved += shm_fail_orphans(tl);
+    if (tl->nadds) moved += shm_add_progress(tl);
     for (int i = 0; i < tl->npeers; i++) {
-        mc_shm_peer_t *pe = &tl->peers[i];
-        for (int j = 0; !pe->gone && j < 2 * MC_NUM_CHANNELS; j++) {
+        mc_shm_peer_t *pe = tl->peers[i];
+        for (int j = 0; pe->up && !pe->gone && j < 2 * MC_NUM_CHANNELS; j++) {
             mc_shm_stream_t *s = j & 1 ? &pe->rx[j >> 1] : &pe->tx[j >> 1];
             if (!s->q) continue;
             int bad = 0;
@@ -450,9 +665,9 @@ static int shm_progress(mc_tl_t *tl)
 /* Could progress() move something now? Reloads the shared counters. */
 static int shm_can_move(mc_tl_t *tl)
 {
-    if (tl->nunsettled) return 1;
+    if (tl->nunsettled || tl->orphans) return 1;
     for (int i = 0; i < tl->npeers; i++) {
-        mc_shm_peer_t *pe = &tl->peers[i];
+        mc_shm_peer_t *pe = tl->peers[i];
         for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
             mc_shm_stream_t *tx = &pe->tx[ch], *rx = &pe->rx[ch];
             /* a gone peer's receive either completes or ends the stream */
@@ -460,6 +675,7 @@ static int shm_can_move(mc_tl_t *tl)
                 if (rx->q) return 1;
                 continue;
             }
+            if (!pe->up) continue;
             if (tx->q && (tx->q->off == tx->q->len ||
                           mc_shm_ring_space_reload(&tx->ring) != 0))
                 return 1;
@@ -471,14 +687,55 @@ static int shm_can_move(mc_tl_t *tl)
     return 0;
 }
 
+#if defined(SYS_futex_waitv) && defined(FUTEX_32)
+#define MC_SHM_HAVE_WAITV 1
+#endif
+
+/* Sleep until one of the n bells' doorbells moves from vals[i], or us
+ * passed. Returns 0, or -1 if that cannot be done with all of them (no
+ * futex_waitv), after sleeping on the first one for at most
+ * MC_SHM_SLEEP_LINK_US. */
+static int shm_sleep(mc_tl_t *tl, mc_shm_bell_t *const *bells,
+                     const uint32_t *vals, int n, int64_t us)
+{
+    if (n > 1 && !tl->no_waitv && n <= MC_SHM_WAITV_MAX) {
+#ifdef MC_SHM_HAVE_WAITV
+        struct futex_waitv w[MC_SHM_WAITV_MAX];
+        for (int i = 0; i < n; i++)
+            w[i] = (struct futex_waitv){.val = vals[i],
+                                        .uaddr = (uintptr_t)&bells[i]->doorbell,
+                                        .flags = FUTEX_32};
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t ns = (int64_t)ts.tv_nsec + (us % 1000000) * 1000;
+        ts.tv_sec += (time_t)(us / 1000000 + ns / 1000000000);
+        ts.tv_nsec = (long)(ns % 1000000000);
+        long rc =
+            syscall(SYS_futex_waitv, w, (unsigned)n, 0u, &ts, CLOCK_MONOTONIC);
+        if (rc >= 0 || errno != ENOSYS) return 0;
+#endif
+        tl->no_waitv = 1;
+        MC_LOG(MC_LOG_INFO,
+               "shm: rank %d: futex_waitv is not available; sleeping at "
+               "most %d us while linked to newer peers",
+               tl->rank, MC_SHM_SLEEP_LINK_US);
+    }
+    if (n > 1 && us > MC_SHM_SLEEP_LINK_US) us = MC_SHM_SLEEP_LINK_US;
+    struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
+    syscall(SYS_futex, &bells[0]->doorbell, FUTEX_WAIT, vals[0], &ts, NULL, 0);
+    return n > 1 ? -1 : 0;
+}
+
 static void shm_wait(mc_tl_t *tl, int64_t timeout_us)
 {
-    if (!tl || !tl->connected || timeout_us <= 0) return;
+    if (!tl || !tl->connected || timeout_us <= 0 || tl->orphans) return;
     int posted = 0;
     int64_t now = 0;
+    int nlinks = 0;
     for (int i = 0; i < tl->npeers; i++) {
-        mc_shm_peer_t *pe = &tl->peers[i];
-        if (pe->gone) continue;
+        mc_shm_peer_t *pe = tl->peers[i];
+        if (pe->up && pe->role == SHM_GUEST) nlinks++;
+        if (pe->gone || !pe->up) continue;
         int mine = 0;
         for (int ch = 0; ch < MC_NUM_CHANNELS; ch++)
             mine |= pe->tx[ch].q || pe->rx[ch].q;
@@ -489,19 +746,49 @@ static void shm_wait(mc_tl_t *tl, int64_t timeout_us)
         if (why) shm_mark_gone(tl, pe, why, 0);
     }
     if (tl->nunsettled) return;
-
-    mc_shm_ctrl_t *c = tl->ctrl;
-    __atomic_store_n(&c->sleeping, 1, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    uint32_t bell = __atomic_load_n(&c->doorbell, __ATOMIC_ACQUIRE);
-    if (!shm_can_move(tl)) {
-        int64_t us = timeout_us;
-        if (posted && us > MC_SHM_SLEEP_MAX_US) us = MC_SHM_SLEEP_MAX_US;
-        struct timespec ts = {(time_t)(us / 1000000),
-                              (long)(us % 1000000) * 1000};
-        syscall(SYS_futex, &c->doorbell, FUTEX_WAIT, bell, &ts, NULL, 0);
+    int64_t us = timeout_us;
+    if (posted && us > MC_SHM_SLEEP_MAX_US) us = MC_SHM_SLEEP_MAX_US;
+    for (int i = 0; i < tl->nadds; i++) {
+        /* the next attach attempt or deadline of an add */
+        if (!now) now = mc_now_us();
+        int64_t t = tl->adds[i]->add_next_us < tl->adds[i]->add_deadline_us
+                        ? tl->adds[i]->add_next_us
+                        : tl->adds[i]->add_deadline_us;
+        if (t - now < us) us = t - now;
     }
-    __atomic_store_n(&c->sleeping, 0, __ATOMIC_RELAXED);
+    if (us <= 0) return;
+
+    /* our own bell, then the bell of every link where we are the guest */
+    mc_shm_bell_t *one[1];
+    mc_shm_bell_t **bells = one;
+    uint32_t vone[1], *vals = vone;
+    if (nlinks) {
+        bells = malloc((size_t)(nlinks + 1) * sizeof(*bells));
+        vals = malloc((size_t)(nlinks + 1) * sizeof(*vals));
+        if (!bells || !vals) {
+            free(bells);
+            free(vals);
+            return; /* a spurious early return is fine */
+        }
+    }
+    int n = 0;
+    bells[n++] = &tl->ctrl->bell;
+    for (int i = 0; i < tl->npeers && n < nlinks + 1; i++) {
+        mc_shm_peer_t *pe = tl->peers[i];
+        if (pe->up && pe->role == SHM_GUEST) bells[n++] = &pe->link->bell;
+    }
+    for (int i = 0; i < n; i++)
+        __atomic_store_n(&bells[i]->sleeping, 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (int i = 0; i < n; i++)
+        vals[i] = __atomic_load_n(&bells[i]->doorbell, __ATOMIC_ACQUIRE);
+    if (!shm_can_move(tl)) (void)shm_sleep(tl, bells, vals, n, us);
+    for (int i = 0; i < n; i++)
+        __atomic_store_n(&bells[i]->sleeping, 0, __ATOMIC_RELAXED);
+    if (bells != one) {
+        free(bells);
+        free(vals);
+    }
 }
 
 static mc_status_t shm_post(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
@@ -523,13 +810,13 @@ static mc_status_t shm_post(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
     if (!tl->connected)
         return mc_err(MC_ERR_INVALID_ARG, "shm %s: transport not connected",
                       op);
-    mc_shm_peer_t *pe = &tl->peers[tl->peer_idx[peer]];
+    mc_shm_peer_t *pe = tl->peers[tl->peer_idx[peer]];
     mc_shm_stream_t *s = is_send ? &pe->tx[ch] : &pe->rx[ch];
     /* A receive on a gone peer's idle stream whose ring is dry ends the
      * stream now (nothing can ever arrive); a zero-length one still
      * completes, as it would on a live stream. */
     if (!is_send && pe->gone && !s->eof && !s->q && x->len) {
-        uint64_t avail = mc_shm_ring_avail_reload(&s->ring);
+        uint64_t avail = s->ring.data ? mc_shm_ring_avail_reload(&s->ring) : 0;
         if (avail == UINT64_MAX) shm_mark_gone(tl, pe, MC_SHM_WHY_CORRUPT, 1);
         if (avail == 0) s->eof = 1;
     }
@@ -551,8 +838,9 @@ static mc_status_t shm_post(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
      * callback: the running advance loop will reach it, and recursion
      * could go as deep as the ring holds messages. A receive a gone peer
      * cannot finish stays queued; the next progress() fails it (callbacks
-     * of failures run from progress only). */
-    if (!tl->busy && s->q == x) {
+     * of failures run from progress only). A peer still being added waits
+     * for progress too. */
+    if (!tl->busy && s->q == x && pe->up) {
         tl->busy++;
         int bad = 0;
         shm_advance(s, &bad);
@@ -577,10 +865,11 @@ static mc_status_t shm_peer_status(mc_tl_t *tl, int peer)
 {
     if (!tl || peer < 0 || peer >= tl->size || tl->peer_idx[peer] < 0)
         return mc_err(MC_ERR_INVALID_ARG, "shm peer_status: bad peer %d", peer);
-    mc_shm_peer_t *pe = &tl->peers[tl->peer_idx[peer]];
-    if (pe->gone) return MC_ERR_PEER_FAILED;
+    mc_shm_peer_t *pe = tl->peers[tl->peer_idx[peer]];
+    if (pe->adding) return MC_INPROGRESS;
+    if (pe->gone) return pe->fail_st ? pe->fail_st : MC_ERR_PEER_FAILED;
     int64_t now = 0;
-    const char *why = tl->connected ? shm_check_peer(pe, &now) : NULL;
+    const char *why = pe->up ? shm_check_peer(pe, &now) : NULL;
     if (!why) return MC_OK;
     shm_mark_gone(tl, pe, why, 0);
     return MC_ERR_PEER_FAILED;
@@ -590,21 +879,69 @@ static mc_status_t shm_peer_status(mc_tl_t *tl, int peer)
 /* setup                                                                    */
 /* ------------------------------------------------------------------------ */
 
+/* Tell the process in pe's slot that we leave it, and release what we hold
+ * of it (its mapping, its pidfd). Its rings in our segment are abandoned:
+ * they are never reused. */
+static void shm_peer_release(mc_tl_t *tl, mc_shm_peer_t *pe)
+{
+    if (pe->role == SHM_GUEST && pe->link)
+        __atomic_store_n(&pe->link->bell.closed, 1, __ATOMIC_RELEASE);
+    else if (pe->up && tl->dir)
+        __atomic_store_n(&tl->dir[pe->rank].dropped, 1, __ATOMIC_RELEASE);
+    if (pe->bell) shm_bell(pe->bell); /* let a sleeper see it */
+    if (pe->map) munmap(pe->map, pe->map_len);
+    if (pe->pidfd >= 0) close(pe->pidfd);
+    pe->map = NULL;
+    pe->pidfd = -1;
+}
+
 static void shm_destroy(mc_tl_t *tl)
 {
     if (!tl) return;
-    if (tl->ctrl) __atomic_store_n(&tl->ctrl->closed, 1, __ATOMIC_RELEASE);
+    if (tl->ctrl) __atomic_store_n(&tl->ctrl->bell.closed, 1, __ATOMIC_RELEASE);
     for (int i = 0; tl->peers && i < tl->npeers; i++) {
-        mc_shm_peer_t *pe = &tl->peers[i];
-        if (pe->ctrl) shm_bell(pe->ctrl); /* let a sleeper see `closed` */
+        mc_shm_peer_t *pe = tl->peers[i];
+        if (pe->role == SHM_GUEST && pe->link)
+            __atomic_store_n(&pe->link->bell.closed, 1, __ATOMIC_RELEASE);
+        if (pe->bell) shm_bell(pe->bell); /* let a sleeper see `closed` */
         if (pe->map) munmap(pe->map, pe->map_len);
         if (pe->pidfd >= 0) close(pe->pidfd);
+        free(pe);
     }
     if (tl->seg) munmap(tl->seg, tl->seg_len);
     if (tl->linked) shm_unlink(tl->name);
+    free(tl->adds);
     free(tl->peers);
     free(tl->peer_idx);
     free(tl);
+}
+
+/* A peer slot for rank r (index peer_idx[r]); room for it in adds too. */
+static mc_status_t shm_peer_new(mc_tl_t *tl, int r, mc_shm_peer_t **pe_p)
+{
+    if (tl->npeers == tl->peers_cap) {
+        int cap = tl->peers_cap ? tl->peers_cap * 2 : 4;
+        mc_shm_peer_t **p = realloc(tl->peers, (size_t)cap * sizeof(*p));
+        if (!p) return mc_err(MC_ERR_NO_MEMORY, "shm: out of memory");
+        tl->peers = p;
+        mc_shm_peer_t **a = realloc(tl->adds, (size_t)cap * sizeof(*a));
+        if (!a) return mc_err(MC_ERR_NO_MEMORY, "shm: out of memory");
+        tl->adds = a;
+        tl->peers_cap = cap;
+    }
+    mc_shm_peer_t *pe = calloc(1, sizeof(*pe));
+    if (!pe) return mc_err(MC_ERR_NO_MEMORY, "shm: out of memory");
+    pe->rank = r;
+    pe->pidfd = -1;
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
+        pe->tx[ch].peer = pe;
+        pe->tx[ch].is_send = 1;
+        pe->rx[ch].peer = pe;
+    }
+    tl->peer_idx[r] = tl->npeers;
+    tl->peers[tl->npeers++] = pe;
+    *pe_p = pe;
+    return MC_OK;
 }
 
 static mc_status_t shm_create(const mc_tl_params_t *p, mc_tl_t **tl_p)
@@ -626,40 +963,43 @@ static mc_status_t shm_create(const mc_tl_params_t *p, mc_tl_t **tl_p)
 
     const uint64_t caps[MC_NUM_CHANNELS] = {shm_coll_ring_bytes(),
                                             MC_SHM_P2P_BYTES};
-    int npeers = 0;
-    for (int r = 0; r < p->size; r++)
-        npeers += p->peers[r] != 0;
-    uint64_t dir_off = MC_SHM_PAGE;
-    uint64_t dir_bytes =
-        (uint64_t)p->size * MC_NUM_CHANNELS * sizeof(mc_shm_dirent_t);
-    uint64_t per_peer = 0;
+    uint64_t rings = 0; /* one direction of one pair */
     for (int ch = 0; ch < MC_NUM_CHANNELS; ch++)
-        per_peer += MC_SHM_RING_CTRL_BYTES + caps[ch];
-    /* npeers < 2^16 and per_peer < 2^32: no overflow */
-    uint64_t total =
-        shm_round_up(dir_off + dir_bytes, MC_SHM_PAGE) + npeers * per_peer;
-    if (total > MC_SHM_SEG_MAX || total > SIZE_MAX)
-        return mc_err(MC_ERR_INVALID_ARG,
-                      "shm create: segment of %" PRIu64 " bytes is too big",
-                      total);
-
+        rings += MC_SHM_RING_CTRL_BYTES + caps[ch];
     mc_tl_t *tl = calloc(1, sizeof(*tl));
     if (!tl) return mc_err(MC_ERR_NO_MEMORY, "shm create: out of memory");
     tl->rank = p->rank;
     tl->size = p->size;
     tl->uid = p->uid;
+    tl->inc = p->incarnation;
     tl->store = p->store;
     tl->deadline_us = mc_deadline_us(p->timeout_ms);
-    tl->npeers = npeers;
     tl->peer_idx = malloc((size_t)p->size * sizeof(*tl->peer_idx));
-    tl->peers = calloc(npeers ? (size_t)npeers : 1, sizeof(*tl->peers));
-    if (!tl->peer_idx || !tl->peers) {
+    if (!tl->peer_idx) {
         st = mc_err(MC_ERR_NO_MEMORY, "shm create: out of memory");
         goto err_free;
     }
-    for (int i = 0; i < npeers; i++)
-        tl->peers[i].pidfd = -1;
-    shm_seg_name(p->uid, p->rank, tl->name);
+    uint64_t dir_off = MC_SHM_PAGE;
+    uint64_t dir_bytes = (uint64_t)p->size * sizeof(mc_shm_dirent_t);
+    uint64_t total = shm_round_up(dir_off + dir_bytes, MC_SHM_PAGE);
+    for (int r = 0; r < p->size; r++) {
+        tl->peer_idx[r] = -1;
+        if (!p->peers[r]) continue;
+        mc_shm_peer_t *pe;
+        MC_CHECK_GOTO(shm_peer_new(tl, r, &pe), st, err_free);
+        pe->inc = p->peer_incarnation ? p->peer_incarnation[r] : 0;
+        pe->role = shm_role(tl, r, pe->inc);
+        /* rings and link pages, < 2^16 * 2^32: no overflow */
+        if (pe->role == SHM_CLASSIC) total += rings;
+        if (pe->role == SHM_HOST) total += 2 * rings + MC_SHM_PAGE;
+    }
+    if (total > MC_SHM_SEG_MAX || total > SIZE_MAX) {
+        st = mc_err(MC_ERR_INVALID_ARG,
+                    "shm create: segment of %" PRIu64 " bytes is too big",
+                    total);
+        goto err_free;
+    }
+    shm_seg_name(p->uid, p->rank, tl->inc, tl->name);
 
     int fd = shm_open(tl->name, O_CREAT | O_EXCL | O_RDWR, 0600);
     if (fd < 0) {
@@ -696,39 +1036,49 @@ static mc_status_t shm_create(const mc_tl_params_t *p, mc_tl_t **tl_p)
     tl->seg = seg;
     tl->seg_len = (size_t)total;
 
-    /* Lay out our rings (we are their consumer) and the directory that
-     * tells each producer where its rings are. */
+    /* Lay out the rings we hold and the directory that tells each peer
+     * where they are: classic peers' rings we consume; for a guest, both
+     * directions and its link page. */
     mc_shm_ctrl_t *c = seg;
     mc_shm_dirent_t *dir = (mc_shm_dirent_t *)((uint8_t *)seg + dir_off);
+    tl->dir = dir;
     uint64_t off = shm_round_up(dir_off + dir_bytes, MC_SHM_PAGE);
-    for (int r = 0, i = 0; r < p->size; r++) {
-        tl->peer_idx[r] = -1;
-        if (!p->peers[r]) continue;
-        mc_shm_peer_t *pe = &tl->peers[i];
-        tl->peer_idx[r] = i++;
-        pe->rank = r;
+    for (int i = 0; i < tl->npeers; i++) {
+        mc_shm_peer_t *pe = tl->peers[i];
+        if (pe->role == SHM_GUEST) continue;
+        mc_shm_dirent_t *d = &dir[pe->rank];
+        d->inc = pe->inc;
         for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
-            dir[r * MC_NUM_CHANNELS + ch].off = off;
-            dir[r * MC_NUM_CHANNELS + ch].cap = caps[ch];
+            d->in[ch] = (mc_shm_ringref_t){off, caps[ch]};
             mc_shm_ring_init(&pe->rx[ch].ring, (uint8_t *)seg + off, caps[ch]);
-            pe->rx[ch].peer = pe;
-            pe->tx[ch].peer = pe;
-            pe->tx[ch].is_send = 1;
             off += MC_SHM_RING_CTRL_BYTES + caps[ch];
         }
+        if (pe->role != SHM_HOST) continue;
+        d->link = off;
+        pe->link = (mc_shm_link_t *)((uint8_t *)seg + off);
+        off += MC_SHM_PAGE;
+        for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
+            d->out[ch] = (mc_shm_ringref_t){off, caps[ch]};
+            mc_shm_ring_init(&pe->tx[ch].ring, (uint8_t *)seg + off, caps[ch]);
+            off += MC_SHM_RING_CTRL_BYTES + caps[ch];
+        }
+        /* the guest sleeps on the link's bell and leaves through it */
+        pe->bell = &pe->link->bell;
+        pe->closed[0] = &pe->link->bell.closed;
     }
     c->version = MC_SHM_VERSION;
     c->rank = p->rank;
     c->size = p->size;
     c->pid = (int32_t)getpid();
+    c->inc = tl->inc;
     shm_pidns(&c->pidns_dev, &c->pidns_ino);
     c->seg_bytes = total;
     c->dir_off = dir_off;
     __atomic_store_n(&c->magic, MC_SHM_MAGIC, __ATOMIC_RELEASE);
     tl->ctrl = c;
 
-    char key[48], val[MC_SHM_NAME_MAX + 16];
-    snprintf(key, sizeof(key), "shm/%d", p->rank);
+    char key[MC_SHM_KEY_MAX], val[MC_SHM_NAME_MAX + 16];
+    shm_key(key, p->rank, tl->inc);
     int n = snprintf(val, sizeof(val), "%s %d", tl->name, (int)getpid());
     st = mc_store_set(p->store, key, val, (size_t)n);
     if (st != MC_OK) goto err_unmap;
@@ -739,6 +1089,12 @@ err_unmap:
     munmap(tl->seg, tl->seg_len);
     tl->seg = NULL;
     tl->ctrl = NULL;
+    tl->dir = NULL;
+    for (int i = 0; i < tl->npeers; i++) {
+        /* they pointed into the segment */
+        tl->peers[i]->bell = NULL;
+        tl->peers[i]->link = NULL;
+    }
 err_unlink:
     shm_unlink(tl->name);
     tl->linked = 0;
@@ -747,34 +1103,14 @@ err_free:
     return st;
 }
 
-/* Map one peer's segment and find the rings it holds for us. */
-static mc_status_t shm_map_peer(mc_tl_t *tl, mc_shm_peer_t *pe)
+/* Open and map the segment `name` of peer pe (pid from the store) and check
+ * its control block. Sets pe->map on success. missing_ok: a segment that
+ * does not exist (yet, or any more) is MC_INPROGRESS, not an error. */
+static mc_status_t shm_map_segment(mc_tl_t *tl, mc_shm_peer_t *pe,
+                                   const char *name, int pid, int missing_ok)
 {
-    char key[48], val[MC_SHM_NAME_MAX + 32], name[MC_SHM_NAME_MAX],
-        want[MC_SHM_NAME_MAX];
-    size_t len;
-    snprintf(key, sizeof(key), "shm/%d", pe->rank);
-    mc_status_t st = mc_store_get(tl->store, key, shm_remaining_ms(tl), val,
-                                  sizeof(val) - 1, &len);
-    if (st != MC_OK) {
-        char why[256];
-        snprintf(why, sizeof(why), "%s", mc_last_error());
-        return mc_err(st,
-                      "shm connect: rank %d: peer %d did not publish "
-                      "its segment: %s",
-                      tl->rank, pe->rank, why);
-    }
-    int pid = 0;
-    shm_seg_name(tl->uid, pe->rank, want);
-    if (len >= sizeof(val) - 1 ||
-        (val[len] = '\0', sscanf(val, "%63s %d", name, &pid) != 2) ||
-        strcmp(name, want) != 0 || pid <= 0)
-        return mc_err(MC_ERR_PROTOCOL,
-                      "shm connect: rank %d: bad store entry for peer %d "
-                      "(want \"%s <pid>\")",
-                      tl->rank, pe->rank, want);
-
     int fd = shm_open(name, O_RDWR, 0);
+    if (fd < 0 && errno == ENOENT && missing_ok) return MC_INPROGRESS;
     if (fd < 0)
         return mc_err(MC_ERR_IO,
                       "shm connect: rank %d: open peer %d's segment %s: %s",
@@ -799,44 +1135,26 @@ static mc_status_t shm_map_peer(mc_tl_t *tl, mc_shm_peer_t *pe)
     pe->map_len = seg_len;
 
     const mc_shm_ctrl_t *c = map;
-    uint64_t ns_dev, ns_ino;
-    shm_pidns(&ns_dev, &ns_ino);
     if (__atomic_load_n(&c->magic, __ATOMIC_ACQUIRE) != MC_SHM_MAGIC ||
         c->version != MC_SHM_VERSION || c->rank != pe->rank ||
-        c->size != tl->size || c->pid != pid || c->seg_bytes != seg_len ||
-        c->dir_off != MC_SHM_PAGE ||
-        c->dir_off +
-                (uint64_t)tl->size * MC_NUM_CHANNELS * sizeof(mc_shm_dirent_t) >
-            seg_len)
+        c->size != tl->size || c->pid != pid || c->inc != pe->inc ||
+        c->seg_bytes != seg_len || c->dir_off != MC_SHM_PAGE ||
+        c->dir_off + (uint64_t)tl->size * sizeof(mc_shm_dirent_t) > seg_len)
         return mc_err(MC_ERR_PROTOCOL,
                       "shm connect: rank %d: peer %d's segment %s does not "
-                      "match (magic, version, rank, size or pid)",
+                      "match (magic, version, rank, size, incarnation or pid)",
                       tl->rank, pe->rank, name);
-    if (ns_ino && c->pidns_ino &&
-        (ns_ino != c->pidns_ino || ns_dev != c->pidns_dev))
+    if (!shm_same_pidns(c->pidns_dev, c->pidns_ino))
         return mc_err(MC_ERR_UNSUPPORTED,
                       "shm connect: rank %d: peer %d is in another pid "
                       "namespace; its liveness cannot be checked (use tcp)",
                       tl->rank, pe->rank);
-    const mc_shm_dirent_t *dir =
-        (const mc_shm_dirent_t *)((const uint8_t *)map + c->dir_off);
-    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
-        /* read once: the peer could change it under us */
-        uint64_t off = __atomic_load_n(
-            &dir[tl->rank * MC_NUM_CHANNELS + ch].off, __ATOMIC_RELAXED);
-        uint64_t cap = __atomic_load_n(
-            &dir[tl->rank * MC_NUM_CHANNELS + ch].cap, __ATOMIC_RELAXED);
-        if (off == 0 || off % MC_SHM_PAGE || cap < MC_SHM_RING_MIN ||
-            cap > MC_SHM_RING_MAX || (cap & (cap - 1)) || off > seg_len ||
-            seg_len - off < MC_SHM_RING_CTRL_BYTES + cap)
-            return mc_err(MC_ERR_PROTOCOL,
-                          "shm connect: rank %d: peer %d has no valid ring "
-                          "for us on channel %d (do the ranks disagree on "
-                          "who is a peer?)",
-                          tl->rank, pe->rank, ch);
-        mc_shm_ring_init(&pe->tx[ch].ring, (uint8_t *)map + off, cap);
-    }
-    pe->ctrl = map;
+    return MC_OK;
+}
+
+/* Watch pid for pe; fails if it is gone already. */
+static mc_status_t shm_watch_pid(mc_tl_t *tl, mc_shm_peer_t *pe, int pid)
+{
     pe->pid = (pid_t)pid;
     pe->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
     if (pe->pidfd < 0 && errno == ESRCH)
@@ -850,24 +1168,230 @@ static mc_status_t shm_map_peer(mc_tl_t *tl, mc_shm_peer_t *pe)
     return MC_OK;
 }
 
+/* Read pe's store entry "<segment name> <pid>". wait_ms < 0 waits forever;
+ * 0 looks without waiting (MC_INPROGRESS if absent). */
+static mc_status_t shm_read_entry(mc_tl_t *tl, mc_shm_peer_t *pe,
+                                  int64_t wait_ms, char name[MC_SHM_NAME_MAX],
+                                  int *pid_p)
+{
+    char key[MC_SHM_KEY_MAX], val[MC_SHM_NAME_MAX + 32], want[MC_SHM_NAME_MAX];
+    size_t len;
+    shm_key(key, pe->rank, pe->inc);
+    mc_status_t st;
+    if (!wait_ms) {
+        int exists = 0;
+        st = mc_store_check(tl->store, key, &exists);
+        if (st == MC_OK && !exists) return MC_INPROGRESS;
+    }
+    st = mc_store_get(tl->store, key, wait_ms, val, sizeof(val) - 1, &len);
+    if (st == MC_ERR_TIMEOUT && !wait_ms) return MC_INPROGRESS;
+    if (st != MC_OK) {
+        char why[256];
+        snprintf(why, sizeof(why), "%s", mc_last_error());
+        return mc_err(st,
+                      "shm connect: rank %d: peer %d did not publish "
+                      "its segment: %s",
+                      tl->rank, pe->rank, why);
+    }
+    int pid = 0;
+    shm_seg_name(tl->uid, pe->rank, pe->inc, want);
+    if (len >= sizeof(val) - 1 ||
+        (val[len] = '\0', sscanf(val, "%63s %d", name, &pid) != 2) ||
+        strcmp(name, want) != 0 || pid <= 0)
+        return mc_err(MC_ERR_PROTOCOL,
+                      "shm connect: rank %d: bad store entry %s for peer %d "
+                      "(want \"%s <pid>\")",
+                      tl->rank, key, pe->rank, want);
+    *pid_p = pid;
+    return MC_OK;
+}
+
+/* Classic peer: map its segment and find the rings it holds for us. */
+static mc_status_t shm_map_peer(mc_tl_t *tl, mc_shm_peer_t *pe)
+{
+    char name[MC_SHM_NAME_MAX];
+    int pid = 0;
+    MC_CHECK(shm_read_entry(tl, pe, shm_remaining_ms(tl), name, &pid));
+    MC_CHECK(shm_map_segment(tl, pe, name, pid, 0));
+    mc_shm_ctrl_t *c = pe->map;
+    mc_shm_dirent_t *d =
+        &((mc_shm_dirent_t *)((uint8_t *)pe->map + c->dir_off))[tl->rank];
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
+        uint64_t off, cap;
+        if (!shm_ringref_ok(&d->in[ch], pe->map_len, &off, &cap))
+            return mc_err(MC_ERR_PROTOCOL,
+                          "shm connect: rank %d: peer %d has no valid ring "
+                          "for us on channel %d (do the ranks disagree on "
+                          "who is a peer?)",
+                          tl->rank, pe->rank, ch);
+        mc_shm_ring_init(&pe->tx[ch].ring, (uint8_t *)pe->map + off, cap);
+    }
+    pe->bell = &c->bell;
+    pe->closed[0] = &c->bell.closed;
+    pe->closed[1] = &d->dropped;
+    MC_CHECK(shm_watch_pid(tl, pe, pid));
+    pe->up = 1;
+    return MC_OK;
+}
+
+/*
+ * Guest side: attach to the link host pe holds for us (see "Bootstrap").
+ * wait_ms: how long to wait for its store entry (connect), 0 not at all
+ * (add_peer, from progress). Returns MC_OK once attached, MC_INPROGRESS
+ * if the host is not there yet (wait_ms 0 only), or a failure; anything
+ * half done is undone.
+ */
+static mc_status_t shm_attach(mc_tl_t *tl, mc_shm_peer_t *pe, int64_t wait_ms)
+{
+    char name[MC_SHM_NAME_MAX];
+    int pid = 0;
+    mc_status_t st = shm_read_entry(tl, pe, wait_ms, name, &pid);
+    if (st != MC_OK) return st;
+    st = shm_map_segment(tl, pe, name, pid, wait_ms == 0);
+    if (st != MC_OK) goto unmap;
+    mc_shm_ctrl_t *c = pe->map;
+    mc_shm_dirent_t *d =
+        &((mc_shm_dirent_t *)((uint8_t *)pe->map + c->dir_off))[tl->rank];
+    uint64_t inc = __atomic_load_n(&d->inc, __ATOMIC_RELAXED);
+    uint64_t link = __atomic_load_n(&d->link, __ATOMIC_RELAXED);
+    if (inc != tl->inc) {
+        st = mc_err(MC_ERR_PEER_FAILED,
+                    "shm: rank %d (incarnation %" PRIu64
+                    "): peer %d (incarnation %" PRIu64
+                    ") expects incarnation %" PRIu64 " of this rank",
+                    tl->rank, tl->inc, pe->rank, pe->inc, inc);
+        goto unmap;
+    }
+    if (link == 0 || link % MC_SHM_PAGE || link > pe->map_len ||
+        pe->map_len - link < MC_SHM_PAGE) {
+        st = mc_err(MC_ERR_PROTOCOL,
+                    "shm: rank %d: peer %d holds no link for us (do the "
+                    "ranks disagree on who is a peer?)",
+                    tl->rank, pe->rank);
+        goto unmap;
+    }
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
+        uint64_t ioff, icap, ooff, ocap;
+        if (!shm_ringref_ok(&d->in[ch], pe->map_len, &ioff, &icap) ||
+            !shm_ringref_ok(&d->out[ch], pe->map_len, &ooff, &ocap)) {
+            st = mc_err(MC_ERR_PROTOCOL,
+                        "shm: rank %d: peer %d has no valid rings for us on "
+                        "channel %d",
+                        tl->rank, pe->rank, ch);
+            goto unmap;
+        }
+        /* we produce into what it consumes, and the other way round */
+        mc_shm_ring_init(&pe->tx[ch].ring, (uint8_t *)pe->map + ioff, icap);
+        mc_shm_ring_init(&pe->rx[ch].ring, (uint8_t *)pe->map + ooff, ocap);
+    }
+    mc_shm_link_t *lk = (mc_shm_link_t *)((uint8_t *)pe->map + link);
+    if (__atomic_load_n(&lk->attached, __ATOMIC_ACQUIRE)) {
+        st = mc_err(MC_ERR_PROTOCOL,
+                    "shm: rank %d: peer %d's link for us is taken already",
+                    tl->rank, pe->rank);
+        goto unmap;
+    }
+    pe->bell = &c->bell;
+    pe->closed[0] = &c->bell.closed;
+    pe->closed[1] = &d->dropped;
+    st = shm_watch_pid(tl, pe, pid);
+    if (st != MC_OK) goto unmap;
+    pe->link = lk;
+    lk->inc = tl->inc;
+    lk->pid = (int32_t)getpid();
+    shm_pidns(&lk->pidns_dev, &lk->pidns_ino);
+    __atomic_store_n(&lk->attached, 1, __ATOMIC_RELEASE);
+    shm_bell(&c->bell); /* a host in connect waits for this */
+    pe->up = 1;
+    return MC_OK;
+
+unmap:
+    if (pe->pidfd >= 0) close(pe->pidfd);
+    pe->pidfd = -1;
+    if (pe->map) munmap(pe->map, pe->map_len);
+    pe->map = NULL;
+    pe->bell = NULL;
+    pe->closed[0] = pe->closed[1] = NULL;
+    pe->why = NULL;
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++)
+        pe->tx[ch].ring = pe->rx[ch].ring = (mc_shm_ring_t){0};
+    return st;
+}
+
+/* Host side: has guest pe attached? 1 yes (now up), 0 not yet, or a
+ * failure. */
+static mc_status_t shm_guest_check(mc_tl_t *tl, mc_shm_peer_t *pe, int *up_p)
+{
+    mc_shm_link_t *lk = pe->link;
+    *up_p = 0;
+    if (!__atomic_load_n(&lk->attached, __ATOMIC_ACQUIRE)) return MC_OK;
+    if (lk->inc != pe->inc || lk->pid <= 0)
+        return mc_err(MC_ERR_PROTOCOL,
+                      "shm connect: rank %d: a process (pid %d, incarnation "
+                      "%" PRIu64 ") attached as peer %d (incarnation %" PRIu64
+                      ")",
+                      tl->rank, (int)lk->pid, lk->inc, pe->rank, pe->inc);
+    if (!shm_same_pidns(lk->pidns_dev, lk->pidns_ino))
+        return mc_err(MC_ERR_UNSUPPORTED,
+                      "shm connect: rank %d: peer %d is in another pid "
+                      "namespace; its liveness cannot be checked (use tcp)",
+                      tl->rank, pe->rank);
+    MC_CHECK(shm_watch_pid(tl, pe, lk->pid));
+    pe->up = 1;
+    *up_p = 1;
+    return MC_OK;
+}
+
+/* "1 3 4": guests not attached yet, for the timeout message. */
+static void shm_missing(const mc_tl_t *tl, char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < tl->npeers; i++) {
+        const mc_shm_peer_t *pe = tl->peers[i];
+        if (pe->up) continue;
+        int m = snprintf(buf + n, cap - n, "%s%d", n ? " " : "", pe->rank);
+        if (m < 0 || (size_t)m >= cap - n) {
+            if (cap > 5) snprintf(buf + cap - 5, 5, " ...");
+            return;
+        }
+        n += (size_t)m;
+    }
+}
+
 static mc_status_t shm_connect(mc_tl_t *tl)
 {
     if (!tl) return mc_err(MC_ERR_INVALID_ARG, "shm connect: NULL transport");
     if (tl->connect_called)
         return mc_err(MC_ERR_INVALID_ARG, "shm connect: called twice");
     tl->connect_called = 1;
-    mc_status_t st;
+    mc_status_t st = MC_OK;
     char key[48];
-    for (int i = 0; i < tl->npeers; i++)
-        MC_CHECK_GOTO(shm_map_peer(tl, &tl->peers[i]), st, err_unlink);
+    int nclassic = 0, nguests = 0;
+    for (int i = 0; i < tl->npeers; i++) {
+        mc_shm_peer_t *pe = tl->peers[i];
+        if (pe->role == SHM_CLASSIC) {
+            nclassic++;
+            MC_CHECK_GOTO(shm_map_peer(tl, pe), st, err_unlink);
+        } else if (pe->role == SHM_GUEST) {
+            /* a newer co-joiner hosts us: it published at create */
+            MC_CHECK_GOTO(shm_attach(tl, pe, shm_remaining_ms(tl)), st,
+                          err_unlink);
+        } else {
+            nguests++;
+        }
+    }
 
-    /* Unlink only after every peer has mapped our segment. */
-    snprintf(key, sizeof(key), "shm/%d/mapped", tl->rank);
-    MC_CHECK_GOTO(mc_store_set(tl->store, key, "1", 1), st, err_unlink);
+    /* Unlink only after every classic peer has mapped our segment... */
+    if (!tl->inc || nclassic) {
+        snprintf(key, sizeof(key), "shm/%d/mapped", tl->rank);
+        MC_CHECK_GOTO(mc_store_set(tl->store, key, "1", 1), st, err_unlink);
+    }
     for (int i = 0; i < tl->npeers; i++) {
         char one[8];
         size_t len;
-        snprintf(key, sizeof(key), "shm/%d/mapped", tl->peers[i].rank);
+        if (tl->peers[i]->role != SHM_CLASSIC) continue;
+        snprintf(key, sizeof(key), "shm/%d/mapped", tl->peers[i]->rank);
         st = mc_store_get(tl->store, key, shm_remaining_ms(tl), one,
                           sizeof(one), &len);
         if (st != MC_OK) {
@@ -876,9 +1400,44 @@ static mc_status_t shm_connect(mc_tl_t *tl)
             st = mc_err(st,
                         "shm connect: rank %d: peer %d did not map our "
                         "segment: %s",
-                        tl->rank, tl->peers[i].rank, why);
+                        tl->rank, tl->peers[i]->rank, why);
             goto err_unlink;
         }
+    }
+    /* ... and every guest has attached to it. Attaching rings our bell. */
+    mc_shm_bell_t *b = &tl->ctrl->bell;
+    while (nguests > 0) {
+        for (int i = 0; i < tl->npeers; i++) {
+            mc_shm_peer_t *pe = tl->peers[i];
+            int up = 0;
+            if (pe->role != SHM_HOST || pe->up) continue;
+            MC_CHECK_GOTO(shm_guest_check(tl, pe, &up), st, err_unlink);
+            nguests -= up;
+        }
+        if (!nguests) break;
+        int64_t now = mc_now_us();
+        if (now >= tl->deadline_us) {
+            char miss[256];
+            shm_missing(tl, miss, sizeof(miss));
+            st = mc_err(MC_ERR_TIMEOUT,
+                        "shm connect: rank %d (incarnation %" PRIu64
+                        "): peers did not attach in time: %s",
+                        tl->rank, tl->inc, miss);
+            MC_LOG(MC_LOG_ERROR, "%s", mc_last_error());
+            goto err_unlink;
+        }
+        int64_t us = tl->deadline_us - now;
+        if (us > MC_SHM_ATTACH_POLL_US) us = MC_SHM_ATTACH_POLL_US;
+        __atomic_store_n(&b->sleeping, 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        uint32_t v = __atomic_load_n(&b->doorbell, __ATOMIC_ACQUIRE);
+        int any = 0;
+        for (int i = 0; i < tl->npeers && !any; i++)
+            any = tl->peers[i]->role == SHM_HOST && !tl->peers[i]->up &&
+                  __atomic_load_n(&tl->peers[i]->link->attached,
+                                  __ATOMIC_ACQUIRE);
+        if (!any) (void)shm_sleep(tl, &b, &v, 1, us);
+        __atomic_store_n(&b->sleeping, 0, __ATOMIC_RELAXED);
     }
     shm_unlink(tl->name);
     tl->linked = 0;
@@ -892,6 +1451,104 @@ err_unlink:
     return st;
 }
 
+/* ------------------------------------------------------------------------ */
+/* rejoin                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Drop everything of pe's current process: its queued transfers become
+ * orphans (progress fails them), it is told we left, its memory goes. */
+static void shm_peer_discard(mc_tl_t *tl, mc_shm_peer_t *pe)
+{
+    mc_xfer_t **tail = &tl->orphans;
+    while (*tail)
+        tail = &(*tail)->next;
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
+        mc_shm_stream_t *ss[2] = {&pe->tx[ch], &pe->rx[ch]};
+        for (int k = 0; k < 2; k++) {
+            if (!ss[k]->q) continue;
+            *tail = ss[k]->q;
+            tail = &ss[k]->qtail->next;
+            ss[k]->q = ss[k]->qtail = NULL;
+        }
+    }
+    if (pe->gone && !pe->settled) tl->nunsettled--;
+    if (pe->adding) shm_add_remove(tl, pe);
+    shm_peer_release(tl, pe);
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
+        pe->tx[ch] = (mc_shm_stream_t){.peer = pe, .is_send = 1};
+        pe->rx[ch] = (mc_shm_stream_t){.peer = pe};
+    }
+    pe->up = pe->gone = pe->broken = pe->settled = 0;
+    pe->fail_st = MC_OK;
+    pe->why = NULL;
+    pe->pid = 0;
+    pe->bell = NULL;
+    pe->closed[0] = pe->closed[1] = NULL;
+    pe->link = NULL;
+    pe->next_check_us = 0;
+}
+
+/* The add of pe failed: it is gone with status st; nothing to drain. */
+static void shm_add_fail(mc_tl_t *tl, mc_shm_peer_t *pe, mc_status_t st,
+                         const char *why)
+{
+    MC_LOG(MC_LOG_WARN,
+           "shm: rank %d: adding peer %d (incarnation %" PRIu64 ") failed: %s",
+           tl->rank, pe->rank, pe->inc, why);
+    shm_add_remove(tl, pe);
+    pe->gone = 1;
+    pe->fail_st = st;
+    pe->why = st == MC_ERR_TIMEOUT ? "did not attach in time"
+                                   : "could not be attached";
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++)
+        pe->rx[ch].eof = !pe->rx[ch].q; /* queued ones end in settle */
+    tl->nunsettled++;
+}
+
+static mc_status_t shm_add_peer(mc_tl_t *tl, int peer, uint64_t inc,
+                                int64_t timeout_ms)
+{
+    if (!tl) return mc_err(MC_ERR_INVALID_ARG, "shm add_peer: NULL transport");
+    if (!tl->connected)
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "shm add_peer: rank %d: transport not connected",
+                      tl->rank);
+    if (tl->busy)
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "shm add_peer: rank %d: called from a completion "
+                      "callback",
+                      tl->rank);
+    if (peer < 0 || peer >= tl->size || peer == tl->rank)
+        return mc_err(MC_ERR_INVALID_ARG, "shm add_peer: rank %d: bad peer %d",
+                      tl->rank, peer);
+    if (inc == 0 || shm_role(tl, peer, inc) != SHM_GUEST)
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "shm add_peer: rank %d (incarnation %" PRIu64
+                      "): peer %d incarnation %" PRIu64
+                      " is not newer than this process",
+                      tl->rank, tl->inc, peer, inc);
+    mc_shm_peer_t *pe;
+    if (tl->peer_idx[peer] >= 0) {
+        pe = tl->peers[tl->peer_idx[peer]];
+        if (pe->up && !pe->gone)
+            MC_LOG(MC_LOG_INFO,
+                   "shm: rank %d: dropping peer %d (incarnation %" PRIu64
+                   ") for incarnation %" PRIu64,
+                   tl->rank, peer, pe->inc, inc);
+        shm_peer_discard(tl, pe);
+    } else {
+        MC_CHECK(shm_peer_new(tl, peer, &pe));
+    }
+    pe->role = SHM_GUEST;
+    pe->inc = inc;
+    pe->adding = 1;
+    pe->add_deadline_us = mc_deadline_us(timeout_ms);
+    pe->add_next_us = 0;
+    pe->add_backoff_us = MC_SHM_ADD_RETRY_MIN_US;
+    tl->adds[tl->nadds++] = pe;
+    return MC_OK;
+}
+
 const mc_tl_ops_t mc_tl_shm_ops = {
     .size = sizeof(mc_tl_ops_t),
     .name = "shm",
@@ -902,6 +1559,7 @@ const mc_tl_ops_t mc_tl_shm_ops = {
     .progress = shm_progress,
     .wait = shm_wait,
     .peer_status = shm_peer_status,
+    .add_peer = shm_add_peer,
     .mem_reg = mc_tl_stub_mem_reg,
     .mem_dereg = mc_tl_stub_mem_dereg,
     .put = mc_tl_stub_put,

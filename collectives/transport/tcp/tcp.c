@@ -2,13 +2,30 @@
  * TCP transport: one TCP connection per (peer, channel), carrying both
  * directions of that pair's byte streams.
  *
- * Wire-up: every rank listens on one IPv4 socket and publishes "ip:port"
- * under "tcp/<rank>". For each pair the higher rank connects to the lower
- * rank's listener, once per channel, and sends a 24-byte hello
- * {magic, version, rank, channel, uid}; the lower rank validates it and
- * answers with its own hello for the same channel (the ack). A connection is
- * in use only once both hellos have crossed, so a stale listener (another
- * communicator's) or a stray client never gets installed.
+ * Wire-up: every rank listens on one IPv4 socket for its whole life and
+ * publishes "ip:port" under "tcp/<rank>" (incarnation 0) or
+ * "tcp/<rank>.<incarnation>" (a process that took the slot later). For
+ * each pair the higher rank connects to the lower rank's listener, once per
+ * channel, and sends a 40-byte hello {magic, version, rank, channel, uid,
+ * its incarnation, the incarnation it wants to reach}; the lower rank
+ * checks that it expects that rank with that incarnation on that channel
+ * and that the wanted incarnation is its own, and answers with its own
+ * hello for the same channel (the ack), which the connecting side checks
+ * the same way. A connection is in use only once both hellos have crossed,
+ * so a stale listener (another communicator's, or a dead incarnation's), a
+ * stray client or a process of another incarnation never gets installed.
+ * Each pair has one connecting side, so connections never cross.
+ *
+ * Connect and add_peer run the same handshake machine, per peer: its
+ * outgoing connections if the peer is the lower rank, else accepting.
+ * connect drives it with blocking polls until every peer is up; progress
+ * drives it without blocking (handshake sockets and the listener are
+ * polled at most every MC_TCP_ADD_POLL_US, and `wait` sleeps on them too)
+ * until the added peer is up or its time is over. The listener is read
+ * only while some peer is expected; a connection arriving in between
+ * waits in its backlog. add_peer first closes the slot's old sockets and
+ * moves transfers still queued on them to an orphan list, which the next
+ * progress fails (callbacks run in progress only).
  *
  * Data path: each stream keeps FIFO queues of posted sends and receives.
  * `progress` only touches streams on the active list (streams with posted
@@ -65,8 +82,8 @@
 #include "mc_log.h"
 
 #define MC_TCP_MAGIC 0x4d435450u /* "MCTP" */
-#define MC_TCP_VERSION 1u
-#define MC_TCP_HELLO_LEN 24
+#define MC_TCP_VERSION 2u
+#define MC_TCP_HELLO_LEN 40
 #define MC_TCP_IOV 64             /* transfers gathered into one syscall */
 #define MC_TCP_SPIN 8             /* syscalls per stream direction per visit */
 #define MC_TCP_ROUNDS 4           /* send/recv alternations per visit */
@@ -77,6 +94,8 @@
 #define MC_TCP_PENDING_US 5000000 /* a client must say hello within 5 s */
 #define MC_TCP_BACKOFF_MIN_US 2000
 #define MC_TCP_BACKOFF_MAX_US 200000
+#define MC_TCP_ADD_POLL_US 200 /* progress polls handshakes this often */
+#define MC_TCP_KEY_LEN 48
 
 typedef struct mc_tcp_q {
     mc_xfer_t *head, *tail;
@@ -93,10 +112,39 @@ typedef struct mc_tcp_stream {
     int64_t rx_idle_us; /* peer failed: last time a receive got bytes */
 } mc_tcp_stream_t;
 
+enum { OUT_IDLE, OUT_CONNECTING, OUT_HELLO, OUT_DONE };
+
+/* One outgoing connection being made (we are the higher rank). */
+typedef struct mc_tcp_out {
+    int fd, state;
+    int64_t next_try_us, backoff_us;
+    size_t got;
+    uint8_t buf[MC_TCP_HELLO_LEN];
+} mc_tcp_out_t;
+
+/* A peer being connected, by connect or add_peer. */
+typedef struct mc_tcp_add {
+    int64_t deadline_us;               /* INT64_MAX in connect */
+    mc_tcp_out_t out[MC_NUM_CHANNELS]; /* used if the peer is lower */
+} mc_tcp_add_t;
+
+/* One accepted socket waiting for its hello. */
+typedef struct mc_tcp_in {
+    int fd;
+    int64_t since_us;
+    size_t got;
+    uint8_t buf[MC_TCP_HELLO_LEN];
+    char from[MC_TCP_ADDR_LEN];
+} mc_tcp_in_t;
+
 typedef struct mc_tcp_peer {
     mc_tcp_stream_t ch[MC_NUM_CHANNELS];
-    uint8_t want;   /* in p->peers */
-    uint8_t failed; /* evidence of death seen; sends refused */
+    uint64_t inc;       /* incarnation of the process we connect to */
+    mc_tcp_add_t *add;  /* being connected: no stream moves bytes yet */
+    mc_status_t add_st; /* how its last add failed, MC_OK otherwise */
+    uint8_t want;       /* in p->peers, or added */
+    uint8_t failed;     /* evidence of death seen; sends refused */
+    uint8_t listed;     /* its streams are in tl->streams */
 } mc_tcp_peer_t;
 
 struct mc_tl {
@@ -108,15 +156,30 @@ struct mc_tl {
     int bufsz;        /* SO_SNDBUF/SO_RCVBUF request, 0 = kernel default */
     int user_timeout; /* TCP_USER_TIMEOUT ms, 0 = kernel default */
     int64_t grace_us; /* see tcp_stream_stalled */
+    uint64_t inc;     /* our incarnation */
+    int connect_called;
     int connected;
     int in_progress;      /* re-entrancy guard: a callback calling progress */
     mc_tcp_peer_t *peers; /* size entries */
-    mc_tcp_stream_t **streams; /* every connected stream */
+    mc_tcp_stream_t **streams; /* streams of every wanted peer */
     int nstreams;
-    mc_tcp_stream_t **active; /* streams with work; capacity nstreams */
+    mc_tcp_stream_t **active; /* streams with work; capacity stream_cap */
     int nactive;
-    struct pollfd *pfd; /* wait(): capacity nstreams */
+    int stream_cap;     /* capacity of streams and active */
+    struct pollfd *pfd; /* wait(), handshakes: capacity pfd_cap */
     mc_tcp_stream_t **pfd_s;
+    int *pfd_idx;
+    int pfd_cap;
+    /* peers being connected (connect, add_peer) */
+    int *adds; /* their ranks */
+    int nadds, adds_cap;
+    int nadd_in;         /* of those, peers above us: we accept */
+    mc_tcp_in_t *ins;    /* accepted sockets awaiting a hello, packed */
+    int nin;             /* capacity MC_TCP_PENDING_MAX */
+    int64_t add_poll_us; /* progress polls handshakes from then on */
+    int rej_rank;        /* last hello refused for its incarnation */
+    uint64_t rej_inc;
+    mc_xfer_t *orphans; /* queued on discarded streams; progress fails */
     char addr[MC_TCP_ADDR_LEN]; /* our "ip:port" */
 };
 
@@ -140,28 +203,57 @@ static uint32_t tcp_get32(const uint8_t *b)
     return v;
 }
 
-/* Hello (and ack): little-endian {magic, version, rank, channel, uid}. */
-static void tcp_hello_encode(uint8_t *b, uint64_t uid, int rank, int ch)
+static void tcp_put64(uint8_t *b, uint64_t v)
+{
+    tcp_put32(b, (uint32_t)v);
+    tcp_put32(b + 4, (uint32_t)(v >> 32));
+}
+
+static uint64_t tcp_get64(const uint8_t *b)
+{
+    return tcp_get32(b) | (uint64_t)tcp_get32(b + 4) << 32;
+}
+
+/* Hello (and ack), little-endian: {magic, version, rank, channel, uid,
+ * sender's incarnation, incarnation it wants to reach}. */
+typedef struct mc_tcp_hello {
+    uint32_t rank, ch;
+    uint64_t inc, to_inc;
+} mc_tcp_hello_t;
+
+static void tcp_hello_encode(uint8_t *b, uint64_t uid, int rank, int ch,
+                             uint64_t inc, uint64_t to_inc)
 {
     tcp_put32(b, MC_TCP_MAGIC);
     tcp_put32(b + 4, MC_TCP_VERSION);
     tcp_put32(b + 8, (uint32_t)rank);
     tcp_put32(b + 12, (uint32_t)ch);
-    tcp_put32(b + 16, (uint32_t)uid);
-    tcp_put32(b + 20, (uint32_t)(uid >> 32));
+    tcp_put64(b + 16, uid);
+    tcp_put64(b + 24, inc);
+    tcp_put64(b + 32, to_inc);
 }
 
-/* Returns NULL if valid, else why not; rank/channel come back raw. */
+/* Returns NULL if valid, else why not; the fields come back raw. */
 static const char *tcp_hello_decode(const uint8_t *b, uint64_t uid,
-                                    uint32_t *rank_p, uint32_t *ch_p)
+                                    mc_tcp_hello_t *h)
 {
     if (tcp_get32(b) != MC_TCP_MAGIC) return "bad magic";
     if (tcp_get32(b + 4) != MC_TCP_VERSION) return "protocol version mismatch";
-    uint64_t u = tcp_get32(b + 16) | (uint64_t)tcp_get32(b + 20) << 32;
-    if (u != uid) return "communicator uid mismatch";
-    *rank_p = tcp_get32(b + 8);
-    *ch_p = tcp_get32(b + 12);
+    if (tcp_get64(b + 16) != uid) return "communicator uid mismatch";
+    h->rank = tcp_get32(b + 8);
+    h->ch = tcp_get32(b + 12);
+    h->inc = tcp_get64(b + 24);
+    h->to_inc = tcp_get64(b + 32);
     return NULL;
+}
+
+/* Store key of a process's address: incarnation 0 keeps the plain key. */
+static void tcp_key(char *key, size_t cap, int rank, uint64_t inc)
+{
+    if (inc)
+        snprintf(key, cap, "tcp/%d.%llu", rank, (unsigned long long)inc);
+    else
+        snprintf(key, cap, "tcp/%d", rank);
 }
 
 static void tcp_close(int *fd)
@@ -325,7 +417,9 @@ static mc_status_t tcp_create(const mc_tl_params_t *p, mc_tl_t **tl_p)
     tl->store = p->store;
     tl->uid = p->uid;
     tl->timeout_ms = p->timeout_ms;
+    tl->inc = p->incarnation;
     tl->listen_fd = -1;
+    tl->rej_rank = -1;
     tl->peers = calloc((size_t)p->size, sizeof(*tl->peers));
     if (!tl->peers) {
         st = mc_err(MC_ERR_NO_MEMORY, "tcp: out of memory (%d peers)", p->size);
@@ -333,6 +427,8 @@ static mc_status_t tcp_create(const mc_tl_params_t *p, mc_tl_t **tl_p)
     }
     for (int r = 0; r < p->size; r++) {
         tl->peers[r].want = r != p->rank && p->peers[r];
+        if (tl->peers[r].want && p->peer_incarnation)
+            tl->peers[r].inc = p->peer_incarnation[r];
         for (int c = 0; c < MC_NUM_CHANNELS; c++) {
             mc_tcp_stream_t *s = &tl->peers[r].ch[c];
             s->fd = -1;
@@ -352,8 +448,8 @@ static mc_status_t tcp_create(const mc_tl_params_t *p, mc_tl_t **tl_p)
     MC_CHECK_GOTO(tcp_pick_addr(&ip), st, free_tl);
     MC_CHECK_GOTO(tcp_listen(tl, ip), st, free_tl);
 
-    char key[32];
-    snprintf(key, sizeof(key), "tcp/%d", tl->rank);
+    char key[MC_TCP_KEY_LEN];
+    tcp_key(key, sizeof(key), tl->rank, tl->inc);
     st = mc_store_set(tl->store, key, tl->addr, strlen(tl->addr));
     if (st != MC_OK) {
         st = tcp_store_err(st, tl->rank, "publishing", key);
@@ -365,429 +461,6 @@ static mc_status_t tcp_create(const mc_tl_params_t *p, mc_tl_t **tl_p)
 
 free_tl:
     tcp_destroy(tl);
-    return st;
-}
-
-/* ------------------------------------------------------------------------ */
-/* connect                                                                  */
-/* ------------------------------------------------------------------------ */
-
-enum { OUT_IDLE, OUT_CONNECTING, OUT_HELLO, OUT_DONE };
-
-/* One outgoing connection being made (we are the higher rank). */
-typedef struct mc_tcp_out {
-    int peer, ch, fd, state;
-    int64_t next_try_us, backoff_us;
-    size_t got;
-    uint8_t buf[MC_TCP_HELLO_LEN];
-} mc_tcp_out_t;
-
-/* One accepted socket waiting for its hello. */
-typedef struct mc_tcp_in {
-    int fd;
-    int64_t since_us;
-    size_t got;
-    uint8_t buf[MC_TCP_HELLO_LEN];
-    char from[MC_TCP_ADDR_LEN];
-} mc_tcp_in_t;
-
-static void tcp_out_retry(mc_tcp_out_t *o, int64_t now)
-{
-    tcp_close(&o->fd);
-    o->state = OUT_IDLE;
-    o->got = 0;
-    o->backoff_us = o->backoff_us ? o->backoff_us * 2 : MC_TCP_BACKOFF_MIN_US;
-    if (o->backoff_us > MC_TCP_BACKOFF_MAX_US)
-        o->backoff_us = MC_TCP_BACKOFF_MAX_US;
-    o->next_try_us = now + o->backoff_us;
-}
-
-/* Parse "a.b.c.d:port". */
-static int tcp_parse_addr(const char *s, struct sockaddr_in *sa)
-{
-    char ip[MC_TCP_ADDR_LEN];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof(ip)) return -1;
-    memcpy(ip, s, (size_t)(colon - s));
-    ip[colon - s] = '\0';
-    char *end;
-    errno = 0;
-    unsigned long port = strtoul(colon + 1, &end, 10);
-    if (errno || *end || end == colon + 1 || port == 0 || port > 65535)
-        return -1;
-    memset(sa, 0, sizeof(*sa));
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    return inet_pton(AF_INET, ip, &sa->sin_addr) == 1 ? 0 : -1;
-}
-
-/* Send the hello on a freshly connected socket; 24 bytes always fit. */
-static int tcp_out_send_hello(mc_tl_t *tl, mc_tcp_out_t *o)
-{
-    uint8_t h[MC_TCP_HELLO_LEN];
-    tcp_hello_encode(h, tl->uid, tl->rank, o->ch);
-    ssize_t w;
-    do {
-        w = send(o->fd, h, sizeof(h), MSG_NOSIGNAL | MSG_DONTWAIT);
-    } while (w < 0 && errno == EINTR);
-    if (w != (ssize_t)sizeof(h)) return -1;
-    o->state = OUT_HELLO;
-    o->got = 0;
-    return 0;
-}
-
-/* Try to start connection `o`: read the peer's address (if published yet)
- * and begin a non-blocking connect. Store errors are fatal; everything else
- * schedules a retry. */
-static mc_status_t tcp_out_start(mc_tl_t *tl, mc_tcp_out_t *o, int64_t now,
-                                 int64_t deadline)
-{
-    char key[32], val[MC_TCP_ADDR_LEN];
-    snprintf(key, sizeof(key), "tcp/%d", o->peer);
-    int exists = 0;
-    mc_status_t st = mc_store_check(tl->store, key, &exists);
-    if (st != MC_OK) return tcp_store_err(st, tl->rank, "checking", key);
-    if (!exists) {
-        /* not created yet: poll the store at a modest pace */
-        o->backoff_us = MC_TCP_BACKOFF_MAX_US / 4;
-        o->next_try_us = now + o->backoff_us;
-        return MC_OK;
-    }
-    size_t len = 0;
-    int64_t left_ms = (deadline - now) / 1000;
-    st = mc_store_get(tl->store, key, left_ms > 0 ? left_ms : 0, val,
-                      sizeof(val) - 1, &len);
-    if (st == MC_ERR_TIMEOUT) {
-        tcp_out_retry(o, now);
-        return MC_OK;
-    }
-    if (st != MC_OK) return tcp_store_err(st, tl->rank, "reading", key);
-    struct sockaddr_in sa;
-    if (len >= sizeof(val)) len = sizeof(val); /* forces a parse failure */
-    val[len < sizeof(val) ? len : sizeof(val) - 1] = '\0';
-    if (len >= sizeof(val) - 1 || tcp_parse_addr(val, &sa) != 0)
-        return mc_err(MC_ERR_PROTOCOL,
-                      "tcp: rank %d: malformed address for rank %d in %s",
-                      tl->rank, o->peer, key);
-
-    o->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (o->fd < 0)
-        return mc_err(MC_ERR_IO, "tcp: rank %d: socket: %s", tl->rank,
-                      strerror(errno));
-    tcp_set_bufs(tl, o->fd);
-    int rc = connect(o->fd, (struct sockaddr *)&sa, sizeof(sa));
-    if (rc == 0) {
-        if (tcp_out_send_hello(tl, o) != 0) tcp_out_retry(o, now);
-    } else if (errno == EINPROGRESS || errno == EINTR) {
-        o->state = OUT_CONNECTING;
-    } else {
-        /* ECONNREFUSED (listener not up or backlog full) and friends:
-         * retry until the deadline */
-        MC_LOG(MC_LOG_DEBUG, "tcp: rank %d: connect to rank %d (%s): %s",
-               tl->rank, o->peer, val, strerror(errno));
-        tcp_out_retry(o, now);
-    }
-    return MC_OK;
-}
-
-/* The connecting side: socket became writable or readable. */
-static void tcp_out_event(mc_tl_t *tl, mc_tcp_out_t *o, short rev, int64_t now,
-                          int *left)
-{
-    if (o->state == OUT_CONNECTING) {
-        int err = 0;
-        socklen_t sl = sizeof(err);
-        if (getsockopt(o->fd, SOL_SOCKET, SO_ERROR, &err, &sl) != 0)
-            err = errno;
-        if (err == 0 && !(rev & (POLLOUT | POLLERR | POLLHUP))) return;
-        if (err || tcp_out_send_hello(tl, o) != 0) {
-            MC_LOG(MC_LOG_DEBUG, "tcp: rank %d: connect to rank %d: %s",
-                   tl->rank, o->peer, strerror(err ? err : ECONNRESET));
-            tcp_out_retry(o, now);
-        }
-        return;
-    }
-    /* OUT_HELLO: read the ack */
-    ssize_t r =
-        recv(o->fd, o->buf + o->got, sizeof(o->buf) - o->got, MSG_DONTWAIT);
-    if (r < 0 && tcp_again(errno)) return;
-    if (r <= 0) {
-        /* The acceptor closed on us: it rejected the hello, or it is not
-         * the listener we meant (stale address). Retry. */
-        MC_LOG(MC_LOG_WARN,
-               "tcp: rank %d: rank %d closed the %s connection during "
-               "handshake (%s); retrying",
-               tl->rank, o->peer, mc_tcp_ch_name[o->ch],
-               r == 0 ? "EOF" : strerror(errno));
-        tcp_out_retry(o, now);
-        return;
-    }
-    o->got += (size_t)r;
-    if (o->got < sizeof(o->buf)) return;
-    uint32_t rank = 0, ch = 0;
-    const char *why = tcp_hello_decode(o->buf, tl->uid, &rank, &ch);
-    if (!why && (rank != (uint32_t)o->peer || ch != (uint32_t)o->ch))
-        why = "ack from the wrong rank or channel";
-    if (why) {
-        MC_LOG(MC_LOG_WARN, "tcp: rank %d: bad ack from rank %d (%s): %s",
-               tl->rank, o->peer, mc_tcp_ch_name[o->ch], why);
-        tcp_out_retry(o, now);
-        return;
-    }
-    mc_tcp_stream_t *s = &tl->peers[o->peer].ch[o->ch];
-    tcp_set_stream_opts(tl, o->fd);
-    s->fd = o->fd;
-    o->fd = -1;
-    o->state = OUT_DONE;
-    (*left)--;
-}
-
-/* The accepting side: read a hello, validate, ack, install. Returns 1 when
- * the pending slot is finished (installed or rejected). */
-static int tcp_in_event(mc_tl_t *tl, mc_tcp_in_t *in, int *left)
-{
-    ssize_t r = recv(in->fd, in->buf + in->got, sizeof(in->buf) - in->got,
-                     MSG_DONTWAIT);
-    if (r < 0 && tcp_again(errno)) return 0;
-    const char *why = NULL;
-    uint32_t rank = 0, ch = 0;
-    if (r <= 0) {
-        why = r == 0 ? "closed before hello" : strerror(errno);
-    } else {
-        in->got += (size_t)r;
-        if (in->got < sizeof(in->buf)) return 0;
-        why = tcp_hello_decode(in->buf, tl->uid, &rank, &ch);
-    }
-    if (!why && (rank >= (uint32_t)tl->size || rank <= (uint32_t)tl->rank ||
-                 !tl->peers[rank].want))
-        why = "unexpected rank";
-    if (!why && ch >= MC_NUM_CHANNELS) why = "bad channel";
-    if (!why && tl->peers[rank].ch[ch].fd >= 0) why = "duplicate connection";
-    if (!why) {
-        uint8_t h[MC_TCP_HELLO_LEN];
-        tcp_hello_encode(h, tl->uid, tl->rank, (int)ch);
-        ssize_t w;
-        do {
-            w = send(in->fd, h, sizeof(h), MSG_NOSIGNAL | MSG_DONTWAIT);
-        } while (w < 0 && errno == EINTR);
-        if (w != (ssize_t)sizeof(h)) why = "ack send failed";
-    }
-    if (why) {
-        MC_LOG(MC_LOG_WARN,
-               "tcp: rank %d: rejecting connection from %s (rank %u, "
-               "channel %u): %s",
-               tl->rank, in->from, rank, ch, why);
-        tcp_close(&in->fd);
-        return 1;
-    }
-    mc_tcp_stream_t *s = &tl->peers[rank].ch[ch];
-    tcp_set_stream_opts(tl, in->fd);
-    s->fd = in->fd;
-    in->fd = -1;
-    (*left)--;
-    return 1;
-}
-
-/* "1(coll,p2p) 3(p2p)": who is still missing, for the timeout message. */
-static void tcp_missing(const mc_tl_t *tl, char *buf, size_t cap)
-{
-    size_t n = 0;
-    buf[0] = '\0';
-    for (int r = 0; r < tl->size; r++) {
-        const mc_tcp_peer_t *p = &tl->peers[r];
-        if (!p->want) continue;
-        char chs[32] = "";
-        size_t k = 0;
-        for (int c = 0; c < MC_NUM_CHANNELS; c++)
-            if (p->ch[c].fd < 0)
-                k += (size_t)snprintf(chs + k, sizeof(chs) - k, "%s%s",
-                                      k ? "," : "", mc_tcp_ch_name[c]);
-        if (!k) continue;
-        char item[64];
-        int m = snprintf(item, sizeof(item), "%s%d(%s)", n ? " " : "", r, chs);
-        if (n + (size_t)m + 5 >= cap) {
-            snprintf(buf + n, cap - n, " ...");
-            return;
-        }
-        memcpy(buf + n, item, (size_t)m + 1);
-        n += (size_t)m;
-    }
-}
-
-/* Allocate the per-stream arrays once every stream exists. */
-static mc_status_t tcp_finish_connect(mc_tl_t *tl)
-{
-    int n = 0;
-    for (int r = 0; r < tl->size; r++)
-        if (tl->peers[r].want) n += MC_NUM_CHANNELS;
-    size_t cap = n ? (size_t)n : 1;
-    tl->streams = calloc(cap, sizeof(*tl->streams));
-    tl->active = calloc(cap, sizeof(*tl->active));
-    tl->pfd = calloc(cap, sizeof(*tl->pfd));
-    tl->pfd_s = calloc(cap, sizeof(*tl->pfd_s));
-    if (!tl->streams || !tl->active || !tl->pfd || !tl->pfd_s)
-        return mc_err(MC_ERR_NO_MEMORY, "tcp: out of memory");
-    for (int r = 0; r < tl->size; r++)
-        if (tl->peers[r].want)
-            for (int c = 0; c < MC_NUM_CHANNELS; c++)
-                tl->streams[tl->nstreams++] = &tl->peers[r].ch[c];
-    /* Nobody else may connect now; free the port. */
-    tcp_close(&tl->listen_fd);
-    tl->connected = 1;
-    return MC_OK;
-}
-
-static mc_status_t tcp_connect(mc_tl_t *tl)
-{
-    if (!tl) return mc_err(MC_ERR_INVALID_ARG, "tcp: NULL transport");
-    if (tl->connected || tl->listen_fd < 0)
-        return mc_err(MC_ERR_INVALID_ARG, "tcp: connect called twice");
-
-    int n_out = 0, in_left = 0;
-    for (int r = 0; r < tl->size; r++) {
-        if (!tl->peers[r].want) continue;
-        if (r < tl->rank)
-            n_out += MC_NUM_CHANNELS;
-        else
-            in_left += MC_NUM_CHANNELS;
-    }
-    int out_left = n_out;
-    int nin = 0; /* pending ins are packed at ins[0..nin); set before any
-                  * goto free_arrays, which closes them */
-    int in_cap = in_left * 2 + 16;
-    if (in_cap > MC_TCP_PENDING_MAX) in_cap = MC_TCP_PENDING_MAX;
-    size_t npfd = 1 + (size_t)n_out + (size_t)in_cap;
-
-    mc_status_t st = MC_OK;
-    mc_tcp_out_t *outs = calloc(n_out ? (size_t)n_out : 1, sizeof(*outs));
-    mc_tcp_in_t *ins = calloc((size_t)in_cap, sizeof(*ins));
-    struct pollfd *pfd = calloc(npfd, sizeof(*pfd));
-    int *pidx = calloc(npfd, sizeof(*pidx)); /* >=0 out, <0 ~in, listen */
-    if (!outs || !ins || !pfd || !pidx) {
-        st = mc_err(MC_ERR_NO_MEMORY, "tcp: out of memory");
-        goto free_arrays;
-    }
-    int k = 0;
-    for (int r = 0; r < tl->rank; r++)
-        for (int c = 0; tl->peers[r].want && c < MC_NUM_CHANNELS; c++)
-            outs[k++] = (mc_tcp_out_t){.peer = r, .ch = c, .fd = -1};
-    for (int i = 0; i < in_cap; i++)
-        ins[i].fd = -1;
-
-    int64_t deadline = mc_deadline_us(tl->timeout_ms);
-    while (out_left > 0 || in_left > 0) {
-        int64_t now = mc_now_us();
-        if (now >= deadline) {
-            char miss[512];
-            tcp_missing(tl, miss, sizeof(miss));
-            st = mc_err(MC_ERR_TIMEOUT,
-                        "tcp: rank %d: connect timed out after %lld ms; "
-                        "missing peers: %s",
-                        tl->rank, (long long)tl->timeout_ms, miss);
-            MC_LOG(MC_LOG_ERROR, "%s", mc_last_error());
-            goto free_arrays;
-        }
-        int64_t wake = deadline;
-        for (int i = 0; i < n_out; i++) {
-            mc_tcp_out_t *o = &outs[i];
-            if (o->state == OUT_IDLE && o->next_try_us <= now)
-                MC_CHECK_GOTO(tcp_out_start(tl, o, now, deadline), st,
-                              free_arrays);
-            if (o->state == OUT_IDLE && o->next_try_us < wake)
-                wake = o->next_try_us;
-        }
-        for (int i = 0; i < nin; i++)
-            if (ins[i].since_us + MC_TCP_PENDING_US < wake)
-                wake = ins[i].since_us + MC_TCP_PENDING_US;
-
-        size_t np = 0;
-        if (in_left > 0 && nin < in_cap) {
-            pfd[np] = (struct pollfd){.fd = tl->listen_fd, .events = POLLIN};
-            pidx[np++] = INT32_MIN;
-        }
-        for (int i = 0; i < nin; i++) {
-            pfd[np] = (struct pollfd){.fd = ins[i].fd, .events = POLLIN};
-            pidx[np++] = ~i;
-        }
-        for (int i = 0; i < n_out; i++) {
-            if (outs[i].state != OUT_CONNECTING && outs[i].state != OUT_HELLO)
-                continue;
-            pfd[np] = (struct pollfd){
-                .fd = outs[i].fd,
-                .events = outs[i].state == OUT_CONNECTING ? POLLOUT : POLLIN};
-            pidx[np++] = i;
-        }
-        int64_t ms = (wake - now + 999) / 1000;
-        if (ms > 1000) ms = 1000;
-        if (ms < 0) ms = 0;
-        int rc = poll(pfd, (nfds_t)np, (int)ms);
-        if (rc < 0 && errno != EINTR) {
-            st = mc_err(MC_ERR_IO, "tcp: rank %d: poll: %s", tl->rank,
-                        strerror(errno));
-            goto free_arrays;
-        }
-        now = mc_now_us();
-        int nin_before = nin;
-        for (size_t j = 0; rc > 0 && j < np; j++) {
-            if (!pfd[j].revents) continue;
-            if (pidx[j] == INT32_MIN) {
-                /* accept everything queued, up to the free slots */
-                while (nin < in_cap) {
-                    struct sockaddr_in sa;
-                    socklen_t sl = sizeof(sa);
-                    int fd = accept4(tl->listen_fd, (struct sockaddr *)&sa, &sl,
-                                     SOCK_NONBLOCK | SOCK_CLOEXEC);
-                    if (fd < 0) {
-                        if (!tcp_again(errno) && errno != ECONNABORTED)
-                            MC_LOG(MC_LOG_WARN, "tcp: rank %d: accept: %s",
-                                   tl->rank, strerror(errno));
-                        break;
-                    }
-                    mc_tcp_in_t *in = &ins[nin++];
-                    *in = (mc_tcp_in_t){.fd = fd, .since_us = now};
-                    char ip[INET_ADDRSTRLEN] = "?";
-                    inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip));
-                    snprintf(in->from, sizeof(in->from), "%s:%u", ip,
-                             (unsigned)ntohs(sa.sin_port));
-                }
-            } else if (pidx[j] < 0) {
-                int i = ~pidx[j];
-                if (i < nin_before && ins[i].fd >= 0)
-                    tcp_in_event(tl, &ins[i], &in_left);
-            } else {
-                tcp_out_event(tl, &outs[pidx[j]], pfd[j].revents, now,
-                              &out_left);
-            }
-        }
-        /* drop finished or silent pending sockets, keep the array packed */
-        int w = 0;
-        for (int i = 0; i < nin; i++) {
-            if (ins[i].fd >= 0 && now - ins[i].since_us > MC_TCP_PENDING_US) {
-                MC_LOG(MC_LOG_WARN,
-                       "tcp: rank %d: dropping connection from %s: no hello",
-                       tl->rank, ins[i].from);
-                tcp_close(&ins[i].fd);
-            }
-            if (ins[i].fd >= 0) ins[w++] = ins[i];
-        }
-        nin = w;
-    }
-    st = tcp_finish_connect(tl);
-    if (st == MC_OK)
-        MC_LOG(MC_LOG_DEBUG, "tcp: rank %d connected to %d streams", tl->rank,
-               tl->nstreams);
-
-free_arrays:
-    if (outs)
-        for (int i = 0; i < n_out; i++)
-            tcp_close(&outs[i].fd);
-    if (ins)
-        for (int i = 0; i < nin; i++)
-            tcp_close(&ins[i].fd);
-    free(pidx);
-    free(pfd);
-    free(ins);
-    free(outs);
     return st;
 }
 
@@ -1001,6 +674,9 @@ static int tcp_stream_stalled(const mc_tl_t *tl, const mc_tcp_stream_t *s,
 static int tcp_stream_progress(mc_tl_t *tl, mc_tcp_stream_t *s)
 {
     mc_tcp_peer_t *p = &tl->peers[s->peer];
+    /* being connected: nothing moves yet but zero-length heads */
+    if (p->add)
+        return tcp_q_complete_done(&s->sq) + tcp_q_complete_done(&s->rq);
     int moved = 0;
     s->tx_blocked = p->failed;
     s->rx_blocked = s->rx_end;
@@ -1044,11 +720,631 @@ static int tcp_stream_progress(mc_tl_t *tl, mc_tcp_stream_t *s)
     return moved;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Handshakes: connect and add_peer                                         */
+/* ------------------------------------------------------------------------ */
+
+static void tcp_out_retry(mc_tcp_out_t *o, int64_t now)
+{
+    tcp_close(&o->fd);
+    o->state = OUT_IDLE;
+    o->got = 0;
+    o->backoff_us = o->backoff_us ? o->backoff_us * 2 : MC_TCP_BACKOFF_MIN_US;
+    if (o->backoff_us > MC_TCP_BACKOFF_MAX_US)
+        o->backoff_us = MC_TCP_BACKOFF_MAX_US;
+    o->next_try_us = now + o->backoff_us;
+}
+
+/* Parse "a.b.c.d:port". */
+static int tcp_parse_addr(const char *s, struct sockaddr_in *sa)
+{
+    char ip[MC_TCP_ADDR_LEN];
+    const char *colon = strrchr(s, ':');
+    if (!colon || (size_t)(colon - s) >= sizeof(ip)) return -1;
+    memcpy(ip, s, (size_t)(colon - s));
+    ip[colon - s] = '\0';
+    char *end;
+    errno = 0;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (errno || *end || end == colon + 1 || port == 0 || port > 65535)
+        return -1;
+    memset(sa, 0, sizeof(*sa));
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)port);
+    return inet_pton(AF_INET, ip, &sa->sin_addr) == 1 ? 0 : -1;
+}
+
+/* Send the hello on a freshly connected socket; 40 bytes always fit. */
+static int tcp_out_send_hello(mc_tl_t *tl, int peer, int ch, mc_tcp_out_t *o)
+{
+    uint8_t h[MC_TCP_HELLO_LEN];
+    tcp_hello_encode(h, tl->uid, tl->rank, ch, tl->inc, tl->peers[peer].inc);
+    ssize_t w;
+    do {
+        w = send(o->fd, h, sizeof(h), MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (w < 0 && errno == EINTR);
+    if (w != (ssize_t)sizeof(h)) return -1;
+    o->state = OUT_HELLO;
+    o->got = 0;
+    return 0;
+}
+
+/* Try to start outgoing connection (peer, ch): read the peer's address (if
+ * published yet; never waiting for it) and begin a non-blocking connect.
+ * Store errors are returned; everything else schedules a retry. */
+static mc_status_t tcp_out_start(mc_tl_t *tl, int peer, int ch, mc_tcp_out_t *o,
+                                 int64_t now)
+{
+    char key[MC_TCP_KEY_LEN], val[MC_TCP_ADDR_LEN];
+    tcp_key(key, sizeof(key), peer, tl->peers[peer].inc);
+    int exists = 0;
+    mc_status_t st = mc_store_check(tl->store, key, &exists);
+    if (st != MC_OK) return tcp_store_err(st, tl->rank, "checking", key);
+    if (!exists) {
+        /* not created yet: poll the store at a modest pace */
+        o->backoff_us = MC_TCP_BACKOFF_MAX_US / 4;
+        o->next_try_us = now + o->backoff_us;
+        return MC_OK;
+    }
+    size_t len = 0;
+    st = mc_store_get(tl->store, key, 0, val, sizeof(val) - 1, &len);
+    if (st == MC_ERR_TIMEOUT) {
+        tcp_out_retry(o, now);
+        return MC_OK;
+    }
+    if (st != MC_OK) return tcp_store_err(st, tl->rank, "reading", key);
+    struct sockaddr_in sa;
+    if (len >= sizeof(val)) len = sizeof(val); /* forces a parse failure */
+    val[len < sizeof(val) ? len : sizeof(val) - 1] = '\0';
+    if (len >= sizeof(val) - 1 || tcp_parse_addr(val, &sa) != 0)
+        return mc_err(MC_ERR_PROTOCOL,
+                      "tcp: rank %d: malformed address for rank %d in %s",
+                      tl->rank, peer, key);
+
+    o->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (o->fd < 0)
+        return mc_err(MC_ERR_IO, "tcp: rank %d: socket: %s", tl->rank,
+                      strerror(errno));
+    tcp_set_bufs(tl, o->fd);
+    int rc = connect(o->fd, (struct sockaddr *)&sa, sizeof(sa));
+    if (rc == 0) {
+        if (tcp_out_send_hello(tl, peer, ch, o) != 0) tcp_out_retry(o, now);
+    } else if (errno == EINPROGRESS || errno == EINTR) {
+        o->state = OUT_CONNECTING;
+    } else {
+        /* ECONNREFUSED (listener not up or backlog full) and friends:
+         * retry until the deadline */
+        MC_LOG(MC_LOG_DEBUG, "tcp: rank %d: connect to rank %d (%s): %s",
+               tl->rank, peer, val, strerror(errno));
+        tcp_out_retry(o, now);
+    }
+    return MC_OK;
+}
+
+/* Remove peer r's add (done, failed or abandoned): close its handshake
+ * sockets, drop it from the list. */
+static void tcp_add_end(mc_tl_t *tl, int r)
+{
+    mc_tcp_peer_t *p = &tl->peers[r];
+    if (!p->add) return;
+    for (int c = 0; c < MC_NUM_CHANNELS; c++)
+        tcp_close(&p->add->out[c].fd);
+    free(p->add);
+    p->add = NULL;
+    for (int i = 0; i < tl->nadds; i++)
+        if (tl->adds[i] == r) {
+            tl->adds[i] = tl->adds[--tl->nadds];
+            break;
+        }
+    if (r > tl->rank && --tl->nadd_in == 0) {
+        /* nobody is expected any more: whatever waits for an ack goes */
+        for (int i = 0; i < tl->nin; i++)
+            tcp_close(&tl->ins[i].fd);
+        tl->nin = 0;
+    }
+}
+
+/* Both channels of r are up: its streams are fresh and may move. */
+static void tcp_add_done(mc_tl_t *tl, int r)
+{
+    mc_tcp_peer_t *p = &tl->peers[r];
+    tcp_add_end(tl, r);
+    p->add_st = MC_OK;
+    for (int c = 0; c < MC_NUM_CHANNELS; c++)
+        if (p->ch[c].sq.head || p->ch[c].rq.head) tcp_activate(tl, &p->ch[c]);
+    if (tl->connected)
+        MC_LOG(MC_LOG_INFO,
+               "tcp: rank %d: connected to peer %d (incarnation "
+               "%llu)",
+               tl->rank, r, (unsigned long long)p->inc);
+}
+
+/* The add of r failed: the peer is failed, with status st for peer_status;
+ * progress fails what is posted to it. */
+static void tcp_add_fail(mc_tl_t *tl, int r, mc_status_t st, const char *why)
+{
+    mc_tcp_peer_t *p = &tl->peers[r];
+    MC_LOG(MC_LOG_WARN,
+           "tcp: rank %d: adding peer %d (incarnation %llu) failed: %s",
+           tl->rank, r, (unsigned long long)p->inc, why);
+    tcp_add_end(tl, r);
+    p->failed = 1;
+    p->add_st = st;
+    int64_t now = mc_now_us();
+    for (int c = 0; c < MC_NUM_CHANNELS; c++) {
+        mc_tcp_stream_t *s = &p->ch[c];
+        tcp_close(&s->fd);
+        s->rx_end = 1;
+        s->rx_idle_us = now;
+        if (s->sq.head || s->rq.head) tcp_activate(tl, s);
+    }
+}
+
+/* Install a handshaken socket as stream (r, ch). */
+static void tcp_install(mc_tl_t *tl, int r, int ch, int fd)
+{
+    mc_tcp_peer_t *p = &tl->peers[r];
+    tcp_set_stream_opts(tl, fd);
+    p->ch[ch].fd = fd;
+    for (int c = 0; c < MC_NUM_CHANNELS; c++)
+        if (p->ch[c].fd < 0) return;
+    tcp_add_done(tl, r);
+}
+
+/* The connecting side: socket o of (r, ch) became writable or readable. */
+static void tcp_out_event(mc_tl_t *tl, int r, int ch, mc_tcp_out_t *o,
+                          short rev, int64_t now)
+{
+    if (o->state == OUT_CONNECTING) {
+        int err = 0;
+        socklen_t sl = sizeof(err);
+        if (getsockopt(o->fd, SOL_SOCKET, SO_ERROR, &err, &sl) != 0)
+            err = errno;
+        if (err == 0 && !(rev & (POLLOUT | POLLERR | POLLHUP))) return;
+        if (err || tcp_out_send_hello(tl, r, ch, o) != 0) {
+            MC_LOG(MC_LOG_DEBUG, "tcp: rank %d: connect to rank %d: %s",
+                   tl->rank, r, strerror(err ? err : ECONNRESET));
+            tcp_out_retry(o, now);
+        }
+        return;
+    }
+    /* OUT_HELLO: read the ack */
+    ssize_t n =
+        recv(o->fd, o->buf + o->got, sizeof(o->buf) - o->got, MSG_DONTWAIT);
+    if (n < 0 && tcp_again(errno)) return;
+    if (n <= 0) {
+        /* The acceptor closed on us: it rejected the hello (or does not
+         * expect us yet), or it is not the listener we meant (stale
+         * address). Retry. */
+        MC_LOG(MC_LOG_INFO,
+               "tcp: rank %d: rank %d closed the %s connection during "
+               "handshake (%s); retrying",
+               tl->rank, r, mc_tcp_ch_name[ch],
+               n == 0 ? "EOF" : strerror(errno));
+        tcp_out_retry(o, now);
+        return;
+    }
+    o->got += (size_t)n;
+    if (o->got < sizeof(o->buf)) return;
+    mc_tcp_hello_t h;
+    const char *why = tcp_hello_decode(o->buf, tl->uid, &h);
+    if (!why && (h.rank != (uint32_t)r || h.ch != (uint32_t)ch))
+        why = "ack from the wrong rank or channel";
+    if (!why && h.inc != tl->peers[r].inc)
+        why = "ack from another incarnation of the rank";
+    if (!why && h.to_inc != tl->inc)
+        why = "ack meant for another incarnation of this rank";
+    if (why) {
+        MC_LOG(MC_LOG_WARN, "tcp: rank %d: bad ack from rank %d (%s): %s",
+               tl->rank, r, mc_tcp_ch_name[ch], why);
+        tcp_out_retry(o, now);
+        return;
+    }
+    int fd = o->fd;
+    o->fd = -1;
+    o->state = OUT_DONE;
+    tcp_install(tl, r, ch, fd); /* may free o */
+}
+
+/* The accepting side: read a hello, validate, ack, install. Returns 1 when
+ * the pending slot is finished (installed or rejected). */
+static int tcp_in_event(mc_tl_t *tl, mc_tcp_in_t *in)
+{
+    ssize_t n = recv(in->fd, in->buf + in->got, sizeof(in->buf) - in->got,
+                     MSG_DONTWAIT);
+    if (n < 0 && tcp_again(errno)) return 0;
+    const char *why = NULL;
+    int level = MC_LOG_WARN;
+    mc_tcp_hello_t h = {0};
+    mc_tcp_peer_t *p = NULL;
+    if (n <= 0) {
+        why = n == 0 ? "closed before hello" : strerror(errno);
+    } else {
+        in->got += (size_t)n;
+        if (in->got < sizeof(in->buf)) return 0;
+        why = tcp_hello_decode(in->buf, tl->uid, &h);
+    }
+    if (!why && (h.rank >= (uint32_t)tl->size || h.rank <= (uint32_t)tl->rank ||
+                 !tl->peers[h.rank].want))
+        why = "unexpected rank";
+    if (!why && h.ch >= MC_NUM_CHANNELS) why = "bad channel";
+    if (!why) {
+        p = &tl->peers[h.rank];
+        if (h.inc != p->inc || h.to_inc != tl->inc) {
+            why = h.inc != p->inc
+                      ? "another incarnation of that rank (stale, or not "
+                        "added yet)"
+                      : "meant for another incarnation of this rank";
+            /* it retries: say so once per process */
+            if (tl->rej_rank == (int)h.rank && tl->rej_inc == h.inc)
+                level = MC_LOG_DEBUG;
+            tl->rej_rank = (int)h.rank;
+            tl->rej_inc = h.inc;
+        } else if (!p->add) {
+            /* a joiner that is early: it retries, and the add takes it */
+            why = "rank not expected now";
+            level = MC_LOG_INFO;
+        } else if (p->ch[h.ch].fd >= 0) {
+            why = "duplicate connection";
+        }
+    }
+    if (!why) {
+        uint8_t b[MC_TCP_HELLO_LEN];
+        tcp_hello_encode(b, tl->uid, tl->rank, (int)h.ch, tl->inc, h.inc);
+        ssize_t w;
+        do {
+            w = send(in->fd, b, sizeof(b), MSG_NOSIGNAL | MSG_DONTWAIT);
+        } while (w < 0 && errno == EINTR);
+        if (w != (ssize_t)sizeof(b)) why = "ack send failed";
+    }
+    if (why) {
+        MC_LOG(level,
+               "tcp: rank %d: rejecting connection from %s (rank %u, "
+               "channel %u, incarnation %llu for %llu): %s",
+               tl->rank, in->from, h.rank, h.ch, (unsigned long long)h.inc,
+               (unsigned long long)h.to_inc, why);
+        tcp_close(&in->fd);
+        return 1;
+    }
+    int fd = in->fd;
+    in->fd = -1;
+    tcp_install(tl, (int)h.rank, (int)h.ch, fd);
+    return 1;
+}
+
+/* Room for the stream, active and wait() arrays: streams of n peers. */
+static mc_status_t tcp_reserve_streams(mc_tl_t *tl, int n)
+{
+    if (n <= tl->stream_cap) return MC_OK;
+    int cap = tl->stream_cap ? tl->stream_cap : MC_NUM_CHANNELS;
+    while (cap < n)
+        cap *= 2;
+    mc_tcp_stream_t **s = realloc(tl->streams, (size_t)cap * sizeof(*s));
+    if (!s) return mc_err(MC_ERR_NO_MEMORY, "tcp: out of memory");
+    tl->streams = s;
+    mc_tcp_stream_t **a = realloc(tl->active, (size_t)cap * sizeof(*a));
+    if (!a) return mc_err(MC_ERR_NO_MEMORY, "tcp: out of memory");
+    tl->active = a;
+    tl->stream_cap = cap;
+    return MC_OK;
+}
+
+static mc_status_t tcp_reserve_pfd(mc_tl_t *tl, int n)
+{
+    if (n <= tl->pfd_cap) return MC_OK;
+    int cap = n < 16 ? 16 : n + n / 2;
+    struct pollfd *f = realloc(tl->pfd, (size_t)cap * sizeof(*f));
+    if (!f) return mc_err(MC_ERR_NO_MEMORY, "tcp: out of memory");
+    tl->pfd = f;
+    mc_tcp_stream_t **s = realloc(tl->pfd_s, (size_t)cap * sizeof(*s));
+    if (!s) return mc_err(MC_ERR_NO_MEMORY, "tcp: out of memory");
+    tl->pfd_s = s;
+    int *k = realloc(tl->pfd_idx, (size_t)cap * sizeof(*k));
+    if (!k) return mc_err(MC_ERR_NO_MEMORY, "tcp: out of memory");
+    tl->pfd_idx = k;
+    tl->pfd_cap = cap;
+    return MC_OK;
+}
+
+/* Put r's streams on tl->streams (once). */
+static mc_status_t tcp_list_peer(mc_tl_t *tl, int r)
+{
+    mc_tcp_peer_t *p = &tl->peers[r];
+    if (p->listed) return MC_OK;
+    MC_CHECK(tcp_reserve_streams(tl, tl->nstreams + MC_NUM_CHANNELS));
+    for (int c = 0; c < MC_NUM_CHANNELS; c++)
+        tl->streams[tl->nstreams++] = &p->ch[c];
+    p->listed = 1;
+    return MC_OK;
+}
+
+/* Start connecting r, with its add allocated and room in tl->adds. */
+static void tcp_add_begin(mc_tl_t *tl, int r, mc_tcp_add_t *a,
+                          int64_t deadline_us)
+{
+    a->deadline_us = deadline_us;
+    for (int c = 0; c < MC_NUM_CHANNELS; c++)
+        a->out[c] = (mc_tcp_out_t){.fd = -1, .state = OUT_IDLE};
+    tl->peers[r].add = a;
+    tl->peers[r].add_st = MC_OK;
+    tl->adds[tl->nadds++] = r;
+    if (r > tl->rank) tl->nadd_in++;
+    tl->add_poll_us = 0;
+}
+
+/* An add and room for it; for the listener's pending sockets too. */
+static mc_status_t tcp_add_alloc(mc_tl_t *tl, mc_tcp_add_t **a_p)
+{
+    if (tl->nadds == tl->adds_cap) {
+        int cap = tl->adds_cap ? tl->adds_cap * 2 : 8;
+        int *n = realloc(tl->adds, (size_t)cap * sizeof(*n));
+        if (!n) return mc_err(MC_ERR_NO_MEMORY, "tcp: out of memory");
+        tl->adds = n;
+        tl->adds_cap = cap;
+    }
+    if (!tl->ins) {
+        tl->ins = calloc(MC_TCP_PENDING_MAX, sizeof(*tl->ins));
+        if (!tl->ins) return mc_err(MC_ERR_NO_MEMORY, "tcp: out of memory");
+    }
+    *a_p = calloc(1, sizeof(**a_p));
+    if (!*a_p) return mc_err(MC_ERR_NO_MEMORY, "tcp: out of memory");
+    return MC_OK;
+}
+
+/* Handshake sockets to poll, into pfd; idx (if not NULL) says what each is:
+ * -1 the listener, -2 - i pending socket i, else r * MC_NUM_CHANNELS + ch
+ * for an outgoing one. */
+static int tcp_hs_fill(const mc_tl_t *tl, struct pollfd *pfd, int *idx)
+{
+    int n = 0;
+    if (tl->nadd_in > 0 && tl->nin < MC_TCP_PENDING_MAX) {
+        pfd[n] = (struct pollfd){.fd = tl->listen_fd, .events = POLLIN};
+        if (idx) idx[n] = -1;
+        n++;
+    }
+    for (int i = 0; i < tl->nin; i++) {
+        pfd[n] = (struct pollfd){.fd = tl->ins[i].fd, .events = POLLIN};
+        if (idx) idx[n] = -2 - i;
+        n++;
+    }
+    for (int i = 0; i < tl->nadds; i++) {
+        int r = tl->adds[i];
+        if (r > tl->rank) continue;
+        for (int c = 0; c < MC_NUM_CHANNELS; c++) {
+            const mc_tcp_out_t *o = &tl->peers[r].add->out[c];
+            if (o->state != OUT_CONNECTING && o->state != OUT_HELLO) continue;
+            pfd[n] = (struct pollfd){
+                .fd = o->fd,
+                .events = o->state == OUT_CONNECTING ? POLLOUT : POLLIN};
+            if (idx) idx[n] = r * MC_NUM_CHANNELS + c;
+            n++;
+        }
+    }
+    return n;
+}
+
+static int tcp_hs_max(const mc_tl_t *tl)
+{
+    return 1 + MC_TCP_PENDING_MAX + MC_NUM_CHANNELS * tl->nadds;
+}
+
+/* When the handshakes next need a look without a socket event: a retry,
+ * a deadline, a silent pending socket. */
+static int64_t tcp_add_wake(const mc_tl_t *tl)
+{
+    int64_t wake = INT64_MAX;
+    for (int i = 0; i < tl->nadds; i++) {
+        int r = tl->adds[i];
+        const mc_tcp_add_t *a = tl->peers[r].add;
+        if (a->deadline_us < wake) wake = a->deadline_us;
+        for (int c = 0; r < tl->rank && c < MC_NUM_CHANNELS; c++)
+            if (a->out[c].state == OUT_IDLE && a->out[c].next_try_us < wake)
+                wake = a->out[c].next_try_us;
+    }
+    for (int i = 0; i < tl->nin; i++)
+        if (tl->ins[i].since_us + MC_TCP_PENDING_US < wake)
+            wake = tl->ins[i].since_us + MC_TCP_PENDING_US;
+    return wake;
+}
+
+/* One round of every handshake: deadlines, due connection attempts, one
+ * poll of at most max_wait_us (0 from progress), the events. A store
+ * failure fails that add, or is returned while connect is running. */
+static mc_status_t tcp_add_step(mc_tl_t *tl, int64_t max_wait_us)
+{
+    int64_t now = mc_now_us();
+    for (int i = 0; i < tl->nadds;) {
+        int r = tl->adds[i];
+        mc_tcp_add_t *a = tl->peers[r].add;
+        if (now >= a->deadline_us) {
+            tcp_add_fail(tl, r, MC_ERR_TIMEOUT,
+                         "no process of that incarnation connected within "
+                         "the timeout"); /* swaps adds[i] */
+            continue;
+        }
+        mc_status_t st = MC_OK;
+        for (int c = 0; r < tl->rank && c < MC_NUM_CHANNELS && st == MC_OK; c++)
+            if (a->out[c].state == OUT_IDLE && a->out[c].next_try_us <= now)
+                st = tcp_out_start(tl, r, c, &a->out[c], now);
+        if (st < 0) {
+            if (!tl->connected) return st;
+            char why[256];
+            snprintf(why, sizeof(why), "%s", mc_last_error());
+            tcp_add_fail(tl, r, st, why);
+            continue;
+        }
+        i++;
+    }
+    if (!tl->nadds) return MC_OK;
+
+    MC_CHECK(tcp_reserve_pfd(tl, tcp_hs_max(tl)));
+    int *idx = tl->pfd_idx;
+    int n = tcp_hs_fill(tl, tl->pfd, idx);
+    int64_t wait_us = tcp_add_wake(tl) - now;
+    if (wait_us > max_wait_us) wait_us = max_wait_us;
+    if (wait_us < 0) wait_us = 0;
+    int rc = poll(tl->pfd, (nfds_t)n, (int)((wait_us + 999) / 1000));
+    if (rc < 0 && errno != EINTR) {
+        if (!tl->connected)
+            return mc_err(MC_ERR_IO, "tcp: rank %d: poll: %s", tl->rank,
+                          strerror(errno));
+        return MC_OK;
+    }
+    now = mc_now_us();
+    int nin_before = tl->nin;
+    for (int j = 0; rc > 0 && j < n; j++) {
+        if (!tl->pfd[j].revents) continue;
+        int k = idx[j];
+        if (k == -1) {
+            /* accept everything queued, up to the free slots */
+            while (tl->nadd_in > 0 && tl->nin < MC_TCP_PENDING_MAX) {
+                struct sockaddr_in sa;
+                socklen_t sl = sizeof(sa);
+                int fd = accept4(tl->listen_fd, (struct sockaddr *)&sa, &sl,
+                                 SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0) {
+                    if (!tcp_again(errno) && errno != ECONNABORTED)
+                        MC_LOG(MC_LOG_WARN, "tcp: rank %d: accept: %s",
+                               tl->rank, strerror(errno));
+                    break;
+                }
+                mc_tcp_in_t *in = &tl->ins[tl->nin++];
+                *in = (mc_tcp_in_t){.fd = fd, .since_us = now};
+                char ip[INET_ADDRSTRLEN] = "?";
+                inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip));
+                snprintf(in->from, sizeof(in->from), "%s:%u", ip,
+                         (unsigned)ntohs(sa.sin_port));
+            }
+        } else if (k <= -2) {
+            /* an install may have ended the last accepting add, which
+             * closes and forgets every pending socket */
+            int i = -2 - k;
+            if (i < nin_before && i < tl->nin && tl->ins[i].fd == tl->pfd[j].fd)
+                tcp_in_event(tl, &tl->ins[i]);
+        } else {
+            int r = k / MC_NUM_CHANNELS, c = k % MC_NUM_CHANNELS;
+            mc_tcp_add_t *a = tl->peers[r].add;
+            /* the add may have ended (done, failed) during this loop */
+            if (a && a->out[c].fd == tl->pfd[j].fd &&
+                (a->out[c].state == OUT_CONNECTING ||
+                 a->out[c].state == OUT_HELLO))
+                tcp_out_event(tl, r, c, &a->out[c], tl->pfd[j].revents, now);
+        }
+    }
+    /* drop finished or silent pending sockets, keep the array packed */
+    int w = 0;
+    for (int i = 0; i < tl->nin; i++) {
+        mc_tcp_in_t *in = &tl->ins[i];
+        if (in->fd >= 0 && now - in->since_us > MC_TCP_PENDING_US) {
+            MC_LOG(MC_LOG_WARN,
+                   "tcp: rank %d: dropping connection from %s: no hello",
+                   tl->rank, in->from);
+            tcp_close(&in->fd);
+        }
+        if (in->fd >= 0) tl->ins[w++] = *in;
+    }
+    tl->nin = w;
+    return MC_OK;
+}
+
+/* "1(coll,p2p) 3(p2p)": who is still missing, for the timeout message. */
+static void tcp_missing(const mc_tl_t *tl, char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int r = 0; r < tl->size; r++) {
+        const mc_tcp_peer_t *p = &tl->peers[r];
+        if (!p->add) continue;
+        char chs[32] = "";
+        size_t k = 0;
+        for (int c = 0; c < MC_NUM_CHANNELS; c++)
+            if (p->ch[c].fd < 0)
+                k += (size_t)snprintf(chs + k, sizeof(chs) - k, "%s%s",
+                                      k ? "," : "", mc_tcp_ch_name[c]);
+        if (!k) continue;
+        char item[64];
+        int m = snprintf(item, sizeof(item), "%s%d(%s)", n ? " " : "", r, chs);
+        if (n + (size_t)m + 5 >= cap) {
+            snprintf(buf + n, cap - n, " ...");
+            return;
+        }
+        memcpy(buf + n, item, (size_t)m + 1);
+        n += (size_t)m;
+    }
+}
+
+static mc_status_t tcp_connect(mc_tl_t *tl)
+{
+    if (!tl) return mc_err(MC_ERR_INVALID_ARG, "tcp: NULL transport");
+    if (tl->connect_called || tl->listen_fd < 0)
+        return mc_err(MC_ERR_INVALID_ARG, "tcp: connect called twice");
+    tl->connect_called = 1;
+    /* Every wanted peer is an add without a deadline of its own; the
+     * leftovers of a failed connect go with destroy. */
+    for (int r = 0; r < tl->size; r++) {
+        if (!tl->peers[r].want) continue;
+        mc_tcp_add_t *a;
+        MC_CHECK(tcp_list_peer(tl, r));
+        MC_CHECK(tcp_add_alloc(tl, &a));
+        tcp_add_begin(tl, r, a, INT64_MAX);
+    }
+    int64_t deadline = mc_deadline_us(tl->timeout_ms);
+    while (tl->nadds > 0) {
+        int64_t now = mc_now_us();
+        if (now >= deadline) {
+            char miss[512];
+            tcp_missing(tl, miss, sizeof(miss));
+            mc_status_t st =
+                mc_err(MC_ERR_TIMEOUT,
+                       "tcp: rank %d: connect timed out after %lld ms; "
+                       "missing peers: %s",
+                       tl->rank, (long long)tl->timeout_ms, miss);
+            MC_LOG(MC_LOG_ERROR, "%s", mc_last_error());
+            return st;
+        }
+        int64_t left = deadline - now;
+        MC_CHECK(tcp_add_step(tl, left < 1000000 ? left : 1000000));
+    }
+    tl->connected = 1;
+    MC_LOG(MC_LOG_DEBUG,
+           "tcp: rank %d (incarnation %llu) connected to %d "
+           "streams",
+           tl->rank, (unsigned long long)tl->inc, tl->nstreams);
+    return MC_OK;
+}
+
+/* Complete the transfers add_peer took off a discarded peer's streams. */
+static int tcp_fail_orphans(mc_tl_t *tl)
+{
+    int n = 0;
+    mc_xfer_t *x = tl->orphans;
+    tl->orphans = NULL;
+    while (x) {
+        mc_xfer_t *next = x->next;
+        x->next = NULL;
+        tcp_complete(x, x->off >= x->len ? MC_OK : MC_ERR_PEER_FAILED);
+        n++;
+        x = next;
+    }
+    return n;
+}
+
 static int tcp_progress(mc_tl_t *tl)
 {
     if (!tl || tl->in_progress) return 0;
     tl->in_progress = 1;
     int moved = 0;
+    if (tl->orphans) moved += tcp_fail_orphans(tl);
+    if (tl->nadds) {
+        /* handshakes: a poll now and then, not on every spin */
+        int64_t now = mc_now_us();
+        if (now >= tl->add_poll_us) {
+            int before = tl->nadds;
+            tl->add_poll_us = now + MC_TCP_ADD_POLL_US;
+            (void)tcp_add_step(tl, 0); /* failures fail the add */
+            moved += before - tl->nadds;
+        }
+    }
     /* Callbacks may append to the active list (never remove), so walk it by
      * index; a stream with nothing left is swapped out and the one moved
      * into its slot is visited next. */
@@ -1120,9 +1416,17 @@ static int tcp_ready_now(const mc_tl_t *tl, const mc_tcp_stream_t *s)
 
 static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
 {
-    if (!tl) return;
+    if (!tl || tl->orphans) return;
     if (timeout_us < 0) timeout_us = 0;
     int64_t now = mc_now_us();
+    int nhs = 0;
+    if (tl->nadds) {
+        int64_t left = tcp_add_wake(tl) - now;
+        if (left <= 0) return; /* progress has a handshake to look at */
+        if (left < timeout_us) timeout_us = left;
+        nhs = tcp_hs_max(tl);
+    }
+    if (tcp_reserve_pfd(tl, tl->nstreams + nhs) != MC_OK) return;
     for (int i = 0; i < tl->nactive; i++) {
         const mc_tcp_stream_t *s = tl->active[i];
         if (tcp_ready_now(tl, s)) return;
@@ -1143,7 +1447,8 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
     int n = 0;
     for (int i = 0; i < nlist; i++) {
         mc_tcp_stream_t *s = list[i];
-        if (s->fd < 0) continue;
+        /* a peer still being added is watched through its handshakes */
+        if (s->fd < 0 || tl->peers[s->peer].add) continue;
         short ev = 0;
         if (s->rq.head) ev |= POLLIN;
         if (!tl->peers[s->peer].failed) {
@@ -1154,10 +1459,15 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
         tl->pfd[n] = (struct pollfd){.fd = s->fd, .events = ev};
         tl->pfd_s[n++] = s;
     }
+    /* handshake sockets and the listener, after the streams */
+    int nst = n;
+    if (nhs) n += tcp_hs_fill(tl, tl->pfd + n, NULL);
     struct timespec ts = {.tv_sec = timeout_us / 1000000,
                           .tv_nsec = (timeout_us % 1000000) * 1000};
     int rc = ppoll(tl->pfd, (nfds_t)n, &ts, NULL);
-    for (int i = 0; rc > 0 && i < n; i++) {
+    for (int i = nst; rc > 0 && i < n; i++)
+        if (tl->pfd[i].revents) tl->add_poll_us = 0; /* look in progress */
+    for (int i = 0; rc > 0 && i < nst; i++) {
         mc_tcp_stream_t *s = tl->pfd_s[i];
         if (!tl->peers[s->peer].failed &&
             (tl->pfd[i].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
@@ -1173,7 +1483,8 @@ static mc_status_t tcp_peer_status(mc_tl_t *tl, int peer)
         return mc_err(MC_ERR_INVALID_ARG, "tcp: peer_status: bad peer %d",
                       peer);
     mc_tcp_peer_t *p = &tl->peers[peer];
-    if (p->failed) return MC_ERR_PEER_FAILED;
+    if (p->add && tl->connected) return MC_INPROGRESS;
+    if (p->failed) return p->add_st < 0 ? p->add_st : MC_ERR_PEER_FAILED;
     if (!p->want || !tl->connected) return MC_OK;
     /* Cheap look for a hang-up nobody has examined yet; it decides at once
      * (progress then completes the transfers). */
@@ -1187,14 +1498,99 @@ static mc_status_t tcp_peer_status(mc_tl_t *tl, int peer)
     return p->failed ? MC_ERR_PEER_FAILED : MC_OK;
 }
 
+/* Take every transfer off r's streams (in order, sends of a channel then
+ * its receives) for the next progress to fail, and close its sockets. */
+static void tcp_peer_discard(mc_tl_t *tl, int r)
+{
+    mc_tcp_peer_t *p = &tl->peers[r];
+    mc_xfer_t **tail = &tl->orphans;
+    while (*tail)
+        tail = &(*tail)->next;
+    for (int c = 0; c < MC_NUM_CHANNELS; c++) {
+        mc_tcp_stream_t *s = &p->ch[c];
+        mc_tcp_q_t *qs[2] = {&s->sq, &s->rq};
+        for (int k = 0; k < 2; k++) {
+            if (!qs[k]->head) continue;
+            *tail = qs[k]->head;
+            tail = &qs[k]->tail->next;
+            qs[k]->head = qs[k]->tail = NULL;
+        }
+        tcp_close(&s->fd);
+        s->probe = s->rx_end = s->tx_blocked = s->rx_blocked = 0;
+        s->rx_idle_us = 0;
+        /* an active stream with empty queues leaves the list in progress */
+    }
+}
+
+static mc_status_t tcp_add_peer(mc_tl_t *tl, int peer, uint64_t inc,
+                                int64_t timeout_ms)
+{
+    if (!tl) return mc_err(MC_ERR_INVALID_ARG, "tcp: NULL transport");
+    if (!tl->connected)
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "tcp: rank %d: add_peer before "
+                      "connect",
+                      tl->rank);
+    if (tl->in_progress)
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "tcp: rank %d: add_peer from a completion callback",
+                      tl->rank);
+    if (peer < 0 || peer >= tl->size || peer == tl->rank)
+        return mc_err(MC_ERR_INVALID_ARG, "tcp: rank %d: add_peer: bad peer %d",
+                      tl->rank, peer);
+    if (inc == 0 || inc < tl->inc || (inc == tl->inc && peer < tl->rank))
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "tcp: rank %d (incarnation %llu): add_peer %d: "
+                      "incarnation %llu is not newer than this process",
+                      tl->rank, (unsigned long long)tl->inc, peer,
+                      (unsigned long long)inc);
+    mc_tcp_add_t *a;
+    MC_CHECK(tcp_list_peer(tl, peer));
+    MC_CHECK(tcp_add_alloc(tl, &a));
+    mc_tcp_peer_t *p = &tl->peers[peer];
+    if (p->add) {
+        MC_LOG(MC_LOG_INFO,
+               "tcp: rank %d: abandoning the add of peer %d "
+               "(incarnation %llu)",
+               tl->rank, peer, (unsigned long long)p->inc);
+        tcp_add_end(tl, peer);
+    } else if (p->want && !p->failed) {
+        /* evicted while alive: closing tells it */
+        MC_LOG(MC_LOG_INFO,
+               "tcp: rank %d: closing the connections of peer %d "
+               "(incarnation %llu) for incarnation %llu",
+               tl->rank, peer, (unsigned long long)p->inc,
+               (unsigned long long)inc);
+    }
+    tcp_peer_discard(tl, peer);
+    p->inc = inc;
+    p->want = 1;
+    p->failed = 0;
+    tcp_add_begin(tl, peer, a, mc_deadline_us(timeout_ms));
+    MC_LOG(MC_LOG_DEBUG, "tcp: rank %d: adding peer %d (incarnation %llu)",
+           tl->rank, peer, (unsigned long long)inc);
+    return MC_OK;
+}
+
 static void tcp_destroy(mc_tl_t *tl)
 {
     if (!tl) return;
     tcp_close(&tl->listen_fd);
     if (tl->peers)
-        for (int r = 0; r < tl->size; r++)
+        for (int r = 0; r < tl->size; r++) {
             for (int c = 0; c < MC_NUM_CHANNELS; c++)
                 tcp_close(&tl->peers[r].ch[c].fd);
+            if (tl->peers[r].add) {
+                for (int c = 0; c < MC_NUM_CHANNELS; c++)
+                    tcp_close(&tl->peers[r].add->out[c].fd);
+                free(tl->peers[r].add);
+            }
+        }
+    for (int i = 0; i < tl->nin; i++)
+        tcp_close(&tl->ins[i].fd);
+    free(tl->ins);
+    free(tl->adds);
+    free(tl->pfd_idx);
     free(tl->pfd_s);
     free(tl->pfd);
     free(tl->active);
@@ -1213,6 +1609,7 @@ const mc_tl_ops_t mc_tl_tcp_ops = {
     .progress = tcp_progress,
     .wait = tcp_wait,
     .peer_status = tcp_peer_status,
+    .add_peer = tcp_add_peer,
     .mem_reg = mc_tl_stub_mem_reg,
     .mem_dereg = mc_tl_stub_mem_dereg,
     .put = mc_tl_stub_put,
