@@ -38,6 +38,7 @@
 #include "chunk.h"
 #include "coll.h"
 #include "engine.h"
+#include "liveness.h"
 #include "mc_log.h"
 #include "reduce.h"
 #include "transport/transport.h"
@@ -208,6 +209,10 @@ struct mc_comm {
     mc_cctx_t cx;
     int cx_active;
     uint64_t exec_seq; /* seq of the running or next operation */
+    /* The last attempt that failed here, (epoch, seq): its frames that
+     * still arrive are discarded, so a peer still sending them can drain
+     * (an attempt never re-runs in the same epoch). */
+    uint64_t dead_att_epoch, dead_att_seq;
     mc_request_t *precv_head, *precv_tail; /* posted unmatched receives */
     mc_unexp_t *unexp_head, *unexp_tail;
     size_t unexp_bytes, unexp_max;
@@ -276,6 +281,9 @@ struct mc_comm {
     size_t ctrl_len; /* sizeof(mc_ctrl_t) + 3 * size */
     void *backup;    /* input of an in-place op, for a re-run */
     size_t backup_cap;
+    mc_live_t *live;      /* heartbeats: silent peers become suspects */
+    int64_t live_checked; /* mc_now_us() of the last look */
+    uint8_t *live_tmp;    /* [size] */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -718,7 +726,8 @@ static void coll_match(mc_comm_t *c, mc_in_t *in)
         return;
     }
     if (h->seq < c->exec_seq ||
-        (c->cx_active && h->seq == cx->seq && cx->failed < 0)) {
+        (c->cx_active && h->seq == cx->seq && cx->failed < 0) ||
+        (h->epoch == c->dead_att_epoch && h->seq == c->dead_att_seq)) {
         in_discard(c, in); /* frame of an operation that already failed */
         return;
     }
@@ -1093,7 +1102,12 @@ static int frame_done(mc_frame_t *f)
 static void cx_timeout(mc_cctx_t *cx, mc_frame_t *f)
 {
     mc_comm_t *c = cx->comm;
-    if (c->ft && f && c->cx.failed == MC_OK) c->suspect[f->peer] = 1;
+    /* Without heartbeats the peer we waited for is suspected; with them a
+     * peer that still answers heartbeats is slow, not failed: the timeout
+     * stands and the view stays (fault model: a slow but live peer is
+     * waited for up to the operation timeout). */
+    if (c->ft && !c->live && f && c->cx.failed == MC_OK)
+        c->suspect[f->peer] = 1;
     cx_fail(c, MC_ERR_TIMEOUT, 0,
             "%s at seq %llu timed out after %lld ms on rank %d waiting to %s "
             "rank %d (step " STEP_FMT ")",
@@ -1101,6 +1115,26 @@ static void cx_timeout(mc_cctx_t *cx, mc_frame_t *f)
             (long long)c->timeout_ms, c->rank,
             f ? (f->is_send ? "send to" : "receive from") : "hear from",
             f ? f->peer : -1, STEP_ARGS(f ? f->step : 0u));
+}
+
+/* Peers of the current view the heartbeat finds silent become suspects
+ * (plock held; looks at most once per millisecond). Returns the first new
+ * suspect, or -1. */
+static int live_poll(mc_comm_t *c, int64_t now)
+{
+    if (!c->live || now - c->live_checked < 1000) return -1;
+    c->live_checked = now;
+    if (!mc_live_suspects(c->live, c->live_tmp)) return -1;
+    int first = -1;
+    for (int p = 0; p < c->size; p++) {
+        if (p == c->rank || !c->active[p] || !c->live_tmp[p] || c->suspect[p])
+            continue;
+        c->suspect[p] = 1;
+        MC_LOG(MC_LOG_WARN, "rank %d: rank %d silent for %lld ms: suspected",
+               c->rank, p, (long long)mc_live_silent_ms(c->live, p));
+        if (first < 0) first = p;
+    }
+    return first;
 }
 
 /* Wait for frames [from, to) (or one), driving progress. */
@@ -1135,6 +1169,20 @@ static mc_status_t cx_wait_range(mc_cctx_t *cx, int from, int to)
             st = cx->failed;
             pthread_mutex_unlock(&c->plock);
             return st;
+        }
+        if (!n && c->live && now - c->live_checked >= 1000) {
+            pthread_mutex_lock(&c->plock);
+            int p = live_poll(c, now);
+            if (p >= 0 && cx->failed == MC_OK)
+                cx_fail(c, MC_ERR_TIMEOUT, 0,
+                        "%s at seq %llu: rank %d is silent (no heartbeat "
+                        "for %lld ms)",
+                        mc_coll_name(cx->req->args.coll),
+                        (unsigned long long)cx->seq, p,
+                        (long long)mc_live_silent_ms(c->live, p));
+            st = cx->failed;
+            pthread_mutex_unlock(&c->plock);
+            if (st < 0) return st;
         }
         if (!n) idle_wait(c, idle_since, now);
     }
@@ -1563,6 +1611,7 @@ static int agree(mc_comm_t *c, uint64_t seq)
             outcome = AG_NOQUORUM;
             break;
         }
+        live_poll(c, mc_now_us());
         if (ag_signature(c) != c->ag_sig) ag_send_report(c);
         if (ag_coord(c) == c->rank) {
             int d = ag_try_decide(c);
@@ -1611,8 +1660,9 @@ static int agree(mc_comm_t *c, uint64_t seq)
 }
 
 /* Does some active peer look failed (plock held)? */
-static int view_broken(const mc_comm_t *c)
+static int view_broken(mc_comm_t *c)
 {
+    live_poll(c, mc_now_us());
     if (c->nv_pending || c->ag_wake || c->ag_noq) return 1;
     for (int p = 0; p < c->size; p++)
         if (p != c->rank && c->active[p] &&
@@ -1725,6 +1775,15 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
         if (p == c->rank) continue;
         mc_in_t *in = &c->in[MC_CH_COLL][p];
         in->rq_head = in->rq_tail = NULL;
+        if (st < 0 && c->ft) {
+            /* a header of this attempt held or arriving from now on is
+             * dropped: the peer may still be pushing its payload */
+            c->dead_att_epoch = cx->epoch;
+            c->dead_att_seq = cx->seq;
+            if (in->state == IN_HAVE_HDR && in->hdr.epoch == cx->epoch &&
+                in->hdr.seq == cx->seq)
+                in_discard(c, in);
+        }
     }
     int64_t drain_deadline = mc_now_us() + 2000000;
     for (;;) {
@@ -1820,6 +1879,14 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                 if (st == MC_OK ||
                     (st != MC_ERR_PEER_FAILED && st != MC_ERR_TIMEOUT))
                     return st;
+                if (st == MC_ERR_TIMEOUT) {
+                    /* every peer alive (heartbeats) and nobody reports a
+                     * failure: a slow peer, not a failed one */
+                    pthread_mutex_lock(&c->plock);
+                    int b = view_broken(c);
+                    pthread_mutex_unlock(&c->plock);
+                    if (!b) return st;
+                }
             } else {
                 cx->data_done = 0;
                 memcpy(c->att_active, c->active, (size_t)c->size);
@@ -2928,6 +2995,7 @@ static int local_cpus(void)
 
 static void comm_free(mc_comm_t *c)
 {
+    if (c->live) mc_live_destroy(c->live);
     for (int i = 0; i < c->ntl; i++)
         c->tlops[i]->destroy(c->tl[i]);
     for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
@@ -2969,6 +3037,7 @@ static void comm_free(mc_comm_t *c)
     free(c->rep_maps);
     free(c->sent_view);
     free(c->backup);
+    free(c->live_tmp);
     while (c->ctrl_out) {
         mc_ctrl_out_t *m = c->ctrl_out;
         c->ctrl_out = m->next;
@@ -3183,6 +3252,25 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         }
         for (int p = 0; p < size; p++)
             if (p != rank) c->peer_tl[p] = (int8_t)slot_of[c->peer_tl[p]];
+        if (c->ft) {
+            /* heartbeats find silent peers (stopped, hung, cut off) */
+            for (int p = 0; p < size; p++)
+                mask[p] = p != rank;
+            int64_t left = (deadline - mc_now_us()) / 1000;
+            mc_live_params_t lp = {.rank = rank,
+                                   .size = size,
+                                   .store = ps,
+                                   .uid = c->uid,
+                                   .peers = mask,
+                                   .connect_timeout_ms = left > 0 ? left : 0};
+            c->live_tmp = calloc((size_t)size, 1);
+            if (!c->live_tmp) {
+                st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
+                goto err_free;
+            }
+            MC_CHECK_GOTO(mc_live_create(&lp, &c->live), st, err_free);
+            MC_CHECK_GOTO(mc_live_connect(c->live), st, err_free);
+        }
         mc_store_destroy(ps);
         ps = NULL;
     }
@@ -3318,6 +3406,8 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
     }
     c->nfailed_last = nf;
     c->nactive = n;
+    for (int i = 0; c->live && i < nf; i++)
+        mc_live_forget(c->live, c->failed_last[i]);
     c->epoch = epoch;
     c->view_changes++;
     if (!c->active[c->rank]) c->evicted = 1;
