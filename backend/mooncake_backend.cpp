@@ -420,6 +420,39 @@ class Stage
 
 } // namespace
 
+std::vector<int> lastFailedRanks(mc_comm_h comm)
+{
+    // The list can only grow between the two calls if a view change lands in
+    // between; take what fits then.
+    int n = mc_comm_failed_ranks(comm, nullptr, 0);
+    if (n <= 0) return {};
+    std::vector<int> v(static_cast<size_t>(n));
+    int m = mc_comm_failed_ranks(comm, v.data(), n);
+    v.resize(static_cast<size_t>(std::max(0, std::min(n, m))));
+    return v;
+}
+
+std::exception_ptr makeOpError(mc_comm_h comm, const char *op, mc_status_t st,
+                               const std::string &text, bool collective)
+{
+    const char *detail = text.empty() ? mc_status_str(st) : text.c_str();
+    if (st == MC_ERR_TIMEOUT)
+        return std::make_exception_ptr(c10::DistBackendError(
+            c10::str("mooncake ", op, " failed: Timed out - ", detail)));
+    std::string msg = c10::str("mooncake ", op, " failed (", mc_status_str(st),
+                               "): ", detail);
+    if (st == MC_ERR_EVICTED) return std::make_exception_ptr(EvictedError(msg));
+    // With fault tolerance on, a collective reports MC_ERR_PEER_FAILED only
+    // after the survivors adopted a view without the failed ranks (manual
+    // mode: this call, and every later one until recover). Without a view
+    // change (MOONCAKE_FT=0) the group is broken: a plain DistBackendError.
+    if (st == MC_ERR_PEER_FAILED && collective &&
+        mc_comm_view_changes(comm) > 0)
+        return std::make_exception_ptr(
+            RankFailureError(msg, lastFailedRanks(comm)));
+    return std::make_exception_ptr(c10::DistBackendError(msg));
+}
+
 bool onCallbackThread()
 {
     return tlsOnCallback;
@@ -594,17 +627,9 @@ void MooncakeWork::complete()
         }
     }
     post.clear();
-    if (st != MC_OK) {
-        std::string msg =
-            st == MC_ERR_TIMEOUT
-                ? c10::str("mooncake ", opName_, " failed: Timed out - ",
-                           text.empty() ? mc_status_str(st) : text.c_str())
-                : c10::str(
-                      "mooncake ", opName_, " failed (", mc_status_str(st),
-                      "): ", text.empty() ? mc_status_str(st) : text.c_str());
-        eptr = std::make_exception_ptr(
-            c10::DistBackendError(msg, /*backtrace=*/nullptr));
-    }
+    if (st != MC_OK)
+        eptr = makeOpError(comm_->get(), opName_, st, text,
+                           !c10d::isP2POp(opType_));
     durationMs_.store(std::chrono::duration<float, std::milli>(
                           std::chrono::steady_clock::now() - startTime_)
                           .count());
@@ -794,6 +819,7 @@ MooncakeBackend::MooncakeBackend(const c10::intrusive_ptr<c10d::Store> &store,
         C10_THROW_ERROR(DistBackendError, msg);
     }
     comm_ = std::make_shared<Comm>(comm);
+    autoRecover_.store(cfg.auto_recover != 0);
     // MOONCAKE_TORCH_INLINE=0: blocking torch calls also go through the
     // non-blocking engine calls (for comparison and debugging).
     const char *inl = std::getenv("MOONCAKE_TORCH_INLINE");
@@ -835,18 +861,75 @@ MooncakeBackend::newWork(c10d::OpType type, const char *name,
     return w;
 }
 
-void MooncakeBackend::throwIssue(const char *op, mc_status_t st) const
+void MooncakeBackend::throwIssue(const char *op, mc_status_t st,
+                                 bool collective) const
 {
     std::string text = mc_last_error();
     if (st == MC_ERR_INVALID_ARG) {
         TORCH_CHECK(false, "mooncake ", op, ": ", text);
     }
-    if (st == MC_ERR_TIMEOUT)
-        C10_THROW_ERROR(
-            DistBackendError,
-            c10::str("mooncake ", op, " failed: Timed out - ", text));
-    C10_THROW_ERROR(DistBackendError, c10::str("mooncake ", op, " failed (",
-                                               mc_status_str(st), "): ", text));
+    std::rethrow_exception(makeOpError(comm_->get(), op, st, text, collective));
+}
+
+// --- views and fault tolerance -------------------------------------------
+
+uint64_t MooncakeBackend::epoch() const
+{
+    uint64_t ep = 0;
+    mc_status_t st = mc_comm_view(comm_->get(), &ep, nullptr, nullptr);
+    if (st < 0) throwIssue("get_epoch", st, false);
+    return ep;
+}
+
+std::vector<int> MooncakeBackend::activeRanks() const
+{
+    std::vector<uint8_t> act(static_cast<size_t>(size_));
+    mc_status_t st = mc_comm_view(comm_->get(), nullptr, act.data(), nullptr);
+    if (st < 0) throwIssue("get_active_ranks", st, false);
+    std::vector<int> out;
+    for (int r = 0; r < size_; r++)
+        if (act[r]) out.push_back(r);
+    return out;
+}
+
+std::vector<int> MooncakeBackend::failedRanks() const
+{
+    return lastFailedRanks(comm_->get());
+}
+
+uint64_t MooncakeBackend::viewChanges() const
+{
+    return mc_comm_view_changes(comm_->get());
+}
+
+std::vector<int> MooncakeBackend::recover()
+{
+    mc_status_t st = mc_comm_recover(comm_->get());
+    if (st < 0) throwIssue("recover", st, false);
+    return activeRanks();
+}
+
+void MooncakeBackend::setAutoRecover(bool on)
+{
+    mc_status_t st = mc_comm_set_auto_recover(comm_->get(), on ? 1 : 0);
+    if (st < 0) throwIssue("set_auto_recover", st, false);
+    autoRecover_.store(on);
+}
+
+void MooncakeBackend::shrinkView(const std::vector<int> &ranks)
+{
+    for (int r : ranks)
+        TORCH_CHECK_VALUE(r >= 0 && r < size_, "mooncake shrink: rank ", r,
+                          " out of range for group size ", size_);
+    mc_status_t st = mc_comm_shrink(comm_->get(), ranks.data(),
+                                    static_cast<int>(ranks.size()));
+    if (st < 0) {
+        if (st == MC_ERR_INVALID_ARG) {
+            std::string text = mc_last_error();
+            TORCH_CHECK_VALUE(false, "mooncake shrink: ", text);
+        }
+        throwIssue("shrink", st, true);
+    }
 }
 
 // Issue helper. Async (opts.asyncOp, the default): the non-blocking
@@ -860,11 +943,12 @@ void MooncakeBackend::throwIssue(const char *op, mc_status_t st) const
 #define MC_RUN(w, op, blocking, fn, ...)                                       \
     do {                                                                       \
         bool first_ = (w)->requestCount() == 0 && (w)->ok();                   \
+        bool coll_ = !c10d::isP2POp((w)->retrieveOpType());                    \
         if (blocking) {                                                        \
             if ((w)->ok()) {                                                   \
                 mc_status_t st_ = mc_comm_##fn(comm_->get(), __VA_ARGS__);     \
                 if (st_ < 0) {                                                 \
-                    if (first_) throwIssue(op, st_);                           \
+                    if (first_) throwIssue(op, st_, coll_);                    \
                     (w)->failIssue(st_, mc_last_error());                      \
                 }                                                              \
             }                                                                  \
@@ -872,7 +956,7 @@ void MooncakeBackend::throwIssue(const char *op, mc_status_t st) const
             mc_request_h r_ = nullptr;                                         \
             mc_status_t st_ = mc_comm_i##fn(comm_->get(), __VA_ARGS__, &r_);   \
             if (st_ < 0) {                                                     \
-                if (first_) throwIssue(op, st_);                               \
+                if (first_) throwIssue(op, st_, coll_);                        \
                 (w)->failIssue(st_, mc_last_error());                          \
             } else {                                                           \
                 (w)->addRequest(r_);                                           \
@@ -1434,11 +1518,11 @@ MooncakeBackend::barrier(const c10d::BarrierOptions &opts)
     const bool blk = !opts.asyncOp && inline_;
     if (blk) {
         mc_status_t st = mc_comm_barrier(comm_->get());
-        if (st < 0) throwIssue("barrier", st);
+        if (st < 0) throwIssue("barrier", st, true);
     } else {
         mc_request_h r = nullptr;
         mc_status_t st = mc_comm_ibarrier(comm_->get(), &r);
-        if (st < 0) throwIssue("barrier", st);
+        if (st < 0) throwIssue("barrier", st, true);
         w->addRequest(r);
     }
     w->start();

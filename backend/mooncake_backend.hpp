@@ -18,10 +18,17 @@
 // blocking mc_comm_* call in the caller's thread (no thread hand-off; torch's
 // bindings release the GIL) and returns a completed Work;
 // MOONCAKE_TORCH_INLINE=0 turns that off. Point-to-point is always async.
+//
+// Faults: the communicator's view (epoch, active ranks) is exposed to Python
+// as methods of the backend object (module.cpp; mooncake.get_epoch & co. in
+// the package). Failed operations raise c10::DistBackendError, or one of the
+// two subclasses below, which module.cpp translates into the package's
+// Python classes.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -30,6 +37,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
@@ -44,6 +52,49 @@
 
 namespace mooncake
 {
+
+// A collective failed because ranks failed and the survivors agreed on a
+// new view while the group is in manual recovery mode (MC_ERR_PEER_FAILED
+// after a view change). Python sees mooncake.RankFailureError, a subclass of
+// torch.distributed.DistBackendError, with .failed_ranks (module.cpp).
+class RankFailureError : public c10::DistBackendError
+{
+  public:
+    RankFailureError(std::string msg, std::vector<int> failedRanks)
+        : c10::DistBackendError(std::move(msg)),
+          failedRanks_(std::move(failedRanks))
+    {
+    }
+    const std::vector<int> &failedRanks() const
+    {
+        return failedRanks_;
+    }
+
+  private:
+    std::vector<int> failedRanks_;
+};
+
+// This rank was removed from the group (MC_ERR_EVICTED). Python sees
+// mooncake.EvictedError (a DistBackendError).
+class EvictedError : public c10::DistBackendError
+{
+  public:
+    explicit EvictedError(std::string msg)
+        : c10::DistBackendError(std::move(msg))
+    {
+    }
+};
+
+// The exception for a failed operation `op`: EvictedError for
+// MC_ERR_EVICTED; RankFailureError for MC_ERR_PEER_FAILED of a collective
+// once the group has changed its view (manual mode, failed ranks read from
+// the communicator now); c10::DistBackendError otherwise (a timeout's text
+// starts with "Timed out", as before).
+std::exception_ptr makeOpError(mc_comm_h comm, const char *op, mc_status_t st,
+                               const std::string &text, bool collective);
+
+// Ranks removed by the communicator's most recent view change, ascending.
+std::vector<int> lastFailedRanks(mc_comm_h comm);
 
 // Owns the communicator. Shared by the Backend and its pending Works, so a
 // Work can always be waited on. Destruction must not run on the engine's
@@ -244,6 +295,28 @@ class MooncakeBackend : public c10d::Backend
     // Name of the transport reaching `peer` ("self", "shm", "tcp").
     std::string peerTransport(int peer) const;
 
+    // --- views and fault tolerance (mooncake.get_epoch & co.) -------------
+    // Epoch of the current view.
+    uint64_t epoch() const;
+    // Active rank slots of the current view, ascending.
+    std::vector<int> activeRanks() const;
+    // Ranks removed by the most recent view change, ascending.
+    std::vector<int> failedRanks() const;
+    // View changes this rank has adopted.
+    uint64_t viewChanges() const;
+    // Manual mode: accept the new view; returns the active ranks. Throws
+    // EvictedError on a removed rank.
+    std::vector<int> recover();
+    // Auto (true) or manual (false) recovery for later failures.
+    void setAutoRecover(bool on);
+    bool autoRecover() const
+    {
+        return autoRecover_.load();
+    }
+    // Remove `ranks` from the view (collective over the ranks that stay).
+    // Not c10d::Backend::shrink, which makes a new, renumbered group.
+    void shrinkView(const std::vector<int> &ranks);
+
   private:
     std::vector<at::Tensor>
     rootList(std::vector<std::vector<at::Tensor>> &lists,
@@ -254,14 +327,16 @@ class MooncakeBackend : public c10d::Backend
                                              const char *name,
                                              std::vector<at::Tensor> outputs,
                                              std::chrono::milliseconds timeout);
-    // Throws the engine's error for a failed issue call.
-    [[noreturn]] void throwIssue(const char *op, mc_status_t st) const;
+    // Throws the engine's error for a failed issue call (see makeOpError).
+    [[noreturn]] void throwIssue(const char *op, mc_status_t st,
+                                 bool collective) const;
 
     std::shared_ptr<Comm> comm_;
     std::chrono::milliseconds timeout_;
     bool timeoutSet_ = false;
     bool inline_ = true; // blocking calls run inline (MOONCAKE_TORCH_INLINE)
     std::atomic<uint64_t> seq_{0};
+    std::atomic<bool> autoRecover_{true};
 };
 
 // The creator registered with torch.distributed.Backend.register_backend.

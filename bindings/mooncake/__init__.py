@@ -11,6 +11,12 @@ host memory. Environment variables ``MOONCAKE_*`` (transport, timeouts, log
 level) apply to every communicator; the timeout given to
 ``init_process_group``/``new_group`` sets the init and per-operation timeouts
 unless ``MOONCAKE_TIMEOUT_MS``/``MOONCAKE_INIT_TIMEOUT_MS`` are set.
+
+Rank failures (see ``mooncake.fault``): by default (auto mode) a collective
+interrupted by a failed rank re-runs over the survivors and succeeds;
+``get_active_ranks``/``get_epoch`` show the current view. In manual mode
+(``MOONCAKE_AUTO_RECOVER=0`` or ``set_auto_recover(False, group)``) it
+raises ``RankFailureError`` (``.failed_ranks``) until ``recover(group)``.
 """
 
 import atexit
@@ -20,11 +26,17 @@ import torch.distributed as _dist
 
 from . import _C
 from ._C import MooncakeBackend, create_backend
+from .fault import (EvictedError, RankFailureError, get_active_ranks,
+                    get_auto_recover, get_epoch, get_failed_ranks, recover,
+                    set_auto_recover, shrink)
 
 __version__ = _C.__version__
 BACKEND_NAME = "mooncake"
 
-__all__ = ["BACKEND_NAME", "MooncakeBackend", "create_backend", "__version__"]
+__all__ = ["BACKEND_NAME", "MooncakeBackend", "create_backend", "__version__",
+           "RankFailureError", "EvictedError", "get_active_ranks",
+           "get_epoch", "get_failed_ranks", "recover", "set_auto_recover",
+           "get_auto_recover", "shrink"]
 
 
 def _register():

@@ -60,22 +60,27 @@ def _module_key(module):
 
 
 class Case:
-    def __init__(self, fn, world_sizes, skip_on, fresh_after):
+    def __init__(self, fn, world_sizes, skip_on, fresh_after, kills=False):
         self.fn = fn
         self.name = fn.__name__
         self.world_sizes = tuple(world_sizes)
         self.skip_on = dict(skip_on or {})
         self.fresh_after = fresh_after
+        self.kills = kills
 
 
 def case(fn=None, *, world_sizes=DEFAULT_WORLD_SIZES, skip_on=None,
-         fresh_after=False):
+         fresh_after=False, kills=False):
     """Register fn(ctx) as a multi-process case.
 
     skip_on: {backend name: reason} for backends that lack the feature (the
     backend under development, "mooncake", must never appear here).
     fresh_after: recreate the process group after this case even if it
     passed (the case leaves a timed-out or aborted operation behind).
+    kills: the case may end ranks on purpose with ctx.die() (SIGKILL). It
+    runs alone on a fresh pool of workers that is discarded afterwards; a
+    rank that died through ctx.die() counts as passed, any other exit of a
+    rank still fails the case.
     """
 
     def deco(f):
@@ -83,7 +88,7 @@ def case(fn=None, *, world_sizes=DEFAULT_WORLD_SIZES, skip_on=None,
         reg = _REGISTRY.setdefault(key, {})
         if f.__name__ in reg:
             raise ValueError(f"duplicate case {f.__name__} in {key}")
-        reg[f.__name__] = Case(f, world_sizes, skip_on, fresh_after)
+        reg[f.__name__] = Case(f, world_sizes, skip_on, fresh_after, kills)
         return f
 
     return deco(fn) if fn is not None else deco
@@ -119,12 +124,24 @@ class Ctx:
     harness' TCPStore (independent of the backend, prefixed per case) and
     the per-operation timeout."""
 
-    def __init__(self, rank, world_size, backend, store, op_timeout):
+    def __init__(self, rank, world_size, backend, store, op_timeout,
+                 on_die=None):
         self.rank = rank
         self.world_size = world_size
         self.backend = backend
         self.store = store
         self.op_timeout = op_timeout
+        self._on_die = on_die
+
+    def die(self):
+        """End this worker process at once with SIGKILL (no cleanup, like a
+        crash). Only in cases registered with kills=True; callable from any
+        thread. The harness records the death as this rank's expected
+        outcome first."""
+        if self._on_die is None:
+            raise RuntimeError("ctx.die() needs @case(kills=True)")
+        self._on_die()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def store_barrier(self, name, timeout=None):
         """Synchronise through the store (not through the backend)."""
@@ -220,7 +237,16 @@ def _run_cases(chan, dist, store, rank, ws, backend, cmd):
         _emit(chan, event="start", case=name)
         faulthandler.dump_traceback_later(2 * op_timeout + 12, exit=False)
         cstore = dist.PrefixStore(f"{prefix}case/{name}/", store)
-        ctx = Ctx(rank, ws, backend, cstore, op_timeout)
+        skey = f"{prefix}status/{name}/"
+
+        def on_die(name=name, skey=skey):
+            # Peers learn the outcome through the store, the parent through
+            # the channel; then the caller kills this process.
+            store.set(skey + str(rank), "died")
+            _emit(chan, event="dying", case=name)
+
+        ctx = Ctx(rank, ws, backend, cstore, op_timeout,
+                  on_die if c.kills else None)
         t0 = time.monotonic()
         try:
             c.fn(ctx)
@@ -236,7 +262,6 @@ def _run_cases(chan, dist, store, rank, ws, backend, cmd):
 
         # Outcome exchange through the store: decides whether the process
         # group must be recreated before the next case.
-        skey = f"{prefix}status/{name}/"
         store.set(skey + str(rank), outcome)
         try:
             store.wait([skey + str(r) for r in range(ws)],
@@ -247,6 +272,12 @@ def _run_cases(chan, dist, store, rank, ws, backend, cmd):
                   error=f"rank {rank}: peers did not finish case {name} "
                         f"within {op_timeout + 10:.0f}s of this rank")
             _destroy_pg(dist)
+            return
+        if "died" in outcomes:
+            # A rank is gone: the group cannot be recreated at this size.
+            # Kill cases run alone, so this ends the run.
+            _destroy_pg(dist)
+            _emit(chan, event="end")
             return
         if c.fresh_after or "fail" in outcomes:
             t1 = time.monotonic()
@@ -311,9 +342,11 @@ class Pool:
             self.procs.append(p)
             self.bufs.append(b"")
         self.dead = False
+        self.lost = False  # a rank died on purpose (ctx.die)
 
     def alive(self):
-        return not self.dead and all(p.poll() is None for p in self.procs)
+        return (not self.dead and not self.lost
+                and all(p.poll() is None for p in self.procs))
 
     def tail(self, r, n=4000):
         try:
@@ -404,6 +437,8 @@ class Pool:
         results = {c: {} for c in cases}
         current = {r: "<setup>" for r in range(self.ws)}
         ended = set()
+        dying = {}  # rank -> case, announced by ctx.die()
+        t_start = {}
         problems = []
         idle_limit = 2 * op_timeout + 20
         last = time.monotonic()
@@ -418,6 +453,11 @@ class Pool:
                     continue
                 if kind == "start":
                     current[r] = ev["case"]
+                    t_start[r] = now
+                elif kind == "dying":
+                    dying[r] = ev["case"]
+                    results[ev["case"]][r] = (
+                        "died", "", round(now - t_start.get(r, now), 3))
                 elif kind == "result":
                     results[ev["case"]][r] = (ev["outcome"], ev["msg"],
                                               ev["elapsed"])
@@ -429,10 +469,15 @@ class Pool:
                     ended.add(r)
                 elif kind == "eof":
                     rc = self.procs[r].wait(timeout=5)
+                    ended.add(r)
+                    if r in dying and rc == -signal.SIGKILL:
+                        self.lost = True  # a rank is gone: no reuse
+                        continue
+                    if r in dying:
+                        results[dying[r]].pop(r, None)
                     problems.append(
                         f"rank {r} exited (rc={rc}) while in case "
                         f"{current[r]}; stderr tail:\n{self.tail(r)}")
-                    ended.add(r)
                 elif kind == "junk":
                     problems.append(f"rank {r} wrote junk: {ev['line']}")
             if len(ended) < self.ws and now - last > idle_limit:
@@ -446,7 +491,7 @@ class Pool:
                 problems.append(msg)
                 break
         sel.close()
-        if problems and self.alive():
+        if problems and not self.dead:
             # A rank gave up on the run (fatal) or died: the survivors may
             # be stuck in a collective; do not reuse this pool.
             self.kill()
@@ -496,9 +541,26 @@ class Runner:
         names = [n for n, c in reg.items()
                  if ws in c.world_sizes and self.backend not in c.skip_on
                  and (not want or n in want)]
+        shared = [n for n in names if not reg[n].kills]
         t0 = time.monotonic()
-        res, problems = self._pool(ws).run(module.__file__, names,
-                                           self.op_timeout)
+        res, problems = {}, {}  # problems: {case or None (all): [str]}
+        if shared:
+            r, p = self._pool(ws).run(module.__file__, shared,
+                                      self.op_timeout)
+            res.update(r)
+            problems[None] = p
+        for n in names:
+            if not reg[n].kills:
+                continue
+            # A case that kills ranks gets a pool of its own, thrown away
+            # afterwards (the dead ranks cannot be replaced in place).
+            pool = Pool(ws, self.backend, self.logdir)
+            try:
+                r, p = pool.run(module.__file__, [n], self.op_timeout)
+            finally:
+                pool.close()
+            res.update(r)
+            problems[n] = p
         self.cache[key] = (res, problems, time.monotonic() - t0)
         tfile = os.environ.get("MOONCAKE_TEST_TIMINGS")
         if tfile:  # per-case wall time (slowest rank), for tuning the suite
@@ -516,7 +578,8 @@ class Runner:
         c = _REGISTRY[_module_key(module)][name]
         if self.backend in c.skip_on:
             pytest.skip(f"{self.backend}: {c.skip_on[self.backend]}")
-        res, problems, _ = self._results(module, ws)
+        res, all_problems, _ = self._results(module, ws)
+        problems = all_problems.get(None, []) + all_problems.get(name, [])
         per_rank = res.get(name, {})
         if len(per_rank) < ws:
             missing = sorted(set(range(ws)) - set(per_rank))
