@@ -20,6 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <math.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,6 +63,13 @@ struct bench_opts {
     int memcpy_bw;
     int nranks;
     const char *dir;
+    /* --kill mode */
+    int kill;
+    int kills;
+    uint64_t kill_bytes;
+    uint64_t seed;
+    int seed_set;
+    int ft_compare;
 };
 
 /* Sizes of one step of the sweep, following nccl-tests: `count` is the
@@ -94,6 +104,23 @@ static void usage(FILE *f)
 "                          of this machine for each size (rank 0's process)\n"
 "  -h, --help              this text\n"
 "SIZE accepts K, M, G suffixes (powers of 1024).\n"
+"\n"
+"Recovery mode (docs/fault-model.md, \"Targets\"):\n"
+"      --kill              repeat trials: fork --ranks ranks (default 4) that\n"
+"                          loop on a float32 allreduce of -b bytes (default\n"
+"                          1M); 1-50 ms into the loop SIGKILL one random rank\n"
+"                          and time kill() to the return of every survivor's\n"
+"                          interrupted call (the call during which\n"
+"                          mc_comm_view_changes grew). Prints median, p99 and\n"
+"                          max. Transport: --transport (default shm here).\n"
+"                          Then compares allreduce busbw with fault tolerance\n"
+"                          on and off (two communicators in the same ranks,\n"
+"                          1M, 16M, 64M, out of place and in place, best of 3\n"
+"                          runs of -n iterations (default 10 here) after -w\n"
+"                          warm-ups).\n"
+"      --kills N           number of trials (default 50)\n"
+"      --seed N            seed for kill times and victims (default: clock)\n"
+"      --ft-compare 0|1    run the FT on/off comparison (default 1)\n"
 "\n"
 "Size conventions (as nccl-tests): `size` is the larger of the per-rank\n"
 "send and receive buffers, `count` the count passed to the call:\n"
@@ -192,7 +219,16 @@ static int parse_redop(const char *s, mc_redop_t *op_p)
 /* Returns 0 to run, 1 to exit successfully (help), -1 on a usage error. */
 static int parse_args(int argc, char **argv, struct bench_opts *o)
 {
-    enum { OPT_ROOT = 256, OPT_RANKS, OPT_TRANSPORT, OPT_MEMCPY };
+    enum {
+        OPT_ROOT = 256,
+        OPT_RANKS,
+        OPT_TRANSPORT,
+        OPT_MEMCPY,
+        OPT_KILL,
+        OPT_KILLS,
+        OPT_SEED,
+        OPT_FT_COMPARE
+    };
     static const struct option longopts[] = {
         {"minbytes", required_argument, NULL, 'b'},
         {"maxbytes", required_argument, NULL, 'e'},
@@ -207,6 +243,10 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         {"ranks", required_argument, NULL, OPT_RANKS},
         {"transport", required_argument, NULL, OPT_TRANSPORT},
         {"memcpy", no_argument, NULL, OPT_MEMCPY},
+        {"kill", no_argument, NULL, OPT_KILL},
+        {"kills", required_argument, NULL, OPT_KILLS},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"ft-compare", required_argument, NULL, OPT_FT_COMPARE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -225,7 +265,10 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         .transport = cfg.transport,
         .check = 1,
         .nranks = 2,
+        .kills = 50,
+        .ft_compare = 1,
     };
+    int minb_set = 0, ranks_set = 0, transport_set = 0, iters_set = 0;
     int c;
     while ((c = getopt_long(argc, argv, "b:e:f:n:w:o:d:r:c:h", longopts,
                             NULL)) != -1) {
@@ -233,6 +276,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         switch (c) {
         case 'b':
             bad = parse_size(optarg, &o->minb) || o->minb == 0;
+            minb_set = 1;
             break;
         case 'e':
             bad = parse_size(optarg, &o->maxb);
@@ -245,6 +289,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         }
         case 'n':
             bad = parse_int(optarg, 1, 100000000, &o->iters);
+            iters_set = 1;
             break;
         case 'w':
             bad = parse_int(optarg, 0, 100000000, &o->warmup);
@@ -272,6 +317,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
             break;
         case OPT_RANKS:
             bad = parse_int(optarg, 1, BENCH_MAX_RANKS, &o->nranks);
+            ranks_set = 1;
             break;
         case OPT_TRANSPORT:
             if (!strcasecmp(optarg, "shm"))
@@ -282,9 +328,27 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
                 o->transport = MC_TRANSPORT_AUTO;
             else
                 bad = 1;
+            transport_set = 1;
             break;
         case OPT_MEMCPY:
             o->memcpy_bw = 1;
+            break;
+        case OPT_KILL:
+            o->kill = 1;
+            break;
+        case OPT_KILLS:
+            bad = parse_int(optarg, 1, 1000000, &o->kills);
+            break;
+        case OPT_SEED: {
+            char *end;
+            errno = 0;
+            o->seed = strtoull(optarg, &end, 0);
+            bad = errno || end == optarg || *end;
+            o->seed_set = 1;
+            break;
+        }
+        case OPT_FT_COMPARE:
+            bad = parse_int(optarg, 0, 1, &o->ft_compare);
             break;
         case 'h':
             usage(stdout);
@@ -296,10 +360,13 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         if (bad) {
             fprintf(stderr, "mooncake-bench: invalid value '%s' for -%c%s\n",
                     optarg, c < 256 ? c : '-',
-                    c == OPT_ROOT        ? "-root"
-                    : c == OPT_RANKS     ? "-ranks"
-                    : c == OPT_TRANSPORT ? "-transport"
-                                         : "");
+                    c == OPT_ROOT         ? "-root"
+                    : c == OPT_RANKS      ? "-ranks"
+                    : c == OPT_TRANSPORT  ? "-transport"
+                    : c == OPT_KILLS      ? "-kills"
+                    : c == OPT_SEED       ? "-seed"
+                    : c == OPT_FT_COMPARE ? "-ft-compare"
+                                          : "");
             return -1;
         }
     }
@@ -307,6 +374,22 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         fprintf(stderr, "mooncake-bench: unexpected argument '%s'\n",
                 argv[optind]);
         return -1;
+    }
+    if (o->kill) {
+        o->kill_bytes = minb_set ? o->minb : (uint64_t)1 << 20;
+        if (!ranks_set) o->nranks = 4;
+        if (!transport_set) o->transport = MC_TRANSPORT_SHM;
+        if (!iters_set) o->iters = 10;
+        if (o->nranks < 2) {
+            fprintf(stderr, "mooncake-bench: --kill needs --ranks >= 2\n");
+            return -1;
+        }
+        if (o->kill_bytes > BENCH_MAX_BYTES) {
+            fprintf(stderr, "mooncake-bench: -b is above %" PRIu64 "\n",
+                    BENCH_MAX_BYTES);
+            return -1;
+        }
+        return 0;
     }
     if (o->maxb < o->minb || o->maxb > BENCH_MAX_BYTES) {
         fprintf(stderr,
@@ -1085,6 +1168,556 @@ static int rm_cb(const char *path, const struct stat *sb, int flag,
     return 0;
 }
 
+/* ------------------------------------------------------------------------ */
+/* --kill: recovery latency and the healthy-path cost of fault tolerance    */
+/* ------------------------------------------------------------------------ */
+
+#define KILL_TRIAL_S 30        /* a trial that takes longer has failed */
+#define KILL_DELAY_MIN_US 1000 /* kill 1..50 ms into the allreduce loop */
+#define KILL_DELAY_MAX_US 50000
+#define FTC_REPS 3
+
+/* One trial's state, shared with the ranks (MAP_SHARED before fork). */
+struct kill_shm {
+    int started[BENCH_MAX_RANKS];
+    int alive, done;
+    int64_t t_ret_ns[BENCH_MAX_RANKS]; /* the interrupted call returned */
+    int status[BENCH_MAX_RANKS];       /* a failed call's status */
+    int64_t wrong[BENCH_MAX_RANKS];    /* wrong elements, every call */
+    char err[BENCH_MAX_RANKS][160];
+};
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static uint64_t kill_rng(uint64_t *s)
+{
+    uint64_t x = (*s += 0x9E3779B97F4A7C15ULL);
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+/* Leave only once every survivor is through: a peer that goes away early
+ * would look like one more failure to ranks still in their last call. */
+static void kill_rank_finish(struct kill_shm *sh)
+{
+    __atomic_add_fetch(&sh->done, 1, __ATOMIC_SEQ_CST);
+    int64_t t0 = now_ns();
+    while (__atomic_load_n(&sh->done, __ATOMIC_SEQ_CST) <
+               __atomic_load_n(&sh->alive, __ATOMIC_SEQ_CST) &&
+           now_ns() - t0 < (int64_t)KILL_TRIAL_S * 1000000000)
+        usleep(1000);
+}
+
+/* A rank of one trial: allreduce of ones until the group has seen a view
+ * change; the return time of the call in which this rank saw it goes to
+ * `sh`, and every result is checked against the op view's active count. */
+static int kill_rank(const struct bench_opts *o, struct kill_shm *sh,
+                     const char *dir, int rank)
+{
+    char *err = sh->err[rank];
+    size_t errcap = sizeof(sh->err[0]);
+    mc_store_h store;
+    mc_status_t st = mc_store_file_create(dir, &store);
+    if (st != MC_OK) {
+        snprintf(err, errcap, "store: %s", mc_last_error());
+        return 1;
+    }
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.name = "kill";
+    cfg.transport = o->transport;
+    cfg.ft = 1;
+    cfg.auto_recover = 1;
+    cfg.timeout_ms = 20000;
+    cfg.init_timeout_ms = 30000;
+    mc_comm_h comm;
+    if ((st = mc_comm_create(rank, o->nranks, store, &cfg, &comm)) != MC_OK) {
+        snprintf(err, errcap, "mc_comm_create: %s: %s", mc_status_str(st),
+                 mc_last_error());
+        mc_store_destroy(store);
+        return 1;
+    }
+    size_t count = o->kill_bytes / sizeof(float);
+    if (!count) count = 1;
+    float *s = malloc(count * sizeof(float));
+    float *r = malloc(count * sizeof(float));
+    int rc = 1;
+    if (!s || !r) {
+        snprintf(err, errcap, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < count; i++)
+        s[i] = 1.0f;
+    memset(r, 0, count * sizeof(float));
+    if ((st = mc_comm_barrier(comm)) != MC_OK) {
+        snprintf(err, errcap, "start barrier: %s: %s", mc_status_str(st),
+                 mc_comm_last_error(comm));
+        goto out;
+    }
+    __atomic_store_n(&sh->started[rank], 1, __ATOMIC_RELEASE);
+    /*
+     * Ranks may see the view change in different calls: one whose call
+     * completed in the old view adopts the change as that call returns,
+     * while the others, already past it, see it in the next call. So
+     * element 0 carries "I have seen it" (+1000) and everyone stops after
+     * the first call whose sum says someone had: the same call everywhere.
+     */
+    int64_t t0 = now_ns();
+    int seen = 0;
+    for (;;) {
+        s[0] = seen ? 1001.0f : 1.0f;
+        uint64_t vc = mc_comm_view_changes(comm);
+        st = mc_comm_allreduce(comm, s, r, count, MC_FLOAT32, MC_SUM);
+        int64_t t = now_ns();
+        if (st != MC_OK) {
+            sh->status[rank] = st;
+            snprintf(err, errcap, "allreduce: %s: %s", mc_status_str(st),
+                     mc_comm_last_error(comm));
+            break;
+        }
+        int nact = 0;
+        mc_comm_op_view(comm, NULL, NULL, &nact);
+        int64_t wrong = 0;
+        for (size_t i = 1; i < count; i++)
+            wrong += r[i] != (float)nact;
+        float flags = r[0] - (float)nact; /* 1000 per rank that had seen it */
+        if (flags != 1000.0f * (int)(flags / 1000.0f)) wrong++;
+        sh->wrong[rank] += wrong;
+        if (!seen && mc_comm_view_changes(comm) != vc) {
+            seen = 1;
+            __atomic_store_n(&sh->t_ret_ns[rank], t, __ATOMIC_RELEASE);
+        }
+        if (flags >= 1000.0f) {
+            if (seen)
+                rc = 0;
+            else
+                snprintf(err, errcap,
+                         "peers saw a view change, this rank "
+                         "did not");
+            break;
+        }
+        if (t - t0 > (int64_t)KILL_TRIAL_S * 1000000000) {
+            snprintf(err, errcap, "no view change within %d s", KILL_TRIAL_S);
+            break;
+        }
+    }
+out:
+    kill_rank_finish(sh);
+    mc_comm_destroy(comm);
+    mc_store_destroy(store);
+    free(s);
+    free(r);
+    return rc;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of a sorted array. */
+static double pctl(const double *v, int n, double p)
+{
+    if (n <= 0) return 0;
+    int i = (int)ceil(p / 100.0 * n) - 1;
+    if (i < 0) i = 0;
+    if (i >= n) i = n - 1;
+    return v[i];
+}
+
+/* Wait for every rank, at most until `deadline_ns`; SIGKILL the rest then.
+ * Returns how many were still running at the deadline. */
+static int reap_until(pid_t *pids, int *wst, int n, int64_t deadline_ns)
+{
+    int left = 0;
+    for (int i = 0; i < n; i++)
+        left += pids[i] > 0;
+    while (left > 0) {
+        int st;
+        pid_t p = waitpid(-1, &st, WNOHANG);
+        if (p > 0) {
+            for (int i = 0; i < n; i++)
+                if (pids[i] == p) {
+                    pids[i] = 0;
+                    wst[i] = st;
+                    left--;
+                }
+            continue;
+        }
+        if (now_ns() > deadline_ns) break;
+        usleep(200);
+    }
+    int late = left;
+    for (int i = 0; i < n; i++)
+        if (pids[i] > 0) {
+            kill(pids[i], SIGKILL);
+            waitpid(pids[i], &wst[i], 0);
+            pids[i] = 0;
+        }
+    return late;
+}
+
+/* One trial. Fills lat_ms[] with the survivors' latencies (ms) and *nlat;
+ * returns 0, or 1 with the reason in why. */
+static int kill_trial(const struct bench_opts *o, struct kill_shm *sh,
+                      uint64_t *rng, int trial, double *lat_ms, int *nlat,
+                      int *victim_p, char *why, size_t cap)
+{
+    int n = o->nranks;
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/t%d", o->dir, trial);
+    if (mkdir(dir, 0700) != 0) {
+        fprintf(stderr, "mooncake-bench: mkdir %s: %s\n", dir, strerror(errno));
+        snprintf(why, cap, "mkdir failed");
+        return 1;
+    }
+    memset(sh, 0, sizeof(*sh));
+    sh->alive = n;
+    int victim = (int)(kill_rng(rng) % (uint64_t)n);
+    int64_t delay_us =
+        KILL_DELAY_MIN_US +
+        (int64_t)(kill_rng(rng) %
+                  (uint64_t)(KILL_DELAY_MAX_US - KILL_DELAY_MIN_US + 1));
+    pid_t pids[BENCH_MAX_RANKS] = {0};
+    int wst[BENCH_MAX_RANKS] = {0};
+    *victim_p = victim;
+    *nlat = 0;
+    fflush(NULL);
+    for (int r = 0; r < n; r++) {
+        pid_t p = fork();
+        if (p == 0) {
+            int res = kill_rank(o, sh, dir, r);
+            fflush(NULL);
+            _exit(res);
+        }
+        if (p < 0) {
+            snprintf(why, cap, "fork: %s", strerror(errno));
+            reap_until(pids, wst, n, 0);
+            nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+            return 1;
+        }
+        pids[r] = p;
+        bench_pids[r] = p;
+    }
+    int64_t deadline = now_ns() + (int64_t)KILL_TRIAL_S * 1000000000;
+    int ok = 1;
+    for (int r = 0; r < n && ok; r++)
+        while (!__atomic_load_n(&sh->started[r], __ATOMIC_ACQUIRE)) {
+            if (now_ns() > deadline || waitpid(pids[r], NULL, WNOHANG)) {
+                ok = 0;
+                break;
+            }
+            usleep(100);
+        }
+    int64_t t_kill = 0;
+    if (ok) {
+        usleep((useconds_t)delay_us);
+        __atomic_sub_fetch(&sh->alive, 1, __ATOMIC_SEQ_CST);
+        t_kill = now_ns();
+        kill(pids[victim], SIGKILL);
+    }
+    int late = reap_until(pids, wst, n, deadline);
+    for (int r = 0; r < n; r++)
+        bench_pids[r] = 0;
+    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    if (!ok) {
+        int r = 0;
+        while (r < n && sh->started[r])
+            r++;
+        snprintf(why, cap, "rank %d did not start its loop%s%s", r,
+                 sh->err[r][0] ? ": " : "", sh->err[r]);
+        return 1;
+    }
+    why[0] = '\0';
+    for (int r = 0; r < n; r++) {
+        if (r == victim) continue;
+        size_t len = strlen(why);
+        if (len + 80 >= cap) break;
+        if (!sh->t_ret_ns[r]) {
+            snprintf(why + len, cap - len, "%srank %d: %s", len ? "; " : "", r,
+                     sh->err[r][0] ? sh->err[r]
+                     : late        ? "no return within the trial limit"
+                                   : "no view change seen");
+            continue;
+        }
+        if (sh->status[r] != MC_OK || sh->wrong[r] || sh->err[r][0] ||
+            !WIFEXITED(wst[r]) || WEXITSTATUS(wst[r]) != 0) {
+            snprintf(why + len, cap - len,
+                     "%srank %d: %s, %" PRId64 " wrong elements, wait status "
+                     "0x%x%s%s",
+                     len ? "; " : "", r,
+                     mc_status_str((mc_status_t)sh->status[r]), sh->wrong[r],
+                     wst[r], sh->err[r][0] ? ", " : "", sh->err[r]);
+            continue;
+        }
+        lat_ms[(*nlat)++] = (double)(sh->t_ret_ns[r] - t_kill) / 1e6;
+    }
+    return why[0] != '\0';
+}
+
+/* Healthy path: allreduce busbw with FT on and off, two communicators in
+ * the same rank processes, runs alternating so drift hits both alike. */
+static int ftc_rank(const struct bench_opts *o, const char *dir, int rank)
+{
+    static const uint64_t sizes[] = {(uint64_t)1 << 20, (uint64_t)16 << 20,
+                                     (uint64_t)64 << 20};
+    const int nsizes = (int)(sizeof(sizes) / sizeof(sizes[0]));
+    struct bench_opts ao = *o;
+    ao.op = OP_ALLREDUCE;
+    ao.dtype = MC_FLOAT32;
+    ao.redop = MC_SUM;
+    ao.root = 0;
+    struct rank_ctx c[2];
+    mc_store_h store;
+    mc_status_t st = mc_store_file_create(dir, &store);
+    if (st != MC_OK) {
+        fprintf(stderr, "mooncake-bench: rank %d: store: %s\n", rank,
+                mc_last_error());
+        return 1;
+    }
+    size_t bytes = sizes[nsizes - 1];
+    unsigned char *sb = malloc(bytes), *rb = malloc(bytes);
+    if (!sb || !rb) {
+        fprintf(stderr, "mooncake-bench: rank %d: out of memory\n", rank);
+        _exit(1);
+    }
+    memset(sb, 0, bytes);
+    memset(rb, 0, bytes);
+    for (int f = 0; f < 2; f++) { /* c[1]: FT on, c[0]: FT off */
+        c[f] = (struct rank_ctx){.o = &ao, .rank = rank, .n = o->nranks};
+        c[f].esz = mc_dtype_size(ao.dtype);
+        c[f].send = sb;
+        c[f].recv = rb;
+        pattern_init(&c[f].pat, &ao);
+        mc_comm_config_t cfg;
+        mc_comm_config_init(&cfg);
+        cfg.name = f ? "ft1" : "ft0";
+        cfg.transport = o->transport;
+        cfg.ft = f;
+        if ((st = mc_comm_create(rank, o->nranks, store, &cfg, &c[f].comm)) !=
+            MC_OK)
+            die(&c[f], st, "mc_comm_create");
+    }
+    for (int si = 0; si < nsizes; si++) {
+        struct layout l;
+        layout_for(&c[0], sizes[si], &l);
+        for (int ip = 0; ip < 2; ip++) {
+            double best[2] = {0, 0};
+            for (int rep = 0; rep < FTC_REPS; rep++)
+                for (int k = 0; k < 2; k++) {
+                    int f = rep & 1 ? 1 - k : k;
+                    fill_inputs(&c[f], &l, ip);
+                    double t = time_op(&c[f], &l, ip);
+                    if (best[f] == 0 || t < best[f]) best[f] = t;
+                }
+            if (rank != 0) continue;
+            double factor = busbw_factor(OP_ALLREDUCE, o->nranks), bw[2];
+            char ts[2][16];
+            for (int f = 0; f < 2; f++) {
+                bw[f] =
+                    best[f] > 0 ? (double)l.bytes / 1e3 / best[f] * factor : 0;
+                time_str(ts[f], best[f]);
+            }
+            printf("  %10zu  %12s  %9s  %7.2f  %9s  %7.2f  %6.3f\n", l.bytes,
+                   ip ? "in-place" : "out-of-place", ts[1], bw[1], ts[0], bw[0],
+                   bw[0] > 0 ? bw[1] / bw[0] : 0.0);
+            fflush(stdout);
+        }
+    }
+    for (int f = 0; f < 2; f++)
+        if ((st = mc_comm_barrier(c[f].comm)) != MC_OK)
+            die(&c[f], st, "final barrier");
+    int64_t done = 0;
+    if ((st = mc_store_add(store, "ftc/done", 1, &done)) != MC_OK)
+        die(&c[0], st, "mc_store_add");
+    for (int64_t t0 = now_us(); done < o->nranks; usleep(1000)) {
+        if (now_us() - t0 > 60 * 1000000LL) break;
+        if ((st = mc_store_add(store, "ftc/done", 0, &done)) != MC_OK)
+            die(&c[0], st, "mc_store_add");
+    }
+    for (int f = 0; f < 2; f++)
+        mc_comm_destroy(c[f].comm);
+    mc_store_destroy(store);
+    free(sb);
+    free(rb);
+    return 0;
+}
+
+static int ftc_run(const struct bench_opts *o)
+{
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/ftc", o->dir);
+    if (mkdir(dir, 0700) != 0) {
+        fprintf(stderr, "mooncake-bench: mkdir %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    pid_t pids[BENCH_MAX_RANKS] = {0};
+    int wst[BENCH_MAX_RANKS] = {0};
+    fflush(NULL);
+    int failed = 0;
+    for (int r = 0; r < o->nranks; r++) {
+        pid_t p = fork();
+        if (p == 0) {
+            int res = ftc_rank(o, dir, r);
+            fflush(NULL);
+            _exit(res);
+        }
+        if (p < 0) {
+            fprintf(stderr, "mooncake-bench: fork: %s\n", strerror(errno));
+            failed = 1;
+            break;
+        }
+        pids[r] = bench_pids[r] = p;
+    }
+    /* one rank failing leaves the others waiting for it: stop them all */
+    while (!failed) {
+        int st;
+        pid_t p = waitpid(-1, &st, 0);
+        if (p < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        for (int r = 0; r < o->nranks; r++)
+            if (pids[r] == p) {
+                pids[r] = bench_pids[r] = 0;
+                if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) failed = 1;
+            }
+    }
+    reap_until(pids, wst, o->nranks, 0);
+    for (int r = 0; r < o->nranks; r++)
+        bench_pids[r] = 0;
+    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    return failed;
+}
+
+static void print_machine(int argc, char **argv)
+{
+    printf("# command:");
+    for (int i = 0; i < argc; i++)
+        printf(" %s", argv[i]);
+    char host[128] = "?", cpu[128] = "?";
+    gethostname(host, sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f) {
+        char line[512];
+        while (fgets(line, sizeof(line), f)) {
+            char *colon = strchr(line, ':');
+            if (strncmp(line, "model name", 10) != 0 || !colon) continue;
+            snprintf(cpu, sizeof(cpu), "%s", colon + 2);
+            cpu[strcspn(cpu, "\n")] = '\0';
+            break;
+        }
+        fclose(f);
+    }
+    double load[3] = {0, 0, 0};
+    if (getloadavg(load, 3) < 0) load[0] = load[1] = load[2] = -1;
+    printf("\n# machine: %s, nproc %ld, cpu %s, load average %.2f %.2f "
+           "%.2f\n",
+           host, sysconf(_SC_NPROCESSORS_ONLN), cpu, load[0], load[1], load[2]);
+}
+
+static int kill_main(const struct bench_opts *o, int argc, char **argv)
+{
+    static const char *tnames[] = {"auto", "tcp", "shm"};
+    uint64_t seed =
+        o->seed_set ? o->seed : (uint64_t)now_ns() ^ ((uint64_t)getpid() << 32);
+    printf("# mooncake-bench %d.%d --kill: ranks %d  transport %s  allreduce "
+           "float32 sum of %" PRIu64 " B  kills %d  seed 0x%" PRIx64 "\n",
+           MC_VERSION_MAJOR, MC_VERSION_MINOR, o->nranks,
+           (unsigned)o->transport < 3 ? tnames[o->transport] : "?",
+           o->kill_bytes, o->kills, seed);
+    print_machine(argc, argv);
+    fflush(stdout);
+
+    struct kill_shm *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+                               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    double *per_kill = calloc((size_t)o->kills, sizeof(double));
+    double *first = calloc((size_t)o->kills, sizeof(double));
+    double *all = calloc((size_t)o->kills * (size_t)o->nranks, sizeof(double));
+    double *lat = calloc((size_t)o->nranks, sizeof(double));
+    if (sh == MAP_FAILED || !per_kill || !first || !all || !lat) {
+        fprintf(stderr, "mooncake-bench: out of memory\n");
+        return 1;
+    }
+    uint64_t rng = seed;
+    int nk = 0, nall = 0, nfailed = 0;
+    int64_t t_start = now_us();
+    for (int t = 0; t < o->kills; t++) {
+        int nlat = 0, victim = -1;
+        char why[1024];
+        if (kill_trial(o, sh, &rng, t, lat, &nlat, &victim, why, sizeof(why))) {
+            nfailed++;
+            printf("# trial %d (victim rank %d) FAILED: %s\n", t, victim, why);
+            fflush(stdout);
+            continue;
+        }
+        double mx = 0, mn = 0;
+        for (int i = 0; i < nlat; i++) {
+            all[nall++] = lat[i];
+            if (i == 0 || lat[i] > mx) mx = lat[i];
+            if (i == 0 || lat[i] < mn) mn = lat[i];
+        }
+        per_kill[nk] = mx;
+        first[nk] = mn;
+        nk++;
+    }
+    double kill_s = (double)(now_us() - t_start) / 1e6;
+    munmap(sh, sizeof(*sh));
+    qsort(per_kill, (size_t)nk, sizeof(double), cmp_double);
+    qsort(first, (size_t)nk, sizeof(double), cmp_double);
+    qsort(all, (size_t)nall, sizeof(double), cmp_double);
+    printf("#\n# Recovery: SIGKILL one random rank %d-%d ms into the loop; "
+           "latency = kill() to the\n# return of the survivors' interrupted "
+           "call (CLOCK_MONOTONIC). %d trials in %.1f s.\n",
+           KILL_DELAY_MIN_US / 1000, KILL_DELAY_MAX_US / 1000, o->kills,
+           kill_s);
+    printf("# %-30s  %7s  %10s  %10s  %10s\n", "", "samples", "median(ms)",
+           "p99(ms)", "max(ms)");
+    const struct {
+        const char *name;
+        const double *v;
+        int n;
+    } rows[] = {{"slowest survivor, per kill", per_kill, nk},
+                {"fastest survivor, per kill", first, nk},
+                {"every survivor", all, nall}};
+    for (int i = 0; i < 3; i++)
+        printf("  %-30s  %7d  %10.2f  %10.2f  %10.2f\n", rows[i].name,
+               rows[i].n, pctl(rows[i].v, rows[i].n, 50),
+               pctl(rows[i].v, rows[i].n, 99),
+               rows[i].n ? rows[i].v[rows[i].n - 1] : 0.0);
+    printf("# failed trials: %d of %d\n", nfailed, o->kills);
+    fflush(stdout);
+    free(per_kill);
+    free(first);
+    free(all);
+    free(lat);
+
+    int ftc_failed = 0;
+    if (o->ft_compare) {
+        printf(
+            "#\n# Healthy path: allreduce float32 sum, FT on (MOONCAKE_FT=1) "
+            "vs off (0), best of %d\n# runs of %d iterations (%d warm-up), "
+            "runs alternating; ratio = busbw FT=1 / FT=0\n",
+            FTC_REPS, o->iters, o->warmup);
+        printf("# %10s  %12s  %9s  %7s  %9s  %7s  %6s\n", "size", "mode",
+               "FT=1 (us)", "busbw", "FT=0 (us)", "busbw", "ratio");
+        printf("# %10s  %12s  %9s  %7s  %9s  %7s  %6s\n", "(B)", "", "",
+               "(GB/s)", "", "(GB/s)", "");
+        fflush(stdout);
+        ftc_failed = ftc_run(o);
+        if (ftc_failed) printf("# FT on/off comparison FAILED\n");
+    }
+    return nfailed || ftc_failed ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     struct bench_opts o;
@@ -1101,6 +1734,14 @@ int main(int argc, char **argv)
         return 1;
     }
     o.dir = dir;
+    signal(SIGTERM, on_signal);
+    signal(SIGHUP, on_signal);
+    if (o.kill) {
+        bench_nranks = o.nranks;
+        rc = kill_main(&o, argc, argv);
+        nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+        return rc;
+    }
 
     fflush(NULL);
     bench_nranks = o.nranks;
