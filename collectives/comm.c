@@ -261,18 +261,18 @@ struct mc_comm {
     uint8_t *att_active; /* [size] view of the running attempt */
 
     /* Agreement (plock). */
-    uint64_t view_start;  /* first seq of the current view */
-    uint8_t *suspect;     /* [size] peers this rank suspects (timeouts) */
-    int ag_on;            /* this rank is in an agreement for c->epoch */
-    int ag_wake;          /* a peer started one for c->epoch */
-    int ag_noq;           /* the coordinator found no quorum */
-    uint64_t ag_sig;      /* what our last report said (resend on change) */
-    uint64_t *rep_epoch;  /* [size] epoch of the latest report from a peer */
-    int *rep_coord;       /* [size] */
-    int64_t *rep_last;    /* [size] */
-    uint8_t *rep_maps;    /* [size][2 * size]: dead, suspect */
-    uint64_t *sent_view;  /* [size] epoch of the view last sent to a peer */
-    int nv_pending;       /* a newer view heard of, adopt at a safe point */
+    uint64_t view_start; /* first seq of the current view */
+    uint8_t *suspect;    /* [size] peers this rank suspects (timeouts) */
+    int ag_on;           /* this rank is in an agreement for c->epoch */
+    int ag_wake;         /* a peer started one for c->epoch */
+    int ag_noq;          /* the coordinator found no quorum */
+    uint64_t ag_sig;     /* what our last report said (resend on change) */
+    uint64_t *rep_epoch; /* [size] epoch of the latest report from a peer */
+    int *rep_coord;      /* [size] */
+    int64_t *rep_last;   /* [size] */
+    uint8_t *rep_maps;   /* [size][2 * size]: dead, suspect */
+    uint64_t *sent_view; /* [size] epoch of the view last sent to a peer */
+    int nv_pending;      /* a newer view heard of, adopt at a safe point */
     uint64_t nv_epoch, nv_start;
     int nv_from;
     uint8_t *nv_active; /* [size] */
@@ -998,6 +998,15 @@ mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step, const void *buf,
     mc_comm_t *c = cx->comm;
     pthread_mutex_lock(&c->plock);
     mc_status_t st = cx_check_peer(cx, &peer);
+    if (st == MC_OK && c->peer_dead[peer]) {
+        /* known dead (its stream ended): a send can never be read, and the
+         * kernel may still accept it into a buffer and say nothing */
+        cx_fail(c, MC_ERR_PEER_FAILED, 0, "%s at seq %llu: rank %d failed",
+                mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
+                peer);
+        st = cx->failed;
+        goto out;
+    }
     mc_fh_t h;
     if (st == MC_OK) st = cx_new_frame(cx, &h);
     if (st < 0) goto out;
@@ -1570,8 +1579,10 @@ static int ag_try_decide(mc_comm_t *c)
                "rank %d: view %llu: only %d of %d ranks reachable and some "
                "removals rest on suspicion alone: no quorum",
                c->rank, (unsigned long long)c->epoch, nnew, nold);
-        mc_ctrl_t q = {.type = CT_NOQUORUM, .coord = c->rank,
-                       .epoch = c->epoch, .view_start = c->view_start};
+        mc_ctrl_t q = {.type = CT_NOQUORUM,
+                       .coord = c->rank,
+                       .epoch = c->epoch,
+                       .view_start = c->view_start};
         for (int p = 0; p < c->size; p++)
             if (next[p]) ctrl_send(c, p, &q, c->active, NULL, NULL);
         memset(next, 0, n);
@@ -1793,6 +1804,15 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
             if (frame_done(f)) continue;
             if (f->is_send || f->state == F_PAYLOAD) busy = 1;
         }
+        /* ABORT notices must leave too: a blocking caller may not drive
+         * progress again for a long time, and a peer waiting in this op
+         * learns of the failure only from them */
+        for (int i = 0; st < 0 && i < c->size * MC_NUM_CHANNELS && !busy; i++) {
+            mc_abort_out_t *a = &c->abort_out[i];
+            if (a->busy && (a->hx.status == MC_INPROGRESS ||
+                            a->px.status == MC_INPROGRESS))
+                busy = 1;
+        }
         if (!busy) break;
         if (mc_now_us() > drain_deadline && st < 0) {
             MC_LOG(MC_LOG_ERROR,
@@ -1832,8 +1852,8 @@ static void list_ranks(char *out, size_t cap, const int *v, int n)
     size_t off = 0;
     out[0] = '\0';
     for (int i = 0; i < n && off + 12 < cap; i++)
-        off += (size_t)snprintf(out + off, cap - off, "%s%d", i ? ", " : "",
-                                v[i]);
+        off +=
+            (size_t)snprintf(out + off, cap - off, "%s%d", i ? ", " : "", v[i]);
 }
 
 /* A collective with fault tolerance: attempts and view agreements until it
@@ -3137,8 +3157,9 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->sent_view = calloc((size_t)size, sizeof(uint64_t));
     c->ctrl_len = sizeof(mc_ctrl_t) + 3 * (size_t)size;
     if (c->ft && size > 4096) {
-        MC_LOG(MC_LOG_WARN, "rank %d: fault tolerance supports up to 4096 "
-                            "ranks; turning it off for %d",
+        MC_LOG(MC_LOG_WARN,
+               "rank %d: fault tolerance supports up to 4096 "
+               "ranks; turning it off for %d",
                rank, size);
         c->ft = 0;
     }
@@ -3532,8 +3553,9 @@ mc_status_t mc_comm_shrink(mc_comm_h c, const int *ranks, int n)
     }
     if (!c->ft) {
         free(next);
-        return comm_err(c, MC_ERR_UNSUPPORTED,
-                        "mc_comm_shrink: fault tolerance is off (MOONCAKE_FT=0)");
+        return comm_err(
+            c, MC_ERR_UNSUPPORTED,
+            "mc_comm_shrink: fault tolerance is off (MOONCAKE_FT=0)");
     }
     /* an operation boundary: everything issued before runs first */
     pthread_mutex_lock(&c->exec_lock);
