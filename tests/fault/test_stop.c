@@ -1,0 +1,314 @@
+/*
+ * Silent failures with real processes (docs/fault-model.md, guarantees 1, 3
+ * and 5): a rank is SIGSTOPped in the middle of a loop of allreduces. Its
+ * kernel keeps its sockets and shared memory open, so no transport sees a
+ * death; only the heartbeat (MOONCAKE_LIVENESS_TIMEOUT_MS) finds it. Then:
+ *   - the survivors (a strict majority) agree on a view without it and the
+ *     interrupted call completes within the liveness timeout (+ slack);
+ *   - every survivor's result of every step equals the reference over the
+ *     active set of the view it reports, and survivors agree on that view;
+ *   - after SIGCONT the stopped rank, falsely suspected, is fenced: its
+ *     pending and later calls fail with MC_ERR_EVICTED and it never
+ *     completes an operation of the new view.
+ * With 2 ranks, a stopped peer leaves the other without a majority: its
+ * call fails with MC_ERR_NO_QUORUM instead of forming a group of one.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests_common.h"
+
+#define ST_MAXR 8
+#define ST_MAXSTEP 4000
+#define ST_COUNT 4096    /* int64 elements per allreduce */
+#define ST_LIVE_MS 1000  /* MOONCAKE_LIVENESS_TIMEOUT_MS in the children */
+#define ST_SLACK_MS 1500 /* generous: a loaded 2-core CI machine */
+#define ST_DEADLINE_S 60
+
+typedef struct {
+    int32_t st;
+    uint64_t epoch;
+    uint32_t mask;  /* active set of the op view */
+    int32_t wrong;  /* elements that differ from the reference */
+    int64_t end_ns; /* CLOCK_MONOTONIC at return */
+} st_rec_t;
+
+typedef struct {
+    _Atomic int ready[ST_MAXR];
+    _Atomic int nsteps[ST_MAXR];
+    _Atomic int cont;      /* parent: victim resumed */
+    _Atomic int stop_done; /* victim finished its checks */
+    _Atomic int quit;      /* parent: everyone may stop */
+    st_rec_t rec[ST_MAXR][ST_MAXSTEP];
+} st_shm_t;
+
+typedef struct {
+    int n;
+    mc_transport_kind_t tr;
+    int victim;
+    char dir[256];
+    st_shm_t *shm;
+} st_run_t;
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t g_of(int step, int i)
+{
+    return (int64_t)(step + 1) * 1000003 + i;
+}
+
+static int rank_main(int rank, int size, void *arg)
+{
+    st_run_t *k = arg;
+    st_shm_t *sh = k->shm;
+    char v[16];
+    snprintf(v, sizeof(v), "%d", ST_LIVE_MS);
+    setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", v, 1);
+    mc_store_h store;
+    if (mc_store_file_create(k->dir, &store) != MC_OK)
+        return MC_TFAIL(rank, "store: %s", mc_last_error());
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = k->tr;
+    cfg.timeout_ms = 30000; /* the heartbeat, not the op timeout, decides */
+    cfg.init_timeout_ms = 30000;
+    mc_comm_h comm;
+    mc_status_t st = mc_comm_create(rank, size, store, &cfg, &comm);
+    mc_store_destroy(store);
+    if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
+    int64_t *buf = malloc(ST_COUNT * sizeof(int64_t));
+    if (!buf) return MC_TFAIL(rank, "oom");
+    atomic_store(&sh->ready[rank], 1);
+    int rc = 0, failed = 0;
+    for (int s = 0; s < ST_MAXSTEP && !atomic_load(&sh->quit); s++) {
+        for (int i = 0; i < ST_COUNT; i++)
+            buf[i] = ((int64_t)1 << rank) * g_of(s, i);
+        st = mc_comm_allreduce(comm, buf, buf, ST_COUNT, MC_INT64, MC_SUM);
+        st_rec_t *r = &sh->rec[rank][s];
+        r->st = st;
+        r->end_ns = now_ns();
+        if (st == MC_OK) {
+            uint8_t act[ST_MAXR];
+            mc_comm_op_view(comm, &r->epoch, act, NULL);
+            uint32_t m = 0;
+            for (int p = 0; p < size; p++)
+                if (act[p]) m |= 1u << p;
+            r->mask = m;
+            for (int i = 0; i < ST_COUNT; i++)
+                r->wrong += buf[i] != (int64_t)m * g_of(s, i);
+        }
+        atomic_store(&sh->nsteps[rank], s + 1);
+        if (st != MC_OK) {
+            /* survivors never fail here (with a majority); the victim
+             * and a minority fail twice to show the state sticks */
+            if (++failed == 2) break;
+        }
+        usleep(1000);
+    }
+    if (rank == k->victim) atomic_store(&sh->stop_done, 1);
+    /* stay until the parent says so: the victim must find its peers alive
+     * (fenced by the view, not by closed streams) */
+    for (int i = 0; i < ST_DEADLINE_S * 100 && !atomic_load(&sh->quit); i++)
+        usleep(10000);
+    free(buf);
+    mc_comm_destroy(comm);
+    return rc;
+}
+
+static void run_stop(int n, mc_transport_kind_t tr)
+{
+    st_run_t k = {.n = n, .tr = tr, .victim = n - 1};
+    char *d = mc_test_mkdtemp();
+    assert_non_null(d);
+    snprintf(k.dir, sizeof(k.dir), "%s", d);
+    k.shm = mmap(NULL, sizeof(st_shm_t), PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(k.shm != MAP_FAILED);
+    st_shm_t *sh = k.shm;
+    pid_t pid[ST_MAXR];
+    for (int r = 0; r < n; r++) {
+        pid[r] = fork();
+        assert_true(pid[r] >= 0);
+        if (pid[r] == 0) _exit(rank_main(r, n, &k));
+    }
+    int64_t t0 = now_ns(), lim = (int64_t)ST_DEADLINE_S * 1000000000;
+    /* all up and a few steps done */
+    for (;;) {
+        int ok = 1;
+        for (int r = 0; r < n; r++)
+            ok &= atomic_load(&sh->nsteps[r]) >= 20;
+        if (ok || now_ns() - t0 > lim) break;
+        usleep(1000);
+    }
+    usleep((useconds_t)(1000 * (rand() % 20)));
+    assert_int_equal(kill(pid[k.victim], SIGSTOP), 0);
+    int64_t t_stop = now_ns();
+    int stop_step = atomic_load(&sh->nsteps[k.victim]);
+    /* survivors: wait until each ran 50 steps past the stop, or failed */
+    for (;;) {
+        int ok = 1;
+        for (int r = 0; r < n; r++) {
+            if (r == k.victim) continue;
+            int s = atomic_load(&sh->nsteps[r]);
+            ok &=
+                s >= stop_step + 50 || (s > 0 && sh->rec[r][s - 1].st != MC_OK);
+        }
+        if (ok || now_ns() - t0 > lim) break;
+        usleep(1000);
+    }
+    if (n == 2) {
+        /* no group left to fence it from: just end it */
+        assert_int_equal(kill(pid[k.victim], SIGKILL), 0);
+    } else {
+        assert_int_equal(kill(pid[k.victim], SIGCONT), 0);
+        atomic_store(&sh->cont, 1);
+        while (!atomic_load(&sh->stop_done) && now_ns() - t0 < lim)
+            usleep(1000);
+    }
+    atomic_store(&sh->quit, 1);
+    int bad_exit = 0;
+    for (int r = 0; r < n; r++) {
+        int ws = 0;
+        while (waitpid(pid[r], &ws, WNOHANG) == 0) {
+            if (now_ns() - t0 > lim + 10ll * 1000000000) {
+                kill(pid[r], SIGKILL);
+                fprintf(stderr, "rank %d hung: killed\n", r);
+            }
+            usleep(1000);
+        }
+        if (n == 2 && r == k.victim) continue; /* killed above */
+        if (!WIFEXITED(ws) || WEXITSTATUS(ws)) bad_exit++;
+    }
+    /* checks */
+    int problems = 0;
+#define PROB(...)                                                              \
+    do {                                                                       \
+        fprintf(stderr, "  " __VA_ARGS__);                                     \
+        fputc('\n', stderr);                                                   \
+        problems++;                                                            \
+    } while (0)
+    uint32_t all = (1u << n) - 1, surv = all & ~(1u << k.victim);
+    int64_t detect_ns = -1;
+    int ns_min = ST_MAXSTEP;
+    for (int r = 0; r < n; r++)
+        if (r != k.victim && atomic_load(&sh->nsteps[r]) < ns_min)
+            ns_min = atomic_load(&sh->nsteps[r]);
+    for (int s = 0; s < ns_min; s++) {
+        const st_rec_t *ref = NULL;
+        for (int r = 0; r < n; r++) {
+            if (r == k.victim) continue;
+            const st_rec_t *x = &sh->rec[r][s];
+            if (n == 2) {
+                if (x->st != MC_OK && x->st != MC_ERR_NO_QUORUM)
+                    PROB("step %d rank %d: %s, want ok or no quorum", s, r,
+                         mc_status_str(x->st));
+                continue;
+            }
+            if (x->st != MC_OK) {
+                PROB("step %d rank %d: %s", s, r, mc_status_str(x->st));
+                continue;
+            }
+            if (x->wrong)
+                PROB("step %d rank %d: %d wrong elements over mask 0x%x", s, r,
+                     x->wrong, x->mask);
+            if (!((x->epoch == 1 && x->mask == all) ||
+                  (x->epoch == 2 && x->mask == surv)))
+                PROB("step %d rank %d: view epoch %llu mask 0x%x", s, r,
+                     (unsigned long long)x->epoch, x->mask);
+            if (ref && (ref->epoch != x->epoch || ref->mask != x->mask))
+                PROB("step %d: survivors disagree on the view", s);
+            ref = x;
+            if (x->epoch == 2 && s >= stop_step && detect_ns < 0)
+                detect_ns = x->end_ns - t_stop;
+        }
+    }
+    if (n == 2) {
+        int s = atomic_load(&sh->nsteps[0]);
+        if (s == 0 || sh->rec[0][s - 1].st != MC_ERR_NO_QUORUM)
+            PROB("2 ranks: the survivor did not fail with no quorum");
+    } else {
+        if (ns_min < stop_step + 50)
+            PROB("survivors ran only %d steps (stop at %d)", ns_min, stop_step);
+        if (detect_ns < 0)
+            PROB("no survivor completed a step in view 2");
+        else if (detect_ns / 1000000 > ST_LIVE_MS + ST_SLACK_MS)
+            PROB("stop -> completion in view 2 took %lld ms (timeout %d)",
+                 (long long)(detect_ns / 1000000), ST_LIVE_MS);
+        else
+            fprintf(stderr,
+                    "  SIGSTOP -> survivors completed in view 2: %lld ms "
+                    "(liveness timeout %d ms)\n",
+                    (long long)(detect_ns / 1000000), ST_LIVE_MS);
+    }
+    /* the victim: OK only in view 1, then evicted */
+    int vs = n > 2 ? atomic_load(&sh->nsteps[k.victim]) : 0;
+    int evicted = 0;
+    for (int s = 0; s < vs; s++) {
+        const st_rec_t *x = &sh->rec[k.victim][s];
+        if (x->st == MC_OK) {
+            if (x->epoch != 1 || x->wrong)
+                PROB("victim step %d: ok in epoch %llu (%d wrong)", s,
+                     (unsigned long long)x->epoch, x->wrong);
+            if (evicted) PROB("victim step %d: ok after eviction", s);
+        } else if (n > 2 && x->st != MC_ERR_EVICTED) {
+            PROB("victim step %d: %s, want evicted", s, mc_status_str(x->st));
+        } else {
+            evicted = 1;
+        }
+    }
+    if (n > 2 && !evicted) PROB("the resumed victim was not evicted");
+    if (bad_exit) PROB("%d rank process(es) failed", bad_exit);
+    munmap(k.shm, sizeof(st_shm_t));
+    mc_test_rmtree(d);
+    free(d);
+    if (problems) fprintf(stderr, "%d problem(s)\n", problems);
+    assert_int_equal(problems, 0);
+}
+
+static void stop_shm_3(void **s)
+{
+    (void)s, run_stop(3, MC_TRANSPORT_SHM);
+}
+static void stop_tcp_3(void **s)
+{
+    (void)s, run_stop(3, MC_TRANSPORT_TCP);
+}
+static void stop_tcp_4(void **s)
+{
+    (void)s, run_stop(4, MC_TRANSPORT_TCP);
+}
+static void stop_shm_2(void **s)
+{
+    (void)s, run_stop(2, MC_TRANSPORT_SHM);
+}
+
+int main(void)
+{
+    srand((unsigned)time(NULL));
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(stop_shm_3),
+        cmocka_unit_test(stop_tcp_3),
+        cmocka_unit_test(stop_tcp_4),
+        cmocka_unit_test(stop_shm_2),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
