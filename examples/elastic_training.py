@@ -31,6 +31,11 @@ import time
 from datetime import timedelta
 
 
+def say(text):
+    """One write() per line: lines of several processes never interleave."""
+    os.write(1, (text + "\n").encode())
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,9 +68,9 @@ def worker(rank, world, port, args, progress):
         opt.step()
         progress[rank] = step + 1
         if step % 10 == 0 or step == args.steps - 1:
-            print(f"rank {rank} step {step:3d} loss {loss.item():.4f} "
-                  f"epoch {mooncake.get_epoch()} active "
-                  f"{mooncake.get_active_ranks()}", flush=True)
+            say(f"rank {rank} step {step:3d} loss {loss.item():.4f} "
+                f"epoch {mooncake.get_epoch()} active "
+                f"{mooncake.get_active_ranks()}")
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     digest = hashlib.sha256(flat.numpy().tobytes()).digest()[:8]
     mine = torch.tensor(list(digest), dtype=torch.uint8)
@@ -76,9 +81,8 @@ def worker(rank, world, port, args, progress):
     same = all(torch.equal(rows[r], mine) for r in active)
     dead = [r for r in range(world) if r not in active]
     zero = all(int(rows[r].sum()) == 0 for r in dead)  # removed: zero-filled
-    print(f"rank {rank}: final epoch {mooncake.get_epoch()} active {active} "
-          f"params {digest.hex()} identical on all active ranks: {same}",
-          flush=True)
+    say(f"rank {rank}: final epoch {mooncake.get_epoch()} active {active} "
+        f"params {digest.hex()} identical on all active ranks: {same}")
     epoch = mooncake.get_epoch()
     dist.destroy_process_group()
     ok = same and zero and rank in active
@@ -117,7 +121,7 @@ def main():
             os.kill(procs[args.kill_rank].pid, signal.SIGKILL)
             killed = True
             print(f"launcher: SIGKILL rank {args.kill_rank} after step "
-                  f"{progress[args.kill_rank]}", flush=True)
+                  f"{progress[args.kill_rank]}")
         if time.monotonic() - t0 > 300:
             print("launcher: timed out", flush=True)
             for p in procs:
