@@ -251,6 +251,11 @@ struct mc_comm {
     int *vof;    /* [size]: slot -> virtual rank, -1 when inactive */
     int evicted;
     int need_recover; /* manual mode: failure seen, view not yet accepted */
+    /* MOONCAKE_FT=0: a peer failed, because of a dead rank, an operation
+     * this rank completed: the members no longer run the same sequence, so
+     * every collective from now on fails at once (plock) */
+    int ft0_broken;
+    char ft0_why[MC_ABORT_MSG_MAX + 1];
     uint64_t view_changes;
     int *failed_last; /* [size] ranks removed by the last view change */
     int nfailed_last;
@@ -591,8 +596,23 @@ static void handle_abort(mc_comm_t *c, int peer, uint64_t seq, uint64_t epoch,
         c->abort_seq[peer] = seq;
         c->abort_why[peer] = why;
         snprintf(c->abort_msg[peer], sizeof(c->abort_msg[peer]), "%s", text);
+    } else if (!c->ft && !c->ft0_broken &&
+               (why == MC_ERR_PEER_FAILED || why == MC_ERR_TIMEOUT)) {
+        /* An op that ended here failed on that peer: without views the
+         * group cannot line up again, and the peer may never call the op
+         * this rank now waits in. Fail it and all later ones at once. */
+        c->ft0_broken = 1;
+        snprintf(c->ft0_why, sizeof(c->ft0_why),
+                 "rank %d failed seq %llu, which rank %d completed (%.200s); with "
+                 "fault tolerance off (MOONCAKE_FT=0) the communicator "
+                 "cannot continue",
+                 peer, (unsigned long long)seq, c->rank, text);
+        if (c->cx_active)
+            cx_fail(c, MC_ERR_PEER_FAILED, 0, "%s at seq %llu: %s",
+                    mc_coll_name(c->cx.req->args.coll),
+                    (unsigned long long)c->cx.seq, c->ft0_why);
     }
-    /* earlier seq: that operation already ended here; nothing to do */
+    /* otherwise: that operation already ended here; nothing to do */
 }
 
 static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body);
@@ -2000,7 +2020,14 @@ static void run_coll(mc_comm_t *c, mc_request_t *r)
                  mc_coll_name(r->args.coll), (unsigned long long)r->seq,
                  (unsigned long long)c->epoch);
     } else if (!c->ft) {
-        st = coll_attempt(c, r);
+        pthread_mutex_lock(&c->plock);
+        int broken = c->ft0_broken;
+        if (broken)
+            snprintf(cx->err, sizeof(cx->err), "%s at seq %llu: %.400s",
+                     mc_coll_name(r->args.coll), (unsigned long long)r->seq,
+                     c->ft0_why);
+        pthread_mutex_unlock(&c->plock);
+        st = broken ? MC_ERR_PEER_FAILED : coll_attempt(c, r);
     } else {
         st = run_ft(c, r);
     }
