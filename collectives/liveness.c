@@ -50,6 +50,7 @@
 #include <unistd.h>
 
 #include "mc_log.h"
+#include "sockaddr.h"
 
 #define MC_LIVE_MAX_SIZE (1 << 22) /* sanity bound on ranks (as tcp) */
 #define MC_LIVE_ADDR_LEN 96        /* "ip:port/incarnation" */
@@ -342,62 +343,11 @@ static void *live_main(void *arg)
 /* create                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* The TCP transport's choice (tcp_pick_addr in transport/tcp/tcp.c), so
- * heartbeats share the data links' path: MOONCAKE_SOCKET_ADDR, else an UP
- * interface (MOONCAKE_SOCKET_IFNAME or the first non-loopback running one
- * with IPv4), else 127.0.0.1. */
-static mc_status_t live_pick_addr(struct in_addr *ip_p)
-{
-    const char *want = mc_env_str("MOONCAKE_SOCKET_ADDR", NULL);
-    struct in_addr ip = {0};
-    if (want) {
-        if (inet_pton(AF_INET, want, &ip) != 1)
-            return mc_err(MC_ERR_INVALID_ARG,
-                          "liveness: MOONCAKE_SOCKET_ADDR=%s is not an IPv4 "
-                          "address",
-                          want);
-        *ip_p = ip;
-        return MC_OK;
-    }
-    const char *ifname = mc_env_str("MOONCAKE_SOCKET_IFNAME", NULL);
-    struct ifaddrs *ifs = NULL;
-    if (getifaddrs(&ifs) != 0) {
-        if (ifname)
-            return mc_err(MC_ERR_IO, "liveness: getifaddrs: %s",
-                          strerror(errno));
-        ifs = NULL;
-    }
-    int found = 0;
-    for (struct ifaddrs *i = ifs; i && !found; i = i->ifa_next) {
-        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
-        if (!(i->ifa_flags & IFF_UP)) continue;
-        if (ifname) {
-            if (strcmp(i->ifa_name, ifname) != 0) continue;
-        } else if ((i->ifa_flags & IFF_LOOPBACK) ||
-                   !(i->ifa_flags & IFF_RUNNING)) {
-            continue;
-        }
-        ip = ((const struct sockaddr_in *)(const void *)i->ifa_addr)->sin_addr;
-        found = 1;
-    }
-    if (ifs) freeifaddrs(ifs);
-    if (!found && ifname)
-        return mc_err(MC_ERR_INVALID_ARG,
-                      "liveness: MOONCAKE_SOCKET_IFNAME=%s: no such UP "
-                      "interface with an IPv4 address",
-                      ifname);
-    if (!found) ip.s_addr = htonl(INADDR_LOOPBACK);
-    *ip_p = ip;
-    return MC_OK;
-}
-
 static mc_status_t live_bind(mc_live_t *l, struct in_addr ip)
 {
-    int64_t base = mc_env_int("MOONCAKE_SOCKET_PORT_BASE", 0);
-    if (base < 0 || base > 65535)
-        return mc_err(MC_ERR_INVALID_ARG,
-                      "liveness: MOONCAKE_SOCKET_PORT_BASE=%lld is not a port",
-                      (long long)base);
+    int64_t base;
+    mc_status_t bst = mc_sock_port_base("liveness", &base);
+    if (bst != MC_OK) return bst;
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return mc_err(MC_ERR_IO, "liveness: socket: %s", strerror(errno));
@@ -520,7 +470,7 @@ mc_status_t mc_live_create(const mc_live_params_t *p, mc_live_t **out)
         goto free_l;
     }
     struct in_addr ip = {0};
-    MC_CHECK_GOTO(live_pick_addr(&ip), st, free_l);
+    MC_CHECK_GOTO(mc_sock_pick_addr("liveness", &ip), st, free_l);
     MC_CHECK_GOTO(live_bind(l, ip), st, free_l);
 
     char key[32];
@@ -548,24 +498,13 @@ free_l:
 /* "a.b.c.d:port/incarnation" (see liveness.h). */
 static int live_parse(const char *s, struct sockaddr_in *sa, uint64_t *inc_p)
 {
-    char ip[INET_ADDRSTRLEN];
-    const char *colon = strchr(s, ':');
-    const char *slash = colon ? strchr(colon, '/') : NULL;
-    if (!slash || (size_t)(colon - s) >= sizeof(ip)) return -1;
-    memcpy(ip, s, (size_t)(colon - s));
-    ip[colon - s] = '\0';
-    char *end;
-    errno = 0;
-    unsigned long port = strtoul(colon + 1, &end, 10);
-    if (errno || end != slash || end == colon + 1 || port == 0 || port > 65535)
+    const char *slash = strchr(s, '/');
+    if (!slash || mc_sock_parse_addr(s, (size_t)(slash - s), sa) != 0)
         return -1;
+    char *end;
     errno = 0;
     unsigned long long inc = strtoull(slash + 1, &end, 16);
     if (errno || *end || end == slash + 1 || inc == 0) return -1;
-    memset(sa, 0, sizeof(*sa));
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, ip, &sa->sin_addr) != 1) return -1;
     *inc_p = inc;
     return 0;
 }

@@ -80,6 +80,7 @@
 #include <unistd.h>
 
 #include "mc_log.h"
+#include "sockaddr.h"
 
 #define MC_TCP_MAGIC 0x4d435450u /* "MCTP" */
 #define MC_TCP_VERSION 2u
@@ -307,57 +308,11 @@ static int tcp_again(int e)
 /* create                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* MOONCAKE_SOCKET_ADDR, else an UP interface (MOONCAKE_SOCKET_IFNAME or the
- * first non-loopback one with IPv4), else 127.0.0.1. */
-static mc_status_t tcp_pick_addr(struct in_addr *ip_p)
-{
-    const char *want = mc_env_str("MOONCAKE_SOCKET_ADDR", NULL);
-    struct in_addr ip = {0};
-    if (want) {
-        if (inet_pton(AF_INET, want, &ip) != 1)
-            return mc_err(MC_ERR_INVALID_ARG,
-                          "MOONCAKE_SOCKET_ADDR=%s is not an IPv4 address",
-                          want);
-        *ip_p = ip;
-        return MC_OK;
-    }
-    const char *ifname = mc_env_str("MOONCAKE_SOCKET_IFNAME", NULL);
-    struct ifaddrs *ifs = NULL;
-    if (getifaddrs(&ifs) != 0) {
-        if (ifname) return mc_err(MC_ERR_IO, "getifaddrs: %s", strerror(errno));
-        ifs = NULL;
-    }
-    int found = 0;
-    for (struct ifaddrs *i = ifs; i && !found; i = i->ifa_next) {
-        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
-        if (!(i->ifa_flags & IFF_UP)) continue;
-        if (ifname) {
-            if (strcmp(i->ifa_name, ifname) != 0) continue;
-        } else if ((i->ifa_flags & IFF_LOOPBACK) ||
-                   !(i->ifa_flags & IFF_RUNNING)) {
-            continue;
-        }
-        ip = ((const struct sockaddr_in *)(const void *)i->ifa_addr)->sin_addr;
-        found = 1;
-    }
-    if (ifs) freeifaddrs(ifs);
-    if (!found && ifname)
-        return mc_err(MC_ERR_INVALID_ARG,
-                      "MOONCAKE_SOCKET_IFNAME=%s: no such UP interface with an "
-                      "IPv4 address",
-                      ifname);
-    if (!found) ip.s_addr = htonl(INADDR_LOOPBACK);
-    *ip_p = ip;
-    return MC_OK;
-}
-
 static mc_status_t tcp_listen(mc_tl_t *tl, struct in_addr ip)
 {
-    int64_t base = mc_env_int("MOONCAKE_SOCKET_PORT_BASE", 0);
-    if (base < 0 || base > 65535)
-        return mc_err(MC_ERR_INVALID_ARG,
-                      "MOONCAKE_SOCKET_PORT_BASE=%lld is not a port",
-                      (long long)base);
+    int64_t base;
+    mc_status_t bst = mc_sock_port_base("tcp", &base);
+    if (bst != MC_OK) return bst;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return mc_err(MC_ERR_IO, "tcp: socket: %s", strerror(errno));
     int one = 1;
@@ -445,7 +400,7 @@ static mc_status_t tcp_create(const mc_tl_params_t *p, mc_tl_t **tl_p)
     tl->grace_us = (grace < 100 ? 100 : grace > 600000 ? 600000 : grace) * 1000;
 
     struct in_addr ip = {0};
-    MC_CHECK_GOTO(tcp_pick_addr(&ip), st, free_tl);
+    MC_CHECK_GOTO(mc_sock_pick_addr("tcp", &ip), st, free_tl);
     MC_CHECK_GOTO(tcp_listen(tl, ip), st, free_tl);
 
     char key[MC_TCP_KEY_LEN];
@@ -735,25 +690,6 @@ static void tcp_out_retry(mc_tcp_out_t *o, int64_t now)
     o->next_try_us = now + o->backoff_us;
 }
 
-/* Parse "a.b.c.d:port". */
-static int tcp_parse_addr(const char *s, struct sockaddr_in *sa)
-{
-    char ip[MC_TCP_ADDR_LEN];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof(ip)) return -1;
-    memcpy(ip, s, (size_t)(colon - s));
-    ip[colon - s] = '\0';
-    char *end;
-    errno = 0;
-    unsigned long port = strtoul(colon + 1, &end, 10);
-    if (errno || *end || end == colon + 1 || port == 0 || port > 65535)
-        return -1;
-    memset(sa, 0, sizeof(*sa));
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    return inet_pton(AF_INET, ip, &sa->sin_addr) == 1 ? 0 : -1;
-}
-
 /* Send the hello on a freshly connected socket; 40 bytes always fit. */
 static int tcp_out_send_hello(mc_tl_t *tl, int peer, int ch, mc_tcp_out_t *o)
 {
@@ -796,7 +732,8 @@ static mc_status_t tcp_out_start(mc_tl_t *tl, int peer, int ch, mc_tcp_out_t *o,
     struct sockaddr_in sa;
     if (len >= sizeof(val)) len = sizeof(val); /* forces a parse failure */
     val[len < sizeof(val) ? len : sizeof(val) - 1] = '\0';
-    if (len >= sizeof(val) - 1 || tcp_parse_addr(val, &sa) != 0)
+    if (len >= sizeof(val) - 1 ||
+        mc_sock_parse_addr(val, strlen(val), &sa) != 0)
         return mc_err(MC_ERR_PROTOCOL,
                       "tcp: rank %d: malformed address for rank %d in %s",
                       tl->rank, peer, key);
