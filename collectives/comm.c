@@ -1131,12 +1131,9 @@ static int frame_done(mc_frame_t *f)
 static void cx_timeout(mc_cctx_t *cx, mc_frame_t *f)
 {
     mc_comm_t *c = cx->comm;
-    /* Without heartbeats the peer we waited for is suspected; with them a
-     * peer that still answers heartbeats is slow, not failed: the timeout
-     * stands and the view stays (fault model: a slow but live peer is
-     * waited for up to the operation timeout). */
-    if (c->ft && !c->live && f && c->cx.failed == MC_OK)
-        c->suspect[f->peer] = 1;
+    /* Not suspicion: heartbeats decide whether the peer is alive (a slow
+     * but live peer is waited for up to the operation timeout, then the
+     * call fails with a timeout and the view stays; see run_ft). */
     cx_fail(c, MC_ERR_TIMEOUT, 0,
             "%s at seq %llu timed out after %lld ms on rank %d waiting to %s "
             "rank %d (step " STEP_FMT ")",
