@@ -139,6 +139,7 @@ mc_status_t mc_coll_run_view(mc_cctx_t *cx);
 
 /* Algorithms (files under algo/). */
 mc_status_t mc_algo_barrier_dissemination(mc_cctx_t *cx);
+mc_status_t mc_algo_barrier_flags(mc_cctx_t *cx, uint64_t *flags);
 mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx);
 mc_status_t mc_algo_allreduce_ring(mc_cctx_t *cx);
 

@@ -67,6 +67,11 @@ typedef struct mc_live_peer {
     uint64_t inc;             /* published incarnation (connect) */
     uint64_t counter;         /* thread only: highest counter accepted */
     struct sockaddr_in sa;    /* published address (connect) */
+    /* mc_live_watch: a new process for the slot, applied by the thread
+     * (under pend_lock) */
+    uint8_t pend;
+    uint64_t pend_inc;
+    struct sockaddr_in pend_sa;
 } mc_live_peer_t;
 
 struct mc_live {
@@ -88,6 +93,8 @@ struct mc_live {
     _Atomic uint64_t n_sent, n_send_failed, n_received, n_ignored;
     mc_live_peer_t *peers; /* size entries */
     char addr[MC_LIVE_ADDR_LEN];
+    pthread_mutex_t pend_lock; /* peers[].pend* */
+    _Atomic int any_pend;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -156,6 +163,28 @@ static int live_accept(mc_live_t *l, const uint8_t *b, size_t len, int trunc)
 /* ------------------------------------------------------------------------ */
 /* Thread                                                                   */
 /* ------------------------------------------------------------------------ */
+
+/* Thread: start watching the processes mc_live_watch named. */
+static void live_apply_pending(mc_live_t *l)
+{
+    if (!atomic_exchange_explicit(&l->any_pend, 0, memory_order_acq_rel))
+        return;
+    int64_t now = mc_now_us();
+    pthread_mutex_lock(&l->pend_lock);
+    for (int r = 0; r < l->size; r++) {
+        mc_live_peer_t *p = &l->peers[r];
+        if (!p->pend) continue;
+        p->pend = 0;
+        p->sa = p->pend_sa;
+        p->inc = p->pend_inc;
+        p->counter = 0;
+        p->suspect = 0;
+        p->send_err_logged = 0;
+        atomic_store_explicit(&p->heard_us, now, memory_order_relaxed);
+        atomic_store_explicit(&p->watch, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&l->pend_lock);
+}
 
 static void live_send_round(mc_live_t *l)
 {
@@ -326,7 +355,10 @@ static void *live_main(void *arg)
             uint64_t ticks;
             tick =
                 read(l->tfd, &ticks, sizeof(ticks)) == (ssize_t)sizeof(ticks);
-            if (tick) live_send_round(l);
+            if (tick) {
+                live_apply_pending(l);
+                live_send_round(l);
+            }
         }
         int64_t t = mc_now_us();
         if (live_drain(l))
@@ -425,6 +457,8 @@ mc_status_t mc_live_create(const mc_live_params_t *p, mc_live_t **out)
     l->uid = p->uid;
     l->connect_timeout_ms = p->connect_timeout_ms;
     l->fd = l->tfd = l->stop_fd = l->event_fd = -1;
+    pthread_mutex_init(&l->pend_lock, NULL);
+    atomic_init(&l->any_pend, 0);
     l->peers = calloc((size_t)p->size, sizeof(*l->peers));
     if (!l->peers) {
         st = mc_err(MC_ERR_NO_MEMORY, "liveness: out of memory (%d peers)",
@@ -635,6 +669,35 @@ void mc_live_forget(mc_live_t *l, int peer)
 {
     if (!l || peer < 0 || peer >= l->size) return;
     atomic_store_explicit(&l->peers[peer].watch, 0, memory_order_relaxed);
+    if (l->thread_started) {
+        pthread_mutex_lock(&l->pend_lock);
+        l->peers[peer].pend = 0; /* a watch not yet applied is void */
+        pthread_mutex_unlock(&l->pend_lock);
+    }
+}
+
+mc_status_t mc_live_watch(mc_live_t *l, int peer, const char *addr)
+{
+    if (!l || peer < 0 || peer >= l->size || peer == l->rank || !addr)
+        return mc_err(MC_ERR_INVALID_ARG, "liveness: bad watch of rank %d",
+                      peer);
+    struct sockaddr_in sa;
+    uint64_t inc;
+    if (strlen(addr) >= MC_LIVE_ADDR_LEN || live_parse(addr, &sa, &inc) != 0)
+        return mc_err(MC_ERR_PROTOCOL,
+                      "liveness: rank %d: malformed address for rank %d",
+                      l->rank, peer);
+    if (!l->thread_started)
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "liveness: rank %d: watch before connect", l->rank);
+    atomic_store_explicit(&l->peers[peer].watch, 0, memory_order_relaxed);
+    pthread_mutex_lock(&l->pend_lock);
+    l->peers[peer].pend = 1;
+    l->peers[peer].pend_sa = sa;
+    l->peers[peer].pend_inc = inc;
+    pthread_mutex_unlock(&l->pend_lock);
+    atomic_store_explicit(&l->any_pend, 1, memory_order_release);
+    return MC_OK;
 }
 
 int mc_live_event_fd(mc_live_t *l)
@@ -672,5 +735,6 @@ void mc_live_destroy(mc_live_t *l)
     if (l->stop_fd >= 0) close(l->stop_fd);
     if (l->event_fd >= 0) close(l->event_fd);
     free(l->peers);
+    pthread_mutex_destroy(&l->pend_lock);
     free(l);
 }

@@ -141,6 +141,15 @@ int64_t mc_live_silent_ms(mc_live_t *l, int peer);
 void mc_live_forget(mc_live_t *l, int peer);
 
 /*
+ * Watch `peer` again, now the process whose published key value is `addr`
+ * ("ip:port/incarnation", read by the caller from "live/<peer>"): a
+ * joiner that took the slot. Its clock starts when the thread applies the
+ * change (at the next heartbeat round); until then it is not watched. Only
+ * after connect. Errors: MC_ERR_INVALID_ARG, MC_ERR_PROTOCOL (malformed).
+ */
+mc_status_t mc_live_watch(mc_live_t *l, int peer, const char *addr);
+
+/*
  * A non-blocking eventfd that becomes readable whenever the thread sees the
  * set of suspected peers change (a peer becomes suspected or is heard
  * again), so a wait loop can poll() it instead of calling mc_live_suspects

@@ -5,6 +5,7 @@
  * well-formed keys and bounded lengths.
  */
 #define _GNU_SOURCE
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,7 @@
 struct mc_store {
     mc_store_ops_t ops;
     void *ctx;
+    _Atomic int refs; /* mc_store_ref / mc_store_destroy */
 };
 
 /* Returns the key's length, or 0 if it is not a valid key. `what` names the
@@ -108,13 +110,22 @@ mc_status_t mc_store_create(const mc_store_ops_t *ops, void *ctx,
     memcpy(&s->ops, ops, sizeof(s->ops));
     s->ops.size = sizeof(s->ops);
     s->ctx = ctx;
+    atomic_init(&s->refs, 1);
     *store_p = s;
     return MC_OK;
+}
+
+mc_store_h mc_store_ref(mc_store_h store)
+{
+    if (store) atomic_fetch_add_explicit(&store->refs, 1, memory_order_relaxed);
+    return store;
 }
 
 void mc_store_destroy(mc_store_h store)
 {
     if (!store) return;
+    if (atomic_fetch_sub_explicit(&store->refs, 1, memory_order_acq_rel) != 1)
+        return;
     store->ops.destroy(store->ctx);
     free(store);
 }
@@ -287,6 +298,8 @@ static mc_status_t prefix_del(void *ctx, const char *key)
 
 static void prefix_destroy(void *ctx)
 {
+    struct store_prefix *p = ctx;
+    mc_store_destroy(p->base);
     free(ctx);
 }
 
@@ -316,7 +329,7 @@ mc_status_t mc_store_prefix_create(mc_store_h base, const char *prefix,
                       fn, prefix, MC_STORE_KEY_MAX - 2);
     struct store_prefix *p = calloc(1, sizeof(*p));
     if (!p) return mc_err(MC_ERR_NO_MEMORY, "%s: out of memory", fn);
-    p->base = base;
+    p->base = mc_store_ref(base);
     p->plen = plen;
     memcpy(p->prefix, prefix, plen);
     mc_status_t st = mc_store_create(&store_prefix_ops, p, store_p);
@@ -324,6 +337,7 @@ mc_status_t mc_store_prefix_create(mc_store_h base, const char *prefix,
     return MC_OK;
 
 free_prefix:
+    mc_store_destroy(p->base);
     free(p);
     return st;
 }

@@ -38,3 +38,37 @@ mc_status_t mc_algo_barrier_dissemination(mc_cctx_t *cx)
     }
     return mc_cx_waitall(cx);
 }
+
+/*
+ * The same rounds, each frame carrying 8 bytes: the OR of the flags its
+ * sender has seen so far. Every rank's value reaches every rank (the
+ * dissemination pattern is an allgather), so each rank leaves with the OR
+ * over all ranks. The engine's final FT barrier uses it to tell every
+ * member, in the same operation, that joiners wait for admission.
+ */
+mc_status_t mc_algo_barrier_flags(mc_cctx_t *cx, uint64_t *flags)
+{
+    uint64_t out[64], in = 0, acc = *flags;
+    int n = mc_cx_size(cx), r = mc_cx_rank(cx);
+    unsigned round = 0;
+    mc_status_t st;
+    mc_fh_t sh, rh;
+
+    for (int d = 1; d < n; d <<= 1, round++) {
+        uint32_t step = mc_algo_step(MC_PH_BARRIER, round, 0);
+        out[round] = acc; /* stays put until waitall */
+        st = mc_cx_isend(cx, (r + d) % n, step, &out[round], sizeof(uint64_t),
+                         &sh);
+        if (st < 0) return st;
+        st = mc_cx_irecv(cx, mc_algo_mod((long long)r - d, n), step, &in,
+                         sizeof(uint64_t), &rh);
+        if (st < 0) return st;
+        st = mc_cx_wait(cx, rh);
+        if (st < 0) return st;
+        acc |= in;
+        if (d > n / 2) break;
+    }
+    st = mc_cx_waitall(cx);
+    if (st == MC_OK) *flags = acc;
+    return st;
+}
