@@ -121,6 +121,9 @@ typedef struct mc_ctrl {
     uint64_t epoch;      /* the sender's view (VIEW: the announced view) */
     uint64_t view_start; /* first seq of that view */
     int64_t last_ended;  /* REPORT: the last seq that ended on the sender */
+    uint32_t admit;      /* REPORT: the sender waits to admit joiners after
+                            last_ended (its next op has not started) */
+    uint32_t pad;
 } mc_ctrl_t;
 
 typedef struct mc_ctrl_out {
@@ -153,6 +156,8 @@ struct mc_request {
     mc_coll_args_t args;
     uint64_t seq;
     int64_t t_issue; /* mc_now_us() when queued */
+    int admit_point; /* mc_comm_admit: joiners may enter after this op */
+    int admitted;    /* joiners the admission round after it added */
     /* point-to-point */
     int peer, source;
     uint32_t tag;
@@ -183,7 +188,10 @@ struct mc_cctx {
     char err[MC_ABORT_MSG_MAX];
     mc_frame_t **blocks;
     int nblocks, nframes;
+    uint64_t flags; /* FT: OR of the final barrier's flag words (FLAG_*) */
 };
+
+enum { FLAG_JOIN = 1 }; /* the coordinator has joiners to admit */
 
 struct mc_comm {
     int rank, size;
@@ -276,6 +284,7 @@ struct mc_comm {
     int *rep_coord;      /* [size] */
     int64_t *rep_last;   /* [size] */
     uint8_t *rep_maps;   /* [size][2 * size]: dead, suspect */
+    uint8_t *rep_admit;  /* [size] REPORT.admit */
     uint64_t *sent_view; /* [size] epoch of the view last sent to a peer */
     int nv_pending;      /* a newer view heard of, adopt at a safe point */
     uint64_t nv_epoch, nv_start;
@@ -289,6 +298,31 @@ struct mc_comm {
     mc_live_t *live;      /* heartbeats: silent peers become suspects */
     int64_t live_checked; /* mc_now_us() of the last look */
     uint8_t *live_tmp;    /* [size] */
+
+    /* Joins (docs/fault-model 6; FT only). A joiner posts a request in the
+     * store; the lowest active rank's watcher thread sees it; the final
+     * barrier of the next operation tells every member (flag word); after
+     * that operation the members agree on a view that adds the joiner,
+     * starting at the next seq. */
+    mc_store_h store;    /* the communicator's prefix store (FT) */
+    uint64_t *inc;       /* [size] incarnation of each active slot */
+    int8_t tl_kind[2];   /* index into tl[] of TL_SHM, TL_TCP; -1 if none */
+    mc_transport_kind_t tkind; /* cfg.transport */
+    char host[MC_HOST_MAX];
+    int64_t join_poll_ms;
+    int admit_phase;     /* plock: after an op, waiting to admit joiners */
+    int admit_auto;      /* joiners enter after any collective, not only
+                            after mc_comm_admit */
+    int *joined_last;    /* [size] ranks added by the last view change */
+    int njoined_last;
+    pthread_mutex_t jlock; /* leaf lock: the fields below */
+    pthread_cond_t jcond;
+    int jw_started, jw_stop;
+    pthread_t jw_thread;
+    int jw_coord;        /* this rank is the lowest active one */
+    int64_t jw_seen;     /* requests read so far ("joins" counter) */
+    uint64_t *jw_nonce;  /* [size] pending request per slot, 0: none */
+    int jw_logged;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -356,6 +390,10 @@ static int is_reduction(mc_coll_t c)
 static void describe(char *out, size_t cap, int coll, int dtype, int op,
                      int root, uint64_t count)
 {
+    if (coll == MC_COLL_BARRIER && op == MC_MAX) {
+        snprintf(out, cap, "admit()"); /* mc_comm_admit */
+        return;
+    }
     int n = snprintf(out, cap, "%s(count=%llu, dtype=%s", mc_coll_name(coll),
                      (unsigned long long)count, mc_dtype_name(dtype));
     if (n < 0 || (size_t)n >= cap) return;
@@ -1262,7 +1300,7 @@ static void send_aborts(mc_comm_t *c, uint64_t seq, mc_status_t why,
 {
     size_t len = strnlen(text, MC_ABORT_MSG_MAX - 1);
     for (int p = 0; p < c->size; p++) {
-        if (p == c->rank || c->peer_dead[p]) continue;
+        if (p == c->rank || c->peer_dead[p] || c->peer_tl[p] < 0) continue;
         for (int ch = 0; ch < (p2p_too ? MC_NUM_CHANNELS : 1); ch++) {
             mc_abort_out_t *a = &c->abort_out[p * MC_NUM_CHANNELS + ch];
             if (a->busy && (a->px.status == MC_INPROGRESS ||
@@ -1344,6 +1382,8 @@ static uint64_t desc_hash(const mc_coll_args_t *a, int size, uint64_t dcount)
  */
 
 static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active);
+static void join_pick(mc_comm_t *c, uint8_t *next, uint64_t epoch,
+                      uint64_t start);
 
 #define CTRL_MAPS(c, body) ((uint8_t *)(body) + sizeof(mc_ctrl_t))
 
@@ -1367,7 +1407,7 @@ static void ctrl_send(mc_comm_t *c, int to, const mc_ctrl_t *ct,
                       const uint8_t *active, const uint8_t *dead,
                       const uint8_t *susp)
 {
-    if (to == c->rank || c->p2p_dead[to]) return;
+    if (to == c->rank || c->p2p_dead[to] || c->peer_tl[to] < 0) return;
     mc_ctrl_out_t *m = malloc(sizeof(*m) + c->ctrl_len);
     if (!m) {
         MC_LOG(MC_LOG_ERROR, "rank %d: out of memory for a control message",
@@ -1446,7 +1486,8 @@ static void ag_send_report(mc_comm_t *c)
                     .coord = ag_coord(c),
                     .epoch = c->epoch,
                     .view_start = c->view_start,
-                    .last_ended = (int64_t)c->exec_seq - 1};
+                    .last_ended = (int64_t)c->exec_seq - 1,
+                    .admit = (uint32_t)c->admit_phase};
     for (int p = 0; p < c->size; p++)
         if (c->active[p]) ctrl_send(c, p, &ct, c->active, dead, c->suspect);
     c->ag_sig = ag_signature(c);
@@ -1503,8 +1544,14 @@ static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
         c->rep_epoch[from] = ct.epoch;
         c->rep_coord[from] = ct.coord;
         c->rep_last[from] = ct.last_ended;
+        c->rep_admit[from] = ct.admit != 0;
         memcpy(c->rep_maps + (size_t)from * 2 * n, maps + n, 2 * n);
-        if (ct.epoch == c->epoch) {
+        /* An admission report says nothing failed: the sender finished the
+         * op and waits in the admission round, which every member enters
+         * after the same op (the join flag came with its final barrier).
+         * Interrupting our op for it would turn the admission into a
+         * failure round. */
+        if (ct.epoch == c->epoch && !ct.admit) {
             c->ag_wake = 1;
             ag_interrupt(c, from);
         }
@@ -1539,7 +1586,7 @@ static int ag_adopt(mc_comm_t *c, uint64_t seq)
                    .epoch = c->nv_epoch,
                    .view_start = c->nv_start};
     for (int p = 0; p < c->size; p++)
-        if ((c->active[p] || c->nv_active[p]) && p != c->nv_from &&
+        if (c->active[p] && p != c->nv_from &&
             c->sent_view[p] < c->nv_epoch) {
             c->sent_view[p] = c->nv_epoch;
             ctrl_send(c, p, &v, c->nv_active, NULL, NULL);
@@ -1605,6 +1652,15 @@ static int ag_try_decide(mc_comm_t *c)
         memset(next, 0, n);
         return AG_NOQUORUM;
     }
+    /* Joiners: only when every member of the next view waits between the
+     * same two operations (the admission round after an op), so that all
+     * of them see the grown view at the same point of their op stream. */
+    int all_admit = c->admit_phase;
+    for (int q = 0; q < c->size && all_admit; q++)
+        if (next[q] && q != c->rank)
+            all_admit = c->rep_admit[q] && c->rep_last[q] == maxlast &&
+                        maxlast == (int64_t)c->exec_seq - 1;
+    if (all_admit) join_pick(c, next, c->epoch + 1, (uint64_t)(maxlast + 1));
     c->nv_pending = 1;
     c->nv_epoch = c->epoch + 1;
     c->nv_start = (uint64_t)(maxlast + 1);
@@ -1734,6 +1790,8 @@ static size_t inplace_input(const mc_comm_t *c, const mc_coll_args_t *a)
     return mem_overlap(a->sendbuf, in, a->recvbuf, out) ? in : 0;
 }
 
+static uint64_t join_flag(mc_comm_t *c);
+
 /* One attempt at a queued collective over the current view (exec_lock
  * held). Leaves the error text in cx->err. */
 static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
@@ -1758,6 +1816,9 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     cx->remote_abort = 0;
     cx->err[0] = '\0';
     cx->nframes = 0;
+    cx->flags = 0;
+    uint64_t flags =
+        c->ft && (c->admit_auto || r->admit_point) ? join_flag(c) : 0;
     c->cx_active = 1;
     for (int p = 0; p < c->size; p++) {
         if (p != c->rank && c->abort_seq[p] == r->seq) {
@@ -1770,12 +1831,15 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     mc_status_t st = cx->failed;
     pthread_mutex_unlock(&c->plock);
 
-    if (st == MC_OK) st = mc_coll_run_view(cx);
-    if (st == MC_OK && c->ft && r->args.coll != MC_COLL_BARRIER) {
+    if (st == MC_OK && !(c->ft && r->args.coll == MC_COLL_BARRIER))
+        st = mc_coll_run_view(cx);
+    if (st == MC_OK && c->ft) {
         /* Return only once every rank has its result: then a failure
-         * from here on can always complete this op in this view. */
+         * from here on can always complete this op in this view. The
+         * barrier also tells every member whether joiners wait. */
         cx->data_done = 1;
-        st = mc_algo_barrier_dissemination(cx);
+        st = mc_algo_barrier_flags(cx, &flags);
+        if (st == MC_OK) cx->flags = flags;
     }
 
     pthread_mutex_lock(&c->plock);
@@ -1898,7 +1962,6 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
     mc_status_t st = MC_OK;
     for (int attempt = 0;; attempt++) {
         uint64_t old_epoch = c->epoch;
-        int old_n = c->nactive;
         pthread_mutex_lock(&c->plock);
         int outcome = 0;
         if (c->nv_pending) {
@@ -1954,7 +2017,7 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         pthread_mutex_lock(&c->plock);
         int nf = c->nfailed_last;
         list_ranks(list, sizeof(list), c->failed_last, nf);
-        int removed = c->nactive < old_n;
+        int removed = c->epoch != old_epoch && c->nfailed_last > 0;
         uint64_t ep = c->epoch;
         if (removed && !c->auto_recover) c->need_recover = 1;
         pthread_mutex_unlock(&c->plock);
@@ -1997,6 +2060,33 @@ evicted:
     return MC_ERR_EVICTED;
 }
 
+/* After op `seq` succeeded with FLAG_JOIN: the members agree on a view
+ * that admits the waiting joiners, starting at seq + 1 (exec_lock held). */
+static int admit_round(mc_comm_t *c, uint64_t seq)
+{
+    pthread_mutex_lock(&c->plock);
+    c->admit_phase = 1;
+    pthread_mutex_unlock(&c->plock);
+    uint64_t old_epoch = c->epoch;
+    int outcome = agree(c, seq);
+    pthread_mutex_lock(&c->plock);
+    c->admit_phase = 0;
+    if (c->epoch != old_epoch && c->nfailed_last > 0 && !c->auto_recover)
+        c->need_recover = 1;
+    int added = c->epoch != old_epoch ? c->njoined_last : 0;
+    pthread_mutex_unlock(&c->plock);
+    if (outcome != AG_DONE_OLD)
+        MC_LOG(MC_LOG_WARN,
+               "rank %d: admitting joiners after seq %llu: the agreement "
+               "ended with %s; the next operation reports it",
+               c->rank, (unsigned long long)seq,
+               outcome == AG_NOQUORUM  ? "no quorum"
+               : outcome == AG_EVICTED ? "this rank evicted"
+               : outcome == AG_TIMEOUT ? "a timeout"
+                                       : "a re-run");
+    return added;
+}
+
 /* Run one queued collective to completion (exec_lock held). */
 static void run_coll(mc_comm_t *c, mc_request_t *r)
 {
@@ -2037,7 +2127,9 @@ static void run_coll(mc_comm_t *c, mc_request_t *r)
     }
     char err[sizeof(cx->err)];
     snprintf(err, sizeof(err), "%s", cx->err);
+    int admit = st == MC_OK && c->ft && (cx->flags & FLAG_JOIN);
     pthread_mutex_unlock(&c->plock);
+    if (admit) r->admitted = admit_round(c, r->seq);
     req_complete(r, st, err);
 }
 
@@ -2796,6 +2888,24 @@ mc_status_t mc_comm_barrier(mc_comm_h c)
     return blocking(ibarrier(c, 0, &r), &r);
 }
 
+mc_status_t mc_comm_admit(mc_comm_h c, int *nadmitted_p)
+{
+    CHECK_COMM(c, "admit");
+    if (nadmitted_p) *nadmitted_p = 0;
+    mc_request_t *r = NULL;
+    /* a barrier that mismatch detection tells apart from a plain one */
+    MC_CHECK(
+        new_coll(c, MC_COLL_BARRIER, MC_UINT8, MC_MAX, -1, 0, NULL, NULL, &r));
+    r->admit_point = 1;
+    mc_request_h h = NULL;
+    mc_status_t st = coll_issue(c, r, 0, &h);
+    if (st < 0) return st;
+    st = mc_request_wait(h, -1);
+    if (st == MC_OK && nadmitted_p) *nadmitted_p = r->admitted;
+    mc_request_free(h);
+    return st;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Point-to-point                                                           */
 /* ------------------------------------------------------------------------ */
@@ -2987,6 +3097,8 @@ void mc_comm_config_init(mc_comm_config_t *cfg)
     cfg->init_timeout_ms = mc_env_int("MOONCAKE_INIT_TIMEOUT_MS", 300000);
     cfg->ft = mc_env_int("MOONCAKE_FT", 1) != 0;
     cfg->auto_recover = mc_env_int("MOONCAKE_AUTO_RECOVER", 1) != 0;
+    cfg->join = mc_env_int("MOONCAKE_JOIN", 0) != 0;
+    cfg->admit_auto = mc_env_int("MOONCAKE_ADMIT_AUTO", 0) != 0;
     const char *t = mc_env_str("MOONCAKE_TRANSPORT", "auto");
     if (!strcmp(t, "tcp"))
         cfg->transport = MC_TRANSPORT_TCP;
@@ -3037,8 +3149,11 @@ static int local_cpus(void)
     return n > 0 ? (int)n : 1;
 }
 
+static void join_watch_stop(mc_comm_t *c);
+
 static void comm_free(mc_comm_t *c)
 {
+    join_watch_stop(c);
     if (c->live) mc_live_destroy(c->live);
     for (int i = 0; i < c->ntl; i++)
         c->tlops[i]->destroy(c->tl[i]);
@@ -3082,6 +3197,11 @@ static void comm_free(mc_comm_t *c)
     free(c->sent_view);
     free(c->backup);
     free(c->live_tmp);
+    free(c->inc);
+    free(c->joined_last);
+    free(c->rep_admit);
+    free(c->jw_nonce);
+    if (c->store) mc_store_destroy(c->store);
     while (c->ctrl_out) {
         mc_ctrl_out_t *m = c->ctrl_out;
         c->ctrl_out = m->next;
@@ -3095,12 +3215,404 @@ static void comm_free(mc_comm_t *c)
     pthread_cond_destroy(&c->dcond);
     pthread_cond_destroy(&c->cbcond);
     pthread_mutex_destroy(&c->elock);
+    pthread_mutex_destroy(&c->jlock);
+    pthread_cond_destroy(&c->jcond);
     free(c);
 }
 
 static const mc_tl_ops_t *const mc_transports[] = {&mc_tl_shm_ops,
                                                    &mc_tl_tcp_ops};
 enum { TL_SHM = 0, TL_TCP = 1 };
+
+/* ------------------------------------------------------------------------ */
+/* Joins (rejoin and scale-up)                                              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Store keys (under the communicator's prefix):
+ *   join/<slot>      u64 nonce of the process waiting for that slot (0: none)
+ *   joins            counter: one increment per request (the doorbell)
+ *   join/id/<n>      decimal slot of request n
+ *   admit/<slot>/<nonce hex>   the admitting view, for that joiner only
+ * The admit record (join_rec_t) is followed by `size` u64 incarnations
+ * and `size` bytes of the active map.
+ */
+#define JOIN_REC_MAGIC 0x314e494f4a434dull /* "MCJOIN1" */
+typedef struct join_rec {
+    uint64_t magic;
+    uint64_t epoch, start, uid;
+    uint32_t size, pad;
+} join_rec_t;
+
+/* Is there a joiner for a slot that is free in the current view (plock)? */
+static uint64_t join_flag(mc_comm_t *c)
+{
+    uint64_t f = 0;
+    pthread_mutex_lock(&c->jlock);
+    if (c->jw_coord && c->jw_nonce)
+        for (int q = 0; q < c->size && !f; q++)
+            if (c->jw_nonce[q] && !c->active[q]) f = FLAG_JOIN;
+    pthread_mutex_unlock(&c->jlock);
+    return f;
+}
+
+/* Coordinator deciding view `epoch` (starting at `start`): add the waiting
+ * joiners to `next` and publish the view to each of them (plock held). */
+static void join_pick(mc_comm_t *c, uint8_t *next, uint64_t epoch,
+                      uint64_t start)
+{
+    size_t n = (size_t)c->size;
+    int any = 0;
+    uint64_t *nonce = calloc(n, sizeof(uint64_t));
+    if (!nonce) return;
+    pthread_mutex_lock(&c->jlock);
+    for (int q = 0; c->jw_nonce && q < c->size; q++)
+        if (c->jw_nonce[q] && !c->active[q] && !next[q]) {
+            nonce[q] = c->jw_nonce[q];
+            c->jw_nonce[q] = 0;
+            next[q] = 1;
+            any = 1;
+        }
+    pthread_mutex_unlock(&c->jlock);
+    size_t len = sizeof(join_rec_t) + n + n * sizeof(uint64_t);
+    uint8_t *rec = any ? malloc(len) : NULL;
+    for (int q = 0; rec && q < c->size; q++) {
+        if (!nonce[q]) continue;
+        join_rec_t h = {.magic = JOIN_REC_MAGIC,
+                        .epoch = epoch,
+                        .start = start,
+                        .uid = c->uid,
+                        .size = (uint32_t)c->size};
+        memcpy(rec, &h, sizeof(h));
+        for (int p = 0; p < c->size; p++) {
+            uint64_t inc = nonce[p] ? epoch : c->inc[p];
+            memcpy(rec + sizeof(h) + (size_t)p * 8, &inc, 8);
+        }
+        memcpy(rec + sizeof(h) + n * 8, next, n);
+        char key[96];
+        snprintf(key, sizeof(key), "admit/%d/%016llx", q,
+                 (unsigned long long)nonce[q]);
+        mc_status_t st = mc_store_set(c->store, key, rec, len);
+        /* the request is consumed (unless a newer process replaced it) */
+        uint8_t zero[8] = {0}, cur[8];
+        size_t cl = 0;
+        snprintf(key, sizeof(key), "join/%d", q);
+        if (st == MC_OK)
+            mc_store_compare_set(c->store, key, &nonce[q], 8, zero, 8, cur,
+                                 sizeof(cur), &cl);
+        if (st != MC_OK) {
+            MC_LOG(MC_LOG_ERROR,
+                   "rank %d: cannot publish the view admitting rank %d (%s); "
+                   "not admitting it",
+                   c->rank, q, mc_last_error());
+            next[q] = 0;
+            continue;
+        }
+        MC_LOG(MC_LOG_INFO,
+               "rank %d: admitting a joiner in slot %d: view %llu from seq "
+               "%llu",
+               c->rank, q, (unsigned long long)epoch,
+               (unsigned long long)start);
+    }
+    if (any && !rec)
+        for (int q = 0; q < c->size; q++)
+            if (nonce[q]) next[q] = 0;
+    free(rec);
+    free(nonce);
+}
+
+/* The transport instance for `peer` from its "host/<peer>" key, or -1. */
+static int join_pick_tl(mc_comm_t *c, int peer, char *why, size_t cap)
+{
+    char key[32], host[MC_HOST_MAX];
+    size_t len = 0;
+    snprintf(key, sizeof(key), "host/%d", peer);
+    mc_status_t st = mc_store_get(c->store, key, 2000, host, sizeof(host) - 1,
+                                  &len);
+    if (st != MC_OK) {
+        snprintf(why, cap, "reading %s: %s", key, mc_last_error());
+        return -1;
+    }
+    host[len < sizeof(host) ? len : sizeof(host) - 1] = '\0';
+    int same = !strcmp(host, c->host);
+    int kind = c->tkind == MC_TRANSPORT_TCP   ? TL_TCP
+               : c->tkind == MC_TRANSPORT_SHM ? TL_SHM
+               : same                         ? TL_SHM
+                                              : TL_TCP;
+    if (kind == TL_SHM && !same) {
+        snprintf(why, cap, "transport shm requested but it is on another host");
+        return -1;
+    }
+    if (c->tl_kind[kind] < 0) {
+        snprintf(why, cap,
+                 "it needs the %s transport, which this rank does not run "
+                 "(no peer needed it at creation)",
+                 mc_transports[kind]->name);
+        return -1;
+    }
+    return c->tl_kind[kind];
+}
+
+/* Member: slot `q` has a new process (incarnation c->inc[q]) in the view
+ * just adopted: connect to it and start its streams afresh (plock held). */
+static void admit_peer(mc_comm_t *c, int q)
+{
+    char why[MC_HOST_MAX + 128] = "";
+    int t = join_pick_tl(c, q, why, sizeof(why));
+    if (t >= 0) {
+        mc_status_t st = c->tlops[t]->add_peer(c->tl[t], q, c->inc[q],
+                                               c->timeout_ms);
+        if (st != MC_OK) {
+            snprintf(why, sizeof(why), "%s add_peer: %s", c->tlops[t]->name,
+                     mc_last_error());
+            t = -1;
+        }
+    }
+    /* transfers still posted on the old process's streams fail now */
+    int64_t until = mc_now_us() + 200000;
+    for (;;) {
+        int busy = 0;
+        for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
+            mc_in_t *in = &c->in[ch][q];
+            busy |= in->state != IN_DEAD && in->state != 0 &&
+                    (in->hx.status == MC_INPROGRESS ||
+                     in->px.status == MC_INPROGRESS);
+        }
+        if (!busy || mc_now_us() > until || c->peer_tl[q] < 0) break;
+        progress_locked(c);
+    }
+    /* forget the old process: its unread p2p messages, its reports */
+    mc_unexp_t **pp = &c->unexp_head;
+    c->unexp_tail = NULL;
+    while (*pp) {
+        mc_unexp_t *u = *pp;
+        if (u->src == q && u->complete && !u->claimed) {
+            *pp = u->next;
+            c->unexp_bytes -= u->len;
+            free(u->data);
+            free(u);
+            continue;
+        }
+        c->unexp_tail = u;
+        pp = &u->next;
+    }
+    c->rep_epoch[q] = 0;
+    c->rep_coord[q] = -1;
+    c->rep_last[q] = 0;
+    c->rep_admit[q] = 0;
+    memset(c->rep_maps + (size_t)q * 2 * (size_t)c->size, 0,
+           2 * (size_t)c->size);
+    c->sent_view[q] = c->epoch; /* it has the view from the store */
+    c->suspect[q] = 0;
+    c->abort_seq[q] = UINT64_MAX;
+    if (t < 0) {
+        MC_LOG(MC_LOG_ERROR,
+               "rank %d: cannot reach the joiner in slot %d: %s; treating it "
+               "as failed",
+               c->rank, q, why);
+        c->peer_dead[q] = c->p2p_dead[q] = 1;
+        return;
+    }
+    c->peer_tl[q] = (int8_t)t;
+    c->peer_dead[q] = 0;
+    c->p2p_dead[q] = 0;
+    for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
+        mc_in_t *in = &c->in[ch][q];
+        uint8_t *cbuf = in->cbuf;
+        memset(in, 0, sizeof(*in));
+        in->cbuf = cbuf;
+        in->ev.comm = c;
+        in->ev.fn = in_event;
+        in->peer = q;
+        in->ch = ch;
+        in_post_hdr(c, in);
+    }
+    if (c->live) {
+        char key[32], val[128];
+        size_t len = 0;
+        snprintf(key, sizeof(key), "live/%d", q);
+        mc_status_t st =
+            mc_store_get(c->store, key, 2000, val, sizeof(val) - 1, &len);
+        if (st == MC_OK) {
+            val[len < sizeof(val) ? len : sizeof(val) - 1] = '\0';
+            st = mc_live_watch(c->live, q, val);
+        }
+        if (st != MC_OK)
+            MC_LOG(MC_LOG_WARN,
+                   "rank %d: no heartbeats for joiner %d (%s): a silent "
+                   "failure of it is found by the op timeout only",
+                   c->rank, q, mc_last_error());
+    }
+}
+
+static void join_set_coord(mc_comm_t *c)
+{
+    int lowest = -1;
+    for (int p = 0; p < c->size && lowest < 0; p++)
+        if (c->active[p]) lowest = p;
+    pthread_mutex_lock(&c->jlock);
+    c->jw_coord = lowest == c->rank;
+    pthread_cond_signal(&c->jcond);
+    pthread_mutex_unlock(&c->jlock);
+}
+
+/* Watcher thread: while this rank coordinates, read new join requests. */
+static void *join_watch_main(void *arg)
+{
+    mc_comm_t *c = arg;
+    pthread_mutex_lock(&c->jlock);
+    while (!c->jw_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t ns = ts.tv_nsec + c->join_poll_ms * 1000000;
+        ts.tv_sec += ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        pthread_cond_timedwait(&c->jcond, &c->jlock, &ts);
+        if (c->jw_stop) break;
+        if (!c->jw_coord) continue;
+        int64_t seen = c->jw_seen;
+        pthread_mutex_unlock(&c->jlock);
+        int64_t total = 0;
+        mc_status_t st = mc_store_add(c->store, "joins", 0, &total);
+        while (st == MC_OK && seen < total) {
+            char key[64], val[32];
+            size_t len = 0;
+            snprintf(key, sizeof(key), "join/id/%lld", (long long)(seen + 1));
+            st = mc_store_get(c->store, key, 1000, val, sizeof(val) - 1, &len);
+            if (st != MC_OK) break;
+            val[len < sizeof(val) ? len : sizeof(val) - 1] = '\0';
+            char *end;
+            long q = strtol(val, &end, 10);
+            uint64_t nonce = 0;
+            if (*end == '\0' && q >= 0 && q < c->size) {
+                snprintf(key, sizeof(key), "join/%ld", q);
+                int exists = 0;
+                st = mc_store_check(c->store, key, &exists);
+                if (st == MC_OK && exists)
+                    st = mc_store_get(c->store, key, 1000, &nonce,
+                                      sizeof(nonce), &len);
+                if (st != MC_OK) break;
+                if (len != sizeof(nonce)) nonce = 0;
+            }
+            seen++;
+            pthread_mutex_lock(&c->jlock);
+            c->jw_seen = seen;
+            if (*end == '\0' && q >= 0 && q < c->size) c->jw_nonce[q] = nonce;
+            pthread_mutex_unlock(&c->jlock);
+        }
+        pthread_mutex_lock(&c->jlock);
+        if (st != MC_OK && !c->jw_logged) {
+            c->jw_logged = 1;
+            MC_LOG(MC_LOG_WARN,
+                   "rank %d: reading join requests from the store failed: "
+                   "%s (logged once; retrying)",
+                   c->rank, mc_last_error());
+        }
+    }
+    pthread_mutex_unlock(&c->jlock);
+    return NULL;
+}
+
+static void join_watch_stop(mc_comm_t *c)
+{
+    if (!c->jw_started) return;
+    pthread_mutex_lock(&c->jlock);
+    c->jw_stop = 1;
+    pthread_cond_signal(&c->jcond);
+    pthread_mutex_unlock(&c->jlock);
+    pthread_join(c->jw_thread, NULL);
+    c->jw_started = 0;
+}
+
+/* Joiner: ask for slot c->rank and wait for the view that admits it. On
+ * success the view, seq and incarnations are set from the record. */
+static mc_status_t join_request(mc_comm_t *c, int64_t timeout_ms)
+{
+    uint64_t nonce = 0;
+    while (!nonce)
+        if (getrandom(&nonce, sizeof(nonce), 0) != sizeof(nonce))
+            nonce = ((uint64_t)mc_now_us() << 16) ^ (uint64_t)getpid();
+    char key[96], val[32];
+    snprintf(key, sizeof(key), "join/%d", c->rank);
+    MC_CHECK(mc_store_set(c->store, key, &nonce, sizeof(nonce)));
+    int64_t id = 0;
+    MC_CHECK(mc_store_add(c->store, "joins", 1, &id));
+    snprintf(key, sizeof(key), "join/id/%lld", (long long)id);
+    snprintf(val, sizeof(val), "%d", c->rank);
+    MC_CHECK(mc_store_set(c->store, key, val, strlen(val)));
+    MC_LOG(MC_LOG_INFO, "rank %d: asked to join (request %lld)", c->rank,
+           (long long)id);
+
+    size_t n = (size_t)c->size;
+    size_t cap = sizeof(join_rec_t) + n + n * sizeof(uint64_t);
+    uint8_t *rec = malloc(cap);
+    if (!rec) return mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
+    size_t len = 0;
+    snprintf(key, sizeof(key), "admit/%d/%016llx", c->rank,
+             (unsigned long long)nonce);
+    mc_status_t st = mc_store_get(c->store, key, timeout_ms, rec, cap, &len);
+    if (st != MC_OK) {
+        free(rec);
+        /* withdraw (unless a newer process already replaced the request) */
+        uint8_t zero[8] = {0}, cur[8];
+        size_t cl = 0;
+        snprintf(key, sizeof(key), "join/%d", c->rank);
+        mc_store_compare_set(c->store, key, &nonce, 8, zero, 8, cur,
+                             sizeof(cur), &cl);
+        if (st == MC_ERR_TIMEOUT)
+            return mc_err(MC_ERR_TIMEOUT,
+                          "comm_create: joining as rank %d: not admitted "
+                          "within %lld ms (members admit joiners after an "
+                          "operation, and only into a slot that is not "
+                          "active: is the slot's old process still a "
+                          "member, or does the group run no collectives?)",
+                          c->rank, (long long)timeout_ms);
+        return st;
+    }
+    join_rec_t h;
+    memcpy(&h, rec, sizeof(h));
+    const uint8_t *act = rec + sizeof(h) + n * 8;
+    if (len != cap || h.magic != JOIN_REC_MAGIC || h.size != (uint32_t)n ||
+        !act[c->rank] || h.epoch < 2) {
+        free(rec);
+        return mc_err(MC_ERR_PROTOCOL,
+                      "comm_create: joining as rank %d: malformed admission "
+                      "record (%zu bytes; size %u, expected %zu)",
+                      c->rank, len, h.size, n);
+    }
+    if (h.uid != c->uid) {
+        free(rec);
+        return mc_err(MC_ERR_PROTOCOL,
+                      "comm_create: joining as rank %d: the admitting view "
+                      "belongs to another communicator instance",
+                      c->rank);
+    }
+    c->epoch = h.epoch;
+    c->view_start = h.start;
+    c->exec_seq = c->next_seq = h.start;
+    int k = 0, nj = 0;
+    for (int p = 0; p < c->size; p++) {
+        uint64_t inc;
+        memcpy(&inc, rec + sizeof(h) + (size_t)p * 8, 8);
+        c->active[p] = act[p] ? 1 : 0;
+        c->vof[p] = -1;
+        c->inc[p] = c->active[p] ? inc : 0;
+        if (c->active[p]) {
+            c->vof[p] = k;
+            c->vslots[k++] = p;
+            if (inc == h.epoch) c->joined_last[nj++] = p;
+        }
+    }
+    c->nactive = k;
+    c->njoined_last = nj;
+    free(rec);
+    MC_LOG(MC_LOG_WARN,
+           "rank %d: admitted in view epoch %llu (%d of %d ranks active), "
+           "first seq %llu",
+           c->rank, (unsigned long long)c->epoch, k, c->size,
+           (unsigned long long)c->view_start);
+    return MC_OK;
+}
 
 mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                            const mc_comm_config_t *ucfg, mc_comm_h *comm_p)
@@ -3109,9 +3621,6 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     if (size <= 0 || size > 65536)
         return mc_err(MC_ERR_INVALID_ARG,
                       "comm_create: size %d out of range [1, 65536]", size);
-    if (rank < 0 || rank >= size)
-        return mc_err(MC_ERR_INVALID_ARG,
-                      "comm_create: rank %d out of range [0, %d)", rank, size);
     if (!store) return mc_err(MC_ERR_INVALID_ARG, "comm_create: store is NULL");
     mc_comm_config_t cfg;
     mc_comm_config_init(&cfg);
@@ -3122,6 +3631,26 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                           "mc_comm_config_init");
         cfg = *ucfg;
     }
+    /* slots: size initial members plus reserved ones up to max_size */
+    int ninit = size;
+    if (cfg.max_size != 0 && (cfg.max_size < size || cfg.max_size > 65536))
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "comm_create: max_size %d must be 0 or in [size %d, "
+                      "65536]",
+                      cfg.max_size, size);
+    if (cfg.max_size > size) size = cfg.max_size;
+    if (rank < 0 || rank >= (cfg.join ? size : ninit))
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "comm_create: rank %d out of range [0, %d)%s", rank,
+                      cfg.join ? size : ninit,
+                      cfg.join || size == ninit
+                          ? ""
+                          : " (slots from size to max_size are taken by "
+                            "joiners only)");
+    if (cfg.join && (!cfg.ft || size < 2))
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "comm_create: join needs fault tolerance on "
+                      "(MOONCAKE_FT=1) and at least 2 slots");
     if (!cfg.name || !*cfg.name || strlen(cfg.name) >= 100)
         return mc_err(MC_ERR_INVALID_ARG, "comm_create: invalid config name");
     if ((unsigned)cfg.transport > MC_TRANSPORT_SHM)
@@ -3136,10 +3665,15 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     if (!c) return mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
     c->rank = rank;
     c->size = size;
+    c->tkind = cfg.transport;
+    c->tl_kind[0] = c->tl_kind[1] = -1;
+    c->join_poll_ms = mc_env_int("MOONCAKE_JOIN_POLL_MS", 100);
+    if (c->join_poll_ms < 1) c->join_poll_ms = 1;
     snprintf(c->name, sizeof(c->name), "%s", cfg.name);
     c->timeout_ms = cfg.timeout_ms;
     c->ft = cfg.ft != 0;
     c->auto_recover = cfg.auto_recover != 0;
+    c->admit_auto = cfg.admit_auto != 0;
     tune_init(&c->tune);
     pthread_mutex_init(&c->plock, NULL);
     pthread_mutex_init(&c->qlock, NULL);
@@ -3149,6 +3683,12 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     pthread_cond_init(&c->dcond, NULL);
     pthread_cond_init(&c->cbcond, NULL);
     pthread_mutex_init(&c->elock, NULL);
+    pthread_mutex_init(&c->jlock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->jcond, &ca);
+    pthread_condattr_destroy(&ca);
     c->unexp_max =
         (size_t)mc_env_int("MOONCAKE_P2P_UNEXPECTED_MAX", (int64_t)1 << 30);
     c->discard_len = 1 << 16;
@@ -3179,6 +3719,10 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->rep_coord = calloc((size_t)size, sizeof(int));
     c->rep_last = calloc((size_t)size, sizeof(int64_t));
     c->sent_view = calloc((size_t)size, sizeof(uint64_t));
+    c->inc = calloc((size_t)size, sizeof(uint64_t));
+    c->joined_last = calloc((size_t)size, sizeof(int));
+    c->rep_admit = calloc((size_t)size, 1);
+    c->jw_nonce = calloc((size_t)size, sizeof(uint64_t));
     c->ctrl_len = sizeof(mc_ctrl_t) + 3 * (size_t)size;
     if (c->ft && size > 4096) {
         MC_LOG(MC_LOG_WARN,
@@ -3191,16 +3735,17 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     if (!c->active || !c->op_active || !c->vslots || !c->vof ||
         !c->failed_last || !c->att_active || !c->suspect || !c->nv_active ||
         !c->ag_tmp || !c->rep_epoch || !c->rep_coord || !c->rep_last ||
-        !c->sent_view || (c->ft && !c->rep_maps)) {
+        !c->sent_view || !c->inc || !c->joined_last || !c->rep_admit ||
+        !c->jw_nonce || (c->ft && !c->rep_maps)) {
         st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
         goto err_free;
     }
     c->epoch = 1;
-    c->nactive = size;
+    c->nactive = ninit;
     for (int p = 0; p < size; p++) {
-        c->active[p] = 1;
+        c->active[p] = p < ninit;
         c->vslots[p] = p;
-        c->vof[p] = p;
+        c->vof[p] = p < ninit ? p : -1;
     }
     if (!c->discard || !c->peer_tl || !c->peer_dead || !c->p2p_dead ||
         !c->abort_out || !c->abort_seq || !c->abort_why || !c->abort_msg ||
@@ -3217,10 +3762,39 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         int64_t deadline = mc_deadline_us(cfg.init_timeout_ms);
         MC_CHECK_GOTO(mc_store_prefix_create(store, c->name, &ps), st,
                       err_free);
-        /* communicator id, so segments and connections of different
-         * communicators never mix */
+        c->store = ps;
         char key[64];
-        if (rank == 0) {
+        /* which peers share this host */
+        host_id(c->host, sizeof(c->host));
+        snprintf(key, sizeof(key), "host/%d", rank);
+        MC_CHECK_GOTO(mc_store_set(ps, key, c->host, strlen(c->host) + 1), st,
+                      err_free);
+        if (cfg.join) {
+            size_t len;
+            MC_CHECK_GOTO(mc_store_get(ps, "uid", cfg.init_timeout_ms, &c->uid,
+                                       sizeof(c->uid), &len),
+                          st, err_free);
+            /* heartbeat address first (members read it when they admit us),
+             * then the request; the transports follow once the admitting
+             * view names the incarnation */
+            for (int p = 0; p < size; p++)
+                mask[p] = p != rank;
+            mc_live_params_t lp = {.rank = rank,
+                                   .size = size,
+                                   .store = ps,
+                                   .uid = c->uid,
+                                   .peers = mask,
+                                   .connect_timeout_ms = cfg.init_timeout_ms};
+            c->live_tmp = calloc((size_t)size, 1);
+            if (!c->live_tmp) {
+                st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
+                goto err_free;
+            }
+            MC_CHECK_GOTO(mc_live_create(&lp, &c->live), st, err_free);
+            MC_CHECK_GOTO(join_request(c, cfg.init_timeout_ms), st, err_free);
+        } else if (rank == 0) {
+            /* communicator id, so segments and connections of different
+             * communicators never mix */
             uint64_t uid = 0;
             if (getrandom(&uid, sizeof(uid), 0) != sizeof(uid))
                 uid = (uint64_t)mc_now_us() ^ ((uint64_t)getpid() << 32);
@@ -3233,14 +3807,9 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                                        sizeof(c->uid), &len),
                           st, err_free);
         }
-        /* which peers share this host */
-        char me[MC_HOST_MAX];
-        host_id(me, sizeof(me));
-        snprintf(key, sizeof(key), "host/%d", rank);
-        MC_CHECK_GOTO(mc_store_set(ps, key, me, strlen(me) + 1), st, err_free);
         int local = 1;
         for (int p = 0; p < size; p++) {
-            if (p == rank) continue;
+            if (p == rank || !c->active[p]) continue;
             size_t len = 0;
             int64_t left = (deadline - mc_now_us()) / 1000;
             snprintf(key, sizeof(key), "host/%d", p);
@@ -3253,7 +3822,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                             p, (long long)cfg.init_timeout_ms);
             }
             if (st < 0) goto err_free;
-            int same = !strcmp(hosts + (size_t)p * MC_HOST_MAX, me);
+            int same = !strcmp(hosts + (size_t)p * MC_HOST_MAX, c->host);
             local += same;
             if (cfg.transport == MC_TRANSPORT_TCP)
                 c->peer_tl[p] = TL_TCP;
@@ -3286,6 +3855,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                                      .store = ps,
                                      .uid = c->uid,
                                      .peers = mask,
+                                     .incarnation = c->inc[rank],
+                                     .peer_incarnation = c->inc,
                                      .timeout_ms = left > 0 ? left : 0};
             const mc_tl_ops_t *ops = mc_transports[t];
             mc_tl_t *tl = NULL;
@@ -3293,37 +3864,48 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
             c->tl[c->ntl] = tl;
             c->tlops[c->ntl] = ops;
             slot_of[t] = c->ntl++;
+            c->tl_kind[t] = (int8_t)slot_of[t];
             MC_CHECK_GOTO(ops->connect(tl), st, err_free);
         }
         for (int p = 0; p < size; p++)
-            if (p != rank) c->peer_tl[p] = (int8_t)slot_of[c->peer_tl[p]];
+            if (p != rank && c->peer_tl[p] >= 0)
+                c->peer_tl[p] = (int8_t)slot_of[c->peer_tl[p]];
         if (c->ft) {
             /* heartbeats find silent peers (stopped, hung, cut off) */
-            for (int p = 0; p < size; p++)
-                mask[p] = p != rank;
             int64_t left = (deadline - mc_now_us()) / 1000;
-            mc_live_params_t lp = {.rank = rank,
-                                   .size = size,
-                                   .store = ps,
-                                   .uid = c->uid,
-                                   .peers = mask,
-                                   .connect_timeout_ms = left > 0 ? left : 0};
-            c->live_tmp = calloc((size_t)size, 1);
-            if (!c->live_tmp) {
-                st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
-                goto err_free;
+            if (!c->live) {
+                for (int p = 0; p < size; p++)
+                    mask[p] = p != rank && c->active[p];
+                mc_live_params_t lp = {.rank = rank,
+                                       .size = size,
+                                       .store = ps,
+                                       .uid = c->uid,
+                                       .peers = mask,
+                                       .connect_timeout_ms = left > 0 ? left
+                                                                      : 0};
+                c->live_tmp = calloc((size_t)size, 1);
+                if (!c->live_tmp) {
+                    st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
+                    goto err_free;
+                }
+                MC_CHECK_GOTO(mc_live_create(&lp, &c->live), st, err_free);
+            } else {
+                /* joiner: watch the members of the admitting view only */
+                for (int p = 0; p < size; p++)
+                    if (!c->active[p]) mc_live_forget(c->live, p);
             }
-            MC_CHECK_GOTO(mc_live_create(&lp, &c->live), st, err_free);
             MC_CHECK_GOTO(mc_live_connect(c->live), st, err_free);
         }
-        mc_store_destroy(ps);
-        ps = NULL;
+        if (!c->ft) {
+            mc_store_destroy(ps);
+            c->store = NULL;
+        }
+        ps = NULL; /* c->store owns it */
     }
     free(hosts);
     hosts = NULL;
     free(mask);
     mask = NULL;
-
     /* every stream always has a header receive posted */
     pthread_mutex_lock(&c->plock);
     for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
@@ -3333,17 +3915,31 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
             in->ev.fn = in_event;
             in->peer = p;
             in->ch = ch;
-            if (p != rank) in_post_hdr(c, in);
+            if (p == rank) continue;
+            if (c->active[p]) {
+                in_post_hdr(c, in);
+            } else { /* a hole: a reserved slot, or a joiner's failed one */
+                in->state = IN_DEAD;
+                c->peer_dead[p] = c->p2p_dead[p] = 1;
+            }
         }
     }
     pthread_mutex_unlock(&c->plock);
+    if (c->ft && c->store) {
+        join_set_coord(c);
+        if (pthread_create(&c->jw_thread, NULL, join_watch_main, c) == 0)
+            c->jw_started = 1;
+        else
+            MC_LOG(MC_LOG_WARN, "rank %d: no join watcher thread: joiners "
+                                "cannot be admitted",
+                   rank);
+    }
     MC_LOG(MC_LOG_INFO, "rank %d/%d: communicator '%s' ready", rank, size,
            c->name);
     *comm_p = c;
     return MC_OK;
 
 err_free:
-    if (ps) mc_store_destroy(ps);
     free(hosts);
     free(mask);
     {
@@ -3439,9 +4035,13 @@ const char *mc_comm_peer_transport(mc_comm_h c, int peer)
 /* Adopt `active` as view `epoch` (plock held). Records which ranks left. */
 static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
 {
-    int nf = 0, n = 0;
+    int nf = 0, n = 0, nj = 0;
     for (int p = 0; p < c->size; p++) {
         if (c->active[p] && !active[p]) c->failed_last[nf++] = p;
+        if (!c->active[p] && active[p]) {
+            c->joined_last[nj++] = p;
+            c->inc[p] = epoch; /* a joiner's incarnation: see transport.h */
+        }
         c->active[p] = active[p] ? 1 : 0;
         c->vof[p] = -1;
         if (c->active[p]) {
@@ -3450,12 +4050,16 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
         }
     }
     c->nfailed_last = nf;
+    c->njoined_last = nj;
     c->nactive = n;
     for (int i = 0; c->live && i < nf; i++)
         mc_live_forget(c->live, c->failed_last[i]);
     c->epoch = epoch;
     c->view_changes++;
     if (!c->active[c->rank]) c->evicted = 1;
+    for (int i = 0; i < nj && !c->evicted; i++)
+        if (c->joined_last[i] != c->rank) admit_peer(c, c->joined_last[i]);
+    join_set_coord(c);
     /* ABORT notices and held headers of the old view are void */
     for (int p = 0; p < c->size; p++) {
         c->abort_seq[p] = UINT64_MAX;
@@ -3469,10 +4073,16 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
     for (int i = 0; i < nf && off + 16 < sizeof(list); i++)
         off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%d",
                                 i ? "," : "", c->failed_last[i]);
+    char jl[256] = "";
+    off = 0;
+    for (int i = 0; i < nj && off + 16 < sizeof(jl); i++)
+        off += (size_t)snprintf(jl + off, sizeof(jl) - off, "%s%d",
+                                i ? "," : "", c->joined_last[i]);
     MC_LOG(MC_LOG_WARN,
-           "rank %d: view epoch %llu adopted: %d of %d ranks active%s%s%s",
+           "rank %d: view epoch %llu adopted: %d of %d ranks active%s%s%s%s%s%s",
            c->rank, (unsigned long long)epoch, n, c->size,
-           nf ? ", removed [" : "", list, nf ? "]" : "");
+           nf ? ", removed [" : "", list, nf ? "]" : "",
+           nj ? ", added [" : "", jl, nj ? "]" : "");
 }
 
 static void view_out(mc_comm_t *c, uint64_t epoch, const uint8_t *act,
@@ -3518,6 +4128,17 @@ int mc_comm_failed_ranks(mc_comm_h c, int *out, int cap)
     int n = c->nfailed_last;
     for (int i = 0; out && i < n && i < cap; i++)
         out[i] = c->failed_last[i];
+    pthread_mutex_unlock(&c->plock);
+    return n;
+}
+
+int mc_comm_joined_ranks(mc_comm_h c, int *out, int cap)
+{
+    if (!c) return 0;
+    pthread_mutex_lock(&c->plock);
+    int n = c->njoined_last;
+    for (int i = 0; out && i < n && i < cap; i++)
+        out[i] = c->joined_last[i];
     pthread_mutex_unlock(&c->plock);
     return n;
 }

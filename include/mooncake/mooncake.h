@@ -188,10 +188,17 @@ mc_status_t mc_store_create(const mc_store_ops_t *ops, void *ctx,
 mc_status_t mc_store_file_create(const char *dir, mc_store_h *store_p);
 
 /** A store that prefixes every key with `prefix` and forwards to `base`
- *  (which must outlive it). */
+ *  (it holds a reference to base). */
 mc_status_t mc_store_prefix_create(mc_store_h base, const char *prefix,
                                    mc_store_h *store_p);
 
+/** Take another reference to a store; returns `store`. Stores are reference
+ *  counted: a communicator with fault tolerance keeps one for its lifetime
+ *  (joiners are admitted through the store), so the caller may drop its own
+ *  with mc_store_destroy right after mc_comm_create. */
+mc_store_h mc_store_ref(mc_store_h store);
+
+/** Drop a reference; the last one calls ops->destroy(ctx) and frees. */
 void mc_store_destroy(mc_store_h store);
 
 mc_status_t mc_store_set(mc_store_h s, const char *key, const void *val,
@@ -236,18 +243,40 @@ typedef struct mc_comm_config {
      *  every survivor until mc_comm_recover (manual mode). Default
      *  MOONCAKE_AUTO_RECOVER (1). */
     int auto_recover;
+    /** Slots, for growth: 0 (= size) or >= size. The communicator has
+     *  max_size slots (mc_comm_size); slots size..max_size-1 start as
+     *  holes, to be taken by joiners. Every rank passes the same value. */
+    int max_size;
+    /** 1 = this process takes slot `rank` of a running communicator (a
+     *  failed slot or a reserved one) instead of creating it: it posts a
+     *  request in the store, the members admit it after one of their
+     *  operations, and mc_comm_create returns once it is connected, in
+     *  the admitting view (see docs/fault-model.md, guarantee 6). Needs
+     *  ft. Default MOONCAKE_JOIN (0). */
+    int join;
+    /** Where members admit joiners: 0 = only in mc_comm_admit (the
+     *  application names the point, e.g. a step boundary, where it can
+     *  bring a newcomer up to date); 1 = after any collective (for a loop
+     *  in which every collective is such a point). Every member passes
+     *  the same value. Default MOONCAKE_ADMIT_AUTO (0). */
+    int admit_auto;
 } mc_comm_config_t;
 
 /**
  * Fill cfg with defaults, reading the environment: MOONCAKE_TRANSPORT
- * (auto|tcp|shm), MOONCAKE_TIMEOUT_MS.
+ * (auto|tcp|shm), MOONCAKE_TIMEOUT_MS, MOONCAKE_INIT_TIMEOUT_MS,
+ * MOONCAKE_FT, MOONCAKE_AUTO_RECOVER, MOONCAKE_JOIN, MOONCAKE_ADMIT_AUTO.
  */
 void mc_comm_config_init(mc_comm_config_t *cfg);
 
 /**
  * Create a communicator of `size` ranks; collective over all of them (every
  * rank calls it with the same size and a store reaching the same keys).
- * cfg may be NULL for defaults. The store must outlive the call only.
+ * cfg may be NULL for defaults. The communicator takes a reference to the
+ * store when fault tolerance is on (joiners are admitted through it), so
+ * the caller may destroy its handle after the call. With cfg->join, only
+ * the joining process calls it (see mc_comm_config_t.join); it blocks until
+ * admitted or init_timeout_ms.
  * Errors: MC_ERR_INVALID_ARG (rank/size), MC_ERR_TIMEOUT (a peer did not show
  * up within init_timeout_ms), MC_ERR_IO.
  */
@@ -296,6 +325,22 @@ mc_status_t mc_comm_op_view(mc_comm_h comm, uint64_t *epoch_p,
  * there are (at most `cap` are written; `out` may be NULL).
  */
 int mc_comm_failed_ranks(mc_comm_h comm, int *out, int cap);
+
+/**
+ * Ranks added by the most recent view change (joiners), ascending; returns
+ * how many there are. On a joiner, right after mc_comm_create: the ranks
+ * admitted with it, itself included.
+ */
+int mc_comm_joined_ranks(mc_comm_h comm, int *out, int cap);
+
+/**
+ * Collective over the members: a barrier after which the joiners waiting
+ * for free slots (cfg.join) are admitted; *nadmitted_p (may be NULL) is how
+ * many were (0 if none waited or a failure took the round). The joiners'
+ * first operation is the members' next one; mc_comm_joined_ranks names
+ * them. With fault tolerance off it is a barrier that admits nobody.
+ */
+mc_status_t mc_comm_admit(mc_comm_h comm, int *nadmitted_p);
 
 /** Number of view changes this rank has adopted. */
 uint64_t mc_comm_view_changes(mc_comm_h comm);
