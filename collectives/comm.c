@@ -3495,6 +3495,10 @@ static void *join_watch_main(void *arg)
                 if (len != sizeof(nonce)) nonce = 0;
             }
             seen++;
+            MC_LOG(MC_LOG_INFO,
+                   "rank %d: join request %lld: slot '%s'%s", c->rank,
+                   (long long)seen, val,
+                   nonce ? "" : " (already served or withdrawn)");
             pthread_mutex_lock(&c->jlock);
             c->jw_seen = seen;
             if (*end == '\0' && q >= 0 && q < c->size) c->jw_nonce[q] = nonce;
