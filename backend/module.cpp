@@ -88,6 +88,9 @@ PYBIND11_MODULE(_C, m)
              "Active rank slots of the current view, ascending.")
         .def("_failed_ranks", &mooncake::MooncakeBackend::failedRanks,
              "Ranks removed by the most recent view change, ascending.")
+        .def("_joined_ranks", &mooncake::MooncakeBackend::joinedRanks,
+             "Ranks added by the most recent view change (joiners), "
+             "ascending.")
         .def("_view_changes", &mooncake::MooncakeBackend::viewChanges,
              "Number of view changes this rank has adopted.")
         .def("_recover", &mooncake::MooncakeBackend::recover,
@@ -98,6 +101,10 @@ PYBIND11_MODULE(_C, m)
              "Auto (True) or manual (False) recovery for later failures.")
         .def("_auto_recover", &mooncake::MooncakeBackend::autoRecover,
              "Whether this group recovers automatically.")
+        .def("_admit_joiners", &mooncake::MooncakeBackend::admitJoiners,
+             py::call_guard<py::gil_scoped_release>(),
+             "Collective: admit the processes waiting for free slots; "
+             "returns the ranks admitted ([] if none).")
         .def("_shrink", &mooncake::MooncakeBackend::shrinkView,
              py::arg("ranks"), py::call_guard<py::gil_scoped_release>(),
              "Remove `ranks` from the view; collective over the ranks that "

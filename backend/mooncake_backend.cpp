@@ -805,9 +805,26 @@ MooncakeBackend::MooncakeBackend(const c10::intrusive_ptr<c10d::Store> &store,
         if (!std::getenv("MOONCAKE_INIT_TIMEOUT_MS"))
             cfg.init_timeout_ms = timeout.count();
     }
+    // MOONCAKE_INITIAL_SIZE=n: the world has `size` slots, of which the
+    // first n start active; the others wait for joiners (MOONCAKE_JOIN=1).
+    int initial = size;
+    if (const char *e = std::getenv("MOONCAKE_INITIAL_SIZE")) {
+        char *end = nullptr;
+        long v = std::strtol(e, &end, 10);
+        if (!*e || *end || v < 1 || v > size) {
+            mc_store_destroy(st);
+            C10_THROW_ERROR(DistBackendError,
+                            c10::str("mooncake: MOONCAKE_INITIAL_SIZE='", e,
+                                     "' must be a number from 1 to the world "
+                                     "size ",
+                                     size));
+        }
+        initial = static_cast<int>(v);
+    }
+    if (initial < size) cfg.max_size = size;
     tlsStoreError.clear();
     mc_comm_h comm = nullptr;
-    s = mc_comm_create(rank, size, st, &cfg, &comm);
+    s = mc_comm_create(rank, initial, st, &cfg, &comm);
     std::string err = s < 0 ? mc_last_error() : "";
     mc_store_destroy(st);
     if (s < 0) {
@@ -897,6 +914,16 @@ std::vector<int> MooncakeBackend::failedRanks() const
     return lastFailedRanks(comm_->get());
 }
 
+std::vector<int> MooncakeBackend::joinedRanks() const
+{
+    int n = mc_comm_joined_ranks(comm_->get(), nullptr, 0);
+    if (n <= 0) return {};
+    std::vector<int> v(static_cast<size_t>(n));
+    int m = mc_comm_joined_ranks(comm_->get(), v.data(), n);
+    v.resize(static_cast<size_t>(std::max(0, std::min(n, m))));
+    return v;
+}
+
 uint64_t MooncakeBackend::viewChanges() const
 {
     return mc_comm_view_changes(comm_->get());
@@ -914,6 +941,14 @@ void MooncakeBackend::setAutoRecover(bool on)
     mc_status_t st = mc_comm_set_auto_recover(comm_->get(), on ? 1 : 0);
     if (st < 0) throwIssue("set_auto_recover", st, false);
     autoRecover_.store(on);
+}
+
+std::vector<int> MooncakeBackend::admitJoiners()
+{
+    int n = 0;
+    mc_status_t st = mc_comm_admit(comm_->get(), &n);
+    if (st < 0) throwIssue("admit_joiners", st, true);
+    return n > 0 ? joinedRanks() : std::vector<int>{};
 }
 
 void MooncakeBackend::shrinkView(const std::vector<int> &ranks)

@@ -302,6 +302,7 @@ class MooncakeBackend : public c10d::Backend
     std::vector<int> activeRanks() const;
     // Ranks removed by the most recent view change, ascending.
     std::vector<int> failedRanks() const;
+    std::vector<int> joinedRanks() const;
     // View changes this rank has adopted.
     uint64_t viewChanges() const;
     // Manual mode: accept the new view; returns the active ranks. Throws
@@ -316,6 +317,7 @@ class MooncakeBackend : public c10d::Backend
     // Remove `ranks` from the view (collective over the ranks that stay).
     // Not c10d::Backend::shrink, which makes a new, renumbered group.
     void shrinkView(const std::vector<int> &ranks);
+    std::vector<int> admitJoiners();
 
   private:
     std::vector<at::Tensor>

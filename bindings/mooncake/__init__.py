@@ -27,7 +27,8 @@ import torch.distributed as _dist
 from . import _C
 from ._C import MooncakeBackend, create_backend
 from .fault import (EvictedError, RankFailureError, get_active_ranks,
-                    get_auto_recover, get_epoch, get_failed_ranks, recover,
+                    get_auto_recover, get_epoch, get_failed_ranks,
+                    get_joined_ranks, admit_joiners, recover,
                     set_auto_recover, shrink)
 
 __version__ = _C.__version__
@@ -35,7 +36,9 @@ BACKEND_NAME = "mooncake"
 
 __all__ = ["BACKEND_NAME", "MooncakeBackend", "create_backend", "__version__",
            "RankFailureError", "EvictedError", "get_active_ranks",
-           "get_epoch", "get_failed_ranks", "recover", "set_auto_recover",
+           "get_epoch", "get_failed_ranks", "get_joined_ranks", "admit_joiners",
+           "recover",
+           "set_auto_recover",
            "get_auto_recover", "shrink"]
 
 

@@ -14,7 +14,9 @@ from . import _C
 
 __all__ = [
     "RankFailureError", "EvictedError", "get_active_ranks", "get_epoch",
-    "get_failed_ranks", "recover", "set_auto_recover", "get_auto_recover",
+    "get_failed_ranks", "get_joined_ranks", "admit_joiners", "recover",
+    "set_auto_recover",
+    "get_auto_recover",
     "shrink",
 ]
 
@@ -86,6 +88,27 @@ def get_epoch(group=None):
 def get_failed_ranks(group=None):
     """Ranks removed by the group's most recent view change ([] if none)."""
     return list(_backend(group)._failed_ranks())
+
+
+def get_joined_ranks(group=None):
+    """Ranks added by the group's most recent view change: replacement
+    processes (MOONCAKE_JOIN=1) or joiners of reserved slots. On a joiner,
+    right after init_process_group, the ranks admitted with it (itself
+    included). A member that sees the view grow typically broadcasts its
+    state to them (see examples/elastic_training.py)."""
+    return list(_backend(group)._joined_ranks())
+
+
+def admit_joiners(group=None):
+    """Collective over the group's members: admit the replacement
+    processes waiting for free slots (started with MOONCAKE_JOIN=1 and
+    rank=<slot>) and return their ranks ([] if none waited). Call it where
+    a newcomer can be brought up to date, e.g. at the end of a training
+    step, then broadcast the state to it from a rank that is not new; the
+    joiner's init_process_group returns at that point and its first
+    collective must be that broadcast. With MOONCAKE_ADMIT_AUTO=1 joiners
+    are admitted after any collective instead."""
+    return list(_backend(group)._admit_joiners())
 
 
 def recover(group=None):
