@@ -114,6 +114,17 @@ mc_status_t mc_cx_sendrecv(mc_cctx_t *cx, uint32_t step, int speer,
  * (return MC_ERR_NO_MEMORY then). */
 void *mc_cx_scratch(mc_cctx_t *cx, int slot, size_t bytes);
 
+/* In-place input kept for a re-run (fault tolerance, auto mode). For an
+ * in-place allreduce over a view without holes the engine does not copy
+ * the input aside up front; instead an algorithm calls mc_cx_save on each
+ * byte range of the input just before it first overwrites it (the copy is
+ * then cache-hot for the reduction that reads the same bytes), and each
+ * range only once. An algorithm that does not do this calls
+ * mc_cx_save_all before it writes anything. Both are no-ops when the
+ * engine keeps nothing for this attempt. */
+void mc_cx_save(mc_cctx_t *cx, const void *p, size_t bytes);
+void mc_cx_save_all(mc_cctx_t *cx);
+
 /* Views with holes. The algorithms see a dense group: mc_cx_rank/size are
  * the virtual rank and count over the active slots of the operation's
  * view, and peers passed to mc_cx_isend/irecv are virtual ranks. The

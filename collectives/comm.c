@@ -34,6 +34,9 @@
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "chunk.h"
 #include "coll.h"
@@ -189,6 +192,10 @@ struct mc_cctx {
     mc_frame_t **blocks;
     int nblocks, nframes;
     uint64_t flags; /* FT: OR of the final barrier's flag words (FLAG_*) */
+    /* lazy keeping of an in-place input (mc_cx_save) */
+    int lazy;            /* saves go to comm->backup range by range */
+    const char *save_in; /* the caller's buffer (sendbuf == recvbuf) */
+    size_t save_len;
 };
 
 enum { FLAG_JOIN = 1 }; /* the coordinator has joiners to admit */
@@ -295,6 +302,10 @@ struct mc_comm {
     size_t ctrl_len; /* sizeof(mc_ctrl_t) + 3 * size */
     void *backup;    /* input of an in-place op, for a re-run */
     size_t backup_cap;
+    size_t (*saved)[2]; /* lazy keeping: (offset, length) ranges saved */
+    size_t nsaved, saved_cap;
+    int saved_all;   /* the whole input is in backup */
+    int saved_oom;   /* a range could not be recorded: no re-run */
     mc_live_t *live;      /* heartbeats: silent peers become suspects */
     int64_t live_checked; /* mc_now_us() of the last look */
     uint8_t *live_tmp;    /* [size] */
@@ -1274,6 +1285,82 @@ mc_status_t mc_cx_sendrecv(mc_cctx_t *cx, uint32_t step, int speer,
     return mc_cx_wait(cx, hs);
 }
 
+/* Copy with streaming stores: the kept input is read again only after a
+ * failure, so it should not push out of the cache what the reduction is
+ * about to read. */
+static void copy_stream(void *dst, const void *src, size_t n)
+{
+#if defined(__x86_64__) && defined(__SSE2__)
+    char *d = dst;
+    const char *s = src;
+    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
+    if (n < 256) {
+        memcpy(d, s, n);
+        return;
+    }
+    memcpy(d, s, head);
+    d += head;
+    s += head;
+    n -= head;
+    for (; n >= 64; n -= 64, d += 64, s += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)(const void *)s);
+        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(s + 16));
+        __m128i e = _mm_loadu_si128((const __m128i *)(const void *)(s + 32));
+        __m128i f = _mm_loadu_si128((const __m128i *)(const void *)(s + 48));
+        _mm_stream_si128((__m128i *)(void *)d, a);
+        _mm_stream_si128((__m128i *)(void *)(d + 16), b);
+        _mm_stream_si128((__m128i *)(void *)(d + 32), e);
+        _mm_stream_si128((__m128i *)(void *)(d + 48), f);
+    }
+    memcpy(d, s, n);
+    _mm_sfence();
+#else
+    memcpy(dst, src, n);
+#endif
+}
+
+void mc_cx_save(mc_cctx_t *cx, const void *p, size_t bytes)
+{
+    mc_comm_t *c = cx->comm;
+    if (!cx->lazy || c->saved_all || !bytes) return;
+    size_t off = (size_t)((const char *)p - cx->save_in);
+    if ((const char *)p < cx->save_in || off > cx->save_len ||
+        bytes > cx->save_len - off) {
+        /* not the caller's buffer: nothing of it to keep */
+        return;
+    }
+    if (c->nsaved == c->saved_cap) {
+        size_t cap = c->saved_cap ? 2 * c->saved_cap : 64;
+        void *v = realloc(c->saved, cap * sizeof(*c->saved));
+        if (!v) {
+            c->saved_oom = 1;
+            return;
+        }
+        c->saved = v;
+        c->saved_cap = cap;
+    }
+    if (cx->save_len >= ((size_t)8 << 20))
+        copy_stream((char *)c->backup + off, p, bytes);
+    else /* the whole input fits in the caches anyway */
+        memcpy((char *)c->backup + off, p, bytes);
+    c->saved[c->nsaved][0] = off;
+    c->saved[c->nsaved][1] = bytes;
+    c->nsaved++;
+}
+
+void mc_cx_save_all(mc_cctx_t *cx)
+{
+    mc_comm_t *c = cx->comm;
+    if (!cx->lazy || c->saved_all) return;
+    if (c->nsaved == 0) {
+        memcpy(c->backup, cx->save_in, cx->save_len);
+        c->saved_all = 1;
+        return;
+    }
+    /* an algorithm that saved ranges must not ask for everything later */
+    c->saved_oom = 1;
+}
+
 void *mc_cx_scratch(mc_cctx_t *cx, int slot, size_t bytes)
 {
     mc_comm_t *c = cx->comm;
@@ -1937,6 +2024,27 @@ static void list_ranks(char *out, size_t cap, const int *v, int n)
             (size_t)snprintf(out + off, cap - off, "%s%d", i ? ", " : "", v[i]);
 }
 
+/* Before a re-run: put the caller's in-place input back (the ranges the
+ * last attempt saved, or all of it) and keep all of it from now on.
+ * 0 if the input cannot be restored. */
+static int restore_input(mc_comm_t *c, mc_request_t *r, size_t keep)
+{
+    char *user = (char *)r->args.sendbuf;
+    if (c->saved_all) {
+        memcpy(user, c->backup, keep);
+        return 1;
+    }
+    if (c->saved_oom) return 0;
+    for (size_t i = 0; i < c->nsaved; i++)
+        memcpy(user + c->saved[i][0], (char *)c->backup + c->saved[i][0],
+               c->saved[i][1]);
+    /* the input is whole again: keep it all for the attempts to come */
+    memcpy(c->backup, user, keep);
+    c->saved_all = 1;
+    c->nsaved = 0;
+    return 1;
+}
+
 /* A collective with fault tolerance: attempts and view agreements until it
  * completes in some view or fails for good (exec_lock held). */
 static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
@@ -1957,7 +2065,14 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
             c->backup = b;
             c->backup_cap = keep;
         }
-        memcpy(c->backup, r->args.sendbuf, keep);
+        c->nsaved = 0;
+        c->saved_oom = 0;
+        /* an in-place allreduce (run on the caller's buffers in every
+         * view, algo/view.c) keeps its input range by range as the
+         * algorithm overwrites it (mc_cx_save) */
+        c->saved_all = !(r->args.coll == MC_COLL_ALLREDUCE &&
+                         r->args.sendbuf == r->args.recvbuf);
+        if (c->saved_all) memcpy(c->backup, r->args.sendbuf, keep);
     }
     mc_status_t st = MC_OK;
     for (int attempt = 0;; attempt++) {
@@ -1973,9 +2088,18 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         pthread_mutex_unlock(&c->plock);
         if (!outcome) {
             if (!broken) {
-                if (attempt && keep)
-                    memcpy((void *)r->args.sendbuf, c->backup, keep);
+                if (attempt && keep && !restore_input(c, r, keep)) {
+                    snprintf(cx->err, sizeof(cx->err),
+                             "%s at seq %llu: cannot re-run: no memory "
+                             "was left to keep the in-place input",
+                             name, (unsigned long long)r->seq);
+                    return MC_ERR_NO_MEMORY;
+                }
+                cx->lazy = keep && !c->saved_all;
+                cx->save_in = r->args.sendbuf;
+                cx->save_len = keep;
                 st = coll_attempt(c, r);
+                cx->lazy = 0;
                 if (st == MC_OK ||
                     (st != MC_ERR_PEER_FAILED && st != MC_ERR_TIMEOUT))
                     return st;
@@ -3196,6 +3320,7 @@ static void comm_free(mc_comm_t *c)
     free(c->rep_maps);
     free(c->sent_view);
     free(c->backup);
+    free(c->saved);
     free(c->live_tmp);
     free(c->inc);
     free(c->joined_last);
@@ -3537,6 +3662,7 @@ static mc_status_t join_request(mc_comm_t *c, int64_t timeout_ms)
         if (getrandom(&nonce, sizeof(nonce), 0) != sizeof(nonce))
             nonce = ((uint64_t)mc_now_us() << 16) ^ (uint64_t)getpid();
     char key[96], val[32];
+    int64_t t_req = mc_now_us();
     snprintf(key, sizeof(key), "join/%d", c->rank);
     MC_CHECK(mc_store_set(c->store, key, &nonce, sizeof(nonce)));
     int64_t id = 0;
@@ -3612,9 +3738,10 @@ static mc_status_t join_request(mc_comm_t *c, int64_t timeout_ms)
     free(rec);
     MC_LOG(MC_LOG_WARN,
            "rank %d: admitted in view epoch %llu (%d of %d ranks active), "
-           "first seq %llu",
+           "first seq %llu, %.1f ms after the request",
            c->rank, (unsigned long long)c->epoch, k, c->size,
-           (unsigned long long)c->view_start);
+           (unsigned long long)c->view_start,
+           (double)(mc_now_us() - t_req) / 1000.0);
     return MC_OK;
 }
 

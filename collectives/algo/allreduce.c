@@ -41,6 +41,7 @@ mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx)
     mc_status_t st;
     mc_fh_t h;
 
+    mc_cx_save_all(cx); /* in place: keeps the input before the first write */
     mc_algo_copy(out, a->sendbuf, bytes);
     if (n == 1) return MC_OK; /* AVG over one rank: nothing to divide */
 
@@ -151,8 +152,10 @@ mc_status_t mc_algo_allreduce_ring(mc_cctx_t *cx)
     scr = mc_algo_scratch(cx, 0, (size_t)S * slot_elems * es);
     if (!scr) return MC_ERR_NO_MEMORY;
 
-    /* Step 0: our own input block goes out whole, chunk by chunk. */
+    /* Step 0: our own input block goes out whole, chunk by chunk. In place,
+     * it is first overwritten by its allgather receive: keep it now. */
     mc_blocks_get(&bl, r, &off, &len);
+    if (in == out) mc_cx_save(cx, mc_algo_cat(in, off, es), len * es);
     for (size_t c = 0, nck = mc_chunk_count(len, ce); c < nck; c++) {
         size_t coff, clen;
         mc_chunk_range(len, ce, c, &coff, &clen);
@@ -184,6 +187,7 @@ mc_status_t mc_algo_allreduce_ring(mc_cctx_t *cx)
         if (cur.g < (size_t)(n - 1) && cur.len) {
             /* Reduce-scatter: out = received partial op our input. */
             char *o = mc_algo_at(out, cur.off, es);
+            if (in == out) mc_cx_save(cx, o, cur.len * es); /* cache-hot */
             mc_reduce(o, scr + (cur.k % S) * slot_elems * es,
                       mc_algo_cat(in, cur.off, es), cur.len, a->dtype, a->op);
             if (cur.g == (size_t)(n - 2) && a->op == MC_AVG)
