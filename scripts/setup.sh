@@ -3,7 +3,8 @@
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 need=()
-for p in build-essential cmake pkg-config libcmocka-dev clang libclang-rt-14-dev; do
+for p in build-essential cmake pkg-config libcmocka-dev clang libclang-rt-14-dev \
+         libcurl4-openssl-dev libcjson-dev etcd-server etcd-client; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

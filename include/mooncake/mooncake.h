@@ -187,6 +187,16 @@ mc_status_t mc_store_create(const mc_store_ops_t *ops, void *ctx,
  */
 mc_status_t mc_store_file_create(const char *dir, mc_store_h *store_p);
 
+/**
+ * Store on etcd (v3, through its JSON gateway): every key lives at
+ * <prefix><key> (prefix NULL: "/mooncake/"). `endpoints` is a
+ * comma-separated list of client URLs ("http://10.0.0.1:2379,..."); a call
+ * that gets no answer from one within timeout_ms (<= 0: 5000) moves on to
+ * the next. Errors: MC_ERR_INVALID_ARG (no endpoint), MC_ERR_NO_MEMORY.
+ */
+mc_status_t mc_store_etcd_create(const char *endpoints, const char *prefix,
+                                 int64_t timeout_ms, mc_store_h *store_p);
+
 /** A store that prefixes every key with `prefix` and forwards to `base`
  *  (it holds a reference to base). */
 mc_status_t mc_store_prefix_create(mc_store_h base, const char *prefix,

@@ -1,0 +1,574 @@
+/*
+ * The etcd client (membership/etcd.c) and the etcd store against real etcd
+ * processes (Debian's etcd-server) on loopback, each with a temporary data
+ * dir: a single member, and a 3-member cluster of which one member is
+ * SIGKILLed mid-run.
+ *
+ *  - kv: binary values, prefix ranges in key order, absent keys, deletes;
+ *  - transactions on the mod revision and on the value;
+ *  - leases: a kept-alive key stays, an abandoned one is deleted on expiry
+ *    and a watcher sees the DELETE; watches replay from a revision;
+ *  - the etcd store: 4 forked processes race `add` (no lost update),
+ *    compare_set semantics, and a communicator bootstrapped through it;
+ *  - failover: the first endpoint's member is killed; calls and an
+ *    established watch go on through the others, without losing events;
+ *  - an endpoint that does not answer fails in bounded time, naming it.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "etcd.h"
+#include "tests_common.h"
+
+#define MAXM 3
+
+typedef struct {
+    int n;
+    pid_t pid[MAXM];
+    int cport[MAXM], pport[MAXM];
+    char *dir;
+    char endpoints[256];
+} cluster_t;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof(a);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &l) != 0)
+        return -1;
+    int p = ntohs(a.sin_port);
+    close(fd);
+    return p;
+}
+
+static const char *etcd_bin(void)
+{
+    static const char *c[] = {"/usr/bin/etcd", "/usr/local/bin/etcd"};
+    for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++)
+        if (access(c[i], X_OK) == 0) return c[i];
+    return NULL;
+}
+
+static void start_member(cluster_t *k, int i, const char *initial)
+{
+    char name[16], data[512], curl[64], purl[64];
+    snprintf(name, sizeof(name), "m%d", i);
+    snprintf(data, sizeof(data), "%s/%s", k->dir, name);
+    snprintf(curl, sizeof(curl), "http://127.0.0.1:%d", k->cport[i]);
+    snprintf(purl, sizeof(purl), "http://127.0.0.1:%d", k->pport[i]);
+    fflush(NULL);
+    pid_t p = fork();
+    if (p == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) {
+            dup2(devnull, 1);
+            dup2(devnull, 2);
+        }
+        execl(etcd_bin(), "etcd", "--name", name, "--data-dir", data,
+              "--listen-client-urls", curl, "--advertise-client-urls", curl,
+              "--listen-peer-urls", purl, "--initial-advertise-peer-urls",
+              purl, "--initial-cluster", initial, "--initial-cluster-state",
+              "new", "--log-level", "error", "--logger", "zap",
+              "--heartbeat-interval", "10", "--election-timeout", "100",
+              (char *)NULL);
+        _exit(127);
+    }
+    k->pid[i] = p;
+}
+
+/* Start n members; wait until a put through every endpoint succeeds. */
+static cluster_t *cluster_start(int n)
+{
+    if (!etcd_bin()) fail_msg("etcd is not installed: run scripts/setup.sh");
+    cluster_t *k = calloc(1, sizeof(*k));
+    assert_non_null(k);
+    k->n = n;
+    k->dir = mc_test_mkdtemp();
+    char initial[512] = "";
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        k->cport[i] = free_port();
+        k->pport[i] = free_port();
+        off += (size_t)snprintf(initial + off, sizeof(initial) - off,
+                                "%sm%d=http://127.0.0.1:%d", i ? "," : "", i,
+                                k->pport[i]);
+    }
+    off = 0;
+    for (int i = 0; i < n; i++) {
+        start_member(k, i, initial);
+        off += (size_t)snprintf(k->endpoints + off, sizeof(k->endpoints) - off,
+                                "%shttp://127.0.0.1:%d", i ? "," : "",
+                                k->cport[i]);
+    }
+    double t0 = now_s();
+    for (int i = 0; i < n; i++) {
+        char ep[64];
+        snprintf(ep, sizeof(ep), "127.0.0.1:%d", k->cport[i]);
+        mc_etcd_t *e;
+        assert_int_equal(mc_etcd_open(ep, 500, &e), MC_OK);
+        while (mc_etcd_put(e, "ready", "1", 1, 0, NULL) != MC_OK) {
+            if (now_s() - t0 > 20) fail_msg("etcd member %d did not start", i);
+            usleep(10000);
+        }
+        mc_etcd_close(e);
+    }
+    printf("  etcd: %d member(s) up in %.0f ms\n", n, (now_s() - t0) * 1e3);
+    return k;
+}
+
+static void member_kill(cluster_t *k, int i)
+{
+    if (k->pid[i] <= 0) return;
+    kill(k->pid[i], SIGKILL);
+    waitpid(k->pid[i], NULL, 0);
+    k->pid[i] = 0;
+}
+
+static void cluster_stop(cluster_t *k)
+{
+    for (int i = 0; i < k->n; i++)
+        member_kill(k, i);
+    mc_test_rmtree(k->dir);
+    free(k->dir);
+    free(k);
+}
+
+static cluster_t *g_one; /* the single-member cluster of most tests */
+
+static int setup_one(void **state)
+{
+    (void)state;
+    g_one = cluster_start(1);
+    return 0;
+}
+
+static int teardown_one(void **state)
+{
+    (void)state;
+    cluster_stop(g_one);
+    return 0;
+}
+
+static mc_etcd_t *client(const char *endpoints, int64_t timeout_ms)
+{
+    mc_etcd_t *e = NULL;
+    assert_int_equal(mc_etcd_open(endpoints, timeout_ms, &e), MC_OK);
+    return e;
+}
+
+static void test_kv(void **state)
+{
+    (void)state;
+    mc_etcd_t *e = client(g_one->endpoints, 2000);
+    const uint8_t bin[] = {0, 1, 0xff, 0xfe, 0, '=', '\n', 0x80};
+    int64_t r1 = 0, r2 = 0;
+    assert_int_equal(mc_etcd_put(e, "kv/b", bin, sizeof(bin), 0, &r1), MC_OK);
+    assert_int_equal(mc_etcd_put(e, "kv/a", "alpha", 5, 0, &r2), MC_OK);
+    assert_true(r2 > r1 && r1 > 0);
+    assert_int_equal(mc_etcd_put(e, "kv/c", "", 0, 0, NULL), MC_OK);
+    assert_int_equal(mc_etcd_put(e, "kw", "outside", 7, 0, NULL), MC_OK);
+    mc_etcd_kv_t *kvs;
+    int n;
+    int64_t rev;
+    assert_int_equal(mc_etcd_get(e, "kv/", 1, &kvs, &n, &rev), MC_OK);
+    assert_int_equal(n, 3);
+    assert_true(rev > r2);
+    assert_string_equal(kvs[0].key, "kv/a");
+    assert_string_equal(kvs[1].key, "kv/b");
+    assert_string_equal(kvs[2].key, "kv/c");
+    assert_int_equal(kvs[0].vlen, 5);
+    assert_memory_equal(kvs[0].val, "alpha", 5);
+    assert_int_equal(kvs[1].vlen, sizeof(bin));
+    assert_memory_equal(kvs[1].val, bin, sizeof(bin));
+    assert_int_equal(kvs[1].mod_rev, r1);
+    assert_int_equal(kvs[2].vlen, 0);
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    /* absent key: no kvs */
+    assert_int_equal(mc_etcd_get(e, "kv/none", 0, &kvs, &n, NULL), MC_OK);
+    assert_int_equal(n, 0);
+    assert_null(kvs);
+    /* a large value round-trips (1 MiB of a pattern) */
+    size_t big = 1 << 20;
+    uint8_t *v = malloc(big);
+    for (size_t i = 0; i < big; i++)
+        v[i] = (uint8_t)(i * 7 + (i >> 11));
+    assert_int_equal(mc_etcd_put(e, "kv/big", v, big, 0, NULL), MC_OK);
+    assert_int_equal(mc_etcd_get(e, "kv/big", 0, &kvs, &n, NULL), MC_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(kvs[0].vlen, big);
+    assert_memory_equal(kvs[0].val, v, big);
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    free(v);
+    int64_t nd = 0;
+    assert_int_equal(mc_etcd_del(e, "kv/", 1, &nd), MC_OK);
+    assert_int_equal(nd, 4);
+    assert_int_equal(mc_etcd_get(e, "kv/", 1, &kvs, &n, NULL), MC_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(mc_etcd_get(e, "kw", 0, &kvs, &n, NULL), MC_OK);
+    assert_int_equal(n, 1); /* not under the prefix: kept */
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    mc_etcd_close(e);
+}
+
+static void test_txn(void **state)
+{
+    (void)state;
+    mc_etcd_t *e = client(g_one->endpoints, 2000);
+    int ok = -1;
+    int64_t rev = 0;
+    mc_etcd_kv_t cur;
+    /* create if absent: once */
+    assert_int_equal(
+        mc_etcd_cas_rev(e, "tx/view", 0, "v1", 2, 0, &ok, &rev, &cur), MC_OK);
+    assert_int_equal(ok, 1);
+    assert_null(cur.key);
+    int64_t v1 = rev;
+    assert_int_equal(
+        mc_etcd_cas_rev(e, "tx/view", 0, "vX", 2, 0, &ok, NULL, &cur), MC_OK);
+    assert_int_equal(ok, 0);
+    assert_string_equal(cur.key, "tx/view");
+    assert_memory_equal(cur.val, "v1", 2);
+    assert_int_equal(cur.mod_rev, v1);
+    mc_etcd_kvs_free(&cur, 1);
+    /* on the revision: the right one wins, a stale one loses */
+    assert_int_equal(
+        mc_etcd_cas_rev(e, "tx/view", v1, "v2", 2, 0, &ok, &rev, NULL), MC_OK);
+    assert_int_equal(ok, 1);
+    assert_int_equal(
+        mc_etcd_cas_rev(e, "tx/view", v1, "v3", 2, 0, &ok, NULL, &cur), MC_OK);
+    assert_int_equal(ok, 0);
+    assert_memory_equal(cur.val, "v2", 2);
+    assert_int_equal(cur.mod_rev, rev);
+    mc_etcd_kvs_free(&cur, 1);
+    /* on the value */
+    assert_int_equal(mc_etcd_cas_val(e, "tx/view", "v1", 2, "v4", 2, 0, &ok,
+                                     NULL, &cur),
+                     MC_OK);
+    assert_int_equal(ok, 0);
+    mc_etcd_kvs_free(&cur, 1);
+    assert_int_equal(mc_etcd_cas_val(e, "tx/view", "v2", 2, "v4", 2, 0, &ok,
+                                     NULL, NULL),
+                     MC_OK);
+    assert_int_equal(ok, 1);
+    assert_int_equal(
+        mc_etcd_cas_val(e, "tx/new", NULL, 0, "n", 1, 0, &ok, NULL, NULL),
+        MC_OK);
+    assert_int_equal(ok, 1);
+    mc_etcd_del(e, "tx/", 1, NULL);
+    mc_etcd_close(e);
+}
+
+typedef struct {
+    pthread_mutex_t lock;
+    int n;
+    int type[64];
+    char key[64][32];
+    char val[64][16];
+    int64_t rev[64];
+} evlog_t;
+
+static void on_event(void *arg, int type, const mc_etcd_kv_t *kv)
+{
+    evlog_t *l = arg;
+    pthread_mutex_lock(&l->lock);
+    if (l->n < 64) {
+        l->type[l->n] = type;
+        snprintf(l->key[l->n], sizeof(l->key[0]), "%s", kv->key);
+        snprintf(l->val[l->n], sizeof(l->val[0]), "%.*s", (int)kv->vlen,
+                 (const char *)kv->val);
+        l->rev[l->n] = kv->mod_rev;
+        l->n++;
+    }
+    pthread_mutex_unlock(&l->lock);
+}
+
+static int ev_count(evlog_t *l)
+{
+    pthread_mutex_lock(&l->lock);
+    int n = l->n;
+    pthread_mutex_unlock(&l->lock);
+    return n;
+}
+
+/* Wait until the log holds `n` events (at most `s` seconds). */
+static int ev_wait(evlog_t *l, int n, double s)
+{
+    double t0 = now_s();
+    while (ev_count(l) < n) {
+        if (now_s() - t0 > s) return -1;
+        usleep(2000);
+    }
+    return 0;
+}
+
+static void test_lease_and_watch(void **state)
+{
+    (void)state;
+    mc_etcd_t *e = client(g_one->endpoints, 2000);
+    evlog_t log = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    mc_etcd_watch_t *w;
+    assert_int_equal(mc_etcd_watch(e, "lw/", 1, 0, on_event, &log, &w), MC_OK);
+    int64_t id = 0, ttl = 0;
+    assert_int_equal(mc_etcd_lease_grant(e, 1, &id, &ttl), MC_OK);
+    assert_true(id != 0 && ttl >= 1);
+    int64_t id2 = 0;
+    assert_int_equal(mc_etcd_lease_grant(e, 1, &id2, NULL), MC_OK);
+    assert_int_equal(mc_etcd_put(e, "lw/kept", "k", 1, id, NULL), MC_OK);
+    assert_int_equal(mc_etcd_put(e, "lw/left", "l", 1, id2, NULL), MC_OK);
+    assert_int_equal(mc_etcd_put(e, "lw/plain", "p", 1, 0, NULL), MC_OK);
+    assert_int_equal(ev_wait(&log, 3, 5), 0);
+    /* keep `id` alive for 3 s; `id2` expires meanwhile */
+    double t0 = now_s(), t_del = 0;
+    while (now_s() - t0 < 3.0) {
+        int64_t left = 0;
+        assert_int_equal(mc_etcd_lease_keepalive(e, id, &left), MC_OK);
+        assert_true(left >= 1);
+        if (!t_del && ev_count(&log) >= 4) t_del = now_s() - t0;
+        usleep(200000);
+    }
+    assert_int_equal(ev_wait(&log, 4, 3), 0);
+    pthread_mutex_lock(&log.lock);
+    assert_int_equal(log.type[0], MC_ETCD_PUT);
+    assert_string_equal(log.key[0], "lw/kept");
+    assert_string_equal(log.key[1], "lw/left");
+    assert_string_equal(log.key[2], "lw/plain");
+    assert_string_equal(log.val[2], "p");
+    assert_int_equal(log.type[3], MC_ETCD_DELETE);
+    assert_string_equal(log.key[3], "lw/left");
+    assert_true(log.rev[1] < log.rev[2] && log.rev[2] < log.rev[3]);
+    int64_t first_rev = log.rev[0];
+    pthread_mutex_unlock(&log.lock);
+    printf("  lease TTL 1 s: expiry seen by the watcher %.2f s after the "
+           "grant\n", t_del);
+    mc_etcd_kv_t *kvs;
+    int n;
+    assert_int_equal(mc_etcd_get(e, "lw/", 1, &kvs, &n, NULL), MC_OK);
+    assert_int_equal(n, 2); /* kept (alive) and plain */
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    /* an expired lease reports TTL 0 on keepalive */
+    int64_t left = -1;
+    assert_int_equal(mc_etcd_lease_keepalive(e, id2, &left), MC_OK);
+    assert_int_equal(left, 0);
+    /* revoke deletes the key at once */
+    assert_int_equal(mc_etcd_lease_revoke(e, id), MC_OK);
+    assert_int_equal(ev_wait(&log, 5, 3), 0);
+    pthread_mutex_lock(&log.lock);
+    assert_int_equal(log.type[4], MC_ETCD_DELETE);
+    assert_string_equal(log.key[4], "lw/kept");
+    pthread_mutex_unlock(&log.lock);
+    mc_etcd_watch_stop(w);
+    /* a watch from a revision replays the history since */
+    evlog_t re = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    assert_int_equal(mc_etcd_watch(e, "lw/", 1, first_rev, on_event, &re, &w),
+                     MC_OK);
+    assert_int_equal(ev_wait(&re, 5, 5), 0);
+    pthread_mutex_lock(&re.lock);
+    for (int i = 0; i < 5; i++) {
+        assert_string_equal(re.key[i], log.key[i]);
+        assert_int_equal(re.type[i], log.type[i]);
+        assert_int_equal(re.rev[i], log.rev[i]);
+    }
+    pthread_mutex_unlock(&re.lock);
+    mc_etcd_watch_stop(w);
+    mc_etcd_del(e, "lw/", 1, NULL);
+    mc_etcd_close(e);
+}
+
+/* --- the etcd store ---------------------------------------------------- */
+
+static int adder(int rank, int size, void *arg)
+{
+    (void)size;
+    mc_store_h s;
+    if (mc_store_etcd_create(arg, "/t/add/", 5000, &s) != MC_OK)
+        return MC_TFAIL(rank, "store: %s", mc_last_error());
+    for (int i = 0; i < 50; i++) {
+        int64_t v = 0;
+        if (mc_store_add(s, "n", 1, &v) != MC_OK)
+            return MC_TFAIL(rank, "add: %s", mc_last_error());
+        if (v < 1 || v > 200) return MC_TFAIL(rank, "add returned %lld",
+                                              (long long)v);
+    }
+    mc_store_destroy(s);
+    return 0;
+}
+
+static int comm_rank(int rank, int size, void *arg)
+{
+    mc_store_h s;
+    if (mc_store_etcd_create(arg, "/t/comm/", 5000, &s) != MC_OK)
+        return MC_TFAIL(rank, "store: %s", mc_last_error());
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.init_timeout_ms = 30000;
+    mc_comm_h c;
+    mc_status_t st = mc_comm_create(rank, size, s, &cfg, &c);
+    mc_store_destroy(s);
+    if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
+    int64_t v[64];
+    for (int i = 0; i < 64; i++)
+        v[i] = (rank + 1) * (i + 1);
+    st = mc_comm_allreduce(c, v, v, 64, MC_INT64, MC_SUM);
+    int bad = st != MC_OK;
+    for (int i = 0; i < 64 && !bad; i++)
+        bad = v[i] != (int64_t)size * (size + 1) / 2 * (i + 1);
+    mc_comm_destroy(c);
+    return bad ? MC_TFAIL(rank, "allreduce: %s", mc_status_str(st)) : 0;
+}
+
+static void test_store(void **state)
+{
+    (void)state;
+    char *ep = g_one->endpoints;
+    assert_int_equal(mc_test_fork(4, 60, adder, ep), 0);
+    mc_store_h s;
+    assert_int_equal(mc_store_etcd_create(ep, "/t/add/", 5000, &s), MC_OK);
+    int64_t v = -1;
+    assert_int_equal(mc_store_add(s, "n", 0, &v), MC_OK);
+    assert_int_equal(v, 200); /* 4 x 50, none lost */
+    /* compare_set: absent matches an empty expectation, then the value */
+    uint8_t cur[16];
+    size_t cl = 0;
+    assert_int_equal(
+        mc_store_compare_set(s, "cs", NULL, 0, "a", 1, cur, sizeof(cur), &cl),
+        MC_OK);
+    assert_int_equal(cl, 1);
+    assert_memory_equal(cur, "a", 1);
+    assert_int_equal(
+        mc_store_compare_set(s, "cs", "x", 1, "b", 1, cur, sizeof(cur), &cl),
+        MC_OK);
+    assert_memory_equal(cur, "a", 1); /* lost: the current value */
+    assert_int_equal(
+        mc_store_compare_set(s, "cs", "a", 1, "bc", 2, cur, sizeof(cur), &cl),
+        MC_OK);
+    assert_int_equal(cl, 2);
+    assert_memory_equal(cur, "bc", 2);
+    /* get waits for a key, and times out on one that never comes */
+    size_t len = 0;
+    double t0 = now_s();
+    assert_int_equal(mc_store_get(s, "never", 300, cur, sizeof(cur), &len),
+                     MC_ERR_TIMEOUT);
+    assert_true(now_s() - t0 < 2.0);
+    int ex = 1;
+    assert_int_equal(mc_store_check(s, "never", &ex), MC_OK);
+    assert_int_equal(ex, 0);
+    assert_int_equal(mc_store_del(s, "cs"), MC_OK);
+    assert_int_equal(mc_store_check(s, "cs", &ex), MC_OK);
+    assert_int_equal(ex, 0);
+    mc_store_destroy(s);
+    /* a communicator bootstrapped through etcd */
+    assert_int_equal(mc_test_fork(4, 60, comm_rank, ep), 0);
+}
+
+static void test_unreachable(void **state)
+{
+    (void)state;
+    char ep[64];
+    snprintf(ep, sizeof(ep), "127.0.0.1:%d", free_port());
+    mc_etcd_t *e = client(ep, 500);
+    double t0 = now_s();
+    mc_status_t st = mc_etcd_put(e, "k", "v", 1, 0, NULL);
+    assert_true(st == MC_ERR_IO || st == MC_ERR_TIMEOUT);
+    assert_true(now_s() - t0 < 3.0);
+    assert_non_null(strstr(mc_last_error(), ep));
+    mc_etcd_close(e);
+    assert_int_equal(mc_etcd_open(" , ", 500, &e), MC_ERR_INVALID_ARG);
+}
+
+static void test_failover(void **state)
+{
+    (void)state;
+    cluster_t *k = cluster_start(3);
+    mc_etcd_t *e = client(k->endpoints, 1000);
+    evlog_t log = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    mc_etcd_watch_t *w;
+    /* the client and its watch talk to member 0 (the first endpoint) */
+    assert_int_equal(mc_etcd_watch(e, "fo/", 1, 0, on_event, &log, &w), MC_OK);
+    char val[16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(val, sizeof(val), "%d", i);
+        assert_int_equal(mc_etcd_put(e, "fo/k", val, strlen(val), 0, NULL),
+                         MC_OK);
+    }
+    assert_int_equal(ev_wait(&log, 5, 5), 0);
+    member_kill(k, 0);
+    double t0 = now_s();
+    for (int i = 5; i < 20; i++) {
+        snprintf(val, sizeof(val), "%d", i);
+        mc_status_t st = mc_etcd_put(e, "fo/k", val, strlen(val), 0, NULL);
+        if (st != MC_OK) fail_msg("put %d after the kill: %s", i, mc_last_error());
+    }
+    printf("  15 puts after killing member 0: %.0f ms\n", (now_s() - t0) * 1e3);
+    mc_etcd_kv_t *kvs;
+    int n;
+    assert_int_equal(mc_etcd_get(e, "fo/k", 0, &kvs, &n, NULL), MC_OK);
+    assert_int_equal(n, 1);
+    assert_memory_equal(kvs[0].val, "19", 2);
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    /* the watch resumed elsewhere: every value, once, in order */
+    if (ev_wait(&log, 20, 10) != 0)
+        fail_msg("watch saw %d of 20 events after the failover",
+                 ev_count(&log));
+    pthread_mutex_lock(&log.lock);
+    for (int i = 0; i < 20; i++) {
+        snprintf(val, sizeof(val), "%d", i);
+        assert_string_equal(log.val[i], val);
+        if (i) assert_true(log.rev[i] > log.rev[i - 1]);
+    }
+    pthread_mutex_unlock(&log.lock);
+    usleep(200000);
+    assert_int_equal(ev_count(&log), 20);
+    mc_etcd_watch_stop(w);
+    mc_etcd_close(e);
+    cluster_stop(k);
+}
+
+int main(void)
+{
+    const struct CMUnitTest one[] = {
+        cmocka_unit_test(test_kv),
+        cmocka_unit_test(test_txn),
+        cmocka_unit_test(test_lease_and_watch),
+        cmocka_unit_test(test_store),
+        cmocka_unit_test(test_unreachable),
+    };
+    const struct CMUnitTest three[] = {
+        cmocka_unit_test(test_failover),
+    };
+    int rc = cmocka_run_group_tests_name("etcd, one member", one, setup_one,
+                                         teardown_one);
+    rc += cmocka_run_group_tests_name("etcd, three members", three, NULL, NULL);
+    return rc;
+}
