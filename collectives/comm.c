@@ -41,6 +41,7 @@
 #include "chunk.h"
 #include "coll.h"
 #include "engine.h"
+#include "etcd_member.h"
 #include "liveness.h"
 #include "mc_log.h"
 #include "reduce.h"
@@ -324,6 +325,8 @@ struct mc_comm {
     int admit_phase;     /* plock: after an op, waiting to admit joiners */
     int admit_auto;      /* joiners enter after any collective, not only
                             after mc_comm_admit */
+    mc_emember_t *em;    /* etcd membership (MOONCAKE_ETCD_ENDPOINTS) */
+    uint8_t *em_tmp;     /* [size] */
     int *joined_last;    /* [size] ranks added by the last view change */
     int njoined_last;
     pthread_mutex_t jlock; /* leaf lock: the fields below */
@@ -1199,8 +1202,34 @@ static int live_poll(mc_comm_t *c, int64_t now)
 {
     if (!c->live || now - c->live_checked < 1000) return -1;
     c->live_checked = now;
-    if (!mc_live_suspects(c->live, c->live_tmp)) return -1;
     int first = -1;
+    if (c->em) {
+        /* etcd: our own lease is gone: fenced */
+        if (mc_emember_lost(c->em) && !c->evicted) {
+            c->evicted = 1;
+            MC_LOG(MC_LOG_WARN,
+                   "rank %d: fenced: its etcd lease is gone; its calls fail "
+                   "from now on (%s)",
+                   c->rank, c->cx_active ? "the running one too" : "no call running");
+            if (c->cx_active && c->cx.failed == MC_OK)
+                cx_fail(c, MC_ERR_EVICTED, 0,
+                        "%s at seq %llu: rank %d lost its etcd lease; it "
+                        "must rejoin as a new process",
+                        mc_coll_name(c->cx.req->args.coll),
+                        (unsigned long long)c->cx.seq, c->rank);
+        }
+        /* a member whose lease expired: suspected, like silence */
+        if (mc_emember_gone(c->em, c->inc, c->em_tmp))
+            for (int p = 0; p < c->size; p++) {
+                if (!c->em_tmp[p] || !c->active[p] || c->suspect[p]) continue;
+                c->suspect[p] = 1;
+                MC_LOG(MC_LOG_WARN,
+                       "rank %d: rank %d lost its etcd lease: suspected",
+                       c->rank, p);
+                if (first < 0) first = p;
+            }
+    }
+    if (!mc_live_suspects(c->live, c->live_tmp)) return first;
     for (int p = 0; p < c->size; p++) {
         if (p == c->rank || !c->active[p] || !c->live_tmp[p] || c->suspect[p])
             continue;
@@ -1250,11 +1279,12 @@ static mc_status_t cx_wait_range(mc_cctx_t *cx, int from, int to)
             int p = live_poll(c, now);
             if (p >= 0 && cx->failed == MC_OK)
                 cx_fail(c, MC_ERR_TIMEOUT, 0,
-                        "%s at seq %llu: rank %d is silent (no heartbeat "
-                        "for %lld ms)",
+                        "%s at seq %llu: rank %d is suspected (no heartbeat "
+                        "for %lld ms%s)",
                         mc_coll_name(cx->req->args.coll),
                         (unsigned long long)cx->seq, p,
-                        (long long)mc_live_silent_ms(c->live, p));
+                        (long long)mc_live_silent_ms(c->live, p),
+                        c->em && c->em_tmp[p] ? ", etcd lease expired" : "");
             st = cx->failed;
             pthread_mutex_unlock(&c->plock);
             if (st < 0) return st;
@@ -1783,6 +1813,11 @@ static int agree(mc_comm_t *c, uint64_t seq)
             break;
         }
         live_poll(c, mc_now_us());
+        if (c->evicted) { /* fenced meanwhile (etcd lease lost) */
+            c->ag_on = 0;
+            outcome = AG_EVICTED;
+            break;
+        }
         if (ag_signature(c) != c->ag_sig) ag_send_report(c);
         if (ag_coord(c) == c->rank) {
             int d = ag_try_decide(c);
@@ -1907,7 +1942,13 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     uint64_t flags =
         c->ft && (c->admit_auto || r->admit_point) ? join_flag(c) : 0;
     c->cx_active = 1;
-    for (int p = 0; p < c->size; p++) {
+    if (c->evicted)
+        cx_fail(c, MC_ERR_EVICTED, 0,
+                "%s at seq %llu: rank %d was removed from the group (view "
+                "epoch %llu); it must rejoin as a new process",
+                mc_coll_name(r->args.coll), (unsigned long long)r->seq,
+                c->rank, (unsigned long long)c->epoch);
+    for (int p = 0; p < c->size && c->cx.failed == MC_OK; p++) {
         if (p != c->rank && c->abort_seq[p] == r->seq) {
             cx_fail(c, c->abort_why[p], 1, "%s", c->abort_msg[p]);
             break;
@@ -2078,13 +2119,14 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
     for (int attempt = 0;; attempt++) {
         uint64_t old_epoch = c->epoch;
         pthread_mutex_lock(&c->plock);
-        int outcome = 0;
-        if (c->nv_pending) {
+        int outcome = c->evicted ? AG_EVICTED : 0;
+        if (!outcome && c->nv_pending) {
             cx->data_done = 0;
             memcpy(c->att_active, c->active, (size_t)c->size);
             outcome = ag_adopt(c, r->seq);
         }
         int broken = view_broken(c);
+        if (!outcome && c->evicted) outcome = AG_EVICTED; /* fenced */
         pthread_mutex_unlock(&c->plock);
         if (!outcome) {
             if (!broken) {
@@ -3223,6 +3265,8 @@ void mc_comm_config_init(mc_comm_config_t *cfg)
     cfg->auto_recover = mc_env_int("MOONCAKE_AUTO_RECOVER", 1) != 0;
     cfg->join = mc_env_int("MOONCAKE_JOIN", 0) != 0;
     cfg->admit_auto = mc_env_int("MOONCAKE_ADMIT_AUTO", 0) != 0;
+    cfg->etcd_endpoints = getenv("MOONCAKE_ETCD_ENDPOINTS");
+    cfg->etcd_ttl_s = mc_env_int("MOONCAKE_ETCD_TTL_S", 2);
     const char *t = mc_env_str("MOONCAKE_TRANSPORT", "auto");
     if (!strcmp(t, "tcp"))
         cfg->transport = MC_TRANSPORT_TCP;
@@ -3278,6 +3322,9 @@ static void join_watch_stop(mc_comm_t *c);
 static void comm_free(mc_comm_t *c)
 {
     join_watch_stop(c);
+    mc_emember_stop(c->em);
+    c->em = NULL;
+    free(c->em_tmp);
     if (c->live) mc_live_destroy(c->live);
     for (int i = 0; i < c->ntl; i++)
         c->tlops[i]->destroy(c->tl[i]);
@@ -4056,6 +4103,27 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         }
     }
     pthread_mutex_unlock(&c->plock);
+    if (c->ft && cfg.etcd_endpoints && *cfg.etcd_endpoints) {
+        const char *job = getenv("MOONCAKE_JOB");
+        char prefix[256];
+        snprintf(prefix, sizeof(prefix), "/mooncake/%s/%s/%016llx/",
+                 job && *job ? job : "default", c->name,
+                 (unsigned long long)c->uid);
+        c->em_tmp = calloc((size_t)size, 1);
+        st = c->em_tmp ? mc_emember_start(cfg.etcd_endpoints, prefix, rank,
+                                          size, c->inc[rank], cfg.etcd_ttl_s,
+                                          c->timeout_ms < 5000 ? c->timeout_ms
+                                                               : 5000,
+                                          &c->em)
+                       : MC_ERR_NO_MEMORY;
+        if (st != MC_OK) {
+            mc_err(st,
+                   "comm_create: rank %d: etcd membership (%s) could not "
+                   "start: %s",
+                   rank, cfg.etcd_endpoints, mc_last_error());
+            goto err_free;
+        }
+    }
     if (c->ft && c->store) {
         join_set_coord(c);
         if (pthread_create(&c->jw_thread, NULL, join_watch_main, c) == 0)

@@ -592,6 +592,7 @@ struct mc_etcd_watch {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int state; /* 0 connecting, 1 created, -1 gave up */
+    int down;  /* watch thread: the stream is broken, reconnecting */
     char err[768];
     /* line assembly */
     char *line;
@@ -639,6 +640,11 @@ static void watch_msg(mc_etcd_watch_t *w, const char *p, size_t n)
     }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "created"))) {
         int64_t hr = header_rev(res);
+        if (w->down)
+            MC_LOG(MC_LOG_WARN,
+                   "etcd watch %s: resumed from revision %" PRId64, w->key,
+                   w->next_rev);
+        w->down = 0;
         if (w->next_rev == 0) w->next_rev = hr + 1;
         watch_set_state(w, 1);
     }
@@ -784,10 +790,12 @@ static void *watch_main(void *arg)
             watch_set_state(w, -1);
             break;
         }
-        MC_LOG(est ? MC_LOG_WARN : MC_LOG_INFO,
+        /* once per outage at warn level: reconnects run every 100 ms */
+        MC_LOG(est && !w->down ? MC_LOG_WARN : MC_LOG_DEBUG,
                "etcd watch %s: stream from %s ended (%s, HTTP %ld); "
                "resuming from revision %" PRId64 " on the next endpoint",
                w->key, url, curl_easy_strerror(rc), code, w->next_rev);
+        w->down = 1;
         ep++;
         for (int i = 0; i < 20 && !stopped(w); i++) /* 100 ms, stoppable */
             usleep(5000);

@@ -270,6 +270,14 @@ typedef struct mc_comm_config {
      *  in which every collective is such a point). Every member passes
      *  the same value. Default MOONCAKE_ADMIT_AUTO (0). */
     int admit_auto;
+    /** etcd client URLs, comma-separated (NULL: embedded membership only).
+     *  With fault tolerance on, each rank holds a leased member key in etcd
+     *  and watches the others': a lease that expires is a failure signal
+     *  (suspicion), and a rank that loses its own lease is fenced (its
+     *  calls fail with MC_ERR_EVICTED). Default MOONCAKE_ETCD_ENDPOINTS. */
+    const char *etcd_endpoints;
+    /** Lease TTL in seconds. Default MOONCAKE_ETCD_TTL_S (2). */
+    int etcd_ttl_s;
 } mc_comm_config_t;
 
 /**

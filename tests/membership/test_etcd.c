@@ -26,9 +26,11 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -555,6 +557,254 @@ static void test_failover(void **state)
     cluster_stop(k);
 }
 
+
+/* --- membership on etcd: real rank processes ---------------------------- */
+
+#define EM_STEPS 100000
+typedef struct {
+    _Atomic int step[4];
+    _Atomic int quit;
+    _Atomic int stopped_rank_st; /* status the resumed rank got */
+    _Atomic int stopped_rank_done;
+    _Atomic long long t_epoch2_ns[4]; /* first op completed in epoch >= 2 */
+    _Atomic int final_epoch[4];
+    _Atomic int errors;
+    char err[4][256];
+} em_shm_t;
+
+typedef struct {
+    em_shm_t *sh;
+    char dir[256];
+    char endpoints[256];
+    int size;
+    int victim; /* SIGSTOPped (its process checks eviction), or -1 */
+} em_run_t;
+
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+static int em_rank(int rank, int size, void *arg)
+{
+    em_run_t *k = arg;
+    em_shm_t *sh = k->sh;
+    mc_store_h store;
+    if (mc_store_file_create(k->dir, &store) != MC_OK)
+        return MC_TFAIL(rank, "store: %s", mc_last_error());
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = MC_TRANSPORT_SHM;
+    cfg.timeout_ms = 30000;
+    cfg.init_timeout_ms = 30000;
+    cfg.etcd_endpoints = k->endpoints;
+    cfg.etcd_ttl_s = 1;
+    mc_comm_h c;
+    mc_status_t st = mc_comm_create(rank, size, store, &cfg, &c);
+    mc_store_destroy(store);
+    if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
+    int64_t v[16];
+    int rc = 0;
+    for (int s = 0; s < EM_STEPS; s++) {
+        for (int i = 0; i < 16; i++)
+            v[i] = (rank + 1) * (int64_t)(s + i);
+        v[15] = atomic_load(&sh->quit);
+        st = mc_comm_allreduce(c, v, v, 16, MC_INT64, MC_SUM);
+        if (rank == k->victim && st != MC_OK) {
+            /* the stopped rank, resumed after its removal */
+            atomic_store(&sh->stopped_rank_st, st);
+            atomic_store(&sh->stopped_rank_done, 1);
+            break;
+        }
+        if (st != MC_OK) {
+            snprintf(sh->err[rank], sizeof(sh->err[rank]), "step %d: %s", s,
+                     mc_comm_last_error(c));
+            atomic_fetch_add(&sh->errors, 1);
+            rc = 1;
+            break;
+        }
+        uint64_t ep;
+        uint8_t act[4];
+        mc_comm_op_view(c, &ep, act, NULL);
+        int64_t w = 0;
+        for (int p = 0; p < size; p++)
+            if (act[p]) w += p + 1;
+        for (int i = 0; i < 15; i++)
+            if (v[i] != w * (s + i)) {
+                snprintf(sh->err[rank], sizeof(sh->err[rank]),
+                         "step %d: element %d off the reference", s, i);
+                atomic_fetch_add(&sh->errors, 1);
+                rc = 1;
+            }
+        if (ep >= 2 && !atomic_load(&sh->t_epoch2_ns[rank]))
+            atomic_store(&sh->t_epoch2_ns[rank], now_ns());
+        atomic_store(&sh->final_epoch[rank], (int)ep);
+        atomic_store(&sh->step[rank], s + 1);
+        if (rc || v[15] > 0) break;
+        usleep(500);
+    }
+    mc_comm_destroy(c);
+    return rc;
+}
+
+static em_run_t *em_new(cluster_t *k, int size, int victim)
+{
+    em_run_t *r = calloc(1, sizeof(*r));
+    r->sh = mmap(NULL, sizeof(em_shm_t), PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(r->sh != MAP_FAILED);
+    memset(r->sh, 0, sizeof(em_shm_t));
+    char *d = mc_test_mkdtemp();
+    snprintf(r->dir, sizeof(r->dir), "%s", d);
+    free(d);
+    snprintf(r->endpoints, sizeof(r->endpoints), "%s", k->endpoints);
+    r->size = size;
+    r->victim = victim;
+    return r;
+}
+
+static void em_free(em_run_t *r)
+{
+    munmap(r->sh, sizeof(em_shm_t));
+    mc_test_rmtree(r->dir);
+    free(r);
+}
+
+static pid_t em_spawn(em_run_t *r, int rank)
+{
+    fflush(NULL);
+    pid_t p = fork();
+    if (p == 0) {
+        alarm(120);
+        _exit(em_rank(rank, r->size, r));
+    }
+    return p;
+}
+
+static int em_steps_min(em_run_t *r, uint32_t mask)
+{
+    int m = 1 << 30;
+    for (int p = 0; p < r->size; p++)
+        if (mask & (1u << p)) {
+            int s = atomic_load(&r->sh->step[p]);
+            if (s < m) m = s;
+        }
+    return m;
+}
+
+static void em_wait_steps(em_run_t *r, uint32_t mask, int n, double s)
+{
+    double t0 = now_s();
+    while (em_steps_min(r, mask) < n) {
+        if (now_s() - t0 > s)
+            fail_msg("ranks 0x%x did not reach step %d: %s | %s | %s", mask,
+                     n, r->sh->err[0], r->sh->err[1], r->sh->err[2]);
+        usleep(1000);
+    }
+}
+
+static void em_reap(pid_t *pids, int n, double s)
+{
+    double t0 = now_s();
+    for (int i = 0; i < n; i++) {
+        int ws;
+        while (waitpid(pids[i], &ws, WNOHANG) == 0) {
+            if (now_s() - t0 > s) {
+                kill(pids[i], SIGKILL);
+                waitpid(pids[i], &ws, 0);
+                fail_msg("rank %d did not finish", i);
+            }
+            usleep(2000);
+        }
+        if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
+            fail_msg("rank %d exited badly (status 0x%x)", i, ws);
+    }
+}
+
+/* A SIGSTOPped rank: no socket closes and heartbeats are set to 20 s, so
+ * only its lease tells; the survivors remove it once etcd expires it. It
+ * is then resumed: its lease is gone, and its next call fails EVICTED. */
+static void test_member_stop(void **state)
+{
+    (void)state;
+    setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "20000", 1);
+    em_run_t *r = em_new(g_one, 3, 2);
+    pid_t pid[3];
+    for (int p = 0; p < 3; p++)
+        pid[p] = em_spawn(r, p);
+    em_wait_steps(r, 0x7, 20, 30);
+    long long t_stop = now_ns();
+    kill(pid[2], SIGSTOP);
+    em_wait_steps(r, 0x3, em_steps_min(r, 0x3) + 5, 20);
+    while (!atomic_load(&r->sh->t_epoch2_ns[0]) ||
+           !atomic_load(&r->sh->t_epoch2_ns[1])) {
+        if (now_ns() - t_stop > 15000000000ll)
+            fail_msg("survivors did not remove the stopped rank");
+        usleep(1000);
+    }
+    long long t0 = atomic_load(&r->sh->t_epoch2_ns[0]) - t_stop;
+    long long t1 = atomic_load(&r->sh->t_epoch2_ns[1]) - t_stop;
+    printf("  SIGSTOP, lease TTL 1 s: survivors in the new view %.0f / %.0f "
+           "ms after the stop\n", t0 / 1e6, t1 / 1e6);
+    kill(pid[2], SIGCONT);
+    double w0 = now_s();
+    while (!atomic_load(&r->sh->stopped_rank_done)) {
+        if (now_s() - w0 > 20) fail_msg("the resumed rank was not fenced");
+        usleep(1000);
+    }
+    assert_int_equal(atomic_load(&r->sh->stopped_rank_st), MC_ERR_EVICTED);
+    atomic_store(&r->sh->quit, 1);
+    em_reap(pid, 3, 30);
+    assert_int_equal(atomic_load(&r->sh->errors), 0);
+    assert_int_equal(atomic_load(&r->sh->final_epoch[0]), 2);
+    /* detection rests on the lease: within its TTL plus etcd's expiry
+     * sweep and our poll (generous bound for a loaded 2-core machine) */
+    assert_true(t0 < 3000000000ll && t1 < 3000000000ll);
+    unsetenv("MOONCAKE_LIVENESS_TIMEOUT_MS");
+    em_free(r);
+}
+
+/* etcd goes away for 2 s (longer than the TTL) during a loop of
+ * collectives and comes back: nothing changes for the group. */
+static void test_etcd_outage(void **state)
+{
+    (void)state;
+    cluster_t *k = cluster_start(1);
+    em_run_t *r = em_new(k, 3, -1);
+    pid_t pid[3];
+    for (int p = 0; p < 3; p++)
+        pid[p] = em_spawn(r, p);
+    em_wait_steps(r, 0x7, 20, 30);
+    member_kill(k, 0);
+    int at_kill = em_steps_min(r, 0x7);
+    usleep(2000000);
+    int during = em_steps_min(r, 0x7);
+    char initial[128];
+    snprintf(initial, sizeof(initial), "m0=http://127.0.0.1:%d", k->pport[0]);
+    start_member(k, 0, initial);
+    double t0 = now_s();
+    mc_etcd_t *e = client(k->endpoints, 500);
+    while (mc_etcd_put(e, "ready", "1", 1, 0, NULL) != MC_OK) {
+        if (now_s() - t0 > 20) fail_msg("etcd did not come back");
+        usleep(10000);
+    }
+    mc_etcd_close(e);
+    printf("  etcd down 2 s: the group ran %d steps meanwhile\n",
+           during - at_kill);
+    assert_true(during > at_kill + 10);
+    usleep(2500000); /* leases and keepalives after the restart */
+    em_wait_steps(r, 0x7, em_steps_min(r, 0x7) + 20, 20);
+    atomic_store(&r->sh->quit, 1);
+    em_reap(pid, 3, 30);
+    assert_int_equal(atomic_load(&r->sh->errors), 0);
+    for (int p = 0; p < 3; p++)
+        assert_int_equal(atomic_load(&r->sh->final_epoch[p]), 1);
+    em_free(r);
+    cluster_stop(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest one[] = {
@@ -563,12 +813,14 @@ int main(void)
         cmocka_unit_test(test_lease_and_watch),
         cmocka_unit_test(test_store),
         cmocka_unit_test(test_unreachable),
+        cmocka_unit_test(test_member_stop),
     };
     const struct CMUnitTest three[] = {
         cmocka_unit_test(test_failover),
+        cmocka_unit_test(test_etcd_outage),
     };
     int rc = cmocka_run_group_tests_name("etcd, one member", one, setup_one,
                                          teardown_one);
-    rc += cmocka_run_group_tests_name("etcd, three members", three, NULL, NULL);
+    rc += cmocka_run_group_tests_name("etcd, own clusters", three, NULL, NULL);
     return rc;
 }

@@ -1,0 +1,203 @@
+/*
+ * Membership signals from etcd. See etcd_member.h.
+ */
+#define _GNU_SOURCE
+#include "etcd_member.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "etcd.h"
+#include "mc_log.h"
+
+struct mc_emember {
+    mc_etcd_t *e;
+    char *prefix;
+    int rank, size, ttl_s;
+    uint64_t inc;
+    int64_t lease;
+    char mykey[256];
+    uint64_t *gone_inc; /* [size] atomic: incarnation + 1 whose key went */
+    int lost;           /* atomic */
+    mc_etcd_watch_t *w;
+    pthread_t ka;
+    int ka_started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stop;
+};
+
+/* "<prefix>members/<slot>/<inc>" -> slot, inc; 0 if it is not one. */
+static int parse_key(mc_emember_t *m, const char *key, int *slot, uint64_t *inc)
+{
+    size_t pl = strlen(m->prefix);
+    if (strncmp(key, m->prefix, pl) != 0) return 0;
+    const char *s = key + pl;
+    if (strncmp(s, "members/", 8) != 0) return 0;
+    char *end;
+    long q = strtol(s + 8, &end, 10);
+    if (*end != '/' || q < 0 || q >= m->size) return 0;
+    unsigned long long v = strtoull(end + 1, &end, 10);
+    if (*end != '\0') return 0;
+    *slot = (int)q;
+    *inc = v;
+    return 1;
+}
+
+static void on_event(void *arg, int type, const mc_etcd_kv_t *kv)
+{
+    mc_emember_t *m = arg;
+    int q;
+    uint64_t inc;
+    if (!parse_key(m, kv->key, &q, &inc)) return;
+    if (type == MC_ETCD_DELETE) {
+        if (q == m->rank && inc == m->inc) {
+            if (!__atomic_exchange_n(&m->lost, 1, __ATOMIC_ACQ_REL))
+                MC_LOG(MC_LOG_ERROR,
+                       "rank %d: its etcd member key was deleted (lease "
+                       "expired or revoked): fenced",
+                       m->rank);
+            return;
+        }
+        __atomic_store_n(&m->gone_inc[q], inc + 1, __ATOMIC_RELEASE);
+        MC_LOG(MC_LOG_WARN,
+               "rank %d: etcd: the member key of rank %d (incarnation "
+               "%" PRIu64 ") is gone: its lease expired",
+               m->rank, q, inc);
+    } else {
+        uint64_t g = inc + 1;
+        __atomic_compare_exchange_n(&m->gone_inc[q], &g, 0, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+}
+
+static void *ka_main(void *arg)
+{
+    mc_emember_t *m = arg;
+    int64_t period_ms = m->ttl_s * 1000 / 3;
+    if (period_ms < 100) period_ms = 100;
+    int outage = 0;
+    pthread_mutex_lock(&m->lock);
+    while (!m->stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t ns = ts.tv_nsec + period_ms * 1000000;
+        ts.tv_sec += ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+        if (m->stop) break;
+        pthread_mutex_unlock(&m->lock);
+        int64_t ttl = -1;
+        mc_status_t st = mc_etcd_lease_keepalive(m->e, m->lease, &ttl);
+        if (st != MC_OK) {
+            if (!outage)
+                MC_LOG(MC_LOG_WARN,
+                       "rank %d: etcd keepalive failed (%s); the group keeps "
+                       "its view, membership changes wait for etcd",
+                       m->rank, mc_last_error());
+            outage = 1;
+        } else if (ttl <= 0) {
+            if (!__atomic_exchange_n(&m->lost, 1, __ATOMIC_ACQ_REL))
+                MC_LOG(MC_LOG_ERROR,
+                       "rank %d: its etcd lease %" PRId64 " has expired: "
+                       "fenced (it must rejoin as a new process)",
+                       m->rank, m->lease);
+            pthread_mutex_lock(&m->lock);
+            break;
+        } else if (outage) {
+            MC_LOG(MC_LOG_WARN, "rank %d: etcd reachable again", m->rank);
+            outage = 0;
+        }
+        pthread_mutex_lock(&m->lock);
+    }
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+mc_status_t mc_emember_start(const char *endpoints, const char *prefix,
+                             int rank, int size, uint64_t inc, int ttl_s,
+                             int64_t timeout_ms, mc_emember_t **m_p)
+{
+    mc_emember_t *m = calloc(1, sizeof(*m));
+    if (!m) return mc_err(MC_ERR_NO_MEMORY, "etcd membership: out of memory");
+    m->prefix = strdup(prefix);
+    m->gone_inc = calloc((size_t)size, sizeof(uint64_t));
+    m->rank = rank;
+    m->size = size;
+    m->inc = inc;
+    m->ttl_s = ttl_s > 0 ? ttl_s : 2;
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->cond, NULL);
+    mc_status_t st = MC_ERR_NO_MEMORY;
+    if (!m->prefix || !m->gone_inc) goto fail;
+    st = mc_etcd_open(endpoints, timeout_ms, &m->e);
+    if (st != MC_OK) goto fail;
+    st = mc_etcd_lease_grant(m->e, m->ttl_s, &m->lease, NULL);
+    if (st != MC_OK) goto fail;
+    /* watch first, from the revision of our own put on: no event between
+     * is missed */
+    snprintf(m->mykey, sizeof(m->mykey), "%smembers/%d/%" PRIu64, m->prefix,
+             rank, inc);
+    char val[64];
+    int vl = snprintf(val, sizeof(val), "pid %d", (int)getpid());
+    int64_t rev = 0;
+    st = mc_etcd_put(m->e, m->mykey, val, (size_t)vl, m->lease, &rev);
+    if (st != MC_OK) goto fail;
+    char wkey[256];
+    snprintf(wkey, sizeof(wkey), "%smembers/", m->prefix);
+    st = mc_etcd_watch(m->e, wkey, 1, rev, on_event, m, &m->w);
+    if (st != MC_OK) goto fail;
+    if (pthread_create(&m->ka, NULL, ka_main, m) != 0) {
+        st = mc_err(MC_ERR_NO_MEMORY, "etcd membership: no keepalive thread");
+        goto fail;
+    }
+    m->ka_started = 1;
+    *m_p = m;
+    return MC_OK;
+fail:
+    mc_emember_stop(m);
+    return st;
+}
+
+int mc_emember_gone(mc_emember_t *m, const uint64_t *inc, uint8_t *gone)
+{
+    int n = 0;
+    for (int q = 0; q < m->size; q++) {
+        uint64_t g = __atomic_load_n(&m->gone_inc[q], __ATOMIC_ACQUIRE);
+        gone[q] = q != m->rank && g && g == inc[q] + 1;
+        n += gone[q];
+    }
+    return n;
+}
+
+int mc_emember_lost(mc_emember_t *m)
+{
+    return __atomic_load_n(&m->lost, __ATOMIC_ACQUIRE);
+}
+
+void mc_emember_stop(mc_emember_t *m)
+{
+    if (!m) return;
+    if (m->ka_started) {
+        pthread_mutex_lock(&m->lock);
+        m->stop = 1;
+        pthread_cond_signal(&m->cond);
+        pthread_mutex_unlock(&m->lock);
+        pthread_join(m->ka, NULL);
+    }
+    if (m->w) mc_etcd_watch_stop(m->w);
+    if (m->e && m->lease && !mc_emember_lost(m))
+        mc_etcd_lease_revoke(m->e, m->lease); /* best effort */
+    mc_etcd_close(m->e);
+    pthread_mutex_destroy(&m->lock);
+    pthread_cond_destroy(&m->cond);
+    free(m->gone_inc);
+    free(m->prefix);
+    free(m);
+}

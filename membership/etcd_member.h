@@ -1,0 +1,39 @@
+/*
+ * Membership signals from etcd (MOONCAKE_ETCD_ENDPOINTS): each rank holds a
+ * leased key <prefix>members/<slot>/<incarnation>, kept alive from its own
+ * thread, and watches <prefix>members/. A member key that disappears (its
+ * lease expired: the process stopped or lost etcd; or was revoked) is a
+ * failure signal the engine treats like heartbeat silence (suspicion). A
+ * rank whose own lease is gone (etcd answers TTL 0, or its key is deleted)
+ * is fenced: it must stop and rejoin as a new process.
+ *
+ * While etcd is unreachable nothing changes: keepalives are retried and
+ * the watch resumes from the last revision it saw, so the group keeps
+ * running on its current view.
+ */
+#ifndef MC_ETCD_MEMBER_H
+#define MC_ETCD_MEMBER_H
+
+#include <stdint.h>
+
+#include <mooncake/mooncake.h>
+
+typedef struct mc_emember mc_emember_t;
+
+/* Register slot `rank` (incarnation `inc`) with a lease of ttl_s seconds
+ * and start watching the `size` slots. */
+mc_status_t mc_emember_start(const char *endpoints, const char *prefix,
+                             int rank, int size, uint64_t inc, int ttl_s,
+                             int64_t timeout_ms, mc_emember_t **m_p);
+
+/* gone[q] = 1 for each slot q whose key for incarnation inc[q] was deleted
+ * (and not put again since). Returns how many. */
+int mc_emember_gone(mc_emember_t *m, const uint64_t *inc, uint8_t *gone);
+
+/* 1 once this rank's own lease is known lost. */
+int mc_emember_lost(mc_emember_t *m);
+
+/* Revoke the lease (the key goes at once) and stop the threads. */
+void mc_emember_stop(mc_emember_t *m);
+
+#endif
