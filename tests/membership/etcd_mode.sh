@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The fault-tolerance suite again with etcd membership on: start a real etcd
+# on loopback (temporary data dir), point MOONCAKE_ETCD_ENDPOINTS at it and
+# run the given test binaries (ctest passes test_kill, test_stop,
+# test_rejoin). Every communicator with fault tolerance then also holds a
+# leased member key and watches the others'.
+set -euo pipefail
+ETCD=${ETCD:-$(command -v etcd || true)}
+if [ -z "$ETCD" ]; then
+  echo "etcd_mode: etcd is not installed (run scripts/setup.sh)" >&2
+  exit 1
+fi
+D=$(mktemp -d)
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+CP=$(port); PP=$(port)
+"$ETCD" --name t --data-dir "$D/data" \
+  --listen-client-urls "http://127.0.0.1:$CP" --advertise-client-urls "http://127.0.0.1:$CP" \
+  --listen-peer-urls "http://127.0.0.1:$PP" --initial-advertise-peer-urls "http://127.0.0.1:$PP" \
+  --initial-cluster "t=http://127.0.0.1:$PP" --log-level error --logger zap \
+  --heartbeat-interval 10 --election-timeout 100 >"$D/etcd.log" 2>&1 &
+EPID=$!
+trap 'st=$?; kill $EPID 2>/dev/null || true; wait $EPID 2>/dev/null || true; rm -rf "$D"; exit $st' EXIT
+for _ in $(seq 1 500); do
+  curl -sf "http://127.0.0.1:$CP/health" >/dev/null 2>&1 && break
+  sleep 0.02
+done
+curl -sf "http://127.0.0.1:$CP/health" >/dev/null || { echo "etcd_mode: etcd did not start" >&2; cat "$D/etcd.log" >&2; exit 1; }
+export MOONCAKE_ETCD_ENDPOINTS="http://127.0.0.1:$CP"
+echo "etcd_mode: etcd at $MOONCAKE_ETCD_ENDPOINTS"
+rc=0
+for t in "$@"; do
+  echo "etcd_mode: == $t"
+  "$t" || rc=1
+done
+exit $rc
