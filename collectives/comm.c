@@ -4117,10 +4117,12 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                                           &c->em)
                        : MC_ERR_NO_MEMORY;
         if (st != MC_OK) {
+            char why[768];
+            snprintf(why, sizeof(why), "%s", mc_last_error());
             mc_err(st,
                    "comm_create: rank %d: etcd membership (%s) could not "
                    "start: %s",
-                   rank, cfg.etcd_endpoints, mc_last_error());
+                   rank, cfg.etcd_endpoints, why);
             goto err_free;
         }
     }
