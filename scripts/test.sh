@@ -24,11 +24,15 @@ echo "== torch backend"
 scripts/setup_torch.sh
 r=0; .venv/bin/python -m pytest -q tests/python || r=$?
 count $r
+echo "== torch fault tests with etcd membership on"
+r=0; tests/membership/etcd_mode.sh ".venv/bin/python -m pytest -q tests/python/test_fault.py tests/python/test_rejoin.py" || r=$?
+count $r
 echo "== PyTorch distributed suite (gloo and mooncake)"
 r=0; .venv/bin/python tests/python/run_torch_suite.py || r=$?
 count $r
 r=0; tests/gpu/run.sh || r=$?
 count $r
-# one line per suite above: C release, C asan, torch pytest, torch suite, gpu
+# one line per suite above: C release, C asan, torch pytest, torch fault
+# tests in etcd mode, torch suite, gpu
 echo "suites: $passed passed, $failed failed"
 exit $rc

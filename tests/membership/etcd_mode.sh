@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The fault-tolerance suite again with etcd membership on: start a real etcd
 # on loopback (temporary data dir), point MOONCAKE_ETCD_ENDPOINTS at it and
-# run the given test binaries (ctest passes test_kill, test_stop,
-# test_rejoin). Every communicator with fault tolerance then also holds a
-# leased member key and watches the others'.
+# run the given commands, each one argument (ctest passes the test_kill,
+# test_stop and test_rejoin binaries; scripts/test.sh the torch fault tests).
+# Every communicator with fault tolerance then also holds a leased member
+# key and watches the others'.
 set -euo pipefail
 ETCD=${ETCD:-$(command -v etcd || true)}
 if [ -z "$ETCD" ]; then
@@ -30,6 +31,6 @@ echo "etcd_mode: etcd at $MOONCAKE_ETCD_ENDPOINTS"
 rc=0
 for t in "$@"; do
   echo "etcd_mode: == $t"
-  "$t" || rc=1
+  bash -c "$t" || rc=1
 done
 exit $rc
