@@ -327,6 +327,8 @@ struct mc_comm {
                             after mc_comm_admit */
     mc_emember_t *em;    /* etcd membership (MOONCAKE_ETCD_ENDPOINTS) */
     uint8_t *em_tmp;     /* [size] */
+    int64_t em_retry_us; /* plock: next view commit attempt */
+    int em_view_logged;
     int *joined_last;    /* [size] ranks added by the last view change */
     int njoined_last;
     pthread_mutex_t jlock; /* leaf lock: the fields below */
@@ -1778,6 +1780,54 @@ static int ag_try_decide(mc_comm_t *c)
             all_admit = c->rep_admit[q] && c->rep_last[q] == maxlast &&
                         maxlast == (int64_t)c->exec_seq - 1;
     if (all_admit) join_pick(c, next, c->epoch + 1, (uint64_t)(maxlast + 1));
+    if (c->em) {
+        /* etcd decides: the view moves only from the one we hold */
+        int64_t now = mc_now_us();
+        if (now < c->em_retry_us) {
+            memset(next, 0, n);
+            return 0;
+        }
+        int ok = 0;
+        uint64_t ce = 0, cs = 0;
+        mc_status_t st = mc_emember_view_commit(
+            c->em, c->epoch, c->view_start, c->active, c->epoch + 1,
+            (uint64_t)(maxlast + 1), next, &ok, &ce, &cs, c->em_tmp);
+        if (st != MC_OK) {
+            if (!c->em_view_logged)
+                MC_LOG(MC_LOG_WARN,
+                       "rank %d: view %llu: cannot commit the next view to "
+                       "etcd (%s); retrying until the agreement times out",
+                       c->rank, (unsigned long long)c->epoch, mc_last_error());
+            c->em_view_logged = 1;
+            c->em_retry_us = now + 100000;
+            memset(next, 0, n);
+            return 0;
+        }
+        c->em_view_logged = 0;
+        if (!ok) {
+            if (ce <= c->epoch) {
+                MC_LOG(MC_LOG_ERROR,
+                       "rank %d: etcd holds view %llu, not our view %llu: "
+                       "retrying",
+                       c->rank, (unsigned long long)ce,
+                       (unsigned long long)c->epoch);
+                c->em_retry_us = now + 100000;
+                memset(next, 0, n);
+                return 0;
+            }
+            /* another coordinator's view won: adopt it */
+            MC_LOG(MC_LOG_WARN,
+                   "rank %d: etcd already moved to view %llu: adopting it "
+                   "instead of ours",
+                   c->rank, (unsigned long long)ce);
+            memcpy(next, c->em_tmp, n);
+            c->nv_pending = 1;
+            c->nv_epoch = ce;
+            c->nv_start = cs;
+            c->nv_from = c->rank;
+            return 1;
+        }
+    }
     c->nv_pending = 1;
     c->nv_epoch = c->epoch + 1;
     c->nv_start = (uint64_t)(maxlast + 1);
@@ -4116,6 +4166,9 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                                                                : 5000,
                                           &c->em)
                        : MC_ERR_NO_MEMORY;
+        if (st == MC_OK)
+            st = mc_emember_view_init(c->em, c->epoch, c->view_start,
+                                      c->active);
         if (st != MC_OK) {
             char why[768];
             snprintf(why, sizeof(why), "%s", mc_last_error());
@@ -4411,7 +4464,25 @@ mc_status_t mc_comm_shrink(mc_comm_h c, const int *ranks, int n)
     if (c->evicted)
         st = comm_err(c, MC_ERR_EVICTED,
                       "mc_comm_shrink: rank %d was already removed", c->rank);
-    else
+    else if (c->em) {
+        /* etcd mode: the same transaction as any view change; every rank
+         * that stays tries, the first one moves it */
+        int ok = 0;
+        uint64_t ce = 0, cs = 0;
+        st = mc_emember_view_commit(c->em, c->epoch, c->view_start, c->active,
+                                    c->epoch + 1, c->view_start, next, &ok,
+                                    &ce, &cs, c->em_tmp);
+        if (st == MC_OK && !ok &&
+            (ce != c->epoch + 1 || cs != c->view_start ||
+             memcmp(c->em_tmp, next, (size_t)c->size) != 0))
+            st = comm_err(c, MC_ERR_PEER_FAILED,
+                          "mc_comm_shrink: etcd holds another view (epoch "
+                          "%llu): a concurrent view change",
+                          (unsigned long long)ce);
+        else if (st != MC_OK)
+            st = comm_err(c, st, "mc_comm_shrink: etcd: %s", mc_last_error());
+        if (st == MC_OK) view_adopt(c, c->epoch + 1, next);
+    } else
         view_adopt(c, c->epoch + 1, next);
     int evicted = c->evicted;
     pthread_mutex_unlock(&c->plock);

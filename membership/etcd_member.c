@@ -165,6 +165,79 @@ fail:
     return st;
 }
 
+static char *view_enc(const mc_emember_t *m, uint64_t epoch, uint64_t start,
+                      const uint8_t *active, size_t *len_p)
+{
+    char *v = malloc((size_t)m->size + 48);
+    if (!v) return NULL;
+    int n = snprintf(v, 48, "%" PRIu64 " %" PRIu64 " ", epoch, start);
+    for (int p = 0; p < m->size; p++)
+        v[n + p] = active[p] ? '1' : '0';
+    v[n + m->size] = '\0';
+    *len_p = (size_t)n + (size_t)m->size;
+    return v;
+}
+
+static int view_dec(const mc_emember_t *m, const char *v, uint64_t *epoch,
+                    uint64_t *start, uint8_t *active)
+{
+    char *end;
+    *epoch = strtoull(v, &end, 10);
+    if (*end != ' ') return 0;
+    *start = strtoull(end + 1, &end, 10);
+    if (*end != ' ' || strlen(end + 1) != (size_t)m->size) return 0;
+    for (int p = 0; p < m->size; p++)
+        active[p] = end[1 + p] == '1';
+    return 1;
+}
+
+mc_status_t mc_emember_view_init(mc_emember_t *m, uint64_t epoch,
+                                 uint64_t start, const uint8_t *active)
+{
+    size_t len;
+    char key[300], *v = view_enc(m, epoch, start, active, &len);
+    if (!v) return mc_err(MC_ERR_NO_MEMORY, "etcd view: out of memory");
+    snprintf(key, sizeof(key), "%sview", m->prefix);
+    int ok = 0;
+    mc_status_t st =
+        mc_etcd_cas_val(m->e, key, NULL, 0, v, len, 0, &ok, NULL, NULL);
+    free(v);
+    return st;
+}
+
+mc_status_t mc_emember_view_commit(mc_emember_t *m, uint64_t epoch,
+                                   uint64_t start, const uint8_t *active,
+                                   uint64_t nepoch, uint64_t nstart,
+                                   const uint8_t *nactive, int *ok,
+                                   uint64_t *cur_epoch, uint64_t *cur_start,
+                                   uint8_t *cur_active)
+{
+    size_t ol, nl;
+    char key[300];
+    char *o = view_enc(m, epoch, start, active, &ol);
+    char *nv = view_enc(m, nepoch, nstart, nactive, &nl);
+    mc_status_t st = MC_ERR_NO_MEMORY;
+    *ok = 0;
+    if (o && nv) {
+        snprintf(key, sizeof(key), "%sview", m->prefix);
+        mc_etcd_kv_t cur;
+        st = mc_etcd_cas_val(m->e, key, o, ol, nv, nl, 0, ok, NULL, &cur);
+        if (st == MC_OK && !*ok) {
+            if (!cur.key ||
+                !view_dec(m, cur.val, cur_epoch, cur_start, cur_active))
+                st = mc_err(MC_ERR_PROTOCOL,
+                            "etcd view %s: %s", key,
+                            cur.key ? "malformed value" : "missing");
+            mc_etcd_kvs_free(&cur, 1);
+        }
+    } else {
+        mc_err(st, "etcd view: out of memory");
+    }
+    free(o);
+    free(nv);
+    return st;
+}
+
 int mc_emember_gone(mc_emember_t *m, const uint64_t *inc, uint8_t *gone)
 {
     int n = 0;

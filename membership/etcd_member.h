@@ -33,6 +33,21 @@ int mc_emember_gone(mc_emember_t *m, const uint64_t *inc, uint8_t *gone);
 /* 1 once this rank's own lease is known lost. */
 int mc_emember_lost(mc_emember_t *m);
 
+/* The view lives in <prefix>view ("<epoch> <start> <0/1 per slot>") and
+ * moves only by a transaction from the view the caller holds: etcd decides
+ * between coordinators that race (a partition, false suspicion).
+ * view_init creates it if absent. view_commit moves it from (epoch, start,
+ * active) to (nepoch, nstart, nactive): *ok = 1 if it did; else cur_* hold
+ * the view etcd has (cur_active: `size` bytes). */
+mc_status_t mc_emember_view_init(mc_emember_t *m, uint64_t epoch,
+                                 uint64_t start, const uint8_t *active);
+mc_status_t mc_emember_view_commit(mc_emember_t *m, uint64_t epoch,
+                                   uint64_t start, const uint8_t *active,
+                                   uint64_t nepoch, uint64_t nstart,
+                                   const uint8_t *nactive, int *ok,
+                                   uint64_t *cur_epoch, uint64_t *cur_start,
+                                   uint8_t *cur_active);
+
 /* Revoke the lease (the key goes at once) and stop the threads. */
 void mc_emember_stop(mc_emember_t *m);
 

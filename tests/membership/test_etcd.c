@@ -759,6 +759,24 @@ static void test_member_stop(void **state)
     em_reap(pid, 3, 30);
     assert_int_equal(atomic_load(&r->sh->errors), 0);
     assert_int_equal(atomic_load(&r->sh->final_epoch[0]), 2);
+    /* the view moved in etcd too, by transaction: epoch 2 without rank 2 */
+    mc_etcd_t *e = client(g_one->endpoints, 2000);
+    mc_etcd_kv_t *kvs;
+    int n, found = 0;
+    assert_int_equal(mc_etcd_get(e, "/mooncake/default/mc/", 1, &kvs, &n,
+                                 NULL),
+                     MC_OK);
+    for (int i = 0; i < n; i++) {
+        size_t kl = strlen(kvs[i].key);
+        if (kl > 5 && strcmp(kvs[i].key + kl - 5, "/view") == 0 &&
+            strncmp(kvs[i].val, "2 ", 2) == 0 && kvs[i].vlen > 3 &&
+            strcmp((char *)kvs[i].val + kvs[i].vlen - 3, "110") == 0)
+            found++;
+    }
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    mc_etcd_close(e);
+    assert_int_equal(found, 1);
     /* detection rests on the lease: within its TTL plus etcd's expiry
      * sweep and our poll (generous bound for a loaded 2-core machine) */
     assert_true(t0 < 3000000000ll && t1 < 3000000000ll);
