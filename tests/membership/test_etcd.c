@@ -12,7 +12,10 @@
  *    compare_set semantics, and a communicator bootstrapped through it;
  *  - failover: the first endpoint's member is killed; calls and an
  *    established watch go on through the others, without losing events;
- *  - an endpoint that does not answer fails in bounded time, naming it.
+ *  - an endpoint that does not answer fails in bounded time, naming it;
+ *  - membership: a SIGSTOPped rank removed on lease expiry and fenced when
+ *    resumed; an etcd outage changes nothing; two coordinators racing:
+ *    the one whose view transaction loses adopts etcd's view.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -823,6 +826,75 @@ static void test_etcd_outage(void **state)
     cluster_stop(k);
 }
 
+
+/* Two coordinators race: etcd already holds a view another coordinator
+ * committed (here the test writes it: epoch 2 without rank 1, as a
+ * partition's other side would) when rank 2 dies. Rank 0's own decision
+ * (epoch 2 without rank 2) loses the transaction: it adopts etcd's view,
+ * rank 1 learns it is out (EVICTED), and rank 0 goes on: the dead rank 2
+ * is removed in epoch 3. */
+static void test_view_race(void **state)
+{
+    (void)state;
+    cluster_t *k = cluster_start(1);
+    em_run_t *r = em_new(k, 3, 1);
+    pid_t pid[3];
+    for (int p = 0; p < 3; p++)
+        pid[p] = em_spawn(r, p);
+    em_wait_steps(r, 0x7, 20, 30);
+    mc_etcd_t *e = client(k->endpoints, 2000);
+    mc_etcd_kv_t *kvs;
+    int n;
+    assert_int_equal(mc_etcd_get(e, "/mooncake/", 1, &kvs, &n, NULL), MC_OK);
+    int vi = -1;
+    for (int i = 0; i < n; i++) {
+        size_t kl = strlen(kvs[i].key);
+        if (kl > 5 && strcmp(kvs[i].key + kl - 5, "/view") == 0) vi = i;
+    }
+    assert_true(vi >= 0);
+    unsigned long long ep = 0, start = 0;
+    char act[8] = "";
+    assert_int_equal(sscanf(kvs[vi].val, "%llu %llu %7s", &ep, &start, act),
+                     3);
+    assert_int_equal(ep, 1);
+    assert_string_equal(act, "111");
+    char nv[64];
+    snprintf(nv, sizeof(nv), "2 %llu 101", start);
+    int ok = 0;
+    assert_int_equal(mc_etcd_cas_val(e, kvs[vi].key, kvs[vi].val, kvs[vi].vlen,
+                                     nv, strlen(nv), 0, &ok, NULL, NULL),
+                     MC_OK);
+    assert_int_equal(ok, 1);
+    char vkey[256];
+    snprintf(vkey, sizeof(vkey), "%s", kvs[vi].key);
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    kill(pid[2], SIGKILL);
+    waitpid(pid[2], NULL, 0);
+    double t0 = now_s();
+    while (!atomic_load(&r->sh->stopped_rank_done)) {
+        if (now_s() - t0 > 20) fail_msg("rank 1 was not evicted");
+        usleep(1000);
+    }
+    assert_int_equal(atomic_load(&r->sh->stopped_rank_st), MC_ERR_EVICTED);
+    em_wait_steps(r, 0x1, em_steps_min(r, 0x1) + 10, 20);
+    atomic_store(&r->sh->quit, 1);
+    pid_t rest[2] = {pid[0], pid[1]};
+    em_reap(rest, 2, 30);
+    assert_int_equal(atomic_load(&r->sh->errors), 0);
+    assert_int_equal(atomic_load(&r->sh->final_epoch[0]), 3);
+    /* and etcd's view is rank 0's epoch 3 */
+    assert_int_equal(mc_etcd_get(e, vkey, 0, &kvs, &n, NULL), MC_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(strncmp(kvs[0].val, "3 ", 2), 0);
+    assert_int_equal(strcmp((char *)kvs[0].val + kvs[0].vlen - 3, "100"), 0);
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    mc_etcd_close(e);
+    em_free(r);
+    cluster_stop(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest one[] = {
@@ -836,6 +908,7 @@ int main(void)
     const struct CMUnitTest three[] = {
         cmocka_unit_test(test_failover),
         cmocka_unit_test(test_etcd_outage),
+        cmocka_unit_test(test_view_race),
     };
     int rc = cmocka_run_group_tests_name("etcd, one member", one, setup_one,
                                          teardown_one);
