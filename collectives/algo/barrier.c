@@ -15,40 +15,18 @@
  */
 #include "algo.h"
 
-mc_status_t mc_algo_barrier_dissemination(mc_cctx_t *cx)
-{
-    static const char none = 0;
-    char sink = 0;
-    int n = mc_cx_size(cx), r = mc_cx_rank(cx);
-    unsigned round = 0;
-    mc_status_t st;
-    mc_fh_t sh, rh;
-
-    for (int d = 1; d < n; d <<= 1, round++) {
-        uint32_t step = mc_algo_step(MC_PH_BARRIER, round, 0);
-        st = mc_cx_isend(cx, (r + d) % n, step, &none, 0, &sh);
-        if (st < 0) return st;
-        st = mc_cx_irecv(cx, mc_algo_mod((long long)r - d, n), step, &sink, 0,
-                         &rh);
-        if (st < 0) return st;
-        /* Only the receive gates the next round; sends finish in waitall. */
-        st = mc_cx_wait(cx, rh);
-        if (st < 0) return st;
-        if (d > n / 2) break; /* d << 1 would reach n (and could overflow) */
-    }
-    return mc_cx_waitall(cx);
-}
-
 /*
- * The same rounds, each frame carrying 8 bytes: the OR of the flags its
- * sender has seen so far. Every rank's value reaches every rank (the
- * dissemination pattern is an allgather), so each rank leaves with the OR
- * over all ranks. The engine's final FT barrier uses it to tell every
- * member, in the same operation, that joiners wait for admission.
+ * The dissemination rounds. With `flags`, each frame carries 8 bytes: the OR
+ * of the flags its sender has seen so far. Every rank's value reaches every
+ * rank (the dissemination pattern is an allgather), so each rank leaves with
+ * the OR over all ranks. The engine's final FT barrier uses it to tell every
+ * member, in the same operation, that joiners wait for admission. Without,
+ * frames are empty.
  */
-mc_status_t mc_algo_barrier_flags(mc_cctx_t *cx, uint64_t *flags)
+static mc_status_t dissemination(mc_cctx_t *cx, uint64_t *flags)
 {
-    uint64_t out[64], in = 0, acc = *flags;
+    uint64_t out[64], in = 0, acc = flags ? *flags : 0;
+    size_t len = flags ? sizeof(uint64_t) : 0;
     int n = mc_cx_size(cx), r = mc_cx_rank(cx);
     unsigned round = 0;
     mc_status_t st;
@@ -57,18 +35,28 @@ mc_status_t mc_algo_barrier_flags(mc_cctx_t *cx, uint64_t *flags)
     for (int d = 1; d < n; d <<= 1, round++) {
         uint32_t step = mc_algo_step(MC_PH_BARRIER, round, 0);
         out[round] = acc; /* stays put until waitall */
-        st = mc_cx_isend(cx, (r + d) % n, step, &out[round], sizeof(uint64_t),
-                         &sh);
+        st = mc_cx_isend(cx, (r + d) % n, step, &out[round], len, &sh);
         if (st < 0) return st;
-        st = mc_cx_irecv(cx, mc_algo_mod((long long)r - d, n), step, &in,
-                         sizeof(uint64_t), &rh);
+        st = mc_cx_irecv(cx, mc_algo_mod((long long)r - d, n), step, &in, len,
+                         &rh);
         if (st < 0) return st;
+        /* Only the receive gates the next round; sends finish in waitall. */
         st = mc_cx_wait(cx, rh);
         if (st < 0) return st;
         acc |= in;
-        if (d > n / 2) break;
+        if (d > n / 2) break; /* d << 1 would reach n (and could overflow) */
     }
     st = mc_cx_waitall(cx);
-    if (st == MC_OK) *flags = acc;
+    if (st == MC_OK && flags) *flags = acc;
     return st;
+}
+
+mc_status_t mc_algo_barrier_dissemination(mc_cctx_t *cx)
+{
+    return dissemination(cx, NULL);
+}
+
+mc_status_t mc_algo_barrier_flags(mc_cctx_t *cx, uint64_t *flags)
+{
+    return dissemination(cx, flags);
 }
