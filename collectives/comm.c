@@ -1992,13 +1992,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     uint64_t flags =
         c->ft && (c->admit_auto || r->admit_point) ? join_flag(c) : 0;
     c->cx_active = 1;
-    if (c->evicted)
-        cx_fail(c, MC_ERR_EVICTED, 0,
-                "%s at seq %llu: rank %d was removed from the group (view "
-                "epoch %llu); it must rejoin as a new process",
-                mc_coll_name(r->args.coll), (unsigned long long)r->seq,
-                c->rank, (unsigned long long)c->epoch);
-    for (int p = 0; p < c->size && c->cx.failed == MC_OK; p++) {
+    for (int p = 0; p < c->size; p++) {
         if (p != c->rank && c->abort_seq[p] == r->seq) {
             cx_fail(c, c->abort_why[p], 1, "%s", c->abort_msg[p]);
             break;
@@ -2169,8 +2163,8 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
     for (int attempt = 0;; attempt++) {
         uint64_t old_epoch = c->epoch;
         pthread_mutex_lock(&c->plock);
-        int outcome = c->evicted ? AG_EVICTED : 0;
-        if (!outcome && c->nv_pending) {
+        int outcome = 0;
+        if (c->nv_pending) {
             cx->data_done = 0;
             memcpy(c->att_active, c->active, (size_t)c->size);
             outcome = ag_adopt(c, r->seq);
