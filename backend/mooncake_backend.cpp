@@ -420,16 +420,23 @@ class Stage
 
 } // namespace
 
-std::vector<int> lastFailedRanks(mc_comm_h comm)
+// A rank list from mc_comm_failed_ranks / mc_comm_joined_ranks. It can
+// change between the two calls if a view change lands in between; take
+// what fits then.
+static std::vector<int> rankList(mc_comm_h comm,
+                                 int (*get)(mc_comm_h, int *, int))
 {
-    // The list can only grow between the two calls if a view change lands in
-    // between; take what fits then.
-    int n = mc_comm_failed_ranks(comm, nullptr, 0);
+    int n = get(comm, nullptr, 0);
     if (n <= 0) return {};
     std::vector<int> v(static_cast<size_t>(n));
-    int m = mc_comm_failed_ranks(comm, v.data(), n);
+    int m = get(comm, v.data(), n);
     v.resize(static_cast<size_t>(std::max(0, std::min(n, m))));
     return v;
+}
+
+std::vector<int> lastFailedRanks(mc_comm_h comm)
+{
+    return rankList(comm, mc_comm_failed_ranks);
 }
 
 std::exception_ptr makeOpError(mc_comm_h comm, const char *op, mc_status_t st,
@@ -916,12 +923,7 @@ std::vector<int> MooncakeBackend::failedRanks() const
 
 std::vector<int> MooncakeBackend::joinedRanks() const
 {
-    int n = mc_comm_joined_ranks(comm_->get(), nullptr, 0);
-    if (n <= 0) return {};
-    std::vector<int> v(static_cast<size_t>(n));
-    int m = mc_comm_joined_ranks(comm_->get(), v.data(), n);
-    v.resize(static_cast<size_t>(std::max(0, std::min(n, m))));
-    return v;
+    return rankList(comm_->get(), mc_comm_joined_ranks);
 }
 
 uint64_t MooncakeBackend::viewChanges() const
