@@ -652,6 +652,13 @@ static int em_rank(int rank, int size, void *arg)
     return rc;
 }
 
+/* A communicator's view key: <prefix>view. */
+static int is_view_key(const char *key)
+{
+    size_t kl = strlen(key);
+    return kl > 5 && strcmp(key + kl - 5, "/view") == 0;
+}
+
 static em_run_t *em_new(cluster_t *k, int size, int victim)
 {
     em_run_t *r = calloc(1, sizeof(*r));
@@ -770,9 +777,8 @@ static void test_member_stop(void **state)
                                  NULL),
                      MC_OK);
     for (int i = 0; i < n; i++) {
-        size_t kl = strlen(kvs[i].key);
-        if (kl > 5 && strcmp(kvs[i].key + kl - 5, "/view") == 0 &&
-            strncmp(kvs[i].val, "2 ", 2) == 0 && kvs[i].vlen > 3 &&
+        if (is_view_key(kvs[i].key) && strncmp(kvs[i].val, "2 ", 2) == 0 &&
+            kvs[i].vlen > 3 &&
             strcmp((char *)kvs[i].val + kvs[i].vlen - 3, "110") == 0)
             found++;
     }
@@ -848,8 +854,7 @@ static void test_view_race(void **state)
     assert_int_equal(mc_etcd_get(e, "/mooncake/", 1, &kvs, &n, NULL), MC_OK);
     int vi = -1;
     for (int i = 0; i < n; i++) {
-        size_t kl = strlen(kvs[i].key);
-        if (kl > 5 && strcmp(kvs[i].key + kl - 5, "/view") == 0) vi = i;
+        if (is_view_key(kvs[i].key)) vi = i;
     }
     assert_true(vi >= 0);
     unsigned long long ep = 0, start = 0;

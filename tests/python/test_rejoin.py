@@ -77,6 +77,17 @@ def _member(rank, world, port, env, q, steps_after, stop_key=None):
         q.put((rank, "error", traceback.format_exc()))
 
 
+def _launch(world):
+    """The launcher's side: a TCPStore master (no waiting for workers), a
+    spawn context and the queue the processes report into."""
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    master = dist.TCPStore("127.0.0.1", port, world, is_master=True,
+                           wait_for_workers=False,
+                           timeout=timedelta(seconds=60))
+    return ctx, port, master, ctx.Queue()
+
+
 def _run(procs, q, n, timeout=120):
     for p in procs:
         p.start()
@@ -94,12 +105,7 @@ def _run(procs, q, n, timeout=120):
 
 
 def test_scale_up_reserved_slot():
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    master = dist.TCPStore("127.0.0.1", port, 3, is_master=True,
-                           wait_for_workers=False,
-                           timeout=timedelta(seconds=60))
-    q = ctx.Queue()
+    ctx, port, master, q = _launch(3)
     env = {"MOONCAKE_INITIAL_SIZE": "2"}
     procs = [ctx.Process(target=_member, args=(r, 3, port, env, q, 5))
              for r in range(2)]
@@ -144,12 +150,7 @@ def _joiner_alive_slot(port, q):
 
 
 def test_join_for_live_slot_times_out():
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    master = dist.TCPStore("127.0.0.1", port, 2, is_master=True,
-                           wait_for_workers=False,
-                           timeout=timedelta(seconds=60))
-    q = ctx.Queue()
+    ctx, port, master, q = _launch(2)
     # members: no joiner will get in; they run steps until the intruder
     # gave up
     procs = [ctx.Process(target=_member,
@@ -185,12 +186,7 @@ def _bad_initial(port, q):
 
 
 def test_bad_initial_size_is_refused():
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    master = dist.TCPStore("127.0.0.1", port, 1, is_master=True,
-                           wait_for_workers=False,
-                           timeout=timedelta(seconds=60))
-    q = ctx.Queue()
+    ctx, port, master, q = _launch(1)
     out = _run([ctx.Process(target=_bad_initial, args=(port, q))], q, 1)
     del master
     assert out[0][0] == "ok", out[0][1]
