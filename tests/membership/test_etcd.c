@@ -15,7 +15,9 @@
  *  - an endpoint that does not answer fails in bounded time, naming it;
  *  - membership: a SIGSTOPped rank removed on lease expiry and fenced when
  *    resumed; an etcd outage changes nothing; two coordinators racing:
- *    the one whose view transaction loses adopts etcd's view.
+ *    the one whose view transaction loses adopts etcd's view; the etcd
+ *    leader of a 3-member cluster killed while collectives run, then a
+ *    rank killed: its removal commits through the two members left.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -40,129 +42,14 @@
 #include <unistd.h>
 
 #include "etcd.h"
+#include "etcd_cluster.h"
 #include "tests_common.h"
-
-#define MAXM 3
-
-typedef struct {
-    int n;
-    pid_t pid[MAXM];
-    int cport[MAXM], pport[MAXM];
-    char *dir;
-    char endpoints[256];
-} cluster_t;
 
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t l = sizeof(a);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &l) != 0)
-        return -1;
-    int p = ntohs(a.sin_port);
-    close(fd);
-    return p;
-}
-
-static const char *etcd_bin(void)
-{
-    static const char *c[] = {"/usr/bin/etcd", "/usr/local/bin/etcd"};
-    for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++)
-        if (access(c[i], X_OK) == 0) return c[i];
-    return NULL;
-}
-
-static void start_member(cluster_t *k, int i, const char *initial)
-{
-    char name[16], data[512], curl[64], purl[64];
-    snprintf(name, sizeof(name), "m%d", i);
-    snprintf(data, sizeof(data), "%s/%s", k->dir, name);
-    snprintf(curl, sizeof(curl), "http://127.0.0.1:%d", k->cport[i]);
-    snprintf(purl, sizeof(purl), "http://127.0.0.1:%d", k->pport[i]);
-    fflush(NULL);
-    pid_t p = fork();
-    if (p == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) {
-            dup2(devnull, 1);
-            dup2(devnull, 2);
-        }
-        execl(etcd_bin(), "etcd", "--name", name, "--data-dir", data,
-              "--listen-client-urls", curl, "--advertise-client-urls", curl,
-              "--listen-peer-urls", purl, "--initial-advertise-peer-urls",
-              purl, "--initial-cluster", initial, "--initial-cluster-state",
-              "new", "--log-level", "error", "--logger", "zap",
-              "--heartbeat-interval", "10", "--election-timeout", "100",
-              (char *)NULL);
-        _exit(127);
-    }
-    k->pid[i] = p;
-}
-
-/* Start n members; wait until a put through every endpoint succeeds. */
-static cluster_t *cluster_start(int n)
-{
-    if (!etcd_bin()) fail_msg("etcd is not installed: run scripts/setup.sh");
-    cluster_t *k = calloc(1, sizeof(*k));
-    assert_non_null(k);
-    k->n = n;
-    k->dir = mc_test_mkdtemp();
-    char initial[512] = "";
-    size_t off = 0;
-    for (int i = 0; i < n; i++) {
-        k->cport[i] = free_port();
-        k->pport[i] = free_port();
-        off += (size_t)snprintf(initial + off, sizeof(initial) - off,
-                                "%sm%d=http://127.0.0.1:%d", i ? "," : "", i,
-                                k->pport[i]);
-    }
-    off = 0;
-    for (int i = 0; i < n; i++) {
-        start_member(k, i, initial);
-        off += (size_t)snprintf(k->endpoints + off, sizeof(k->endpoints) - off,
-                                "%shttp://127.0.0.1:%d", i ? "," : "",
-                                k->cport[i]);
-    }
-    double t0 = now_s();
-    for (int i = 0; i < n; i++) {
-        char ep[64];
-        snprintf(ep, sizeof(ep), "127.0.0.1:%d", k->cport[i]);
-        mc_etcd_t *e;
-        assert_int_equal(mc_etcd_open(ep, 500, &e), MC_OK);
-        while (mc_etcd_put(e, "ready", "1", 1, 0, NULL) != MC_OK) {
-            if (now_s() - t0 > 20) fail_msg("etcd member %d did not start", i);
-            usleep(10000);
-        }
-        mc_etcd_close(e);
-    }
-    printf("  etcd: %d member(s) up in %.0f ms\n", n, (now_s() - t0) * 1e3);
-    return k;
-}
-
-static void member_kill(cluster_t *k, int i)
-{
-    if (k->pid[i] <= 0) return;
-    kill(k->pid[i], SIGKILL);
-    waitpid(k->pid[i], NULL, 0);
-    k->pid[i] = 0;
-}
-
-static void cluster_stop(cluster_t *k)
-{
-    for (int i = 0; i < k->n; i++)
-        member_kill(k, i);
-    mc_test_rmtree(k->dir);
-    free(k->dir);
-    free(k);
 }
 
 static cluster_t *g_one; /* the single-member cluster of most tests */
@@ -808,9 +695,7 @@ static void test_etcd_outage(void **state)
     int at_kill = em_steps_min(r, 0x7);
     usleep(2000000);
     int during = em_steps_min(r, 0x7);
-    char initial[128];
-    snprintf(initial, sizeof(initial), "m0=http://127.0.0.1:%d", k->pport[0]);
-    start_member(k, 0, initial);
+    start_member(k, 0);
     double t0 = now_s();
     mc_etcd_t *e = client(k->endpoints, 500);
     while (mc_etcd_put(e, "ready", "1", 1, 0, NULL) != MC_OK) {
@@ -900,6 +785,98 @@ static void test_view_race(void **state)
     cluster_stop(k);
 }
 
+/* The leader of member i's cluster, by etcd's maintenance status (its own
+ * member id equals the leader id it reports). */
+static int is_leader(cluster_t *k, int i)
+{
+    char cmd[256], out[2048] = "";
+    snprintf(cmd, sizeof(cmd),
+             "curl -s -m 2 -X POST -d '{}' http://%s:%d/v3/maintenance/status",
+             k->ip, k->cport[i]);
+    FILE *f = popen(cmd, "r");
+    if (!f) return 0;
+    size_t n = fread(out, 1, sizeof(out) - 1, f);
+    pclose(f);
+    out[n] = '\0';
+    char id[32] = "", leader[32] = "";
+    const char *a = strstr(out, "\"member_id\":\""),
+               *b = strstr(out, "\"leader\":\"");
+    if (!a || !b) return 0;
+    sscanf(a + 13, "%31[0-9]", id);
+    sscanf(b + 10, "%31[0-9]", leader);
+    return id[0] && strcmp(id, leader) == 0;
+}
+
+/* A 3-member etcd cluster loses its leader while the group runs
+ * collectives: the ranks' clients fail over, leases and the watch go on
+ * (the group stays in view 1, no errors); then a rank is SIGKILLed and the
+ * view change commits through the two remaining members (etcd's view key
+ * is the survivors' epoch 2). */
+static void test_member_killed_midrun(void **state)
+{
+    (void)state;
+    cluster_t *k = cluster_start(3);
+    int leader = -1;
+    double t0 = now_s();
+    while (leader < 0 && now_s() - t0 < 10) {
+        for (int i = 0; i < 3 && leader < 0; i++)
+            if (is_leader(k, i)) leader = i;
+        if (leader < 0) usleep(20000);
+    }
+    if (leader < 0) fail_msg("no etcd leader found");
+    em_run_t *r = em_new(k, 3, -1);
+    pid_t pid[3];
+    for (int p = 0; p < 3; p++)
+        pid[p] = em_spawn(r, p);
+    em_wait_steps(r, 0x7, 20, 30);
+    int at_kill = em_steps_min(r, 0x7);
+    member_kill(k, leader);
+    printf("  killed etcd member %d (the leader) at step %d\n", leader,
+           at_kill);
+    /* longer than the ranks' lease TTL (1 s): their keepalives must have
+     * reached the new leader, or the survivors would see expired leases */
+    usleep(2500000);
+    em_wait_steps(r, 0x7, em_steps_min(r, 0x7) + 20, 20);
+    for (int p = 0; p < 3; p++)
+        assert_int_equal(atomic_load(&r->sh->final_epoch[p]), 1);
+    printf("  the group ran %d steps in view 1 across the leader change\n",
+           em_steps_min(r, 0x7) - at_kill);
+    kill(pid[2], SIGKILL);
+    waitpid(pid[2], NULL, 0);
+    t0 = now_s();
+    while (atomic_load(&r->sh->final_epoch[0]) < 2 ||
+           atomic_load(&r->sh->final_epoch[1]) < 2) {
+        if (now_s() - t0 > 20) fail_msg("the survivors did not reach view 2");
+        usleep(1000);
+    }
+    em_wait_steps(r, 0x3, em_steps_min(r, 0x3) + 20, 20);
+    atomic_store(&r->sh->quit, 1);
+    pid_t rest[2] = {pid[0], pid[1]};
+    em_reap(rest, 2, 30);
+    assert_int_equal(atomic_load(&r->sh->errors), 0);
+    assert_int_equal(atomic_load(&r->sh->final_epoch[0]), 2);
+    assert_int_equal(atomic_load(&r->sh->final_epoch[1]), 2);
+    /* etcd (the two members left) holds the survivors' view */
+    mc_etcd_t *e = client(k->endpoints, 2000);
+    mc_etcd_kv_t *kvs;
+    int n;
+    assert_int_equal(mc_etcd_get(e, "/mooncake/", 1, &kvs, &n, NULL), MC_OK);
+    int found = 0;
+    for (int i = 0; i < n; i++) {
+        if (!is_view_key(kvs[i].key)) continue;
+        found = 1;
+        assert_int_equal(strncmp(kvs[i].val, "2 ", 2), 0);
+        assert_int_equal(strcmp((char *)kvs[i].val + kvs[i].vlen - 3, "110"),
+                         0);
+    }
+    assert_true(found);
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    mc_etcd_close(e);
+    em_free(r);
+    cluster_stop(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest one[] = {
@@ -914,6 +891,7 @@ int main(void)
         cmocka_unit_test(test_failover),
         cmocka_unit_test(test_etcd_outage),
         cmocka_unit_test(test_view_race),
+        cmocka_unit_test(test_member_killed_midrun),
     };
     int rc = cmocka_run_group_tests_name("etcd, one member", one, setup_one,
                                          teardown_one);
