@@ -109,6 +109,9 @@ typedef struct mc_tcp_stream {
     uint8_t active; /* on tl->active */
     uint8_t probe;  /* wait() saw a hang-up or error: look in progress */
     uint8_t rx_end; /* incoming stream ended: EOF or fatal errno read */
+    uint8_t cut;    /* the kernel gave up on the connection by a timeout
+                       (unreachable peer): no evidence of death, nothing
+                       moves any more; the heartbeat decides */
     uint8_t tx_blocked, rx_blocked; /* per visit: socket full / drained */
     int64_t rx_idle_us; /* peer failed: last time a receive got bytes */
 } mc_tcp_stream_t;
@@ -495,6 +498,32 @@ static void tcp_activate(mc_tl_t *tl, mc_tcp_stream_t *s)
     tl->active[tl->nactive++] = s;
 }
 
+/* Errors that say the peer could not be reached for a while (the kernel's
+ * retransmission, keepalive or TCP_USER_TIMEOUT gave up, or the network
+ * says unreachable), not that it died: a partitioned peer looks the same,
+ * so this is suspicion, never evidence (docs/fault-model.md). */
+static int tcp_err_is_timeout(int err)
+{
+    return err == ETIMEDOUT || err == EHOSTUNREACH || err == ENETUNREACH ||
+           err == EHOSTDOWN || err == ENETDOWN;
+}
+
+/* Stream s's connection timed out: close it and move nothing more on it.
+ * The peer is not marked failed; its transfers stay posted until the
+ * engine removes the peer (heartbeat suspicion with a majority, or etcd's
+ * lease expiry) or add_peer replaces the connection. */
+static void tcp_cut(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
+{
+    if (s->cut) return;
+    s->cut = 1;
+    s->tx_blocked = s->rx_blocked = 1;
+    tcp_close(&s->fd);
+    MC_LOG(MC_LOG_WARN,
+           "tcp: rank %d: connection to rank %d (%s channel) timed out (%s): "
+           "not evidence of death; the heartbeat decides",
+           tl->rank, s->peer, mc_tcp_ch_name[s->ch], strerror(err));
+}
+
 /* Evidence of death on stream s (err: errno, 0 for a clean close). Marks
  * the peer failed and logs once; completes nothing (this runs from `wait`
  * and `peer_status` too): progress fails the sends of every stream it
@@ -503,6 +532,10 @@ static void tcp_peer_fail(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
 {
     mc_tcp_peer_t *p = &tl->peers[s->peer];
     if (p->failed) return;
+    if (tcp_err_is_timeout(err)) {
+        tcp_cut(tl, s, err);
+        return;
+    }
     p->failed = 1;
     /* A clean close is also how a finished peer leaves; the engine decides
      * whether it matters and tells the user. */
@@ -517,6 +550,7 @@ static void tcp_peer_fail(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
     for (int c = 0; c < MC_NUM_CHANNELS; c++) {
         mc_tcp_stream_t *o = &p->ch[c];
         o->rx_idle_us = now;
+        if (o->cut) o->rx_end = 1; /* its socket is gone: nothing to read */
         if (o->sq.head || o->rq.head) tcp_activate(tl, o);
     }
 }
@@ -526,6 +560,10 @@ static void tcp_peer_fail(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
  * goes. Progress fails the receives still lacking bytes. */
 static void tcp_rx_end(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
 {
+    if (tcp_err_is_timeout(err) && !tl->peers[s->peer].failed) {
+        tcp_cut(tl, s, err);
+        return;
+    }
     tcp_peer_fail(tl, s, err);
     s->rx_end = 1;
     s->rx_blocked = 1;
@@ -630,7 +668,7 @@ static int tcp_stream_progress(mc_tl_t *tl, mc_tcp_stream_t *s)
 {
     mc_tcp_peer_t *p = &tl->peers[s->peer];
     /* being connected: nothing moves yet but zero-length heads */
-    if (p->add)
+    if (p->add || (s->cut && !p->failed))
         return tcp_q_complete_done(&s->sq) + tcp_q_complete_done(&s->rq);
     int moved = 0;
     s->tx_blocked = p->failed;
@@ -823,6 +861,7 @@ static void tcp_install(mc_tl_t *tl, int r, int ch, int fd)
     mc_tcp_peer_t *p = &tl->peers[r];
     tcp_set_stream_opts(tl, fd);
     p->ch[ch].fd = fd;
+    p->ch[ch].cut = 0;
     for (int c = 0; c < MC_NUM_CHANNELS; c++)
         if (p->ch[c].fd < 0) return;
     tcp_add_done(tl, r);
@@ -1453,7 +1492,7 @@ static void tcp_peer_discard(mc_tl_t *tl, int r)
             qs[k]->head = qs[k]->tail = NULL;
         }
         tcp_close(&s->fd);
-        s->probe = s->rx_end = s->tx_blocked = s->rx_blocked = 0;
+        s->probe = s->rx_end = s->tx_blocked = s->rx_blocked = s->cut = 0;
         s->rx_idle_us = 0;
         /* an active stream with empty queues leaves the list in progress */
     }
