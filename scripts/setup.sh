@@ -4,7 +4,7 @@
 set -euo pipefail
 need=()
 for p in build-essential cmake pkg-config libcmocka-dev clang libclang-rt-14-dev \
-         libcurl4-openssl-dev libcjson-dev etcd-server etcd-client; do
+         libcurl4-openssl-dev libcjson-dev etcd-server etcd-client iproute2; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
