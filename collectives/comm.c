@@ -338,6 +338,8 @@ struct mc_comm {
     int jw_coord;        /* this rank is the lowest active one */
     int64_t jw_seen;     /* requests read so far ("joins" counter) */
     uint64_t *jw_nonce;  /* [size] pending request per slot, 0: none */
+    uint64_t *jw_etcd;   /* [size] watcher thread: etcd's registrations */
+    uint64_t *jw_used;   /* [size] jlock: requests admitted (etcd mode) */
     int jw_logged;
 };
 
@@ -1501,8 +1503,9 @@ static uint64_t desc_hash(const mc_coll_args_t *a, int size, uint64_t dcount)
  */
 
 static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active);
-static void join_pick(mc_comm_t *c, uint8_t *next, uint64_t epoch,
-                      uint64_t start);
+static void join_pick(mc_comm_t *c, uint8_t *next);
+static void join_publish(mc_comm_t *c, uint8_t *next, uint64_t epoch,
+                         uint64_t start);
 
 #define CTRL_MAPS(c, body) ((uint8_t *)(body) + sizeof(mc_ctrl_t))
 
@@ -1779,7 +1782,7 @@ static int ag_try_decide(mc_comm_t *c)
         if (next[q] && q != c->rank)
             all_admit = c->rep_admit[q] && c->rep_last[q] == maxlast &&
                         maxlast == (int64_t)c->exec_seq - 1;
-    if (all_admit) join_pick(c, next, c->epoch + 1, (uint64_t)(maxlast + 1));
+    if (all_admit) join_pick(c, next);
     if (c->em) {
         /* etcd decides: the view moves only from the one we hold */
         int64_t now = mc_now_us();
@@ -1828,6 +1831,7 @@ static int ag_try_decide(mc_comm_t *c)
             return 1;
         }
     }
+    if (all_admit) join_publish(c, next, c->epoch + 1, (uint64_t)(maxlast + 1));
     c->nv_pending = 1;
     c->nv_epoch = c->epoch + 1;
     c->nv_start = (uint64_t)(maxlast + 1);
@@ -3417,6 +3421,7 @@ static void comm_free(mc_comm_t *c)
     free(c->joined_last);
     free(c->rep_admit);
     free(c->jw_nonce);
+    free(c->jw_etcd);
     if (c->store) mc_store_destroy(c->store);
     while (c->ctrl_out) {
         mc_ctrl_out_t *m = c->ctrl_out;
@@ -3460,6 +3465,15 @@ typedef struct join_rec {
     uint32_t size, pad;
 } join_rec_t;
 
+/* The communicator's etcd prefix: /mooncake/<job>/<name>/<uid hex>/. */
+static void em_prefix(const mc_comm_t *c, char *buf, size_t cap)
+{
+    const char *job = getenv("MOONCAKE_JOB");
+    snprintf(buf, cap, "/mooncake/%s/%s/%016llx/",
+             job && *job ? job : "default", c->name,
+             (unsigned long long)c->uid);
+}
+
 /* Is there a joiner for a slot that is free in the current view (plock)? */
 static uint64_t join_flag(mc_comm_t *c)
 {
@@ -3472,21 +3486,39 @@ static uint64_t join_flag(mc_comm_t *c)
     return f;
 }
 
-/* Coordinator deciding view `epoch` (starting at `start`): add the waiting
- * joiners to `next` and publish the view to each of them (plock held). */
-static void join_pick(mc_comm_t *c, uint8_t *next, uint64_t epoch,
-                      uint64_t start)
+/* Coordinator deciding view `epoch`: add the waiting joiners to `next`
+ * (plock held). Nothing is consumed or published yet: with etcd the view
+ * may still lose its transaction (join_publish follows a commit). */
+static void join_pick(mc_comm_t *c, uint8_t *next)
+{
+    pthread_mutex_lock(&c->jlock);
+    for (int q = 0; c->jw_nonce && q < c->size; q++)
+        if (c->jw_nonce[q] && !c->active[q] && !next[q]) next[q] = 1;
+    pthread_mutex_unlock(&c->jlock);
+}
+
+/* The view `epoch` (starting at `start`) that adds the joiners join_pick
+ * chose is decided: publish it to each of them and consume their requests
+ * (plock held). A joiner whose record cannot be written is dropped from
+ * `next` (without etcd; with etcd the committed view holds it and the
+ * members find it unreachable, a failed joiner). */
+static void join_publish(mc_comm_t *c, uint8_t *next, uint64_t epoch,
+                         uint64_t start)
 {
     size_t n = (size_t)c->size;
     int any = 0;
     uint64_t *nonce = calloc(n, sizeof(uint64_t));
-    if (!nonce) return;
+    if (!nonce) {
+        for (int q = 0; q < c->size; q++)
+            if (next[q] && !c->active[q] && !c->em) next[q] = 0;
+        return;
+    }
     pthread_mutex_lock(&c->jlock);
     for (int q = 0; c->jw_nonce && q < c->size; q++)
-        if (c->jw_nonce[q] && !c->active[q] && !next[q]) {
+        if (next[q] && !c->active[q] && c->jw_nonce[q]) {
             nonce[q] = c->jw_nonce[q];
+            c->jw_used[q] = nonce[q];
             c->jw_nonce[q] = 0;
-            next[q] = 1;
             any = 1;
         }
     pthread_mutex_unlock(&c->jlock);
@@ -3501,7 +3533,7 @@ static void join_pick(mc_comm_t *c, uint8_t *next, uint64_t epoch,
                         .size = (uint32_t)c->size};
         memcpy(rec, &h, sizeof(h));
         for (int p = 0; p < c->size; p++) {
-            uint64_t inc = nonce[p] ? epoch : c->inc[p];
+            uint64_t inc = next[p] && !c->active[p] ? epoch : c->inc[p];
             memcpy(rec + sizeof(h) + (size_t)p * 8, &inc, 8);
         }
         memcpy(rec + sizeof(h) + n * 8, next, n);
@@ -3513,15 +3545,18 @@ static void join_pick(mc_comm_t *c, uint8_t *next, uint64_t epoch,
         uint8_t zero[8] = {0}, cur[8];
         size_t cl = 0;
         snprintf(key, sizeof(key), "join/%d", q);
-        if (st == MC_OK)
+        if (st == MC_OK && !c->em)
             mc_store_compare_set(c->store, key, &nonce[q], 8, zero, 8, cur,
                                  sizeof(cur), &cl);
         if (st != MC_OK) {
             MC_LOG(MC_LOG_ERROR,
                    "rank %d: cannot publish the view admitting rank %d (%s); "
-                   "not admitting it",
-                   c->rank, q, mc_last_error());
-            next[q] = 0;
+                   "%s",
+                   c->rank, q, mc_last_error(),
+                   c->em ? "etcd's view holds it: it will count as a failed "
+                           "joiner"
+                         : "not admitting it");
+            if (!c->em) next[q] = 0;
             continue;
         }
         MC_LOG(MC_LOG_INFO,
@@ -3532,7 +3567,7 @@ static void join_pick(mc_comm_t *c, uint8_t *next, uint64_t epoch,
     }
     if (any && !rec)
         for (int q = 0; q < c->size; q++)
-            if (nonce[q]) next[q] = 0;
+            if (nonce[q] && !c->em) next[q] = 0;
     free(rec);
     free(nonce);
 }
@@ -3686,6 +3721,22 @@ static void *join_watch_main(void *arg)
         pthread_cond_timedwait(&c->jcond, &c->jlock, &ts);
         if (c->jw_stop) break;
         if (!c->jw_coord) continue;
+        if (c->em) {
+            /* etcd: the joiners' leased registrations, from the watch */
+            int n = mc_emember_joins(c->em, c->jw_etcd);
+            for (int q = 0; q < c->size; q++) {
+                if (c->jw_etcd[q] && c->jw_etcd[q] != c->jw_nonce[q] &&
+                    c->jw_etcd[q] != c->jw_used[q])
+                    MC_LOG(MC_LOG_INFO,
+                           "rank %d: join request in etcd for slot %d", c->rank,
+                           q);
+                /* an admitted joiner's key stays until it revokes it */
+                c->jw_nonce[q] =
+                    c->jw_etcd[q] != c->jw_used[q] ? c->jw_etcd[q] : 0;
+            }
+            (void)n;
+            continue;
+        }
         int64_t seen = c->jw_seen;
         pthread_mutex_unlock(&c->jlock);
         int64_t total = 0;
@@ -3733,6 +3784,15 @@ static void *join_watch_main(void *arg)
     return NULL;
 }
 
+/* etcd's watch saw the joiners' registrations change: look now. */
+static void join_wake(void *arg)
+{
+    mc_comm_t *c = arg;
+    pthread_mutex_lock(&c->jlock);
+    pthread_cond_signal(&c->jcond);
+    pthread_mutex_unlock(&c->jlock);
+}
+
 static void join_watch_stop(mc_comm_t *c)
 {
     if (!c->jw_started) return;
@@ -3746,7 +3806,8 @@ static void join_watch_stop(mc_comm_t *c)
 
 /* Joiner: ask for slot c->rank and wait for the view that admits it. On
  * success the view, seq and incarnations are set from the record. */
-static mc_status_t join_request(mc_comm_t *c, int64_t timeout_ms)
+static mc_status_t join_request(mc_comm_t *c, int64_t timeout_ms,
+                                const mc_comm_config_t *cfg)
 {
     uint64_t nonce = 0;
     while (!nonce)
@@ -3754,32 +3815,79 @@ static mc_status_t join_request(mc_comm_t *c, int64_t timeout_ms)
             nonce = ((uint64_t)mc_now_us() << 16) ^ (uint64_t)getpid();
     char key[96], val[32];
     int64_t t_req = mc_now_us();
-    snprintf(key, sizeof(key), "join/%d", c->rank);
-    MC_CHECK(mc_store_set(c->store, key, &nonce, sizeof(nonce)));
-    int64_t id = 0;
-    MC_CHECK(mc_store_add(c->store, "joins", 1, &id));
-    snprintf(key, sizeof(key), "join/id/%lld", (long long)id);
-    snprintf(val, sizeof(val), "%d", c->rank);
-    MC_CHECK(mc_store_set(c->store, key, val, strlen(val)));
-    MC_LOG(MC_LOG_INFO, "rank %d: asked to join (request %lld)", c->rank,
-           (long long)id);
+    mc_emember_t *reg = NULL;
+    if (cfg->etcd_endpoints && *cfg->etcd_endpoints) {
+        /* etcd: a leased registration the members watch; it goes with
+         * the lease if this process dies while it waits */
+        char prefix[256];
+        em_prefix(c, prefix, sizeof(prefix));
+        mc_status_t st = mc_emember_join_register(
+            cfg->etcd_endpoints, prefix, c->rank, c->size, nonce,
+            cfg->etcd_ttl_s, c->timeout_ms < 5000 ? c->timeout_ms : 5000, &reg);
+        if (st != MC_OK) {
+            char why[512];
+            snprintf(why, sizeof(why), "%s", mc_last_error());
+            return mc_err(st,
+                          "comm_create: joining as rank %d: cannot register "
+                          "in etcd (%s): %s",
+                          c->rank, cfg->etcd_endpoints, why);
+        }
+        MC_LOG(MC_LOG_INFO, "rank %d: asked to join (registered in etcd)",
+               c->rank);
+    } else {
+        snprintf(key, sizeof(key), "join/%d", c->rank);
+        MC_CHECK(mc_store_set(c->store, key, &nonce, sizeof(nonce)));
+        int64_t id = 0;
+        MC_CHECK(mc_store_add(c->store, "joins", 1, &id));
+        snprintf(key, sizeof(key), "join/id/%lld", (long long)id);
+        snprintf(val, sizeof(val), "%d", c->rank);
+        MC_CHECK(mc_store_set(c->store, key, val, strlen(val)));
+        MC_LOG(MC_LOG_INFO, "rank %d: asked to join (request %lld)", c->rank,
+               (long long)id);
+    }
 
     size_t n = (size_t)c->size;
     size_t cap = sizeof(join_rec_t) + n + n * sizeof(uint64_t);
     uint8_t *rec = malloc(cap);
-    if (!rec) return mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
+    if (!rec) {
+        mc_emember_stop(reg);
+        return mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
+    }
     size_t len = 0;
     snprintf(key, sizeof(key), "admit/%d/%016llx", c->rank,
              (unsigned long long)nonce);
-    mc_status_t st = mc_store_get(c->store, key, timeout_ms, rec, cap, &len);
+    mc_status_t st;
+    if (!reg) {
+        st = mc_store_get(c->store, key, timeout_ms, rec, cap, &len);
+    } else {
+        /* in slices: a registration whose lease expired (etcd lost us for
+         * longer than the TTL) is gone from the members' view */
+        int64_t end = timeout_ms < 0 ? INT64_MAX : mc_now_us() + timeout_ms * 1000;
+        for (;;) {
+            int64_t left = end == INT64_MAX ? 200 : (end - mc_now_us()) / 1000;
+            st = mc_store_get(c->store, key, left < 200 ? (left > 0 ? left : 0) : 200,
+                              rec, cap, &len);
+            if (st != MC_ERR_TIMEOUT || mc_now_us() >= end) break;
+            if (mc_emember_lost(reg)) {
+                st = mc_err(MC_ERR_TIMEOUT,
+                            "comm_create: joining as rank %d: the etcd lease "
+                            "of the join registration expired",
+                            c->rank);
+                break;
+            }
+        }
+        mc_emember_stop(reg); /* admitted or not: the request goes */
+        reg = NULL;
+    }
     if (st != MC_OK) {
         free(rec);
         /* withdraw (unless a newer process already replaced the request) */
         uint8_t zero[8] = {0}, cur[8];
         size_t cl = 0;
         snprintf(key, sizeof(key), "join/%d", c->rank);
-        mc_store_compare_set(c->store, key, &nonce, 8, zero, 8, cur,
-                             sizeof(cur), &cl);
+        if (!(cfg->etcd_endpoints && *cfg->etcd_endpoints))
+            mc_store_compare_set(c->store, key, &nonce, 8, zero, 8, cur,
+                                 sizeof(cur), &cl);
         if (st == MC_ERR_TIMEOUT)
             return mc_err(MC_ERR_TIMEOUT,
                           "comm_create: joining as rank %d: not admitted "
@@ -3945,6 +4053,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->joined_last = calloc((size_t)size, sizeof(int));
     c->rep_admit = calloc((size_t)size, 1);
     c->jw_nonce = calloc((size_t)size, sizeof(uint64_t));
+    c->jw_etcd = calloc(2 * (size_t)size, sizeof(uint64_t));
+    c->jw_used = c->jw_etcd ? c->jw_etcd + size : NULL;
     c->ctrl_len = sizeof(mc_ctrl_t) + 3 * (size_t)size;
     if (c->ft && size > 4096) {
         MC_LOG(MC_LOG_WARN,
@@ -3958,7 +4068,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         !c->failed_last || !c->att_active || !c->suspect || !c->nv_active ||
         !c->ag_tmp || !c->rep_epoch || !c->rep_coord || !c->rep_last ||
         !c->sent_view || !c->inc || !c->joined_last || !c->rep_admit ||
-        !c->jw_nonce || (c->ft && !c->rep_maps)) {
+        !c->jw_nonce || !c->jw_etcd || (c->ft && !c->rep_maps)) {
         st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
         goto err_free;
     }
@@ -4013,7 +4123,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                 goto err_free;
             }
             MC_CHECK_GOTO(mc_live_create(&lp, &c->live), st, err_free);
-            MC_CHECK_GOTO(join_request(c, cfg.init_timeout_ms), st, err_free);
+            MC_CHECK_GOTO(join_request(c, cfg.init_timeout_ms, &cfg), st,
+                          err_free);
         } else if (rank == 0) {
             /* communicator id, so segments and connections of different
              * communicators never mix */
@@ -4148,11 +4259,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     }
     pthread_mutex_unlock(&c->plock);
     if (c->ft && cfg.etcd_endpoints && *cfg.etcd_endpoints) {
-        const char *job = getenv("MOONCAKE_JOB");
         char prefix[256];
-        snprintf(prefix, sizeof(prefix), "/mooncake/%s/%s/%016llx/",
-                 job && *job ? job : "default", c->name,
-                 (unsigned long long)c->uid);
+        em_prefix(c, prefix, sizeof(prefix));
         c->em_tmp = calloc((size_t)size, 1);
         st = c->em_tmp ? mc_emember_start(cfg.etcd_endpoints, prefix, rank,
                                           size, c->inc[rank], cfg.etcd_ttl_s,
@@ -4163,6 +4271,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         if (st == MC_OK)
             st = mc_emember_view_init(c->em, c->epoch, c->view_start,
                                       c->active);
+        if (st == MC_OK) mc_emember_on_join(c->em, join_wake, c);
         if (st != MC_OK) {
             char why[768];
             snprintf(why, sizeof(why), "%s", mc_last_error());

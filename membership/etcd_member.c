@@ -24,6 +24,10 @@ struct mc_emember {
     int64_t lease;
     char mykey[256];
     uint64_t *gone_inc; /* [size] atomic: incarnation + 1 whose key went */
+    uint64_t *join_nonce; /* [size] atomic: registered joiner, 0: none */
+    void (*on_join)(void *arg);
+    void *on_join_arg;
+    int joiner;         /* a joiner's registration: no watch */
     int lost;           /* atomic */
     mc_etcd_watch_t *w;
     pthread_t ka;
@@ -50,11 +54,51 @@ static int parse_key(mc_emember_t *m, const char *key, int *slot, uint64_t *inc)
     return 1;
 }
 
+/* "<prefix>joins/<slot>/<nonce hex>" -> slot, nonce; 0 if it is not one. */
+static int parse_join(mc_emember_t *m, const char *key, int *slot,
+                      uint64_t *nonce)
+{
+    size_t pl = strlen(m->prefix);
+    if (strncmp(key, m->prefix, pl) != 0) return 0;
+    const char *s = key + pl;
+    if (strncmp(s, "joins/", 6) != 0) return 0;
+    char *end;
+    long q = strtol(s + 6, &end, 10);
+    if (*end != '/' || q < 0 || q >= m->size) return 0;
+    unsigned long long v = strtoull(end + 1, &end, 16);
+    if (*end != '\0' || v == 0) return 0;
+    *slot = (int)q;
+    *nonce = v;
+    return 1;
+}
+
+static void on_join_event(mc_emember_t *m, int type, int q, uint64_t nonce)
+{
+    if (type == MC_ETCD_DELETE) {
+        uint64_t cur = nonce;
+        /* the joiner withdrew, was admitted, or its lease expired */
+        __atomic_compare_exchange_n(&m->join_nonce[q], &cur, 0, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    } else {
+        __atomic_store_n(&m->join_nonce[q], nonce, __ATOMIC_RELEASE);
+        MC_LOG(MC_LOG_INFO,
+               "rank %d: etcd: a joiner registered for slot %d (request "
+               "%016" PRIx64 ")",
+               m->rank, q, nonce);
+    }
+    void (*fn)(void *) = __atomic_load_n(&m->on_join, __ATOMIC_ACQUIRE);
+    if (fn) fn(m->on_join_arg);
+}
+
 static void on_event(void *arg, int type, const mc_etcd_kv_t *kv)
 {
     mc_emember_t *m = arg;
     int q;
     uint64_t inc;
+    if (parse_join(m, kv->key, &q, &inc)) {
+        on_join_event(m, type, q, inc);
+        return;
+    }
     if (!parse_key(m, kv->key, &q, &inc)) return;
     if (type == MC_ETCD_DELETE) {
         if (q == m->rank && inc == m->inc) {
@@ -120,49 +164,116 @@ static void *ka_main(void *arg)
     return NULL;
 }
 
-mc_status_t mc_emember_start(const char *endpoints, const char *prefix,
-                             int rank, int size, uint64_t inc, int ttl_s,
-                             int64_t timeout_ms, mc_emember_t **m_p)
+static mc_emember_t *em_new(const char *prefix, int rank, int size,
+                            uint64_t inc, int ttl_s)
 {
     mc_emember_t *m = calloc(1, sizeof(*m));
-    if (!m) return mc_err(MC_ERR_NO_MEMORY, "etcd membership: out of memory");
+    if (!m) return NULL;
     m->prefix = strdup(prefix);
     m->gone_inc = calloc((size_t)size, sizeof(uint64_t));
+    m->join_nonce = calloc((size_t)size, sizeof(uint64_t));
     m->rank = rank;
     m->size = size;
     m->inc = inc;
     m->ttl_s = ttl_s > 0 ? ttl_s : 2;
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->cond, NULL);
+    return m;
+}
+
+/* Lease, the leased key m->mykey, the watch from our put on (unless a
+ * joiner's registration), the keepalive thread. */
+static mc_status_t em_run(mc_emember_t *m, const char *endpoints,
+                          int64_t timeout_ms)
+{
     mc_status_t st = MC_ERR_NO_MEMORY;
-    if (!m->prefix || !m->gone_inc) goto fail;
+    if (!m->prefix || !m->gone_inc || !m->join_nonce)
+        return mc_err(st, "etcd membership: out of memory");
     st = mc_etcd_open(endpoints, timeout_ms, &m->e);
-    if (st != MC_OK) goto fail;
+    if (st != MC_OK) return st;
     st = mc_etcd_lease_grant(m->e, m->ttl_s, &m->lease, NULL);
-    if (st != MC_OK) goto fail;
-    /* watch first, from the revision of our own put on: no event between
-     * is missed */
-    snprintf(m->mykey, sizeof(m->mykey), "%smembers/%d/%" PRIu64, m->prefix,
-             rank, inc);
+    if (st != MC_OK) return st;
     char val[64];
     int vl = snprintf(val, sizeof(val), "pid %d", (int)getpid());
     int64_t rev = 0;
     st = mc_etcd_put(m->e, m->mykey, val, (size_t)vl, m->lease, &rev);
-    if (st != MC_OK) goto fail;
-    char wkey[256];
-    snprintf(wkey, sizeof(wkey), "%smembers/", m->prefix);
-    st = mc_etcd_watch(m->e, wkey, 1, rev, on_event, m, &m->w);
-    if (st != MC_OK) goto fail;
-    if (pthread_create(&m->ka, NULL, ka_main, m) != 0) {
-        st = mc_err(MC_ERR_NO_MEMORY, "etcd membership: no keepalive thread");
-        goto fail;
+    if (st != MC_OK) return st;
+    if (!m->joiner) {
+        /* watch first, from the revision of our own put on: no event
+         * between is missed; joins registered earlier are read once */
+        char jkey[256];
+        snprintf(jkey, sizeof(jkey), "%sjoins/", m->prefix);
+        mc_etcd_kv_t *kvs = NULL;
+        int n = 0;
+        st = mc_etcd_get(m->e, jkey, 1, &kvs, &n, NULL);
+        if (st != MC_OK) return st;
+        for (int i = 0; i < n; i++) {
+            int q;
+            uint64_t nonce;
+            if (parse_join(m, kvs[i].key, &q, &nonce))
+                __atomic_store_n(&m->join_nonce[q], nonce, __ATOMIC_RELEASE);
+        }
+        mc_etcd_kvs_free(kvs, n);
+        free(kvs);
+        st = mc_etcd_watch(m->e, m->prefix, 1, rev, on_event, m, &m->w);
+        if (st != MC_OK) return st;
     }
+    if (pthread_create(&m->ka, NULL, ka_main, m) != 0)
+        return mc_err(MC_ERR_NO_MEMORY, "etcd membership: no keepalive thread");
     m->ka_started = 1;
+    return MC_OK;
+}
+
+mc_status_t mc_emember_start(const char *endpoints, const char *prefix,
+                             int rank, int size, uint64_t inc, int ttl_s,
+                             int64_t timeout_ms, mc_emember_t **m_p)
+{
+    mc_emember_t *m = em_new(prefix, rank, size, inc, ttl_s);
+    if (!m) return mc_err(MC_ERR_NO_MEMORY, "etcd membership: out of memory");
+    snprintf(m->mykey, sizeof(m->mykey), "%smembers/%d/%" PRIu64, m->prefix,
+             rank, inc);
+    mc_status_t st = em_run(m, endpoints, timeout_ms);
+    if (st != MC_OK) {
+        mc_emember_stop(m);
+        return st;
+    }
     *m_p = m;
     return MC_OK;
-fail:
-    mc_emember_stop(m);
-    return st;
+}
+
+mc_status_t mc_emember_join_register(const char *endpoints,
+                                     const char *prefix, int slot, int size,
+                                     uint64_t nonce, int ttl_s,
+                                     int64_t timeout_ms, mc_emember_t **m_p)
+{
+    mc_emember_t *m = em_new(prefix, slot, size, 0, ttl_s);
+    if (!m) return mc_err(MC_ERR_NO_MEMORY, "etcd join: out of memory");
+    m->joiner = 1;
+    snprintf(m->mykey, sizeof(m->mykey), "%sjoins/%d/%016" PRIx64, m->prefix,
+             slot, nonce);
+    mc_status_t st = em_run(m, endpoints, timeout_ms);
+    if (st != MC_OK) {
+        mc_emember_stop(m);
+        return st;
+    }
+    *m_p = m;
+    return MC_OK;
+}
+
+void mc_emember_on_join(mc_emember_t *m, void (*fn)(void *arg), void *arg)
+{
+    m->on_join_arg = arg;
+    __atomic_store_n(&m->on_join, fn, __ATOMIC_RELEASE);
+}
+
+int mc_emember_joins(mc_emember_t *m, uint64_t *nonce)
+{
+    int n = 0;
+    for (int q = 0; q < m->size; q++) {
+        nonce[q] = __atomic_load_n(&m->join_nonce[q], __ATOMIC_ACQUIRE);
+        n += nonce[q] != 0;
+    }
+    return n;
 }
 
 static char *view_enc(const mc_emember_t *m, uint64_t epoch, uint64_t start,
@@ -271,6 +382,7 @@ void mc_emember_stop(mc_emember_t *m)
     pthread_mutex_destroy(&m->lock);
     pthread_cond_destroy(&m->cond);
     free(m->gone_inc);
+    free(m->join_nonce);
     free(m->prefix);
     free(m);
 }

@@ -1,7 +1,7 @@
 /*
  * Membership signals from etcd (MOONCAKE_ETCD_ENDPOINTS): each rank holds a
  * leased key <prefix>members/<slot>/<incarnation>, kept alive from its own
- * thread, and watches <prefix>members/. A member key that disappears (its
+ * thread, and watches <prefix> (member keys and joiners' registrations). A member key that disappears (its
  * lease expired: the process stopped or lost etcd; or was revoked) is a
  * failure signal the engine treats like heartbeat silence (suspicion). A
  * rank whose own lease is gone (etcd answers TTL 0, or its key is deleted)
@@ -25,6 +25,21 @@ typedef struct mc_emember mc_emember_t;
 mc_status_t mc_emember_start(const char *endpoints, const char *prefix,
                              int rank, int size, uint64_t inc, int ttl_s,
                              int64_t timeout_ms, mc_emember_t **m_p);
+
+/* A joiner's registration for `slot` (docs/fault-model 6): the leased key
+ * <prefix>joins/<slot>/<nonce hex>, kept alive until mc_emember_stop
+ * (which revokes it). If the joiner dies while it waits, the key expires
+ * with its lease and the members forget the request. */
+mc_status_t mc_emember_join_register(const char *endpoints,
+                                     const char *prefix, int slot, int size,
+                                     uint64_t nonce, int ttl_s,
+                                     int64_t timeout_ms, mc_emember_t **m_p);
+
+/* Members: nonce[q] = the registered joiner's request for slot q, or 0
+ * (from the watch; `size` entries). Returns how many. fn(arg) is called
+ * from the watch thread whenever that set changes. */
+int mc_emember_joins(mc_emember_t *m, uint64_t *nonce);
+void mc_emember_on_join(mc_emember_t *m, void (*fn)(void *arg), void *arg);
 
 /* gone[q] = 1 for each slot q whose key for incarnation inc[q] was deleted
  * (and not put again since). Returns how many. */

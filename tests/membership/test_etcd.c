@@ -877,6 +877,95 @@ static void test_member_killed_midrun(void **state)
     cluster_stop(k);
 }
 
+/* Count keys under the communicators' prefix whose path holds `part`. */
+static int count_keys(mc_etcd_t *e, const char *part)
+{
+    mc_etcd_kv_t *kvs;
+    int n, c = 0;
+    if (mc_etcd_get(e, "/mooncake/", 1, &kvs, &n, NULL) != MC_OK) return -1;
+    for (int i = 0; i < n; i++)
+        c += strstr(kvs[i].key, part) != NULL;
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    return c;
+}
+
+typedef struct {
+    char dir[256];
+    char endpoints[256];
+} jr_arg_t;
+
+/* A joiner for slot 1, which is active: it waits (never admitted). */
+static int jr_joiner(const jr_arg_t *a)
+{
+    mc_store_h store;
+    if (mc_store_file_create(a->dir, &store) != MC_OK) return 1;
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = MC_TRANSPORT_SHM;
+    cfg.init_timeout_ms = 60000;
+    cfg.etcd_endpoints = a->endpoints;
+    cfg.etcd_ttl_s = 1;
+    cfg.join = 1;
+    mc_comm_h c;
+    mc_status_t st = mc_comm_create(1, 3, store, &cfg, &c);
+    mc_store_destroy(store);
+    return st == MC_OK ? 0 : 2;
+}
+
+/* Joins through etcd: a joiner registers a leased key under the
+ * communicator's joins/ (not a request in the bootstrap store). One that
+ * waits for a slot whose process is alive is never admitted; SIGKILLed
+ * while it waits, its registration goes with its lease and the group is
+ * untouched. (Admission through etcd is exercised by test_rejoin in etcd
+ * mode and test_partition.) */
+static void test_join_registration(void **state)
+{
+    (void)state;
+    cluster_t *k = cluster_start(1);
+    em_run_t *r = em_new(k, 3, -1);
+    pid_t pid[3];
+    for (int p = 0; p < 3; p++)
+        pid[p] = em_spawn(r, p);
+    em_wait_steps(r, 0x7, 20, 30);
+    jr_arg_t a;
+    snprintf(a.dir, sizeof(a.dir), "%s", r->dir);
+    snprintf(a.endpoints, sizeof(a.endpoints), "%s", k->endpoints);
+    fflush(NULL);
+    pid_t j = fork();
+    if (j == 0) {
+        alarm(90);
+        _exit(jr_joiner(&a));
+    }
+    mc_etcd_t *e = client(k->endpoints, 2000);
+    double t0 = now_s();
+    while (count_keys(e, "/joins/1/") != 1) {
+        if (now_s() - t0 > 20) fail_msg("the joiner's registration never "
+                                        "appeared in etcd");
+        usleep(10000);
+    }
+    usleep(500000);
+    kill(j, SIGKILL);
+    waitpid(j, NULL, 0);
+    double tk = now_s();
+    while (count_keys(e, "/joins/") != 0) {
+        if (now_s() - tk > 5) fail_msg("the dead joiner's registration stayed");
+        usleep(10000);
+    }
+    printf("  a dead joiner's registration went %.0f ms after the kill "
+           "(lease TTL 1 s)\n",
+           (now_s() - tk) * 1e3);
+    em_wait_steps(r, 0x7, em_steps_min(r, 0x7) + 20, 20);
+    atomic_store(&r->sh->quit, 1);
+    em_reap(pid, 3, 30);
+    assert_int_equal(atomic_load(&r->sh->errors), 0);
+    for (int p = 0; p < 3; p++)
+        assert_int_equal(atomic_load(&r->sh->final_epoch[p]), 1);
+    mc_etcd_close(e);
+    em_free(r);
+    cluster_stop(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest one[] = {
@@ -886,6 +975,7 @@ int main(void)
         cmocka_unit_test(test_store),
         cmocka_unit_test(test_unreachable),
         cmocka_unit_test(test_member_stop),
+        cmocka_unit_test(test_join_registration),
     };
     const struct CMUnitTest three[] = {
         cmocka_unit_test(test_failover),
