@@ -602,6 +602,14 @@ static void em_wait_steps(em_run_t *r, uint32_t mask, int n, double s)
     }
 }
 
+/* All r->size ranks, each past step 20. */
+static void em_spawn_all(em_run_t *r, pid_t *pid)
+{
+    for (int p = 0; p < r->size; p++)
+        pid[p] = em_spawn(r, p);
+    em_wait_steps(r, (1u << r->size) - 1, 20, 30);
+}
+
 static void em_reap(pid_t *pids, int n, double s)
 {
     double t0 = now_s();
@@ -629,9 +637,7 @@ static void test_member_stop(void **state)
     setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "20000", 1);
     em_run_t *r = em_new(g_one, 3, 2);
     pid_t pid[3];
-    for (int p = 0; p < 3; p++)
-        pid[p] = em_spawn(r, p);
-    em_wait_steps(r, 0x7, 20, 30);
+    em_spawn_all(r, pid);
     long long t_stop = now_ns();
     kill(pid[2], SIGSTOP);
     em_wait_steps(r, 0x3, em_steps_min(r, 0x3) + 5, 20);
@@ -688,9 +694,7 @@ static void test_etcd_outage(void **state)
     cluster_t *k = cluster_start(1);
     em_run_t *r = em_new(k, 3, -1);
     pid_t pid[3];
-    for (int p = 0; p < 3; p++)
-        pid[p] = em_spawn(r, p);
-    em_wait_steps(r, 0x7, 20, 30);
+    em_spawn_all(r, pid);
     member_kill(k, 0);
     int at_kill = em_steps_min(r, 0x7);
     usleep(2000000);
@@ -730,9 +734,7 @@ static void test_view_race(void **state)
     cluster_t *k = cluster_start(1);
     em_run_t *r = em_new(k, 3, 1);
     pid_t pid[3];
-    for (int p = 0; p < 3; p++)
-        pid[p] = em_spawn(r, p);
-    em_wait_steps(r, 0x7, 20, 30);
+    em_spawn_all(r, pid);
     mc_etcd_t *e = client(k->endpoints, 2000);
     mc_etcd_kv_t *kvs;
     int n;
@@ -826,9 +828,7 @@ static void test_member_killed_midrun(void **state)
     if (leader < 0) fail_msg("no etcd leader found");
     em_run_t *r = em_new(k, 3, -1);
     pid_t pid[3];
-    for (int p = 0; p < 3; p++)
-        pid[p] = em_spawn(r, p);
-    em_wait_steps(r, 0x7, 20, 30);
+    em_spawn_all(r, pid);
     int at_kill = em_steps_min(r, 0x7);
     member_kill(k, leader);
     printf("  killed etcd member %d (the leader) at step %d\n", leader,
@@ -925,9 +925,7 @@ static void test_join_registration(void **state)
     cluster_t *k = cluster_start(1);
     em_run_t *r = em_new(k, 3, -1);
     pid_t pid[3];
-    for (int p = 0; p < 3; p++)
-        pid[p] = em_spawn(r, p);
-    em_wait_steps(r, 0x7, 20, 30);
+    em_spawn_all(r, pid);
     jr_arg_t a;
     snprintf(a.dir, sizeof(a.dir), "%s", r->dir);
     snprintf(a.endpoints, sizeof(a.endpoints), "%s", k->endpoints);
