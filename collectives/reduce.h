@@ -32,6 +32,11 @@ void mc_reduce(void *dst, const void *a, const void *b, size_t count,
  * floats divide in binary32/64 and round once). n >= 1. */
 void mc_reduce_div(void *dst, size_t count, mc_dtype_t dtype, uint64_t n);
 
+/* memcpy with streaming (non-temporal) stores where the CPU has them: for
+ * large copies whose destination is not read again soon, so they neither
+ * read the destination lines first nor push out what the cache holds. */
+void mc_copy_stream(void *dst, const void *src, size_t n);
+
 /* Enable (1) or disable (0) the run-time selected AVX2/F16C kernels; returns
  * the previous setting. For tests that compare them with the portable
  * loops; not thread-safe against concurrent reductions. */
