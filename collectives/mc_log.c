@@ -2,6 +2,8 @@
 #include "mc_log.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,4 +142,32 @@ const char *mc_status_str(mc_status_t st)
         return "root failed";
     }
     return "unknown status";
+}
+
+int mc_fault_armed_ = -1;
+static char fault_point[64];
+static long long fault_left;
+static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void mc_fault_point_(const char *point)
+{
+    pthread_mutex_lock(&fault_lock);
+    if (mc_fault_armed_ < 0) {
+        const char *v = getenv("MOONCAKE_FAULT_INJECT");
+        const char *colon = v ? strrchr(v, ':') : NULL;
+        mc_fault_armed_ = 0;
+        if (colon && (size_t)(colon - v) < sizeof(fault_point)) {
+            memcpy(fault_point, v, (size_t)(colon - v));
+            fault_point[colon - v] = '\0';
+            fault_left = strtoll(colon + 1, NULL, 10);
+            mc_fault_armed_ = fault_left > 0;
+        }
+    }
+    int die = mc_fault_armed_ == 1 && !strcmp(point, fault_point) &&
+              --fault_left == 0;
+    pthread_mutex_unlock(&fault_lock);
+    if (die) {
+        mc_log(MC_LOG_INFO, "fault injection: SIGKILL at %s", point);
+        raise(SIGKILL);
+    }
 }

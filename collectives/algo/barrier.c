@@ -44,6 +44,7 @@ static mc_status_t dissemination(mc_cctx_t *cx, uint64_t *flags)
         st = mc_cx_wait(cx, rh);
         if (st < 0) return st;
         acc |= in;
+        if (flags && round == 0) MC_FAULT_POINT("ft.barrier.mid");
         if (d > n / 2) break; /* d << 1 would reach n (and could overflow) */
     }
     st = mc_cx_waitall(cx);
