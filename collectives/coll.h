@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "mooncake/mooncake.h"
+#include "stage.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -83,6 +84,10 @@ typedef struct mc_tune {
     /* forced algorithm names ("" = choose): MOONCAKE_ALGO_<COLL> */
     char algo_allreduce[16]; /* "ring" | "rd" */
     char algo_broadcast[16]; /* "chain" | "tree" */
+    /* in-place allreduce through staging memory (fault tolerance on, every
+     * rank on one host) for sizes in [stage_min, stage_max] bytes;
+     * MOONCAKE_SHM_STAGE_MIN / _MAX, stage_max 0 turns it off */
+    size_t stage_min, stage_max;
 } mc_tune_t;
 
 typedef struct mc_cctx mc_cctx_t; /* one operation on one rank */
@@ -125,6 +130,28 @@ void *mc_cx_scratch(mc_cctx_t *cx, int slot, size_t bytes);
 void mc_cx_save(mc_cctx_t *cx, const void *p, size_t bytes);
 void mc_cx_save_all(mc_cctx_t *cx);
 
+/* Staging memory shared by the ranks of one host (stage.h), for an
+ * algorithm that leaves the caller's buffer untouched until the operation
+ * is decided, so the engine need keep nothing for a re-run.
+ * mc_cx_stage_usable: 1 if a re-run may follow a failure (fault tolerance
+ * on, auto mode), so that an in-place input would have to be kept, and
+ * every peer of the view is on this host (shared-memory transport). It
+ * does not depend on whether this rank's own call is in place, so it is
+ * the same on every rank of the view. */
+int mc_cx_stage_usable(mc_cctx_t *cx);
+/* This rank's region (at least `bytes`), described in *info for the peers;
+ * NULL if it cannot be had (info->rid is 0 then; the reason is logged). */
+void *mc_cx_stage_own(mc_cctx_t *cx, size_t bytes, mc_stage_info_t *info);
+/* The region `info` of virtual rank v, mapped; NULL on failure (logged). */
+void *mc_cx_stage_peer(mc_cctx_t *cx, int v, const mc_stage_info_t *info);
+/* Run `fn` once the operation is decided complete on this rank: after the
+ * final barrier, or when the survivors agree that the group completed it in
+ * the old view. It copies the result into the caller's buffer and must not
+ * fail (the regions it reads stay mapped even if their owners died). An
+ * attempt that is re-run never runs it. */
+typedef void (*mc_commit_fn_t)(mc_cctx_t *cx);
+void mc_cx_on_commit(mc_cctx_t *cx, mc_commit_fn_t fn);
+
 /* Views with holes. The algorithms see a dense group: mc_cx_rank/size are
  * the virtual rank and count over the active slots of the operation's
  * view, and peers passed to mc_cx_isend/irecv are virtual ranks. The
@@ -153,6 +180,7 @@ mc_status_t mc_algo_barrier_dissemination(mc_cctx_t *cx);
 mc_status_t mc_algo_barrier_flags(mc_cctx_t *cx, uint64_t *flags);
 mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx);
 mc_status_t mc_algo_allreduce_ring(mc_cctx_t *cx);
+mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx);
 
 #ifdef __cplusplus
 }

@@ -34,9 +34,6 @@
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
-#if defined(__x86_64__) && defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include "chunk.h"
 #include "coll.h"
@@ -197,6 +194,9 @@ struct mc_cctx {
     int lazy;            /* saves go to comm->backup range by range */
     const char *save_in; /* the caller's buffer (sendbuf == recvbuf) */
     size_t save_len;
+    /* results left in staging memory, copied out once the op is decided
+     * (mc_cx_on_commit) */
+    mc_commit_fn_t commit;
 };
 
 enum { FLAG_JOIN = 1 }; /* the coordinator has joiners to admit */
@@ -301,6 +301,8 @@ struct mc_comm {
     uint8_t *ag_tmp;    /* [size] */
     mc_ctrl_out_t *ctrl_out;
     size_t ctrl_len; /* sizeof(mc_ctrl_t) + 3 * size */
+    mc_stage_t *stage; /* staging memory shared on this host (stage.h) */
+    unsigned stage_warned; /* staging failures logged (warn once) */
     void *backup;    /* input of an in-place op, for a re-run */
     size_t backup_cap;
     size_t (*saved)[2]; /* lazy keeping: (offset, length) ranges saved */
@@ -1319,40 +1321,6 @@ mc_status_t mc_cx_sendrecv(mc_cctx_t *cx, uint32_t step, int speer,
     return mc_cx_wait(cx, hs);
 }
 
-/* Copy with streaming stores: the kept input is read again only after a
- * failure, so it should not push out of the cache what the reduction is
- * about to read. */
-static void copy_stream(void *dst, const void *src, size_t n)
-{
-#if defined(__x86_64__) && defined(__SSE2__)
-    char *d = dst;
-    const char *s = src;
-    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
-    if (n < 256) {
-        memcpy(d, s, n);
-        return;
-    }
-    memcpy(d, s, head);
-    d += head;
-    s += head;
-    n -= head;
-    for (; n >= 64; n -= 64, d += 64, s += 64) {
-        __m128i a = _mm_loadu_si128((const __m128i *)(const void *)s);
-        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(s + 16));
-        __m128i e = _mm_loadu_si128((const __m128i *)(const void *)(s + 32));
-        __m128i f = _mm_loadu_si128((const __m128i *)(const void *)(s + 48));
-        _mm_stream_si128((__m128i *)(void *)d, a);
-        _mm_stream_si128((__m128i *)(void *)(d + 16), b);
-        _mm_stream_si128((__m128i *)(void *)(d + 32), e);
-        _mm_stream_si128((__m128i *)(void *)(d + 48), f);
-    }
-    memcpy(d, s, n);
-    _mm_sfence();
-#else
-    memcpy(dst, src, n);
-#endif
-}
-
 void mc_cx_save(mc_cctx_t *cx, const void *p, size_t bytes)
 {
     mc_comm_t *c = cx->comm;
@@ -1374,7 +1342,7 @@ void mc_cx_save(mc_cctx_t *cx, const void *p, size_t bytes)
         c->saved_cap = cap;
     }
     if (cx->save_len >= ((size_t)8 << 20))
-        copy_stream((char *)c->backup + off, p, bytes);
+        mc_copy_stream((char *)c->backup + off, p, bytes);
     else /* the whole input fits in the caches anyway */
         memcpy((char *)c->backup + off, p, bytes);
     c->saved[c->nsaved][0] = off;
@@ -1393,6 +1361,71 @@ void mc_cx_save_all(mc_cctx_t *cx)
     }
     /* an algorithm that saved ranges must not ask for everything later */
     c->saved_oom = 1;
+}
+
+int mc_cx_stage_usable(mc_cctx_t *cx)
+{
+    mc_comm_t *c = cx->comm;
+    /* the same on every rank: not whether this rank's call is in place */
+    if (!c->ft || !c->auto_recover || cx->nv < 2) return 0;
+    for (int v = 0; v < cx->nv; v++) {
+        int p = cx->vslots[v];
+        if (p == c->rank) continue;
+        int t = c->peer_tl[p];
+        if (t < 0 || c->tlops[t] != &mc_tl_shm_ops) return 0;
+    }
+    return 1;
+}
+
+void *mc_cx_stage_own(mc_cctx_t *cx, size_t bytes, mc_stage_info_t *info)
+{
+    mc_comm_t *c = cx->comm;
+    char err[256] = "out of memory";
+    memset(info, 0, sizeof(*info));
+    if (!c->stage) c->stage = mc_stage_new(c->size);
+    void *p = c->stage ? mc_stage_own(c->stage, cx->epoch, bytes, info, err,
+                                      sizeof(err))
+                       : NULL;
+    int lvl = !p && c->stage_warned++ ? MC_LOG_DEBUG : MC_LOG_WARN;
+    if (!p)
+        MC_LOG(lvl,
+               "rank %d: %s at seq %llu: no staging memory (%s); using the "
+               "ring",
+               c->rank, mc_coll_name(cx->req->args.coll),
+               (unsigned long long)cx->seq, err);
+    return p;
+}
+
+void *mc_cx_stage_peer(mc_cctx_t *cx, int v, const mc_stage_info_t *info)
+{
+    mc_comm_t *c = cx->comm;
+    char err[256] = "out of memory";
+    int slot = v >= 0 && v < cx->nv ? cx->vslots[v] : -1;
+    if (!c->stage) c->stage = mc_stage_new(c->size);
+    void *p = c->stage && slot >= 0
+                  ? mc_stage_peer(c->stage, slot, info, err, sizeof(err))
+                  : NULL;
+    int lvl = !p && c->stage_warned++ ? MC_LOG_DEBUG : MC_LOG_WARN;
+    if (!p)
+        MC_LOG(lvl,
+               "rank %d: %s at seq %llu: cannot map rank %d's staging memory "
+               "(%s); using the ring",
+               c->rank, mc_coll_name(cx->req->args.coll),
+               (unsigned long long)cx->seq, slot, err);
+    return p;
+}
+
+void mc_cx_on_commit(mc_cctx_t *cx, mc_commit_fn_t fn)
+{
+    cx->commit = fn;
+}
+
+/* The op is decided on this rank: copy out what staging holds. */
+static void cx_commit(mc_cctx_t *cx)
+{
+    mc_commit_fn_t fn = cx->commit;
+    cx->commit = NULL;
+    if (fn) fn(cx);
 }
 
 void *mc_cx_scratch(mc_cctx_t *cx, int slot, size_t bytes)
@@ -1993,6 +2026,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     cx->err[0] = '\0';
     cx->nframes = 0;
     cx->flags = 0;
+    cx->commit = NULL;
     uint64_t flags =
         c->ft && (c->admit_auto || r->admit_point) ? join_flag(c) : 0;
     c->cx_active = 1;
@@ -2017,6 +2051,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
         st = mc_algo_barrier_flags(cx, &flags);
         if (st == MC_OK) cx->flags = flags;
     }
+    if (st == MC_OK) cx_commit(cx);
 
     pthread_mutex_lock(&c->plock);
     if (st < 0 && cx->failed == MC_OK)
@@ -2246,6 +2281,7 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                 return MC_ERR_INTERNAL;
             }
             cx->epoch = old_epoch; /* the result covers the old view */
+            cx_commit(cx);
             return MC_OK;
         }
         if (st == MC_ERR_TIMEOUT && !removed)
@@ -3339,6 +3375,8 @@ static void tune_init(mc_tune_t *t)
              mc_env_str("MOONCAKE_ALGO_ALLREDUCE", ""));
     snprintf(t->algo_broadcast, sizeof(t->algo_broadcast), "%s",
              mc_env_str("MOONCAKE_ALGO_BROADCAST", ""));
+    t->stage_min = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MIN", 1 << 20);
+    t->stage_max = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MAX", 1 << 30);
 }
 
 /* Identity of this host: ranks with equal strings share memory. */
@@ -3415,6 +3453,7 @@ static void comm_free(mc_comm_t *c)
     free(c->rep_maps);
     free(c->sent_view);
     free(c->backup);
+    mc_stage_free(c->stage);
     free(c->saved);
     free(c->live_tmp);
     free(c->inc);

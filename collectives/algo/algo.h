@@ -39,6 +39,7 @@ enum {
     MC_PH_GATHER = 10,
     MC_PH_SCATTER = 11,
     MC_PH_ALLTOALL = 12,
+    MC_PH_STAGE = 13, /* allreduce through staging memory */
 };
 
 /* Receives posted ahead of the one being processed in pipelined loops. */

@@ -78,10 +78,19 @@ static mc_status_t mc_run_allreduce(mc_cctx_t *cx, size_t bytes)
 
     if (mc_forced(f, cap, "ring")) return mc_algo_allreduce_ring(cx);
     if (mc_forced(f, cap, "rd")) return mc_algo_allreduce_rd(cx);
+    if (mc_forced(f, cap, "stage"))
+        return mc_cx_stage_usable(cx) ? mc_algo_allreduce_stage(cx)
+                                      : mc_algo_allreduce_ring(cx);
     if (!mc_forced(f, cap, ""))
         return mc_err(MC_ERR_INVALID_ARG,
-                      "MOONCAKE_ALGO_ALLREDUCE=%.*s: expected ring or rd",
+                      "MOONCAKE_ALGO_ALLREDUCE=%.*s: expected ring, rd or "
+                      "stage",
                       (int)cap, f);
+    /* Staging memory on one host (allreduce_stage.c): the input need not
+     * be kept for a re-run, and fewer copies than the ring's. */
+    if (bytes >= t->stage_min && bytes <= t->stage_max && t->stage_max &&
+        bytes > t->allreduce_small_max && mc_cx_stage_usable(cx))
+        return mc_algo_allreduce_stage(cx);
     /* Recursive doubling: log2(n) latency, but every rank moves the whole
      * vector each round. Ring: 2(n-1) latencies, but only 2(n-1)/n of the
      * vector per rank, pipelined. */

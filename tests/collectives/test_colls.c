@@ -3,7 +3,10 @@
  * exact serial reference of ref.h: ranks {1,2,3,4,8} x {shm, tcp} x every
  * dtype x every valid reduction op x counts {0, 1, 37, large}, in place and
  * out of place, every root; both allreduce (ring, recursive doubling) and
- * broadcast (chain, tree) algorithms forced by environment; several
+ * broadcast (chain, tree) algorithms forced by environment; allreduce
+ * through staging memory on shm (forced, so small counts take it too),
+ * with ranks mixing in-place and out-of-place calls, and its fallback to
+ * the ring when one rank cannot create its region; several
  * non-blocking operations in flight; all ranks' reduction results must be
  * bit-identical.
  *
@@ -23,14 +26,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "ref.h"
 #include "tests_common.h"
 
-enum { PART_ALL, PART_ALGO };
+enum {
+    PART_ALL,
+    PART_ALGO,
+    PART_STAGE,    /* allreduce through staging memory (shm) */
+    PART_FALLBACK, /* the same, one rank cannot make its region: ring */
+};
 
 #define LARGE_COUNT 300001 /* odd, > 1 MiB for 4-byte types */
 #define MAX_REPORTS 25
@@ -152,6 +163,8 @@ static int run_allreduce(tc_t *t, mc_dtype_t d, mc_redop_t op, size_t n, int ip)
     uint64_t seed = ++t->seed;
     unsigned char *send = xalloc(n * es), *recv = xalloc(n * es);
     unsigned char *exp = xalloc(n * es), *orig = xalloc(n * es);
+    if (ip == 2) /* mixed: odd ranks in place, even ones not */
+        ip = t->rank % 2;
     set_what(t, "allreduce dtype=%s op=%s count=%zu %s", ref_dname(d),
              ref_oname(op), n, ip ? "in-place" : "out-of-place");
     ref_fill_input(d, op, seed, t->rank, 0, send, n);
@@ -929,6 +942,57 @@ static int sweep_algo(tc_t *t)
     return check_hashes(t);
 }
 
+static int count_stage_maps(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    int n = 0;
+    if (!f) return -1;
+    while (fgets(line, sizeof(line), f))
+        if (strstr(line, "memfd:mooncake-stage")) n++;
+    fclose(f);
+    return n;
+}
+
+/* Staging memory: every dtype and op at small and odd counts (fewer
+ * elements than ranks included), in place, out of place and mixed; then
+ * large counts, and a sequence of growing sizes (the region is replaced as
+ * it grows, and peers remap it). */
+static int sweep_stage(tc_t *t)
+{
+    static const size_t counts[] = {0, 1, 3, 37, 1025, 9001};
+    for (int di = 0; di < MC_DTYPE_COUNT; di++) {
+        mc_dtype_t d = all_dtypes[di];
+        mc_redop_t ops[MC_REDOP_COUNT];
+        int nops = valid_ops(d, ops);
+        for (size_t ci = 0; ci < sizeof(counts) / sizeof(counts[0]); ci++)
+            for (int o = 0; o < nops; o++)
+                if (run_allreduce(t, d, ops[o], counts[ci],
+                                  (o + (int)ci + di) % 3))
+                    return -1;
+    }
+    for (int ip = 0; ip < 3; ip++) {
+        if (run_allreduce(t, MC_FLOAT32, MC_SUM, LARGE_COUNT, ip)) return -1;
+        if (run_allreduce(t, MC_BFLOAT16, MC_AVG, LARGE_COUNT, ip)) return -1;
+        if (run_allreduce(t, MC_INT64, MC_MAX, LARGE_COUNT, ip)) return -1;
+    }
+    for (size_t n = 1000; n <= ((size_t)4 << 20); n *= 4)
+        if (run_allreduce(t, MC_FLOAT32, MC_SUM, n + 7, 1)) return -1;
+    /* above the streaming-store size (32 MiB) */
+    if (run_allreduce(t, MC_FLOAT32, MC_SUM, ((size_t)9 << 20) + 3, 1))
+        return -1;
+    if (run_inexact(t, MC_FLOAT32, 1001)) return -1;
+    /* the staging regions this process maps: its own and every peer's;
+     * with the fallback, none on the rank that could not make one, and
+     * everyone's but that rank's elsewhere */
+    set_what(t, "staging regions mapped");
+    int want = t->size, got = count_stage_maps();
+    if (t->p->part == PART_FALLBACK) want = t->rank == t->size - 1 ? 0 : t->size - 1;
+    if (got != want)
+        report(t, "%d staging regions mapped, expected %d", got, want);
+    return check_hashes(t);
+}
+
 static int rank_body(mc_comm_h comm, int rank, int size, void *arg)
 {
     tc_t t;
@@ -945,7 +1009,17 @@ static int rank_body(mc_comm_h comm, int rank, int size, void *arg)
                mc_comm_rank(comm), mc_comm_size(comm), rank, size);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int rc = t.p->part == PART_ALL ? sweep_all(&t) : sweep_algo(&t);
+    if (t.p->part == PART_FALLBACK && rank == size - 1) {
+        /* files (memfd included) may not grow past 64 KiB: creating the
+         * staging region fails with EFBIG instead of raising SIGXFSZ */
+        struct rlimit rl = {.rlim_cur = 64 << 10, .rlim_max = 64 << 10};
+        signal(SIGXFSZ, SIG_IGN);
+        if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
+            report(&t, "setrlimit(RLIMIT_FSIZE): %s", strerror(errno));
+    }
+    int rc = t.p->part == PART_ALL    ? sweep_all(&t)
+             : t.p->part == PART_ALGO ? sweep_algo(&t)
+                                      : sweep_stage(&t);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (rank == 0 && getenv("MC_TEST_VERBOSE"))
         fprintf(stderr, "%s: %llu cases in %.2f s\n", t.p->name,
@@ -1008,6 +1082,11 @@ static colls_param_t params[] = {
     SIZES(MC_TRANSPORT_SHM),
     SIZES(MC_TRANSPORT_TCP),
 #undef SIZES
+    P(2, MC_TRANSPORT_SHM, PART_STAGE, "stage", NULL, NULL),
+    P(3, MC_TRANSPORT_SHM, PART_STAGE, "stage", NULL, NULL),
+    P(4, MC_TRANSPORT_SHM, PART_STAGE, "stage", NULL, NULL),
+    P(8, MC_TRANSPORT_SHM, PART_STAGE, "stage", NULL, NULL),
+    P(3, MC_TRANSPORT_SHM, PART_FALLBACK, "stage", NULL, NULL),
 };
 #undef P
 
@@ -1021,6 +1100,10 @@ int main(void)
         if (p->part == PART_ALL)
             snprintf(names[i], sizeof(names[i]), "colls_%d_%s", p->size,
                      ref_tname(p->transport));
+        else if (p->part >= PART_STAGE)
+            snprintf(names[i], sizeof(names[i]), "colls_%d_%s_stage%s",
+                     p->size, ref_tname(p->transport),
+                     p->part == PART_FALLBACK ? "_fallback" : "");
         else
             snprintf(names[i], sizeof(names[i]), "colls_%d_%s_%s_%s%s%s",
                      p->size, ref_tname(p->transport), p->algo_allreduce,
