@@ -107,6 +107,7 @@ typedef enum {
     K_SECOND,   /* SIGKILL one, wait for epoch 2, SIGKILL another */
     K_NONE,     /* healthy control */
     K_SHRINK,   /* one rank leaves at step k, the rest mc_comm_shrink it */
+    K_INJECT,   /* SIGKILL at an exact point inside the call (sc->inject) */
 } kt_kill_t;
 
 typedef struct kt_scn {
@@ -121,6 +122,9 @@ typedef struct kt_scn {
     int steps;
     size_t big;  /* element count of the large op of the workload */
     int pace_us; /* random sleep in [0, pace_us) before every call */
+    /* K_INJECT: the engine's fault point (MOONCAKE_FAULT_INJECT) at which
+     * the victim SIGKILLs itself, in its call of step at_step */
+    const char *inject;
 } kt_scn_t;
 
 #define SHM MC_TRANSPORT_SHM
@@ -131,48 +135,64 @@ typedef struct kt_scn {
 static const kt_scn_t scenarios[] = {
   /* name                    n  tr   work           kill        vic man ft0 steps big        pace */
   /* healthy controls: the checker itself, FT on and off; holes by shrink */
-    {"none_mix_shm_4",        4, SHM, W_MIX,         K_NONE,     -1, 0, 0,  24, 0,         300},
-    {"none_ft0_mix_tcp_3",    3, TCP, W_MIX,         K_NONE,     -1, 0, 1,  16, 0,         300},
-    {"shrink_mix_shm_4",      4, SHM, W_MIX,         K_SHRINK,   -1, 0, 0,  32, 0,         300},
+    {"none_mix_shm_4",        4, SHM, W_MIX,         K_NONE,     -1, 0, 0,  24, 0,         300, NULL},
+    {"none_ft0_mix_tcp_3",    3, TCP, W_MIX,         K_NONE,     -1, 0, 1,  16, 0,         300, NULL},
+    {"shrink_mix_shm_4",      4, SHM, W_MIX,         K_SHRINK,   -1, 0, 0,  32, 0,         300, NULL},
   /* kill during a large allreduce, mid-transfer */
-    {"ar_big_shm_4",          4, SHM, W_AR_BIG,      K_RANDOM,   -1, 0, 0,  16, 2 * MiB8,  0},
-    {"ar_big_tcp_3",          3, TCP, W_AR_BIG,      K_RANDOM,   -1, 0, 0,  16, MiB8,      0},
-    {"ar_big_shm_2",          2, SHM, W_AR_BIG,      K_RANDOM,   -1, 0, 0,  16, 2 * MiB8,  0},
+    {"ar_big_shm_4",          4, SHM, W_AR_BIG,      K_RANDOM,   -1, 0, 0,  16, 2 * MiB8,  0, NULL},
+    {"ar_big_tcp_3",          3, TCP, W_AR_BIG,      K_RANDOM,   -1, 0, 0,  16, MiB8,      0, NULL},
+    {"ar_big_shm_2",          2, SHM, W_AR_BIG,      K_RANDOM,   -1, 0, 0,  16, 2 * MiB8,  0, NULL},
   /* kill during small and other collectives */
-    {"ar_small_shm_8",        8, SHM, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300},
-    {"ar_small_tcp_2",        2, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300},
-    {"ar_small_tcp_4",        4, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300},
-    {"allgather_shm_4",       4, SHM, W_AG,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0},
-    {"allgather_tcp_3",       3, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300},
-    {"reduce_scatter_tcp_3",  3, TCP, W_RS,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0},
-    {"reduce_scatter_shm_8",  8, SHM, W_RS,          K_RANDOM,   -1, 0, 0,  40, 4099,      300},
-    {"broadcast_shm_4",       4, SHM, W_BC,          K_RANDOM,   -1, 0, 0,  40, 1 << 18,   0},
-    {"broadcast_tcp_3",       3, TCP, W_BC,          K_RANDOM,   -1, 0, 0,  40, 4099,      300},
-    {"alltoall_tcp_4",        4, TCP, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1 << 14,   0},
-    {"alltoall_shm_3",        3, SHM, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1023,      300},
-    {"barrier_shm_8",         8, SHM, W_BAR,         K_RANDOM,   -1, 0, 0, 120, 0,         300},
-    {"barrier_tcp_3",         3, TCP, W_BAR,         K_RANDOM,   -1, 0, 0, 120, 0,         300},
-    {"mix_tcp_8",             8, TCP, W_MIX,         K_RANDOM,   -1, 0, 0,  64, 0,         300},
+    {"ar_small_shm_8",        8, SHM, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
+    {"ar_small_tcp_2",        2, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
+    {"ar_small_tcp_4",        4, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
+    {"allgather_shm_4",       4, SHM, W_AG,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
+    {"allgather_tcp_3",       3, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
+    {"reduce_scatter_tcp_3",  3, TCP, W_RS,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
+    {"reduce_scatter_shm_8",  8, SHM, W_RS,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
+    {"broadcast_shm_4",       4, SHM, W_BC,          K_RANDOM,   -1, 0, 0,  40, 1 << 18,   0, NULL},
+    {"broadcast_tcp_3",       3, TCP, W_BC,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
+    {"alltoall_tcp_4",        4, TCP, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1 << 14,   0, NULL},
+    {"alltoall_shm_3",        3, SHM, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"barrier_shm_8",         8, SHM, W_BAR,         K_RANDOM,   -1, 0, 0, 120, 0,         300, NULL},
+    {"barrier_tcp_3",         3, TCP, W_BAR,         K_RANDOM,   -1, 0, 0, 120, 0,         300, NULL},
+    {"mix_tcp_8",             8, TCP, W_MIX,         K_RANDOM,   -1, 0, 0,  64, 0,         300, NULL},
   /* a rank leaves at an operation boundary */
-    {"boundary_small_shm_4",  4, SHM, W_AR_SMALL,    K_BOUNDARY, -1, 0, 0,  60, 0,         300},
-    {"boundary_mix_tcp_3",    3, TCP, W_MIX,         K_BOUNDARY, -1, 0, 0,  48, 0,         300},
+    {"boundary_small_shm_4",  4, SHM, W_AR_SMALL,    K_BOUNDARY, -1, 0, 0,  60, 0,         300, NULL},
+    {"boundary_mix_tcp_3",    3, TCP, W_MIX,         K_BOUNDARY, -1, 0, 0,  48, 0,         300, NULL},
   /* two at once, rank 0, a second failure (epoch 3) */
-    {"two_small_shm_8",       8, SHM, W_AR_SMALL,    K_TWO,      -1, 0, 0,  90, 0,         300},
-    {"two_big_tcp_4",         4, TCP, W_AR_BIG,      K_TWO,      -1, 0, 0,  16, MiB8 / 2,  0},
-    {"rank0_big_shm_4",       4, SHM, W_AR_BIG,      K_RANDOM,    0, 0, 0,  16, MiB8,      0},
-    {"rank0_small_tcp_3",     3, TCP, W_AR_SMALL,    K_RANDOM,    0, 0, 0,  60, 0,         300},
-    {"second_small_shm_4",    4, SHM, W_AR_SMALL,    K_SECOND,   -1, 0, 0, 120, 0,         300},
-    {"second_mix_tcp_4",      4, TCP, W_MIX,         K_SECOND,   -1, 0, 0,  96, 0,         300},
+    {"two_small_shm_8",       8, SHM, W_AR_SMALL,    K_TWO,      -1, 0, 0,  90, 0,         300, NULL},
+    {"two_big_tcp_4",         4, TCP, W_AR_BIG,      K_TWO,      -1, 0, 0,  16, MiB8 / 2,  0, NULL},
+    {"rank0_big_shm_4",       4, SHM, W_AR_BIG,      K_RANDOM,    0, 0, 0,  16, MiB8,      0, NULL},
+    {"rank0_small_tcp_3",     3, TCP, W_AR_SMALL,    K_RANDOM,    0, 0, 0,  60, 0,         300, NULL},
+    {"second_small_shm_4",    4, SHM, W_AR_SMALL,    K_SECOND,   -1, 0, 0, 120, 0,         300, NULL},
+    {"second_mix_tcp_4",      4, TCP, W_MIX,         K_SECOND,   -1, 0, 0,  96, 0,         300, NULL},
   /* manual mode */
-    {"manual_small_shm_4",    4, SHM, W_AR_SMALL,    K_RANDOM,   -1, 1, 0,  60, 0,         300},
-    {"manual_big_tcp_3",      3, TCP, W_AR_BIG,      K_RANDOM,   -1, 1, 0,  16, MiB8,      0},
-    {"manual_mix_shm_8",      8, SHM, W_MIX,         K_RANDOM,   -1, 1, 0,  48, 0,         300},
+    {"manual_small_shm_4",    4, SHM, W_AR_SMALL,    K_RANDOM,   -1, 1, 0,  60, 0,         300, NULL},
+    {"manual_big_tcp_3",      3, TCP, W_AR_BIG,      K_RANDOM,   -1, 1, 0,  16, MiB8,      0, NULL},
+    {"manual_mix_shm_8",      8, SHM, W_MIX,         K_RANDOM,   -1, 1, 0,  48, 0,         300, NULL},
   /* broadcast whose root was killed */
-    {"deadroot_shm_3",        3, SHM, W_BC_DEADROOT, K_RANDOM,   -1, 0, 0,  60, 1 << 16,   300},
-    {"deadroot_tcp_4",        4, TCP, W_BC_DEADROOT, K_RANDOM,   -1, 0, 0,  60, 4099,      300},
+    {"deadroot_shm_3",        3, SHM, W_BC_DEADROOT, K_RANDOM,   -1, 0, 0,  60, 1 << 16,   300, NULL},
+    {"deadroot_tcp_4",        4, TCP, W_BC_DEADROOT, K_RANDOM,   -1, 0, 0,  60, 4099,      300, NULL},
   /* fault tolerance off: the survivors' calls fail, boundedly */
-    {"ft0_small_shm_3",       3, SHM, W_AR_SMALL,    K_RANDOM,   -1, 0, 1,  60, 0,         300},
-    {"ft0_big_tcp_3",         3, TCP, W_AR_BIG,      K_RANDOM,   -1, 0, 1,  16, MiB8,      0},
+    {"ft0_small_shm_3",       3, SHM, W_AR_SMALL,    K_RANDOM,   -1, 0, 1,  60, 0,         300, NULL},
+    {"ft0_big_tcp_3",         3, TCP, W_AR_BIG,      K_RANDOM,   -1, 0, 1,  16, MiB8,      0, NULL},
+  /* killed at an exact point of the allreduce through staging memory
+   * (allreduce_stage.c): mid-put (peers hold part of its input), mid-reduce
+   * (its result block half written), after every result exists (before the
+   * final barrier: re-run or completed in the old view from a dead rank's
+   * region), mid-commit (the others are past the barrier) */
+    {"stage_put_shm_2",       2, SHM, W_AR_BIG,      K_INJECT,   -1, 0, 0,  12, MiB8,      0, "allreduce.stage.put"},
+    {"stage_put_shm_4",       4, SHM, W_AR_BIG,      K_INJECT,   -1, 0, 0,  12, MiB8,      0, "allreduce.stage.put"},
+    {"stage_reduce_shm_3",    3, SHM, W_AR_BIG,      K_INJECT,   -1, 0, 0,  12, MiB8,      0, "allreduce.stage.reduce"},
+    {"stage_done_shm_2",      2, SHM, W_AR_BIG,      K_INJECT,   -1, 0, 0,  12, MiB8,      0, "allreduce.stage.done"},
+    {"stage_done_shm_4",      4, SHM, W_AR_BIG,      K_INJECT,   -1, 0, 0,  12, MiB8,      0, "allreduce.stage.done"},
+    {"stage_commit_shm_3",    3, SHM, W_AR_BIG,      K_INJECT,   -1, 0, 0,  12, MiB8,      0, "allreduce.stage.commit"},
+  /* in the final barrier after the staged allreduce: some survivors finish
+   * in the old view, the others learn it from the agreement and copy the
+   * result out of staging memory, the dead rank's region included */
+    {"stage_barrier_shm_3",   3, SHM, W_AR_BIG,      K_INJECT,   -1, 0, 0,  12, MiB8,      0, "ft.barrier.mid"},
+    {"stage_barrier_shm_4",   4, SHM, W_AR_BIG,      K_INJECT,   -1, 0, 0,  12, MiB8,      0, "ft.barrier.mid"},
 };
 /* clang-format on */
 #define NSCN ((int)(sizeof(scenarios) / sizeof(scenarios[0])))
@@ -697,7 +717,9 @@ static int rank_loop(kt_child_t *c)
                                 (uint64_t)sc->pace_us));
         for (int v = 0; v < pl->nvict; v++) {
             if (pl->victim[v] != me || pl->at_step[v] != s) continue;
-            if (sc->kill == K_BOUNDARY || sc->kill == K_SHRINK) continue;
+            if (sc->kill == K_BOUNDARY || sc->kill == K_SHRINK ||
+                sc->kill == K_INJECT)
+                continue;
             /* the parent releases us and kills us inside this step */
             __atomic_store_n(&sh->at_gate[me], 1, __ATOMIC_RELEASE);
             int64_t t0 = now_ns();
@@ -759,6 +781,15 @@ static int rank_main(const kt_plan_t *pl, int rank)
     if (st != MC_OK) {
         set_fatal(&c, "store: %s", mc_last_error());
         return 1;
+    }
+    if (sc->kill == K_INJECT && rank == pl->victim[0]) {
+        /* one staged allreduce per step: the (at_step+1)-th reaches it;
+         * the final barrier's point is reached once more before the steps
+         * (by the start barrier) */
+        char spec[96];
+        snprintf(spec, sizeof(spec), "%s:%d", sc->inject,
+                 pl->at_step[0] + 1 + !strcmp(sc->inject, "ft.barrier.mid"));
+        setenv("MOONCAKE_FAULT_INJECT", spec, 1);
     }
     mc_comm_config_t cfg;
     mc_comm_config_init(&cfg);
@@ -944,6 +975,26 @@ static void kill_at(kt_run_t *k, int64_t t0, uint64_t *rng, int which, int nv)
     do_kill(k, which, nv);
 }
 
+/* K_INJECT: the victim kills itself at the fault point; once it is gone,
+ * account for it as for a kill from here. */
+static void kill_self_seen(kt_run_t *k, int64_t t0)
+{
+    int v = k->pl.victim[0];
+    while (!k->exited[v] && !past_deadline(k, t0)) {
+        int st;
+        if (waitpid(k->pid[v], &st, WNOHANG) == k->pid[v]) {
+            k->exited[v] = 1;
+            k->wstatus[v] = st;
+            break;
+        }
+        usleep(100);
+    }
+    k->killed[v] = 1;
+    k->kill_step_seen[0] = __atomic_load_n(&k->pl.sh->step[v], __ATOMIC_ACQUIRE);
+    __atomic_sub_fetch(&k->pl.sh->alive, 1, __ATOMIC_SEQ_CST);
+    k->t_kill_ns[0] = now_ns();
+}
+
 static void drive(kt_run_t *k)
 {
     const kt_scn_t *sc = k->pl.sc;
@@ -956,6 +1007,9 @@ static void drive(kt_run_t *k)
             break;
         case K_TWO:
             kill_at(k, t0, &rng, 0, 2);
+            break;
+        case K_INJECT:
+            kill_self_seen(k, t0);
             break;
         case K_SECOND:
             kill_at(k, t0, &rng, 0, 1);
@@ -1362,7 +1416,7 @@ static void run_one(const kt_scn_t *sc, uint64_t seed)
     if (sc->kill == K_BOUNDARY || sc->kill == K_SHRINK)
         printf(" leaving before step %d", k.pl.boundary);
     else if (k.pl.nvict)
-        printf(" in step %d", k.pl.at_step[0]);
+        printf(" in step %d%s%s", k.pl.at_step[0], sc->inject ? " at " : "", sc->inject ? sc->inject : "");
     if (sc->kill == K_SECOND) printf(" and %d", k.pl.at_step[1]);
     printf(" of %d%s%s\n", sc->steps, sc->manual ? " (manual)" : "",
            sc->ft0 ? " (FT off)" : "");
