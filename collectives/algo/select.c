@@ -78,9 +78,10 @@ static mc_status_t mc_run_allreduce(mc_cctx_t *cx, size_t bytes)
 
     if (mc_forced(f, cap, "ring")) return mc_algo_allreduce_ring(cx);
     if (mc_forced(f, cap, "rd")) return mc_algo_allreduce_rd(cx);
-    if (mc_forced(f, cap, "stage"))
-        return mc_cx_stage_usable(cx) ? mc_algo_allreduce_stage(cx)
-                                      : mc_algo_allreduce_ring(cx);
+    if (mc_forced(f, cap, "stage")) /* any size up to stage_max */
+        return bytes <= t->stage_max && mc_cx_stage_usable(cx)
+                   ? mc_algo_allreduce_stage(cx)
+                   : mc_algo_allreduce_ring(cx);
     if (!mc_forced(f, cap, ""))
         return mc_err(MC_ERR_INVALID_ARG,
                       "MOONCAKE_ALGO_ALLREDUCE=%.*s: expected ring, rd or "
