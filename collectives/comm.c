@@ -1377,41 +1377,46 @@ int mc_cx_stage_usable(mc_cctx_t *cx)
     return 1;
 }
 
-void *mc_cx_stage_own(mc_cctx_t *cx, size_t bytes, mc_stage_info_t *info)
+/* The staging memory of this communicator, made on first use. */
+static mc_stage_t *stage_of(mc_comm_t *c)
+{
+    if (!c->stage) c->stage = mc_stage_new(c->size);
+    return c->stage;
+}
+
+/* A staging step failed: the group runs the ring. Warned once per
+ * communicator, debug after that. */
+static void stage_failed(mc_cctx_t *cx, const char *what, const char *err)
 {
     mc_comm_t *c = cx->comm;
+    int lvl = c->stage_warned++ ? MC_LOG_DEBUG : MC_LOG_WARN;
+    MC_LOG(lvl, "rank %d: %s at seq %llu: %s (%s); using the ring", c->rank,
+           mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
+           what, err);
+}
+
+void *mc_cx_stage_own(mc_cctx_t *cx, size_t bytes, mc_stage_info_t *info)
+{
+    mc_stage_t *s = stage_of(cx->comm);
     char err[256] = "out of memory";
     memset(info, 0, sizeof(*info));
-    if (!c->stage) c->stage = mc_stage_new(c->size);
-    void *p = c->stage ? mc_stage_own(c->stage, cx->epoch, bytes, info, err,
-                                      sizeof(err))
-                       : NULL;
-    int lvl = !p && c->stage_warned++ ? MC_LOG_DEBUG : MC_LOG_WARN;
-    if (!p)
-        MC_LOG(lvl,
-               "rank %d: %s at seq %llu: no staging memory (%s); using the "
-               "ring",
-               c->rank, mc_coll_name(cx->req->args.coll),
-               (unsigned long long)cx->seq, err);
+    void *p = s ? mc_stage_own(s, cx->epoch, bytes, info, err, sizeof(err))
+                : NULL;
+    if (!p) stage_failed(cx, "no staging memory", err);
     return p;
 }
 
 void *mc_cx_stage_peer(mc_cctx_t *cx, int v, const mc_stage_info_t *info)
 {
-    mc_comm_t *c = cx->comm;
+    mc_stage_t *s = stage_of(cx->comm);
     char err[256] = "out of memory";
     int slot = v >= 0 && v < cx->nv ? cx->vslots[v] : -1;
-    if (!c->stage) c->stage = mc_stage_new(c->size);
-    void *p = c->stage && slot >= 0
-                  ? mc_stage_peer(c->stage, slot, info, err, sizeof(err))
-                  : NULL;
-    int lvl = !p && c->stage_warned++ ? MC_LOG_DEBUG : MC_LOG_WARN;
-    if (!p)
-        MC_LOG(lvl,
-               "rank %d: %s at seq %llu: cannot map rank %d's staging memory "
-               "(%s); using the ring",
-               c->rank, mc_coll_name(cx->req->args.coll),
-               (unsigned long long)cx->seq, slot, err);
+    void *p = NULL;
+    if (slot < 0)
+        snprintf(err, sizeof(err), "virtual rank %d out of range", v);
+    else if (s)
+        p = mc_stage_peer(s, slot, info, err, sizeof(err));
+    if (!p) stage_failed(cx, "cannot map a peer's staging memory", err);
     return p;
 }
 

@@ -64,22 +64,21 @@ mc_stage_t *mc_stage_new(int nslots)
     return s;
 }
 
-void mc_stage_free(mc_stage_t *s)
-{
-    if (!s) return;
-    for (int i = 0; i < s->nslots; i++)
-        map_drop(&s->peer[i]);
-    map_drop(&s->own);
-    if (s->fd >= 0) close(s->fd);
-    free(s->peer);
-    free(s);
-}
-
 static void own_drop(mc_stage_t *s)
 {
     map_drop(&s->own);
     if (s->fd >= 0) close(s->fd);
     s->fd = -1;
+}
+
+void mc_stage_free(mc_stage_t *s)
+{
+    if (!s) return;
+    for (int i = 0; i < s->nslots; i++)
+        map_drop(&s->peer[i]);
+    own_drop(s);
+    free(s->peer);
+    free(s);
 }
 
 void *mc_stage_own(mc_stage_t *s, uint64_t epoch, size_t bytes,

@@ -939,7 +939,8 @@ static int cond_epoch(kt_run_t *k, int arg)
     return 1;
 }
 
-static void do_kill(kt_run_t *k, int which, int nv)
+/* Account for victims [which, which + nv) as killed now. */
+static void mark_killed(kt_run_t *k, int which, int nv)
 {
     kt_shared_t *sh = k->pl.sh;
     for (int i = 0; i < nv; i++) {
@@ -950,6 +951,11 @@ static void do_kill(kt_run_t *k, int which, int nv)
         __atomic_sub_fetch(&sh->alive, 1, __ATOMIC_SEQ_CST);
     }
     k->t_kill_ns[which] = now_ns();
+}
+
+static void do_kill(kt_run_t *k, int which, int nv)
+{
+    mark_killed(k, which, nv);
     for (int i = 0; i < nv; i++)
         kill(k->pid[k->pl.victim[which + i]], SIGKILL);
 }
@@ -989,10 +995,7 @@ static void kill_self_seen(kt_run_t *k, int64_t t0)
         }
         usleep(100);
     }
-    k->killed[v] = 1;
-    k->kill_step_seen[0] = __atomic_load_n(&k->pl.sh->step[v], __ATOMIC_ACQUIRE);
-    __atomic_sub_fetch(&k->pl.sh->alive, 1, __ATOMIC_SEQ_CST);
-    k->t_kill_ns[0] = now_ns();
+    mark_killed(k, 0, 1);
 }
 
 static void drive(kt_run_t *k)
