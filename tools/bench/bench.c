@@ -70,6 +70,8 @@ struct bench_opts {
     uint64_t seed;
     int seed_set;
     int ft_compare;
+    uint64_t ft_sizes[16]; /* --ft-sizes */
+    int ft_nsizes;
 };
 
 /* Sizes of one step of the sweep, following nccl-tests: `count` is the
@@ -115,12 +117,14 @@ static void usage(FILE *f)
 "                          max. Transport: --transport (default shm here).\n"
 "                          Then compares allreduce busbw with fault tolerance\n"
 "                          on and off (two communicators in the same ranks,\n"
-"                          1M, 16M, 64M, out of place and in place, best of 3\n"
+"                          --ft-sizes, out of place and in place, best of 3\n"
 "                          runs of -n iterations (default 10 here) after -w\n"
 "                          warm-ups).\n"
-"      --kills N           number of trials (default 50)\n"
+"      --kills N           number of trials (default 50; 0: only compare)\n"
 "      --seed N            seed for kill times and victims (default: clock)\n"
 "      --ft-compare 0|1    run the FT on/off comparison (default 1)\n"
+"      --ft-sizes LIST     its sizes, comma-separated (default\n"
+"                          8,64K,256K,512K,1M,16M,64M)\n"
 "\n"
 "Size conventions (as nccl-tests): `size` is the larger of the per-rank\n"
 "send and receive buffers, `count` the count passed to the call:\n"
@@ -171,6 +175,25 @@ static int parse_size(const char *s, uint64_t *v_p)
     if (*end) return -1;
     if (v > UINT64_MAX / mul) return -1;
     *v_p = (uint64_t)v * mul;
+    return 0;
+}
+
+/* "1M,16M,64M": 1 to cap sizes, each at least 1 byte and at most
+ * BENCH_MAX_BYTES. */
+static int parse_size_list(const char *s, uint64_t *v, int cap, int *n_p)
+{
+    char buf[512];
+    if (strlen(s) >= sizeof(buf)) return -1;
+    snprintf(buf, sizeof(buf), "%s", s);
+    int n = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t;
+         t = strtok_r(NULL, ",", &save)) {
+        if (n == cap || parse_size(t, &v[n]) || !v[n] || v[n] > BENCH_MAX_BYTES)
+            return -1;
+        n++;
+    }
+    if (!n) return -1;
+    *n_p = n;
     return 0;
 }
 
@@ -227,7 +250,8 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         OPT_KILL,
         OPT_KILLS,
         OPT_SEED,
-        OPT_FT_COMPARE
+        OPT_FT_COMPARE,
+        OPT_FT_SIZES
     };
     static const struct option longopts[] = {
         {"minbytes", required_argument, NULL, 'b'},
@@ -247,6 +271,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         {"kills", required_argument, NULL, OPT_KILLS},
         {"seed", required_argument, NULL, OPT_SEED},
         {"ft-compare", required_argument, NULL, OPT_FT_COMPARE},
+        {"ft-sizes", required_argument, NULL, OPT_FT_SIZES},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -267,6 +292,9 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         .nranks = 2,
         .kills = 50,
         .ft_compare = 1,
+        .ft_sizes = {8, 64 << 10, 256 << 10, 512 << 10, 1 << 20, 16 << 20,
+                     64 << 20},
+        .ft_nsizes = 7,
     };
     int minb_set = 0, ranks_set = 0, transport_set = 0, iters_set = 0;
     int c;
@@ -337,7 +365,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
             o->kill = 1;
             break;
         case OPT_KILLS:
-            bad = parse_int(optarg, 1, 1000000, &o->kills);
+            bad = parse_int(optarg, 0, 1000000, &o->kills);
             break;
         case OPT_SEED: {
             char *end;
@@ -349,6 +377,9 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         }
         case OPT_FT_COMPARE:
             bad = parse_int(optarg, 0, 1, &o->ft_compare);
+            break;
+        case OPT_FT_SIZES:
+            bad = parse_size_list(optarg, o->ft_sizes, 16, &o->ft_nsizes);
             break;
         case 'h':
             usage(stdout);
@@ -366,6 +397,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
                     : c == OPT_KILLS      ? "-kills"
                     : c == OPT_SEED       ? "-seed"
                     : c == OPT_FT_COMPARE ? "-ft-compare"
+                    : c == OPT_FT_SIZES   ? "-ft-sizes"
                                           : "");
             return -1;
         }
@@ -1466,9 +1498,8 @@ static int kill_trial(const struct bench_opts *o, struct kill_shm *sh,
  * the same rank processes, runs alternating so drift hits both alike. */
 static int ftc_rank(const struct bench_opts *o, const char *dir, int rank)
 {
-    static const uint64_t sizes[] = {(uint64_t)1 << 20, (uint64_t)16 << 20,
-                                     (uint64_t)64 << 20};
-    const int nsizes = (int)(sizeof(sizes) / sizeof(sizes[0]));
+    const uint64_t *sizes = o->ft_sizes;
+    const int nsizes = o->ft_nsizes;
     struct bench_opts ao = *o;
     ao.op = OP_ALLREDUCE;
     ao.dtype = MC_FLOAT32;
@@ -1482,7 +1513,9 @@ static int ftc_rank(const struct bench_opts *o, const char *dir, int rank)
                 mc_last_error());
         return 1;
     }
-    size_t bytes = sizes[nsizes - 1];
+    size_t bytes = 0;
+    for (int si = 0; si < nsizes; si++)
+        if (sizes[si] > bytes) bytes = sizes[si];
     unsigned char *sb = malloc(bytes), *rb = malloc(bytes);
     if (!sb || !rb) {
         fprintf(stderr, "mooncake-bench: rank %d: out of memory\n", rank);
@@ -1639,9 +1672,10 @@ static int kill_main(const struct bench_opts *o, int argc, char **argv)
 
     struct kill_shm *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
                                MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    double *per_kill = calloc((size_t)o->kills, sizeof(double));
-    double *first = calloc((size_t)o->kills, sizeof(double));
-    double *all = calloc((size_t)o->kills * (size_t)o->nranks, sizeof(double));
+    double *per_kill = calloc((size_t)o->kills + 1, sizeof(double));
+    double *first = calloc((size_t)o->kills + 1, sizeof(double));
+    double *all =
+        calloc(((size_t)o->kills + 1) * (size_t)o->nranks, sizeof(double));
     double *lat = calloc((size_t)o->nranks, sizeof(double));
     if (sh == MAP_FAILED || !per_kill || !first || !all || !lat) {
         fprintf(stderr, "mooncake-bench: out of memory\n");
@@ -1674,26 +1708,29 @@ static int kill_main(const struct bench_opts *o, int argc, char **argv)
     qsort(per_kill, (size_t)nk, sizeof(double), cmp_double);
     qsort(first, (size_t)nk, sizeof(double), cmp_double);
     qsort(all, (size_t)nall, sizeof(double), cmp_double);
-    printf("#\n# Recovery: SIGKILL one random rank %d-%d ms into the loop; "
-           "latency = kill() to the\n# return of the survivors' interrupted "
-           "call (CLOCK_MONOTONIC). %d trials in %.1f s.\n",
-           KILL_DELAY_MIN_US / 1000, KILL_DELAY_MAX_US / 1000, o->kills,
-           kill_s);
-    printf("# %-30s  %7s  %10s  %10s  %10s\n", "", "samples", "median(ms)",
-           "p99(ms)", "max(ms)");
-    const struct {
-        const char *name;
-        const double *v;
-        int n;
-    } rows[] = {{"slowest survivor, per kill", per_kill, nk},
-                {"fastest survivor, per kill", first, nk},
-                {"every survivor", all, nall}};
-    for (int i = 0; i < 3; i++)
-        printf("  %-30s  %7d  %10.2f  %10.2f  %10.2f\n", rows[i].name,
-               rows[i].n, pctl(rows[i].v, rows[i].n, 50),
-               pctl(rows[i].v, rows[i].n, 99),
-               rows[i].n ? rows[i].v[rows[i].n - 1] : 0.0);
-    printf("# failed trials: %d of %d\n", nfailed, o->kills);
+    if (o->kills) {
+        printf(
+            "#\n# Recovery: SIGKILL one random rank %d-%d ms into the loop; "
+            "latency = kill() to the\n# return of the survivors' interrupted "
+            "call (CLOCK_MONOTONIC). %d trials in %.1f s.\n",
+            KILL_DELAY_MIN_US / 1000, KILL_DELAY_MAX_US / 1000, o->kills,
+            kill_s);
+        printf("# %-30s  %7s  %10s  %10s  %10s\n", "", "samples", "median(ms)",
+               "p99(ms)", "max(ms)");
+        const struct {
+            const char *name;
+            const double *v;
+            int n;
+        } rows[] = {{"slowest survivor, per kill", per_kill, nk},
+                    {"fastest survivor, per kill", first, nk},
+                    {"every survivor", all, nall}};
+        for (int i = 0; i < 3; i++)
+            printf("  %-30s  %7d  %10.2f  %10.2f  %10.2f\n", rows[i].name,
+                   rows[i].n, pctl(rows[i].v, rows[i].n, 50),
+                   pctl(rows[i].v, rows[i].n, 99),
+                   rows[i].n ? rows[i].v[rows[i].n - 1] : 0.0);
+        printf("# failed trials: %d of %d\n", nfailed, o->kills);
+    }
     fflush(stdout);
     free(per_kill);
     free(first);
