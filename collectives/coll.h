@@ -144,6 +144,10 @@ int mc_cx_stage_usable(mc_cctx_t *cx);
 void *mc_cx_stage_own(mc_cctx_t *cx, size_t bytes, mc_stage_info_t *info);
 /* The region `info` of virtual rank v, mapped; NULL on failure (logged). */
 void *mc_cx_stage_peer(mc_cctx_t *cx, int v, const mc_stage_info_t *info);
+/* The mapping of virtual rank v's region held from an earlier call (it may
+ * be one the owner has replaced since): NULL if none; *rid and *size
+ * describe it. */
+void *mc_cx_stage_cached(mc_cctx_t *cx, int v, uint64_t *rid, uint64_t *size);
 /* Run `fn` once the operation is decided complete on this rank: after the
  * final barrier, or when the survivors agree that the group completed it in
  * the old view. It copies the result into the caller's buffer and must not

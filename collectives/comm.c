@@ -1420,6 +1420,15 @@ void *mc_cx_stage_peer(mc_cctx_t *cx, int v, const mc_stage_info_t *info)
     return p;
 }
 
+void *mc_cx_stage_cached(mc_cctx_t *cx, int v, uint64_t *rid, uint64_t *size)
+{
+    mc_stage_t *s = stage_of(cx->comm);
+    *rid = 0;
+    *size = 0;
+    if (!s || v < 0 || v >= cx->nv) return NULL;
+    return mc_stage_peer_cached(s, cx->vslots[v], rid, size);
+}
+
 void mc_cx_on_commit(mc_cctx_t *cx, mc_commit_fn_t fn)
 {
     cx->commit = fn;
@@ -3380,7 +3389,7 @@ static void tune_init(mc_tune_t *t)
              mc_env_str("MOONCAKE_ALGO_ALLREDUCE", ""));
     snprintf(t->algo_broadcast, sizeof(t->algo_broadcast), "%s",
              mc_env_str("MOONCAKE_ALGO_BROADCAST", ""));
-    t->stage_min = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MIN", 1 << 20);
+    t->stage_min = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MIN", 256 << 10);
     t->stage_max = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MAX", 1 << 30);
 }
 

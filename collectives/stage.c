@@ -181,3 +181,14 @@ void *mc_stage_peer(mc_stage_t *s, int slot, const mc_stage_info_t *info,
     *m = (stage_map_t){.rid = info->rid, .size = (size_t)info->size, .p = p};
     return (char *)p + STAGE_HDR;
 }
+
+void *mc_stage_peer_cached(mc_stage_t *s, int slot, uint64_t *rid,
+                           uint64_t *size)
+{
+    *rid = 0;
+    *size = 0;
+    if (slot < 0 || slot >= s->nslots || !s->peer[slot].p) return NULL;
+    *rid = s->peer[slot].rid;
+    *size = s->peer[slot].size;
+    return (char *)s->peer[slot].p + STAGE_HDR;
+}

@@ -49,4 +49,10 @@ void *mc_stage_own(mc_stage_t *s, uint64_t epoch, size_t bytes,
 void *mc_stage_peer(mc_stage_t *s, int slot, const mc_stage_info_t *info,
                     char *err, size_t errcap);
 
+/* The mapping of slot's region this process holds now, whatever the owner
+ * did since (it may have replaced it): its id and size in *rid and *size,
+ * or NULL (rid 0) if none. */
+void *mc_stage_peer_cached(mc_stage_t *s, int slot, uint64_t *rid,
+                           uint64_t *size);
+
 #endif

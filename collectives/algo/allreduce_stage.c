@@ -11,38 +11,52 @@
  * the end. That copy replaces the ring's allgather copies, so fault
  * tolerance keeps nothing and costs nothing extra.
  *
- * Layout: rank r's region (stage.h) holds n slots of `cap` bytes (the
- * largest block, rounded up to 64 bytes). Slot v != r receives rank v's
- * input block r; slot r holds rank r's result block r.
+ * Layout: rank r's region (stage.h) holds slots of `cap` bytes (the
+ * largest block, rounded up to 64 bytes). Input slots from the start: the
+ * k-th (k = (v - r - 1) mod n, 0 <= k < n - 1) receives rank v's input
+ * block r. The result slot, rank r's result block r, ends where the region
+ * ends. So one call's result slot never overlaps the next call's input
+ * slots, whatever their sizes (each call has n slots that fit, so the n - 1
+ * input slots of one and the result slot of another fit side by side):
+ * peers still copying out the last result while a faster rank puts the
+ * next inputs (below) read and write disjoint bytes.
  *
  * Steps (frames of phase MC_PH_STAGE; every rank sends every peer one frame
  * per step, so the group moves in lock step and a dead peer fails the step
  * like any transfer):
- *  0. make sure the own region is large enough and of this view (a new view
+ *  1. make sure the own region is large enough and of this view (a new view
  *     gets a new region, so a removed process that still writes through an
- *     old mapping never touches it); send its description to every peer.
- *  1. map every peer's region (cached while its id stays), then put our
- *     input block q into slot r of rank q's region, for every q; send
- *     "put done" with a flag saying whether all of that worked. If any rank
- *     lacks a region or a mapping, every rank sees a zero flag and the
- *     whole group runs the ring instead (the same decision everywhere).
- *  2. reduce block r: our own input block r with slot v for every v, in
- *     vrank order, chunk by chunk (the chunk stays in the cache across the
- *     n-1 passes); AVG divides once at the end of each chunk. Send "out
- *     done".
- *  3. after every peer's "out done" every result block exists in shared
- *     memory: the algorithm returns, and the engine runs the final barrier
- *     and then the commit (stage_commit), which copies block v from slot v
- *     of rank v's region into the caller's buffer. If ranks die after step
- *     3 and the survivors agree that the group completed the op, the commit
- *     still runs: a dead rank's region stays mapped.
+ *     old mapping never touches it). Put our input block q into slot r of
+ *     the mapping of rank q's region that this process holds from earlier
+ *     calls, for every q, if it is large enough. Send every peer q the
+ *     description of our region and the id of q's region we put into (0:
+ *     none). The first call of a view, and a call after an owner grew its
+ *     region, put into a replaced region or nowhere: step 2 finds that and
+ *     the call runs the ring, and the next call has every mapping right.
+ *     Map every peer region that changed (cached while its id stays).
+ *  2. if every peer put into our current region, reduce block r: our own
+ *     input block r with slot v for every v, in vrank order, chunk by chunk
+ *     (the chunk stays in the cache across the n-1 passes); AVG divides
+ *     once at the end of each chunk. Send "out done" with a flag saying
+ *     whether we did. Every rank sees the same flags: if one is zero, the
+ *     whole group runs the ring instead (the caller's buffers are still
+ *     untouched), the same decision everywhere.
+ *  3. after every peer's "out done" with its flag set every result block
+ *     exists in shared memory: the algorithm returns, and the engine runs
+ *     the final barrier and then the commit (stage_commit), which copies
+ *     block v from slot v of rank v's region into the caller's buffer. If
+ *     ranks die after step 3 and the survivors agree that the group
+ *     completed the op, the commit still runs: a dead rank's region stays
+ *     mapped.
  *
- * Buffer safety between operations: a rank writes into a peer's region
- * (step 1) only after that peer's step-0 frame of the same operation, which
- * the peer sends after committing its previous operation; and a rank
- * overwrites its own result slot (step 2) only after every peer's step-1
- * frame, which each sends after committing the previous operation. So no
- * region is written while someone still reads it.
+ * Buffer safety between operations: a rank writes into a peer's input slot
+ * (step 1) only after that peer's "out done" of the previous staged call,
+ * which it sends after its reduction has read the slot; puts never touch a
+ * result slot. A rank overwrites its own result slot (step 2) only after
+ * every peer's step-1 frame, which each sends after committing the
+ * previous operation. So no region is written while someone still reads it.
+ * A put into a region its owner has replaced writes memory that nobody
+ * reads any more (the mapping keeps it alive).
  *
  * The commit's plan (the mapped regions) lives in scratch slot 3, which no
  * other algorithm and not the final barrier uses, so it survives until the
@@ -64,17 +78,26 @@ static void stage_copy(void *dst, const void *src, size_t bytes, size_t msg)
         memcpy(dst, src, bytes);
 }
 
+/* Step 1's frame to one peer. */
+typedef struct stage_hello {
+    mc_stage_info_t info; /* the sender's region */
+    uint64_t used;        /* id of the receiver's region the sender put into */
+} stage_hello_t;
+
 typedef struct stage_plan {
-    size_t cap;   /* slot bytes */
-    char **reg;   /* [n] each rank's region (own included) */
-    mc_stage_info_t *info; /* [n] */
-    uint64_t *flag;        /* [n] step-1 flags */
+    size_t cap;         /* slot bytes */
+    size_t *res;        /* [n] offset of each region's result slot */
+    char **reg;         /* [n] each rank's region (own included) */
+    stage_hello_t *snd; /* [n] step-1 frames to each peer */
+    stage_hello_t *rcv; /* [n] and from each */
+    uint64_t *flag;     /* [n] step-2 flags */
 } stage_plan_t;
 
 static stage_plan_t *stage_plan(mc_cctx_t *cx, int n)
 {
     size_t bytes = sizeof(stage_plan_t) + (size_t)n * sizeof(char *) +
-                   (size_t)n * sizeof(mc_stage_info_t) +
+                   (size_t)n * sizeof(size_t) +
+                   2 * (size_t)n * sizeof(stage_hello_t) +
                    (size_t)n * sizeof(uint64_t);
     char *p = mc_algo_scratch(cx, 3, bytes);
     if (!p) return NULL;
@@ -82,17 +105,21 @@ static stage_plan_t *stage_plan(mc_cctx_t *cx, int n)
     p += sizeof(*pl);
     pl->reg = (char **)(void *)p;
     p += (size_t)n * sizeof(char *);
-    pl->info = (mc_stage_info_t *)(void *)p;
-    p += (size_t)n * sizeof(mc_stage_info_t);
+    pl->res = (size_t *)(void *)p;
+    p += (size_t)n * sizeof(size_t);
+    pl->snd = (stage_hello_t *)(void *)p;
+    p += (size_t)n * sizeof(stage_hello_t);
+    pl->rcv = (stage_hello_t *)(void *)p;
+    p += (size_t)n * sizeof(stage_hello_t);
     pl->flag = (uint64_t *)(void *)p;
     return pl;
 }
 
-/* Every rank sends `sbytes` at sbuf to every peer and receives `rbytes`
- * from each into rbuf + v * rstride. */
+/* Every rank sends `bytes` at sbuf + v * sstride to every peer v and
+ * receives as many from each into rbuf + v * rstride. */
 static mc_status_t stage_exchange(mc_cctx_t *cx, uint32_t step,
-                                  const void *sbuf, size_t sbytes, char *rbuf,
-                                  size_t rstride)
+                                  const char *sbuf, size_t sstride,
+                                  size_t bytes, char *rbuf, size_t rstride)
 {
     int n = mc_cx_size(cx), r = mc_cx_rank(cx);
     mc_status_t st;
@@ -100,12 +127,13 @@ static mc_status_t stage_exchange(mc_cctx_t *cx, uint32_t step,
     for (int v = 0; v < n; v++) {
         if (v == r) continue;
         st = mc_cx_irecv(cx, v, step, rbuf ? rbuf + (size_t)v * rstride : NULL,
-                         sbytes, &h);
+                         bytes, &h);
         if (st < 0) return st;
     }
     for (int d = 1; d < n; d++) { /* r+1 first: everyone starts elsewhere */
         int v = (r + d) % n;
-        st = mc_cx_isend(cx, v, step, sbuf, sbytes, &h);
+        st = mc_cx_isend(cx, v, step, sbuf ? sbuf + (size_t)v * sstride : NULL,
+                         bytes, &h);
         if (st < 0) return st;
     }
     return mc_cx_waitall(cx);
@@ -123,10 +151,15 @@ static void stage_commit(mc_cctx_t *cx)
         mc_blocks_get(&bl, v, &off, &len);
         if (v == 1) MC_FAULT_POINT("allreduce.stage.commit");
         if (len)
-            stage_copy(mc_algo_at(a->recvbuf, off, es),
-                       pl->reg[v] + (size_t)v * pl->cap, len * es,
-                       a->count * es);
+            stage_copy(mc_algo_at(a->recvbuf, off, es), pl->reg[v] + pl->res[v],
+                       len * es, a->count * es);
     }
+}
+
+/* Offset of sender's input slot in owner's region (layout above). */
+static size_t in_slot(int sender, int owner, int n, size_t cap)
+{
+    return (size_t)((sender - owner - 1 + n) % n) * cap;
 }
 
 mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
@@ -144,67 +177,68 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
     pl->cap = (mc_blocks_max(&bl) * es + 63) & ~(size_t)63;
     size_t need = pl->cap * (size_t)n;
 
-    /* 0. own region, described to every peer */
-    pl->reg[r] = mc_cx_stage_own(cx, need, &pl->info[r]);
-    st = stage_exchange(cx, mc_algo_step(MC_PH_STAGE, 0, 0), &pl->info[r],
-                        sizeof(mc_stage_info_t), (char *)pl->info,
-                        sizeof(mc_stage_info_t));
-    if (st < 0) return st;
-
-    /* 1. map, put, tell */
-    uint64_t ok = pl->reg[r] != NULL;
-    for (int v = 0; v < n && ok; v++) {
-        if (v == r) continue;
-        if (!pl->info[v].rid) { /* it has none, and said why in its log */
-            ok = 0;
-            break;
-        }
-        if (pl->info[v].size < (uint64_t)need + MC_STAGE_HDR) {
-            MC_LOG(MC_LOG_WARN,
-                   "allreduce: rank %d's staging region is smaller (%llu "
-                   "bytes) than the %zu this call needs; using the ring",
-                   mc_cx_slot(cx, v), (unsigned long long)pl->info[v].size,
-                   need);
-            ok = 0;
-            break;
-        }
-        pl->reg[v] = mc_cx_stage_peer(cx, v, &pl->info[v]);
-        if (!pl->reg[v]) ok = 0;
+    /* 1. own region; put into the peers' regions as we know them; tell */
+    mc_stage_info_t own;
+    pl->reg[r] = mc_cx_stage_own(cx, need, &own);
+    if (pl->reg[r]) pl->res[r] = (size_t)own.size - MC_STAGE_HDR - pl->cap;
+    for (int d = 1; d < n; d++) {
+        int v = (r + d) % n;
+        uint64_t rid, size;
+        pl->snd[v].info = own;
+        pl->snd[v].used = 0;
+        pl->reg[v] = mc_cx_stage_cached(cx, v, &rid, &size);
+        if (!pl->reg[v] || size < (uint64_t)need + MC_STAGE_HDR) continue;
+        pl->snd[v].used = rid;
+        pl->res[v] = (size_t)size - MC_STAGE_HDR - pl->cap;
+        char *slot = pl->reg[v] + in_slot(r, v, n, pl->cap);
+        mc_blocks_get(&bl, v, &off, &len);
+        /* in two halves, with a fault point between them */
+        size_t h1 = len / 2;
+        if (h1)
+            stage_copy(slot, mc_algo_cat(in, off, es), h1 * es, a->count * es);
+        if (d == 1) MC_FAULT_POINT("allreduce.stage.put");
+        if (len - h1)
+            stage_copy(slot + h1 * es, mc_algo_cat(in, off + h1, es),
+                       (len - h1) * es, a->count * es);
     }
-    if (ok)
-        for (int d = 1; d < n; d++) {
-            int v = (r + d) % n;
-            mc_blocks_get(&bl, v, &off, &len);
-            /* in two halves, with a fault point between them */
-            size_t h1 = len / 2;
-            if (h1)
-                stage_copy(pl->reg[v] + (size_t)r * pl->cap,
-                           mc_algo_cat(in, off, es), h1 * es, a->count * es);
-            if (d == 1) MC_FAULT_POINT("allreduce.stage.put");
-            if (len - h1)
-                stage_copy(pl->reg[v] + (size_t)r * pl->cap + h1 * es,
-                           mc_algo_cat(in, off + h1, es), (len - h1) * es,
-                           a->count * es);
-        }
-    pl->flag[r] = ok;
-    st = stage_exchange(cx, mc_algo_step(MC_PH_STAGE, 1, 0), &pl->flag[r],
-                        sizeof(uint64_t), (char *)pl->flag, sizeof(uint64_t));
+    st = stage_exchange(cx, mc_algo_step(MC_PH_STAGE, 1, 0),
+                        (const char *)pl->snd, sizeof(stage_hello_t),
+                        sizeof(stage_hello_t), (char *)pl->rcv,
+                        sizeof(stage_hello_t));
     if (st < 0) return st;
-    for (int v = 0; v < n; v++)
-        if (!pl->flag[v]) return mc_algo_allreduce_ring(cx);
+    /* Every peer must have put into our current region (then it also
+     * has our input's room). Our own put missing a peer's region makes
+     * that peer's flag zero anyway; we skip a reduction that would be
+     * thrown away. A region we lack or hold an old mapping of is mapped
+     * now, for the next call (unless we have no region ourselves: then no
+     * call can stage). */
+    uint64_t ok = pl->reg[r] != NULL;
+    for (int v = 0; v < n; v++) {
+        if (v == r) continue;
+        const mc_stage_info_t *pi = &pl->rcv[v].info;
+        ok &= pl->rcv[v].used == own.rid && pl->snd[v].used == pi->rid;
+        if (pl->reg[r] && pi->rid && pl->snd[v].used != pi->rid) {
+            MC_LOG(MC_LOG_DEBUG,
+                   "allreduce: learning rank %d's staging region (%llu "
+                   "bytes); this call runs the ring",
+                   mc_cx_slot(cx, v), (unsigned long long)pi->size);
+            (void)mc_cx_stage_peer(cx, v, pi);
+        }
+    }
 
     /* 2. our block: own input with every peer's contribution */
     mc_blocks_get(&bl, r, &off, &len);
-    char *res = pl->reg[r] + (size_t)r * pl->cap;
+    char *res = ok ? pl->reg[r] + pl->res[r] : NULL;
     size_t ce = STAGE_REDUCE_CHUNK / es ? STAGE_REDUCE_CHUNK / es : 1;
-    for (size_t c = 0; c < len; c += ce) {
+    for (size_t c = 0; ok && c < len; c += ce) {
         size_t k = len - c < ce ? len - c : ce;
         if (c == (len / ce / 2) * ce) MC_FAULT_POINT("allreduce.stage.reduce");
         const char *mine = mc_algo_cat(in, off + c, es);
         int first = 1;
         for (int v = 0; v < n; v++) {
             if (v == r) continue;
-            const char *theirs = pl->reg[r] + (size_t)v * pl->cap + c * es;
+            const char *theirs =
+                pl->reg[r] + in_slot(v, r, n, pl->cap) + c * es;
             mc_reduce(res + c * es, first ? mine : res + c * es, theirs, k,
                       a->dtype, a->op);
             first = 0;
@@ -212,8 +246,13 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
         if (a->op == MC_AVG)
             mc_reduce_div(res + c * es, k, a->dtype, (uint64_t)n);
     }
-    st = stage_exchange(cx, mc_algo_step(MC_PH_STAGE, 2, 0), NULL, 0, NULL, 0);
+    pl->flag[r] = ok;
+    st = stage_exchange(cx, mc_algo_step(MC_PH_STAGE, 2, 0),
+                        (const char *)&pl->flag[r], 0, sizeof(uint64_t),
+                        (char *)pl->flag, sizeof(uint64_t));
     if (st < 0) return st;
+    for (int v = 0; v < n; v++)
+        if (!pl->flag[v]) return mc_algo_allreduce_ring(cx);
 
     MC_FAULT_POINT("allreduce.stage.done");
     /* 3. every result exists: copy out once the op is decided */
