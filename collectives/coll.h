@@ -129,6 +129,10 @@ void *mc_cx_scratch(mc_cctx_t *cx, int slot, size_t bytes);
  * engine keeps nothing for this attempt. */
 void mc_cx_save(mc_cctx_t *cx, const void *p, size_t bytes);
 void mc_cx_save_all(mc_cctx_t *cx);
+/* 1 if the engine would keep this attempt's in-place input (mc_cx_save
+ * would copy): an algorithm that leaves the caller's buffer untouched
+ * until the commit (mc_cx_on_commit below) needs no copy then. */
+int mc_cx_keeping(const mc_cctx_t *cx);
 
 /* Staging memory shared by the ranks of one host (stage.h), for an
  * algorithm that leaves the caller's buffer untouched until the operation

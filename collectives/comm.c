@@ -1363,6 +1363,11 @@ void mc_cx_save_all(mc_cctx_t *cx)
     c->saved_oom = 1;
 }
 
+int mc_cx_keeping(const mc_cctx_t *cx)
+{
+    return cx->lazy && !cx->comm->saved_all;
+}
+
 int mc_cx_stage_usable(mc_cctx_t *cx)
 {
     mc_comm_t *c = cx->comm;

@@ -27,26 +27,61 @@
  *     partner.
  * Every rank ends depending on a frame from every other rank (the dropped
  * ranks through their partner's final frame).
+ *
+ * The first reduction reads the input where the caller left it (no copy
+ * into the output first). With fault tolerance an in-place input must
+ * survive until the op is decided (a re-run over a smaller view needs it):
+ * then the partials live in scratch and the last reduction (or, for the
+ * ranks of the fold, the copy of the result) writes the caller's buffer
+ * only at the commit, after the final barrier, so nothing is kept. The
+ * same operands meet in the same order either way: the bits are the same.
  */
+typedef struct rd_plan {
+    const char *x, *y; /* commit: out = x op y (AVG: then divide by n); y
+                          NULL: out = x */
+    int n;             /* ranks of the attempt's view */
+} rd_plan_t;
+
+static void rd_commit(mc_cctx_t *cx)
+{
+    const mc_coll_args_t *a = mc_cx_args(cx);
+    const rd_plan_t *pl = mc_cx_scratch(cx, 2, 1); /* already that large */
+    if (!pl->y) {
+        memcpy(a->recvbuf, pl->x, a->count * mc_dtype_size(a->dtype));
+        return;
+    }
+    mc_reduce(a->recvbuf, pl->x, pl->y, a->count, a->dtype, a->op);
+    if (a->op == MC_AVG)
+        mc_reduce_div(a->recvbuf, a->count, a->dtype, (uint64_t)pl->n);
+}
+
 mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx)
 {
     const mc_coll_args_t *a = mc_cx_args(cx);
     int n = mc_cx_size(cx), r = mc_cx_rank(cx);
     size_t es = mc_dtype_size(a->dtype);
     size_t bytes = a->count * es;
-    char *out = a->recvbuf;
-    char *tmp;
+    char *out = a->recvbuf, *tmp, *acc;
+    const char *cur = a->sendbuf; /* our partial: the input until the first
+                                     reduction */
+    rd_plan_t *plan = NULL;
     int p = 1, rem, newr;
     unsigned round = 0;
     mc_status_t st;
     mc_fh_t h;
 
-    mc_cx_save_all(cx); /* in place: keeps the input before the first write */
-    mc_algo_copy(out, a->sendbuf, bytes);
-    if (n == 1) return MC_OK; /* AVG over one rank: nothing to divide */
-
+    if (n == 1) {
+        mc_algo_copy(out, a->sendbuf, bytes);
+        return MC_OK; /* AVG over one rank: nothing to divide */
+    }
     tmp = mc_algo_scratch(cx, 0, bytes);
     if (!tmp) return MC_ERR_NO_MEMORY;
+    acc = out;
+    if (bytes && mc_cx_keeping(cx)) { /* out is the input: defer to commit */
+        acc = mc_algo_scratch(cx, 1, bytes);
+        plan = mc_algo_scratch(cx, 2, sizeof(*plan));
+        if (!acc || !plan) return MC_ERR_NO_MEMORY;
+    }
 
     while (p <= n / 2)
         p <<= 1;
@@ -56,49 +91,67 @@ mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx)
     if (r < 2 * rem) {
         if (r % 2 == 0) {
             /* Dropped rank: contribute, then wait for the result. */
-            st = mc_cx_isend(cx, r + 1, mc_algo_step(MC_PH_RD, 0, 0), out,
+            char *res = plan ? tmp : out;
+            st = mc_cx_isend(cx, r + 1, mc_algo_step(MC_PH_RD, 0, 0), cur,
                              bytes, &h);
             if (st < 0) return st;
-            st = mc_cx_irecv(cx, r + 1, mc_algo_step(MC_PH_RD, 0xfff, 0), out,
+            st = mc_cx_irecv(cx, r + 1, mc_algo_step(MC_PH_RD, 0xfff, 0), res,
                              bytes, &h);
             if (st < 0) return st;
-            /* The receive overwrites what the send reads: the partner
-             * sends the result only after it has received our vector. */
-            return mc_cx_waitall(cx);
+            /* The receive may overwrite what the send reads (in place):
+             * the partner sends the result only after it has received our
+             * vector. */
+            st = mc_cx_waitall(cx);
+            if (st < 0 || !plan) return st;
+            *plan = (rd_plan_t){.x = res, .y = NULL};
+            mc_cx_on_commit(cx, rd_commit);
+            return MC_OK;
         }
         st = mc_cx_irecv(cx, r - 1, mc_algo_step(MC_PH_RD, 0, 0), tmp, bytes,
                          &h);
         if (st < 0) return st;
         st = mc_cx_wait(cx, h);
         if (st < 0) return st;
-        if (bytes) mc_reduce(out, out, tmp, a->count, a->dtype, a->op);
+        if (bytes) mc_reduce(acc, cur, tmp, a->count, a->dtype, a->op);
+        cur = acc;
         newr = r / 2;
     } else {
         newr = r - rem;
     }
 
-    /* 2. Butterfly. sendrecv waits for the send too, so `out` may be
+    /* 2. Butterfly. sendrecv waits for the send too, so the partial may be
      * overwritten by the reduction right after. */
     for (int mask = 1; mask < p; mask <<= 1) {
         int pn = newr ^ mask;
         int peer = pn < rem ? 2 * pn + 1 : pn + rem;
-        st = mc_cx_sendrecv(cx, mc_algo_step(MC_PH_RD, ++round, 0), peer, out,
+        st = mc_cx_sendrecv(cx, mc_algo_step(MC_PH_RD, ++round, 0), peer, cur,
                             bytes, peer, tmp, bytes);
         if (st < 0) return st;
-        if (bytes) mc_reduce(out, out, tmp, a->count, a->dtype, a->op);
+        if (plan && 2 * mask >= p && r >= 2 * rem) {
+            /* the last reduction, nobody else needs it: at the commit */
+            *plan = (rd_plan_t){.x = cur, .y = tmp, .n = n};
+            mc_cx_on_commit(cx, rd_commit);
+            return MC_OK;
+        }
+        if (bytes) mc_reduce(acc, cur, tmp, a->count, a->dtype, a->op);
+        cur = acc;
     }
 
     /* 3. Finalise the average once, before anyone else sees the result. */
     if (a->op == MC_AVG && bytes)
-        mc_reduce_div(out, a->count, a->dtype, (uint64_t)n);
+        mc_reduce_div(acc, a->count, a->dtype, (uint64_t)n);
 
     /* 4. Unfold. */
     if (r < 2 * rem) {
-        st = mc_cx_isend(cx, r - 1, mc_algo_step(MC_PH_RD, 0xfff, 0), out,
+        st = mc_cx_isend(cx, r - 1, mc_algo_step(MC_PH_RD, 0xfff, 0), acc,
                          bytes, &h);
         if (st < 0) return st;
     }
-    return mc_cx_waitall(cx);
+    st = mc_cx_waitall(cx);
+    if (st < 0 || !plan) return st;
+    *plan = (rd_plan_t){.x = acc, .y = NULL};
+    mc_cx_on_commit(cx, rd_commit);
+    return MC_OK;
 }
 
 /*

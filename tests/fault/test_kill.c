@@ -193,6 +193,11 @@ static const kt_scn_t scenarios[] = {
    * result out of staging memory, the dead rank's region included */
     {"stage_barrier_shm_3",   3, SHM, W_AR_BIG,      K_INJECT,   -1, 0, 0,  12, MiB8,      0, "ft.barrier.mid"},
     {"stage_barrier_shm_4",   4, SHM, W_AR_BIG,      K_INJECT,   -1, 0, 0,  12, MiB8,      0, "ft.barrier.mid"},
+  /* the same after small allreduces (recursive doubling; in place, about
+   * every other run, the last reduction or the copy of the result waits
+   * for the commit): 3 ranks fold, 4 do not */
+    {"rd_barrier_shm_3",      3, SHM, W_AR_SMALL,    K_INJECT,   -1, 0, 0,  18, 0,         0, "ft.barrier.mid"},
+    {"rd_barrier_shm_4",      4, SHM, W_AR_SMALL,    K_INJECT,   -1, 0, 0,  18, 0,         0, "ft.barrier.mid"},
 };
 /* clang-format on */
 #define NSCN ((int)(sizeof(scenarios) / sizeof(scenarios[0])))
