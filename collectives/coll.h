@@ -152,6 +152,11 @@ void *mc_cx_stage_peer(mc_cctx_t *cx, int v, const mc_stage_info_t *info);
  * be one the owner has replaced since): NULL if none; *rid and *size
  * describe it. */
 void *mc_cx_stage_cached(mc_cctx_t *cx, int v, uint64_t *rid, uint64_t *size);
+/* 1 if a staged call needing `bytes` of region is the first of this view
+ * or larger than every earlier one: then every rank's region may be new,
+ * on every rank alike (they all ran the same calls), and the call should
+ * describe the regions before it puts. Records the call. */
+int mc_cx_stage_learn(mc_cctx_t *cx, size_t bytes);
 /* Run `fn` once the operation is decided complete on this rank: after the
  * final barrier, or when the survivors agree that the group completed it in
  * the old view. It copies the result into the caller's buffer and must not

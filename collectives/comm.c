@@ -303,6 +303,8 @@ struct mc_comm {
     size_t ctrl_len; /* sizeof(mc_ctrl_t) + 3 * size */
     mc_stage_t *stage; /* staging memory shared on this host (stage.h) */
     unsigned stage_warned; /* staging failures logged (warn once) */
+    uint64_t stage_epoch;  /* view of the last staged call */
+    size_t stage_hwm;      /* largest region need of a staged call */
     void *backup;    /* input of an in-place op, for a re-run */
     size_t backup_cap;
     size_t (*saved)[2]; /* lazy keeping: (offset, length) ranges saved */
@@ -1423,6 +1425,15 @@ void *mc_cx_stage_peer(mc_cctx_t *cx, int v, const mc_stage_info_t *info)
         p = mc_stage_peer(s, slot, info, err, sizeof(err));
     if (!p) stage_failed(cx, "cannot map a peer's staging memory", err);
     return p;
+}
+
+int mc_cx_stage_learn(mc_cctx_t *cx, size_t bytes)
+{
+    mc_comm_t *c = cx->comm;
+    int learn = c->stage_epoch != cx->epoch || bytes > c->stage_hwm;
+    c->stage_epoch = cx->epoch;
+    if (bytes > c->stage_hwm) c->stage_hwm = bytes;
+    return learn;
 }
 
 void *mc_cx_stage_cached(mc_cctx_t *cx, int v, uint64_t *rid, uint64_t *size)

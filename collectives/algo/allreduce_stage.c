@@ -24,16 +24,20 @@
  * Steps (frames of phase MC_PH_STAGE; every rank sends every peer one frame
  * per step, so the group moves in lock step and a dead peer fails the step
  * like any transfer):
+ *  0. only in the first staged call of a view, or one that needs more
+ *     region than any before (mc_cx_stage_learn: the same on every rank,
+ *     as they all ran the same calls): every region may be new, so the
+ *     ranks describe their regions to each other first and map them.
  *  1. make sure the own region is large enough and of this view (a new view
  *     gets a new region, so a removed process that still writes through an
  *     old mapping never touches it). Put our input block q into slot r of
- *     the mapping of rank q's region that this process holds from earlier
- *     calls, for every q, if it is large enough. Send every peer q the
- *     description of our region and the id of q's region we put into (0:
- *     none). The first call of a view, and a call after an owner grew its
- *     region, put into a replaced region or nowhere: step 2 finds that and
- *     the call runs the ring, and the next call has every mapping right.
- *     Map every peer region that changed (cached while its id stays).
+ *     the mapping of rank q's region that this process holds (from step 0
+ *     or earlier calls), for every q, if it is large enough. Send every
+ *     peer q the description of our region and the id of q's region we put
+ *     into (0: none). If a put missed (an owner replaced its region
+ *     without step 0: it could not make one before), step 2 finds that
+ *     and the call runs the ring; every peer region that changed is mapped
+ *     now (cached while its id stays), for the next call.
  *  2. if every peer put into our current region, reduce block r: our own
  *     input block r with slot v for every v, in vrank order, chunk by chunk
  *     (the chunk stays in the cache across the n-1 passes); AVG divides
@@ -181,6 +185,20 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
     mc_stage_info_t own;
     pl->reg[r] = mc_cx_stage_own(cx, need, &own);
     if (pl->reg[r]) pl->res[r] = (size_t)own.size - MC_STAGE_HDR - pl->cap;
+    if (mc_cx_stage_learn(cx, need)) {
+        /* 0. a new view, or larger than ever: regions may be new. Describe
+         * them first (one round more), so that this call stages too. */
+        for (int v = 0; v < n; v++)
+            pl->snd[v].info = own;
+        st = stage_exchange(cx, mc_algo_step(MC_PH_STAGE, 0, 0),
+                            (const char *)pl->snd, sizeof(stage_hello_t),
+                            sizeof(stage_hello_t), (char *)pl->rcv,
+                            sizeof(stage_hello_t));
+        if (st < 0) return st;
+        for (int v = 0; v < n; v++)
+            if (v != r && pl->reg[r] && pl->rcv[v].info.rid)
+                (void)mc_cx_stage_peer(cx, v, &pl->rcv[v].info);
+    }
     for (int d = 1; d < n; d++) {
         int v = (r + d) % n;
         uint64_t rid, size;
