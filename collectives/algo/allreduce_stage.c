@@ -143,6 +143,35 @@ static mc_status_t stage_exchange(mc_cctx_t *cx, uint32_t step,
     return mc_cx_waitall(cx);
 }
 
+/* Every rank sends each peer its step-0/1 frame (pl->snd[v]) and receives
+ * theirs into pl->rcv. */
+static mc_status_t stage_hello(mc_cctx_t *cx, uint32_t step, stage_plan_t *pl)
+{
+    return stage_exchange(cx, mc_algo_step(MC_PH_STAGE, step, 0),
+                          (const char *)pl->snd, sizeof(stage_hello_t),
+                          sizeof(stage_hello_t), (char *)pl->rcv,
+                          sizeof(stage_hello_t));
+}
+
+/* Map every peer region described in pl->rcv that this process does not
+ * hold yet (or holds an old mapping of), for this call or the next. Not
+ * without a region of our own: then no call can stage. */
+static void stage_learn_peers(mc_cctx_t *cx, stage_plan_t *pl, int have_own)
+{
+    int n = mc_cx_size(cx), r = mc_cx_rank(cx);
+    for (int v = 0; v < n && have_own; v++) {
+        const mc_stage_info_t *pi = &pl->rcv[v].info;
+        uint64_t rid, size;
+        if (v == r || !pi->rid) continue;
+        (void)mc_cx_stage_cached(cx, v, &rid, &size);
+        if (rid == pi->rid) continue;
+        MC_LOG(MC_LOG_DEBUG,
+               "allreduce: mapping rank %d's staging region (%llu bytes)",
+               mc_cx_slot(cx, v), (unsigned long long)pi->size);
+        (void)mc_cx_stage_peer(cx, v, pi);
+    }
+}
+
 static void stage_commit(mc_cctx_t *cx)
 {
     const mc_coll_args_t *a = mc_cx_args(cx);
@@ -185,25 +214,17 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
     mc_stage_info_t own;
     pl->reg[r] = mc_cx_stage_own(cx, need, &own);
     if (pl->reg[r]) pl->res[r] = (size_t)own.size - MC_STAGE_HDR - pl->cap;
+    for (int v = 0; v < n; v++)
+        pl->snd[v] = (stage_hello_t){.info = own, .used = 0};
     if (mc_cx_stage_learn(cx, need)) {
         /* 0. a new view, or larger than ever: regions may be new. Describe
          * them first (one round more), so that this call stages too. */
-        for (int v = 0; v < n; v++)
-            pl->snd[v].info = own;
-        st = stage_exchange(cx, mc_algo_step(MC_PH_STAGE, 0, 0),
-                            (const char *)pl->snd, sizeof(stage_hello_t),
-                            sizeof(stage_hello_t), (char *)pl->rcv,
-                            sizeof(stage_hello_t));
-        if (st < 0) return st;
-        for (int v = 0; v < n; v++)
-            if (v != r && pl->reg[r] && pl->rcv[v].info.rid)
-                (void)mc_cx_stage_peer(cx, v, &pl->rcv[v].info);
+        if ((st = stage_hello(cx, 0, pl)) < 0) return st;
+        stage_learn_peers(cx, pl, pl->reg[r] != NULL);
     }
     for (int d = 1; d < n; d++) {
         int v = (r + d) % n;
         uint64_t rid, size;
-        pl->snd[v].info = own;
-        pl->snd[v].used = 0;
         pl->reg[v] = mc_cx_stage_cached(cx, v, &rid, &size);
         if (!pl->reg[v] || size < (uint64_t)need + MC_STAGE_HDR) continue;
         pl->snd[v].used = rid;
@@ -219,30 +240,17 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
             stage_copy(slot + h1 * es, mc_algo_cat(in, off + h1, es),
                        (len - h1) * es, a->count * es);
     }
-    st = stage_exchange(cx, mc_algo_step(MC_PH_STAGE, 1, 0),
-                        (const char *)pl->snd, sizeof(stage_hello_t),
-                        sizeof(stage_hello_t), (char *)pl->rcv,
-                        sizeof(stage_hello_t));
-    if (st < 0) return st;
+    if ((st = stage_hello(cx, 1, pl)) < 0) return st;
     /* Every peer must have put into our current region (then it also
      * has our input's room). Our own put missing a peer's region makes
      * that peer's flag zero anyway; we skip a reduction that would be
-     * thrown away. A region we lack or hold an old mapping of is mapped
-     * now, for the next call (unless we have no region ourselves: then no
-     * call can stage). */
+     * thrown away. */
     uint64_t ok = pl->reg[r] != NULL;
-    for (int v = 0; v < n; v++) {
-        if (v == r) continue;
-        const mc_stage_info_t *pi = &pl->rcv[v].info;
-        ok &= pl->rcv[v].used == own.rid && pl->snd[v].used == pi->rid;
-        if (pl->reg[r] && pi->rid && pl->snd[v].used != pi->rid) {
-            MC_LOG(MC_LOG_DEBUG,
-                   "allreduce: learning rank %d's staging region (%llu "
-                   "bytes); this call runs the ring",
-                   mc_cx_slot(cx, v), (unsigned long long)pi->size);
-            (void)mc_cx_stage_peer(cx, v, pi);
-        }
-    }
+    for (int v = 0; v < n; v++)
+        if (v != r)
+            ok &= pl->rcv[v].used == own.rid &&
+                  pl->snd[v].used == pl->rcv[v].info.rid;
+    stage_learn_peers(cx, pl, pl->reg[r] != NULL);
 
     /* 2. our block: own input with every peer's contribution */
     mc_blocks_get(&bl, r, &off, &len);
