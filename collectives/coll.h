@@ -84,8 +84,8 @@ typedef struct mc_tune {
     /* forced algorithm names ("" = choose): MOONCAKE_ALGO_<COLL> */
     char algo_allreduce[16]; /* "ring" | "rd" */
     char algo_broadcast[16]; /* "chain" | "tree" */
-    /* in-place allreduce through staging memory (fault tolerance on, every
-     * rank on one host) for sizes in [stage_min, stage_max] bytes;
+    /* allreduce through staging memory (every rank on one host) for
+     * sizes in [stage_min, stage_max] bytes;
      * MOONCAKE_SHM_STAGE_MIN / _MAX, stage_max 0 turns it off */
     size_t stage_min, stage_max;
 } mc_tune_t;
@@ -137,11 +137,10 @@ int mc_cx_keeping(const mc_cctx_t *cx);
 /* Staging memory shared by the ranks of one host (stage.h), for an
  * algorithm that leaves the caller's buffer untouched until the operation
  * is decided, so the engine need keep nothing for a re-run.
- * mc_cx_stage_usable: 1 if a re-run may follow a failure (fault tolerance
- * on, auto mode), so that an in-place input would have to be kept, and
- * every peer of the view is on this host (shared-memory transport). It
- * does not depend on whether this rank's own call is in place, so it is
- * the same on every rank of the view. */
+ * mc_cx_stage_usable: 1 if every peer of the view is on this host
+ * (shared-memory transport). It depends neither on whether this rank's own
+ * call is in place nor on the fault-tolerance mode, so it is the same on
+ * every rank of the view. */
 int mc_cx_stage_usable(mc_cctx_t *cx);
 /* This rank's region (at least `bytes`), described in *info for the peers;
  * NULL if it cannot be had (info->rid is 0 then; the reason is logged). */

@@ -1373,8 +1373,11 @@ int mc_cx_keeping(const mc_cctx_t *cx)
 int mc_cx_stage_usable(mc_cctx_t *cx)
 {
     mc_comm_t *c = cx->comm;
-    /* the same on every rank: not whether this rank's call is in place */
-    if (!c->ft || !c->auto_recover || cx->nv < 2) return 0;
+    /* the same on every rank: not whether this rank's call is in place,
+     * nor the fault-tolerance mode (a staged call is also the fastest
+     * without fault tolerance, and set_auto_recover may differ between
+     * ranks for a while) */
+    if (cx->nv < 2) return 0;
     for (int v = 0; v < cx->nv; v++) {
         int p = cx->vslots[v];
         if (p == c->rank) continue;

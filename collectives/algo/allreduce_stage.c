@@ -1,6 +1,6 @@
 /*
- * In-place allreduce through shared staging memory (every rank of the view
- * on one host, fault tolerance on; see select.c for when it runs).
+ * Allreduce through shared staging memory (every rank of the view on one
+ * host; see select.c for when it runs).
  *
  * Why: in place, the ring overwrites the caller's input while the
  * operation may still have to be re-run over a smaller view, so with fault
@@ -9,7 +9,11 @@
  * until the operation is decided; results wait in staging memory that
  * every rank of the host maps, and are copied into the caller's buffer at
  * the end. That copy replaces the ring's allgather copies, so fault
- * tolerance keeps nothing and costs nothing extra.
+ * tolerance keeps nothing and costs nothing extra. It also copies less
+ * than the ring over the shared-memory transport (an input block is put
+ * once into its owner's region, where every ring step copies a chunk into
+ * the transport's ring and out again), so it runs with fault tolerance off
+ * and in manual mode too: there the commit runs right after the algorithm.
  *
  * Layout: rank r's region (stage.h) holds slots of `cap` bytes (the
  * largest block, rounded up to 64 bytes). Input slots from the start: the

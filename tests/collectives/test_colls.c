@@ -54,6 +54,8 @@ typedef struct colls_param {
     const char *algo_allreduce; /* NULL = engine's choice */
     const char *algo_broadcast;
     const char *chunk_bytes; /* MOONCAKE_CHUNK_BYTES, NULL = default */
+    const char *ft;           /* MOONCAKE_FT, NULL = default (on) */
+    const char *auto_recover; /* MOONCAKE_AUTO_RECOVER, NULL = default */
     const char *name;
     unsigned *barrier_cnt; /* shared (MAP_SHARED) counters */
 } colls_param_t;
@@ -1051,17 +1053,26 @@ static void test_colls(void **state)
     set_or_unset("MOONCAKE_ALGO_ALLREDUCE", p->algo_allreduce);
     set_or_unset("MOONCAKE_ALGO_BROADCAST", p->algo_broadcast);
     set_or_unset("MOONCAKE_CHUNK_BYTES", p->chunk_bytes);
+    set_or_unset("MOONCAKE_FT", p->ft);
+    set_or_unset("MOONCAKE_AUTO_RECOVER", p->auto_recover);
     int failed = mc_test_spawn(p->size, p->transport, 240, rank_body, p);
     unsetenv("MOONCAKE_ALGO_ALLREDUCE");
     unsetenv("MOONCAKE_ALGO_BROADCAST");
     unsetenv("MOONCAKE_CHUNK_BYTES");
+    unsetenv("MOONCAKE_FT");
+    unsetenv("MOONCAKE_AUTO_RECOVER");
     munmap(cnt, 4096);
     assert_int_equal(failed, 0);
 }
 
 #define P(n, tr, part, ar, bc, ch)                                             \
     {                                                                          \
-        n, tr, part, ar, bc, ch, NULL, NULL                                    \
+        n, tr, part, ar, bc, ch, NULL, NULL, NULL, NULL                        \
+    }
+/* the same with fault tolerance off ("0") or manual recovery */
+#define PM(n, tr, part, ar, ft, auto_rec)                                      \
+    {                                                                          \
+        n, tr, part, ar, NULL, NULL, ft, auto_rec, NULL, NULL                  \
     }
 static colls_param_t params[] = {
 #define SIZES(tr)                                                              \
@@ -1087,6 +1098,10 @@ static colls_param_t params[] = {
     P(4, MC_TRANSPORT_SHM, PART_STAGE, "stage", NULL, NULL),
     P(8, MC_TRANSPORT_SHM, PART_STAGE, "stage", NULL, NULL),
     P(3, MC_TRANSPORT_SHM, PART_FALLBACK, "stage", NULL, NULL),
+    PM(2, MC_TRANSPORT_SHM, PART_STAGE, "stage", "0", NULL),
+    PM(4, MC_TRANSPORT_SHM, PART_STAGE, "stage", "0", NULL),
+    PM(3, MC_TRANSPORT_SHM, PART_STAGE, "stage", NULL, "0"),
+    PM(3, MC_TRANSPORT_SHM, PART_FALLBACK, "stage", "0", NULL),
 };
 #undef P
 
@@ -1101,9 +1116,12 @@ int main(void)
             snprintf(names[i], sizeof(names[i]), "colls_%d_%s", p->size,
                      ref_tname(p->transport));
         else if (p->part >= PART_STAGE)
-            snprintf(names[i], sizeof(names[i]), "colls_%d_%s_stage%s",
+            snprintf(names[i], sizeof(names[i]), "colls_%d_%s_stage%s%s",
                      p->size, ref_tname(p->transport),
-                     p->part == PART_FALLBACK ? "_fallback" : "");
+                     p->part == PART_FALLBACK ? "_fallback" : "",
+                     p->ft                ? "_ft0"
+                     : p->auto_recover ? "_manual"
+                                       : "");
         else
             snprintf(names[i], sizeof(names[i]), "colls_%d_%s_%s_%s%s%s",
                      p->size, ref_tname(p->transport), p->algo_allreduce,

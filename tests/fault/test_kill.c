@@ -177,6 +177,11 @@ static const kt_scn_t scenarios[] = {
   /* fault tolerance off: the survivors' calls fail, boundedly */
     {"ft0_small_shm_3",       3, SHM, W_AR_SMALL,    K_RANDOM,   -1, 0, 1,  60, 0,         300, NULL},
     {"ft0_big_tcp_3",         3, TCP, W_AR_BIG,      K_RANDOM,   -1, 0, 1,  16, MiB8,      0, NULL},
+  /* the same and manual mode through staging memory (one host) */
+    {"ft0_big_shm_3",         3, SHM, W_AR_BIG,      K_RANDOM,   -1, 0, 1,  16, MiB8,      0, NULL},
+    {"ft0_stage_put_shm_3",   3, SHM, W_AR_BIG,      K_INJECT,   -1, 0, 1,  12, MiB8,      0, "allreduce.stage.put"},
+    {"manual_big_shm_3",      3, SHM, W_AR_BIG,      K_RANDOM,   -1, 1, 0,  16, MiB8,      0, NULL},
+    {"manual_stage_reduce_shm_4", 4, SHM, W_AR_BIG,  K_INJECT,   -1, 1, 0,  12, MiB8,      0, "allreduce.stage.reduce"},
   /* killed at an exact point of the allreduce through staging memory
    * (allreduce_stage.c): mid-put (peers hold part of its input), mid-reduce
    * (its result block half written), after every result exists (before the
