@@ -3408,7 +3408,7 @@ static void tune_init(mc_tune_t *t)
              mc_env_str("MOONCAKE_ALGO_ALLREDUCE", ""));
     snprintf(t->algo_broadcast, sizeof(t->algo_broadcast), "%s",
              mc_env_str("MOONCAKE_ALGO_BROADCAST", ""));
-    t->stage_min = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MIN", 256 << 10);
+    t->stage_min = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MIN", 64 << 10);
     t->stage_max = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MAX", 1 << 30);
 }
 
