@@ -32,3 +32,15 @@ mc_status_t mc_tl_stub_add_peer(mc_tl_t *tl, int peer, uint64_t incarnation,
     (void)tl, (void)peer, (void)incarnation, (void)timeout_ms;
     return MC_ERR_UNSUPPORTED;
 }
+
+mc_status_t mc_tl_stub_signal(mc_tl_t *tl, int peer, int slot, uint64_t value)
+{
+    (void)tl, (void)peer, (void)slot, (void)value;
+    return MC_ERR_UNSUPPORTED;
+}
+
+mc_status_t mc_tl_stub_peek(mc_tl_t *tl, int peer, int slot, uint64_t *value_p)
+{
+    (void)tl, (void)peer, (void)slot, (void)value_p;
+    return MC_ERR_UNSUPPORTED;
+}

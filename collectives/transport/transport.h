@@ -187,6 +187,21 @@ typedef struct mc_tl_ops {
     mc_status_t (*add_peer)(mc_tl_t *tl, int peer, uint64_t incarnation,
                             int64_t timeout_ms);
 
+    /* Signals: one 64-bit word per (this rank, peer, slot), slot 0 or 1,
+     * that this rank writes and the peer reads, outside the streams (no
+     * order with the bytes). signal makes `value` the word's latest value
+     * and wakes the peer if it sleeps in wait(); peek reads the latest
+     * value `peer` signalled to this rank (0 before any) and arms wait():
+     * until that word changes, wait() may return early but never sleeps
+     * through a change. A dead peer's words keep their last value (like
+     * the bytes its streams still hold), so peek works after a death; it
+     * fails only for a peer without a connection (MC_ERR_PEER_FAILED) or
+     * a bad argument. signal to a gone peer fails with MC_ERR_PEER_FAILED.
+     * The engine's final barrier of fault tolerance uses them when every
+     * peer of the view supports them (one word instead of a frame). */
+    mc_status_t (*signal)(mc_tl_t *tl, int peer, int slot, uint64_t value);
+    mc_status_t (*peek)(mc_tl_t *tl, int peer, int slot, uint64_t *value_p);
+
     /* One-sided, registered memory (verbs, cuda). */
     mc_status_t (*mem_reg)(mc_tl_t *tl, void *addr, size_t len, mc_mr_t **mr_p);
     mc_status_t (*mem_dereg)(mc_tl_t *tl, mc_mr_t *mr);
@@ -201,6 +216,8 @@ typedef struct mc_tl_ops {
 mc_status_t mc_tl_stub_mem_reg(mc_tl_t *tl, void *addr, size_t len,
                                mc_mr_t **mr_p);
 mc_status_t mc_tl_stub_mem_dereg(mc_tl_t *tl, mc_mr_t *mr);
+mc_status_t mc_tl_stub_signal(mc_tl_t *tl, int peer, int slot, uint64_t value);
+mc_status_t mc_tl_stub_peek(mc_tl_t *tl, int peer, int slot, uint64_t *value_p);
 mc_status_t mc_tl_stub_add_peer(mc_tl_t *tl, int peer, uint64_t incarnation,
                                 int64_t timeout_ms);
 mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src, mc_mr_t *lmr,

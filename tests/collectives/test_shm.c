@@ -256,6 +256,9 @@ static void test_vtable_and_args(void **state)
     assert_int_equal(ops->mem_dereg(NULL, NULL), MC_ERR_UNSUPPORTED);
     assert_int_equal(ops->put(NULL, 0, NULL, NULL, 0, 0, 0, NULL),
                      MC_ERR_UNSUPPORTED);
+    uint64_t sv;
+    assert_int_equal(ops->signal(NULL, 0, 0, 1), MC_ERR_INVALID_ARG);
+    assert_int_equal(ops->peek(NULL, 0, 0, &sv), MC_ERR_INVALID_ARG);
 
     t_env_t e;
     t_env_init(&e);
@@ -1319,6 +1322,122 @@ static void test_eos_from_callback(void **state)
     t_env_fini(&e);
 }
 
+/* ------------------------------------------------------------------------ */
+/* signals: one word per (rank, peer, slot), outside the streams           */
+/* ------------------------------------------------------------------------ */
+
+#define T_SIG_ROUNDS 300
+#define T_SIG_DIER 2
+
+typedef struct t_sig_wait {
+    t_rank_t *r;
+    int slot;
+    uint64_t round;
+} t_sig_wait_t;
+
+static uint64_t t_sig_val(uint64_t round, int from)
+{
+    return round << 8 | (uint64_t)from;
+}
+
+/* Every peer's word `slot` holds this round's value from it? */
+static int t_sig_all(void *a)
+{
+    t_sig_wait_t *w = a;
+    for (int p = 0; p < w->r->size; p++) {
+        uint64_t v = 1;
+        if (p == w->r->rank) continue;
+        if (ops->peek(w->r->tl, p, w->slot, &v) != MC_OK) return 0;
+        if (v != t_sig_val(w->round, p)) return 0;
+    }
+    return 1;
+}
+
+/*
+ * Three ranks: words start at 0 and bad arguments are refused; then rounds
+ * in which every rank signals every peer in word (round & 1) and waits,
+ * sleeping in wait() once idle (the peek arms it: a signal must wake it),
+ * until each peer's word holds that round's value; the other word keeps
+ * the value of the round before. Last, rank 2 signals a final value and
+ * _exits: the others still read it after they know it is dead, and a
+ * signal to it fails.
+ */
+static int rank_signals(int rank, int size, void *arg)
+{
+    t_rank_t r;
+    if (t_setup(arg, rank, size, &r)) return 1;
+    uint64_t v = 7;
+    for (int p = 0; p < size; p++)
+        for (int s = 0; s < 2 && p != rank; s++)
+            if (ops->peek(r.tl, p, s, &v) != MC_OK || v != 0)
+                return MC_TFAIL(rank, "peer %d word %d starts at %llu", p, s,
+                                (unsigned long long)v);
+    int peer = (rank + 1) % size;
+    if (ops->peek(r.tl, peer, 2, &v) != MC_ERR_INVALID_ARG ||
+        ops->peek(r.tl, rank, 0, &v) != MC_ERR_INVALID_ARG ||
+        ops->signal(r.tl, size, 0, 1) != MC_ERR_INVALID_ARG ||
+        ops->signal(r.tl, peer, -1, 1) != MC_ERR_INVALID_ARG)
+        return MC_TFAIL(rank, "bad peer or slot accepted");
+    if (t_barrier(&r, "sig-start")) return 1;
+    t_drive_stats_t stats = {0};
+    for (uint64_t k = 1; k <= T_SIG_ROUNDS; k++) {
+        t_sig_wait_t w = {.r = &r, .slot = (int)(k & 1), .round = k};
+        for (int p = 0; p < size; p++)
+            if (p != rank &&
+                ops->signal(r.tl, p, w.slot, t_sig_val(k, rank)) != MC_OK)
+                return MC_TFAIL(rank, "signal: %s", mc_last_error());
+        if (k % 50 == 0) usleep(2000); /* the others go to sleep meanwhile */
+        if (t_drive(r.tl, t_sig_all, &w, 10000, &stats))
+            return MC_TFAIL(rank, "round %llu: signals missing",
+                            (unsigned long long)k);
+        /* the other word still holds the round before (2 rounds ahead at
+         * most can be written by a peer that passed this one: k + 1) */
+        for (int p = 0; p < size && k > 1; p++) {
+            if (p == rank) continue;
+            if (ops->peek(r.tl, p, 1 - w.slot, &v) != MC_OK ||
+                (v != t_sig_val(k - 1, p) && v != t_sig_val(k + 1, p)))
+                return MC_TFAIL(rank, "round %llu: peer %d's other word %llu",
+                                (unsigned long long)k, p,
+                                (unsigned long long)v);
+        }
+    }
+    if (stats.waits == 0)
+        return MC_TFAIL(rank, "never slept: the wakeup path went untested");
+    if (t_barrier(&r, "sig-rounds")) return 1;
+    uint64_t last = t_sig_val(T_SIG_ROUNDS + 5, T_SIG_DIER);
+    if (rank == T_SIG_DIER) {
+        for (int p = 0; p < size; p++)
+            if (p != rank && ops->signal(r.tl, p, 0, last) != MC_OK)
+                return MC_TFAIL(rank, "last signal: %s", mc_last_error());
+        _exit(0); /* no destroy: as if it crashed right after */
+    }
+    int64_t deadline = mc_now_us() + 10000000;
+    while (ops->peer_status(r.tl, T_SIG_DIER) == MC_OK) {
+        if (mc_now_us() > deadline)
+            return MC_TFAIL(rank, "rank %d's death not seen", T_SIG_DIER);
+        ops->progress(r.tl);
+        usleep(1000);
+    }
+    if (ops->peek(r.tl, T_SIG_DIER, 0, &v) != MC_OK || v != last)
+        return MC_TFAIL(rank, "dead rank's last signal lost: %llu",
+                        (unsigned long long)v);
+    if (ops->signal(r.tl, T_SIG_DIER, 0, 1) != MC_ERR_PEER_FAILED)
+        return MC_TFAIL(rank, "signal to a dead rank accepted");
+    if (t_result(&r)) return 1;
+    t_teardown(&r);
+    return 0;
+}
+
+static void test_signals(void **state)
+{
+    (void)state;
+    t_env_t e;
+    t_env_init(&e);
+    assert_int_equal(t_run(&e, 3, 60, rank_signals), 0);
+    t_expect_results(&e, 2);
+    t_env_fini(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1338,6 +1457,7 @@ int main(void)
         cmocka_unit_test(test_eos_closed_empty_payload),
         cmocka_unit_test(test_eos_exited_empty_payload),
         cmocka_unit_test(test_eos_from_callback),
+        cmocka_unit_test(test_signals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1247,6 +1247,9 @@ static void test_bad_args(void **state)
     assert_int_equal(ops->peer_status(tl, -1), MC_ERR_INVALID_ARG);
     assert_int_equal(ops->add_peer(tl, 1, 1, 100), MC_ERR_INVALID_ARG);
     assert_int_equal(ops->mem_reg(tl, peers, 1, NULL), MC_ERR_UNSUPPORTED);
+    uint64_t sv;
+    assert_int_equal(ops->signal(tl, 1, 0, 1), MC_ERR_UNSUPPORTED);
+    assert_int_equal(ops->peek(tl, 1, 0, &sv), MC_ERR_UNSUPPORTED);
     assert_int_equal(ops->progress(tl), 0);
     char addr[64] = {0};
     size_t len = 0;

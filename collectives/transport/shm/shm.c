@@ -229,6 +229,9 @@ typedef struct mc_shm_peer {
     int64_t add_deadline_us, add_next_us, add_backoff_us;
     mc_shm_stream_t tx[MC_NUM_CHANNELS];
     mc_shm_stream_t rx[MC_NUM_CHANNELS];
+    /* peek armed wait(): the signal word's value it saw */
+    int armed[2];
+    uint64_t armed_val[2];
 } mc_shm_peer_t;
 
 struct mc_tl {
@@ -676,6 +679,15 @@ static int shm_can_move(mc_tl_t *tl)
                 continue;
             }
             if (!pe->up) continue;
+            if (ch == MC_CH_COLL && rx->ring.data)
+                for (int k = 0; k < 2; k++) {
+                    if (!pe->armed[k]) continue;
+                    uint64_t v = __atomic_load_n(&rx->ring.hdr->sig[k],
+                                                 __ATOMIC_ACQUIRE);
+                    if (v == pe->armed_val[k]) continue;
+                    pe->armed[k] = 0; /* wakes one wait(); peek re-arms */
+                    return 1;
+                }
             if (tx->q && (tx->q->off == tx->q->len ||
                           mc_shm_ring_space_reload(&tx->ring) != 0))
                 return 1;
@@ -736,7 +748,7 @@ static void shm_wait(mc_tl_t *tl, int64_t timeout_us)
         mc_shm_peer_t *pe = tl->peers[i];
         if (pe->up && pe->role == SHM_GUEST) nlinks++;
         if (pe->gone || !pe->up) continue;
-        int mine = 0;
+        int mine = pe->armed[0] || pe->armed[1];
         for (int ch = 0; ch < MC_NUM_CHANNELS; ch++)
             mine |= pe->tx[ch].q || pe->rx[ch].q;
         if (!mine) continue;
@@ -858,6 +870,55 @@ static mc_status_t shm_post_send(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x)
 static mc_status_t shm_post_recv(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x)
 {
     return shm_post(tl, peer, ch, x, 0);
+}
+
+/* The peer of a signal call; NULL (and *st_p set) if there is none. */
+static mc_shm_peer_t *shm_sig_peer(mc_tl_t *tl, int peer, int slot,
+                                   const char *fn, mc_status_t *st_p)
+{
+    if (!tl || peer < 0 || peer >= tl->size || tl->peer_idx[peer] < 0 ||
+        slot < 0 || slot > 1) {
+        *st_p = mc_err(MC_ERR_INVALID_ARG, "shm %s: bad peer %d or slot %d",
+                       fn, peer, slot);
+        return NULL;
+    }
+    mc_shm_peer_t *pe = tl->peers[tl->peer_idx[peer]];
+    if (!pe->up || !pe->tx[MC_CH_COLL].ring.data ||
+        !pe->rx[MC_CH_COLL].ring.data) {
+        *st_p = MC_ERR_PEER_FAILED;
+        return NULL;
+    }
+    return pe;
+}
+
+/* The word lives in the page of counters of our collective ring to the
+ * peer (written by us only, like head); a sleeping peer is woken as for
+ * new bytes. */
+static mc_status_t shm_signal(mc_tl_t *tl, int peer, int slot, uint64_t value)
+{
+    mc_status_t st;
+    mc_shm_peer_t *pe = shm_sig_peer(tl, peer, slot, "signal", &st);
+    if (!pe) return st;
+    if (pe->gone) return MC_ERR_PEER_FAILED;
+    __atomic_store_n(&pe->tx[MC_CH_COLL].ring.hdr->sig[slot], value,
+                     __ATOMIC_RELEASE);
+    shm_bell(pe->bell);
+    return MC_OK;
+}
+
+/* A gone peer's word is final (its stores are visible once it is known
+ * dead), so it is still read. */
+static mc_status_t shm_peek(mc_tl_t *tl, int peer, int slot, uint64_t *value_p)
+{
+    mc_status_t st;
+    mc_shm_peer_t *pe = shm_sig_peer(tl, peer, slot, "peek", &st);
+    if (!pe || !value_p) return pe ? MC_ERR_INVALID_ARG : st;
+    uint64_t v = __atomic_load_n(&pe->rx[MC_CH_COLL].ring.hdr->sig[slot],
+                                 __ATOMIC_ACQUIRE);
+    pe->armed[slot] = !pe->gone;
+    pe->armed_val[slot] = v;
+    *value_p = v;
+    return MC_OK;
 }
 
 /* Gone as soon as that is known, even while its streams still drain. */
@@ -1560,6 +1621,8 @@ const mc_tl_ops_t mc_tl_shm_ops = {
     .wait = shm_wait,
     .peer_status = shm_peer_status,
     .add_peer = shm_add_peer,
+    .signal = shm_signal,
+    .peek = shm_peek,
     .mem_reg = mc_tl_stub_mem_reg,
     .mem_dereg = mc_tl_stub_mem_dereg,
     .put = mc_tl_stub_put,

@@ -34,6 +34,9 @@
 typedef struct mc_shm_ring_hdr {
     _Alignas(128) uint64_t head; /* written by the producer only */
     _Alignas(128) uint64_t tail; /* written by the consumer only */
+    /* the transport's signal words (transport.h) of the collective
+     * channel: written by the producer only, outside the byte stream */
+    _Alignas(128) uint64_t sig[2];
 } mc_shm_ring_hdr_t;
 
 _Static_assert(sizeof(mc_shm_ring_hdr_t) <= MC_SHM_RING_CTRL_BYTES,
