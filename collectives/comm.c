@@ -260,6 +260,8 @@ struct mc_comm {
     /* View (see docs/fault-model). Changed only by the thread that holds
      * exec_lock, under plock. */
     int ft, auto_recover;
+    int ft_signals; /* final barrier through transport signals, where all
+                     * peers have them (MOONCAKE_FT_SIGNALS) */
     uint64_t epoch;
     uint8_t *active; /* [size] */
     int nactive;
@@ -1188,7 +1190,7 @@ static int frame_done(mc_frame_t *f)
     return 0;
 }
 
-static void cx_timeout(mc_cctx_t *cx, mc_frame_t *f)
+static void cx_timeout(mc_cctx_t *cx, mc_frame_t *f, int peer)
 {
     mc_comm_t *c = cx->comm;
     /* Not suspicion: heartbeats decide whether the peer is alive (a slow
@@ -1200,7 +1202,7 @@ static void cx_timeout(mc_cctx_t *cx, mc_frame_t *f)
             mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
             (long long)c->timeout_ms, c->rank,
             f ? (f->is_send ? "send to" : "receive from") : "hear from",
-            f ? f->peer : -1, STEP_ARGS(f ? f->step : 0u));
+            f ? f->peer : peer, STEP_ARGS(f ? f->step : 0u));
 }
 
 /* Peers of the current view the heartbeat finds silent become suspects
@@ -1249,35 +1251,41 @@ static int live_poll(mc_comm_t *c, int64_t now)
     return first;
 }
 
-/* Wait for frames [from, to) (or one), driving progress. */
-static mc_status_t cx_wait_range(mc_cctx_t *cx, int from, int to)
+/* What a wait waits for: ready() (plock held, after progress) says
+ * whether it is there, and may fail the attempt; on a timeout the message
+ * names `peer`, and the frame `f` if any. */
+typedef struct cx_waiter {
+    int (*ready)(mc_cctx_t *cx, struct cx_waiter *w);
+    int i, to;      /* frames [i, to) */
+    int peer;       /* signal: the peer waited on */
+    uint64_t want;  /* signal: its word, flags masked out */
+    uint64_t got;   /* signal: the word seen */
+    mc_frame_t *f;  /* the frame waited on, for the timeout message */
+} cx_waiter_t;
+
+/* Wait until w->ready, driving progress; bounded by the op deadline,
+ * suspicion (heartbeats) and failures reported by peers. */
+static mc_status_t cx_wait_until(mc_cctx_t *cx, cx_waiter_t *w)
 {
     mc_comm_t *c = cx->comm;
     int64_t idle_since = mc_now_us();
-    int i = from;
     for (;;) {
         pthread_mutex_lock(&c->plock);
-        int n = progress_locked(c);
-        while (i < to && frame_done(cx_frame(cx, i))) {
-            mc_frame_t *f = cx_frame(cx, i);
-            if (f->status < 0 && cx->failed == MC_OK)
-                cx_fail(c, f->status, 0,
-                        "%s at seq %llu: transfer with rank "
-                        "%d failed: %s",
-                        mc_coll_name(cx->req->args.coll),
-                        (unsigned long long)cx->seq, f->peer,
-                        mc_status_str(f->status));
-            i++;
+        /* what is already there needs no progress pass first */
+        int n = 0, done = w->ready(cx, w);
+        if (!done && cx->failed == MC_OK) {
+            n = progress_locked(c);
+            done = w->ready(cx, w);
         }
         mc_status_t st = cx->failed;
         pthread_mutex_unlock(&c->plock);
         if (st < 0) return st;
-        if (i >= to) return MC_OK;
+        if (done) return MC_OK;
         int64_t now = mc_now_us();
         if (n) idle_since = now;
         if (now > cx->deadline_us) {
             pthread_mutex_lock(&c->plock);
-            cx_timeout(cx, cx_frame(cx, i));
+            cx_timeout(cx, w->f, w->peer);
             st = cx->failed;
             pthread_mutex_unlock(&c->plock);
             return st;
@@ -1299,6 +1307,32 @@ static mc_status_t cx_wait_range(mc_cctx_t *cx, int from, int to)
         }
         if (!n) idle_wait(c, idle_since, now);
     }
+}
+
+/* Frames [w->i, w->to) done? A failed one fails the attempt. */
+static int frames_ready(mc_cctx_t *cx, cx_waiter_t *w)
+{
+    mc_comm_t *c = cx->comm;
+    while (w->i < w->to && frame_done(cx_frame(cx, w->i))) {
+        mc_frame_t *f = cx_frame(cx, w->i);
+        if (f->status < 0 && cx->failed == MC_OK)
+            cx_fail(c, f->status, 0,
+                    "%s at seq %llu: transfer with rank "
+                    "%d failed: %s",
+                    mc_coll_name(cx->req->args.coll),
+                    (unsigned long long)cx->seq, f->peer,
+                    mc_status_str(f->status));
+        w->i++;
+    }
+    w->f = w->i < w->to ? cx_frame(cx, w->i) : NULL;
+    return w->i >= w->to;
+}
+
+/* Wait for frames [from, to) (or one), driving progress. */
+static mc_status_t cx_wait_range(mc_cctx_t *cx, int from, int to)
+{
+    cx_waiter_t w = {.ready = frames_ready, .i = from, .to = to, .peer = -1};
+    return cx_wait_until(cx, &w);
 }
 
 mc_status_t mc_cx_wait(mc_cctx_t *cx, mc_fh_t h)
@@ -2034,6 +2068,100 @@ static size_t inplace_input(const mc_comm_t *c, const mc_coll_args_t *a)
 
 static uint64_t join_flag(mc_comm_t *c);
 
+/* Final barrier through signal words (transport.h) instead of frames:
+ * every peer of the view on a transport that has them (shm: one host),
+ * and not a barrier call, whose frames are what checks that the peers
+ * called a barrier too. The same on every rank, like the staging choice
+ * (mc_cx_stage_usable), given the same MOONCAKE_FT_SIGNALS everywhere. */
+static int sig_barrier_usable(mc_comm_t *c, const mc_cctx_t *cx)
+{
+    if (!c->ft_signals || cx->req->args.coll == MC_COLL_BARRIER) return 0;
+    for (int v = 0; v < cx->nv; v++) {
+        int p = cx->vslots[v];
+        if (p == c->rank) continue;
+        int t = c->peer_tl[p];
+        if (t < 0 || !c->tlops[t]->signal ||
+            c->tlops[t]->signal == mc_tl_stub_signal)
+            return 0;
+    }
+    return 1;
+}
+
+/* A rank's signal for (epoch, seq): "my part is done", with its flag
+ * byte. Word (seq & 1): a peer overwrites it (for seq + 2) only after
+ * passing the barrier of seq + 1, which waits for us to have left this
+ * one. A re-run is always in a new epoch, and a fresh process's words
+ * are 0, which no (epoch >= 1, seq) encodes to. */
+#define SIG_FLAGS 0xffull
+static uint64_t sig_word(uint64_t epoch, uint64_t seq, uint64_t flags)
+{
+    return (epoch & 0xffff) << 48 | (seq & 0xffffffffffull) << 8 |
+           (flags & SIG_FLAGS);
+}
+
+/* Has w->peer signalled w->want? A peer with evidence of death that has
+ * not (re-read after the evidence: its last store is final) fails the
+ * attempt. plock held. */
+static int signal_ready(mc_cctx_t *cx, cx_waiter_t *w)
+{
+    mc_comm_t *c = cx->comm;
+    int p = w->peer, t = c->peer_tl[p];
+    uint64_t v = 0;
+    mc_status_t st;
+    for (int pass = 0; pass < 2; pass++) {
+        int dead = c->peer_dead[p];
+        st = c->tlops[t]->peek(c->tl[t], p, (int)(cx->seq & 1), &v);
+        if (st == MC_OK && (v & ~SIG_FLAGS) == w->want) {
+            w->got = v;
+            return 1;
+        }
+        if (st == MC_OK && !dead && !c->peer_dead[p]) return 0;
+    }
+    if (cx->failed == MC_OK)
+        cx_fail(c, MC_ERR_PEER_FAILED, 0,
+                "%s at seq %llu: rank %d failed before its part was done",
+                mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
+                p);
+    return 0;
+}
+
+static mc_status_t sig_barrier(mc_cctx_t *cx, uint64_t *flags)
+{
+    mc_comm_t *c = cx->comm;
+    int n = cx->nv, r = cx->vrank, slot = (int)(cx->seq & 1);
+    uint64_t mine = sig_word(cx->epoch, cx->seq, *flags), acc = *flags;
+    for (int d = 1; d < n; d++) { /* r + 1 first: everyone starts elsewhere */
+        int p = cx->vslots[(r + d) % n], t = c->peer_tl[p];
+        pthread_mutex_lock(&c->plock);
+        if (c->tlops[t]->signal(c->tl[t], p, slot, mine) < 0)
+            peer_failed(c, p, MC_ERR_PEER_FAILED);
+        pthread_mutex_unlock(&c->plock);
+        /* some peers have our signal, the others not */
+        if (d == 1) MC_FAULT_POINT("ft.barrier.mid");
+    }
+    for (int d = 1; d < n; d++) {
+        cx_waiter_t w = {.ready = signal_ready,
+                         .peer = cx->vslots[(r + d) % n],
+                         .want = mine & ~SIG_FLAGS};
+        mc_status_t st = cx_wait_until(cx, &w);
+        if (st < 0) return st;
+        acc |= w.got & SIG_FLAGS;
+    }
+    *flags = acc;
+    return MC_OK;
+}
+
+/* Return only once every rank has its result: then a failure from here
+ * on can always complete this op in this view. The barrier also tells
+ * every member whether joiners wait (FLAG_*). */
+static mc_status_t ft_barrier(mc_comm_t *c, mc_cctx_t *cx, uint64_t *flags)
+{
+    cx->data_done = 1;
+    return sig_barrier_usable(c, cx) ? sig_barrier(cx, flags)
+                                     : mc_algo_barrier_flags(cx, flags);
+}
+
+
 /* One attempt at a queued collective over the current view (exec_lock
  * held). Leaves the error text in cx->err. */
 static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
@@ -2077,11 +2205,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     if (st == MC_OK && !(c->ft && r->args.coll == MC_COLL_BARRIER))
         st = mc_coll_run_view(cx);
     if (st == MC_OK && c->ft) {
-        /* Return only once every rank has its result: then a failure
-         * from here on can always complete this op in this view. The
-         * barrier also tells every member whether joiners wait. */
-        cx->data_done = 1;
-        st = mc_algo_barrier_flags(cx, &flags);
+        st = ft_barrier(c, cx, &flags);
         if (st == MC_OK) cx->flags = flags;
     }
     if (st == MC_OK) cx_commit(cx);
@@ -4095,6 +4219,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         (size_t)mc_env_int("MOONCAKE_P2P_UNEXPECTED_MAX", (int64_t)1 << 30);
     c->discard_len = 1 << 16;
     c->async_grace_us = mc_env_int("MOONCAKE_ASYNC_GRACE_US", 50);
+    c->ft_signals = mc_env_int("MOONCAKE_FT_SIGNALS", 1) != 0;
     c->discard = malloc(c->discard_len);
     c->peer_tl = malloc((size_t)size);
     c->peer_dead = calloc((size_t)size, 1);
