@@ -72,6 +72,7 @@ struct bench_opts {
     int ft_compare;
     uint64_t ft_sizes[16]; /* --ft-sizes */
     int ft_nsizes;
+    int ft_reps;
 };
 
 /* Sizes of one step of the sweep, following nccl-tests: `count` is the
@@ -117,14 +118,15 @@ static void usage(FILE *f)
 "                          max. Transport: --transport (default shm here).\n"
 "                          Then compares allreduce busbw with fault tolerance\n"
 "                          on and off (two communicators in the same ranks,\n"
-"                          --ft-sizes, out of place and in place, best of 3\n"
-"                          runs of -n iterations (default 10 here) after -w\n"
-"                          warm-ups).\n"
+"                          --ft-sizes, out of place and in place, best of\n"
+"                          --ft-reps runs of -n iterations (default 10 here)\n"
+"                          after -w warm-ups).\n"
 "      --kills N           number of trials (default 50; 0: only compare)\n"
 "      --seed N            seed for kill times and victims (default: clock)\n"
 "      --ft-compare 0|1    run the FT on/off comparison (default 1)\n"
 "      --ft-sizes LIST     its sizes, comma-separated (default\n"
 "                          8,64K,256K,512K,1M,16M,64M)\n"
+"      --ft-reps N         runs per size and mode, alternating (default 3)\n"
 "\n"
 "Size conventions (as nccl-tests): `size` is the larger of the per-rank\n"
 "send and receive buffers, `count` the count passed to the call:\n"
@@ -251,7 +253,8 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         OPT_KILLS,
         OPT_SEED,
         OPT_FT_COMPARE,
-        OPT_FT_SIZES
+        OPT_FT_SIZES,
+        OPT_FT_REPS
     };
     static const struct option longopts[] = {
         {"minbytes", required_argument, NULL, 'b'},
@@ -272,6 +275,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         {"seed", required_argument, NULL, OPT_SEED},
         {"ft-compare", required_argument, NULL, OPT_FT_COMPARE},
         {"ft-sizes", required_argument, NULL, OPT_FT_SIZES},
+        {"ft-reps", required_argument, NULL, OPT_FT_REPS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -295,6 +299,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         .ft_sizes = {8, 64 << 10, 256 << 10, 512 << 10, 1 << 20, 16 << 20,
                      64 << 20},
         .ft_nsizes = 7,
+        .ft_reps = 3,
     };
     int minb_set = 0, ranks_set = 0, transport_set = 0, iters_set = 0;
     int c;
@@ -381,6 +386,9 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         case OPT_FT_SIZES:
             bad = parse_size_list(optarg, o->ft_sizes, 16, &o->ft_nsizes);
             break;
+        case OPT_FT_REPS:
+            bad = parse_int(optarg, 1, 1000, &o->ft_reps);
+            break;
         case 'h':
             usage(stdout);
             return 1;
@@ -398,6 +406,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
                     : c == OPT_SEED       ? "-seed"
                     : c == OPT_FT_COMPARE ? "-ft-compare"
                     : c == OPT_FT_SIZES   ? "-ft-sizes"
+                    : c == OPT_FT_REPS    ? "-ft-reps"
                                           : "");
             return -1;
         }
@@ -1207,7 +1216,6 @@ static int rm_cb(const char *path, const struct stat *sb, int flag,
 #define KILL_TRIAL_S 30        /* a trial that takes longer has failed */
 #define KILL_DELAY_MIN_US 1000 /* kill 1..50 ms into the allreduce loop */
 #define KILL_DELAY_MAX_US 50000
-#define FTC_REPS 3
 
 /* One trial's state, shared with the ranks (MAP_SHARED before fork). */
 struct kill_shm {
@@ -1543,7 +1551,7 @@ static int ftc_rank(const struct bench_opts *o, const char *dir, int rank)
         layout_for(&c[0], sizes[si], &l);
         for (int ip = 0; ip < 2; ip++) {
             double best[2] = {0, 0};
-            for (int rep = 0; rep < FTC_REPS; rep++)
+            for (int rep = 0; rep < o->ft_reps; rep++)
                 for (int k = 0; k < 2; k++) {
                     int f = rep & 1 ? 1 - k : k;
                     fill_inputs(&c[f], &l, ip);
@@ -1743,7 +1751,7 @@ static int kill_main(const struct bench_opts *o, int argc, char **argv)
             "#\n# Healthy path: allreduce float32 sum, FT on (MOONCAKE_FT=1) "
             "vs off (0), best of %d\n# runs of %d iterations (%d warm-up), "
             "runs alternating; ratio = busbw FT=1 / FT=0\n",
-            FTC_REPS, o->iters, o->warmup);
+            o->ft_reps, o->iters, o->warmup);
         printf("# %10s  %12s  %9s  %7s  %9s  %7s  %6s\n", "size", "mode",
                "FT=1 (us)", "busbw", "FT=0 (us)", "busbw", "ratio");
         printf("# %10s  %12s  %9s  %7s  %9s  %7s  %6s\n", "(B)", "", "",
