@@ -1591,6 +1591,54 @@ static int ftc_rank(const struct bench_opts *o, const char *dir, int rank)
     return 0;
 }
 
+/* The floor of one confirmation between two processes of this host: the
+ * round trip of a cache line through shared memory (each side spins on
+ * the other's word), best of 5 runs of 100000. A final barrier costs at
+ * least half of it (one-way), whatever the engine does. Returns ns, or a
+ * negative value if it could not be measured. */
+static double pingpong_ns(void)
+{
+    enum { PP_ROUNDS = 100000, PP_RUNS = 5 };
+    struct pp {
+        _Alignas(128) volatile uint64_t ping;
+        _Alignas(128) volatile uint64_t pong;
+    };
+    struct pp *w = mmap(NULL, sizeof(struct pp), PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (w == MAP_FAILED) return -1;
+    memset((void *)w, 0, sizeof(*w));
+    fflush(NULL);
+    pid_t p = fork();
+    if (p < 0) {
+        munmap(w, sizeof(*w));
+        return -1;
+    }
+    if (p == 0) {
+        for (uint64_t i = 1; i <= (uint64_t)PP_ROUNDS * PP_RUNS; i++) {
+            while (__atomic_load_n(&w->ping, __ATOMIC_ACQUIRE) != i)
+                ;
+            __atomic_store_n(&w->pong, i, __ATOMIC_RELEASE);
+        }
+        _exit(0);
+    }
+    double best = -1;
+    uint64_t i = 0;
+    for (int run = 0; run < PP_RUNS; run++) {
+        int64_t t0 = now_ns();
+        for (int k = 0; k < PP_ROUNDS; k++) {
+            i++;
+            __atomic_store_n(&w->ping, i, __ATOMIC_RELEASE);
+            while (__atomic_load_n(&w->pong, __ATOMIC_ACQUIRE) != i)
+                ;
+        }
+        double ns = (double)(now_ns() - t0) / PP_ROUNDS;
+        if (best < 0 || ns < best) best = ns;
+    }
+    waitpid(p, NULL, 0);
+    munmap(w, sizeof(*w));
+    return best;
+}
+
 static int ftc_run(const struct bench_opts *o)
 {
     char dir[4096];
@@ -1752,6 +1800,12 @@ static int kill_main(const struct bench_opts *o, int argc, char **argv)
             "vs off (0), best of %d\n# runs of %d iterations (%d warm-up), "
             "runs alternating; ratio = busbw FT=1 / FT=0\n",
             o->ft_reps, o->iters, o->warmup);
+        double pp = pingpong_ns();
+        if (pp > 0)
+            printf("# floor of one confirmation between two processes: a "
+                   "cache line's round\n# trip through shared memory %.0f ns "
+                   "(one way %.0f ns)\n",
+                   pp, pp / 2);
         printf("# %10s  %12s  %9s  %7s  %9s  %7s  %6s\n", "size", "mode",
                "FT=1 (us)", "busbw", "FT=0 (us)", "busbw", "ratio");
         printf("# %10s  %12s  %9s  %7s  %9s  %7s  %6s\n", "(B)", "", "",
