@@ -2161,7 +2161,6 @@ static mc_status_t ft_barrier(mc_comm_t *c, mc_cctx_t *cx, uint64_t *flags)
                                      : mc_algo_barrier_flags(cx, flags);
 }
 
-
 /* One attempt at a queued collective over the current view (exec_lock
  * held). Leaves the error text in cx->err. */
 static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)

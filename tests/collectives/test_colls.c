@@ -53,7 +53,7 @@ typedef struct colls_param {
     int part;
     const char *algo_allreduce; /* NULL = engine's choice */
     const char *algo_broadcast;
-    const char *chunk_bytes; /* MOONCAKE_CHUNK_BYTES, NULL = default */
+    const char *chunk_bytes;  /* MOONCAKE_CHUNK_BYTES, NULL = default */
     const char *ft;           /* MOONCAKE_FT, NULL = default (on) */
     const char *auto_recover; /* MOONCAKE_AUTO_RECOVER, NULL = default */
     const char *name;
@@ -1119,7 +1119,7 @@ int main(void)
             snprintf(names[i], sizeof(names[i]), "colls_%d_%s_stage%s%s",
                      p->size, ref_tname(p->transport),
                      p->part == PART_FALLBACK ? "_fallback" : "",
-                     p->ft                ? "_ft0"
+                     p->ft             ? "_ft0"
                      : p->auto_recover ? "_manual"
                                        : "");
         else

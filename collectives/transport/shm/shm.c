@@ -878,8 +878,8 @@ static mc_shm_peer_t *shm_sig_peer(mc_tl_t *tl, int peer, int slot,
 {
     if (!tl || peer < 0 || peer >= tl->size || tl->peer_idx[peer] < 0 ||
         slot < 0 || slot > 1) {
-        *st_p = mc_err(MC_ERR_INVALID_ARG, "shm %s: bad peer %d or slot %d",
-                       fn, peer, slot);
+        *st_p = mc_err(MC_ERR_INVALID_ARG, "shm %s: bad peer %d or slot %d", fn,
+                       peer, slot);
         return NULL;
     }
     mc_shm_peer_t *pe = tl->peers[tl->peer_idx[peer]];
@@ -1547,6 +1547,7 @@ static void shm_peer_discard(mc_tl_t *tl, mc_shm_peer_t *pe)
     pe->closed[0] = pe->closed[1] = NULL;
     pe->link = NULL;
     pe->next_check_us = 0;
+    pe->armed[0] = pe->armed[1] = 0; /* the new process's words start at 0 */
 }
 
 /* The add of pe failed: it is gone with status st; nothing to drain. */
