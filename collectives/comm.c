@@ -62,9 +62,17 @@ typedef struct mc_ev {
 
 enum { F_POSTED = 1, F_PAYLOAD, F_DONE };
 
+/* A frame whose payload is at most this large is sent as one transfer,
+ * header and payload copied together: a peer then never sees its header
+ * without its payload (a SIGSTOP between the two would leave the receiver
+ * mid-frame until it resumes), and the stream publishes once. */
+#define MC_FRAME_INLINE 192
+
 typedef struct mc_frame {
     mc_hdr_t hdr; /* send: the header we send */
     mc_xfer_t hx, px;
+    /* send, small payload: header and payload as one transfer */
+    uint8_t inl[sizeof(mc_hdr_t) + MC_FRAME_INLINE];
     void *buf;
     size_t bytes;
     int peer;
@@ -1113,14 +1121,24 @@ mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step, const void *buf,
                         .desc = cx->desc,
                         .len = bytes,
                         .src = c->rank};
-    f->hx = (mc_xfer_t){
-        .buf = &f->hdr, .len = sizeof(f->hdr), .status = MC_INPROGRESS};
-    f->px =
-        (mc_xfer_t){.buf = (void *)buf, .len = bytes, .status = MC_INPROGRESS};
     int t = c->peer_tl[peer];
-    st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_COLL, &f->hx);
-    if (st == MC_OK)
-        st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_COLL, &f->px);
+    if (bytes <= MC_FRAME_INLINE) {
+        memcpy(f->inl, &f->hdr, sizeof(f->hdr));
+        if (bytes) memcpy(f->inl + sizeof(f->hdr), buf, bytes);
+        f->hx = (mc_xfer_t){.buf = f->inl,
+                            .len = sizeof(f->hdr) + bytes,
+                            .status = MC_INPROGRESS};
+        f->px = (mc_xfer_t){.status = MC_OK}; /* nothing more to send */
+        st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_COLL, &f->hx);
+    } else {
+        f->hx = (mc_xfer_t){
+            .buf = &f->hdr, .len = sizeof(f->hdr), .status = MC_INPROGRESS};
+        f->px = (mc_xfer_t){
+            .buf = (void *)buf, .len = bytes, .status = MC_INPROGRESS};
+        st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_COLL, &f->hx);
+        if (st == MC_OK)
+            st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_COLL, &f->px);
+    }
     if (st < 0) {
         /* never posted: nothing for cleanup to wait on */
         if (f->hx.status == MC_INPROGRESS) f->hx.status = st;
@@ -2247,10 +2265,14 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     int64_t drain_deadline = mc_now_us() + 2000000;
     for (;;) {
         int busy = 0;
+        mc_frame_t *stuck = NULL;
         for (int i = 0; i < cx->nframes; i++) {
             mc_frame_t *f = cx_frame(cx, i);
             if (frame_done(f)) continue;
-            if (f->is_send || f->state == F_PAYLOAD) busy = 1;
+            if (f->is_send || f->state == F_PAYLOAD) {
+                busy = 1;
+                if (!stuck) stuck = f;
+            }
         }
         /* ABORT notices must leave too: a blocking caller may not drive
          * progress again for a long time, and a peer waiting in this op
@@ -2264,10 +2286,17 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
         if (!busy) break;
         if (mc_now_us() > drain_deadline && st < 0) {
             MC_LOG(MC_LOG_ERROR,
-                   "rank %d: transfers of failed %s seq %llu did not drain; "
-                   "the communicator must be destroyed",
+                   "rank %d: transfers of failed %s seq %llu did not drain "
+                   "(%s rank %d, step " STEP_FMT ", %zu bytes%s); the "
+                   "communicator must be destroyed",
                    c->rank, mc_coll_name(r->args.coll),
-                   (unsigned long long)r->seq);
+                   (unsigned long long)r->seq,
+                   !stuck ? "an abort notice to"
+                   : stuck->is_send ? "a send to"
+                                    : "a receive from",
+                   stuck ? stuck->peer : -1, STEP_ARGS(stuck ? stuck->step : 0u),
+                   stuck ? stuck->bytes : (size_t)0,
+                   stuck && !stuck->is_send ? ", payload under way" : "");
             break;
         }
         int n = progress_locked(c);
