@@ -73,6 +73,7 @@ struct bench_opts {
     uint64_t ft_sizes[16]; /* --ft-sizes */
     int ft_nsizes;
     int ft_reps;
+    enum bench_op ft_op;
 };
 
 /* Sizes of one step of the sweep, following nccl-tests: `count` is the
@@ -127,6 +128,7 @@ static void usage(FILE *f)
 "      --ft-sizes LIST     its sizes, comma-separated (default\n"
 "                          8,64K,256K,512K,1M,16M,64M)\n"
 "      --ft-reps N         runs per size and mode, alternating (default 3)\n"
+"      --ft-op OP          the collective it compares (default allreduce)\n"
 "\n"
 "Size conventions (as nccl-tests): `size` is the larger of the per-rank\n"
 "send and receive buffers, `count` the count passed to the call:\n"
@@ -254,7 +256,8 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         OPT_SEED,
         OPT_FT_COMPARE,
         OPT_FT_SIZES,
-        OPT_FT_REPS
+        OPT_FT_REPS,
+        OPT_FT_OP
     };
     static const struct option longopts[] = {
         {"minbytes", required_argument, NULL, 'b'},
@@ -276,6 +279,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         {"ft-compare", required_argument, NULL, OPT_FT_COMPARE},
         {"ft-sizes", required_argument, NULL, OPT_FT_SIZES},
         {"ft-reps", required_argument, NULL, OPT_FT_REPS},
+        {"ft-op", required_argument, NULL, OPT_FT_OP},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -300,6 +304,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
                      64 << 20},
         .ft_nsizes = 7,
         .ft_reps = 3,
+        .ft_op = OP_ALLREDUCE,
     };
     int minb_set = 0, ranks_set = 0, transport_set = 0, iters_set = 0;
     int c;
@@ -389,6 +394,14 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         case OPT_FT_REPS:
             bad = parse_int(optarg, 1, 1000, &o->ft_reps);
             break;
+        case OPT_FT_OP:
+            bad = 1;
+            for (int i = 0; i < OP_COUNT; i++)
+                if (!strcasecmp(optarg, bench_op_names[i])) {
+                    o->ft_op = (enum bench_op)i;
+                    bad = 0;
+                }
+            break;
         case 'h':
             usage(stdout);
             return 1;
@@ -407,6 +420,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
                     : c == OPT_FT_COMPARE ? "-ft-compare"
                     : c == OPT_FT_SIZES   ? "-ft-sizes"
                     : c == OPT_FT_REPS    ? "-ft-reps"
+                    : c == OPT_FT_OP      ? "-ft-op"
                                           : "");
             return -1;
         }
@@ -1502,14 +1516,15 @@ static int kill_trial(const struct bench_opts *o, struct kill_shm *sh,
     return why[0] != '\0';
 }
 
-/* Healthy path: allreduce busbw with FT on and off, two communicators in
- * the same rank processes, runs alternating so drift hits both alike. */
+/* Healthy path: busbw of --ft-op (allreduce) with FT on and off, two
+ * communicators in the same rank processes, runs alternating so drift hits
+ * both alike. */
 static int ftc_rank(const struct bench_opts *o, const char *dir, int rank)
 {
     const uint64_t *sizes = o->ft_sizes;
     const int nsizes = o->ft_nsizes;
     struct bench_opts ao = *o;
-    ao.op = OP_ALLREDUCE;
+    ao.op = o->ft_op;
     ao.dtype = MC_FLOAT32;
     ao.redop = MC_SUM;
     ao.root = 0;
@@ -1549,7 +1564,7 @@ static int ftc_rank(const struct bench_opts *o, const char *dir, int rank)
     for (int si = 0; si < nsizes; si++) {
         struct layout l;
         layout_for(&c[0], sizes[si], &l);
-        for (int ip = 0; ip < 2; ip++) {
+        for (int ip = 0; ip < (has_inplace(o->ft_op) ? 2 : 1); ip++) {
             double best[2] = {0, 0};
             for (int rep = 0; rep < o->ft_reps; rep++)
                 for (int k = 0; k < 2; k++) {
@@ -1559,7 +1574,7 @@ static int ftc_rank(const struct bench_opts *o, const char *dir, int rank)
                     if (best[f] == 0 || t < best[f]) best[f] = t;
                 }
             if (rank != 0) continue;
-            double factor = busbw_factor(OP_ALLREDUCE, o->nranks), bw[2];
+            double factor = busbw_factor(o->ft_op, o->nranks), bw[2];
             char ts[2][16];
             for (int f = 0; f < 2; f++) {
                 bw[f] =
@@ -1803,10 +1818,10 @@ static int kill_main(const struct bench_opts *o, int argc, char **argv)
     int ftc_failed = 0;
     if (o->ft_compare) {
         printf(
-            "#\n# Healthy path: allreduce float32 sum, FT on (MOONCAKE_FT=1) "
+            "#\n# Healthy path: %s float32 sum, FT on (MOONCAKE_FT=1) "
             "vs off (0), best of %d\n# runs of %d iterations (%d warm-up), "
             "runs alternating; ratio = busbw FT=1 / FT=0\n",
-            o->ft_reps, o->iters, o->warmup);
+            bench_op_names[o->ft_op], o->ft_reps, o->iters, o->warmup);
         double pp = pingpong_ns();
         if (pp > 0)
             printf("# floor of one confirmation between two processes: a "
