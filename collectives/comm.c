@@ -2376,11 +2376,14 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         }
         c->nsaved = 0;
         c->saved_oom = 0;
-        /* an in-place allreduce (run on the caller's buffers in every
-         * view, algo/view.c) keeps its input range by range as the
-         * algorithm overwrites it (mc_cx_save) */
-        c->saved_all = !(r->args.coll == MC_COLL_ALLREDUCE &&
-                         r->args.sendbuf == r->args.recvbuf);
+        /* an in-place allreduce or reduce_scatter (run on the caller's
+         * buffers in every view, algo/view.c) keeps its input range by
+         * range as the algorithm overwrites it (mc_cx_save): the
+         * reduce_scatter ring writes only the output, 1/n of the input */
+        c->saved_all = !((r->args.coll == MC_COLL_ALLREDUCE &&
+                          r->args.sendbuf == r->args.recvbuf) ||
+                         r->args.coll == MC_COLL_REDUCE_SCATTER ||
+                         r->args.coll == MC_COLL_REDUCE_SCATTERV);
         if (c->saved_all) memcpy(c->backup, r->args.sendbuf, keep);
     }
     mc_status_t st = MC_OK;

@@ -57,6 +57,7 @@ mc_status_t mc_algo_reduce_scatterv_ring(mc_cctx_t *cx)
 
     mc_blocks_get(&bl, r, &off, &len);
     if (n == 1) {
+        mc_cx_save(cx, out, len * es); /* no-op unless it is the input */
         mc_algo_copy(out, mc_algo_cat(in, off, es), len * es);
         return MC_OK;
     }
@@ -124,8 +125,12 @@ mc_status_t mc_algo_reduce_scatterv_ring(mc_cctx_t *cx)
                              part, cur.len * es, &sh[cur.g % 2][cur.c]);
             if (st < 0) return st;
         } else if (cur.len) {
-            /* Block r, complete: into the output (in place: dst == mine). */
+            /* Block r, complete: into the output (in place: dst == mine).
+             * An in-place input that fault tolerance keeps for a re-run is
+             * saved here, chunk by chunk, just before it is overwritten
+             * (cache-hot, and only the output's part of it). */
             char *o = mc_algo_at(out, cur.off - cur.boff, es);
+            mc_cx_save(cx, o, cur.len * es);
             mc_reduce(o, part, mine, cur.len, a->dtype, a->op);
             if (a->op == MC_AVG)
                 mc_reduce_div(o, cur.len, a->dtype, (uint64_t)n);
