@@ -211,6 +211,17 @@ static int parse_int(const char *s, long lo, long hi, int *v_p)
     return 0;
 }
 
+/* A collective's name (bench_op_names): 0, or 1 if unknown. */
+static int parse_op(const char *s, enum bench_op *op_p)
+{
+    for (int i = 0; i < OP_COUNT; i++)
+        if (!strcasecmp(s, bench_op_names[i])) {
+            *op_p = (enum bench_op)i;
+            return 0;
+        }
+    return 1;
+}
+
 static int parse_dtype(const char *s, mc_dtype_t *d_p)
 {
     static const struct {
@@ -332,15 +343,9 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         case 'w':
             bad = parse_int(optarg, 0, 100000000, &o->warmup);
             break;
-        case 'o': {
-            bad = 1;
-            for (int i = 0; i < OP_COUNT; i++)
-                if (!strcasecmp(optarg, bench_op_names[i])) {
-                    o->op = (enum bench_op)i;
-                    bad = 0;
-                }
+        case 'o':
+            bad = parse_op(optarg, &o->op);
             break;
-        }
         case 'd':
             bad = parse_dtype(optarg, &o->dtype);
             break;
@@ -395,12 +400,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
             bad = parse_int(optarg, 1, 1000, &o->ft_reps);
             break;
         case OPT_FT_OP:
-            bad = 1;
-            for (int i = 0; i < OP_COUNT; i++)
-                if (!strcasecmp(optarg, bench_op_names[i])) {
-                    o->ft_op = (enum bench_op)i;
-                    bad = 0;
-                }
+            bad = parse_op(optarg, &o->ft_op);
             break;
         case 'h':
             usage(stdout);
@@ -412,15 +412,15 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         if (bad) {
             fprintf(stderr, "mooncake-bench: invalid value '%s' for -%c%s\n",
                     optarg, c < 256 ? c : '-',
-                    c == OPT_ROOT         ? "-root"
-                    : c == OPT_RANKS      ? "-ranks"
-                    : c == OPT_TRANSPORT  ? "-transport"
-                    : c == OPT_KILLS      ? "-kills"
-                    : c == OPT_SEED       ? "-seed"
-                    : c == OPT_FT_COMPARE ? "-ft-compare"
-                    : c == OPT_FT_SIZES   ? "-ft-sizes"
-                    : c == OPT_FT_REPS    ? "-ft-reps"
-                    : c == OPT_FT_OP      ? "-ft-op"
+                    c == OPT_ROOT         ? "root"
+                    : c == OPT_RANKS      ? "ranks"
+                    : c == OPT_TRANSPORT  ? "transport"
+                    : c == OPT_KILLS      ? "kills"
+                    : c == OPT_SEED       ? "seed"
+                    : c == OPT_FT_COMPARE ? "ft-compare"
+                    : c == OPT_FT_SIZES   ? "ft-sizes"
+                    : c == OPT_FT_REPS    ? "ft-reps"
+                    : c == OPT_FT_OP      ? "ft-op"
                                           : "");
             return -1;
         }
@@ -1817,11 +1817,10 @@ static int kill_main(const struct bench_opts *o, int argc, char **argv)
 
     int ftc_failed = 0;
     if (o->ft_compare) {
-        printf(
-            "#\n# Healthy path: %s float32 sum, FT on (MOONCAKE_FT=1) "
-            "vs off (0), best of %d\n# runs of %d iterations (%d warm-up), "
-            "runs alternating; ratio = busbw FT=1 / FT=0\n",
-            bench_op_names[o->ft_op], o->ft_reps, o->iters, o->warmup);
+        printf("#\n# Healthy path: %s float32 sum, FT on (MOONCAKE_FT=1) "
+               "vs off (0), best of %d\n# runs of %d iterations (%d warm-up), "
+               "runs alternating; ratio = busbw FT=1 / FT=0\n",
+               bench_op_names[o->ft_op], o->ft_reps, o->iters, o->warmup);
         double pp = pingpong_ns();
         if (pp > 0)
             printf("# floor of one confirmation between two processes: a "
