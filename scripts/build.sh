@@ -10,5 +10,13 @@ case "$flavour" in
   *) echo "usage: $0 [release|asan]" >&2; exit 2 ;;
 esac
 cmake -S . -B "build/$flavour" "${extra[@]}" >/dev/null
-cmake --build "build/$flavour" -j"$jobs" 2>&1 | grep -vE '^\[ *[0-9]+%\]' || true
+# the progress lines go; the build's own status decides (grep's does not)
+set +e
+cmake --build "build/$flavour" -j"$jobs" 2>&1 | grep -vE '^\[ *[0-9]+%\]'
+rc=${PIPESTATUS[0]}
+set -e
+if [ "$rc" -ne 0 ]; then
+  echo "build/$flavour: the build failed (status $rc)" >&2
+  exit "$rc"
+fi
 test -x "build/$flavour/mooncake-bench"
