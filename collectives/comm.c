@@ -1716,6 +1716,8 @@ static uint64_t ag_signature(const mc_comm_t *c)
     return h;
 }
 
+static int ag_left_seen(mc_comm_t *c);
+
 static void ag_send_report(mc_comm_t *c)
 {
     uint8_t *dead = c->ag_tmp;
@@ -1726,7 +1728,7 @@ static void ag_send_report(mc_comm_t *c)
                     .coord = ag_coord(c),
                     .epoch = c->epoch,
                     .view_start = c->view_start,
-                    .last_ended = (int64_t)c->exec_seq - 1,
+                    .last_ended = (int64_t)c->exec_seq - 1 + ag_left_seen(c),
                     .admit = (uint32_t)c->admit_phase};
     for (int p = 0; p < c->size; p++)
         if (c->active[p]) ctrl_send(c, p, &ct, c->active, dead, c->suspect);
@@ -1850,7 +1852,7 @@ static int ag_try_decide(mc_comm_t *c)
 {
     size_t n = (size_t)c->size;
     uint8_t *next = c->nv_active; /* built in place, published below */
-    int64_t maxlast = (int64_t)c->exec_seq - 1;
+    int64_t maxlast = (int64_t)c->exec_seq - 1 + ag_left_seen(c);
     int nold = 0, nnew = 0, susp_only = 0;
     for (int q = 0; q < c->size; q++) {
         next[q] = 0;
@@ -2086,6 +2088,15 @@ static size_t inplace_input(const mc_comm_t *c, const mc_coll_args_t *a)
 
 static uint64_t join_flag(mc_comm_t *c);
 
+/* Has peer p signal words (transport.h)? */
+static int sig_capable(const mc_comm_t *c, int p)
+{
+    int t = c->peer_tl[p];
+    return t >= 0 && c->tlops[t]->signal &&
+           c->tlops[t]->signal != mc_tl_stub_signal;
+}
+
+
 /* Final barrier through signal words (transport.h) instead of frames:
  * every peer of the view on a transport that has them (shm: one host),
  * and not a barrier call, whose frames are what checks that the peers
@@ -2094,14 +2105,9 @@ static uint64_t join_flag(mc_comm_t *c);
 static int sig_barrier_usable(mc_comm_t *c, const mc_cctx_t *cx)
 {
     if (!c->ft_signals || cx->req->args.coll == MC_COLL_BARRIER) return 0;
-    for (int v = 0; v < cx->nv; v++) {
-        int p = cx->vslots[v];
-        if (p == c->rank) continue;
-        int t = c->peer_tl[p];
-        if (t < 0 || !c->tlops[t]->signal ||
-            c->tlops[t]->signal == mc_tl_stub_signal)
+    for (int v = 0; v < cx->nv; v++)
+        if (cx->vslots[v] != c->rank && !sig_capable(c, cx->vslots[v]))
             return 0;
-    }
     return 1;
 }
 
@@ -2109,17 +2115,61 @@ static int sig_barrier_usable(mc_comm_t *c, const mc_cctx_t *cx)
  * byte. Word (seq & 1): a peer overwrites it (for seq + 2) only after
  * passing the barrier of seq + 1, which waits for us to have left this
  * one. A re-run is always in a new epoch, and a fresh process's words
- * are 0, which no (epoch >= 1, seq) encodes to. */
+ * are 0, which no (epoch >= 1, seq) encodes to.
+ *
+ * SIG_LEFT: the sender saw every rank's word, so every rank holds its
+ * result; it stores the word again with this bit (and the OR of all the
+ * ranks' flags) to every peer before it returns. A rank that returned the
+ * op has thus told every peer, whatever dies afterwards: a survivor that
+ * finds such a word completes the op in this view (the barrier wait and
+ * the agreement, ag_left_seen), even when the ranks whose words it missed
+ * are dead. */
 #define SIG_FLAGS 0xffull
+#define SIG_LEFT 0x80ull
 static uint64_t sig_word(uint64_t epoch, uint64_t seq, uint64_t flags)
 {
     return (epoch & 0xffff) << 48 | (seq & 0xffffffffffull) << 8 |
            (flags & SIG_FLAGS);
 }
 
+/* Has some peer of this attempt left the barrier of (epoch, seq)? Its
+ * word then (flags included) in *got. plock held. */
+static int sig_left_seen(mc_comm_t *c, const int *vslots, int nv,
+                         uint64_t epoch, uint64_t seq, uint64_t *got)
+{
+    uint64_t want = sig_word(epoch, seq, SIG_LEFT);
+    for (int v = 0; v < nv; v++) {
+        int p = vslots[v];
+        uint64_t w = 0;
+        if (p == c->rank || !sig_capable(c, p)) continue;
+        if (c->tlops[c->peer_tl[p]]->peek(c->tl[c->peer_tl[p]], p,
+                                          (int)(seq & 1), &w) == MC_OK &&
+            (w & ~(SIG_FLAGS & ~SIG_LEFT)) == want) {
+            *got = w;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* For the agreement: has a peer of the current view left the final
+ * barrier of the running op (exec_seq) in this view? Then every rank
+ * holds its result and it completes in this view: the new view starts
+ * after it. A peer that returned the op stored this into every peer's
+ * word before returning, so every survivor's memory has it once that
+ * peer is known dead; a survivor whose report went out earlier is covered
+ * by the coordinator, which looks again when it decides. plock held. */
+static int ag_left_seen(mc_comm_t *c)
+{
+    uint64_t got;
+    return c->ft_signals && sig_left_seen(c, c->vslots, c->nactive, c->epoch,
+                                          c->exec_seq, &got);
+}
+
 /* Has w->peer signalled w->want? A peer with evidence of death that has
  * not (re-read after the evidence: its last store is final) fails the
- * attempt. plock held. */
+ * attempt, unless another peer has left the barrier already (then the dead
+ * one had signalled too, only not to us). plock held. */
 static int signal_ready(mc_cctx_t *cx, cx_waiter_t *w)
 {
     mc_comm_t *c = cx->comm;
@@ -2135,6 +2185,8 @@ static int signal_ready(mc_cctx_t *cx, cx_waiter_t *w)
         }
         if (st == MC_OK && !dead && !c->peer_dead[p]) return 0;
     }
+    if (sig_left_seen(c, cx->vslots, cx->nv, cx->epoch, cx->seq, &w->got))
+        return 1;
     if (cx->failed == MC_OK)
         cx_fail(c, MC_ERR_PEER_FAILED, 0,
                 "%s at seq %llu: rank %d failed before its part was done",
@@ -2164,7 +2216,18 @@ static mc_status_t sig_barrier(mc_cctx_t *cx, uint64_t *flags)
         mc_status_t st = cx_wait_until(cx, &w);
         if (st < 0) return st;
         acc |= w.got & SIG_FLAGS;
+        if (w.got & SIG_LEFT) break; /* its flags are everyone's */
     }
+    acc &= ~SIG_LEFT;
+    /* Tell every peer we leave: from here this op completes in this view
+     * whoever dies (a failed store: that peer is dead, nothing to tell). */
+    uint64_t left = sig_word(cx->epoch, cx->seq, acc | SIG_LEFT);
+    pthread_mutex_lock(&c->plock);
+    for (int d = 1; d < n; d++) {
+        int p = cx->vslots[(r + d) % n], t = c->peer_tl[p];
+        (void)c->tlops[t]->signal(c->tl[t], p, slot, left);
+    }
+    pthread_mutex_unlock(&c->plock);
     *flags = acc;
     return MC_OK;
 }
