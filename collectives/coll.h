@@ -84,6 +84,7 @@ typedef struct mc_tune {
     /* forced algorithm names ("" = choose): MOONCAKE_ALGO_<COLL> */
     char algo_allreduce[16]; /* "ring" | "rd" */
     char algo_broadcast[16]; /* "chain" | "tree" */
+    char algo_reduce[16];    /* "tree" | "chain" | "stage" */
     /* allreduce through staging memory (every rank on one host) for
      * sizes in [stage_min, stage_max] bytes;
      * MOONCAKE_SHM_STAGE_MIN / _MAX, stage_max 0 turns it off */

@@ -2439,11 +2439,13 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         }
         c->nsaved = 0;
         c->saved_oom = 0;
-        /* an in-place allreduce or reduce_scatter (run on the caller's
-         * buffers in every view, algo/view.c) keeps its input range by
-         * range as the algorithm overwrites it (mc_cx_save): the
-         * reduce_scatter ring writes only the output, 1/n of the input */
-        c->saved_all = !((r->args.coll == MC_COLL_ALLREDUCE &&
+        /* an in-place allreduce, reduce or reduce_scatter (run on the
+         * caller's buffers in every view, algo/view.c) keeps its input
+         * range by range as the algorithm overwrites it (mc_cx_save): the
+         * reduce_scatter ring writes only the output, 1/n of the input;
+         * reduce only on the root */
+        c->saved_all = !(((r->args.coll == MC_COLL_ALLREDUCE ||
+                           r->args.coll == MC_COLL_REDUCE) &&
                           r->args.sendbuf == r->args.recvbuf) ||
                          r->args.coll == MC_COLL_REDUCE_SCATTER ||
                          r->args.coll == MC_COLL_REDUCE_SCATTERV);
@@ -3626,6 +3628,8 @@ static void tune_init(mc_tune_t *t)
              mc_env_str("MOONCAKE_ALGO_ALLREDUCE", ""));
     snprintf(t->algo_broadcast, sizeof(t->algo_broadcast), "%s",
              mc_env_str("MOONCAKE_ALGO_BROADCAST", ""));
+    snprintf(t->algo_reduce, sizeof(t->algo_reduce), "%s",
+             mc_env_str("MOONCAKE_ALGO_REDUCE", ""));
     t->stage_min = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MIN", 64 << 10);
     t->stage_max = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MAX", 1 << 30);
 }

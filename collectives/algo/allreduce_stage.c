@@ -15,6 +15,13 @@
  * the transport's ring and out again), so it runs with fault tolerance off
  * and in manual mode too: there the commit runs right after the algorithm.
  *
+ * Reduce on one host runs here too (select.c): the same steps, but only
+ * the root's commit copies the result out (a non-root's recvbuf is
+ * ignored and may be NULL). Every rank reduces its block, where the chain
+ * leaves the root's share of the work to the root, and an in-place root
+ * keeps nothing for a re-run either. If a put missed, reduce falls back to
+ * its chain instead of the ring.
+ *
  * Layout: rank r's region (stage.h) holds slots of `cap` bytes (the
  * largest block, rounded up to 64 bytes). Input slots from the start: the
  * k-th (k = (v - r - 1) mod n, 0 <= k < n - 1) receives rank v's input
@@ -99,6 +106,7 @@ typedef struct stage_plan {
     stage_hello_t *snd; /* [n] step-1 frames to each peer */
     stage_hello_t *rcv; /* [n] and from each */
     uint64_t *flag;     /* [n] step-2 flags */
+    int out;            /* the commit writes this rank's recvbuf */
 } stage_plan_t;
 
 static stage_plan_t *stage_plan(mc_cctx_t *cx, int n)
@@ -183,6 +191,8 @@ static void stage_commit(mc_cctx_t *cx)
     size_t es = mc_dtype_size(a->dtype);
     mc_blocks_t bl = {.n = n, .total = a->count};
     stage_plan_t *pl = mc_cx_scratch(cx, 3, 1); /* already that large */
+    /* a reduce, not its root */
+    if (!pl->out) return;
     for (int v = 0; v < n; v++) {
         size_t off, len;
         mc_blocks_get(&bl, v, &off, &len);
@@ -211,6 +221,7 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
 
     stage_plan_t *pl = stage_plan(cx, n);
     if (!pl) return MC_ERR_NO_MEMORY;
+    pl->out = a->coll != MC_COLL_REDUCE || a->root == r;
     pl->cap = (mc_blocks_max(&bl) * es + 63) & ~(size_t)63;
     size_t need = pl->cap * (size_t)n;
 
@@ -282,7 +293,9 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
                         (char *)pl->flag, sizeof(uint64_t));
     if (st < 0) return st;
     for (int v = 0; v < n; v++)
-        if (!pl->flag[v]) return mc_algo_allreduce_ring(cx);
+        if (!pl->flag[v])
+            return a->coll == MC_COLL_REDUCE ? mc_algo_reduce_chain(cx)
+                                             : mc_algo_allreduce_ring(cx);
 
     MC_FAULT_POINT("allreduce.stage.done");
     /* 3. every result exists: copy out once the op is decided */

@@ -7,6 +7,10 @@
  * only flows toward the root, so both algorithms start with the
  * dissemination barrier, which carries the descriptor check to every rank.
  * MC_AVG sums, and the root divides once at the end.
+ *
+ * In place (fault tolerance, auto mode) only the root overwrites its
+ * input: it saves each range just before (mc_cx_save), so the other ranks
+ * keep nothing and the root copies its input once, cache-hot.
  */
 #include "algo.h"
 
@@ -38,6 +42,7 @@ mc_status_t mc_algo_reduce_tree(mc_cctx_t *cx)
     acc = v == 0 ? a->recvbuf : mc_algo_scratch(cx, 0, bytes);
     tmp = mc_algo_scratch(cx, 1, bytes);
     if ((!acc && bytes) || !tmp) return MC_ERR_NO_MEMORY;
+    if (v == 0) mc_cx_save(cx, acc, bytes); /* no-op unless it is the input */
     mc_algo_copy(acc, a->sendbuf, bytes);
 
     for (long long m = 1; m < n; m <<= 1, round++) {
@@ -102,6 +107,7 @@ mc_status_t mc_algo_reduce_chain(mc_cctx_t *cx)
             st = mc_cx_isend(cx, to, mc_algo_step(MC_PH_REDUCE_CHAIN, 0, c),
                              mc_algo_cat(a->sendbuf, off, es), len * es, &h);
             if (st < 0) return st;
+            if (c == 0) MC_FAULT_POINT("reduce.chain.sent");
         }
         return mc_cx_waitall(cx);
     }
@@ -134,6 +140,7 @@ mc_status_t mc_algo_reduce_chain(mc_cctx_t *cx)
             /* Root: out = partial op input (in place: dst == mine). */
             if (len) {
                 char *o = mc_algo_at(a->recvbuf, off, es);
+                mc_cx_save(cx, o, len * es); /* in place: cache-hot copy */
                 mc_reduce(o, part, mine, len, a->dtype, a->op);
                 if (a->op == MC_AVG)
                     mc_reduce_div(o, len, a->dtype, (uint64_t)n);
@@ -143,6 +150,8 @@ mc_status_t mc_algo_reduce_chain(mc_cctx_t *cx)
             st = mc_cx_isend(cx, to, mc_algo_step(MC_PH_REDUCE_CHAIN, 0, c),
                              part, len * es, &sh[c % S]);
             if (st < 0) return st;
+            /* killed here, the root may have reduced chunk 0 in place */
+            if (c == 0) MC_FAULT_POINT("reduce.chain.sent");
         }
     }
     return mc_cx_waitall(cx);

@@ -120,10 +120,41 @@ static mc_status_t mc_run_broadcast(mc_cctx_t *cx, size_t bytes)
                                        : mc_algo_broadcast_chain(cx);
 }
 
+static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
+{
+    const mc_tune_t *t = mc_cx_tune(cx);
+    const char *f = t->algo_reduce;
+    size_t cap = sizeof(t->algo_reduce);
+
+    if (mc_forced(f, cap, "tree")) return mc_algo_reduce_tree(cx);
+    if (mc_forced(f, cap, "chain")) return mc_algo_reduce_chain(cx);
+    if (mc_forced(f, cap, "stage")) /* any size up to stage_max */
+        return bytes <= t->stage_max && mc_cx_stage_usable(cx)
+                   ? mc_algo_allreduce_stage(cx)
+                   : mc_algo_reduce_chain(cx);
+    if (!mc_forced(f, cap, ""))
+        return mc_err(MC_ERR_INVALID_ARG,
+                      "MOONCAKE_ALGO_REDUCE=%.*s: expected tree, chain or "
+                      "stage",
+                      (int)cap, f);
+    /* One host: the staged allreduce, whose commit writes only the root's
+     * buffer (allreduce_stage.c), on the same sizes as allreduce. The
+     * caller's buffer is written only after the final barrier, so an
+     * in-place reduce keeps nothing for a re-run; and the reduction is
+     * spread over every rank where the chain leaves the root's share to
+     * the root. At 2 ranks: 1 MiB 160 us vs 205-238 us through the chain
+     * (docs/performance.md). Latency-bound sizes take the tree, the rest
+     * the pipeline (the same threshold as allreduce's). */
+    if (bytes >= t->stage_min && bytes <= t->stage_max && t->stage_max &&
+        bytes > t->allreduce_small_max && mc_cx_stage_usable(cx))
+        return mc_algo_allreduce_stage(cx);
+    return bytes <= t->allreduce_small_max ? mc_algo_reduce_tree(cx)
+                                           : mc_algo_reduce_chain(cx);
+}
+
 mc_status_t mc_coll_run(mc_cctx_t *cx)
 {
     const mc_coll_args_t *a = mc_cx_args(cx);
-    const mc_tune_t *t = mc_cx_tune(cx);
     int n = mc_cx_size(cx);
     size_t es = mc_dtype_size(a->dtype);
     const char *what = mc_coll_name(a->coll);
@@ -165,11 +196,7 @@ mc_status_t mc_coll_run(mc_cctx_t *cx)
         if ((st = mc_redop_check(a->dtype, a->op)) < 0) return st;
         if ((st = mc_check_root(what, a->root, n)) < 0) return st;
         if ((st = mc_check_count(what, a->count, 1, es)) < 0) return st;
-        /* Latency-bound sizes take the tree, the rest the pipeline (the
-         * same threshold as allreduce's). */
-        return a->count * es <= t->allreduce_small_max
-                   ? mc_algo_reduce_tree(cx)
-                   : mc_algo_reduce_chain(cx);
+        return mc_run_reduce(cx, a->count * es);
 
     case MC_COLL_GATHER:
     case MC_COLL_SCATTER:

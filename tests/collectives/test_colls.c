@@ -295,6 +295,9 @@ static int run_reduce(tc_t *t, mc_dtype_t d, mc_redop_t op, size_t n, int root,
         check(t, "result at root", d, out, exp, n);
     }
     if (!ip) check(t, "sendbuf modified", d, send, orig, n);
+    /* elsewhere the buffer is ignored: in place, it keeps the input */
+    if (ip && !is_root)
+        check(t, "in-place buffer of a non-root", d, send, orig, n);
 out:
     free(send), free(recv), free(exp), free(orig);
     return rc;
@@ -899,6 +902,7 @@ static int sweep_all(tc_t *t)
     if (run_reduce_scatter(t, MC_INT64, MC_MIN, Lb, 1)) return -1;
     if (run_reduce_scatterv(t, MC_FLOAT16, MC_SUM, Lb)) return -1;
     if (run_reduce(t, MC_FLOAT64, MC_PROD, L, S - 1, 0)) return -1;
+    if (run_reduce(t, MC_FLOAT32, MC_AVG, L, S / 2, 1)) return -1;
     if (run_allgather(t, MC_UINT16, Lb, 1)) return -1;
     if (run_allgatherv(t, MC_UINT8, Lb, 0)) return -1;
     if (run_broadcast(t, MC_FLOAT32, L, S / 2, 0)) return -1;
@@ -989,7 +993,8 @@ static int sweep_stage(tc_t *t)
      * everyone's but that rank's elsewhere */
     set_what(t, "staging regions mapped");
     int want = t->size, got = count_stage_maps();
-    if (t->p->part == PART_FALLBACK) want = t->rank == t->size - 1 ? 0 : t->size - 1;
+    if (t->p->part == PART_FALLBACK)
+        want = t->rank == t->size - 1 ? 0 : t->size - 1;
     if (got != want)
         report(t, "%d staging regions mapped, expected %d", got, want);
     return check_hashes(t);

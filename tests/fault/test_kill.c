@@ -71,6 +71,7 @@ typedef enum {
     KO_BC,  /* broadcast int64 */
     KO_A2A, /* alltoall int64 */
     KO_BAR, /* barrier */
+    KO_RED, /* reduce int64 SUM to rank 0 */
 } kt_opk_t;
 
 static const char *const opk_names[] = {
@@ -78,6 +79,7 @@ static const char *const opk_names[] = {
     [KO_F64] = "allreduce(f64,sum)", [KO_AG] = "allgather",
     [KO_RS] = "reduce_scatter",      [KO_BC] = "broadcast",
     [KO_A2A] = "alltoall",           [KO_BAR] = "barrier",
+    [KO_RED] = "reduce(i64,sum)",
 };
 
 #define KT_ROOT_VICTIM (-1) /* the broadcast root is the (first) victim */
@@ -98,6 +100,7 @@ typedef enum {
     W_BAR,
     W_MIX,         /* every collective in turn */
     W_BC_DEADROOT, /* broadcast from the victim, then an allreduce */
+    W_RED,         /* one reduce to rank 0 per step */
 } kt_work_t;
 
 typedef enum {
@@ -157,6 +160,21 @@ static const kt_scn_t scenarios[] = {
     {"broadcast_tcp_3",       3, TCP, W_BC,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
     {"alltoall_tcp_4",        4, TCP, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1 << 14,   0, NULL},
     {"alltoall_shm_3",        3, SHM, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"reduce_shm_4",          4, SHM, W_RED,         K_RANDOM,   -1, 0, 0,  40, 1 << 18,   0, NULL},
+    {"reduce_tcp_3",          3, TCP, W_RED,         K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
+  /* killed after it passed on its first chunk of the reduce chain: the
+   * root has reduced that chunk into its buffer (in place every other
+   * step) and must re-run from its saved input */
+    {"reduce_chain_shm_4",    4, SHM, W_RED,         K_INJECT,   -1, 0, 0,  12, 1 << 18,   0, "reduce.chain.sent"},
+    {"reduce_chain_tcp_3",    3, TCP, W_RED,         K_INJECT,   -1, 0, 0,  12, 1 << 18,   0, "reduce.chain.sent"},
+  /* on one host reduce runs through staging memory (the root's buffer is
+   * written at the commit only): killed mid-put, and in the final barrier
+   * (the root completes it in the old view from the dead rank's region) */
+    {"reduce_stage_put_shm_3", 3, SHM, W_RED,        K_INJECT,   -1, 0, 0,  12, 1 << 18,   0, "allreduce.stage.put"},
+    {"reduce_stage_barrier_shm_4", 4, SHM, W_RED,    K_INJECT,   -1, 0, 0,  12, 1 << 18,   0, "ft.barrier.mid"},
+    {"barrier_shm_8",         8, SHM, W_BAR,         K_RANDOM,   -1, 0, 0, 120, 0,         300, NULL},
+    {"barrier_tcp_3",         3, TCP, W_BAR,         K_RANDOM,   -1, 0, 0, 120, 0,         300, NULL},
+    {"mix_tcp_8",             8, TCP, W_MIX,         K_RANDOM,   -1, 0, 0,  64, 0,         300, NULL},
   /* a rank leaves at an operation boundary */
     {"boundary_small_shm_4",  4, SHM, W_AR_SMALL,    K_BOUNDARY, -1, 0, 0,  60, 0,         300, NULL},
     {"boundary_mix_tcp_3",    3, TCP, W_MIX,         K_BOUNDARY, -1, 0, 0,  48, 0,         300, NULL},
@@ -255,6 +273,9 @@ static int workload(const kt_scn_t *sc, kt_op_t *ops)
         ops[6] = (kt_op_t){KO_BAR, 0, 0};
         ops[7] = (kt_op_t){KO_F64, 33, 0};
         return 8;
+    case W_RED:
+        ops[0] = (kt_op_t){KO_RED, b, 0};
+        return 1;
     case W_BC_DEADROOT:
         ops[0] = (kt_op_t){KO_BC, b, KT_ROOT_VICTIM};
         ops[1] = (kt_op_t){KO_AR, 7, 0};
@@ -489,6 +510,16 @@ static mc_status_t step_issue(kt_child_t *c, const kt_op_t *op, uint64_t key,
         return mc_comm_alltoall(comm, s, r, cnt, MC_INT64);
     case KO_BAR:
         return mc_comm_barrier(comm);
+    case KO_RED: {
+        /* in place on every rank: only the root may write its buffer */
+        int64_t *in = ip ? r64 : s64;
+        if (!ip)
+            for (size_t i = 0; i < cnt; i++)
+                r[i] = KT_POISON;
+        for (size_t i = 0; i < cnt; i++)
+            in[i] = ((int64_t)1 << me) * g_of(key, i);
+        return mc_comm_reduce(comm, in, r, cnt, MC_INT64, MC_SUM, op->root);
+    }
     }
     return MC_ERR_INTERNAL;
 }
@@ -610,6 +641,24 @@ static void step_verify(kt_child_t *c, const kt_op_t *op, uint64_t key, int ip,
             }
         break;
     case KO_BAR:
+        break;
+    case KO_RED:
+        len = cnt;
+        for (size_t i = 0; i < cnt; i++) {
+            int64_t g = g_of(key, i), got = (int64_t)out[i];
+            /* elsewhere the buffer is as the caller left it */
+            int64_t want = me == op->root ? (int64_t)mask * g
+                           : ip           ? ((int64_t)1 << me) * g
+                                          : (int64_t)KT_POISON;
+            if (got != want) {
+                int64_t who = got % g == 0 ? got / g : -1;
+                KT_BAD(i, (uint64_t)got, (uint64_t)want,
+                       "(%s, contributors 0x%" PRIx64 ", view 0x%" PRIx64 ")",
+                       me == op->root ? "root" : "not the root", (uint64_t)who,
+                       mask);
+            }
+        }
+        len = me == op->root ? cnt : 0; /* hash: only the root's result */
         break;
     }
 #undef KT_BAD
@@ -813,6 +862,9 @@ static int rank_main(const kt_plan_t *pl, int rank)
                  pl->at_step[0] + 1 + !strcmp(sc->inject, "ft.barrier.mid"));
         setenv("MOONCAKE_FAULT_INJECT", spec, 1);
     }
+    /* the chain's fault point: the chain also on one host */
+    if (sc->inject && !strncmp(sc->inject, "reduce.chain", 12))
+        setenv("MOONCAKE_ALGO_REDUCE", "chain", 1);
     mc_comm_config_t cfg;
     mc_comm_config_init(&cfg);
     cfg.name = "kill";
@@ -1426,7 +1478,8 @@ static void plan(kt_plan_t *pl, const kt_scn_t *sc, uint64_t seed)
     pl->seed = seed;
     pl->nops = workload(sc, pl->ops);
     int n = sc->size;
-    int root_busy = sc->work == W_BC || sc->work == W_MIX; /* root 0 lives */
+    int root_busy = sc->work == W_BC || sc->work == W_MIX ||
+                    sc->work == W_RED; /* root 0 lives */
     int cand[KT_MAXR], nc = 0;
     for (int r = 0; r < n; r++)
         if (!(root_busy && r == 0)) cand[nc++] = r;
