@@ -117,6 +117,8 @@ typedef struct mc_in {
     mc_request_t *p2p_req;         /* p2p: receive whose payload is moving */
     mc_unexp_t *p2p_unexp;         /* p2p: unexpected message being read */
     uint8_t *cbuf;                 /* p2p: control message being read */
+    uint8_t *sink;                 /* coll: a failed attempt's payload */
+    size_t sink_cap;
 } mc_in_t;
 
 /* Control message of the view agreement (MC_KIND_CTRL on the p2p stream,
@@ -652,6 +654,32 @@ static void in_discard(mc_comm_t *c, mc_in_t *in)
 {
     in->discard_left = in->hdr.len;
     in_discard_step(c, in);
+}
+
+/* A failed attempt's receive whose payload is under way: the rest of it
+ * goes to a sink, not the caller's memory, so the drain need not wait for
+ * a peer that may never send it (a stopped one); the stream stays in step
+ * (the bytes are still read, whenever they come). Both transports copy
+ * into x->buf + x->off at every step, and only under plock. 0 if there is
+ * no memory for the sink (then the drain waits as before). plock held. */
+static int in_redirect(mc_comm_t *c, mc_in_t *in)
+{
+    mc_xfer_t *x = &in->px;
+    mc_frame_t *f = in->cur;
+    (void)c;
+    if (in->sink_cap < x->len) {
+        void *p = realloc(in->sink, x->len);
+        if (!p) return 0;
+        in->sink = p;
+        in->sink_cap = x->len;
+    }
+    x->buf = in->sink;
+    in->cur = NULL;
+    f->status = MC_ERR_PEER_FAILED;
+    f->state = F_DONE;
+    in->discard_left = x->len; /* IN_DISCARD: ends with this transfer */
+    in->state = IN_DISCARD;
+    return 1;
 }
 
 static void handle_abort(mc_comm_t *c, int peer, uint64_t seq, uint64_t epoch,
@@ -2323,6 +2351,8 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
             if (in->state == IN_HAVE_HDR && in->hdr.epoch == cx->epoch &&
                 in->hdr.seq == cx->seq)
                 in_discard(c, in);
+            /* a payload under way into this attempt's buffers */
+            if (in->state == IN_PAYLOAD && in->cur) (void)in_redirect(c, in);
         }
     }
     int64_t drain_deadline = mc_now_us() + 2000000;
@@ -3670,8 +3700,10 @@ static void comm_free(mc_comm_t *c)
     for (int i = 0; i < c->ntl; i++)
         c->tlops[i]->destroy(c->tl[i]);
     for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
-        for (int p = 0; c->in[ch] && p < c->size; p++)
+        for (int p = 0; c->in[ch] && p < c->size; p++) {
             free(c->in[ch][p].cbuf);
+            free(c->in[ch][p].sink);
+        }
         free(c->in[ch]);
     }
     while (c->unexp_head) {
@@ -3963,9 +3995,12 @@ static void admit_peer(mc_comm_t *c, int q)
     c->p2p_dead[q] = 0;
     for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
         mc_in_t *in = &c->in[ch][q];
-        uint8_t *cbuf = in->cbuf;
+        uint8_t *cbuf = in->cbuf, *sink = in->sink;
+        size_t sink_cap = in->sink_cap;
         memset(in, 0, sizeof(*in));
         in->cbuf = cbuf;
+        in->sink = sink;
+        in->sink_cap = sink_cap;
         in->ev.comm = c;
         in->ev.fn = in_event;
         in->peer = q;

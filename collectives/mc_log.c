@@ -147,26 +147,33 @@ const char *mc_status_str(mc_status_t st)
 int mc_fault_armed_ = -1;
 static char fault_point[64];
 static long long fault_left;
+static int fault_stop; /* ":stop": SIGSTOP instead of SIGKILL */
 static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void mc_fault_point_(const char *point)
 {
     pthread_mutex_lock(&fault_lock);
     if (mc_fault_armed_ < 0) {
+        /* <point>:<n>[:stop] */
         const char *v = getenv("MOONCAKE_FAULT_INJECT");
-        const char *colon = v ? strrchr(v, ':') : NULL;
+        const char *colon = v ? strchr(v, ':') : NULL;
         mc_fault_armed_ = 0;
         if (colon && (size_t)(colon - v) < sizeof(fault_point)) {
+            char *end = NULL;
             memcpy(fault_point, v, (size_t)(colon - v));
             fault_point[colon - v] = '\0';
-            fault_left = strtoll(colon + 1, NULL, 10);
+            fault_left = strtoll(colon + 1, &end, 10);
+            fault_stop = end && !strcmp(end, ":stop");
             mc_fault_armed_ = fault_left > 0;
         }
     }
-    int die = mc_fault_armed_ == 1 && !strcmp(point, fault_point) &&
+    int hit = mc_fault_armed_ == 1 && !strcmp(point, fault_point) &&
               --fault_left == 0;
     pthread_mutex_unlock(&fault_lock);
-    if (die) {
+    if (hit && fault_stop) {
+        mc_log(MC_LOG_INFO, "fault injection: SIGSTOP at %s", point);
+        raise(SIGSTOP);
+    } else if (hit) {
         mc_log(MC_LOG_INFO, "fault injection: SIGKILL at %s", point);
         raise(SIGKILL);
     }

@@ -12,6 +12,11 @@
  *     completes an operation of the new view.
  * With 2 ranks, a stopped peer leaves the other without a majority: its
  * call fails with MC_ERR_NO_QUORUM instead of forming a group of one.
+ * stop_mid_frame_shm_3: the victim stops itself (fault point
+ * shm.send.partial, ":stop") with half of a large frame's payload sent, so
+ * a survivor's receive is stuck mid-frame: its failed attempt must not
+ * wait for the rest (the drain sends it to a sink), or completion takes
+ * the 2 s drain deadline on top of the liveness timeout.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -60,6 +65,8 @@ typedef struct {
     int n;
     mc_transport_kind_t tr;
     int victim;
+    int count;     /* int64 elements per allreduce */
+    int mid_frame; /* the victim stops itself mid-payload (ring forced) */
     char dir[256];
     st_shm_t *shm;
 } st_run_t;
@@ -83,6 +90,13 @@ static int rank_main(int rank, int size, void *arg)
     char v[16];
     snprintf(v, sizeof(v), "%d", ST_LIVE_MS);
     setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", v, 1);
+    if (k->mid_frame) {
+        /* 512 KiB ring chunks: every frame is several ring pieces */
+        setenv("MOONCAKE_ALGO_ALLREDUCE", "ring", 1);
+        if (rank == k->victim)
+            setenv("MOONCAKE_FAULT_INJECT", "shm.send.partial:600:stop", 1);
+    }
+    int count = k->count;
     mc_store_h store;
     if (mc_store_file_create(k->dir, &store) != MC_OK)
         return MC_TFAIL(rank, "store: %s", mc_last_error());
@@ -95,14 +109,14 @@ static int rank_main(int rank, int size, void *arg)
     mc_status_t st = mc_comm_create(rank, size, store, &cfg, &comm);
     mc_store_destroy(store);
     if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
-    int64_t *buf = malloc(ST_COUNT * sizeof(int64_t));
+    int64_t *buf = malloc((size_t)count * sizeof(int64_t));
     if (!buf) return MC_TFAIL(rank, "oom");
     atomic_store(&sh->ready[rank], 1);
     int rc = 0, failed = 0;
     for (int s = 0; s < ST_MAXSTEP && !atomic_load(&sh->quit); s++) {
-        for (int i = 0; i < ST_COUNT; i++)
+        for (int i = 0; i < count; i++)
             buf[i] = ((int64_t)1 << rank) * g_of(s, i);
-        st = mc_comm_allreduce(comm, buf, buf, ST_COUNT, MC_INT64, MC_SUM);
+        st = mc_comm_allreduce(comm, buf, buf, (size_t)count, MC_INT64, MC_SUM);
         st_rec_t *r = &sh->rec[rank][s];
         r->st = st;
         r->end_ns = now_ns();
@@ -113,7 +127,7 @@ static int rank_main(int rank, int size, void *arg)
             for (int p = 0; p < size; p++)
                 if (act[p]) m |= 1u << p;
             r->mask = m;
-            for (int i = 0; i < ST_COUNT; i++)
+            for (int i = 0; i < count; i++)
                 r->wrong += buf[i] != (int64_t)m * g_of(s, i);
         }
         atomic_store(&sh->nsteps[rank], s + 1);
@@ -134,9 +148,13 @@ static int rank_main(int rank, int size, void *arg)
     return rc;
 }
 
-static void run_stop(int n, mc_transport_kind_t tr)
+static void run_stop(int n, mc_transport_kind_t tr, int mid_frame)
 {
-    st_run_t k = {.n = n, .tr = tr, .victim = n - 1};
+    st_run_t k = {.n = n,
+                  .tr = tr,
+                  .victim = n - 1,
+                  .count = mid_frame ? 1 << 18 : ST_COUNT,
+                  .mid_frame = mid_frame};
     char *d = mc_test_mkdtemp();
     assert_non_null(d);
     snprintf(k.dir, sizeof(k.dir), "%s", d);
@@ -159,9 +177,21 @@ static void run_stop(int n, mc_transport_kind_t tr)
         if (ok || now_ns() - t0 > lim) break;
         usleep(1000);
     }
-    usleep((useconds_t)(1000 * (rand() % 20)));
-    assert_int_equal(kill(pid[k.victim], SIGSTOP), 0);
-    int64_t t_stop = now_ns();
+    int64_t t_stop;
+    if (mid_frame) {
+        /* it stops itself: see it stopped (polled every 0.1 ms) */
+        int ws = 0;
+        pid_t w = 0;
+        while ((w = waitpid(pid[k.victim], &ws, WUNTRACED | WNOHANG)) == 0 &&
+               now_ns() - t0 < lim)
+            usleep(100);
+        t_stop = now_ns();
+        assert_true(w == pid[k.victim] && WIFSTOPPED(ws));
+    } else {
+        usleep((useconds_t)(1000 * (rand() % 20)));
+        assert_int_equal(kill(pid[k.victim], SIGSTOP), 0);
+        t_stop = now_ns();
+    }
     int stop_step = atomic_load(&sh->nsteps[k.victim]);
     /* survivors: wait until each ran 50 steps past the stop, or failed */
     for (;;) {
@@ -286,19 +316,23 @@ static void run_stop(int n, mc_transport_kind_t tr)
 
 static void stop_shm_3(void **s)
 {
-    (void)s, run_stop(3, MC_TRANSPORT_SHM);
+    (void)s, run_stop(3, MC_TRANSPORT_SHM, 0);
+}
+static void stop_mid_frame_shm_3(void **s)
+{
+    (void)s, run_stop(3, MC_TRANSPORT_SHM, 1);
 }
 static void stop_tcp_3(void **s)
 {
-    (void)s, run_stop(3, MC_TRANSPORT_TCP);
+    (void)s, run_stop(3, MC_TRANSPORT_TCP, 0);
 }
 static void stop_tcp_4(void **s)
 {
-    (void)s, run_stop(4, MC_TRANSPORT_TCP);
+    (void)s, run_stop(4, MC_TRANSPORT_TCP, 0);
 }
 static void stop_shm_2(void **s)
 {
-    (void)s, run_stop(2, MC_TRANSPORT_SHM);
+    (void)s, run_stop(2, MC_TRANSPORT_SHM, 0);
 }
 
 int main(void)
@@ -306,6 +340,7 @@ int main(void)
     srand((unsigned)time(NULL));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(stop_shm_3),
+        cmocka_unit_test(stop_mid_frame_shm_3),
         cmocka_unit_test(stop_tcp_3),
         cmocka_unit_test(stop_tcp_4),
         cmocka_unit_test(stop_shm_2),

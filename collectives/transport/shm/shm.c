@@ -496,6 +496,8 @@ static int shm_advance(mc_shm_stream_t *s, int *bad)
                 /* more to copy: let a sleeping peer start on this piece */
                 shm_bell(bell);
                 rung = r->pos;
+                /* a payload half sent: its receiver is mid-frame */
+                if (s->is_send) MC_FAULT_POINT("shm.send.partial");
             }
         }
         if (x->off < x->len) {
