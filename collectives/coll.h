@@ -82,9 +82,10 @@ typedef struct mc_tune {
                                    MOONCAKE_ALLREDUCE_SMALL_MAX */
     size_t bcast_small_max;     /* bytes; <= uses binomial tree */
     /* forced algorithm names ("" = choose): MOONCAKE_ALGO_<COLL> */
-    char algo_allreduce[16]; /* "ring" | "rd" */
-    char algo_broadcast[16]; /* "chain" | "tree" */
-    char algo_reduce[16];    /* "tree" | "chain" | "stage" */
+    char algo_allreduce[16];      /* "ring" | "rd" */
+    char algo_broadcast[16];      /* "chain" | "tree" */
+    char algo_reduce[16];         /* "tree" | "chain" | "stage" */
+    char algo_reduce_scatter[16]; /* "ring" | "stage" */
     /* allreduce through staging memory (every rank on one host) for
      * sizes in [stage_min, stage_max] bytes;
      * MOONCAKE_SHM_STAGE_MIN / _MAX, stage_max 0 turns it off */
@@ -134,6 +135,9 @@ void mc_cx_save_all(mc_cctx_t *cx);
  * would copy): an algorithm that leaves the caller's buffer untouched
  * until the commit (mc_cx_on_commit below) needs no copy then. */
 int mc_cx_keeping(const mc_cctx_t *cx);
+/* 1 if fault tolerance is on for this communicator (MOONCAKE_FT, the same
+ * on every rank): an algorithm choice may depend on it. */
+int mc_cx_ft(const mc_cctx_t *cx);
 
 /* Staging memory shared by the ranks of one host (stage.h), for an
  * algorithm that leaves the caller's buffer untouched until the operation

@@ -1450,6 +1450,11 @@ int mc_cx_keeping(const mc_cctx_t *cx)
     return cx->lazy && !cx->comm->saved_all;
 }
 
+int mc_cx_ft(const mc_cctx_t *cx)
+{
+    return cx->comm->ft;
+}
+
 int mc_cx_stage_usable(mc_cctx_t *cx)
 {
     mc_comm_t *c = cx->comm;
@@ -3660,6 +3665,8 @@ static void tune_init(mc_tune_t *t)
              mc_env_str("MOONCAKE_ALGO_BROADCAST", ""));
     snprintf(t->algo_reduce, sizeof(t->algo_reduce), "%s",
              mc_env_str("MOONCAKE_ALGO_REDUCE", ""));
+    snprintf(t->algo_reduce_scatter, sizeof(t->algo_reduce_scatter), "%s",
+             mc_env_str("MOONCAKE_ALGO_REDUCE_SCATTER", ""));
     t->stage_min = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MIN", 64 << 10);
     t->stage_max = (size_t)mc_env_int("MOONCAKE_SHM_STAGE_MAX", 1 << 30);
 }

@@ -106,8 +106,35 @@ typedef struct stage_plan {
     stage_hello_t *snd; /* [n] step-1 frames to each peer */
     stage_hello_t *rcv; /* [n] and from each */
     uint64_t *flag;     /* [n] step-2 flags */
-    int out;            /* the commit writes this rank's recvbuf */
+    int out;            /* commit: STAGE_OUT_* */
+    size_t msg;         /* bytes of the whole input (copy mode) */
+    size_t own;         /* STAGE_OUT_OWN: bytes of our block */
 } stage_plan_t;
+
+/* What the commit copies into the caller's recvbuf. */
+enum {
+    STAGE_OUT_NONE, /* reduce, not its root */
+    STAGE_OUT_ALL,  /* allreduce, reduce's root: every block */
+    STAGE_OUT_OWN,  /* reduce_scatter(v): our block, at recvbuf */
+};
+
+/* The blocks of the input: allreduce and reduce split `count` evenly;
+ * reduce_scatter has `count` per rank, reduce_scatterv counts/displs (also
+ * what algo/view.c passes for a view with holes). */
+static mc_blocks_t stage_blocks(const mc_coll_args_t *a, int n)
+{
+    mc_blocks_t bl = {.n = n, .total = a->count};
+    if (a->coll == MC_COLL_REDUCE_SCATTER ||
+        a->coll == MC_COLL_REDUCE_SCATTERV) {
+        if (a->counts) {
+            bl.counts = a->counts;
+            bl.displs = a->displs;
+        } else {
+            bl.total = a->count * (size_t)n; /* select.c checked it */
+        }
+    }
+    return bl;
+}
 
 static stage_plan_t *stage_plan(mc_cctx_t *cx, int n)
 {
@@ -186,20 +213,26 @@ static void stage_learn_peers(mc_cctx_t *cx, stage_plan_t *pl, int have_own)
 
 static void stage_commit(mc_cctx_t *cx)
 {
+    /* the call's own arguments: algo/view.c's are gone by now */
     const mc_coll_args_t *a = mc_cx_args(cx);
-    int n = mc_cx_size(cx);
+    int n = mc_cx_size(cx), r = mc_cx_rank(cx);
     size_t es = mc_dtype_size(a->dtype);
     mc_blocks_t bl = {.n = n, .total = a->count};
     stage_plan_t *pl = mc_cx_scratch(cx, 3, 1); /* already that large */
-    /* a reduce, not its root */
-    if (!pl->out) return;
+    if (pl->out == STAGE_OUT_NONE) return;
+    if (pl->out == STAGE_OUT_OWN) {
+        MC_FAULT_POINT("allreduce.stage.commit");
+        if (pl->own)
+            stage_copy(a->recvbuf, pl->reg[r] + pl->res[r], pl->own, pl->msg);
+        return;
+    }
     for (int v = 0; v < n; v++) {
         size_t off, len;
         mc_blocks_get(&bl, v, &off, &len);
         if (v == 1) MC_FAULT_POINT("allreduce.stage.commit");
         if (len)
             stage_copy(mc_algo_at(a->recvbuf, off, es), pl->reg[v] + pl->res[v],
-                       len * es, a->count * es);
+                       len * es, pl->msg);
     }
 }
 
@@ -214,14 +247,25 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
     const mc_coll_args_t *a = mc_cx_args(cx);
     int n = mc_cx_size(cx), r = mc_cx_rank(cx);
     size_t es = mc_dtype_size(a->dtype);
-    mc_blocks_t bl = {.n = n, .total = a->count};
+    mc_blocks_t bl = stage_blocks(a, n);
     const char *in = a->sendbuf;
     size_t off, len;
     mc_status_t st;
+    int rs =
+        a->coll == MC_COLL_REDUCE_SCATTER || a->coll == MC_COLL_REDUCE_SCATTERV;
 
     stage_plan_t *pl = stage_plan(cx, n);
     if (!pl) return MC_ERR_NO_MEMORY;
-    pl->out = a->coll != MC_COLL_REDUCE || a->root == r;
+    mc_blocks_get(&bl, r, &off, &len);
+    pl->out = rs                                          ? STAGE_OUT_OWN
+              : a->coll != MC_COLL_REDUCE || a->root == r ? STAGE_OUT_ALL
+                                                          : STAGE_OUT_NONE;
+    pl->own = len * es;
+    pl->msg = 0;
+    for (int v = 0; v < n; v++) {
+        mc_blocks_get(&bl, v, &off, &len);
+        pl->msg += len * es;
+    }
     pl->cap = (mc_blocks_max(&bl) * es + 63) & ~(size_t)63;
     size_t need = pl->cap * (size_t)n;
 
@@ -248,12 +292,11 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
         mc_blocks_get(&bl, v, &off, &len);
         /* in two halves, with a fault point between them */
         size_t h1 = len / 2;
-        if (h1)
-            stage_copy(slot, mc_algo_cat(in, off, es), h1 * es, a->count * es);
+        if (h1) stage_copy(slot, mc_algo_cat(in, off, es), h1 * es, pl->msg);
         if (d == 1) MC_FAULT_POINT("allreduce.stage.put");
         if (len - h1)
             stage_copy(slot + h1 * es, mc_algo_cat(in, off + h1, es),
-                       (len - h1) * es, a->count * es);
+                       (len - h1) * es, pl->msg);
     }
     if ((st = stage_hello(cx, 1, pl)) < 0) return st;
     /* Every peer must have put into our current region (then it also
@@ -294,8 +337,9 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
     if (st < 0) return st;
     for (int v = 0; v < n; v++)
         if (!pl->flag[v])
-            return a->coll == MC_COLL_REDUCE ? mc_algo_reduce_chain(cx)
-                                             : mc_algo_allreduce_ring(cx);
+            return rs ? mc_algo_reduce_scatterv_ring(cx)
+                   : a->coll == MC_COLL_REDUCE ? mc_algo_reduce_chain(cx)
+                                               : mc_algo_allreduce_ring(cx);
 
     MC_FAULT_POINT("allreduce.stage.done");
     /* 3. every result exists: copy out once the op is decided */

@@ -39,7 +39,7 @@
 enum {
     PART_ALL,
     PART_ALGO,
-    PART_STAGE,    /* allreduce through staging memory (shm) */
+    PART_STAGE,    /* allreduce, reduce, reduce_scatter through staging (shm) */
     PART_FALLBACK, /* the same, one rank cannot make its region: ring */
 };
 
@@ -915,7 +915,8 @@ static int sweep_all(tc_t *t)
     return check_hashes(t);
 }
 
-/* Forced algorithms: allreduce and broadcast at small and odd sizes. */
+/* Forced algorithms: allreduce and broadcast at small and odd sizes;
+ * reduce and reduce_scatter at a large one. */
 static int sweep_algo(tc_t *t)
 {
     static const size_t counts[] = {0, 1, 2, 3, 5, 37, 1025, 9001};
@@ -940,6 +941,12 @@ static int sweep_algo(tc_t *t)
     if (run_allreduce(t, MC_FLOAT32, MC_SUM, L, 0)) return -1;
     if (run_allreduce(t, MC_FLOAT8_E5M2, MC_SUM, L, 1)) return -1;
     if (run_allreduce(t, MC_UINT64, MC_PROD, L, 0)) return -1;
+    /* reduce and reduce_scatter forced the same way (test_colls()) */
+    if (run_reduce(t, MC_FLOAT32, MC_SUM, L, S - 1, 1)) return -1;
+    if (run_reduce(t, MC_INT64, MC_MAX, L, 0, 0)) return -1;
+    if (run_reduce_scatter(t, MC_FLOAT32, MC_SUM, L / (size_t)S + 1, 1))
+        return -1;
+    if (run_reduce_scatterv(t, MC_INT32, MC_SUM, L / (size_t)S + 1)) return -1;
     if (run_broadcast(t, MC_UINT8, L, S - 1, 0)) return -1;
     if (run_broadcast(t, MC_FLOAT64, L, 0, 1)) return -1;
     if (run_inexact(t, MC_FLOAT32, 1001)) return -1;
@@ -972,16 +979,31 @@ static int sweep_stage(tc_t *t)
         mc_redop_t ops[MC_REDOP_COUNT];
         int nops = valid_ops(d, ops);
         for (size_t ci = 0; ci < sizeof(counts) / sizeof(counts[0]); ci++)
-            for (int o = 0; o < nops; o++)
-                if (run_allreduce(t, d, ops[o], counts[ci],
-                                  (o + (int)ci + di) % 3))
+            for (int o = 0; o < nops; o++) {
+                int k = o + (int)ci + di;
+                if (run_allreduce(t, d, ops[o], counts[ci], k % 3)) return -1;
+                /* reduce and reduce_scatter(v) take the same path */
+                if (run_reduce(t, d, ops[o], counts[ci], k % t->size, k % 2) ||
+                    run_reduce_scatter(t, d, ops[o], counts[ci], k % 2))
                     return -1;
+                if (o == 0 && run_reduce_scatterv(t, d, ops[o], counts[ci]))
+                    return -1;
+            }
     }
     for (int ip = 0; ip < 3; ip++) {
         if (run_allreduce(t, MC_FLOAT32, MC_SUM, LARGE_COUNT, ip)) return -1;
         if (run_allreduce(t, MC_BFLOAT16, MC_AVG, LARGE_COUNT, ip)) return -1;
         if (run_allreduce(t, MC_INT64, MC_MAX, LARGE_COUNT, ip)) return -1;
     }
+    size_t Lb = LARGE_COUNT / (size_t)t->size;
+    for (int ip = 0; ip < 2; ip++) {
+        if (run_reduce(t, MC_FLOAT32, MC_AVG, LARGE_COUNT, t->size - 1, ip) ||
+            run_reduce(t, MC_INT32, MC_BXOR, LARGE_COUNT, 0, ip) ||
+            run_reduce_scatter(t, MC_FLOAT32, MC_SUM, Lb, ip) ||
+            run_reduce_scatter(t, MC_BFLOAT16, MC_AVG, Lb, ip))
+            return -1;
+    }
+    if (run_reduce_scatterv(t, MC_INT64, MC_MIN, Lb)) return -1;
     for (size_t n = 1000; n <= ((size_t)4 << 20); n *= 4)
         if (run_allreduce(t, MC_FLOAT32, MC_SUM, n + 7, 1)) return -1;
     /* above the streaming-store size (32 MiB) */
@@ -1057,12 +1079,22 @@ static void test_colls(void **state)
     /* read by the engine at communicator creation in the children */
     set_or_unset("MOONCAKE_ALGO_ALLREDUCE", p->algo_allreduce);
     set_or_unset("MOONCAKE_ALGO_BROADCAST", p->algo_broadcast);
+    /* reduce and reduce_scatter follow the allreduce choice: the ring with
+     * the chain, recursive doubling with the tree, staging with staging */
+    const char *ar = p->algo_allreduce, *red = NULL, *rs = NULL;
+    if (ar && !strcmp(ar, "ring")) red = "chain", rs = "ring";
+    if (ar && !strcmp(ar, "rd")) red = "tree", rs = "ring";
+    if (ar && !strcmp(ar, "stage")) red = "stage", rs = "stage";
+    set_or_unset("MOONCAKE_ALGO_REDUCE", red);
+    set_or_unset("MOONCAKE_ALGO_REDUCE_SCATTER", rs);
     set_or_unset("MOONCAKE_CHUNK_BYTES", p->chunk_bytes);
     set_or_unset("MOONCAKE_FT", p->ft);
     set_or_unset("MOONCAKE_AUTO_RECOVER", p->auto_recover);
     int failed = mc_test_spawn(p->size, p->transport, 240, rank_body, p);
     unsetenv("MOONCAKE_ALGO_ALLREDUCE");
     unsetenv("MOONCAKE_ALGO_BROADCAST");
+    unsetenv("MOONCAKE_ALGO_REDUCE");
+    unsetenv("MOONCAKE_ALGO_REDUCE_SCATTER");
     unsetenv("MOONCAKE_CHUNK_BYTES");
     unsetenv("MOONCAKE_FT");
     unsetenv("MOONCAKE_AUTO_RECOVER");

@@ -156,6 +156,9 @@ static const kt_scn_t scenarios[] = {
     {"allgather_tcp_3",       3, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
     {"reduce_scatter_tcp_3",  3, TCP, W_RS,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
     {"reduce_scatter_shm_8",  8, SHM, W_RS,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
+    {"rs_ring_shm_4",         4, SHM, W_RS,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
+    {"rs_stage_put_shm_3",    3, SHM, W_RS,          K_INJECT,   -1, 0, 0,  12, 1 << 16,   0, "allreduce.stage.put"},
+    {"rs_stage_barrier_shm_4", 4, SHM, W_RS,         K_INJECT,   -1, 0, 0,  12, 1 << 16,   0, "ft.barrier.mid"},
     {"broadcast_shm_4",       4, SHM, W_BC,          K_RANDOM,   -1, 0, 0,  40, 1 << 18,   0, NULL},
     {"broadcast_tcp_3",       3, TCP, W_BC,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
     {"alltoall_tcp_4",        4, TCP, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1 << 14,   0, NULL},
@@ -233,6 +236,15 @@ static const kt_scn_t scenarios[] = {
 };
 /* clang-format on */
 #define NSCN ((int)(sizeof(scenarios) / sizeof(scenarios[0])))
+
+/* Scenarios that force an algorithm (on one host the staged paths would
+ * take these sizes). */
+static const struct {
+    const char *scn, *env, *val;
+} scn_env[] = {
+    {"reduce_chain_shm_4", "MOONCAKE_ALGO_REDUCE", "chain"},
+    {"rs_ring_shm_4", "MOONCAKE_ALGO_REDUCE_SCATTER", "ring"},
+};
 
 /* The ops of one step cycle; returns how many. Broadcasts use root 0 unless
  * the scenario is about a dead root. */
@@ -862,9 +874,9 @@ static int rank_main(const kt_plan_t *pl, int rank)
                  pl->at_step[0] + 1 + !strcmp(sc->inject, "ft.barrier.mid"));
         setenv("MOONCAKE_FAULT_INJECT", spec, 1);
     }
-    /* the chain's fault point: the chain also on one host */
-    if (sc->inject && !strncmp(sc->inject, "reduce.chain", 12))
-        setenv("MOONCAKE_ALGO_REDUCE", "chain", 1);
+    for (size_t i = 0; i < sizeof(scn_env) / sizeof(scn_env[0]); i++)
+        if (!strcmp(sc->name, scn_env[i].scn))
+            setenv(scn_env[i].env, scn_env[i].val, 1);
     mc_comm_config_t cfg;
     mc_comm_config_init(&cfg);
     cfg.name = "kill";
