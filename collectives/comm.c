@@ -46,6 +46,9 @@
 
 #define MC_TL_MAX 2
 #define MC_FRAME_BLOCK 64
+/* A failed attempt's sends still under way after this long go on from
+ * zeros in a detached frame block (drain_detach_sends). */
+#define MC_DRAIN_GRACE_US 100000
 #define MC_HOST_MAX 512
 
 typedef struct mc_comm mc_comm_t;
@@ -82,6 +85,15 @@ typedef struct mc_frame {
     mc_status_t status;
     struct mc_frame *rnext; /* per-peer FIFO of posted receives */
 } mc_frame_t;
+
+/* A block of a failed attempt's frames with sends that a stopped peer may
+ * never take (the drain, run_coll): no later attempt reuses it, and it
+ * stays allocated until the transport is done with its transfers. */
+typedef struct mc_pinned {
+    struct mc_pinned *next;
+    mc_frame_t *block; /* MC_FRAME_BLOCK frames */
+    void *sink;        /* zeros: where the rest of their payloads come from */
+} mc_pinned_t;
 
 typedef struct mc_unexp {
     struct mc_unexp *next;
@@ -233,6 +245,7 @@ struct mc_comm {
     uint8_t *peer_dead;
     uint8_t *p2p_dead;
     mc_cctx_t cx;
+    mc_pinned_t *pinned; /* detached frame blocks (drain) */
     int cx_active;
     uint64_t exec_seq; /* seq of the running or next operation */
     /* The last attempt that failed here, (epoch, seq): its frames that
@@ -1234,6 +1247,82 @@ static int frame_done(mc_frame_t *f)
         return 1;
     }
     return 0;
+}
+
+/* Free the detached blocks whose transfers have all ended (`all`: every
+ * one, once the transports are gone). plock held. */
+static void pinned_gc(mc_comm_t *c, int all)
+{
+    mc_pinned_t **pp = &c->pinned;
+    while (*pp) {
+        mc_pinned_t *p = *pp;
+        int busy = 0;
+        for (int i = 0; i < MC_FRAME_BLOCK && !all && !busy; i++) {
+            const mc_frame_t *f = &p->block[i];
+            busy = f->is_send && (f->hx.status == MC_INPROGRESS ||
+                                  f->px.status == MC_INPROGRESS);
+        }
+        if (busy) {
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
+        free(p->block);
+        free(p->sink);
+        free(p);
+    }
+}
+
+/* Drain of a failed attempt: sends still under way (a stopped peer, a full
+ * stream) go on from zeros instead of the caller's memory, and their frame
+ * block is detached so that no later attempt reuses it while the transport
+ * holds its transfers. The receiver drops what it gets: its attempt fails
+ * as well, since this rank never confirms this one. Blocks with a receive
+ * still writing (no memory for its sink) stay. Returns 1 if one was
+ * detached. plock held. */
+static int drain_detach_sends(mc_comm_t *c, mc_cctx_t *cx)
+{
+    int did = 0;
+    for (int b = 0; b * MC_FRAME_BLOCK < cx->nframes; b++) {
+        mc_frame_t *blk = cx->blocks[b];
+        int nf = cx->nframes - b * MC_FRAME_BLOCK, sends = 0, recv = 0;
+        size_t need = 0;
+        if (nf > MC_FRAME_BLOCK) nf = MC_FRAME_BLOCK;
+        for (int i = 0; i < nf; i++) {
+            mc_frame_t *f = &blk[i];
+            if (frame_done(f)) continue;
+            if (f->is_send) {
+                sends = 1;
+                if (f->px.status == MC_INPROGRESS && f->px.len > need)
+                    need = f->px.len;
+            } else if (f->state == F_PAYLOAD) {
+                recv = 1;
+            }
+        }
+        if (!sends || recv) continue;
+        mc_pinned_t *p = calloc(1, sizeof(*p));
+        mc_frame_t *fresh = calloc(MC_FRAME_BLOCK, sizeof(mc_frame_t));
+        void *sink = need ? calloc(1, need) : NULL;
+        if (!p || !fresh || (need && !sink)) {
+            free(p);
+            free(fresh);
+            free(sink);
+            continue;
+        }
+        for (int i = 0; i < nf; i++) {
+            mc_frame_t *f = &blk[i];
+            if (f->is_send && f->px.status == MC_INPROGRESS) f->px.buf = sink;
+        }
+        for (int i = 0; i < MC_FRAME_BLOCK; i++)
+            fresh[i].state = F_DONE;
+        p->block = blk;
+        p->sink = sink;
+        p->next = c->pinned;
+        c->pinned = p;
+        cx->blocks[b] = fresh;
+        did = 1;
+    }
+    return did;
 }
 
 static void cx_timeout(mc_cctx_t *cx, mc_frame_t *f, int peer)
@@ -2360,7 +2449,9 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
             if (in->state == IN_PAYLOAD && in->cur) (void)in_redirect(c, in);
         }
     }
-    int64_t drain_deadline = mc_now_us() + 2000000;
+    if (c->pinned) pinned_gc(c, 0);
+    int64_t drain_start = mc_now_us(), drain_deadline = drain_start + 2000000;
+    int detached = 0;
     for (;;) {
         int busy = 0;
         mc_frame_t *stuck = NULL;
@@ -2382,6 +2473,13 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
                 busy = 1;
         }
         if (!busy) break;
+        /* sends to a live peer finish within microseconds; after a grace
+         * period the rest are to a peer that does not take them */
+        if (st < 0 && c->ft && !detached && stuck && stuck->is_send &&
+            mc_now_us() > drain_start + MC_DRAIN_GRACE_US) {
+            detached = 1;
+            if (drain_detach_sends(c, cx)) continue;
+        }
         if (mc_now_us() > drain_deadline && st < 0) {
             MC_LOG(MC_LOG_ERROR,
                    "rank %d: transfers of failed %s seq %llu did not drain "
@@ -3721,6 +3819,7 @@ static void comm_free(mc_comm_t *c)
     }
     for (int b = 0; b < c->cx.nblocks; b++)
         free(c->cx.blocks[b]);
+    pinned_gc(c, 1); /* the transports are gone */
     free(c->cx.blocks);
     for (int i = 0; i < 4; i++)
         free(c->scratch[i]);

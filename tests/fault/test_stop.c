@@ -17,6 +17,9 @@
  * a survivor's receive is stuck mid-frame: its failed attempt must not
  * wait for the rest (the drain sends it to a sink), or completion takes
  * the 2 s drain deadline on top of the liveness timeout.
+ * stop_mid_recv_shm_3: the victim stops halfway through receiving a frame
+ * with 256 KiB shm rings, so a survivor's 512 KiB send to it is stuck on a
+ * full ring: the drain lets it go on from zeros in a detached frame block.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -66,7 +69,8 @@ typedef struct {
     mc_transport_kind_t tr;
     int victim;
     int count;     /* int64 elements per allreduce */
-    int mid_frame; /* the victim stops itself mid-payload (ring forced) */
+    int mid_frame; /* the victim stops itself mid-payload (ring forced):
+                      1 sending, 2 receiving (small rings) */
     char dir[256];
     st_shm_t *shm;
 } st_run_t;
@@ -93,8 +97,12 @@ static int rank_main(int rank, int size, void *arg)
     if (k->mid_frame) {
         /* 512 KiB ring chunks: every frame is several ring pieces */
         setenv("MOONCAKE_ALGO_ALLREDUCE", "ring", 1);
+        if (k->mid_frame == 2) setenv("MOONCAKE_SHM_RING_BYTES", "262144", 1);
         if (rank == k->victim)
-            setenv("MOONCAKE_FAULT_INJECT", "shm.send.partial:600:stop", 1);
+            setenv("MOONCAKE_FAULT_INJECT",
+                   k->mid_frame == 1 ? "shm.send.partial:600:stop"
+                                     : "shm.recv.partial:600:stop",
+                   1);
     }
     int count = k->count;
     mc_store_h store;
@@ -322,6 +330,10 @@ static void stop_mid_frame_shm_3(void **s)
 {
     (void)s, run_stop(3, MC_TRANSPORT_SHM, 1);
 }
+static void stop_mid_recv_shm_3(void **s)
+{
+    (void)s, run_stop(3, MC_TRANSPORT_SHM, 2);
+}
 static void stop_tcp_3(void **s)
 {
     (void)s, run_stop(3, MC_TRANSPORT_TCP, 0);
@@ -341,6 +353,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(stop_shm_3),
         cmocka_unit_test(stop_mid_frame_shm_3),
+        cmocka_unit_test(stop_mid_recv_shm_3),
         cmocka_unit_test(stop_tcp_3),
         cmocka_unit_test(stop_tcp_4),
         cmocka_unit_test(stop_shm_2),

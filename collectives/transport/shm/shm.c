@@ -496,8 +496,10 @@ static int shm_advance(mc_shm_stream_t *s, int *bad)
                 /* more to copy: let a sleeping peer start on this piece */
                 shm_bell(bell);
                 rung = r->pos;
-                /* a payload half sent: its receiver is mid-frame */
-                if (s->is_send) MC_FAULT_POINT("shm.send.partial");
+                /* a payload half sent: its receiver is mid-frame; half
+                 * received: its sender may be stuck on a full ring */
+                MC_FAULT_POINT(s->is_send ? "shm.send.partial"
+                                          : "shm.recv.partial");
             }
         }
         if (x->off < x->len) {
