@@ -4379,6 +4379,48 @@ static mc_status_t join_request(mc_comm_t *c, int64_t timeout_ms,
     return MC_OK;
 }
 
+/* Settings every rank must share: they choose the algorithms and the final
+ * barrier, so ranks that differ would wait for each other's frames until
+ * the op timeout. "NAME=value;" pairs, compared at creation. */
+static void shared_settings(const mc_comm_t *c, char *out, size_t cap)
+{
+    const mc_tune_t *t = &c->tune;
+    snprintf(out, cap,
+             "MOONCAKE_FT=%d;MOONCAKE_FT_SIGNALS=%d;MOONCAKE_CHUNK_BYTES=%zu;"
+             "MOONCAKE_ALLREDUCE_SMALL_MAX=%zu;MOONCAKE_BCAST_SMALL_MAX=%zu;"
+             "MOONCAKE_SHM_STAGE_MIN=%zu;MOONCAKE_SHM_STAGE_MAX=%zu;"
+             "MOONCAKE_ALGO_ALLREDUCE=%s;MOONCAKE_ALGO_BROADCAST=%s;"
+             "MOONCAKE_ALGO_REDUCE=%s;MOONCAKE_ALGO_REDUCE_SCATTER=%s;",
+             c->ft, c->ft && c->ft_signals, t->chunk_bytes,
+             t->allreduce_small_max, t->bcast_small_max, t->stage_min,
+             t->stage_max, t->algo_allreduce, t->algo_broadcast,
+             t->algo_reduce, t->algo_reduce_scatter);
+}
+
+/* The first pair of `mine` whose value differs in `theirs`, as an error of
+ * comm_create naming both values. */
+static mc_status_t settings_check(int rank, int peer, const char *mine,
+                                  const char *theirs)
+{
+    const char *a = mine, *b = theirs;
+    while (*a) {
+        size_t la = strcspn(a, ";"), lb = strcspn(b, ";");
+        if (la != lb || memcmp(a, b, la) != 0) {
+            size_t ln = strcspn(a, "=");
+            const char *vb = memchr(b, '=', lb);
+            return mc_err(MC_ERR_INVALID_ARG,
+                          "comm_create: rank %d has %.*s, rank %d has %.*s=%.*s:"
+                          " this setting must be the same on every rank",
+                          rank, (int)la, a, peer, (int)ln, a,
+                          vb ? (int)(lb - (size_t)(vb + 1 - b)) : 0,
+                          vb ? vb + 1 : "");
+        }
+        a += la + (a[la] == ';');
+        b += lb + (b[lb] == ';');
+    }
+    return MC_OK;
+}
+
 mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                            const mc_comm_config_t *ucfg, mc_comm_h *comm_p)
 {
@@ -4534,6 +4576,11 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         char key[64];
         /* which peers share this host */
         host_id(c->host, sizeof(c->host));
+        char mine[512], theirs[512];
+        shared_settings(c, mine, sizeof(mine));
+        snprintf(key, sizeof(key), "settings/%d", rank);
+        MC_CHECK_GOTO(mc_store_set(ps, key, mine, strlen(mine) + 1), st,
+                      err_free);
         snprintf(key, sizeof(key), "host/%d", rank);
         MC_CHECK_GOTO(mc_store_set(ps, key, c->host, strlen(c->host) + 1), st,
                       err_free);
@@ -4591,6 +4638,12 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                             p, (long long)cfg.init_timeout_ms);
             }
             if (st < 0) goto err_free;
+            /* set before its host record: there by now */
+            snprintf(key, sizeof(key), "settings/%d", p);
+            st = mc_store_get(ps, key, 1000, theirs, sizeof(theirs) - 1, &len);
+            if (st < 0) goto err_free;
+            theirs[len < sizeof(theirs) ? len : sizeof(theirs) - 1] = '\0';
+            if ((st = settings_check(rank, p, mine, theirs)) < 0) goto err_free;
             int same = !strcmp(hosts + (size_t)p * MC_HOST_MAX, c->host);
             local += same;
             if (cfg.transport == MC_TRANSPORT_TCP)

@@ -622,6 +622,66 @@ static void test_size_one(void **state)
     assert_int_equal(mc_test_spawn(1, p->transport, 60, bad_args_body, p), 0);
 }
 
+/* Settings that choose algorithms or the final barrier must agree: a rank
+ * that differs makes every rank's create fail at once, naming the setting
+ * and both values (instead of every collective waiting for the op
+ * timeout). Rank `odd` gets `name=value`; the others keep the default. */
+typedef struct {
+    const char *dir, *name, *value;
+    int odd;
+} settings_case_t;
+
+static int settings_rank(int rank, int size, void *arg)
+{
+    const settings_case_t *k = arg;
+    if (rank == k->odd) setenv(k->name, k->value, 1);
+    mc_store_h store;
+    if (mc_store_file_create(k->dir, &store) != MC_OK)
+        return MC_TFAIL(rank, "store: %s", mc_last_error());
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = MC_TRANSPORT_SHM;
+    cfg.init_timeout_ms = 20000;
+    mc_comm_h comm = NULL;
+    mc_status_t st = mc_comm_create(rank, size, store, &cfg, &comm);
+    int fails = 0;
+    if (st != MC_ERR_INVALID_ARG) {
+        fails += MC_TFAIL(rank, "create with %s=%s on rank %d: %s, want %s",
+                          k->name, k->value, k->odd, mc_status_str(st),
+                          mc_status_str(MC_ERR_INVALID_ARG));
+        if (st == MC_OK) mc_comm_destroy(comm);
+    } else if (!strstr(mc_last_error(), k->name) ||
+               !strstr(mc_last_error(), "same on every rank")) {
+        fails += MC_TFAIL(rank, "error does not name %s: %s", k->name,
+                          mc_last_error());
+    } else if (rank == 0) {
+        printf("  rank 0: %s\n", mc_last_error());
+    }
+    mc_store_destroy(store);
+    return fails;
+}
+
+static void test_settings_differ(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name, *value;
+    } cases[] = {
+        {"MOONCAKE_FT_SIGNALS", "0"},
+        {"MOONCAKE_ALGO_ALLREDUCE", "ring"},
+        {"MOONCAKE_SHM_STAGE_MIN", "1048576"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *dir = mc_test_mkdtemp();
+        assert_non_null(dir);
+        settings_case_t k = {dir, cases[i].name, cases[i].value, (int)i % 3};
+        int failed = mc_test_fork(3, 60, settings_rank, &k);
+        mc_test_rmtree(dir);
+        free(dir);
+        assert_int_equal(failed, 0);
+    }
+}
+
 static api_param_t p2shm = {2, MC_TRANSPORT_SHM}, p3tcp = {3, MC_TRANSPORT_TCP},
                    p2tcp = {2, MC_TRANSPORT_TCP}, p3shm = {3, MC_TRANSPORT_SHM};
 
@@ -639,6 +699,7 @@ int main(void)
         {"lifecycle_2_tcp", test_lifecycle, NULL, NULL, &p2tcp},
         {"lifecycle_3_shm", test_lifecycle, NULL, NULL, &p3shm},
         cmocka_unit_test(test_auto_transport),
+        cmocka_unit_test(test_settings_differ),
     };
     return cmocka_run_group_tests_name("api", tests, NULL, NULL);
 }
