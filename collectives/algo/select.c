@@ -1,18 +1,18 @@
 /*
  * Algorithm selection: mc_coll_run dispatches one collective to the
  * algorithm that suits its size and the rank count, unless the tuning
- * forces one (MOONCAKE_ALGO_ALLREDUCE, MOONCAKE_ALGO_BROADCAST).
+ * forces one (MOONCAKE_ALGO_ALLREDUCE, _BROADCAST, _REDUCE, _REDUCE_SCATTER).
  *
  * Every rank must choose the same algorithm. The choice depends only on
- * the descriptor (which the engine checks across ranks), the rank count
- * and the tuning; if ranks were started with different tuning, the
- * algorithms' different frame step numbers turn it into MC_ERR_MISMATCH
- * instead of silent corruption.
+ * the descriptor (which the engine checks across ranks), the rank count,
+ * the fault-tolerance mode and the tuning, which mc_comm_create compares
+ * across ranks (shared_settings in comm.c).
  *
  * The checks here are the algorithms' own preconditions (sizes that fit in
  * size_t, a valid root and reduction); the engine validates the call
  * itself, so failing them means a bug or a corrupt descriptor.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "algo.h"
@@ -64,36 +64,65 @@ static mc_status_t mc_check_root(const char *what, int root, int n)
     return MC_OK;
 }
 
-/* Forced-name comparison on the fixed-size tuning fields. */
-static int mc_forced(const char *field, size_t cap, const char *name)
+/* The algorithm a tuning field forces (MOONCAKE_ALGO_<COLL>, read into a
+ * fixed-size field): the index of its name in names[n], -1 if none ("":
+ * chosen by size), or -2 after an error naming the variable, its value and
+ * the choices. */
+static int mc_forced_pick(const char *field, size_t cap, const char *var,
+                          const char *const *names, int n)
 {
-    return strncmp(field, name, cap) == 0;
+    if (strncmp(field, "", cap) == 0) return -1;
+    for (int i = 0; i < n; i++)
+        if (strncmp(field, names[i], cap) == 0) return i;
+    char list[96];
+    size_t off = 0;
+    list[0] = '\0';
+    for (int i = 0; i < n && off < sizeof(list); i++)
+        off += (size_t)snprintf(list + off, sizeof(list) - off, "%s%s",
+                                i == 0       ? ""
+                                : i == n - 1 ? " or "
+                                             : ", ",
+                                names[i]);
+    mc_err(MC_ERR_INVALID_ARG, "%s=%.*s: expected %s", var, (int)cap, field,
+           list);
+    return -2;
+}
+
+#define MC_PICK(t, field, var, names)                                          \
+    mc_forced_pick((t)->field, sizeof((t)->field), var, names,                 \
+                   (int)(sizeof(names) / sizeof((names)[0])))
+
+/* Through staging memory (allreduce_stage.c)? Forced: any size up to
+ * MOONCAKE_SHM_STAGE_MAX; chosen: from MOONCAKE_SHM_STAGE_MIN. Either way
+ * only with every peer of the view on this host. */
+static int mc_staged(mc_cctx_t *cx, size_t bytes, int forced)
+{
+    const mc_tune_t *t = mc_cx_tune(cx);
+    return bytes <= t->stage_max && (forced || bytes >= t->stage_min) &&
+           t->stage_max && mc_cx_stage_usable(cx);
 }
 
 static mc_status_t mc_run_allreduce(mc_cctx_t *cx, size_t bytes)
 {
+    static const char *const names[] = {"ring", "rd", "stage"};
     const mc_tune_t *t = mc_cx_tune(cx);
-    const char *f = t->algo_allreduce;
-    size_t cap = sizeof(t->algo_allreduce);
-
-    if (mc_forced(f, cap, "ring")) return mc_algo_allreduce_ring(cx);
-    if (mc_forced(f, cap, "rd")) return mc_algo_allreduce_rd(cx);
-    if (mc_forced(f, cap, "stage")) /* any size up to stage_max */
-        return bytes <= t->stage_max && mc_cx_stage_usable(cx)
-                   ? mc_algo_allreduce_stage(cx)
-                   : mc_algo_allreduce_ring(cx);
-    if (!mc_forced(f, cap, ""))
-        return mc_err(MC_ERR_INVALID_ARG,
-                      "MOONCAKE_ALGO_ALLREDUCE=%.*s: expected ring, rd or "
-                      "stage",
-                      (int)cap, f);
+    switch (MC_PICK(t, algo_allreduce, "MOONCAKE_ALGO_ALLREDUCE", names)) {
+    case 0:
+        return mc_algo_allreduce_ring(cx);
+    case 1:
+        return mc_algo_allreduce_rd(cx);
+    case 2:
+        return mc_staged(cx, bytes, 1) ? mc_algo_allreduce_stage(cx)
+                                       : mc_algo_allreduce_ring(cx);
+    case -2:
+        return MC_ERR_INVALID_ARG;
+    }
     /* Staging memory on one host (allreduce_stage.c): the input need not
      * be kept for a re-run, and fewer copies than the ring's (at 4 ranks
      * half the ring's time from 128 KiB up, the same at 2 ranks), with or
      * without fault tolerance. Latency-bound sizes stay with recursive
      * doubling (stage_min defaults to its upper bound). */
-    if (bytes >= t->stage_min && bytes <= t->stage_max && t->stage_max &&
-        bytes > t->allreduce_small_max && mc_cx_stage_usable(cx))
+    if (bytes > t->allreduce_small_max && mc_staged(cx, bytes, 0))
         return mc_algo_allreduce_stage(cx);
     /* Recursive doubling: log2(n) latency, but every rank moves the whole
      * vector each round. Ring: 2(n-1) latencies, but only 2(n-1)/n of the
@@ -104,16 +133,16 @@ static mc_status_t mc_run_allreduce(mc_cctx_t *cx, size_t bytes)
 
 static mc_status_t mc_run_broadcast(mc_cctx_t *cx, size_t bytes)
 {
+    static const char *const names[] = {"chain", "tree"};
     const mc_tune_t *t = mc_cx_tune(cx);
-    const char *f = t->algo_broadcast;
-    size_t cap = sizeof(t->algo_broadcast);
-
-    if (mc_forced(f, cap, "chain")) return mc_algo_broadcast_chain(cx);
-    if (mc_forced(f, cap, "tree")) return mc_algo_broadcast_tree(cx);
-    if (!mc_forced(f, cap, ""))
-        return mc_err(MC_ERR_INVALID_ARG,
-                      "MOONCAKE_ALGO_BROADCAST=%.*s: expected chain or tree",
-                      (int)cap, f);
+    switch (MC_PICK(t, algo_broadcast, "MOONCAKE_ALGO_BROADCAST", names)) {
+    case 0:
+        return mc_algo_broadcast_chain(cx);
+    case 1:
+        return mc_algo_broadcast_tree(cx);
+    case -2:
+        return MC_ERR_INVALID_ARG;
+    }
     /* Tree: log2(n) latency, the root sends log2(n) copies. Chain: n-1
      * chunk latencies to fill, then full link bandwidth. */
     return bytes <= t->bcast_small_max ? mc_algo_broadcast_tree(cx)
@@ -122,21 +151,19 @@ static mc_status_t mc_run_broadcast(mc_cctx_t *cx, size_t bytes)
 
 static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
 {
+    static const char *const names[] = {"tree", "chain", "stage"};
     const mc_tune_t *t = mc_cx_tune(cx);
-    const char *f = t->algo_reduce;
-    size_t cap = sizeof(t->algo_reduce);
-
-    if (mc_forced(f, cap, "tree")) return mc_algo_reduce_tree(cx);
-    if (mc_forced(f, cap, "chain")) return mc_algo_reduce_chain(cx);
-    if (mc_forced(f, cap, "stage")) /* any size up to stage_max */
-        return bytes <= t->stage_max && mc_cx_stage_usable(cx)
-                   ? mc_algo_allreduce_stage(cx)
-                   : mc_algo_reduce_chain(cx);
-    if (!mc_forced(f, cap, ""))
-        return mc_err(MC_ERR_INVALID_ARG,
-                      "MOONCAKE_ALGO_REDUCE=%.*s: expected tree, chain or "
-                      "stage",
-                      (int)cap, f);
+    switch (MC_PICK(t, algo_reduce, "MOONCAKE_ALGO_REDUCE", names)) {
+    case 0:
+        return mc_algo_reduce_tree(cx);
+    case 1:
+        return mc_algo_reduce_chain(cx);
+    case 2:
+        return mc_staged(cx, bytes, 1) ? mc_algo_allreduce_stage(cx)
+                                       : mc_algo_reduce_chain(cx);
+    case -2:
+        return MC_ERR_INVALID_ARG;
+    }
     /* One host: the staged allreduce, whose commit writes only the root's
      * buffer (allreduce_stage.c), on the same sizes as allreduce. The
      * caller's buffer is written only after the final barrier, so an
@@ -145,8 +172,7 @@ static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
      * the root. At 2 ranks: 1 MiB 160 us vs 205-238 us through the chain
      * (docs/performance.md). Latency-bound sizes take the tree, the rest
      * the pipeline (the same threshold as allreduce's). */
-    if (bytes >= t->stage_min && bytes <= t->stage_max && t->stage_max &&
-        bytes > t->allreduce_small_max && mc_cx_stage_usable(cx))
+    if (bytes > t->allreduce_small_max && mc_staged(cx, bytes, 0))
         return mc_algo_allreduce_stage(cx);
     return bytes <= t->allreduce_small_max ? mc_algo_reduce_tree(cx)
                                            : mc_algo_reduce_chain(cx);
@@ -154,20 +180,18 @@ static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
 
 static mc_status_t mc_run_reduce_scatter(mc_cctx_t *cx, size_t bytes)
 {
+    static const char *const names[] = {"ring", "stage"};
     const mc_tune_t *t = mc_cx_tune(cx);
-    const char *f = t->algo_reduce_scatter;
-    size_t cap = sizeof(t->algo_reduce_scatter);
-
-    if (mc_forced(f, cap, "ring")) return mc_algo_reduce_scatterv_ring(cx);
-    if (mc_forced(f, cap, "stage")) /* any size up to stage_max */
-        return bytes <= t->stage_max && mc_cx_stage_usable(cx)
-                   ? mc_algo_allreduce_stage(cx)
-                   : mc_algo_reduce_scatterv_ring(cx);
-    if (!mc_forced(f, cap, ""))
-        return mc_err(MC_ERR_INVALID_ARG,
-                      "MOONCAKE_ALGO_REDUCE_SCATTER=%.*s: expected ring or "
-                      "stage",
-                      (int)cap, f);
+    switch (MC_PICK(t, algo_reduce_scatter, "MOONCAKE_ALGO_REDUCE_SCATTER",
+                    names)) {
+    case 0:
+        return mc_algo_reduce_scatterv_ring(cx);
+    case 1:
+        return mc_staged(cx, bytes, 1) ? mc_algo_allreduce_stage(cx)
+                                       : mc_algo_reduce_scatterv_ring(cx);
+    case -2:
+        return MC_ERR_INVALID_ARG;
+    }
     /* One host, the whole input at least MOONCAKE_SHM_STAGE_MIN: the
      * staged allreduce's first two steps, then the commit copies our block
      * out (allreduce_stage.c). The caller's buffer is written only after
@@ -176,8 +200,7 @@ static mc_status_t mc_run_reduce_scatter(mc_cctx_t *cx, size_t bytes)
      * transport's ring and out at every step (4 ranks: 1.2-4x faster).
      * At 2 ranks without fault tolerance the ring's single step is leaner
      * (in place, 64 KiB: 7.9 against 12-13 us), so it stays there. */
-    if (bytes >= t->stage_min && bytes <= t->stage_max && t->stage_max &&
-        (mc_cx_size(cx) > 2 || mc_cx_ft(cx)) && mc_cx_stage_usable(cx))
+    if ((mc_cx_size(cx) > 2 || mc_cx_ft(cx)) && mc_staged(cx, bytes, 0))
         return mc_algo_allreduce_stage(cx);
     return mc_algo_reduce_scatterv_ring(cx);
 }

@@ -468,13 +468,17 @@ static mc_status_t step_issue(kt_child_t *c, const kt_op_t *op, uint64_t key,
     double *sd = (double *)(void *)s, *rd = (double *)(void *)r;
     switch (op->k) {
     case KO_AR:
-    case KO_AVG: {
+    case KO_AVG:
+    case KO_RED: {
+        /* reduce in place on every rank: only the root may write */
         int64_t *in = ip ? r64 : s64;
         if (!ip)
             for (size_t i = 0; i < cnt; i++)
                 r[i] = KT_POISON;
         for (size_t i = 0; i < cnt; i++)
             in[i] = ((int64_t)1 << me) * g_of(key, i);
+        if (op->k == KO_RED)
+            return mc_comm_reduce(comm, in, r, cnt, MC_INT64, MC_SUM, op->root);
         return mc_comm_allreduce(comm, in, r, cnt, MC_INT64,
                                  op->k == KO_AR ? MC_SUM : MC_AVG);
     }
@@ -522,16 +526,6 @@ static mc_status_t step_issue(kt_child_t *c, const kt_op_t *op, uint64_t key,
         return mc_comm_alltoall(comm, s, r, cnt, MC_INT64);
     case KO_BAR:
         return mc_comm_barrier(comm);
-    case KO_RED: {
-        /* in place on every rank: only the root may write its buffer */
-        int64_t *in = ip ? r64 : s64;
-        if (!ip)
-            for (size_t i = 0; i < cnt; i++)
-                r[i] = KT_POISON;
-        for (size_t i = 0; i < cnt; i++)
-            in[i] = ((int64_t)1 << me) * g_of(key, i);
-        return mc_comm_reduce(comm, in, r, cnt, MC_INT64, MC_SUM, op->root);
-    }
     }
     return MC_ERR_INTERNAL;
 }
