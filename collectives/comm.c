@@ -312,6 +312,7 @@ struct mc_comm {
     int ag_on;           /* this rank is in an agreement for c->epoch */
     int ag_wake;         /* a peer started one for c->epoch */
     int ag_noq;          /* the coordinator found no quorum */
+    uint64_t noq_epoch;  /* the view in which this rank last had none */
     uint64_t ag_sig;     /* what our last report said (resend on change) */
     uint64_t *rep_epoch; /* [size] epoch of the latest report from a peer */
     int *rep_coord;      /* [size] */
@@ -1988,6 +1989,15 @@ static int ag_try_decide(mc_comm_t *c)
             dead |= m[q];
             susp |= m[n + q];
         }
+        /* After a "no quorum" in this view the other side may have moved
+         * on without us, and when the partition heals its kernels reset
+         * the connections they timed out: that looks like death but is
+         * not evidence of it. From then on in this view every removal
+         * needs a majority. */
+        if (dead && c->noq_epoch == c->epoch) {
+            susp = 1;
+            dead = 0;
+        }
         if (q != c->rank && (dead || susp)) {
             susp_only |= !dead;
             continue;
@@ -2105,6 +2115,7 @@ static int agree(mc_comm_t *c, uint64_t seq)
         if (c->ag_noq) {
             c->ag_noq = 0;
             c->ag_on = 0;
+            c->noq_epoch = c->epoch;
             outcome = AG_NOQUORUM;
             break;
         }
@@ -2119,6 +2130,7 @@ static int agree(mc_comm_t *c, uint64_t seq)
             int d = ag_try_decide(c);
             if (d == AG_NOQUORUM) {
                 c->ag_on = 0;
+                c->noq_epoch = c->epoch;
                 outcome = AG_NOQUORUM;
                 break;
             }
