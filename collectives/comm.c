@@ -164,6 +164,12 @@ typedef struct mc_abort_out {
     int busy;
 } mc_abort_out_t;
 
+/* Outgoing LEFT frame to one peer (left_notices). */
+typedef struct mc_left_out {
+    mc_hdr_t hdr;
+    mc_xfer_t hx;
+} mc_left_out_t;
+
 enum { R_COLL = 1, R_SEND, R_RECV };
 
 struct mc_request {
@@ -239,6 +245,9 @@ struct mc_comm {
     mc_ev_t *ev_head, *ev_tail;
     mc_in_t *in[MC_NUM_CHANNELS]; /* [ch][peer] */
     mc_abort_out_t *abort_out;    /* [peer * MC_NUM_CHANNELS + ch] */
+    mc_left_out_t *left_out;      /* [peer] */
+    uint64_t *left_epoch;         /* [peer]: its latest LEFT notice's */
+    uint64_t *left_seq;           /*   (epoch, seq) */
     uint64_t *abort_seq;          /* [peer]: ABORT received for a later op */
     mc_status_t *abort_why;
     char (*abort_msg)[MC_ABORT_MSG_MAX + 1];
@@ -283,6 +292,7 @@ struct mc_comm {
     /* View (see docs/fault-model). Changed only by the thread that holds
      * exec_lock, under plock. */
     int ft, auto_recover;
+    int left_fanout; /* MOONCAKE_FT_LEFT_FANOUT (-1: every peer) */
     int ft_signals; /* final barrier through transport signals, where all
                      * peers have them (MOONCAKE_FT_SIGNALS) */
     uint64_t epoch;
@@ -774,6 +784,20 @@ static void in_event(mc_ev_t *ev)
             }
             in->state = IN_ABORT;
             in_post(c, in, &in->px, in->abuf, (size_t)h->len);
+            return;
+        }
+        if (h->kind == MC_KIND_LEFT && in->ch == MC_CH_P2P) {
+            if (h->len != 0 || !c->ft) {
+                in_protocol_error(c, in, "malformed left notice");
+                return;
+            }
+            int p = in->peer;
+            if (h->epoch > c->left_epoch[p] ||
+                (h->epoch == c->left_epoch[p] && h->seq > c->left_seq[p])) {
+                c->left_epoch[p] = h->epoch;
+                c->left_seq[p] = h->seq;
+            }
+            in_post_hdr(c, in);
             return;
         }
         if (h->kind == MC_KIND_CTRL && in->ch == MC_CH_P2P) {
@@ -2296,6 +2320,12 @@ static int sig_left_seen(mc_comm_t *c, const int *vslots, int nv,
 static int ag_left_seen(mc_comm_t *c)
 {
     uint64_t got;
+    for (int v = 0; v < c->nactive; v++) {
+        int p = c->vslots[v];
+        if (p != c->rank && c->left_epoch[p] == c->epoch &&
+            c->left_seq[p] == c->exec_seq)
+            return 1; /* a LEFT frame (frame barrier, left_notices) */
+    }
     return c->ft_signals && sig_left_seen(c, c->vslots, c->nactive, c->epoch,
                                           c->exec_seq, &got);
 }
@@ -2366,14 +2396,85 @@ static mc_status_t sig_barrier(mc_cctx_t *cx, uint64_t *flags)
     return MC_OK;
 }
 
+/* Are LEFT notices still on their way out? plock held. */
+static int left_frames_busy(mc_comm_t *c, const mc_cctx_t *cx)
+{
+    for (int v = 0; v < cx->nv; v++) {
+        int p = cx->vslots[v];
+        if (p != c->rank && c->left_out[p].hx.status == MC_INPROGRESS &&
+            !c->peer_dead[p] && !c->p2p_dead[p])
+            return 1;
+    }
+    return 0;
+}
+
+/* The frame barrier's LEFT notices. After the dissemination a rank tells
+ * the peers that follow it in the view (all of them unless
+ * MOONCAKE_FT_LEFT_FANOUT says fewer) that it leaves: where signal words
+ * are on (shm peers), its word again with SIG_LEFT, as sig_barrier does;
+ * otherwise a header-only MC_KIND_LEFT frame on the p2p stream, which is
+ * always read whatever the collective stream holds, and it waits until
+ * those frames are in the kernel's hands. As with SIG_LEFT, a rank that
+ * returned the op has thus told its peers: its frame arrives before the
+ * end of its stream, so a survivor has it by the time the agreement counts
+ * that rank dead (ag_left_seen), and the op completes in this view.
+ *
+ * With 2 ranks nobody could use it (a rank that returns and dies leaves no
+ * survivor when the other died too), so nothing is sent. A frame still
+ * leaving from an earlier op (a peer that stopped reading) is not
+ * overwritten: that peer gets none. */
+static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
+{
+    int n = cx->nv, r = cx->vrank, fan = c->left_fanout;
+    if (n < 3) return;
+    if (fan < 0 || fan > n - 1) fan = n - 1;
+    uint64_t word = sig_word(cx->epoch, cx->seq, (flags & ~SIG_LEFT) | SIG_LEFT);
+    pthread_mutex_lock(&c->plock);
+    for (int d = 1; d <= fan; d++) {
+        int p = cx->vslots[(r + d) % n], t = c->peer_tl[p];
+        mc_left_out_t *l = &c->left_out[p];
+        if (t < 0 || c->peer_dead[p]) continue;
+        if (c->ft_signals && sig_capable(c, p)) {
+            (void)c->tlops[t]->signal(c->tl[t], p, (int)(cx->seq & 1), word);
+            continue;
+        }
+        if (c->p2p_dead[p] || l->hx.status == MC_INPROGRESS) continue;
+        l->hdr = (mc_hdr_t){.magic = MC_WIRE_MAGIC,
+                            .kind = MC_KIND_LEFT,
+                            .seq = cx->seq,
+                            .epoch = cx->epoch,
+                            .count = flags,
+                            .src = c->rank};
+        l->hx = (mc_xfer_t){
+            .buf = &l->hdr, .len = sizeof(l->hdr), .status = MC_INPROGRESS};
+        if (c->tlops[t]->post_send(c->tl[t], p, MC_CH_P2P, &l->hx) < 0)
+            l->hx.status = MC_ERR_PEER_FAILED;
+    }
+    /* the op is decided already: a dead peer or the deadline only ends
+     * the wait */
+    int64_t idle_since = mc_now_us();
+    for (;;) {
+        int moved = left_frames_busy(c, cx) ? progress_locked(c) : 0;
+        int busy = left_frames_busy(c, cx);
+        pthread_mutex_unlock(&c->plock);
+        int64_t now = mc_now_us();
+        if (!busy || now > cx->deadline_us) return;
+        if (moved) idle_since = now;
+        if (!moved) idle_wait(c, idle_since, now);
+        pthread_mutex_lock(&c->plock);
+    }
+}
+
 /* Return only once every rank has its result: then a failure from here
  * on can always complete this op in this view. The barrier also tells
  * every member whether joiners wait (FLAG_*). */
 static mc_status_t ft_barrier(mc_comm_t *c, mc_cctx_t *cx, uint64_t *flags)
 {
     cx->data_done = 1;
-    return sig_barrier_usable(c, cx) ? sig_barrier(cx, flags)
-                                     : mc_algo_barrier_flags(cx, flags);
+    if (sig_barrier_usable(c, cx)) return sig_barrier(cx, flags);
+    mc_status_t st = mc_algo_barrier_flags(cx, flags);
+    if (st == MC_OK) left_notices(c, cx, *flags);
+    return st;
 }
 
 /* One attempt at a queued collective over the current view (exec_lock
@@ -3837,6 +3938,9 @@ static void comm_free(mc_comm_t *c)
         free(c->scratch[i]);
     free(c->discard);
     free(c->abort_out);
+    free(c->left_out);
+    free(c->left_epoch);
+    free(c->left_seq);
     free(c->abort_seq);
     free(c->abort_why);
     free(c->abort_msg);
@@ -4513,12 +4617,16 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->discard_len = 1 << 16;
     c->async_grace_us = mc_env_int("MOONCAKE_ASYNC_GRACE_US", 50);
     c->ft_signals = mc_env_int("MOONCAKE_FT_SIGNALS", 1) != 0;
+    c->left_fanout = (int)mc_env_int("MOONCAKE_FT_LEFT_FANOUT", -1);
     c->discard = malloc(c->discard_len);
     c->peer_tl = malloc((size_t)size);
     c->peer_dead = calloc((size_t)size, 1);
     c->p2p_dead = calloc((size_t)size, 1);
     c->abort_out =
         calloc((size_t)size * MC_NUM_CHANNELS, sizeof(*c->abort_out));
+    c->left_out = calloc((size_t)size, sizeof(*c->left_out));
+    c->left_epoch = calloc((size_t)size, sizeof(uint64_t));
+    c->left_seq = calloc((size_t)size, sizeof(uint64_t));
     c->abort_seq = malloc(sizeof(uint64_t) * (size_t)size);
     c->abort_why = calloc((size_t)size, sizeof(mc_status_t));
     c->abort_msg = calloc((size_t)size, sizeof(*c->abort_msg));
@@ -4571,6 +4679,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     }
     if (!c->discard || !c->peer_tl || !c->peer_dead || !c->p2p_dead ||
         !c->abort_out || !c->abort_seq || !c->abort_why || !c->abort_msg ||
+        !c->left_out || !c->left_epoch || !c->left_seq ||
         !c->in[0] || !c->in[1] || !hosts || !mask) {
         st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
         goto err_free;

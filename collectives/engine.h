@@ -14,7 +14,16 @@
 
 #define MC_WIRE_MAGIC 0x314b434du /* "MCK1" */
 
-enum { MC_KIND_DATA = 1, MC_KIND_P2P = 2, MC_KIND_ABORT = 3, MC_KIND_CTRL = 4 };
+/* MC_KIND_LEFT: header only, on the p2p stream: the sender left the final
+ * frame barrier of (epoch, seq), so every rank holds that op's result
+ * (comm.c, left_notices). */
+enum {
+    MC_KIND_DATA = 1,
+    MC_KIND_P2P = 2,
+    MC_KIND_ABORT = 3,
+    MC_KIND_CTRL = 4,
+    MC_KIND_LEFT = 5
+};
 
 /* Every frame on the wire starts with this header (64 bytes, host byte
  * order: all ranks of a communicator share one architecture). The receiver
