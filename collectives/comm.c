@@ -49,6 +49,10 @@
 /* A failed attempt's sends still under way after this long go on from
  * zeros in a detached frame block (drain_detach_sends). */
 #define MC_DRAIN_GRACE_US 100000
+/* The coordinator waits this long at most for the p2p stream of a rank it
+ * counts dead to end (ag_try_decide); the TCP transport ends such a stream
+ * after MOONCAKE_TCP_CLOSE_GRACE_MS (2 s) at the latest. */
+#define MC_AG_EOF_WAIT_US 3000000
 #define MC_HOST_MAX 512
 
 typedef struct mc_comm mc_comm_t;
@@ -203,6 +207,8 @@ struct mc_request {
 struct mc_cctx {
     mc_comm_t *comm;
     int data_done; /* the algorithm finished (FT: before the final barrier) */
+    int passed;    /* FT: past the final barrier, so the op completes in
+                      this view whatever happens now (cx_fail ignored) */
     mc_request_t *req;
     const mc_coll_args_t *args; /* what the algorithm sees (mc_cx_args) */
     uint64_t seq;
@@ -248,11 +254,14 @@ struct mc_comm {
     mc_left_out_t *left_out;      /* [peer] */
     uint64_t *left_epoch;         /* [peer]: its latest LEFT notice's */
     uint64_t *left_seq;           /*   (epoch, seq) */
+    uint8_t *left_wait;           /* [peer]: left_notices waits on its frame */
     uint64_t *abort_seq;          /* [peer]: ABORT received for a later op */
     mc_status_t *abort_why;
     char (*abort_msg)[MC_ABORT_MSG_MAX + 1];
     uint8_t *peer_dead;
     uint8_t *p2p_dead;
+    uint8_t *p2p_eof; /* [peer]: its p2p stream itself has ended (read out) */
+    int64_t ag_start_us; /* when this rank's current agreement began */
     mc_cctx_t cx;
     mc_pinned_t *pinned; /* detached frame blocks (drain) */
     int cx_active;
@@ -323,6 +332,8 @@ struct mc_comm {
     int ag_wake;         /* a peer started one for c->epoch */
     int ag_noq;          /* the coordinator found no quorum */
     uint64_t noq_epoch;  /* the view in which this rank last had none */
+    uint32_t *susp_base; /* [peer]: mc_live_suspect_count when the view
+                            began (ag_doubt) */
     uint64_t ag_sig;     /* what our last report said (resend on change) */
     uint64_t *rep_epoch; /* [size] epoch of the latest report from a peer */
     int *rep_coord;      /* [size] */
@@ -746,6 +757,7 @@ static void in_protocol_error(mc_comm_t *c, mc_in_t *in, const char *why)
            "treating the peer as failed",
            c->rank, in->ch == MC_CH_COLL ? "collective" : "p2p", in->peer, why);
     in->state = IN_DEAD;
+    if (in->ch == MC_CH_P2P) c->p2p_eof[in->peer] = 1; /* read no further */
     peer_failed(c, in->peer, MC_ERR_PROTOCOL);
 }
 
@@ -764,10 +776,12 @@ static void in_event(mc_ev_t *ev)
             in->cur->state = F_DONE;
             in->cur = NULL;
         }
-        if (in->ch == MC_CH_COLL)
+        if (in->ch == MC_CH_COLL) {
             peer_failed(c, in->peer, (mc_status_t)x->status);
-        else
+        } else {
+            c->p2p_eof[in->peer] = 1;
             p2p_peer_failed(c, in->peer);
+        }
         return;
     }
     switch (in->state) {
@@ -1064,7 +1078,7 @@ static void cx_fail(mc_comm_t *c, mc_status_t st, int remote, const char *fmt,
                     ...)
 {
     mc_cctx_t *cx = &c->cx;
-    if (cx->failed < 0) return;
+    if (cx->failed < 0 || cx->passed) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(cx->err, sizeof(cx->err), fmt, ap);
@@ -1841,6 +1855,22 @@ static int ag_dead(const mc_comm_t *c, int p)
     return c->p2p_dead[p];
 }
 
+/* Is the evidence of peer p's death (an ended stream) in doubt? In
+ * embedded mode, over a network: after this rank had "no quorum" in this
+ * view, or once p went silent during it (liveness), the other side of a
+ * partition may have gone on without us, and when the partition heals its
+ * kernels reset the connections they timed out. That looks like death
+ * but is not evidence of it: then removing p needs a majority, like any
+ * suspicion. A vanished process on this host (shm) is never in doubt;
+ * with etcd the store's view is the authority. */
+static int ag_doubt(const mc_comm_t *c, int p)
+{
+    int t = c->peer_tl[p];
+    if (c->em || t < 0 || !strcmp(c->tlops[t]->name, "shm")) return 0;
+    return c->noq_epoch == c->epoch ||
+           mc_live_suspect_count(c->live, p) != c->susp_base[p];
+}
+
 static int ag_coord(const mc_comm_t *c)
 {
     for (int p = 0; p < c->size; p++)
@@ -1850,7 +1880,9 @@ static int ag_coord(const mc_comm_t *c)
     return c->rank;
 }
 
-static uint64_t ag_signature(const mc_comm_t *c)
+static int ag_left_seen(mc_comm_t *c);
+
+static uint64_t ag_signature(mc_comm_t *c)
 {
     uint64_t h = 1469598103934665603ull;
     int coord = ag_coord(c);
@@ -1860,17 +1892,23 @@ static uint64_t ag_signature(const mc_comm_t *c)
         uint8_t v = (uint8_t)(ag_dead(c, p) | (c->suspect[p] << 1));
         h = fnv1a(h, &v, 1);
     }
+    /* a LEFT read after the report changes its last_ended */
+    uint8_t left = (uint8_t)ag_left_seen(c);
+    h = fnv1a(h, &left, 1);
     return h;
 }
-
-static int ag_left_seen(mc_comm_t *c);
 
 static void ag_send_report(mc_comm_t *c)
 {
     uint8_t *dead = c->ag_tmp;
     if (c->nv_pending) return; /* adopt first */
-    for (int p = 0; p < c->size; p++)
+    for (int p = 0; p < c->size; p++) {
         dead[p] = (uint8_t)(ag_dead(c, p) || c->peer_dead[p]);
+        if (dead[p] && p != c->rank && ag_doubt(c, p)) {
+            dead[p] = 0;
+            c->suspect[p] = 1;
+        }
+    }
     mc_ctrl_t ct = {.type = CT_REPORT,
                     .coord = ag_coord(c),
                     .epoch = c->epoch,
@@ -2013,14 +2051,16 @@ static int ag_try_decide(mc_comm_t *c)
             dead |= m[q];
             susp |= m[n + q];
         }
-        /* After a "no quorum" in this view the other side may have moved
-         * on without us, and when the partition heals its kernels reset
-         * the connections they timed out: that looks like death but is
-         * not evidence of it. From then on in this view every removal
-         * needs a majority. */
-        if (dead && c->noq_epoch == c->epoch) {
+        if (dead && q != c->rank && ag_doubt(c, q)) {
             susp = 1;
             dead = 0;
+        }
+        if (q != c->rank && dead && ag_dead(c, q) && !c->p2p_eof[q] &&
+            mc_now_us() < c->ag_start_us + MC_AG_EOF_WAIT_US) {
+            /* its p2p stream may still hold a LEFT notice (or a VIEW) it
+             * sent before it died: decide once that stream has ended */
+            memset(next, 0, n);
+            return 0;
         }
         if (q != c->rank && (dead || susp)) {
             susp_only |= !dead;
@@ -2125,6 +2165,7 @@ static int agree(mc_comm_t *c, uint64_t seq)
     int64_t deadline = t0 + round_us, give_up = t0 + 3 * round_us;
     if (!c->ag_on) {
         c->ag_on = 1;
+        c->ag_start_us = t0;
         if (!c->nv_pending) ag_send_report(c);
     }
     int outcome = 0;
@@ -2396,43 +2437,52 @@ static mc_status_t sig_barrier(mc_cctx_t *cx, uint64_t *flags)
     return MC_OK;
 }
 
-/* Are LEFT notices still on their way out? plock held. */
-static int left_frames_busy(mc_comm_t *c, const mc_cctx_t *cx)
+/* Are the LEFT frames this call posted (c->left_wait) still on their way
+ * out to a peer that is neither dead nor suspected? plock held. */
+static int left_frames_busy(mc_comm_t *c)
 {
-    for (int v = 0; v < cx->nv; v++) {
-        int p = cx->vslots[v];
-        if (p != c->rank && c->left_out[p].hx.status == MC_INPROGRESS &&
-            !c->peer_dead[p] && !c->p2p_dead[p])
-            return 1;
+    int busy = 0;
+    for (int p = 0; p < c->size; p++) {
+        if (!c->left_wait[p]) continue;
+        if (c->left_out[p].hx.status != MC_INPROGRESS || c->peer_dead[p] ||
+            c->p2p_dead[p] || c->suspect[p])
+            c->left_wait[p] = 0;
+        else
+            busy = 1;
     }
-    return 0;
+    return busy;
 }
 
 /* The frame barrier's LEFT notices. After the dissemination a rank tells
- * the peers that follow it in the view (all of them unless
- * MOONCAKE_FT_LEFT_FANOUT says fewer) that it leaves: where signal words
- * are on (shm peers), its word again with SIG_LEFT, as sig_barrier does;
- * otherwise a header-only MC_KIND_LEFT frame on the p2p stream, which is
- * always read whatever the collective stream holds, and it waits until
- * those frames are in the kernel's hands. As with SIG_LEFT, a rank that
- * returned the op has thus told its peers: its frame arrives before the
- * end of its stream, so a survivor has it by the time the agreement counts
- * that rank dead (ag_left_seen), and the op completes in this view.
+ * its peers that it leaves: where signal words are on (shm peers), its
+ * word again with SIG_LEFT, as sig_barrier does; otherwise a header-only
+ * MC_KIND_LEFT frame on the p2p stream, which is always read whatever the
+ * collective stream holds, and it waits (up to MC_DRAIN_GRACE_US: a peer
+ * that does not read its p2p stream gets no promise) until those frames
+ * are in the kernel's hands. As with SIG_LEFT, a rank that returned the op
+ * has thus told its peers: its frame arrives before the end of its p2p
+ * stream, and the coordinator decides only once the p2p streams of the
+ * ranks it counts dead have ended (ag_try_decide), so the op completes in
+ * this view (ag_left_seen).
  *
- * With 2 ranks nobody could use it (a rank that returns and dies leaves no
- * survivor when the other died too), so nothing is sent. A frame still
- * leaving from an earlier op (a peer that stopped reading) is not
- * overwritten: that peer gets none. */
+ * MOONCAKE_FT_LEFT_FANOUT=k tells only the k lowest slots of the view
+ * other than itself: the coordinator is the lowest live slot, so it is one
+ * of them as long as one of them lives. With 2 ranks nothing is sent (a
+ * rank that returns and dies leaves no survivor when the other died too).
+ * A frame still leaving from an earlier op (a peer that stopped reading)
+ * is not overwritten: that peer gets none. */
 static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
 {
-    int n = cx->nv, r = cx->vrank, fan = c->left_fanout;
+    int n = cx->nv, fan = c->left_fanout, sent = 0;
     if (n < 3) return;
     if (fan < 0 || fan > n - 1) fan = n - 1;
     uint64_t word = sig_word(cx->epoch, cx->seq, (flags & ~SIG_LEFT) | SIG_LEFT);
     pthread_mutex_lock(&c->plock);
-    for (int d = 1; d <= fan; d++) {
-        int p = cx->vslots[(r + d) % n], t = c->peer_tl[p];
+    for (int v = 0; v < n && sent < fan; v++) {
+        int p = cx->vslots[v], t = c->peer_tl[p];
         mc_left_out_t *l = &c->left_out[p];
+        if (p == c->rank) continue;
+        sent++;
         if (t < 0 || c->peer_dead[p]) continue;
         if (c->ft_signals && sig_capable(c, p)) {
             (void)c->tlops[t]->signal(c->tl[t], p, (int)(cx->seq & 1), word);
@@ -2449,16 +2499,20 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
             .buf = &l->hdr, .len = sizeof(l->hdr), .status = MC_INPROGRESS};
         if (c->tlops[t]->post_send(c->tl[t], p, MC_CH_P2P, &l->hx) < 0)
             l->hx.status = MC_ERR_PEER_FAILED;
+        else
+            c->left_wait[p] = 1;
     }
-    /* the op is decided already: a dead peer or the deadline only ends
-     * the wait */
-    int64_t idle_since = mc_now_us();
+    int64_t start = mc_now_us(), idle_since = start;
     for (;;) {
-        int moved = left_frames_busy(c, cx) ? progress_locked(c) : 0;
-        int busy = left_frames_busy(c, cx);
-        pthread_mutex_unlock(&c->plock);
+        int moved = left_frames_busy(c) ? progress_locked(c) : 0;
+        int busy = left_frames_busy(c);
         int64_t now = mc_now_us();
-        if (!busy || now > cx->deadline_us) return;
+        if (busy && now > start + MC_DRAIN_GRACE_US) {
+            memset(c->left_wait, 0, (size_t)c->size);
+            busy = 0;
+        }
+        pthread_mutex_unlock(&c->plock);
+        if (!busy) return;
         if (moved) idle_since = now;
         if (!moved) idle_wait(c, idle_since, now);
         pthread_mutex_lock(&c->plock);
@@ -2473,7 +2527,16 @@ static mc_status_t ft_barrier(mc_comm_t *c, mc_cctx_t *cx, uint64_t *flags)
     cx->data_done = 1;
     if (sig_barrier_usable(c, cx)) return sig_barrier(cx, flags);
     mc_status_t st = mc_algo_barrier_flags(cx, flags);
-    if (st == MC_OK) left_notices(c, cx, *flags);
+    if (st == MC_OK) {
+        /* every rank holds its result: the LEFT notices' progress must not
+         * let a peer's report or abort fail the op now (it would re-run
+         * with an in-place input that is already the result) */
+        pthread_mutex_lock(&c->plock);
+        st = cx->failed;
+        if (st == MC_OK) cx->passed = 1;
+        pthread_mutex_unlock(&c->plock);
+        if (st == MC_OK) left_notices(c, cx, *flags);
+    }
     return st;
 }
 
@@ -2492,6 +2555,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     cx->vof = c->vof;
     cx->vrank = c->vof[c->rank];
     cx->data_done = r->args.coll == MC_COLL_BARRIER;
+    cx->passed = 0;
     memcpy(c->att_active, c->active, (size_t)c->size);
     cx->seq = r->seq;
     cx->deadline_us = mc_deadline_us(c->timeout_ms);
@@ -3941,6 +4005,9 @@ static void comm_free(mc_comm_t *c)
     free(c->left_out);
     free(c->left_epoch);
     free(c->left_seq);
+    free(c->susp_base);
+    free(c->p2p_eof);
+    free(c->left_wait);
     free(c->abort_seq);
     free(c->abort_why);
     free(c->abort_msg);
@@ -4209,12 +4276,13 @@ static void admit_peer(mc_comm_t *c, int q)
                "rank %d: cannot reach the joiner in slot %d: %s; treating it "
                "as failed",
                c->rank, q, why);
-        c->peer_dead[q] = c->p2p_dead[q] = 1;
+        c->peer_dead[q] = c->p2p_dead[q] = c->p2p_eof[q] = 1;
         return;
     }
     c->peer_tl[q] = (int8_t)t;
     c->peer_dead[q] = 0;
     c->p2p_dead[q] = 0;
+    c->p2p_eof[q] = 0;
     for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
         mc_in_t *in = &c->in[ch][q];
         uint8_t *cbuf = in->cbuf, *sink = in->sink;
@@ -4622,11 +4690,14 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->peer_tl = malloc((size_t)size);
     c->peer_dead = calloc((size_t)size, 1);
     c->p2p_dead = calloc((size_t)size, 1);
+    c->p2p_eof = calloc((size_t)size, 1);
+    c->susp_base = calloc((size_t)size, sizeof(uint32_t));
     c->abort_out =
         calloc((size_t)size * MC_NUM_CHANNELS, sizeof(*c->abort_out));
     c->left_out = calloc((size_t)size, sizeof(*c->left_out));
     c->left_epoch = calloc((size_t)size, sizeof(uint64_t));
     c->left_seq = calloc((size_t)size, sizeof(uint64_t));
+    c->left_wait = calloc((size_t)size, 1);
     c->abort_seq = malloc(sizeof(uint64_t) * (size_t)size);
     c->abort_why = calloc((size_t)size, sizeof(mc_status_t));
     c->abort_msg = calloc((size_t)size, sizeof(*c->abort_msg));
@@ -4678,8 +4749,9 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         c->vof[p] = p < ninit ? p : -1;
     }
     if (!c->discard || !c->peer_tl || !c->peer_dead || !c->p2p_dead ||
+        !c->p2p_eof || !c->susp_base ||
         !c->abort_out || !c->abort_seq || !c->abort_why || !c->abort_msg ||
-        !c->left_out || !c->left_epoch || !c->left_seq ||
+        !c->left_out || !c->left_epoch || !c->left_seq || !c->left_wait ||
         !c->in[0] || !c->in[1] || !hosts || !mask) {
         st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
         goto err_free;
@@ -5019,6 +5091,8 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
     c->nfailed_last = nf;
     c->njoined_last = nj;
     c->nactive = n;
+    for (int p = 0; p < c->size; p++)
+        c->susp_base[p] = mc_live_suspect_count(c->live, p);
     for (int i = 0; c->live && i < nf; i++)
         mc_live_forget(c->live, c->failed_last[i]);
     c->epoch = epoch;

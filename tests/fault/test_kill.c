@@ -239,6 +239,9 @@ static const kt_scn_t scenarios[] = {
     {"left_small_tcp_3",      3, TCP, W_AR_BIG,      K_LEFT,     -1, 0, 0,  18, 1024,      0, "ft.barrier.mid"},
     {"left_bar_shm_3",        3, SHM, W_BAR,         K_LEFT,     -1, 0, 0,  18, 0,         0, "ft.barrier.mid"},
     {"left_nosig_shm_3",      3, SHM, W_AR_BIG,      K_LEFT,     -1, 0, 0,  18, 1024,      0, "ft.barrier.mid"},
+  /* left_big_tcp_4 (which fails with MOONCAKE_FT_LEFT_FANOUT=0) with
+   * notices to the 2 lowest slots only: one of them survives */
+    {"left_fan2_tcp_4",       4, TCP, W_AR_BIG,      K_LEFT,     -1, 0, 0,  12, MiB8 / 2,  0, "ft.barrier.mid"},
 };
 /* clang-format on */
 #define NSCN ((int)(sizeof(scenarios) / sizeof(scenarios[0])))
@@ -251,6 +254,7 @@ static const struct {
     {"reduce_chain_shm_4", "MOONCAKE_ALGO_REDUCE", "chain"},
     {"rs_ring_shm_4", "MOONCAKE_ALGO_REDUCE_SCATTER", "ring"},
     {"left_nosig_shm_3", "MOONCAKE_FT_SIGNALS", "0"},
+    {"left_fan2_tcp_4", "MOONCAKE_FT_LEFT_FANOUT", "2"},
 };
 
 /* The ops of one step cycle; returns how many. Broadcasts use root 0 unless
