@@ -332,8 +332,6 @@ struct mc_comm {
     int ag_wake;         /* a peer started one for c->epoch */
     int ag_noq;          /* the coordinator found no quorum */
     uint64_t noq_epoch;  /* the view in which this rank last had none */
-    uint32_t *susp_base; /* [peer]: mc_live_suspect_count when the view
-                            began (ag_doubt) */
     uint64_t ag_sig;     /* what our last report said (resend on change) */
     uint64_t *rep_epoch; /* [size] epoch of the latest report from a peer */
     int *rep_coord;      /* [size] */
@@ -660,10 +658,12 @@ static void in_post(mc_comm_t *c, mc_in_t *in, mc_xfer_t *x, void *buf,
     mc_status_t st = c->tlops[t]->post_recv(c->tl[t], in->peer, in->ch, x);
     if (st < 0) {
         in->state = IN_DEAD;
-        if (in->ch == MC_CH_COLL)
+        if (in->ch == MC_CH_COLL) {
             peer_failed(c, in->peer, st);
-        else
+        } else {
+            c->p2p_eof[in->peer] = 1; /* refused: nothing more to read */
             p2p_peer_failed(c, in->peer);
+        }
     }
 }
 
@@ -1856,19 +1856,26 @@ static int ag_dead(const mc_comm_t *c, int p)
 }
 
 /* Is the evidence of peer p's death (an ended stream) in doubt? In
- * embedded mode, over a network: after this rank had "no quorum" in this
- * view, or once p went silent during it (liveness), the other side of a
- * partition may have gone on without us, and when the partition heals its
- * kernels reset the connections they timed out. That looks like death
- * but is not evidence of it: then removing p needs a majority, like any
- * suspicion. A vanished process on this host (shm) is never in doubt;
- * with etcd the store's view is the authority. */
+ * embedded mode, over a network, once this rank had "no quorum" in this
+ * view: the other side of the partition may have gone on without us, and
+ * when the partition heals its kernels reset the connections they timed
+ * out. That looks like death but is not evidence of it: then removing p
+ * needs a majority, like any suspicion. A vanished process on this host
+ * (shm) is never in doubt; with etcd the store's view is the authority. */
 static int ag_doubt(const mc_comm_t *c, int p)
 {
     int t = c->peer_tl[p];
     if (c->em || t < 0 || !strcmp(c->tlops[t]->name, "shm")) return 0;
-    return c->noq_epoch == c->epoch ||
-           mc_live_suspect_count(c->live, p) != c->susp_base[p];
+    return c->noq_epoch == c->epoch;
+}
+
+/* How long the coordinator waits for a dead rank's p2p stream to end:
+ * MC_AG_EOF_WAIT_US, but at most half an agreement round, so that the
+ * others do not suspect the coordinator meanwhile. */
+static int64_t ag_eof_wait_us(const mc_comm_t *c)
+{
+    int64_t half = c->timeout_ms > 0 ? c->timeout_ms * 500 : INT64_MAX;
+    return half < MC_AG_EOF_WAIT_US ? half : MC_AG_EOF_WAIT_US;
 }
 
 static int ag_coord(const mc_comm_t *c)
@@ -2056,7 +2063,7 @@ static int ag_try_decide(mc_comm_t *c)
             dead = 0;
         }
         if (q != c->rank && dead && ag_dead(c, q) && !c->p2p_eof[q] &&
-            mc_now_us() < c->ag_start_us + MC_AG_EOF_WAIT_US) {
+            mc_now_us() < c->ag_start_us + ag_eof_wait_us(c)) {
             /* its p2p stream may still hold a LEFT notice (or a VIEW) it
              * sent before it died: decide once that stream has ended */
             memset(next, 0, n);
@@ -2481,9 +2488,9 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
     for (int v = 0; v < n && sent < fan; v++) {
         int p = cx->vslots[v], t = c->peer_tl[p];
         mc_left_out_t *l = &c->left_out[p];
-        if (p == c->rank) continue;
+        if (p == c->rank || t < 0 || c->peer_dead[p] || c->suspect[p])
+            continue;
         sent++;
-        if (t < 0 || c->peer_dead[p]) continue;
         if (c->ft_signals && sig_capable(c, p)) {
             (void)c->tlops[t]->signal(c->tl[t], p, (int)(cx->seq & 1), word);
             continue;
@@ -2525,18 +2532,32 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
 static mc_status_t ft_barrier(mc_comm_t *c, mc_cctx_t *cx, uint64_t *flags)
 {
     cx->data_done = 1;
-    if (sig_barrier_usable(c, cx)) return sig_barrier(cx, flags);
-    mc_status_t st = mc_algo_barrier_flags(cx, flags);
-    if (st == MC_OK) {
-        /* every rank holds its result: the LEFT notices' progress must not
-         * let a peer's report or abort fail the op now (it would re-run
-         * with an in-place input that is already the result) */
-        pthread_mutex_lock(&c->plock);
+    int sig = sig_barrier_usable(c, cx);
+    mc_status_t st = sig ? sig_barrier(cx, flags)
+                         : mc_algo_barrier_flags(cx, flags);
+    if (st != MC_OK) return st;
+    /* Every rank holds its result: from here a peer's report or abort read
+     * by any progress (the LEFT notices', another thread's) must not fail
+     * the op (it would re-run from an in-place input that the commit is
+     * about to overwrite with the result). */
+    pthread_mutex_lock(&c->plock);
+    st = cx->failed;
+    if (st == MC_OK) cx->passed = 1;
+    pthread_mutex_unlock(&c->plock);
+    if (st != MC_OK || sig) return st;
+    left_notices(c, cx, *flags);
+    /* a view that dropped this rank meanwhile (false suspicion): the
+     * others may re-run the op without it; do not report it done */
+    pthread_mutex_lock(&c->plock);
+    if (c->nv_pending && !c->nv_active[c->rank] && c->nv_start <= cx->seq) {
+        cx->passed = 0; /* to the agreement, which adopts it: evicted */
+        cx_fail(c, MC_ERR_PEER_FAILED, 0,
+                "%s at seq %llu: view %llu without rank %d arrived",
+                mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
+                (unsigned long long)c->nv_epoch, c->rank);
         st = cx->failed;
-        if (st == MC_OK) cx->passed = 1;
-        pthread_mutex_unlock(&c->plock);
-        if (st == MC_OK) left_notices(c, cx, *flags);
     }
+    pthread_mutex_unlock(&c->plock);
     return st;
 }
 
@@ -4005,7 +4026,6 @@ static void comm_free(mc_comm_t *c)
     free(c->left_out);
     free(c->left_epoch);
     free(c->left_seq);
-    free(c->susp_base);
     free(c->p2p_eof);
     free(c->left_wait);
     free(c->abort_seq);
@@ -4691,7 +4711,6 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->peer_dead = calloc((size_t)size, 1);
     c->p2p_dead = calloc((size_t)size, 1);
     c->p2p_eof = calloc((size_t)size, 1);
-    c->susp_base = calloc((size_t)size, sizeof(uint32_t));
     c->abort_out =
         calloc((size_t)size * MC_NUM_CHANNELS, sizeof(*c->abort_out));
     c->left_out = calloc((size_t)size, sizeof(*c->left_out));
@@ -4749,7 +4768,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         c->vof[p] = p < ninit ? p : -1;
     }
     if (!c->discard || !c->peer_tl || !c->peer_dead || !c->p2p_dead ||
-        !c->p2p_eof || !c->susp_base ||
+        !c->p2p_eof ||
         !c->abort_out || !c->abort_seq || !c->abort_why || !c->abort_msg ||
         !c->left_out || !c->left_epoch || !c->left_seq || !c->left_wait ||
         !c->in[0] || !c->in[1] || !hosts || !mask) {
@@ -5091,8 +5110,7 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
     c->nfailed_last = nf;
     c->njoined_last = nj;
     c->nactive = n;
-    for (int p = 0; p < c->size; p++)
-        c->susp_base[p] = mc_live_suspect_count(c->live, p);
+
     for (int i = 0; c->live && i < nf; i++)
         mc_live_forget(c->live, c->failed_last[i]);
     c->epoch = epoch;

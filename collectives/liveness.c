@@ -63,7 +63,6 @@ typedef struct mc_live_peer {
     _Atomic int64_t heard_us; /* thread clock of the last valid heartbeat */
     _Atomic uint8_t watch;    /* cleared for good by mc_live_forget */
     uint8_t suspect;          /* thread only: state it last reported */
-    _Atomic uint32_t nsusp;   /* times it became suspected (thread adds) */
     uint8_t send_err_logged;  /* thread only */
     uint64_t inc;             /* published incarnation (connect) */
     uint64_t counter;         /* thread only: highest counter accepted */
@@ -304,7 +303,6 @@ static int64_t live_review(mc_live_t *l)
         if (s != p->suspect) {
             p->suspect = (uint8_t)s;
             changed = 1;
-            if (s) atomic_fetch_add_explicit(&p->nsusp, 1, memory_order_release);
             if (s)
                 MC_LOG(MC_LOG_INFO,
                        "liveness: rank %d: rank %d silent for %lld ms "
@@ -665,12 +663,6 @@ int64_t mc_live_silent_ms(mc_live_t *l, int peer)
     if (!d || !atomic_load_explicit(&p->watch, memory_order_relaxed)) return -1;
     int64_t h = atomic_load_explicit(&p->heard_us, memory_order_relaxed);
     return d > h ? (d - h) / 1000 : 0;
-}
-
-uint32_t mc_live_suspect_count(mc_live_t *l, int peer)
-{
-    if (!l || peer < 0 || peer >= l->size) return 0;
-    return atomic_load_explicit(&l->peers[peer].nsusp, memory_order_acquire);
 }
 
 void mc_live_forget(mc_live_t *l, int peer)

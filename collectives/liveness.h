@@ -131,11 +131,6 @@ int mc_live_suspects(mc_live_t *l, uint8_t *out);
  * unwatched) or before connect. Lock-free.
  */
 int64_t mc_live_silent_ms(mc_live_t *l, int peer);
-/* How many times the thread has found `peer` silent past the timeout since
- * create (it counts each change to suspected, also while nobody asks):
- * the engine compares it with the count when its view began, to know
- * whether a peer went silent during the view. 0 without an instance. */
-uint32_t mc_live_suspect_count(mc_live_t *l, int peer);
 
 /*
  * Stop watching `peer` for good (it was removed from the view): no more
