@@ -181,6 +181,7 @@ struct mc_request {
     mc_comm_t *comm;
     int kind;
     int refs; /* user + engine */
+    int p2p_counted; /* a send counted in comm->p2p_sending */
     volatile int done;
     mc_status_t status;
     char err[MC_ABORT_MSG_MAX + 128];
@@ -255,6 +256,7 @@ struct mc_comm {
     uint64_t *left_epoch;         /* [peer]: its latest LEFT notice's */
     uint64_t *left_seq;           /*   (epoch, seq) */
     uint8_t *left_wait;           /* [peer]: left_notices waits on its frame */
+    uint32_t *p2p_sending;        /* [peer]: user sends on its p2p stream */
     uint64_t *abort_seq;          /* [peer]: ABORT received for a later op */
     mc_status_t *abort_why;
     char (*abort_msg)[MC_ABORT_MSG_MAX + 1];
@@ -757,7 +759,7 @@ static void in_protocol_error(mc_comm_t *c, mc_in_t *in, const char *why)
            "treating the peer as failed",
            c->rank, in->ch == MC_CH_COLL ? "collective" : "p2p", in->peer, why);
     in->state = IN_DEAD;
-    if (in->ch == MC_CH_P2P) c->p2p_eof[in->peer] = 1; /* read no further */
+    c->p2p_eof[in->peer] = 1; /* nothing to wait for on its p2p stream */
     peer_failed(c, in->peer, MC_ERR_PROTOCOL);
 }
 
@@ -805,12 +807,8 @@ static void in_event(mc_ev_t *ev)
                 in_protocol_error(c, in, "malformed left notice");
                 return;
             }
-            int p = in->peer;
-            if (h->epoch > c->left_epoch[p] ||
-                (h->epoch == c->left_epoch[p] && h->seq > c->left_seq[p])) {
-                c->left_epoch[p] = h->epoch;
-                c->left_seq[p] = h->seq;
-            }
+            c->left_epoch[in->peer] = h->epoch; /* frames come in order */
+            c->left_seq[in->peer] = h->seq;
             in_post_hdr(c, in);
             return;
         }
@@ -2062,10 +2060,12 @@ static int ag_try_decide(mc_comm_t *c)
             susp = 1;
             dead = 0;
         }
-        if (q != c->rank && dead && ag_dead(c, q) && !c->p2p_eof[q] &&
+        if (q != c->rank && dead && !c->p2p_eof[q] &&
+            c->in[MC_CH_P2P][q].state != IN_HAVE_HDR &&
             mc_now_us() < c->ag_start_us + ag_eof_wait_us(c)) {
             /* its p2p stream may still hold a LEFT notice (or a VIEW) it
-             * sent before it died: decide once that stream has ended */
+             * sent before it died, whoever saw it die: decide once that
+             * stream has ended (or is held, and reads nothing more) */
             memset(next, 0, n);
             return 0;
         }
@@ -2488,14 +2488,15 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
     for (int v = 0; v < n && sent < fan; v++) {
         int p = cx->vslots[v], t = c->peer_tl[p];
         mc_left_out_t *l = &c->left_out[p];
-        if (p == c->rank || t < 0 || c->peer_dead[p] || c->suspect[p])
+        if (p == c->rank || t < 0 || c->peer_dead[p] || c->p2p_dead[p] ||
+            c->suspect[p])
             continue;
         sent++;
         if (c->ft_signals && sig_capable(c, p)) {
             (void)c->tlops[t]->signal(c->tl[t], p, (int)(cx->seq & 1), word);
             continue;
         }
-        if (c->p2p_dead[p] || l->hx.status == MC_INPROGRESS) continue;
+        if (l->hx.status == MC_INPROGRESS) continue;
         l->hdr = (mc_hdr_t){.magic = MC_WIRE_MAGIC,
                             .kind = MC_KIND_LEFT,
                             .seq = cx->seq,
@@ -2506,8 +2507,8 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
             .buf = &l->hdr, .len = sizeof(l->hdr), .status = MC_INPROGRESS};
         if (c->tlops[t]->post_send(c->tl[t], p, MC_CH_P2P, &l->hx) < 0)
             l->hx.status = MC_ERR_PEER_FAILED;
-        else
-            c->left_wait[p] = 1;
+        else if (!c->p2p_sending[p])
+            c->left_wait[p] = 1; /* behind user sends: it goes, unwaited */
     }
     int64_t start = mc_now_us(), idle_since = start;
     for (;;) {
@@ -3767,6 +3768,10 @@ static void p2p_send_event(mc_ev_t *ev)
         return;
     mc_status_t st = r->hx.status < 0 ? (mc_status_t)r->hx.status
                                       : (mc_status_t)r->px.status;
+    if (r->p2p_counted) {
+        r->p2p_counted = 0;
+        r->comm->p2p_sending[r->peer]--;
+    }
     char msg[128] = "";
     if (st < 0)
         snprintf(msg, sizeof(msg), "send to rank %d failed: %s", r->peer,
@@ -3822,6 +3827,8 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n, mc_dtype_t dt,
         }
         return comm_err(c, st, "send to rank %d: %s", peer, mc_status_str(st));
     }
+    c->p2p_sending[peer]++;
+    r->p2p_counted = 1;
     progress_locked(c);
     pthread_mutex_unlock(&c->plock);
     *req_p = r;
@@ -4028,6 +4035,7 @@ static void comm_free(mc_comm_t *c)
     free(c->left_seq);
     free(c->p2p_eof);
     free(c->left_wait);
+    free(c->p2p_sending);
     free(c->abort_seq);
     free(c->abort_why);
     free(c->abort_msg);
@@ -4717,6 +4725,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->left_epoch = calloc((size_t)size, sizeof(uint64_t));
     c->left_seq = calloc((size_t)size, sizeof(uint64_t));
     c->left_wait = calloc((size_t)size, 1);
+    c->p2p_sending = calloc((size_t)size, sizeof(uint32_t));
     c->abort_seq = malloc(sizeof(uint64_t) * (size_t)size);
     c->abort_why = calloc((size_t)size, sizeof(mc_status_t));
     c->abort_msg = calloc((size_t)size, sizeof(*c->abort_msg));
@@ -4771,6 +4780,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         !c->p2p_eof ||
         !c->abort_out || !c->abort_seq || !c->abort_why || !c->abort_msg ||
         !c->left_out || !c->left_epoch || !c->left_seq || !c->left_wait ||
+        !c->p2p_sending ||
         !c->in[0] || !c->in[1] || !hosts || !mask) {
         st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
         goto err_free;
