@@ -1886,6 +1886,7 @@ static int ag_coord(const mc_comm_t *c)
 }
 
 static int ag_left_seen(mc_comm_t *c);
+static int sig_capable(const mc_comm_t *c, int p);
 
 static uint64_t ag_signature(mc_comm_t *c)
 {
@@ -2062,6 +2063,7 @@ static int ag_try_decide(mc_comm_t *c)
         }
         if (q != c->rank && dead && !c->p2p_eof[q] &&
             c->in[MC_CH_P2P][q].state != IN_HAVE_HDR &&
+            !(c->ft_signals && sig_capable(c, q)) && /* notices: words */
             mc_now_us() < c->ag_start_us + ag_eof_wait_us(c)) {
             /* its p2p stream may still hold a LEFT notice (or a VIEW) it
              * sent before it died, whoever saw it die: decide once that
