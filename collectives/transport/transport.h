@@ -41,7 +41,11 @@
  * complete with MC_ERR_PEER_FAILED, later post_send returns it) as soon as
  * the death is known, and peer_status reports it from then on. A clean
  * close is logged at info level; the engine logs what matters to users.
- * A transport never crashes or hangs on a dead peer.
+ * A transport never crashes or hangs on a dead peer. A transport that can
+ * tell a closed connection of a live process from a death (tcp: its close
+ * check asks the peer's listener) treats the former like a timeout: the
+ * ended streams move nothing more, what is posted on them waits, and the
+ * peer is not failed.
  *
  * Rejoin (add_peer)
  * -----------------
@@ -76,7 +80,8 @@
  * called again for the same slot at any time (a newer joiner, or a retry
  * after a failure); the earlier attempt is abandoned. A process that was
  * connected and is dropped that way sees this rank leave (a live, evicted
- * process finds its streams to this rank ended), so a retry with the same
+ * process finds its streams to this rank ended: failed over shm, cut over
+ * tcp, whose close check finds this rank alive), so a retry with the same
  * incarnation only works if the earlier attempt never connected. Every
  * handshake checks both sides' incarnations, so a stale process of another
  * incarnation (a crashed one's late socket, an evicted one still running)

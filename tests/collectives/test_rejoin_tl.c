@@ -612,7 +612,8 @@ static void test_shm_replace(void **state)
 /* A live process is dropped for a newer one, and a stale process of an
  * older incarnation cannot take its place: the survivor s add_peer()s slot
  * 1 - s as incarnation 2 while incarnation 0 still runs (its receive still
- * posted there fails; incarnation 0 sees the survivor leave), then a process
+ * posted there fails; incarnation 0 sees the survivor leave: over shm as a
+ * failure, over tcp as cut streams of a live peer), then a process
  * claiming incarnation 1 tries to connect and times out, the survivor's
  * add staying in progress, and only then does incarnation 2 come and
  * connect. Run with the survivor as rank 0 and as rank 1 (for tcp, the
@@ -628,6 +629,31 @@ static int body_evicted(int rank, uint64_t inc, void *arg)
         return MC_TFAIL(rank, "open: %s", mc_last_error());
     int rc = t_exchange(&r, &s, 1, rank, 0);
     if (!rc) rc = t_set(&r, "done/0", "1");
+    if (ops == &mc_tl_tcp_ops) {
+        /* tcp: the survivor that drops us is alive (its listener answers
+         * the close check), so its closing is no evidence of death: our
+         * streams to it are cut, the peer stays "ok", and a receive posted
+         * there waits (the engine's heartbeat and majority rule decide) */
+        static uint8_t b[8];
+        static mc_xfer_t x;
+        char val[16];
+        if (!rc) rc = t_get_driving(&r, "spawn/stale", val, sizeof(val), 30000);
+        mc_status_t st = rc ? MC_OK : t_status_leaves(&r, s, MC_OK, 400);
+        if (!rc && st != MC_INPROGRESS + 100)
+            rc = MC_TFAIL(rank, "dropped by a live survivor: status %d", st);
+        x = (mc_xfer_t){.buf = b, .len = sizeof(b)};
+        if (!rc && ops->post_recv(r.tl, s, MC_CH_P2P, &x) != MC_OK)
+            rc = MC_TFAIL(rank, "post_recv: %s", mc_last_error());
+        if (!rc) {
+            mc_xfer_t *xp = &x;
+            (void)t_drive(&r, &xp, 1, 200);
+            if (x.status != MC_INPROGRESS)
+                rc = MC_TFAIL(rank, "receive from a live survivor ended: %d",
+                              x.status);
+        }
+        t_close(&r); /* takes back x */
+        return rc;
+    }
     /* the survivor drops us: we see it leave */
     mc_status_t st = rc ? MC_OK : t_status_leaves(&r, s, MC_OK, 15000);
     if (!rc && st != MC_ERR_PEER_FAILED)

@@ -1033,7 +1033,12 @@ static int body_stall(int rank, int size, void *arg)
     (void)size;
     mc_store_h store;
     mc_tl_t *tl;
-    if (rank == 0) setenv("MOONCAKE_TCP_CLOSE_GRACE_MS", "300", 1);
+    if (rank == 0) {
+        setenv("MOONCAKE_TCP_CLOSE_GRACE_MS", "300", 1);
+        /* the victim is alive: the close check would (rightly) not count
+         * its half-close as a death; this test is about a dead peer */
+        setenv("MOONCAKE_TCP_CLOSE_CHECK", "0", 1);
+    }
     if (t_open(c, c->dir, rank, 2, T_TIMEOUT_MS, &store, &tl) != MC_OK)
         return MC_TFAIL(rank, "open: %s", mc_last_error());
     if (rank == 1) return stall_victim(tl, store);
@@ -1066,6 +1071,90 @@ static int body_stall(int rank, int size, void *arg)
     mc_store_set(store, "stall_done", "1", 1);
     t_close(tl, store);
     return rc;
+}
+
+/* The close check: rank 1 half-closes its coll socket while it lives (as
+ * a live peer's kernel does with a connection it timed out). Rank 0 finds
+ * its listener answering: no evidence of death, the peer stays "ok" and a
+ * coll receive posted then waits. Then rank 1 exits: its p2p stream ends
+ * too, a new check finds the listener gone, and the peer fails with the
+ * waiting receive. */
+static int body_close_check(int rank, int size, void *arg)
+{
+    t_ctx_t *c = arg;
+    (void)size;
+    mc_store_h store;
+    mc_tl_t *tl;
+    if (t_open(c, c->dir, rank, 2, T_TIMEOUT_MS, &store, &tl) != MC_OK)
+        return MC_TFAIL(rank, "open: %s", mc_last_error());
+    if (rank == 1) {
+        int fd = -1;
+        for (int64_t t0 = mc_now_us(); fd < 0 && mc_now_us() - t0 < 5000000;) {
+            for (int i = 3; i < 1024 && fd < 0; i++) {
+                int type = 0, n = 0;
+                socklen_t sl = sizeof(type);
+                if (getsockopt(i, SOL_SOCKET, SO_TYPE, &type, &sl) == 0 &&
+                    type == SOCK_STREAM && ioctl(i, FIONREAD, &n) == 0 &&
+                    n == 1)
+                    fd = i;
+            }
+            if (fd < 0) usleep(1000);
+        }
+        char b;
+        if (fd < 0 || recv(fd, &b, 1, 0) != 1 || shutdown(fd, SHUT_WR) != 0)
+            return MC_TFAIL(1, "half-close failed");
+        char v[4];
+        size_t len;
+        if (mc_store_get(store, "chk_exit", 20000, v, 4, &len) != MC_OK)
+            return MC_TFAIL(1, "rank 0 never said exit");
+        _exit(0); /* the kernel closes everything, listener included */
+    }
+    uint8_t one = 1;
+    if (t_xfer(tl, 1, 1, MC_CH_COLL, &one, 1) != 0)
+        return MC_TFAIL(rank, "coll byte");
+    int rc = 0;
+    /* well past the check's 50 ms: the peer stays ok */
+    for (int64_t t0 = mc_now_us(); mc_now_us() - t0 < 500000 && !rc;) {
+        if (ops->peer_status(tl, 1) != MC_OK)
+            rc = MC_TFAIL(rank, "a live peer's half-close counted as death");
+        ops->progress(tl);
+        ops->wait(tl, 10000);
+    }
+    static uint8_t b[8];
+    static mc_xfer_t x;
+    x = (mc_xfer_t){.buf = b, .len = sizeof(b)};
+    if (!rc && ops->post_recv(tl, 1, MC_CH_COLL, &x) != MC_OK)
+        rc = MC_TFAIL(rank, "coll receive refused");
+    for (int64_t t0 = mc_now_us(); !rc && mc_now_us() - t0 < 200000;) {
+        ops->progress(tl);
+        ops->wait(tl, 10000);
+    }
+    if (!rc && x.status != MC_INPROGRESS)
+        rc = MC_TFAIL(rank, "receive on the cut stream ended: %d", x.status);
+    mc_store_set(store, "chk_exit", "1", 1);
+    if (rc) {
+        t_close(tl, store);
+        return rc;
+    }
+    int64_t t0 = mc_now_us();
+    if (t_wait_one(tl, &x, 5000) != 0)
+        rc = MC_TFAIL(rank, "the peer exited; the receive still waits");
+    else if (x.status != MC_ERR_PEER_FAILED)
+        rc = MC_TFAIL(rank, "receive status %d", x.status);
+    else if (ops->peer_status(tl, 1) != MC_ERR_PEER_FAILED)
+        rc = MC_TFAIL(rank, "peer not failed after its exit");
+    else
+        fprintf(stderr, "  peer failed %.1f ms after it was told to exit\n",
+                (double)(mc_now_us() - t0) / 1000);
+    t_close(tl, store);
+    return rc;
+}
+
+static void test_close_check(void **state)
+{
+    (void)state;
+    t_ctx_t c = {0};
+    t_run(2, 60, body_close_check, &c);
 }
 
 static void test_eos_stall_bound(void **state)
@@ -1128,9 +1217,10 @@ static int rogue_try(const struct sockaddr_in *sa, uint64_t uid, uint32_t r,
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0 || connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) != 0)
         return -1;
-    /* v2 hello: magic, version, rank, channel, uid, incarnations */
-    uint8_t h[40];
-    uint32_t w[4] = {0x4d435450u, 2, r, 0};
+    /* v3 hello: magic, version, rank, channel, uid, incarnations, the
+     * sender's listener (none here: zeros) */
+    uint8_t h[48] = {0};
+    uint32_t w[4] = {0x4d435450u, 3, r, 0};
     for (int i = 0; i < 4; i++)
         for (int b = 0; b < 4; b++)
             h[4 * i + b] = (uint8_t)(w[i] >> (8 * b));
@@ -1279,6 +1369,7 @@ int main(void)
         cmocka_unit_test(test_eos_zero_payload),
         cmocka_unit_test(test_eos_exit_large),
         cmocka_unit_test(test_eos_stall_bound),
+        cmocka_unit_test(test_close_check),
         cmocka_unit_test(test_connect_timeout),
         cmocka_unit_test(test_rogue_hello),
     };

@@ -18,7 +18,15 @@
  * than the heartbeat's timeout (the kernel aborts the cut connections with
  * ETIMEDOUT first: still a timeout, never evidence of death), and once
  * with etcd (one member, listening on the bridge, so the cut-off rank
- * loses etcd too: its lease expires).
+ * loses etcd too: its lease expires). The idle cases: the cut-off rank
+ * calls nothing from before the cut until after the healing, so it never
+ * had "no quorum"; then the majority's kernels reset the connections they
+ * timed out, and those resets must not count as deaths (the TCP
+ * transport's close check finds the majority's listeners answering). One
+ * idle case gives the cut-off rank a heartbeat timeout longer than the
+ * test and has it send a p2p message to each peer first, so it meets the
+ * resets before any silence: without the close check
+ * (MOONCAKE_TCP_CLOSE_CHECK=0) it goes on alone in a view of its own.
  *
  * Needs root (network namespaces) and iproute2; skipped otherwise.
  */
@@ -70,6 +78,8 @@ typedef struct {
     _Atomic int after_heal_st;   /* old incarnation's call after healing */
     _Atomic int joined;          /* the new incarnation got in */
     _Atomic int quit;
+    _Atomic int go_idle;         /* parent: PT_CUT stops calling (idle) */
+    _Atomic int cut_idle;        /* PT_CUT: idle now, until the healing */
     _Atomic int64_t t_first_v2_ns[PT_N];
     char err[PT_ROWS][256];
     pt_rec_t rec[PT_ROWS][PT_MAXSTEP];
@@ -81,6 +91,9 @@ typedef struct {
     char dir[256];
     char endpoints[256]; /* etcd mode, else "" */
     int user_timeout_ms; /* MOONCAKE_TCP_USER_TIMEOUT_MS, 0: unset */
+    int idle; /* PT_CUT calls nothing from before the cut to the healing */
+    int cut_live_ms; /* PT_CUT's liveness timeout if > 0 (else PT_LIVE_MS) */
+    int op_timeout_ms; /* the op timeout if > 0 (else 8000) */
     pt_shm_t *sh;
 } pt_run_t;
 
@@ -178,6 +191,7 @@ static mc_status_t make_comm(const pt_run_t *k, int rank, int join,
     cfg.transport = MC_TRANSPORT_TCP;
     cfg.timeout_ms = 8000; /* bounds the cut-off side's view change in etcd
                               mode (it cannot reach etcd) */
+    if (k->op_timeout_ms > 0) cfg.timeout_ms = k->op_timeout_ms;
     cfg.init_timeout_ms = 30000;
     cfg.join = join;
     if (k->endpoints[0]) {
@@ -199,6 +213,26 @@ static int run_loop(const pt_run_t *k, mc_comm_h c, int rank, int row,
     if (!buf) return 1;
     int rc = 0, fails = 0;
     for (; step < PT_MAXSTEP; step++) {
+        if (k->idle && rank == PT_CUT && row == rank &&
+            atomic_load(&sh->go_idle) && !atomic_load(&sh->cut_idle)) {
+            /* busy elsewhere (no call, no progress) through the whole
+             * partition: it learns of the view change only afterwards */
+            atomic_store(&sh->cut_idle, 1);
+            for (int i = 0; i < PT_DEADLINE_S * 100 && !atomic_load(&sh->healed);
+                 i++)
+                usleep(10000);
+            usleep(1500000); /* links and ARP settle */
+            if (k->cut_live_ms > 0) {
+                /* a message to each peer first (the application's own
+                 * p2p traffic): it meets the connections the majority's
+                 * kernels gave up on, and comes back as resets */
+                int64_t x = step;
+                for (int p = 0; p < PT_N; p++)
+                    if (p != rank)
+                        (void)mc_comm_send(c, &x, 1, MC_INT64, p, 99);
+                usleep(200000);
+            }
+        }
         for (int i = 0; i < PT_COUNT; i++)
             buf[i] = (int64_t)(rank + 1) * g_of(step, i);
         buf[PT_COUNT] = atomic_load(&sh->quit);
@@ -210,7 +244,7 @@ static int run_loop(const pt_run_t *k, mc_comm_h c, int rank, int row,
         if (st != MC_OK) {
             atomic_fetch_add(&sh->failed[row], 1);
             if (rank == PT_CUT && row == rank) {
-                if (++fails == 2) break;
+                if (++fails == (k->idle ? 1 : 2)) break;
                 continue;
             }
             pt_fail(sh, row, "step %d: %s", step, mc_comm_last_error(c));
@@ -232,6 +266,8 @@ static int run_loop(const pt_run_t *k, mc_comm_h c, int rank, int row,
             atomic_store(&sh->t_first_v2_ns[rank], now_ns());
         atomic_store(&sh->step[row], step + 1);
         if (buf[PT_COUNT] > 0) break; /* everyone saw the quit */
+        if (rank == PT_CUT && row == rank && r->epoch != 1)
+            break; /* split: a view of its own (the checks report it) */
         /* the application's admission point, then the catch-up */
         int nadm = 0;
         st = mc_comm_admit(c, &nadm);
@@ -273,7 +309,8 @@ static int rank_main(const pt_run_t *k, int rank)
     char v[32];
     snprintf(v, sizeof(v), "%s.%d", k->net, 10 + rank);
     setenv("MOONCAKE_SOCKET_ADDR", v, 1);
-    snprintf(v, sizeof(v), "%d", PT_LIVE_MS);
+    snprintf(v, sizeof(v), "%d",
+             rank == PT_CUT && k->cut_live_ms > 0 ? k->cut_live_ms : PT_LIVE_MS);
     setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", v, 1);
     if (k->user_timeout_ms > 0) {
         snprintf(v, sizeof(v), "%d", k->user_timeout_ms);
@@ -327,7 +364,8 @@ static int steps_min(pt_shm_t *sh, int a, int b)
 /* tcp_user_timeout_ms > 0: the kernel aborts the cut connections first
  * (ETIMEDOUT before the heartbeat's timeout): that is a timeout too, and
  * must not let the cut-off rank count its peers dead and go on alone. */
-static void run_partition(int etcd, int tcp_user_timeout_ms)
+static void run_partition_k(int etcd, int tcp_user_timeout_ms, int idle,
+                            int cut_live_ms)
 {
     if (geteuid() != 0 || system("ip netns list >/dev/null 2>&1") != 0) {
         skip(); /* no network namespaces here: needs root and iproute2 */
@@ -354,6 +392,9 @@ static void run_partition(int etcd, int tcp_user_timeout_ms)
     char *d = mc_test_mkdtemp();
     snprintf(k.dir, sizeof(k.dir), "%s", d);
     k.user_timeout_ms = tcp_user_timeout_ms;
+    k.idle = idle;
+    k.cut_live_ms = cut_live_ms;
+    if (cut_live_ms > 0) k.op_timeout_ms = 3000;
     k.sh = mmap(NULL, sizeof(pt_shm_t), PROT_READ | PROT_WRITE,
                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     assert_true(k.sh != MAP_FAILED);
@@ -383,17 +424,30 @@ static void run_partition(int etcd, int tcp_user_timeout_ms)
     int64_t t_cut = 0;
     WAIT_UNTIL(steps_min(sh, 0, 1) >= 20 && atomic_load(&sh->step[PT_CUT]) >= 20,
                "20 steps on every rank");
+    if (idle) {
+        atomic_store(&sh->go_idle, 1);
+        WAIT_UNTIL(atomic_load(&sh->cut_idle), "the cut-off rank to go idle");
+        /* its last frames acknowledged (delayed ACKs: at most 200 ms), so
+         * nothing of its own is in flight: its kernel keeps its sockets
+         * through the cut, and only the majority's time out */
+        usleep(300000);
+    }
     assert_int_equal(sh_cmd("ip link set %sh%d down", k.tag, PT_CUT), 0);
     t_cut = now_ns();
     cut_step = steps_min(sh, 0, 1);
     WAIT_UNTIL(atomic_load(&sh->t_first_v2_ns[0]) &&
                    atomic_load(&sh->t_first_v2_ns[1]) &&
-                   atomic_load(&sh->cut_done),
+                   (idle || atomic_load(&sh->cut_done)),
                "the majority in view 2 and the cut-off rank giving up");
     {
         int s = steps_min(sh, 0, 1);
         WAIT_UNTIL(steps_min(sh, 0, 1) >= s + 30, "30 majority steps in view 2");
     }
+    /* idle: long enough for the majority's kernels to give up on the
+     * frames they still send to the cut-off rank (retransmissions past
+     * TCP_USER_TIMEOUT), so what the cut-off rank finds after the healing
+     * is their resets */
+    if (idle) usleep(2000000);
     assert_int_equal(sh_cmd("ip link set %sh%d up", k.tag, PT_CUT), 0);
     atomic_store(&sh->healed, 1);
     WAIT_UNTIL(atomic_load(&sh->joined), "the rejoin");
@@ -522,17 +576,43 @@ reap:
     assert_int_equal(problems, 0);
 }
 
+static void run_partition(int etcd, int tcp_user_timeout_ms, int idle)
+{
+    run_partition_k(etcd, tcp_user_timeout_ms, idle, 0);
+}
+
 static void partition_embedded(void **s)
 {
-    (void)s, run_partition(0, 0);
+    (void)s, run_partition(0, 0, 0);
 }
 static void partition_embedded_tcp_timeout(void **s)
 {
-    (void)s, run_partition(0, 300);
+    (void)s, run_partition(0, 300, 0);
+}
+/* The cut-off rank calls nothing during the partition, so it never had
+ * "no quorum" there; after the healing the majority's kernels reset the
+ * connections they timed out. Those resets are no evidence of death. */
+static void partition_idle_embedded(void **s)
+{
+    (void)s, run_partition(0, 0, 1);
+}
+static void partition_idle_tcp_timeout(void **s)
+{
+    (void)s, run_partition(0, 300, 1);
+}
+/* As partition_idle_tcp_timeout, with a heartbeat timeout on the cut-off
+ * rank longer than the test (30 s), and a p2p send to each peer once the
+ * link is up: the cut-off rank finds no silence, only the resets of
+ * connections its live peers timed out. A reset from a
+ * process that is alive (its listener answers) is no evidence of death:
+ * the cut-off rank must not go on alone in a view of its own. */
+static void partition_idle_reset(void **s)
+{
+    (void)s, run_partition_k(0, 300, 1, 30000);
 }
 static void partition_etcd(void **s)
 {
-    (void)s, run_partition(1, 0);
+    (void)s, run_partition(1, 0, 0);
 }
 
 int main(void)
@@ -540,6 +620,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(partition_embedded),
         cmocka_unit_test(partition_embedded_tcp_timeout),
+        cmocka_unit_test(partition_idle_embedded),
+        cmocka_unit_test(partition_idle_tcp_timeout),
+        cmocka_unit_test(partition_idle_reset),
         cmocka_unit_test(partition_etcd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

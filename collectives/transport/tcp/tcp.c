@@ -6,8 +6,9 @@
  * publishes "ip:port" under "tcp/<rank>" (incarnation 0) or
  * "tcp/<rank>.<incarnation>" (a process that took the slot later). For
  * each pair the higher rank connects to the lower rank's listener, once per
- * channel, and sends a 40-byte hello {magic, version, rank, channel, uid,
- * its incarnation, the incarnation it wants to reach}; the lower rank
+ * channel, and sends a 48-byte hello {magic, version, rank, channel, uid,
+ * its incarnation, the incarnation it wants to reach, its own listener's
+ * address (for the close check below)}; the lower rank
  * checks that it expects that rank with that incarnation on that channel
  * and that the wanted incarnation is its own, and answers with its own
  * hello for the same channel (the ack), which the connecting side checks
@@ -48,10 +49,16 @@
  * receive needs none and completes in order.
  *
  * Peer failure: the first EOF, hang-up (POLLRDHUP/HUP/ERR, seen by `wait`
- * or `peer_status`) or fatal errno on any socket of a peer marks the whole
- * peer failed: logged once (a clean close at info level, errors as
- * warnings), peer_status reports it, every posted send completes with
- * MC_ERR_PEER_FAILED and later sends are refused. A stream's socket is
+ * or `peer_status`) or fatal errno on any socket of a peer starts a close
+ * check (tcp_chk_begin; off with MOONCAKE_TCP_CLOSE_CHECK=0): we connect
+ * to the peer's listener. Refused (or reset at once): the process is gone,
+ * and the whole peer is marked failed: logged once (a clean close at info
+ * level, errors as warnings), peer_status reports it, every posted send
+ * completes with MC_ERR_PEER_FAILED and later sends are refused. Answered:
+ * the process lives (it removed us, or its kernel timed the connection
+ * out and reset it when the network came back), which is no evidence of
+ * death: the ended streams are cut as after a timeout, and the engine's
+ * heartbeat, majority rule or operation timeout decide. A stream's socket is
  * closed at its end. A killed or exiting process closes every socket, so
  * every stream ends as soon as its data has been read; as a bound for
  * broken cases only (a socket that neither delivers nor ends while its
@@ -83,8 +90,8 @@
 #include "sockaddr.h"
 
 #define MC_TCP_MAGIC 0x4d435450u /* "MCTP" */
-#define MC_TCP_VERSION 2u
-#define MC_TCP_HELLO_LEN 40
+#define MC_TCP_VERSION 3u
+#define MC_TCP_HELLO_LEN 48
 #define MC_TCP_IOV 64             /* transfers gathered into one syscall */
 #define MC_TCP_SPIN 8             /* syscalls per stream direction per visit */
 #define MC_TCP_ROUNDS 4           /* send/recv alternations per visit */
@@ -97,6 +104,8 @@
 #define MC_TCP_BACKOFF_MAX_US 200000
 #define MC_TCP_ADD_POLL_US 200 /* progress polls handshakes this often */
 #define MC_TCP_KEY_LEN 48
+#define MC_TCP_CHECK_ALIVE_US 1000000 /* close check: connected this long */
+#define MC_TCP_CHECK_MAX_US 2000000 /* close check: no answer this long */
 
 typedef struct mc_tcp_q {
     mc_xfer_t *head, *tail;
@@ -108,6 +117,9 @@ typedef struct mc_tcp_stream {
     mc_tcp_q_t sq, rq;
     uint8_t active; /* on tl->active */
     uint8_t probe;  /* wait() saw a hang-up or error: look in progress */
+    uint8_t hup;    /* its hang-up was looked at: wait() ignores it now */
+    uint8_t tx_dead; /* a send failed while the peer is not failed (close
+                        check): nothing more is sent on it */
     uint8_t rx_end; /* incoming stream ended: EOF or fatal errno read */
     uint8_t cut;    /* the kernel gave up on the connection by a timeout
                        (unreachable peer): no evidence of death, nothing
@@ -141,8 +153,18 @@ typedef struct mc_tcp_in {
     char from[MC_TCP_ADDR_LEN];
 } mc_tcp_in_t;
 
+/* Close check of a peer (see "Peer failure" above). */
+enum { CHK_NONE, CHK_RUN, CHK_ALIVE };
+
 typedef struct mc_tcp_peer {
     mc_tcp_stream_t ch[MC_NUM_CHANNELS];
+    struct sockaddr_in la; /* its listener (la_ok): for the close check */
+    uint8_t la_ok;
+    uint8_t chk;           /* CHK_*: CHK_ALIVE once a check found it alive */
+    int chk_fd;            /* CHK_RUN: our connection to its listener */
+    int chk_err;           /* what started the check (errno, 0: EOF) */
+    int chk_ch;
+    int64_t chk_start_us, chk_conn_us; /* conn_us: 0 until connected */
     uint64_t inc;       /* incarnation of the process we connect to */
     mc_tcp_add_t *add;  /* being connected: no stream moves bytes yet */
     mc_status_t add_st; /* how its last add failed, MC_OK otherwise */
@@ -161,6 +183,9 @@ struct mc_tl {
     int user_timeout; /* TCP_USER_TIMEOUT ms, 0 = kernel default */
     int64_t grace_us; /* see tcp_stream_stalled */
     uint64_t inc;     /* our incarnation */
+    struct sockaddr_in la; /* our listener */
+    int close_check;  /* MOONCAKE_TCP_CLOSE_CHECK */
+    int nchk;         /* peers in CHK_RUN */
     int connect_called;
     int connected;
     int in_progress;      /* re-entrancy guard: a callback calling progress */
@@ -219,15 +244,23 @@ static uint64_t tcp_get64(const uint8_t *b)
 }
 
 /* Hello (and ack), little-endian: {magic, version, rank, channel, uid,
- * sender's incarnation, incarnation it wants to reach}. */
+ * sender's incarnation, incarnation it wants to reach, the sender's
+ * listener: IPv4 address (network order), port, 2 zero bytes}. */
 typedef struct mc_tcp_hello {
     uint32_t rank, ch;
     uint64_t inc, to_inc;
+    struct sockaddr_in la; /* sin_port 0: none given */
 } mc_tcp_hello_t;
 
 static void tcp_hello_encode(uint8_t *b, uint64_t uid, int rank, int ch,
-                             uint64_t inc, uint64_t to_inc)
+                             uint64_t inc, uint64_t to_inc,
+                             const struct sockaddr_in *la)
 {
+    memcpy(b + 40, &la->sin_addr.s_addr, 4);
+    uint16_t port = ntohs(la->sin_port);
+    b[44] = (uint8_t)port;
+    b[45] = (uint8_t)(port >> 8);
+    b[46] = b[47] = 0;
     tcp_put32(b, MC_TCP_MAGIC);
     tcp_put32(b + 4, MC_TCP_VERSION);
     tcp_put32(b + 8, (uint32_t)rank);
@@ -248,6 +281,10 @@ static const char *tcp_hello_decode(const uint8_t *b, uint64_t uid,
     h->ch = tcp_get32(b + 12);
     h->inc = tcp_get64(b + 24);
     h->to_inc = tcp_get64(b + 32);
+    memset(&h->la, 0, sizeof(h->la));
+    h->la.sin_family = AF_INET;
+    memcpy(&h->la.sin_addr.s_addr, b + 40, 4);
+    h->la.sin_port = htons((uint16_t)(b[44] | b[45] << 8));
     return NULL;
 }
 
@@ -352,6 +389,7 @@ static mc_status_t tcp_listen(mc_tl_t *tl, struct in_addr ip)
     snprintf(tl->addr, sizeof(tl->addr), "%s:%u", ipstr,
              (unsigned)ntohs(sa.sin_port));
     tl->listen_fd = fd;
+    tl->la = sa;
     return MC_OK;
 }
 
@@ -385,6 +423,7 @@ static mc_status_t tcp_create(const mc_tl_params_t *p, mc_tl_t **tl_p)
     }
     for (int r = 0; r < p->size; r++) {
         tl->peers[r].want = r != p->rank && p->peers[r];
+        tl->peers[r].chk_fd = -1;
         if (tl->peers[r].want && p->peer_incarnation)
             tl->peers[r].inc = p->peer_incarnation[r];
         for (int c = 0; c < MC_NUM_CHANNELS; c++) {
@@ -398,6 +437,7 @@ static mc_status_t tcp_create(const mc_tl_params_t *p, mc_tl_t **tl_p)
     tl->bufsz = buf < 0 ? 0 : buf > (1 << 30) ? (1 << 30) : (int)buf;
     int64_t ut = mc_env_int("MOONCAKE_TCP_USER_TIMEOUT_MS", 0);
     tl->user_timeout = ut < 0 ? 0 : ut > INT32_MAX ? INT32_MAX : (int)ut;
+    tl->close_check = mc_env_int("MOONCAKE_TCP_CLOSE_CHECK", 1) != 0;
     int64_t grace = mc_env_int("MOONCAKE_TCP_CLOSE_GRACE_MS", 2000);
     /* not below 100 ms: the bound must not beat bytes still in flight */
     tl->grace_us = (grace < 100 ? 100 : grace > 600000 ? 600000 : grace) * 1000;
@@ -516,6 +556,7 @@ static void tcp_cut(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
 {
     if (s->cut) return;
     s->cut = 1;
+    s->probe = 0;
     s->tx_blocked = s->rx_blocked = 1;
     tcp_close(&s->fd);
     MC_LOG(MC_LOG_WARN,
@@ -524,10 +565,194 @@ static void tcp_cut(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
            tl->rank, s->peer, mc_tcp_ch_name[s->ch], strerror(err));
 }
 
-/* Evidence of death on stream s (err: errno, 0 for a clean close). Marks
- * the peer failed and logs once; completes nothing (this runs from `wait`
- * and `peer_status` too): progress fails the sends of every stream it
- * activates here. */
+/* A stream whose socket ended (or broke) while its peer is not failed:
+ * close it and move nothing more on it, like tcp_cut, without the log. */
+static void tcp_cut_quiet(mc_tcp_stream_t *s)
+{
+    s->cut = 1;
+    s->probe = 0; /* nothing to look at any more */
+    s->tx_blocked = s->rx_blocked = 1;
+    tcp_close(&s->fd);
+}
+
+/* Mark peer r failed (evidence of death seen on its channel ch; err:
+ * errno, 0 for a clean close) and log once; `how`: what confirmed it, or
+ * NULL. */
+static void tcp_peer_fail_now(mc_tl_t *tl, int r, int ch, int err,
+                              const char *how)
+{
+    mc_tcp_peer_t *p = &tl->peers[r];
+    if (p->failed) return;
+    p->failed = 1;
+    /* A clean close is also how a finished peer leaves; the engine decides
+     * whether it matters and tells the user. */
+    if (err)
+        MC_LOG(MC_LOG_WARN, "tcp: rank %d: peer %d failed (%s channel): %s%s%s",
+               tl->rank, r, mc_tcp_ch_name[ch], strerror(err), how ? "; " : "",
+               how ? how : "");
+    else
+        MC_LOG(MC_LOG_INFO,
+               "tcp: rank %d: peer %d closed its connection (%s channel)%s%s",
+               tl->rank, r, mc_tcp_ch_name[ch], how ? "; " : "",
+               how ? how : "");
+    int64_t now = mc_now_us();
+    for (int c = 0; c < MC_NUM_CHANNELS; c++) {
+        mc_tcp_stream_t *o = &p->ch[c];
+        o->rx_idle_us = now;
+        if (o->cut) o->rx_end = 1; /* its socket is gone: nothing to read */
+        if (o->sq.head || o->rq.head) tcp_activate(tl, o);
+    }
+}
+
+/* Close check. A connection that ends (EOF) or is reset says that the
+ * peer's kernel closed it, not that the process died: a live peer's kernel
+ * resets a connection it timed out (TCP_USER_TIMEOUT, keepalive) once the
+ * network heals, and a live peer closes the streams of a rank it removed
+ * from its view. So before such an end counts as evidence of death, we
+ * connect to the peer's listener (each process listens for its whole life;
+ * the kernel closes the listener when the process dies):
+ *   - refused, or reset within MC_TCP_CHECK_ALIVE_US of connecting: the
+ *     listener is gone, so is the process: evidence of death;
+ *   - connected and still up after MC_TCP_CHECK_ALIVE_US: the process is
+ *     alive. The ended streams are cut (nothing more moves on them, as
+ *     after a timeout) and the heartbeat, the majority rule or the
+ *     operation timeout decides; later ends of its streams are cut too;
+ *   - no answer within MC_TCP_CHECK_MAX_US, or unreachable: no verdict,
+ *     which is no evidence either.
+ * Meanwhile the peer is not failed: the receives posted on its ended
+ * streams wait, its sends pause, and its open streams still deliver what
+ * they hold. A killed process's listener is closed in the same exit as its
+ * connections, so on one host the refusal comes at once. Returns 1 if the
+ * failure waits for (or was overruled by) a check. */
+/* Errors of a connection to a listener that say nobody listens there (the
+ * process is gone); anything else (unreachable, out of ports or fds, a
+ * local firewall) gives no verdict. */
+static int tcp_err_is_gone(int err)
+{
+    return err == ECONNREFUSED || err == ECONNRESET || err == ECONNABORTED ||
+           err == EPIPE;
+}
+
+static int tcp_chk_begin(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
+{
+    mc_tcp_peer_t *p = &tl->peers[s->peer];
+    if (p->chk == CHK_RUN) return 1;
+    if (!tl->close_check || !tl->connected || p->add || !p->la_ok) return 0;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int rc = fd < 0 ? -1 : connect(fd, (struct sockaddr *)&p->la, sizeof(p->la));
+    if (rc != 0 && (fd < 0 || (errno != EINPROGRESS && errno != EINTR))) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        if (tcp_err_is_gone(e)) return 0; /* refused: gone */
+        p->chk = CHK_ALIVE; /* no verdict, so no evidence */
+        MC_LOG(MC_LOG_WARN,
+               "tcp: rank %d: rank %d %s its %s connection (%s), and its "
+               "listener cannot be reached (%s): not evidence of death; the "
+               "heartbeat decides",
+               tl->rank, s->peer, err ? "reset" : "closed",
+               mc_tcp_ch_name[s->ch], err ? strerror(err) : "EOF",
+               strerror(e));
+        return 1;
+    }
+    int64_t now = mc_now_us();
+    p->chk = CHK_RUN;
+    p->chk_fd = fd;
+    p->chk_err = err;
+    p->chk_ch = s->ch;
+    p->chk_start_us = now;
+    p->chk_conn_us = rc == 0 ? now : 0;
+    tl->nchk++;
+    MC_LOG(MC_LOG_DEBUG,
+           "tcp: rank %d: rank %d %s its %s connection (%s): checking its "
+           "listener",
+           tl->rank, s->peer, err ? "reset" : "closed", mc_tcp_ch_name[s->ch],
+           err ? strerror(err) : "EOF");
+    return 1;
+}
+
+/* Look at peer r's running check; returns 1 once it decided. */
+static int tcp_chk_step(mc_tl_t *tl, int r, int64_t now)
+{
+    mc_tcp_peer_t *p = &tl->peers[r];
+    if (p->chk != CHK_RUN) return 0;
+    int dead = 0, alive = 0, e = 0;
+    socklen_t sl = sizeof(e);
+    if (getsockopt(p->chk_fd, SOL_SOCKET, SO_ERROR, &e, &sl) != 0) e = errno;
+    if (e) {
+        if (tcp_err_is_gone(e))
+            dead = 1;
+        else
+            alive = 1; /* unreachable, or a local failure: no verdict */
+    } else {
+        struct pollfd pf = {.fd = p->chk_fd,
+                            .events = POLLOUT | POLLIN | POLLRDHUP};
+        if (poll(&pf, 1, 0) == 1) {
+            if (pf.revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR)) {
+                char c;
+                ssize_t n = recv(p->chk_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+                if (n < 0 && !tcp_again(errno)) {
+                    e = errno; /* the listener closed with us queued */
+                    dead = tcp_err_is_gone(e);
+                    alive = !dead;
+                } else if (n >= 0) {
+                    alive = 1; /* a process there answered or closed */
+                }
+            }
+            if (!dead && !alive && (pf.revents & POLLOUT) && !p->chk_conn_us)
+                p->chk_conn_us = now;
+        }
+        if (!dead && !alive && p->chk_conn_us &&
+            now - p->chk_conn_us >= MC_TCP_CHECK_ALIVE_US)
+            alive = 1;
+        if (!dead && !alive && !p->chk_conn_us &&
+            now - p->chk_start_us >= MC_TCP_CHECK_MAX_US) {
+            alive = 1; /* no verdict */
+            e = ETIMEDOUT;
+        }
+    }
+    if (!dead && !alive) return 0;
+    tcp_close(&p->chk_fd);
+    tl->nchk--;
+    if (dead) {
+        p->chk = CHK_NONE;
+        char how[96];
+        if (now - p->chk_start_us > 10000)
+            snprintf(how, sizeof(how),
+                     "its listener is gone too (%s after %lld ms%s)",
+                     strerror(e), (long long)(now - p->chk_start_us) / 1000,
+                     p->chk_conn_us ? ", connected first" : "");
+        else
+            snprintf(how, sizeof(how), "its listener is gone too (%s)",
+                     strerror(e));
+        tcp_peer_fail_now(tl, r, p->chk_ch, p->chk_err, how);
+        return 1;
+    }
+    p->chk = CHK_ALIVE;
+    MC_LOG(MC_LOG_WARN,
+           "tcp: rank %d: rank %d %s its %s connection (%s), but its "
+           "listener %s%s%s: not evidence of death; the heartbeat decides",
+           tl->rank, r, p->chk_err ? "reset" : "closed",
+           mc_tcp_ch_name[p->chk_ch],
+           p->chk_err ? strerror(p->chk_err) : "EOF",
+           e ? "gave no verdict (" : "still answers", e ? strerror(e) : "",
+           e ? ")" : "");
+    return 1;
+}
+
+/* Step every running check (progress, peer_status). */
+static int tcp_chk_all(mc_tl_t *tl)
+{
+    int n = 0;
+    int64_t now = mc_now_us();
+    for (int r = 0; r < tl->size && tl->nchk > 0; r++)
+        n += tcp_chk_step(tl, r, now);
+    return n;
+}
+
+/* Evidence of death on stream s (err: errno, 0 for a clean close): the
+ * close check first (tcp_chk_begin), then tcp_peer_fail_now. Completes
+ * nothing (this runs from `wait` and `peer_status` too): progress fails
+ * the sends of every stream it activates. */
 static void tcp_peer_fail(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
 {
     mc_tcp_peer_t *p = &tl->peers[s->peer];
@@ -536,23 +761,8 @@ static void tcp_peer_fail(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
         tcp_cut(tl, s, err);
         return;
     }
-    p->failed = 1;
-    /* A clean close is also how a finished peer leaves; the engine decides
-     * whether it matters and tells the user. */
-    if (err)
-        MC_LOG(MC_LOG_WARN, "tcp: rank %d: peer %d failed (%s channel): %s",
-               tl->rank, s->peer, mc_tcp_ch_name[s->ch], strerror(err));
-    else
-        MC_LOG(MC_LOG_INFO,
-               "tcp: rank %d: peer %d closed its connection (%s channel)",
-               tl->rank, s->peer, mc_tcp_ch_name[s->ch]);
-    int64_t now = mc_now_us();
-    for (int c = 0; c < MC_NUM_CHANNELS; c++) {
-        mc_tcp_stream_t *o = &p->ch[c];
-        o->rx_idle_us = now;
-        if (o->cut) o->rx_end = 1; /* its socket is gone: nothing to read */
-        if (o->sq.head || o->rq.head) tcp_activate(tl, o);
-    }
+    if (tcp_chk_begin(tl, s, err)) return;
+    tcp_peer_fail_now(tl, s->peer, s->ch, err, NULL);
 }
 
 /* The incoming stream read its end (EOF or a fatal errno): nothing more
@@ -565,6 +775,11 @@ static void tcp_rx_end(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
         return;
     }
     tcp_peer_fail(tl, s, err);
+    if (!tl->peers[s->peer].failed) {
+        /* a close check runs or found the peer alive: the stream waits */
+        tcp_cut_quiet(s);
+        return;
+    }
     s->rx_end = 1;
     s->rx_blocked = 1;
     tcp_close(&s->fd);
@@ -639,6 +854,7 @@ static int tcp_q_fail(mc_tcp_q_t *q)
 static void tcp_probe(mc_tl_t *tl, mc_tcp_stream_t *s)
 {
     if (s->fd < 0) return;
+    s->hup = 1;
     int soerr = 0;
     socklen_t sl = sizeof(soerr);
     if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0) soerr = 0;
@@ -668,18 +884,27 @@ static int tcp_stream_progress(mc_tl_t *tl, mc_tcp_stream_t *s)
 {
     mc_tcp_peer_t *p = &tl->peers[s->peer];
     /* being connected: nothing moves yet but zero-length heads */
-    if (p->add || (s->cut && !p->failed))
+    if (p->add || (s->cut && !p->failed)) {
+        if (s->cut) s->probe = 0; /* no socket: a hang-up seen before the
+                                     cut has nothing left to show */
         return tcp_q_complete_done(&s->sq) + tcp_q_complete_done(&s->rq);
+    }
     int moved = 0;
-    s->tx_blocked = p->failed;
+    /* sends held by a close check still complete their zero-length head */
+    if (!p->failed && (p->chk == CHK_RUN || s->tx_dead))
+        moved += tcp_q_complete_done(&s->sq);
+    s->tx_blocked = p->failed || p->chk == CHK_RUN || s->tx_dead;
     s->rx_blocked = s->rx_end;
     for (int round = 0; round < MC_TCP_ROUNDS; round++) {
         int m = 0, err = -1;
         if (s->sq.head && !s->tx_blocked) {
             m += tcp_stream_io(tl, s, 1, &err);
             /* a send error kills the peer; what it sent is still readable */
-            if (err >= 0) tcp_peer_fail(tl, s, err);
-            if (p->failed) s->tx_blocked = 1;
+            if (err >= 0) {
+                tcp_peer_fail(tl, s, err);
+                if (!p->failed) s->tx_dead = 1;
+            }
+            if (p->failed || p->chk == CHK_RUN || s->tx_dead) s->tx_blocked = 1;
         }
         /* a send's callback may have posted the receive we now read into */
         if (s->rq.head && !s->rx_blocked) {
@@ -728,11 +953,12 @@ static void tcp_out_retry(mc_tcp_out_t *o, int64_t now)
     o->next_try_us = now + o->backoff_us;
 }
 
-/* Send the hello on a freshly connected socket; 40 bytes always fit. */
+/* Send the hello on a freshly connected socket; 48 bytes always fit. */
 static int tcp_out_send_hello(mc_tl_t *tl, int peer, int ch, mc_tcp_out_t *o)
 {
     uint8_t h[MC_TCP_HELLO_LEN];
-    tcp_hello_encode(h, tl->uid, tl->rank, ch, tl->inc, tl->peers[peer].inc);
+    tcp_hello_encode(h, tl->uid, tl->rank, ch, tl->inc, tl->peers[peer].inc,
+                     &tl->la);
     ssize_t w;
     do {
         w = send(o->fd, h, sizeof(h), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -776,6 +1002,8 @@ static mc_status_t tcp_out_start(mc_tl_t *tl, int peer, int ch, mc_tcp_out_t *o,
                       "tcp: rank %d: malformed address for rank %d in %s",
                       tl->rank, peer, key);
 
+    tl->peers[peer].la = sa;
+    tl->peers[peer].la_ok = 1;
     o->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (o->fd < 0)
         return mc_err(MC_ERR_IO, "tcp: rank %d: socket: %s", tl->rank,
@@ -935,6 +1163,8 @@ static int tcp_in_event(mc_tl_t *tl, mc_tcp_in_t *in)
     mc_tcp_peer_t *p = NULL;
     if (n <= 0) {
         why = n == 0 ? "closed before hello" : strerror(errno);
+        if (n == 0 && in->got == 0)
+            level = MC_LOG_INFO; /* e.g. a close check (tcp_chk_begin) */
     } else {
         in->got += (size_t)n;
         if (in->got < sizeof(in->buf)) return 0;
@@ -966,7 +1196,8 @@ static int tcp_in_event(mc_tl_t *tl, mc_tcp_in_t *in)
     }
     if (!why) {
         uint8_t b[MC_TCP_HELLO_LEN];
-        tcp_hello_encode(b, tl->uid, tl->rank, (int)h.ch, tl->inc, h.inc);
+        tcp_hello_encode(b, tl->uid, tl->rank, (int)h.ch, tl->inc, h.inc,
+                         &tl->la);
         ssize_t w;
         do {
             w = send(in->fd, b, sizeof(b), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -984,6 +1215,8 @@ static int tcp_in_event(mc_tl_t *tl, mc_tcp_in_t *in)
     }
     int fd = in->fd;
     in->fd = -1;
+    p->la = h.la;
+    p->la_ok = h.la.sin_port != 0;
     tcp_install(tl, (int)h.rank, (int)h.ch, fd);
     return 1;
 }
@@ -1311,6 +1544,7 @@ static int tcp_progress(mc_tl_t *tl)
     tl->in_progress = 1;
     int moved = 0;
     if (tl->orphans) moved += tcp_fail_orphans(tl);
+    if (tl->nchk) moved += tcp_chk_all(tl);
     if (tl->nadds) {
         /* handshakes: a poll now and then, not on every spin */
         int64_t now = mc_now_us();
@@ -1394,6 +1628,8 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
 {
     if (!tl || tl->orphans) return;
     if (timeout_us < 0) timeout_us = 0;
+    /* a close check runs: progress looks at it often */
+    if (tl->nchk && timeout_us > 500) timeout_us = 500;
     int64_t now = mc_now_us();
     int nhs = 0;
     if (tl->nadds) {
@@ -1427,10 +1663,10 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
         if (s->fd < 0 || tl->peers[s->peer].add) continue;
         short ev = 0;
         if (s->rq.head) ev |= POLLIN;
-        if (!tl->peers[s->peer].failed) {
-            ev |= POLLRDHUP;
-            if (s->sq.head) ev |= POLLOUT;
-        }
+        const mc_tcp_peer_t *p = &tl->peers[s->peer];
+        if (!p->failed && p->chk != CHK_RUN && !s->hup) ev |= POLLRDHUP;
+        if (!p->failed && p->chk != CHK_RUN && !s->tx_dead && s->sq.head)
+            ev |= POLLOUT;
         if (!ev) continue;
         tl->pfd[n] = (struct pollfd){.fd = s->fd, .events = ev};
         tl->pfd_s[n++] = s;
@@ -1445,7 +1681,8 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
         if (tl->pfd[i].revents) tl->add_poll_us = 0; /* look in progress */
     for (int i = 0; rc > 0 && i < nst; i++) {
         mc_tcp_stream_t *s = tl->pfd_s[i];
-        if (!tl->peers[s->peer].failed &&
+        const mc_tcp_peer_t *p = &tl->peers[s->peer];
+        if (!p->failed && p->chk != CHK_RUN && !s->hup &&
             (tl->pfd[i].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
             s->probe = 1;
             tcp_activate(tl, s);
@@ -1462,6 +1699,8 @@ static mc_status_t tcp_peer_status(mc_tl_t *tl, int peer)
     if (p->add && tl->connected) return MC_INPROGRESS;
     if (p->failed) return p->add_st < 0 ? p->add_st : MC_ERR_PEER_FAILED;
     if (!p->want || !tl->connected) return MC_OK;
+    if (p->chk == CHK_RUN) tcp_chk_step(tl, peer, mc_now_us());
+    if (p->chk != CHK_NONE) return p->failed ? MC_ERR_PEER_FAILED : MC_OK;
     /* Cheap look for a hang-up nobody has examined yet; it decides at once
      * (progress then completes the transfers). */
     struct pollfd pfd[MC_NUM_CHANNELS];
@@ -1493,9 +1732,15 @@ static void tcp_peer_discard(mc_tl_t *tl, int r)
         }
         tcp_close(&s->fd);
         s->probe = s->rx_end = s->tx_blocked = s->rx_blocked = s->cut = 0;
+        s->hup = s->tx_dead = 0;
         s->rx_idle_us = 0;
         /* an active stream with empty queues leaves the list in progress */
     }
+    /* the close check was about the old process */
+    if (p->chk == CHK_RUN) tl->nchk--;
+    tcp_close(&p->chk_fd);
+    p->chk = CHK_NONE;
+    p->la_ok = 0; /* the new one's handshake tells */
 }
 
 static mc_status_t tcp_add_peer(mc_tl_t *tl, int peer, uint64_t inc,
@@ -1556,6 +1801,7 @@ static void tcp_destroy(mc_tl_t *tl)
         for (int r = 0; r < tl->size; r++) {
             for (int c = 0; c < MC_NUM_CHANNELS; c++)
                 tcp_close(&tl->peers[r].ch[c].fd);
+            tcp_close(&tl->peers[r].chk_fd);
             if (tl->peers[r].add) {
                 for (int c = 0; c < MC_NUM_CHANNELS; c++)
                     tcp_close(&tl->peers[r].add->out[c].fd);
