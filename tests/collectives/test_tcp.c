@@ -1157,6 +1157,70 @@ static void test_close_check(void **state)
     t_run(2, 60, body_close_check, &c);
 }
 
+/* The close check's held connection: rank 1's listener outlives its
+ * streams by 1.5 s (a child holds it, like a slow exit or an inherited
+ * fd), so rank 0's check finds it answering and calls rank 1 alive; when
+ * the listener finally closes, the reset of the held check connection
+ * turns into the death, and the receive waiting on rank 1 fails. */
+static int body_close_late(int rank, int size, void *arg)
+{
+    t_ctx_t *c = arg;
+    (void)size;
+    mc_store_h store;
+    mc_tl_t *tl;
+    if (t_open(c, c->dir, rank, 2, T_TIMEOUT_MS, &store, &tl) != MC_OK)
+        return MC_TFAIL(rank, "open: %s", mc_last_error());
+    uint8_t one = 1;
+    if (rank == 1) {
+        if (t_xfer(tl, 0, 0, MC_CH_COLL, &one, 1) != 0)
+            return MC_TFAIL(1, "coll byte");
+        int lfd = -1;
+        for (int i = 3; i < 1024 && lfd < 0; i++) {
+            int acc = 0;
+            socklen_t sl = sizeof(acc);
+            if (getsockopt(i, SOL_SOCKET, SO_ACCEPTCONN, &acc, &sl) == 0 && acc)
+                lfd = i;
+        }
+        if (lfd < 0) return MC_TFAIL(1, "listener not found");
+        pid_t k = fork();
+        if (k == 0) {
+            for (int i = 3; i < 1024; i++)
+                if (i != lfd) close(i);
+            usleep(1500000);
+            _exit(0);
+        }
+        _exit(k > 0 ? 0 : 1); /* streams close now, the listener later */
+    }
+    int rc = 0;
+    if (t_xfer(tl, 1, 1, MC_CH_COLL, &one, 1) != 0)
+        return MC_TFAIL(rank, "coll byte");
+    static uint8_t b[8];
+    static mc_xfer_t x;
+    x = (mc_xfer_t){.buf = b, .len = sizeof(b)};
+    if (ops->post_recv(tl, 1, MC_CH_COLL, &x) != MC_OK)
+        rc = MC_TFAIL(rank, "coll receive refused");
+    int64_t t0 = mc_now_us();
+    if (!rc && t_wait_one(tl, &x, 8000) != 0)
+        rc = MC_TFAIL(rank, "the listener closed; the receive still waits");
+    else if (!rc && x.status != MC_ERR_PEER_FAILED)
+        rc = MC_TFAIL(rank, "receive status %d", x.status);
+    else if (!rc && mc_now_us() - t0 < 1000000)
+        rc = MC_TFAIL(rank, "failed after %lld us, before the listener closed",
+                      (long long)(mc_now_us() - t0));
+    if (!rc)
+        fprintf(stderr, "  peer failed %.0f ms after its streams ended\n",
+                (double)(mc_now_us() - t0) / 1000);
+    t_close(tl, store);
+    return rc;
+}
+
+static void test_close_late(void **state)
+{
+    (void)state;
+    t_ctx_t c = {0};
+    t_run(2, 60, body_close_late, &c);
+}
+
 static void test_eos_stall_bound(void **state)
 {
     (void)state;
@@ -1370,6 +1434,7 @@ int main(void)
         cmocka_unit_test(test_eos_exit_large),
         cmocka_unit_test(test_eos_stall_bound),
         cmocka_unit_test(test_close_check),
+        cmocka_unit_test(test_close_late),
         cmocka_unit_test(test_connect_timeout),
         cmocka_unit_test(test_rogue_hello),
     };

@@ -161,7 +161,8 @@ typedef struct mc_tcp_peer {
     struct sockaddr_in la; /* its listener (la_ok): for the close check */
     uint8_t la_ok;
     uint8_t chk;           /* CHK_*: CHK_ALIVE once a check found it alive */
-    int chk_fd;            /* CHK_RUN: our connection to its listener */
+    int chk_fd;            /* our connection to its listener: CHK_RUN, and
+                              CHK_ALIVE while held (tl->held) */
     int chk_err;           /* what started the check (errno, 0: EOF) */
     int chk_ch;
     int64_t chk_start_us, chk_conn_us; /* conn_us: 0 until connected */
@@ -186,6 +187,8 @@ struct mc_tl {
     struct sockaddr_in la; /* our listener */
     int close_check;  /* MOONCAKE_TCP_CLOSE_CHECK */
     int nchk;         /* peers in CHK_RUN */
+    int *held;        /* CHK_ALIVE peers whose check connection we keep */
+    int nheld;
     int connect_called;
     int connected;
     int in_progress;      /* re-entrancy guard: a callback calling progress */
@@ -616,14 +619,17 @@ static void tcp_peer_fail_now(mc_tl_t *tl, int r, int ch, int err,
  *   - connected and still up after MC_TCP_CHECK_ALIVE_US: the process is
  *     alive. The ended streams are cut (nothing more moves on them, as
  *     after a timeout) and the heartbeat, the majority rule or the
- *     operation timeout decides; later ends of its streams are cut too;
- *   - no answer within MC_TCP_CHECK_MAX_US, or unreachable: no verdict,
- *     which is no evidence either.
+ *     operation timeout decides; later ends of its streams are cut too.
+ *     The check's connection is held (tcp_held_step): a reset on it later
+ *     (the listener of a process whose exit was slow to reach it) is the
+ *     death after all;
+ *   - no answer within MC_TCP_CHECK_MAX_US, unreachable, or a local error:
+ *     no verdict, which is no evidence either.
  * Meanwhile the peer is not failed: the receives posted on its ended
  * streams wait, its sends pause, and its open streams still deliver what
  * they hold. A killed process's listener is closed in the same exit as its
- * connections, so on one host the refusal comes at once. Returns 1 if the
- * failure waits for (or was overruled by) a check. */
+ * connections, so on one host the refusal usually comes at once. */
+
 /* Errors of a connection to a listener that say nobody listens there (the
  * process is gone); anything else (unreachable, out of ports or fds, a
  * local firewall) gives no verdict. */
@@ -633,10 +639,13 @@ static int tcp_err_is_gone(int err)
            err == EPIPE;
 }
 
+/* Start a close check of s's peer, whose stream s ended with err (0: EOF).
+ * Returns 1 if the failure waits for a check (or was overruled by one). */
 static int tcp_chk_begin(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
 {
     mc_tcp_peer_t *p = &tl->peers[s->peer];
     if (p->chk == CHK_RUN) return 1;
+    if (p->chk == CHK_ALIVE && p->chk_fd >= 0) return 1; /* held: watched */
     if (!tl->close_check || !tl->connected || p->add || !p->la_ok) return 0;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int rc = fd < 0 ? -1 : connect(fd, (struct sockaddr *)&p->la, sizeof(p->la));
@@ -711,8 +720,18 @@ static int tcp_chk_step(mc_tl_t *tl, int r, int64_t now)
         }
     }
     if (!dead && !alive) return 0;
-    tcp_close(&p->chk_fd);
     tl->nchk--;
+    /* alive and connected: keep the connection, so that the listener's
+     * closing later (a process whose exit had not reached it yet) still
+     * turns into the death it is (tcp_held_step) */
+    int hold = alive && !e && p->chk_conn_us;
+    if (hold && !tl->held) tl->held = calloc((size_t)tl->size, sizeof(int));
+    for (int i = 0; hold && tl->held && i < tl->nheld; i++)
+        if (tl->held[i] == r) hold = 0; /* a stale entry: drop this one */
+    if (hold && tl->held && tl->nheld < tl->size)
+        tl->held[tl->nheld++] = r;
+    else
+        tcp_close(&p->chk_fd);
     if (dead) {
         p->chk = CHK_NONE;
         char how[96];
@@ -737,6 +756,46 @@ static int tcp_chk_step(mc_tl_t *tl, int r, int64_t now)
            e ? "gave no verdict (" : "still answers", e ? strerror(e) : "",
            e ? ")" : "");
     return 1;
+}
+
+/* Look at the held check connections: a reset (the listener closed with
+ * our connection queued: the process is gone) is the death after all; an
+ * EOF (the peer accepted and dropped it) ends the watch. Returns the
+ * number of peers that failed. */
+static int tcp_held_step(mc_tl_t *tl)
+{
+    int n = 0, w = 0;
+    for (int i = 0; i < tl->nheld; i++) {
+        int r = tl->held[i];
+        mc_tcp_peer_t *p = &tl->peers[r];
+        if (p->chk != CHK_ALIVE || p->chk_fd < 0 || p->failed) {
+            if (p->chk != CHK_RUN) tcp_close(&p->chk_fd);
+            continue; /* discarded, failed otherwise, or checking again */
+        }
+        struct pollfd pf = {.fd = p->chk_fd, .events = POLLIN | POLLRDHUP};
+        if (poll(&pf, 1, 0) != 1) {
+            tl->held[w++] = r;
+            continue;
+        }
+        char c;
+        ssize_t k = recv(p->chk_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        int e = k < 0 ? errno : 0;
+        if (k < 0 && tcp_again(e)) {
+            tl->held[w++] = r;
+            continue;
+        }
+        tcp_close(&p->chk_fd);
+        if (k < 0 && tcp_err_is_gone(e)) {
+            p->chk = CHK_NONE;
+            char how[96];
+            snprintf(how, sizeof(how), "its listener closed later (%s)",
+                     strerror(e));
+            tcp_peer_fail_now(tl, r, p->chk_ch, p->chk_err, how);
+            n++;
+        }
+    }
+    tl->nheld = w;
+    return n;
 }
 
 /* Step every running check (progress, peer_status). */
@@ -1545,6 +1604,7 @@ static int tcp_progress(mc_tl_t *tl)
     int moved = 0;
     if (tl->orphans) moved += tcp_fail_orphans(tl);
     if (tl->nchk) moved += tcp_chk_all(tl);
+    if (tl->nheld) moved += tcp_held_step(tl);
     if (tl->nadds) {
         /* handshakes: a poll now and then, not on every spin */
         int64_t now = mc_now_us();
@@ -1638,7 +1698,7 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
         if (left < timeout_us) timeout_us = left;
         nhs = tcp_hs_max(tl);
     }
-    if (tcp_reserve_pfd(tl, tl->nstreams + nhs) != MC_OK) return;
+    if (tcp_reserve_pfd(tl, tl->nstreams + nhs + tl->nheld) != MC_OK) return;
     for (int i = 0; i < tl->nactive; i++) {
         const mc_tcp_stream_t *s = tl->active[i];
         if (tcp_ready_now(tl, s)) return;
@@ -1674,6 +1734,10 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
     /* handshake sockets and the listener, after the streams */
     int nst = n;
     if (nhs) n += tcp_hs_fill(tl, tl->pfd + n, NULL);
+    /* held check connections: their reset wakes us (progress looks) */
+    for (int i = 0; i < tl->nheld; i++)
+        tl->pfd[n++] = (struct pollfd){.fd = tl->peers[tl->held[i]].chk_fd,
+                                       .events = POLLIN | POLLRDHUP};
     struct timespec ts = {.tv_sec = timeout_us / 1000000,
                           .tv_nsec = (timeout_us % 1000000) * 1000};
     int rc = ppoll(tl->pfd, (nfds_t)n, &ts, NULL);
@@ -1700,12 +1764,13 @@ static mc_status_t tcp_peer_status(mc_tl_t *tl, int peer)
     if (p->failed) return p->add_st < 0 ? p->add_st : MC_ERR_PEER_FAILED;
     if (!p->want || !tl->connected) return MC_OK;
     if (p->chk == CHK_RUN) tcp_chk_step(tl, peer, mc_now_us());
-    if (p->chk != CHK_NONE) return p->failed ? MC_ERR_PEER_FAILED : MC_OK;
+    if (p->chk == CHK_RUN) return p->failed ? MC_ERR_PEER_FAILED : MC_OK;
     /* Cheap look for a hang-up nobody has examined yet; it decides at once
-     * (progress then completes the transfers). */
+     * (progress then completes the transfers), or starts a close check. */
     struct pollfd pfd[MC_NUM_CHANNELS];
     for (int c = 0; c < MC_NUM_CHANNELS; c++)
-        pfd[c] = (struct pollfd){.fd = p->ch[c].fd, .events = POLLRDHUP};
+        pfd[c] = (struct pollfd){.fd = p->ch[c].hup ? -1 : p->ch[c].fd,
+                                 .events = POLLRDHUP};
     if (poll(pfd, MC_NUM_CHANNELS, 0) <= 0) return MC_OK;
     for (int c = 0; c < MC_NUM_CHANNELS && !p->failed; c++)
         if (pfd[c].revents & (POLLRDHUP | POLLHUP | POLLERR))
@@ -1810,6 +1875,7 @@ static void tcp_destroy(mc_tl_t *tl)
         }
     for (int i = 0; i < tl->nin; i++)
         tcp_close(&tl->ins[i].fd);
+    free(tl->held);
     free(tl->ins);
     free(tl->adds);
     free(tl->pfd_idx);
