@@ -189,6 +189,7 @@ struct mc_tl {
     int nchk;         /* peers in CHK_RUN */
     int *held;        /* CHK_ALIVE peers whose check connection we keep */
     int nheld;
+    int64_t held_poll_us; /* progress looks at them from then on */
     int connect_called;
     int connected;
     int in_progress;      /* re-entrancy guard: a callback calling progress */
@@ -639,6 +640,19 @@ static int tcp_err_is_gone(int err)
            err == EPIPE;
 }
 
+/* A connection to a port of this host nobody listens on can connect to
+ * itself (simultaneous open, when the kernel picks that very port as the
+ * source): that is a refusal, not a listener answering. */
+static int tcp_self_connected(int fd)
+{
+    struct sockaddr_in a, b;
+    socklen_t la = sizeof(a), lb = sizeof(b);
+    if (getsockname(fd, (struct sockaddr *)&a, &la) != 0 ||
+        getpeername(fd, (struct sockaddr *)&b, &lb) != 0)
+        return 0;
+    return a.sin_port == b.sin_port && a.sin_addr.s_addr == b.sin_addr.s_addr;
+}
+
 /* Start a close check of s's peer, whose stream s ended with err (0: EOF).
  * Returns 1 if the failure waits for a check (or was overruled by one). */
 static int tcp_chk_begin(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
@@ -707,8 +721,18 @@ static int tcp_chk_step(mc_tl_t *tl, int r, int64_t now)
                     alive = 1; /* a process there answered or closed */
                 }
             }
-            if (!dead && !alive && (pf.revents & POLLOUT) && !p->chk_conn_us)
-                p->chk_conn_us = now;
+            if (!dead && !alive && (pf.revents & POLLOUT) &&
+                (!p->chk_conn_us || p->chk_conn_us == p->chk_start_us)) {
+                /* just connected (or at once, in tcp_chk_begin) */
+                if (tcp_self_connected(p->chk_fd)) {
+                    dead = 1; /* the port is free: nobody listens */
+                    e = ECONNREFUSED;
+                } else if (!p->chk_conn_us) {
+                    p->chk_conn_us = now;
+                } else {
+                    p->chk_conn_us = now + 1; /* looked at */
+                }
+            }
         }
         if (!dead && !alive && p->chk_conn_us &&
             now - p->chk_conn_us >= MC_TCP_CHECK_ALIVE_US)
@@ -724,13 +748,13 @@ static int tcp_chk_step(mc_tl_t *tl, int r, int64_t now)
     /* alive and connected: keep the connection, so that the listener's
      * closing later (a process whose exit had not reached it yet) still
      * turns into the death it is (tcp_held_step) */
-    int hold = alive && !e && p->chk_conn_us;
+    int hold = alive && !e && p->chk_conn_us, listed = 0;
     if (hold && !tl->held) tl->held = calloc((size_t)tl->size, sizeof(int));
     for (int i = 0; hold && tl->held && i < tl->nheld; i++)
-        if (tl->held[i] == r) hold = 0; /* a stale entry: drop this one */
-    if (hold && tl->held && tl->nheld < tl->size)
+        listed |= tl->held[i] == r; /* the list names ranks: it watches */
+    if (hold && tl->held && !listed && tl->nheld < tl->size)
         tl->held[tl->nheld++] = r;
-    else
+    else if (!(hold && listed))
         tcp_close(&p->chk_fd);
     if (dead) {
         p->chk = CHK_NONE;
@@ -785,6 +809,11 @@ static int tcp_held_step(mc_tl_t *tl)
             continue;
         }
         tcp_close(&p->chk_fd);
+        if (!(k < 0 && tcp_err_is_gone(e)))
+            MC_LOG(MC_LOG_DEBUG,
+                   "tcp: rank %d: rank %d took the close check's connection "
+                   "(%s): no more watch on its listener",
+                   tl->rank, r, k == 0 ? "EOF" : k > 0 ? "data" : strerror(e));
         if (k < 0 && tcp_err_is_gone(e)) {
             p->chk = CHK_NONE;
             char how[96];
@@ -1604,7 +1633,14 @@ static int tcp_progress(mc_tl_t *tl)
     int moved = 0;
     if (tl->orphans) moved += tcp_fail_orphans(tl);
     if (tl->nchk) moved += tcp_chk_all(tl);
-    if (tl->nheld) moved += tcp_held_step(tl);
+    if (tl->nheld) {
+        /* at most every MC_TCP_ADD_POLL_US, or when wait saw an event */
+        int64_t now = mc_now_us();
+        if (now >= tl->held_poll_us) {
+            tl->held_poll_us = now + MC_TCP_ADD_POLL_US;
+            moved += tcp_held_step(tl);
+        }
+    }
     if (tl->nadds) {
         /* handshakes: a poll now and then, not on every spin */
         int64_t now = mc_now_us();
@@ -1742,7 +1778,8 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
                           .tv_nsec = (timeout_us % 1000000) * 1000};
     int rc = ppoll(tl->pfd, (nfds_t)n, &ts, NULL);
     for (int i = nst; rc > 0 && i < n; i++)
-        if (tl->pfd[i].revents) tl->add_poll_us = 0; /* look in progress */
+        if (tl->pfd[i].revents) /* look in progress */
+            tl->add_poll_us = tl->held_poll_us = 0;
     for (int i = 0; rc > 0 && i < nst; i++) {
         mc_tcp_stream_t *s = tl->pfd_s[i];
         const mc_tcp_peer_t *p = &tl->peers[s->peer];
@@ -1765,6 +1802,10 @@ static mc_status_t tcp_peer_status(mc_tl_t *tl, int peer)
     if (!p->want || !tl->connected) return MC_OK;
     if (p->chk == CHK_RUN) tcp_chk_step(tl, peer, mc_now_us());
     if (p->chk == CHK_RUN) return p->failed ? MC_ERR_PEER_FAILED : MC_OK;
+    if (p->chk == CHK_ALIVE && p->chk_fd >= 0) {
+        tcp_held_step(tl); /* its reset fails it here, completing nothing */
+        if (p->failed) return MC_ERR_PEER_FAILED;
+    }
     /* Cheap look for a hang-up nobody has examined yet; it decides at once
      * (progress then completes the transfers), or starts a close check. */
     struct pollfd pfd[MC_NUM_CHANNELS];
