@@ -1724,8 +1724,8 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
 {
     if (!tl || tl->orphans) return;
     if (timeout_us < 0) timeout_us = 0;
-    /* a close check runs: progress looks at it often */
-    if (tl->nchk && timeout_us > 500) timeout_us = 500;
+    /* a close check runs: its socket wakes us (below), its clocks too */
+    if (tl->nchk && timeout_us > 10000) timeout_us = 10000;
     int64_t now = mc_now_us();
     int nhs = 0;
     if (tl->nadds) {
@@ -1734,7 +1734,9 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
         if (left < timeout_us) timeout_us = left;
         nhs = tcp_hs_max(tl);
     }
-    if (tcp_reserve_pfd(tl, tl->nstreams + nhs + tl->nheld) != MC_OK) return;
+    if (tcp_reserve_pfd(tl, tl->nstreams + nhs + tl->nheld + tl->nchk) !=
+        MC_OK)
+        return;
     for (int i = 0; i < tl->nactive; i++) {
         const mc_tcp_stream_t *s = tl->active[i];
         if (tcp_ready_now(tl, s)) return;
@@ -1774,6 +1776,16 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
     for (int i = 0; i < tl->nheld; i++)
         tl->pfd[n++] = (struct pollfd){.fd = tl->peers[tl->held[i]].chk_fd,
                                        .events = POLLIN | POLLRDHUP};
+    /* running close checks: connected (POLLOUT until then) or refused */
+    for (int r = 0, k = 0; r < tl->size && k < tl->nchk; r++) {
+        const mc_tcp_peer_t *p = &tl->peers[r];
+        if (p->chk != CHK_RUN) continue;
+        k++;
+        tl->pfd[n++] = (struct pollfd){
+            .fd = p->chk_fd,
+            .events = (short)(POLLIN | POLLRDHUP |
+                              (p->chk_conn_us ? 0 : POLLOUT))};
+    }
     struct timespec ts = {.tv_sec = timeout_us / 1000000,
                           .tv_nsec = (timeout_us % 1000000) * 1000};
     int rc = ppoll(tl->pfd, (nfds_t)n, &ts, NULL);
