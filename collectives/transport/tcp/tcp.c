@@ -683,7 +683,7 @@ static int tcp_chk_begin(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
     p->chk_err = err;
     p->chk_ch = s->ch;
     p->chk_start_us = now;
-    p->chk_conn_us = rc == 0 ? now : 0;
+    p->chk_conn_us = 0; /* connected at once (rc == 0): step looks */
     tl->nchk++;
     MC_LOG(MC_LOG_DEBUG,
            "tcp: rank %d: rank %d %s its %s connection (%s): checking its "
@@ -721,16 +721,12 @@ static int tcp_chk_step(mc_tl_t *tl, int r, int64_t now)
                     alive = 1; /* a process there answered or closed */
                 }
             }
-            if (!dead && !alive && (pf.revents & POLLOUT) &&
-                (!p->chk_conn_us || p->chk_conn_us == p->chk_start_us)) {
-                /* just connected (or at once, in tcp_chk_begin) */
+            if (!dead && !alive && (pf.revents & POLLOUT) && !p->chk_conn_us) {
                 if (tcp_self_connected(p->chk_fd)) {
                     dead = 1; /* the port is free: nobody listens */
                     e = ECONNREFUSED;
-                } else if (!p->chk_conn_us) {
-                    p->chk_conn_us = now;
                 } else {
-                    p->chk_conn_us = now + 1; /* looked at */
+                    p->chk_conn_us = now;
                 }
             }
         }
