@@ -148,13 +148,14 @@ int mc_fault_armed_ = -1;
 static char fault_point[64];
 static long long fault_left;
 static int fault_stop; /* ":stop": SIGSTOP instead of SIGKILL */
+static long fault_sleep_ms; /* ":sleep=<ms>": sleep there instead */
 static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void mc_fault_point_(const char *point)
 {
     pthread_mutex_lock(&fault_lock);
     if (mc_fault_armed_ < 0) {
-        /* <point>:<n>[:stop] */
+        /* <point>:<n>[:stop|:sleep=<ms>] */
         const char *v = getenv("MOONCAKE_FAULT_INJECT");
         const char *colon = v ? strchr(v, ':') : NULL;
         mc_fault_armed_ = 0;
@@ -164,13 +165,22 @@ void mc_fault_point_(const char *point)
             fault_point[colon - v] = '\0';
             fault_left = strtoll(colon + 1, &end, 10);
             fault_stop = end && !strcmp(end, ":stop");
+            if (end && !strncmp(end, ":sleep=", 7))
+                fault_sleep_ms = strtol(end + 7, NULL, 10);
             mc_fault_armed_ = fault_left > 0;
         }
     }
     int hit = mc_fault_armed_ == 1 && !strcmp(point, fault_point) &&
               --fault_left == 0;
     pthread_mutex_unlock(&fault_lock);
-    if (hit && fault_stop) {
+    if (hit && fault_sleep_ms > 0) {
+        mc_log(MC_LOG_INFO, "fault injection: sleep %ld ms at %s",
+               fault_sleep_ms, point);
+        struct timespec ts = {fault_sleep_ms / 1000,
+                              (fault_sleep_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+    } else if (hit && fault_stop) {
         mc_log(MC_LOG_INFO, "fault injection: SIGSTOP at %s", point);
         raise(SIGSTOP);
     } else if (hit) {

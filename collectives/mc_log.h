@@ -60,8 +60,9 @@ const char *mc_env_str(const char *name, const char *def);
  * process SIGKILL itself the n-th time (from 1) it reaches the named point,
  * so a test can kill a rank at an exact place inside an algorithm;
  * <point>:<n>:stop makes it SIGSTOP itself instead (a silent failure at an
- * exact place). Costs one load when unset. Points: see the MC_FAULT_POINT
- * calls. */
+ * exact place), and <point>:<n>:sleep=<ms> makes it sleep there (a rank
+ * held at an exact place while its peers go on). Costs one load when
+ * unset. Points: see the MC_FAULT_POINT calls. */
 void mc_fault_point_(const char *point);
 extern int mc_fault_armed_; /* -1 unknown, 0 off, 1 on */
 #define MC_FAULT_POINT(point)                                                  \
