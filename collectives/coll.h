@@ -139,6 +139,17 @@ int mc_cx_keeping(const mc_cctx_t *cx);
  * on every rank): an algorithm choice may depend on it. */
 int mc_cx_ft(const mc_cctx_t *cx);
 
+/* Called by an algorithm, on every rank alike, for an attempt over two
+ * ranks in which each rank receives at least one frame from the other and
+ * waits for all of its own sends before it returns (mc_cx_sendrecv,
+ * mc_cx_waitall). Then, with both ranks on one host, the exchange itself
+ * confirms the op and the engine skips the final barrier: a send that
+ * completed is in the peer's ring, which outlives the sender, so a rank
+ * that returned the op has handed the other everything it needs
+ * (docs/design.md, "Pair confirmation"). An algorithm in which one rank
+ * receives nothing (a broadcast root) must not call it. */
+void mc_cx_pair_exchange(mc_cctx_t *cx);
+
 /* Staging memory shared by the ranks of one host (stage.h), for an
  * algorithm that leaves the caller's buffer untouched until the operation
  * is decided, so the engine need keep nothing for a re-run.

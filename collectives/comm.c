@@ -46,8 +46,8 @@
 
 #define MC_TL_MAX 2
 #define MC_FRAME_BLOCK 64
-/* A failed attempt's sends still under way after this long go on from
- * zeros in a detached frame block (drain_detach_sends). */
+/* A failed attempt's sends still under way after this long go on from a
+ * copy in a detached frame block (drain_detach_sends). */
 #define MC_DRAIN_GRACE_US 100000
 /* The coordinator waits this long at most for the p2p stream of a rank it
  * counts dead to end (ag_try_decide); the TCP transport ends such a stream
@@ -96,7 +96,7 @@ typedef struct mc_frame {
 typedef struct mc_pinned {
     struct mc_pinned *next;
     mc_frame_t *block; /* MC_FRAME_BLOCK frames */
-    void *sink;        /* zeros: where the rest of their payloads come from */
+    void *sink;        /* copies: where the rest of their payloads come from */
 } mc_pinned_t;
 
 typedef struct mc_unexp {
@@ -225,6 +225,11 @@ struct mc_cctx {
     mc_frame_t **blocks;
     int nblocks, nframes;
     uint64_t flags; /* FT: OR of the final barrier's flag words (FLAG_*) */
+    /* pair confirmation (mc_cx_pair_exchange): the algorithm exchanged
+     * frames over two ranks; the flags this rank sends in its frames' tag
+     * field and the OR of those its frames from the peer carried */
+    int pair;
+    uint64_t tx_flags, rx_flags;
     /* lazy keeping of an in-place input (mc_cx_save) */
     int lazy;            /* saves go to comm->backup range by range */
     const char *save_in; /* the caller's buffer (sendbuf == recvbuf) */
@@ -255,6 +260,8 @@ struct mc_comm {
     mc_left_out_t *left_out;      /* [peer] */
     uint64_t *left_epoch;         /* [peer]: its latest LEFT notice's */
     uint64_t *left_seq;           /*   (epoch, seq) */
+    uint64_t *hdr_epoch;          /* [peer]: its latest collective frame */
+    uint64_t *hdr_seq;            /*   header read: (epoch, seq) */
     uint8_t *left_wait;           /* [peer]: left_notices waits on its frame */
     uint32_t *p2p_sending;        /* [peer]: user sends on its p2p stream */
     uint64_t *abort_seq;          /* [peer]: ABORT received for a later op */
@@ -306,6 +313,8 @@ struct mc_comm {
     int left_fanout; /* MOONCAKE_FT_LEFT_FANOUT (-1: every peer) */
     int ft_signals; /* final barrier through transport signals, where all
                      * peers have them (MOONCAKE_FT_SIGNALS) */
+    int ft_pair;    /* two ranks on one host: the algorithm's exchange
+                     * confirms, no final barrier (MOONCAKE_FT_PAIR) */
     uint64_t epoch;
     uint8_t *active; /* [size] */
     int nactive;
@@ -387,6 +396,8 @@ struct mc_comm {
     int jw_started, jw_stop;
     pthread_t jw_thread;
     int jw_coord;        /* this rank is the lowest active one */
+    int jw_any; /* some jw_nonce may be set (__atomic; written under jlock):
+                   join_flag takes no lock for every op otherwise */
     int64_t jw_seen;     /* requests read so far ("joins" counter) */
     uint64_t *jw_nonce;  /* [size] pending request per slot, 0: none */
     uint64_t *jw_etcd;   /* [size] watcher thread: etcd's registrations */
@@ -831,8 +842,11 @@ static void in_event(mc_ev_t *ev)
             return;
         }
         in->state = IN_HAVE_HDR;
-        if (in->ch == MC_CH_COLL)
+        if (in->ch == MC_CH_COLL) {
+            c->hdr_epoch[in->peer] = h->epoch; /* frames come in order */
+            c->hdr_seq[in->peer] = h->seq;
             coll_match(c, in);
+        }
         else
             p2p_match(c, in);
         return;
@@ -947,6 +961,9 @@ static void coll_match(mc_comm_t *c, mc_in_t *in)
     }
     in->rq_head = f->rnext;
     if (!in->rq_head) in->rq_tail = NULL;
+    /* the sender's FLAG_* (pair confirmation; read without plock once the
+     * algorithm has ended) */
+    __atomic_fetch_or(&cx->rx_flags, (uint64_t)h->tag, __ATOMIC_RELAXED);
     f->state = F_PAYLOAD;
     in->cur = f;
     in->state = IN_PAYLOAD;
@@ -1198,6 +1215,7 @@ mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step, const void *buf,
                         .count = cx->dcount,
                         .desc = cx->desc,
                         .len = bytes,
+                        .tag = (uint32_t)cx->tx_flags,
                         .src = c->rank};
     int t = c->peer_tl[peer];
     if (bytes <= MC_FRAME_INLINE) {
@@ -1311,12 +1329,15 @@ static void pinned_gc(mc_comm_t *c, int all)
 }
 
 /* Drain of a failed attempt: sends still under way (a stopped peer, a full
- * stream) go on from zeros instead of the caller's memory, and their frame
- * block is detached so that no later attempt reuses it while the transport
- * holds its transfers. The receiver drops what it gets: its attempt fails
- * as well, since this rank never confirms this one. Blocks with a receive
- * still writing (no memory for its sink) stay. Returns 1 if one was
- * detached. plock held. */
+ * stream) go on from a copy of what is left of them instead of the
+ * caller's memory, and their frame block is detached so that no later
+ * attempt reuses it while the transport holds its transfers. With a final
+ * barrier the receiver drops what it gets: its attempt fails as well,
+ * since this rank never confirms this one. Without one (pair
+ * confirmation) the receiver may complete the op from the frame, so the
+ * bytes must be the real ones (zeros would be summed in as this rank's
+ * input). Blocks with a receive still writing (no memory for its sink)
+ * stay. Returns 1 if one was detached. plock held. */
 static int drain_detach_sends(mc_comm_t *c, mc_cctx_t *cx)
 {
     int did = 0;
@@ -1330,8 +1351,7 @@ static int drain_detach_sends(mc_comm_t *c, mc_cctx_t *cx)
             if (frame_done(f)) continue;
             if (f->is_send) {
                 sends = 1;
-                if (f->px.status == MC_INPROGRESS && f->px.len > need)
-                    need = f->px.len;
+                if (f->px.status == MC_INPROGRESS) need += f->px.len;
             } else if (f->state == F_PAYLOAD) {
                 recv = 1;
             }
@@ -1339,16 +1359,22 @@ static int drain_detach_sends(mc_comm_t *c, mc_cctx_t *cx)
         if (!sends || recv) continue;
         mc_pinned_t *p = calloc(1, sizeof(*p));
         mc_frame_t *fresh = calloc(MC_FRAME_BLOCK, sizeof(mc_frame_t));
-        void *sink = need ? calloc(1, need) : NULL;
+        char *sink = need ? malloc(need) : NULL;
         if (!p || !fresh || (need && !sink)) {
             free(p);
             free(fresh);
             free(sink);
             continue;
         }
+        /* each send its own region; the transports read buf + off on */
+        size_t at = 0;
         for (int i = 0; i < nf; i++) {
             mc_frame_t *f = &blk[i];
-            if (f->is_send && f->px.status == MC_INPROGRESS) f->px.buf = sink;
+            if (!f->is_send || f->px.status != MC_INPROGRESS) continue;
+            memcpy(sink + at + f->px.off, (const char *)f->px.buf + f->px.off,
+                   f->px.len - f->px.off);
+            f->px.buf = sink + at;
+            at += f->px.len;
         }
         for (int i = 0; i < MC_FRAME_BLOCK; i++)
             fresh[i].state = F_DONE;
@@ -1456,11 +1482,17 @@ static mc_status_t cx_wait_until(mc_cctx_t *cx, cx_waiter_t *w)
         int64_t now = mc_now_us();
         if (n) idle_since = now;
         if (now > cx->deadline_us) {
+            /* one more look: this thread may have been descheduled between
+             * its last look and the clock read */
             pthread_mutex_lock(&c->plock);
-            cx_timeout(cx, w->f, w->peer);
+            if (cx->failed == MC_OK) {
+                (void)progress_locked(c);
+                done = w->ready(cx, w);
+            }
+            if (!done) cx_timeout(cx, w->f, w->peer);
             st = cx->failed;
             pthread_mutex_unlock(&c->plock);
-            return st;
+            return st < 0 ? st : MC_OK;
         }
         if (!n && c->live && now - c->live_checked >= 1000) {
             pthread_mutex_lock(&c->plock);
@@ -1525,6 +1557,7 @@ mc_status_t mc_cx_sendrecv(mc_cctx_t *cx, uint32_t step, int speer,
     mc_fh_t hs, hr;
     MC_CHECK(mc_cx_irecv(cx, rpeer, step, rbuf, rbytes, &hr));
     MC_CHECK(mc_cx_isend(cx, speer, step, sbuf, sbytes, &hs));
+    MC_FAULT_POINT("cx.sendrecv.posted");
     MC_CHECK(mc_cx_wait(cx, hr));
     return mc_cx_wait(cx, hs);
 }
@@ -1579,6 +1612,11 @@ int mc_cx_keeping(const mc_cctx_t *cx)
 int mc_cx_ft(const mc_cctx_t *cx)
 {
     return cx->comm->ft;
+}
+
+void mc_cx_pair_exchange(mc_cctx_t *cx)
+{
+    if (cx->nv == 2) cx->pair = 1;
 }
 
 int mc_cx_stage_usable(mc_cctx_t *cx)
@@ -2248,9 +2286,9 @@ static int agree(mc_comm_t *c, uint64_t seq)
 }
 
 /* Does some active peer look failed (plock held)? */
-static int view_broken(mc_comm_t *c)
+static int view_broken(mc_comm_t *c, int64_t now)
 {
-    live_poll(c, mc_now_us());
+    live_poll(c, now);
     if (c->nv_pending || c->ag_wake || c->ag_noq) return 1;
     for (int p = 0; p < c->size; p++)
         if (p != c->rank && c->active[p] &&
@@ -2529,6 +2567,48 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
     }
 }
 
+/* Pair confirmation: two ranks on one host whose algorithm exchanged
+ * frames (mc_cx_pair_exchange) need no final barrier. A rank returns only
+ * once its sends completed, i.e. lie in the peer's ring, which outlives
+ * its writer (transport.h, signals); so if rank A returned the op, rank B
+ * reads all of A's part and completes the op in this view, unless B dies
+ * too -- what the barrier gives. A's sends to a dead B fail only if B
+ * never got A's part, so B never returned it. With two ranks nothing is
+ * removed on suspicion (no strict majority); etcd membership could remove
+ * a live rank, so not there. A timed-out rank's peer may still complete
+ * the op (exact bytes: drain_detach_sends copies), and a timed-out op
+ * whose peer is removed afterwards does not re-run if the peer may have
+ * returned it (pair_peer_may_have_returned). FLAG_* words need the
+ * barrier: the ranks put them in their frames' tag field and take the
+ * barrier if either sent one. The signal words of a later barrier stay
+ * safe: a rank reaches op seq + 2 only after it got a frame of seq + 1
+ * from the peer (or passed its barrier), so the peer has left seq.
+ * docs/design.md, "Pair confirmation". Off with MOONCAKE_FT_PAIR=0. */
+static int pair_confirms(mc_comm_t *c, const mc_cctx_t *cx)
+{
+    return c->ft_pair && !c->em && cx->pair && cx->nv == 2 &&
+           sig_barrier_usable(c, cx);
+}
+
+/* A pair-confirmed attempt (epoch, seq) over the slots `att` failed here
+ * without the peer's death being the cause (op timeout), and the peer has
+ * been removed since: might it have returned the op? Only if its frame of
+ * that attempt reached us (its send completes only once the whole frame is
+ * in our ring), or if we cannot tell (its stream has not ended). Then the
+ * op must not re-run in a view without it. plock held. */
+static int pair_peer_may_have_returned(mc_comm_t *c, const uint8_t *att,
+                                       uint64_t epoch, uint64_t seq)
+{
+    for (int p = 0; p < c->size; p++) {
+        if (p == c->rank || !att[p]) continue;
+        if (c->in[MC_CH_COLL][p].state != IN_DEAD) return 1;
+        if (c->hdr_epoch[p] > epoch ||
+            (c->hdr_epoch[p] == epoch && c->hdr_seq[p] >= seq))
+            return 1;
+    }
+    return 0;
+}
+
 /* Return only once every rank has its result: then a failure from here
  * on can always complete this op in this view. The barrier also tells
  * every member whether joiners wait (FLAG_*). */
@@ -2565,8 +2645,8 @@ static mc_status_t ft_barrier(mc_comm_t *c, mc_cctx_t *cx, uint64_t *flags)
 }
 
 /* One attempt at a queued collective over the current view (exec_lock
- * held). Leaves the error text in cx->err. */
-static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
+ * held), starting at `now` (mc_now_us). Leaves the error text in cx->err. */
+static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
 {
     mc_cctx_t *cx = &c->cx;
     pthread_mutex_lock(&c->plock);
@@ -2582,7 +2662,8 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     cx->passed = 0;
     memcpy(c->att_active, c->active, (size_t)c->size);
     cx->seq = r->seq;
-    cx->deadline_us = mc_deadline_us(c->timeout_ms);
+    cx->deadline_us =
+        c->timeout_ms < 0 ? INT64_MAX : now + c->timeout_ms * 1000;
     cx->dcount = desc_count(&r->args, c->size);
     cx->desc = desc_hash(&r->args, c->size, cx->dcount);
     cx->failed = MC_OK;
@@ -2593,6 +2674,9 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     cx->commit = NULL;
     uint64_t flags =
         c->ft && (c->admit_auto || r->admit_point) ? join_flag(c) : 0;
+    cx->pair = 0;
+    cx->tx_flags = flags;
+    cx->rx_flags = 0;
     c->cx_active = 1;
     for (int p = 0; p < c->size; p++) {
         if (p != c->rank && c->abort_seq[p] == r->seq) {
@@ -2607,13 +2691,21 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
 
     if (st == MC_OK && !(c->ft && r->args.coll == MC_COLL_BARRIER))
         st = mc_coll_run_view(cx);
-    if (st == MC_OK && c->ft) {
+    /* the pair's exchange confirmed it: decided below, under plock */
+    /* A flag (joiners waiting) on either side: the barrier, which the
+     * admission needs on both ranks alike (both saw both tags). */
+    int pair = st == MC_OK && c->ft && pair_confirms(c, cx) && !flags &&
+               !__atomic_load_n(&cx->rx_flags, __ATOMIC_RELAXED);
+    if (pair) {
+        cx->data_done = 1;
+    } else if (st == MC_OK && c->ft) {
         st = ft_barrier(c, cx, &flags);
         if (st == MC_OK) cx->flags = flags;
     }
-    if (st == MC_OK) cx_commit(cx);
+    if (st == MC_OK && !pair) cx_commit(cx);
 
     pthread_mutex_lock(&c->plock);
+    if (pair && cx->failed == MC_OK) cx->passed = 1; /* flags: none */
     if (st < 0 && cx->failed == MC_OK)
         cx_fail(c, st, 0, "%s at seq %llu failed: %s",
                 mc_coll_name(r->args.coll), (unsigned long long)r->seq,
@@ -2705,6 +2797,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r)
     }
     c->cx_active = 0;
     pthread_mutex_unlock(&c->plock);
+    if (pair && st == MC_OK) cx_commit(cx);
     return st;
 }
 
@@ -2788,14 +2881,17 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
     mc_status_t st = MC_OK;
     for (int attempt = 0;; attempt++) {
         uint64_t old_epoch = c->epoch;
+        int64_t now = mc_now_us();
+        int pair_att = 0; /* a pair-confirmed attempt timed out */
         pthread_mutex_lock(&c->plock);
         int outcome = 0;
         if (c->nv_pending) {
             cx->data_done = 0;
             memcpy(c->att_active, c->active, (size_t)c->size);
             outcome = ag_adopt(c, r->seq);
+            now = mc_now_us(); /* adopting may have taken a while */
         }
-        int broken = view_broken(c);
+        int broken = view_broken(c, now);
         if (!outcome && c->evicted) outcome = AG_EVICTED; /* fenced */
         pthread_mutex_unlock(&c->plock);
         if (!outcome) {
@@ -2810,16 +2906,21 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                 cx->lazy = keep && !c->saved_all;
                 cx->save_in = r->args.sendbuf;
                 cx->save_len = keep;
-                st = coll_attempt(c, r);
+                /* a re-run's restore may have taken a while */
+                st = coll_attempt(c, r, attempt ? mc_now_us() : now);
                 cx->lazy = 0;
                 if (st == MC_OK ||
                     (st != MC_ERR_PEER_FAILED && st != MC_ERR_TIMEOUT))
                     return st;
                 if (st == MC_ERR_TIMEOUT) {
                     /* every peer alive (heartbeats) and nobody reports a
-                     * failure: a slow peer, not a failed one */
+                     * failure: a slow peer, not a failed one. Without a
+                     * final barrier (pair confirmation) a peer that died
+                     * after our deadline may have returned the op: then
+                     * the timeout stands, no re-run without it. */
                     pthread_mutex_lock(&c->plock);
-                    int b = view_broken(c);
+                    int b = view_broken(c, mc_now_us());
+                    pair_att = pair_confirms(c, cx);
                     pthread_mutex_unlock(&c->plock);
                     if (!b) return st;
                 }
@@ -2873,6 +2974,16 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         }
         if (st == MC_ERR_TIMEOUT && !removed)
             return st; /* everyone is alive, just slow: the timeout stands */
+        if (st == MC_ERR_TIMEOUT && pair_att) {
+            /* no final barrier: the removed peer may have returned this op
+             * in the old view; then the timeout stands, and the new view
+             * starts with the next op */
+            pthread_mutex_lock(&c->plock);
+            int may = pair_peer_may_have_returned(c, c->att_active,
+                                                  old_epoch, r->seq);
+            pthread_mutex_unlock(&c->plock);
+            if (may) return st;
+        }
         if (removed && !c->auto_recover) {
             snprintf(cx->err, sizeof(cx->err),
                      "%s at seq %llu: rank failure: ranks [%s] failed; the "
@@ -2951,7 +3062,7 @@ static void run_coll(mc_comm_t *c, mc_request_t *r)
                      mc_coll_name(r->args.coll), (unsigned long long)r->seq,
                      c->ft0_why);
         pthread_mutex_unlock(&c->plock);
-        st = broken ? MC_ERR_PEER_FAILED : coll_attempt(c, r);
+        st = broken ? MC_ERR_PEER_FAILED : coll_attempt(c, r, mc_now_us());
     } else {
         st = run_ft(c, r);
     }
@@ -4035,6 +4146,8 @@ static void comm_free(mc_comm_t *c)
     free(c->left_out);
     free(c->left_epoch);
     free(c->left_seq);
+    free(c->hdr_epoch);
+    free(c->hdr_seq);
     free(c->p2p_eof);
     free(c->left_wait);
     free(c->p2p_sending);
@@ -4123,10 +4236,15 @@ static void em_prefix(const mc_comm_t *c, char *buf, size_t cap)
 static uint64_t join_flag(mc_comm_t *c)
 {
     uint64_t f = 0;
+    int any = 0;
+    /* a request that lands just now waits for the next op */
+    if (!__atomic_load_n(&c->jw_any, __ATOMIC_ACQUIRE)) return 0;
     pthread_mutex_lock(&c->jlock);
-    if (c->jw_coord && c->jw_nonce)
-        for (int q = 0; q < c->size && !f; q++)
-            if (c->jw_nonce[q] && !c->active[q]) f = FLAG_JOIN;
+    for (int q = 0; c->jw_nonce && q < c->size; q++) {
+        any |= c->jw_nonce[q] != 0;
+        if (c->jw_coord && c->jw_nonce[q] && !c->active[q]) f = FLAG_JOIN;
+    }
+    if (!any) __atomic_store_n(&c->jw_any, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&c->jlock);
     return f;
 }
@@ -4382,6 +4500,8 @@ static void *join_watch_main(void *arg)
                 /* an admitted joiner's key stays until it revokes it */
                 c->jw_nonce[q] =
                     c->jw_etcd[q] != c->jw_used[q] ? c->jw_etcd[q] : 0;
+                if (c->jw_nonce[q])
+                    __atomic_store_n(&c->jw_any, 1, __ATOMIC_RELEASE);
             }
             (void)n;
             continue;
@@ -4418,6 +4538,7 @@ static void *join_watch_main(void *arg)
             pthread_mutex_lock(&c->jlock);
             c->jw_seen = seen;
             if (*end == '\0' && q >= 0 && q < c->size) c->jw_nonce[q] = nonce;
+            if (nonce) __atomic_store_n(&c->jw_any, 1, __ATOMIC_RELEASE);
             pthread_mutex_unlock(&c->jlock);
         }
         pthread_mutex_lock(&c->jlock);
@@ -4600,12 +4721,14 @@ static void shared_settings(const mc_comm_t *c, char *out, size_t cap)
 {
     const mc_tune_t *t = &c->tune;
     snprintf(out, cap,
-             "MOONCAKE_FT=%d;MOONCAKE_FT_SIGNALS=%d;MOONCAKE_CHUNK_BYTES=%zu;"
+             "MOONCAKE_FT=%d;MOONCAKE_FT_SIGNALS=%d;MOONCAKE_FT_PAIR=%d;"
+             "MOONCAKE_CHUNK_BYTES=%zu;"
              "MOONCAKE_ALLREDUCE_SMALL_MAX=%zu;MOONCAKE_BCAST_SMALL_MAX=%zu;"
              "MOONCAKE_SHM_STAGE_MIN=%zu;MOONCAKE_SHM_STAGE_MAX=%zu;"
              "MOONCAKE_ALGO_ALLREDUCE=%s;MOONCAKE_ALGO_BROADCAST=%s;"
              "MOONCAKE_ALGO_REDUCE=%s;MOONCAKE_ALGO_REDUCE_SCATTER=%s;",
-             c->ft, c->ft && c->ft_signals, t->chunk_bytes,
+             c->ft, c->ft && c->ft_signals,
+             c->ft && c->ft_signals && c->ft_pair, t->chunk_bytes,
              t->allreduce_small_max, t->bcast_small_max, t->stage_min,
              t->stage_max, t->algo_allreduce, t->algo_broadcast,
              t->algo_reduce, t->algo_reduce_scatter);
@@ -4715,6 +4838,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->discard_len = 1 << 16;
     c->async_grace_us = mc_env_int("MOONCAKE_ASYNC_GRACE_US", 50);
     c->ft_signals = mc_env_int("MOONCAKE_FT_SIGNALS", 1) != 0;
+    c->ft_pair = mc_env_int("MOONCAKE_FT_PAIR", 1) != 0;
     c->left_fanout = (int)mc_env_int("MOONCAKE_FT_LEFT_FANOUT", -1);
     c->discard = malloc(c->discard_len);
     c->peer_tl = malloc((size_t)size);
@@ -4726,6 +4850,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->left_out = calloc((size_t)size, sizeof(*c->left_out));
     c->left_epoch = calloc((size_t)size, sizeof(uint64_t));
     c->left_seq = calloc((size_t)size, sizeof(uint64_t));
+    c->hdr_epoch = calloc((size_t)size, sizeof(uint64_t));
+    c->hdr_seq = calloc((size_t)size, sizeof(uint64_t));
     c->left_wait = calloc((size_t)size, 1);
     c->p2p_sending = calloc((size_t)size, sizeof(uint32_t));
     c->abort_seq = malloc(sizeof(uint64_t) * (size_t)size);
@@ -4782,6 +4908,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         !c->p2p_eof ||
         !c->abort_out || !c->abort_seq || !c->abort_why || !c->abort_msg ||
         !c->left_out || !c->left_epoch || !c->left_seq || !c->left_wait ||
+        !c->hdr_epoch || !c->hdr_seq ||
         !c->p2p_sending ||
         !c->in[0] || !c->in[1] || !hosts || !mask) {
         st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");

@@ -120,7 +120,9 @@ mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx)
     }
 
     /* 2. Butterfly. sendrecv waits for the send too, so the partial may be
-     * overwritten by the reduction right after. */
+     * overwritten by the reduction right after. Over two ranks this one
+     * exchange confirms the op (no final barrier). */
+    mc_cx_pair_exchange(cx);
     for (int mask = 1; mask < p; mask <<= 1) {
         int pn = newr ^ mask;
         int peer = pn < rem ? 2 * pn + 1 : pn + rem;

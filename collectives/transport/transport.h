@@ -203,7 +203,13 @@ typedef struct mc_tl_ops {
      * fails only for a peer without a connection (MC_ERR_PEER_FAILED) or
      * a bad argument. signal to a gone peer fails with MC_ERR_PEER_FAILED.
      * The engine's final barrier of fault tolerance uses them when every
-     * peer of the view supports them (one word instead of a frame). */
+     * peer of the view supports them (one word instead of a frame).
+     * A transport with signals also promises that a send which completed
+     * is read by the peer even if the sender dies right after (shm: the
+     * bytes are in the peer's ring; verbs: a successful completion of a
+     * write); the pair confirmation of fault tolerance relies on it
+     * (docs/design.md). TCP cannot promise it: a dying process with
+     * unread bytes resets its connections and drops its send queue. */
     mc_status_t (*signal)(mc_tl_t *tl, int peer, int slot, uint64_t value);
     mc_status_t (*peek)(mc_tl_t *tl, int peer, int slot, uint64_t *value_p);
 

@@ -114,6 +114,9 @@ typedef enum {
     K_LEFT,     /* K_INJECT at ft.barrier.mid after signalling its right
                    neighbour only; that neighbour, which can then leave the
                    barrier, SIGKILLs itself right after returning the step */
+    K_RETURN,   /* the victim SIGKILLs itself right after it returned step k
+                   (guarantee 2 holds for it: the survivors complete step k
+                   in the view it reported) */
 } kt_kill_t;
 
 typedef struct kt_scn {
@@ -151,6 +154,15 @@ static const kt_scn_t scenarios[] = {
   /* kill during small and other collectives */
     {"ar_small_shm_8",        8, SHM, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
     {"ar_small_tcp_2",        2, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
+  /* two ranks on one host: no final barrier, the exchange confirms (pair
+   * confirmation). Random kills; and a victim that returns a step and dies
+   * while the survivor, which has sent its part, sleeps 100 ms at the
+   * point before it reads the victim's (sc->inject, on the survivor): it
+   * must complete the step in the victim's view. Over TCP the barrier
+   * does the same. */
+    {"ar_small_shm_2",        2, SHM, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
+    {"ret_small_shm_2",       2, SHM, W_AR_SMALL,    K_RETURN,   -1, 0, 0,  12, 0,         0, "cx.sendrecv.posted"},
+    {"ret_small_tcp_2",       2, TCP, W_AR_SMALL,    K_RETURN,   -1, 0, 0,  12, 0,         0, "cx.sendrecv.posted"},
     {"ar_small_tcp_4",        4, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
     {"allgather_shm_4",       4, SHM, W_AG,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
     {"allgather_tcp_3",       3, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
@@ -803,7 +815,8 @@ static int rank_loop(kt_child_t *c)
         for (int v = 0; v < pl->nvict; v++) {
             if (pl->victim[v] != me || pl->at_step[v] != s) continue;
             if (sc->kill == K_BOUNDARY || sc->kill == K_SHRINK ||
-                sc->kill == K_INJECT || sc->kill == K_LEFT)
+                sc->kill == K_INJECT || sc->kill == K_LEFT ||
+                sc->kill == K_RETURN)
                 continue;
             /* the parent releases us and kills us inside this step */
             __atomic_store_n(&sh->at_gate[me], 1, __ATOMIC_RELEASE);
@@ -839,6 +852,8 @@ static int rank_loop(kt_child_t *c)
         if (sc->kill == K_LEFT && pl->nvict > 1 && me == pl->victim[1] &&
             s == pl->at_step[1])
             raise(SIGKILL); /* returned the step (in whatever view): die */
+        if (sc->kill == K_RETURN && me == pl->victim[0] && s == pl->at_step[0])
+            raise(SIGKILL);
         if (!allowed(c, op, st)) {
             /* stop: later calls could no longer match the others'. The
              * parent reports it (for FT off it is the expected outcome). */
@@ -877,6 +892,13 @@ static int rank_main(const kt_plan_t *pl, int rank)
         char spec[96];
         snprintf(spec, sizeof(spec), "%s:%d", sc->inject,
                  pl->at_step[0] + 1 + !strcmp(sc->inject, "ft.barrier.mid"));
+        setenv("MOONCAKE_FAULT_INJECT", spec, 1);
+    }
+    if (sc->kill == K_RETURN && rank != pl->victim[0] && sc->inject) {
+        /* one sendrecv per step (2-rank allreduces): the (at_step+1)-th */
+        char spec[96];
+        snprintf(spec, sizeof(spec), "%s:%d:sleep=100", sc->inject,
+                 pl->at_step[0] + 1);
         setenv("MOONCAKE_FAULT_INJECT", spec, 1);
     }
     for (size_t i = 0; i < sizeof(scn_env) / sizeof(scn_env[0]); i++)
@@ -1103,6 +1125,7 @@ static void drive(kt_run_t *k)
             kill_at(k, t0, &rng, 0, 2);
             break;
         case K_INJECT:
+        case K_RETURN:
             kill_self_seen(k, t0, 0);
             break;
         case K_LEFT:
@@ -1535,6 +1558,9 @@ static void run_one(const kt_scn_t *sc, uint64_t seed)
            sc->name, seed, sc->size, sc->tr == SHM ? "shm" : "tcp", vict);
     if (sc->kill == K_BOUNDARY || sc->kill == K_SHRINK)
         printf(" leaving before step %d", k.pl.boundary);
+    else if (sc->kill == K_RETURN)
+        printf(" after it returns step %d (the survivor held at %s)",
+               k.pl.at_step[0], sc->inject ? sc->inject : "-");
     else if (k.pl.nvict)
         printf(" in step %d%s%s", k.pl.at_step[0], sc->inject ? " at " : "",
                sc->inject ? sc->inject : "");
@@ -1588,6 +1614,12 @@ static void run_one(const kt_scn_t *sc, uint64_t seed)
         else
             printf("  rank %d died without returning step %d\n", k.pl.victim[1],
                    k.pl.at_step[1]);
+    }
+    if (sc->kill == K_RETURN) {
+        const kt_rec_t *x = &sh->rec[k.pl.victim[0]][k.pl.at_step[0]];
+        printf("  rank %d returned step %d (%s) in view %" PRIu64 " and died\n",
+               k.pl.victim[0], k.pl.at_step[0],
+               x->done ? mc_status_str(x->status) : "not done", x->epoch);
     }
     if (!sc->ft0) print_latency(&k);
     printf("  %s in %.2f s\n", k.nfail ? "FAILED" : "ok", secs);

@@ -19,7 +19,19 @@
  * the 2 s drain deadline on top of the liveness timeout.
  * stop_mid_recv_shm_3: the victim stops halfway through receiving a frame
  * with 256 KiB shm rings, so a survivor's 512 KiB send to it is stuck on a
- * full ring: the drain lets it go on from zeros in a detached frame block.
+ * full ring: the drain lets it go on from a copy in a detached frame block.
+ *
+ * late_*: no failure, a peer later than the op timeout (guarantees 1-3).
+ * Two ranks on one host skip the final barrier (pair confirmation), so the
+ * rank that arrives late may complete the op from the frame the other left
+ * in its ring, while the other's call timed out. Whoever succeeds must
+ * hold the exact result; the next op succeeds on both in view 1.
+ * late_pair_shm_2: rank 1 calls 600 ms after rank 0 (timeout 500 ms).
+ * late_frame_shm_2: 16 KiB rings and a 64 KiB allreduce; rank 1 calls
+ * 300 ms late and sleeps 400 ms after posting its part (fault point
+ * cx.sendrecv.posted), inside its own timeout: rank 0 times out with its
+ * send stuck on the full ring, and the drain sends the rest of it from a
+ * copy; zeros there would be summed into rank 1's result.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -322,6 +334,121 @@ static void run_stop(int n, mc_transport_kind_t tr, int mid_frame)
     assert_int_equal(problems, 0);
 }
 
+typedef struct {
+    int late_ms;      /* rank 1 calls this much later */
+    const char *ring; /* MOONCAKE_SHM_RING_BYTES, or NULL */
+    const char *hold; /* MOONCAKE_FAULT_INJECT for rank 1, or NULL */
+    size_t count;     /* int64 elements */
+    char dir[256];
+} late_run_t;
+
+static int late_main(int rank, int size, void *arg)
+{
+    late_run_t *k = arg;
+    if (k->ring) setenv("MOONCAKE_SHM_RING_BYTES", k->ring, 1);
+    if (k->hold && rank == 1) setenv("MOONCAKE_FAULT_INJECT", k->hold, 1);
+    mc_store_h store;
+    if (mc_store_file_create(k->dir, &store) != MC_OK)
+        return MC_TFAIL(rank, "store: %s", mc_last_error());
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = MC_TRANSPORT_SHM;
+    cfg.timeout_ms = 500;
+    cfg.init_timeout_ms = 30000;
+    mc_comm_h comm;
+    mc_status_t st = mc_comm_create(rank, size, store, &cfg, &comm);
+    mc_store_destroy(store);
+    if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
+    int64_t *in = malloc(k->count * sizeof(int64_t));
+    int64_t *out = malloc(k->count * sizeof(int64_t));
+    if (!in || !out) return MC_TFAIL(rank, "oom");
+    int rc = 0;
+    if ((st = mc_comm_barrier(comm)) != MC_OK) {
+        rc = MC_TFAIL(rank, "barrier: %s", mc_status_str(st));
+        goto out;
+    }
+    if (rank == 1 && k->late_ms) usleep((useconds_t)k->late_ms * 1000);
+    for (int step = 0; step < 2 && !rc; step++) {
+        for (size_t i = 0; i < k->count; i++) {
+            in[i] = ((int64_t)1 << rank) * g_of(step, (int)i);
+            out[i] = -1;
+        }
+        st = mc_comm_allreduce(comm, in, out, k->count, MC_INT64, MC_SUM);
+        uint64_t ep = 0;
+        mc_comm_op_view(comm, &ep, NULL, NULL);
+        size_t wrong = 0, first = 0;
+        for (size_t i = 0; st == MC_OK && i < k->count; i++)
+            if (out[i] != 3 * g_of(step, (int)i) && !wrong++) first = i;
+        printf("  rank %d op %d: %s, view %llu, %zu of %zu wrong\n", rank,
+               step, mc_status_str(st), (unsigned long long)ep, wrong,
+               k->count);
+        if (st == MC_OK && (wrong || ep != 1))
+            rc = MC_TFAIL(rank, "op %d: success with %zu wrong (first %zu: "
+                          "%lld) in view %llu",
+                          step, wrong, first, (long long)out[first],
+                          (unsigned long long)ep);
+        else if (step == 0 && rank == 0 && st != MC_ERR_TIMEOUT)
+            rc = MC_TFAIL(rank, "op 0: %s, want timed out",
+                          mc_status_str(st));
+        else if (step == 0 && rank == 1 && st != MC_OK && st != MC_ERR_TIMEOUT)
+            rc = MC_TFAIL(rank, "op 0: %s, want success or timed out",
+                          mc_status_str(st));
+        else if (step == 1 && st != MC_OK)
+            rc = MC_TFAIL(rank, "op 1: %s: %s", mc_status_str(st),
+                          mc_comm_last_error(comm));
+    }
+out:
+    free(in);
+    free(out);
+    mc_comm_destroy(comm);
+    return rc;
+}
+
+/* The late_* cases test the pair confirmation: skipped where a setting
+ * turns it off (with the barrier a peer later than the timeout fails the
+ * call on both ranks instead). */
+static int pair_off(void)
+{
+    const char *v;
+    return ((v = getenv("MOONCAKE_FT_SIGNALS")) && !strcmp(v, "0")) ||
+           ((v = getenv("MOONCAKE_FT_PAIR")) && !strcmp(v, "0")) ||
+           ((v = getenv("MOONCAKE_ETCD_ENDPOINTS")) && *v) ||
+           ((v = getenv("MOONCAKE_ALGO_ALLREDUCE")) && *v && strcmp(v, "rd"));
+}
+
+static void run_late(late_run_t *k)
+{
+    if (pair_off()) {
+        printf("  skipped: the pair confirmation is off in this "
+               "environment\n");
+        skip();
+    }
+    char *d = mc_test_mkdtemp();
+    assert_non_null(d);
+    snprintf(k->dir, sizeof(k->dir), "%s", d);
+    int failed = mc_test_fork(2, ST_DEADLINE_S, late_main, k);
+    mc_test_rmtree(d);
+    free(d);
+    assert_int_equal(failed, 0);
+}
+
+static void late_pair_shm_2(void **s)
+{
+    (void)s;
+    late_run_t k = {.late_ms = 600, .count = 1024};
+    run_late(&k);
+}
+
+static void late_frame_shm_2(void **s)
+{
+    (void)s;
+    late_run_t k = {.late_ms = 300,
+                    .ring = "16384",
+                    .hold = "cx.sendrecv.posted:1:sleep=400",
+                    .count = 8192};
+    run_late(&k);
+}
+
 static void stop_shm_3(void **s)
 {
     (void)s, run_stop(3, MC_TRANSPORT_SHM, 0);
@@ -357,6 +484,8 @@ int main(void)
         cmocka_unit_test(stop_tcp_3),
         cmocka_unit_test(stop_tcp_4),
         cmocka_unit_test(stop_shm_2),
+        cmocka_unit_test(late_pair_shm_2),
+        cmocka_unit_test(late_frame_shm_2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
