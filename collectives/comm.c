@@ -260,8 +260,8 @@ struct mc_comm {
     mc_left_out_t *left_out;      /* [peer] */
     uint64_t *left_epoch;         /* [peer]: its latest LEFT notice's */
     uint64_t *left_seq;           /*   (epoch, seq) */
-    uint64_t *hdr_epoch;          /* [peer]: its latest collective frame */
-    uint64_t *hdr_seq;            /*   header read: (epoch, seq) */
+    uint64_t *fin_epoch;          /* [peer]: its latest collective frame */
+    uint64_t *fin_seq;            /*   read whole (or dropped): (epoch, seq) */
     uint8_t *left_wait;           /* [peer]: left_notices waits on its frame */
     uint32_t *p2p_sending;        /* [peer]: user sends on its p2p stream */
     uint64_t *abort_seq;          /* [peer]: ABORT received for a later op */
@@ -686,9 +686,19 @@ static void in_post_hdr(mc_comm_t *c, mc_in_t *in)
     in_post(c, in, &in->hx, &in->hdr, sizeof(in->hdr));
 }
 
+/* A collective frame of the peer's has arrived whole (read or dropped):
+ * the pair confirmation's record (pair_peer_may_have_returned). */
+static void in_coll_fin(mc_comm_t *c, const mc_in_t *in)
+{
+    if (in->ch != MC_CH_COLL) return;
+    c->fin_epoch[in->peer] = in->hdr.epoch; /* frames come in order */
+    c->fin_seq[in->peer] = in->hdr.seq;
+}
+
 static void in_discard_step(mc_comm_t *c, mc_in_t *in)
 {
     if (in->discard_left == 0) {
+        in_coll_fin(c, in);
         in_post_hdr(c, in);
         return;
     }
@@ -842,11 +852,8 @@ static void in_event(mc_ev_t *ev)
             return;
         }
         in->state = IN_HAVE_HDR;
-        if (in->ch == MC_CH_COLL) {
-            c->hdr_epoch[in->peer] = h->epoch; /* frames come in order */
-            c->hdr_seq[in->peer] = h->seq;
+        if (in->ch == MC_CH_COLL)
             coll_match(c, in);
-        }
         else
             p2p_match(c, in);
         return;
@@ -867,6 +874,7 @@ static void in_event(mc_ev_t *ev)
         return;
     case IN_PAYLOAD:
         if (in->ch == MC_CH_COLL) {
+            in_coll_fin(c, in);
             mc_frame_t *f = in->cur;
             in->cur = NULL;
             f->status = MC_OK;
@@ -2576,9 +2584,10 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
  * never got A's part, so B never returned it. With two ranks nothing is
  * removed on suspicion (no strict majority); etcd membership could remove
  * a live rank, so not there. A timed-out rank's peer may still complete
- * the op (exact bytes: drain_detach_sends copies), and a timed-out op
- * whose peer is removed afterwards does not re-run if the peer may have
- * returned it (pair_peer_may_have_returned). FLAG_* words need the
+ * the op (exact bytes: drain_detach_sends copies), and an op that failed
+ * here on a timeout or the peer's report, whose peer is removed
+ * afterwards, does not re-run if the peer may have returned it
+ * (pair_peer_may_have_returned). FLAG_* words need the
  * barrier: the ranks put them in their frames' tag field and take the
  * barrier if either sent one. The signal words of a later barrier stay
  * safe: a rank reaches op seq + 2 only after it got a frame of seq + 1
@@ -2591,19 +2600,20 @@ static int pair_confirms(mc_comm_t *c, const mc_cctx_t *cx)
 }
 
 /* A pair-confirmed attempt (epoch, seq) over the slots `att` failed here
- * without the peer's death being the cause (op timeout), and the peer has
- * been removed since: might it have returned the op? Only if its frame of
- * that attempt reached us (its send completes only once the whole frame is
- * in our ring), or if we cannot tell (its stream has not ended). Then the
- * op must not re-run in a view without it. plock held. */
+ * and the peer has been removed since: might it have returned the op?
+ * Only if a whole frame of its for that attempt reached us (its send
+ * completes only once the whole frame is in our ring), or if we cannot
+ * tell (its stream has not ended). Then the op must not re-run in a view
+ * without it. A peer that died mid-op left its frame incomplete. plock
+ * held. */
 static int pair_peer_may_have_returned(mc_comm_t *c, const uint8_t *att,
                                        uint64_t epoch, uint64_t seq)
 {
     for (int p = 0; p < c->size; p++) {
         if (p == c->rank || !att[p]) continue;
         if (c->in[MC_CH_COLL][p].state != IN_DEAD) return 1;
-        if (c->hdr_epoch[p] > epoch ||
-            (c->hdr_epoch[p] == epoch && c->hdr_seq[p] >= seq))
+        if (c->fin_epoch[p] > epoch ||
+            (c->fin_epoch[p] == epoch && c->fin_seq[p] >= seq))
             return 1;
     }
     return 0;
@@ -2882,7 +2892,8 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
     for (int attempt = 0;; attempt++) {
         uint64_t old_epoch = c->epoch;
         int64_t now = mc_now_us();
-        int pair_att = 0; /* a pair-confirmed attempt timed out */
+        int pair_att = 0;        /* a pair-confirmed attempt failed */
+        uint64_t att_epoch = 0; /*   in this epoch */
         pthread_mutex_lock(&c->plock);
         int outcome = 0;
         if (c->nv_pending) {
@@ -2912,15 +2923,15 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                 if (st == MC_OK ||
                     (st != MC_ERR_PEER_FAILED && st != MC_ERR_TIMEOUT))
                     return st;
+                pthread_mutex_lock(&c->plock);
+                pair_att = pair_confirms(c, cx);
+                att_epoch = cx->epoch;
+                pthread_mutex_unlock(&c->plock);
                 if (st == MC_ERR_TIMEOUT) {
                     /* every peer alive (heartbeats) and nobody reports a
-                     * failure: a slow peer, not a failed one. Without a
-                     * final barrier (pair confirmation) a peer that died
-                     * after our deadline may have returned the op: then
-                     * the timeout stands, no re-run without it. */
+                     * failure: a slow peer, not a failed one */
                     pthread_mutex_lock(&c->plock);
                     int b = view_broken(c, mc_now_us());
-                    pair_att = pair_confirms(c, cx);
                     pthread_mutex_unlock(&c->plock);
                     if (!b) return st;
                 }
@@ -2974,16 +2985,7 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         }
         if (st == MC_ERR_TIMEOUT && !removed)
             return st; /* everyone is alive, just slow: the timeout stands */
-        if (st == MC_ERR_TIMEOUT && pair_att) {
-            /* no final barrier: the removed peer may have returned this op
-             * in the old view; then the timeout stands, and the new view
-             * starts with the next op */
-            pthread_mutex_lock(&c->plock);
-            int may = pair_peer_may_have_returned(c, c->att_active,
-                                                  old_epoch, r->seq);
-            pthread_mutex_unlock(&c->plock);
-            if (may) return st;
-        }
+
         if (removed && !c->auto_recover) {
             snprintf(cx->err, sizeof(cx->err),
                      "%s at seq %llu: rank failure: ranks [%s] failed; the "
@@ -2991,6 +2993,28 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                      name, (unsigned long long)r->seq, list,
                      (unsigned long long)ep);
             return MC_ERR_PEER_FAILED;
+        }
+        if (removed && pair_att) {
+            /* No final barrier (pair confirmation): the removed peer may
+             * have returned this op in the old view (our attempt failed on
+             * a timeout or its report, not on its death mid-op). Then no
+             * re-run without it: the call fails, the new view holds from
+             * the next operation. */
+            pthread_mutex_lock(&c->plock);
+            int may = pair_peer_may_have_returned(c, c->att_active,
+                                                  att_epoch, r->seq);
+            pthread_mutex_unlock(&c->plock);
+            if (may) {
+                snprintf(cx->err, sizeof(cx->err),
+                         "%s at seq %llu: rank failure: ranks [%s] failed "
+                         "after their part of it arrived (they may have "
+                         "completed it); it does not run again without "
+                         "them; view %llu holds from the next operation",
+                         name, (unsigned long long)r->seq, list,
+                         (unsigned long long)ep);
+                MC_LOG(MC_LOG_WARN, "rank %d: %s", c->rank, cx->err);
+                return MC_ERR_PEER_FAILED;
+            }
         }
         if (removed)
             MC_LOG(MC_LOG_WARN,
@@ -4146,8 +4170,8 @@ static void comm_free(mc_comm_t *c)
     free(c->left_out);
     free(c->left_epoch);
     free(c->left_seq);
-    free(c->hdr_epoch);
-    free(c->hdr_seq);
+    free(c->fin_epoch);
+    free(c->fin_seq);
     free(c->p2p_eof);
     free(c->left_wait);
     free(c->p2p_sending);
@@ -4850,8 +4874,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->left_out = calloc((size_t)size, sizeof(*c->left_out));
     c->left_epoch = calloc((size_t)size, sizeof(uint64_t));
     c->left_seq = calloc((size_t)size, sizeof(uint64_t));
-    c->hdr_epoch = calloc((size_t)size, sizeof(uint64_t));
-    c->hdr_seq = calloc((size_t)size, sizeof(uint64_t));
+    c->fin_epoch = calloc((size_t)size, sizeof(uint64_t));
+    c->fin_seq = calloc((size_t)size, sizeof(uint64_t));
     c->left_wait = calloc((size_t)size, 1);
     c->p2p_sending = calloc((size_t)size, sizeof(uint32_t));
     c->abort_seq = malloc(sizeof(uint64_t) * (size_t)size);
@@ -4908,7 +4932,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         !c->p2p_eof ||
         !c->abort_out || !c->abort_seq || !c->abort_why || !c->abort_msg ||
         !c->left_out || !c->left_epoch || !c->left_seq || !c->left_wait ||
-        !c->hdr_epoch || !c->hdr_seq ||
+        !c->fin_epoch || !c->fin_seq ||
         !c->p2p_sending ||
         !c->in[0] || !c->in[1] || !hosts || !mask) {
         st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");

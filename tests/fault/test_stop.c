@@ -26,12 +26,17 @@
  * rank that arrives late may complete the op from the frame the other left
  * in its ring, while the other's call timed out. Whoever succeeds must
  * hold the exact result; the next op succeeds on both in view 1.
- * late_pair_shm_2: rank 1 calls 600 ms after rank 0 (timeout 500 ms).
+ * late_pair_shm_2: rank 1 calls 1400 ms after rank 0 (timeout 1000 ms).
  * late_frame_shm_2: 16 KiB rings and a 64 KiB allreduce; rank 1 calls
- * 300 ms late and sleeps 400 ms after posting its part (fault point
+ * 600 ms late and sleeps 800 ms after posting its part (fault point
  * cx.sendrecv.posted), inside its own timeout: rank 0 times out with its
  * send stuck on the full ring, and the drain sends the rest of it from a
  * copy; zeros there would be summed into rank 1's result.
+ * report_pair_shm_2: rank 1 posts its part of op 1 and stops itself
+ * (cx.sendrecv.posted:2:stop); rank 0 completes op 1 from it, suspects
+ * rank 1 in op 2 (no quorum: its report lands in rank 1's stream) and
+ * exits. Resumed, rank 1 reads the report and finds rank 0 dead: it must
+ * not re-run op 1 in a view without rank 0, which returned it in view 1.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -339,6 +344,7 @@ typedef struct {
     const char *ring; /* MOONCAKE_SHM_RING_BYTES, or NULL */
     const char *hold; /* MOONCAKE_FAULT_INJECT for rank 1, or NULL */
     size_t count;     /* int64 elements */
+    int timeout_ms;   /* the op timeout */
     char dir[256];
 } late_run_t;
 
@@ -353,7 +359,7 @@ static int late_main(int rank, int size, void *arg)
     mc_comm_config_t cfg;
     mc_comm_config_init(&cfg);
     cfg.transport = MC_TRANSPORT_SHM;
-    cfg.timeout_ms = 500;
+    cfg.timeout_ms = k->timeout_ms;
     cfg.init_timeout_ms = 30000;
     mc_comm_h comm;
     mc_status_t st = mc_comm_create(rank, size, store, &cfg, &comm);
@@ -435,18 +441,125 @@ static void run_late(late_run_t *k)
 static void late_pair_shm_2(void **s)
 {
     (void)s;
-    late_run_t k = {.late_ms = 600, .count = 1024};
+    /* rank 0 times out at 1000 ms, rank 1 comes at 1400 ms, while rank 0
+     * waits in op 1 (until about 2000 ms) */
+    late_run_t k = {.late_ms = 1400, .count = 1024, .timeout_ms = 1000};
     run_late(&k);
 }
 
 static void late_frame_shm_2(void **s)
 {
     (void)s;
-    late_run_t k = {.late_ms = 300,
+    /* rank 0 times out at 1000 ms and detaches its stuck send at 1100 ms;
+     * rank 1 posts at 600 ms and reads from 1400 ms (its deadline: 1600) */
+    late_run_t k = {.late_ms = 600,
                     .ring = "16384",
-                    .hold = "cx.sendrecv.posted:1:sleep=400",
-                    .count = 8192};
+                    .hold = "cx.sendrecv.posted:1:sleep=800",
+                    .count = 8192,
+                    .timeout_ms = 1000};
     run_late(&k);
+}
+
+typedef struct {
+    int32_t st[3];
+    int64_t val[3];
+    uint64_t ep[3];
+} rp_rec_t;
+
+static void report_rank(int rank, const char *dir, rp_rec_t *rec)
+{
+    setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "500", 1);
+    if (rank == 1)
+        setenv("MOONCAKE_FAULT_INJECT", "cx.sendrecv.posted:2:stop", 1);
+    mc_store_h store;
+    if (mc_store_file_create(dir, &store) != MC_OK) _exit(2);
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = MC_TRANSPORT_SHM;
+    cfg.timeout_ms = 20000;
+    cfg.init_timeout_ms = 30000;
+    mc_comm_h comm;
+    if (mc_comm_create(rank, 2, store, &cfg, &comm) != MC_OK) _exit(3);
+    mc_store_destroy(store);
+    if (mc_comm_barrier(comm) != MC_OK) _exit(4);
+    for (int op = 0; op < (rank == 0 ? 3 : 2); op++) {
+        int64_t in = rank + 1, out = -1;
+        mc_status_t st = mc_comm_allreduce(comm, &in, &out, 1, MC_INT64, MC_SUM);
+        uint64_t ep = 0;
+        mc_comm_op_view(comm, &ep, NULL, NULL);
+        rec[rank].st[op] = st;
+        rec[rank].val[op] = out;
+        rec[rank].ep[op] = ep;
+        printf("  rank %d op %d: %s, %lld in view %llu\n", rank, op,
+               mc_status_str(st), (long long)out, (unsigned long long)ep);
+        fflush(stdout);
+    }
+    _exit(0); /* rank 0 dies without destroying (rank 1: at once too) */
+}
+
+static void report_pair_shm_2(void **state)
+{
+    (void)state;
+    if (pair_off()) {
+        printf("  skipped: the pair confirmation is off in this "
+               "environment\n");
+        skip();
+    }
+    rp_rec_t *rec = mmap(NULL, 2 * sizeof(rp_rec_t), PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(rec != MAP_FAILED);
+    memset(rec, 0, 2 * sizeof(rp_rec_t));
+    for (int r = 0; r < 2; r++)
+        for (int op = 0; op < 3; op++)
+            rec[r].st[op] = 1; /* not reached */
+    char *d = mc_test_mkdtemp();
+    assert_non_null(d);
+    fflush(NULL);
+    pid_t pid[2];
+    for (int r = 0; r < 2; r++)
+        if ((pid[r] = fork()) == 0) report_rank(r, d, rec);
+    int64_t t0 = now_ns(), lim = (int64_t)ST_DEADLINE_S * 1000000000;
+    int ws, stopped = 0, exited0 = 0, exited1 = 0, problems = 0;
+    while (!exited1 && now_ns() - t0 < lim) {
+        if (!exited0 && waitpid(pid[0], &ws, WNOHANG) == pid[0]) {
+            exited0 = 1;
+            if (stopped) kill(pid[1], SIGCONT); /* rank 0 is gone */
+        }
+        pid_t w = waitpid(pid[1], &ws, WNOHANG | WUNTRACED);
+        if (w == pid[1] && WIFSTOPPED(ws)) {
+            stopped = 1;
+            if (exited0) kill(pid[1], SIGCONT);
+        } else if (w == pid[1]) {
+            exited1 = 1;
+        }
+        usleep(1000);
+    }
+    if (!exited1 || !exited0) {
+        fprintf(stderr, "report_pair_shm_2: timed out (stopped %d)\n",
+                stopped);
+        kill(pid[0], SIGKILL);
+        kill(pid[1], SIGKILL);
+        kill(pid[1], SIGCONT);
+        waitpid(pid[0], NULL, 0);
+        waitpid(pid[1], NULL, 0);
+        problems++;
+    }
+    if (!stopped) PROB("rank 1 never stopped at its fault point");
+    /* rank 0 returned op 1 in view 1 with both inputs */
+    if (rec[0].st[1] != MC_OK || rec[0].ep[1] != 1 || rec[0].val[1] != 3)
+        PROB("rank 0 op 1: status %d, %lld in view %llu; want 3 in view 1",
+             rec[0].st[1], (long long)rec[0].val[1],
+             (unsigned long long)rec[0].ep[1]);
+    /* guarantee 2: rank 1 either fails op 1 or returns the same */
+    if (rec[1].st[1] == MC_OK && (rec[1].ep[1] != 1 || rec[1].val[1] != 3))
+        PROB("rank 1 op 1: success with %lld in view %llu, but rank 0 "
+             "returned 3 in view 1",
+             (long long)rec[1].val[1], (unsigned long long)rec[1].ep[1]);
+    if (rec[1].st[1] > 0) PROB("rank 1 never returned op 1");
+    munmap(rec, 2 * sizeof(rp_rec_t));
+    mc_test_rmtree(d);
+    free(d);
+    assert_int_equal(problems, 0);
 }
 
 static void stop_shm_3(void **s)
@@ -486,6 +599,7 @@ int main(void)
         cmocka_unit_test(stop_shm_2),
         cmocka_unit_test(late_pair_shm_2),
         cmocka_unit_test(late_frame_shm_2),
+        cmocka_unit_test(report_pair_shm_2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
