@@ -230,6 +230,8 @@ struct mc_cctx {
      * field and the OR of those its frames from the peer carried */
     int pair;
     uint64_t tx_flags, rx_flags;
+    int send_lost; /* a send of this attempt failed (or was refused): its
+                      peer never got our whole part, so never returned it */
     /* lazy keeping of an in-place input (mc_cx_save) */
     int lazy;            /* saves go to comm->backup range by range */
     const char *save_in; /* the caller's buffer (sendbuf == recvbuf) */
@@ -1194,6 +1196,7 @@ mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step, const void *buf,
     if (st == MC_OK && c->peer_dead[peer]) {
         /* known dead (its stream ended): a send can never be read, and the
          * kernel may still accept it into a buffer and say nothing */
+        cx->send_lost = 1;
         cx_fail(c, MC_ERR_PEER_FAILED, 0, "%s at seq %llu: rank %d failed",
                 mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
                 peer);
@@ -1249,6 +1252,7 @@ mc_status_t mc_cx_isend(mc_cctx_t *cx, int peer, uint32_t step, const void *buf,
         f->px.status = st;
         f->state = F_DONE;
         f->status = st;
+        cx->send_lost = 1;
         peer_failed(c, peer, st);
         if (cx->failed == MC_OK)
             cx_fail(c, st, 0, "send to rank %d failed: %s", peer,
@@ -2687,6 +2691,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
     cx->pair = 0;
     cx->tx_flags = flags;
     cx->rx_flags = 0;
+    cx->send_lost = 0;
     c->cx_active = 1;
     for (int p = 0; p < c->size; p++) {
         if (p != c->rank && c->abort_seq[p] == r->seq) {
@@ -2716,6 +2721,10 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
 
     pthread_mutex_lock(&c->plock);
     if (pair && cx->failed == MC_OK) cx->passed = 1; /* flags: none */
+    for (int i = 0; cx->failed < 0 && !cx->send_lost && i < cx->nframes; i++) {
+        const mc_frame_t *f = cx_frame(cx, i);
+        cx->send_lost = f->is_send && (f->hx.status < 0 || f->px.status < 0);
+    }
     if (st < 0 && cx->failed == MC_OK)
         cx_fail(c, st, 0, "%s at seq %llu failed: %s",
                 mc_coll_name(r->args.coll), (unsigned long long)r->seq,
@@ -2923,8 +2932,12 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                 if (st == MC_OK ||
                     (st != MC_ERR_PEER_FAILED && st != MC_ERR_TIMEOUT))
                     return st;
+                /* the pair path was taken (no flags: no barrier), and
+                 * the peer may have our whole part */
                 pthread_mutex_lock(&c->plock);
-                pair_att = pair_confirms(c, cx);
+                pair_att = pair_confirms(c, cx) && !cx->tx_flags &&
+                           !__atomic_load_n(&cx->rx_flags, __ATOMIC_RELAXED) &&
+                           !cx->send_lost;
                 att_epoch = cx->epoch;
                 pthread_mutex_unlock(&c->plock);
                 if (st == MC_ERR_TIMEOUT) {
@@ -3004,6 +3017,19 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
             int may = pair_peer_may_have_returned(c, c->att_active,
                                                   att_epoch, r->seq);
             pthread_mutex_unlock(&c->plock);
+            if (may && cx->data_done) {
+                /* our exchange had ended (the result is whole, over the
+                 * old view): complete it there, as the peer may have */
+                MC_LOG(MC_LOG_WARN,
+                       "rank %d: %s seq %llu completes in view %llu: ranks "
+                       "[%s] failed after the exchange (they may have "
+                       "completed it)",
+                       c->rank, name, (unsigned long long)r->seq,
+                       (unsigned long long)att_epoch, list);
+                cx->epoch = att_epoch;
+                cx_commit(cx);
+                return MC_OK;
+            }
             if (may) {
                 snprintf(cx->err, sizeof(cx->err),
                          "%s at seq %llu: rank failure: ranks [%s] failed "
