@@ -348,22 +348,31 @@ typedef struct {
     char dir[256];
 } late_run_t;
 
+/* A 2-rank shm communicator over the file store in dir. */
+static mc_status_t open_pair(int rank, const char *dir, int64_t timeout_ms,
+                             mc_comm_h *comm_p)
+{
+    mc_store_h store;
+    mc_status_t st = mc_store_file_create(dir, &store);
+    if (st != MC_OK) return st;
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = MC_TRANSPORT_SHM;
+    cfg.timeout_ms = timeout_ms;
+    cfg.init_timeout_ms = 30000;
+    st = mc_comm_create(rank, 2, store, &cfg, comm_p);
+    mc_store_destroy(store);
+    return st;
+}
+
 static int late_main(int rank, int size, void *arg)
 {
     late_run_t *k = arg;
     if (k->ring) setenv("MOONCAKE_SHM_RING_BYTES", k->ring, 1);
     if (k->hold && rank == 1) setenv("MOONCAKE_FAULT_INJECT", k->hold, 1);
-    mc_store_h store;
-    if (mc_store_file_create(k->dir, &store) != MC_OK)
-        return MC_TFAIL(rank, "store: %s", mc_last_error());
-    mc_comm_config_t cfg;
-    mc_comm_config_init(&cfg);
-    cfg.transport = MC_TRANSPORT_SHM;
-    cfg.timeout_ms = k->timeout_ms;
-    cfg.init_timeout_ms = 30000;
+    (void)size;
     mc_comm_h comm;
-    mc_status_t st = mc_comm_create(rank, size, store, &cfg, &comm);
-    mc_store_destroy(store);
+    mc_status_t st = open_pair(rank, k->dir, k->timeout_ms, &comm);
     if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
     int64_t *in = malloc(k->count * sizeof(int64_t));
     int64_t *out = malloc(k->count * sizeof(int64_t));
@@ -471,16 +480,8 @@ static void report_rank(int rank, const char *dir, rp_rec_t *rec)
     setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "500", 1);
     if (rank == 1)
         setenv("MOONCAKE_FAULT_INJECT", "cx.sendrecv.posted:2:stop", 1);
-    mc_store_h store;
-    if (mc_store_file_create(dir, &store) != MC_OK) _exit(2);
-    mc_comm_config_t cfg;
-    mc_comm_config_init(&cfg);
-    cfg.transport = MC_TRANSPORT_SHM;
-    cfg.timeout_ms = 20000;
-    cfg.init_timeout_ms = 30000;
     mc_comm_h comm;
-    if (mc_comm_create(rank, 2, store, &cfg, &comm) != MC_OK) _exit(3);
-    mc_store_destroy(store);
+    if (open_pair(rank, dir, 20000, &comm) != MC_OK) _exit(3);
     if (mc_comm_barrier(comm) != MC_OK) _exit(4);
     for (int op = 0; op < (rank == 0 ? 3 : 2); op++) {
         int64_t in = rank + 1, out = -1;

@@ -662,6 +662,22 @@ static int tcp_self_connected(int fd)
     return a.sin_port == b.sin_port && a.sin_addr.s_addr == b.sin_addr.s_addr;
 }
 
+/* A new non-blocking connection to p's listener: returns its fd (under
+ * way or made), or -1 with errno set if it failed at once. */
+static int tcp_chk_connect(const mc_tcp_peer_t *p)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (connect(fd, (const struct sockaddr *)&p->la, sizeof(p->la)) != 0 &&
+        errno != EINPROGRESS && errno != EINTR) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 /* Start a close check of s's peer, whose stream s ended with err (0: EOF).
  * Returns 1 if the failure waits for a check (or was overruled by one). */
 static int tcp_chk_begin(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
@@ -670,11 +686,9 @@ static int tcp_chk_begin(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
     if (p->chk == CHK_RUN) return 1;
     if (p->chk == CHK_ALIVE && p->chk_fd >= 0) return 1; /* held: watched */
     if (!tl->close_check || !tl->connected || p->add || !p->la_ok) return 0;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int rc = fd < 0 ? -1 : connect(fd, (struct sockaddr *)&p->la, sizeof(p->la));
-    if (rc != 0 && (fd < 0 || (errno != EINPROGRESS && errno != EINTR))) {
+    int fd = tcp_chk_connect(p);
+    if (fd < 0) {
         int e = errno;
-        if (fd >= 0) close(fd);
         if (tcp_err_is_gone(e)) return 0; /* refused: gone */
         p->chk = CHK_ALIVE; /* no verdict, so no evidence */
         MC_LOG(MC_LOG_WARN,
@@ -731,16 +745,9 @@ static int tcp_chk_step(mc_tl_t *tl, int r, int64_t now)
                            now - p->chk_start_us < MC_TCP_CHECK_MAX_US) {
                     /* dropped (or answered): a live process, or a dying
                      * one's listener; ask again */
-                    int fd = socket(AF_INET,
-                                    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                                    0);
-                    int rc = fd < 0 ? -1
-                                    : connect(fd, (struct sockaddr *)&p->la,
-                                              sizeof(p->la));
-                    if (rc != 0 &&
-                        (fd < 0 || (errno != EINPROGRESS && errno != EINTR))) {
+                    int fd = tcp_chk_connect(p);
+                    if (fd < 0) {
                         e = errno;
-                        if (fd >= 0) close(fd);
                         dead = tcp_err_is_gone(e);
                         alive = !dead; /* a local error: no verdict */
                     } else {
