@@ -2603,6 +2603,15 @@ static int pair_confirms(mc_comm_t *c, const mc_cctx_t *cx)
            sig_barrier_usable(c, cx);
 }
 
+/* This attempt skips (or skipped) the final barrier: pair confirmation,
+ * and no FLAG_* sent or received (a flag takes the barrier on both ranks
+ * alike: each sees both tags once the exchange ended). */
+static int pair_skips_barrier(mc_comm_t *c, const mc_cctx_t *cx)
+{
+    return pair_confirms(c, cx) && !cx->tx_flags &&
+           !__atomic_load_n(&cx->rx_flags, __ATOMIC_RELAXED);
+}
+
 /* A pair-confirmed attempt (epoch, seq) over the slots `att` failed here
  * and the peer has been removed since: might it have returned the op?
  * Only if a whole frame of its for that attempt reached us (its send
@@ -2707,10 +2716,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
     if (st == MC_OK && !(c->ft && r->args.coll == MC_COLL_BARRIER))
         st = mc_coll_run_view(cx);
     /* the pair's exchange confirmed it: decided below, under plock */
-    /* A flag (joiners waiting) on either side: the barrier, which the
-     * admission needs on both ranks alike (both saw both tags). */
-    int pair = st == MC_OK && c->ft && pair_confirms(c, cx) && !flags &&
-               !__atomic_load_n(&cx->rx_flags, __ATOMIC_RELAXED);
+    int pair = st == MC_OK && c->ft && pair_skips_barrier(c, cx);
     if (pair) {
         cx->data_done = 1;
     } else if (st == MC_OK && c->ft) {
@@ -2935,9 +2941,7 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                 /* the pair path was taken (no flags: no barrier), and
                  * the peer may have our whole part */
                 pthread_mutex_lock(&c->plock);
-                pair_att = pair_confirms(c, cx) && !cx->tx_flags &&
-                           !__atomic_load_n(&cx->rx_flags, __ATOMIC_RELAXED) &&
-                           !cx->send_lost;
+                pair_att = pair_skips_barrier(c, cx) && !cx->send_lost;
                 att_epoch = cx->epoch;
                 pthread_mutex_unlock(&c->plock);
                 if (st == MC_ERR_TIMEOUT) {
