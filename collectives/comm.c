@@ -1628,7 +1628,10 @@ int mc_cx_ft(const mc_cctx_t *cx)
 
 void mc_cx_pair_exchange(mc_cctx_t *cx)
 {
-    if (cx->nv == 2) cx->pair = 1;
+    /* only as the attempt's first frames: after others (a staged path
+     * that fell back to the ring) a whole frame from the peer no longer
+     * means it may have returned the op */
+    if (cx->nv == 2 && cx->nframes == 0) cx->pair = 1;
 }
 
 int mc_cx_stage_usable(mc_cctx_t *cx)
@@ -2597,18 +2600,24 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
  * safe: a rank reaches op seq + 2 only after it got a frame of seq + 1
  * from the peer (or passed its barrier), so the peer has left seq.
  * docs/design.md, "Pair confirmation". Off with MOONCAKE_FT_PAIR=0. */
-static int pair_confirms(mc_comm_t *c, const mc_cctx_t *cx)
+int mc_cx_pair_usable(const mc_cctx_t *cx)
 {
-    return c->ft_pair && !c->em && cx->pair && cx->nv == 2 &&
+    mc_comm_t *c = cx->comm;
+    return c->ft && c->ft_pair && !c->em && cx->nv == 2 &&
            sig_barrier_usable(c, cx);
+}
+
+static int pair_confirms(const mc_cctx_t *cx)
+{
+    return cx->pair && mc_cx_pair_usable(cx);
 }
 
 /* This attempt skips (or skipped) the final barrier: pair confirmation,
  * and no FLAG_* sent or received (a flag takes the barrier on both ranks
  * alike: each sees both tags once the exchange ended). */
-static int pair_skips_barrier(mc_comm_t *c, const mc_cctx_t *cx)
+static int pair_skips_barrier(const mc_cctx_t *cx)
 {
-    return pair_confirms(c, cx) && !cx->tx_flags &&
+    return pair_confirms(cx) && !cx->tx_flags &&
            !__atomic_load_n(&cx->rx_flags, __ATOMIC_RELAXED);
 }
 
@@ -2716,7 +2725,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
     if (st == MC_OK && !(c->ft && r->args.coll == MC_COLL_BARRIER))
         st = mc_coll_run_view(cx);
     /* the pair's exchange confirmed it: decided below, under plock */
-    int pair = st == MC_OK && c->ft && pair_skips_barrier(c, cx);
+    int pair = st == MC_OK && c->ft && pair_skips_barrier(cx);
     if (pair) {
         cx->data_done = 1;
     } else if (st == MC_OK && c->ft) {
@@ -2727,9 +2736,16 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
 
     pthread_mutex_lock(&c->plock);
     if (pair && cx->failed == MC_OK) cx->passed = 1; /* flags: none */
-    for (int i = 0; cx->failed < 0 && !cx->send_lost && i < cx->nframes; i++) {
-        const mc_frame_t *f = cx_frame(cx, i);
-        cx->send_lost = f->is_send && (f->hx.status < 0 || f->px.status < 0);
+    if (cx->failed < 0 && !cx->send_lost) {
+        int sent = 0;
+        for (int i = 0; !cx->send_lost && i < cx->nframes; i++) {
+            const mc_frame_t *f = cx_frame(cx, i);
+            sent |= f->is_send;
+            cx->send_lost =
+                f->is_send && (f->hx.status < 0 || f->px.status < 0);
+        }
+        /* failed before our part was posted: the peer never had it */
+        if (!sent) cx->send_lost = 1;
     }
     if (st < 0 && cx->failed == MC_OK)
         cx_fail(c, st, 0, "%s at seq %llu failed: %s",
@@ -2893,9 +2909,9 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         c->saved_oom = 0;
         /* an in-place allreduce, reduce or reduce_scatter (run on the
          * caller's buffers in every view, algo/view.c) keeps its input
-         * range by range as the algorithm overwrites it (mc_cx_save): the
-         * reduce_scatter ring writes only the output, 1/n of the input;
-         * reduce only on the root */
+         * range by range as the algorithm overwrites it (mc_cx_save);
+         * reduce only on the root; the reduce_scatter ring writes its
+         * output only at the commit (rs_commit) and saves nothing */
         c->saved_all = !(((r->args.coll == MC_COLL_ALLREDUCE ||
                            r->args.coll == MC_COLL_REDUCE) &&
                           r->args.sendbuf == r->args.recvbuf) ||
@@ -2941,7 +2957,7 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                 /* the pair path was taken (no flags: no barrier), and
                  * the peer may have our whole part */
                 pthread_mutex_lock(&c->plock);
-                pair_att = pair_skips_barrier(c, cx) && !cx->send_lost;
+                pair_att = pair_skips_barrier(cx) && !cx->send_lost;
                 att_epoch = cx->epoch;
                 pthread_mutex_unlock(&c->plock);
                 if (st == MC_ERR_TIMEOUT) {

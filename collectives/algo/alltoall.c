@@ -68,6 +68,14 @@ mc_status_t mc_algo_alltoallv_pairwise(mc_cctx_t *cx)
     mc_a2a_send_block(&lo, r, &sp, &sb);
     mc_a2a_recv_block(&lo, r, &rp, &rb);
     mc_algo_copy(rp, sp, sb < rb ? sb : rb);
+    /* Over two ranks alltoall is one frame each way, which confirms the op
+     * (no final barrier; comm.c, pair confirmation), up to one chunk as
+     * for the rings (a timed-out rank's unsent frame goes on from a copy,
+     * comm.c drain_detach_sends). alltoallv's closing barrier exchanges
+     * more. */
+    if (n == 2 && a->coll == MC_COLL_ALLTOALL &&
+        a->count <= mc_algo_chunk_elems(cx, lo.es))
+        mc_cx_pair_exchange(cx);
 
     for (int k = 1; k < n; k++) {
         for (; posted < n && posted < k + W; posted++) {
@@ -82,6 +90,7 @@ mc_status_t mc_algo_alltoallv_pairwise(mc_cctx_t *cx)
             st = mc_cx_irecv(cx, from, step, rp, rb, &rh[posted % W]);
             if (st < 0) return st;
         }
+        MC_FAULT_POINT("alltoall.posted");
         st = mc_cx_wait(cx, rh[k % W]);
         if (st < 0) return st;
         st = mc_cx_wait(cx, sh[k % W]);

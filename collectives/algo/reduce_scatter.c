@@ -12,7 +12,8 @@
  *   steps g < n-2 reduce into a block-sized scratch buffer, the partial
  *     that is forwarded, chunk by chunk, at step g+1;
  *   the last step (g = n-2) receives block r and reduces into the output
- *     (AVG: divided there, once).
+ *     (AVG: divided there, once); with an in-place input that fault
+ *     tolerance keeps for a re-run, at the commit instead (rs_commit).
  * Each chunk is forwarded as soon as it is reduced, and receives run a few
  * chunks ahead, so transfer and reduction overlap along the ring.
  *
@@ -27,6 +28,27 @@
  * larger than the transports' buffering.)
  */
 #include "algo.h"
+
+/* An in-place input that fault tolerance would keep for a re-run
+ * (mc_cx_keeping): the last step leaves block r's partial in scratch and
+ * the commit, once the op is decided, reduces it with our input into the
+ * output. Nothing is kept, and the same operands meet in the same order,
+ * so the bits are the same. */
+typedef struct rs_plan {
+    char *out;
+    const char *part, *mine;
+    size_t len; /* elements */
+    int n;      /* ranks of the attempt's view (AVG) */
+} rs_plan_t;
+
+static void rs_commit(mc_cctx_t *cx)
+{
+    const mc_coll_args_t *a = mc_cx_args(cx);
+    const rs_plan_t *pl = mc_cx_scratch(cx, 2, 1); /* already that large */
+    mc_reduce(pl->out, pl->part, pl->mine, pl->len, a->dtype, a->op);
+    if (a->op == MC_AVG)
+        mc_reduce_div(pl->out, pl->len, a->dtype, (uint64_t)pl->n);
+}
 
 mc_status_t mc_algo_reduce_scatterv_ring(mc_cctx_t *cx)
 {
@@ -69,9 +91,27 @@ mc_status_t mc_algo_reduce_scatterv_ring(mc_cctx_t *cx)
     if (!pbuf[0] || !sh[0]) return MC_ERR_NO_MEMORY;
     pbuf[1] = pbuf[0] + maxblk * es;
     sh[1] = sh[0] + maxnck;
+    rs_plan_t *plan = NULL;
+    if (mc_cx_keeping(cx)) {
+        plan = mc_algo_scratch(cx, 2, sizeof(*plan));
+        if (!plan) return MC_ERR_NO_MEMORY;
+        *plan = (rs_plan_t){.out = out,
+                            .part = pbuf[(nsteps - 1) % 2],
+                            .mine = mc_algo_cat(in, off, es),
+                            .len = len,
+                            .n = n};
+    }
 
     /* Step 0: our input's block (r - 1) goes out as it is. */
     mc_blocks_get(&bl, mc_algo_mod((long long)r - 1, n), &off, &len);
+    if (n == 2) {
+        /* One frame each way: this exchange confirms the op (no final
+         * barrier; comm.c, pair confirmation). */
+        size_t roff, rlen;
+        mc_blocks_get(&bl, r, &roff, &rlen);
+        if (mc_chunk_count(len, ce) == 1 && mc_chunk_count(rlen, ce) == 1)
+            mc_cx_pair_exchange(cx);
+    }
     for (size_t c = 0, nck = mc_chunk_count(len, ce); c < nck; c++) {
         size_t coff, clen;
         mc_chunk_range(len, ce, c, &coff, &clen);
@@ -79,6 +119,7 @@ mc_status_t mc_algo_reduce_scatterv_ring(mc_cctx_t *cx)
                          mc_algo_cat(in, off + coff, es), clen * es, &h);
         if (st < 0) return st;
     }
+    MC_FAULT_POINT("reduce_scatter.sent");
 
     /* Receive items: block (r - g - 2) at step g; `post` runs L ahead. */
     mc_ring_cur_init(&post, &bl, r, 2, nsteps, ce);
@@ -124,18 +165,17 @@ mc_status_t mc_algo_reduce_scatterv_ring(mc_cctx_t *cx)
                              mc_algo_step(MC_PH_RSCATTER, cur.g + 1, cur.c),
                              part, cur.len * es, &sh[cur.g % 2][cur.c]);
             if (st < 0) return st;
-        } else if (cur.len) {
-            /* Block r, complete: into the output (in place: dst == mine).
-             * An in-place input that fault tolerance keeps for a re-run is
-             * saved here, chunk by chunk, just before it is overwritten
-             * (cache-hot, and only the output's part of it). */
+        } else if (cur.len && !plan) {
+            /* Block r, complete: into the output. */
             char *o = mc_algo_at(out, cur.off - cur.boff, es);
-            mc_cx_save(cx, o, cur.len * es);
             mc_reduce(o, part, mine, cur.len, a->dtype, a->op);
             if (a->op == MC_AVG)
                 mc_reduce_div(o, cur.len, a->dtype, (uint64_t)n);
         }
         mc_ring_cur_next(&cur);
     }
-    return mc_cx_waitall(cx);
+    st = mc_cx_waitall(cx);
+    if (st < 0 || !plan) return st;
+    if (plan->len) mc_cx_on_commit(cx, rs_commit);
+    return MC_OK;
 }

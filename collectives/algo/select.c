@@ -178,6 +178,27 @@ static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
                                            : mc_algo_reduce_chain(cx);
 }
 
+/* Two ranks with fault tolerance whose blocks are one chunk each, up to
+ * MC_RS_PAIR_RING_MAX in all: the ring's single exchange confirms the op
+ * (mc_cx_pair_exchange, no final barrier), which beats the staged path's
+ * frame rounds and barrier (2 ranks, FT on, 64 KiB: 6.3-7.2 against
+ * 10-11 us; 256 KiB: 19-24 against 22-25 us; docs/performance.md,
+ * 2026-12-05). The same on both ranks: the counts are the call's, the
+ * rest the view's. */
+#define MC_RS_PAIR_RING_MAX ((size_t)256 << 10)
+static int rs_pair_ring(mc_cctx_t *cx, size_t bytes)
+{
+    const mc_coll_args_t *a = mc_cx_args(cx);
+    size_t es = mc_dtype_size(a->dtype);
+    size_t chunk = mc_algo_chunk_elems(cx, es);
+    if (mc_cx_size(cx) != 2 || bytes > MC_RS_PAIR_RING_MAX ||
+        !mc_cx_pair_usable(cx))
+        return 0;
+    for (int v = 0; v < 2; v++)
+        if ((a->counts ? a->counts[v] : a->count) > chunk) return 0;
+    return 1;
+}
+
 static mc_status_t mc_run_reduce_scatter(mc_cctx_t *cx, size_t bytes)
 {
     static const char *const names[] = {"ring", "stage"};
@@ -199,8 +220,10 @@ static mc_status_t mc_run_reduce_scatter(mc_cctx_t *cx, size_t bytes)
      * and every block moves once where the ring copies it into the
      * transport's ring and out at every step (4 ranks: 1.2-4x faster).
      * At 2 ranks without fault tolerance the ring's single step is leaner
-     * (in place, 64 KiB: 7.9 against 12-13 us), so it stays there. */
-    if ((mc_cx_size(cx) > 2 || mc_cx_ft(cx)) && mc_staged(cx, bytes, 0))
+     * (in place, 64 KiB: 7.9 against 12-13 us), so it stays there; with
+     * it too where the exchange confirms the op (rs_pair_ring). */
+    if ((mc_cx_size(cx) > 2 || mc_cx_ft(cx)) && mc_staged(cx, bytes, 0) &&
+        !rs_pair_ring(cx, bytes))
         return mc_algo_allreduce_stage(cx);
     return mc_algo_reduce_scatterv_ring(cx);
 }

@@ -163,6 +163,13 @@ static const kt_scn_t scenarios[] = {
     {"ar_small_shm_2",        2, SHM, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
     {"ret_small_shm_2",       2, SHM, W_AR_SMALL,    K_RETURN,   -1, 0, 0,  12, 0,         0, "cx.sendrecv.posted"},
     {"ret_small_tcp_2",       2, TCP, W_AR_SMALL,    K_RETURN,   -1, 0, 0,  12, 0,         0, "cx.sendrecv.posted"},
+    /* the other exchanges that confirm a 2-rank op (one frame each way) */
+    {"allgather_shm_2",       2, SHM, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
+    {"rs_ring_shm_2",         2, SHM, W_RS,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
+    {"alltoall_shm_2",        2, SHM, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"ret_ag_shm_2",          2, SHM, W_AG,          K_RETURN,   -1, 0, 0,  12, 4099,      0, "allgather.sent"},
+    {"ret_rs_shm_2",          2, SHM, W_RS,          K_RETURN,   -1, 0, 0,  12, 4099,      0, "reduce_scatter.sent"},
+    {"ret_a2a_shm_2",         2, SHM, W_A2A,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "alltoall.posted"},
     {"ar_small_tcp_4",        4, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
     {"allgather_shm_4",       4, SHM, W_AG,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
     {"allgather_tcp_3",       3, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
@@ -895,7 +902,8 @@ static int rank_main(const kt_plan_t *pl, int rank)
         setenv("MOONCAKE_FAULT_INJECT", spec, 1);
     }
     if (sc->kill == K_RETURN && rank != pl->victim[0] && sc->inject) {
-        /* one sendrecv per step (2-rank allreduces): the (at_step+1)-th */
+        /* one hit per step (a 2-rank allreduce's sendrecv, an exchange's
+         * posted send): the (at_step+1)-th */
         char spec[96];
         snprintf(spec, sizeof(spec), "%s:%d:sleep=100", sc->inject,
                  pl->at_step[0] + 1);
