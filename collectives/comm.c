@@ -3144,7 +3144,10 @@ static void run_coll(mc_comm_t *c, mc_request_t *r)
         memcpy(c->op_active, c->att_active, (size_t)c->size);
     }
     char err[sizeof(cx->err)];
-    snprintf(err, sizeof(err), "%s", cx->err);
+    if (st < 0) /* req_complete reads it only then */
+        snprintf(err, sizeof(err), "%s", cx->err);
+    else
+        err[0] = '\0';
     int admit = st == MC_OK && c->ft && (cx->flags & FLAG_JOIN);
     pthread_mutex_unlock(&c->plock);
     if (admit) r->admitted = admit_round(c, r->seq);
@@ -3213,9 +3216,12 @@ mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
     if (!r) return mc_err(MC_ERR_INVALID_ARG, "mc_request_wait: NULL request");
     mc_comm_t *c = r->comm;
     int64_t deadline = mc_deadline_us(timeout_ms);
-    int64_t idle_since = mc_now_us();
+    /* an unlimited wait for a collective needs no clock (a blocking call's
+     * wait, once per operation) */
+    int clock = deadline != INT64_MAX || r->kind != R_COLL;
+    int64_t idle_since = clock ? mc_now_us() : 0;
     while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
-        int64_t now = mc_now_us();
+        int64_t now = clock ? mc_now_us() : 0;
         if (now >= deadline)
             return mc_err(MC_ERR_TIMEOUT,
                           "mc_request_wait: not finished within %lld ms",
@@ -3231,7 +3237,7 @@ mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
                 /* run the queue inline, one operation at a time, so the
                  * wait timeout is honoured at operation boundaries */
                 while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE) &&
-                       mc_now_us() < deadline) {
+                       (!clock || mc_now_us() < deadline)) {
                     pthread_mutex_lock(&c->qlock);
                     mc_request_t *q = c->qhead;
                     if (q) {
@@ -3355,7 +3361,8 @@ static mc_status_t coll_issue(mc_comm_t *c, mc_request_t *r, int async,
                         "destroyed");
     }
     r->seq = c->next_seq++;
-    r->t_issue = mc_now_us();
+    /* read by the progress thread only (its grace before it runs r) */
+    r->t_issue = async || c->thread_started ? mc_now_us() : 0;
     if (c->qtail)
         c->qtail->next = r;
     else
