@@ -149,13 +149,16 @@ static char fault_point[64];
 static long long fault_left;
 static int fault_stop; /* ":stop": SIGSTOP instead of SIGKILL */
 static long fault_sleep_ms; /* ":sleep=<ms>": sleep there instead */
+static int fault_fail;      /* ":fail": an MC_FAULT_FAIL point */
 static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
 
-void mc_fault_point_(const char *point)
+/* Counts a pass at `point` if the armed spec names it and is of the kind
+ * (fail: an MC_FAULT_FAIL point); 1 at the n-th. */
+static int fault_hit(const char *point, int fail)
 {
     pthread_mutex_lock(&fault_lock);
     if (mc_fault_armed_ < 0) {
-        /* <point>:<n>[:stop|:sleep=<ms>] */
+        /* <point>:<n>[:stop|:sleep=<ms>|:fail] */
         const char *v = getenv("MOONCAKE_FAULT_INJECT");
         const char *colon = v ? strchr(v, ':') : NULL;
         mc_fault_armed_ = 0;
@@ -165,14 +168,28 @@ void mc_fault_point_(const char *point)
             fault_point[colon - v] = '\0';
             fault_left = strtoll(colon + 1, &end, 10);
             fault_stop = end && !strcmp(end, ":stop");
+            fault_fail = end && !strcmp(end, ":fail");
             if (end && !strncmp(end, ":sleep=", 7))
                 fault_sleep_ms = strtol(end + 7, NULL, 10);
             mc_fault_armed_ = fault_left > 0;
         }
     }
-    int hit = mc_fault_armed_ == 1 && !strcmp(point, fault_point) &&
-              --fault_left == 0;
+    int hit = mc_fault_armed_ == 1 && fault_fail == fail &&
+              !strcmp(point, fault_point) && --fault_left == 0;
     pthread_mutex_unlock(&fault_lock);
+    return hit;
+}
+
+int mc_fault_fail_(const char *point)
+{
+    int hit = fault_hit(point, 1);
+    if (hit) mc_log(MC_LOG_INFO, "fault injection: failure at %s", point);
+    return hit;
+}
+
+void mc_fault_point_(const char *point)
+{
+    int hit = fault_hit(point, 0);
     if (hit && fault_sleep_ms > 0) {
         mc_log(MC_LOG_INFO, "fault injection: sleep %ld ms at %s",
                fault_sleep_ms, point);

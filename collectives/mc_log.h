@@ -62,14 +62,21 @@ const char *mc_env_str(const char *name, const char *def);
  * <point>:<n>:stop makes it SIGSTOP itself instead (a silent failure at an
  * exact place), and <point>:<n>:sleep=<ms> makes it sleep there (a rank
  * held at an exact place while its peers go on). Costs one load when
- * unset. Points: see the MC_FAULT_POINT calls. */
+ * unset. Points: see the MC_FAULT_POINT calls.
+ * <point>:<n>:fail arms an MC_FAULT_FAIL point instead: the n-th time it
+ * is reached it yields 1, and the caller acts as if what it guards failed
+ * (a resource that could not be had). */
 void mc_fault_point_(const char *point);
+int mc_fault_fail_(const char *point);
 extern int mc_fault_armed_; /* -1 unknown, 0 off, 1 on */
 #define MC_FAULT_POINT(point)                                                  \
     do {                                                                       \
         if (__atomic_load_n(&mc_fault_armed_, __ATOMIC_RELAXED))               \
             mc_fault_point_(point);                                            \
     } while (0)
+#define MC_FAULT_FAIL(point)                                                   \
+    (__atomic_load_n(&mc_fault_armed_, __ATOMIC_RELAXED) &&                    \
+     mc_fault_fail_(point))
 
 #ifdef __cplusplus
 }

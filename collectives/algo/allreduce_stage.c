@@ -270,8 +270,10 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
     size_t need = pl->cap * (size_t)n;
 
     /* 1. own region; put into the peers' regions as we know them; tell */
-    mc_stage_info_t own;
-    pl->reg[r] = mc_cx_stage_own(cx, need, &own);
+    mc_stage_info_t own = {0};
+    pl->reg[r] = MC_FAULT_FAIL("allreduce.stage.own")
+                     ? NULL /* tests: as if no staging memory were had */
+                     : mc_cx_stage_own(cx, need, &own);
     if (pl->reg[r]) pl->res[r] = (size_t)own.size - MC_STAGE_HDR - pl->cap;
     for (int v = 0; v < n; v++)
         pl->snd[v] = (stage_hello_t){.info = own, .used = 0};
@@ -336,10 +338,12 @@ mc_status_t mc_algo_allreduce_stage(mc_cctx_t *cx)
                         (char *)pl->flag, sizeof(uint64_t));
     if (st < 0) return st;
     for (int v = 0; v < n; v++)
-        if (!pl->flag[v])
+        if (!pl->flag[v]) {
+            MC_FAULT_POINT("allreduce.stage.fallback");
             return rs ? mc_algo_reduce_scatterv_ring(cx)
                    : a->coll == MC_COLL_REDUCE ? mc_algo_reduce_chain(cx)
                                                : mc_algo_allreduce_ring(cx);
+        }
 
     MC_FAULT_POINT("allreduce.stage.done");
     /* 3. every result exists: copy out once the op is decided */

@@ -37,6 +37,15 @@
  * rank 1 in op 2 (no quorum: its report lands in rank 1's stream) and
  * exits. Resumed, rank 1 reads the report and finds rank 0 dead: it must
  * not re-run op 1 in a view without rank 0, which returned it in view 1.
+ * fallback_pair_shm_2 (a kill, here beside the other pair cases): a
+ * 2-rank reduce_scatter of 2 x 320 KB, staged; rank 0's staging memory
+ * "cannot be had" (allreduce.stage.own:1:fail), so both fall back to the
+ * ring after the staged path's frames, and rank 1 dies before its ring
+ * frame (allreduce.stage.fallback:1). That ring exchange is not the
+ * attempt's first, so it keeps the final barrier: rank 0 must re-run the
+ * op over {0} (success in view 2, its own block), not fail it as if rank 1
+ * might have returned it (a whole frame of rank 1's, the staged path's,
+ * had reached it).
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -563,6 +572,97 @@ static void report_pair_shm_2(void **state)
     assert_int_equal(problems, 0);
 }
 
+typedef struct {
+    int32_t st; /* 1: not reached */
+    uint64_t ep;
+    int64_t wrong;
+} fb_rec_t;
+
+#define FB_COUNT ((size_t)40000) /* int64 per block */
+
+static void fallback_rank(int rank, const char *dir, fb_rec_t *rec)
+{
+    setenv("MOONCAKE_FAULT_INJECT",
+           rank == 0 ? "allreduce.stage.own:1:fail"
+                     : "allreduce.stage.fallback:1",
+           1);
+    mc_comm_h comm;
+    if (open_pair(rank, dir, 20000, &comm) != MC_OK) _exit(3);
+    if (mc_comm_barrier(comm) != MC_OK) _exit(4);
+    int64_t *in = malloc(2 * FB_COUNT * sizeof(int64_t));
+    int64_t *out = malloc(FB_COUNT * sizeof(int64_t));
+    if (!in || !out) _exit(5);
+    for (size_t i = 0; i < 2 * FB_COUNT; i++)
+        in[i] = ((int64_t)1 << rank) * g_of(7, (int)i);
+    for (size_t i = 0; i < FB_COUNT; i++)
+        out[i] = -1;
+    mc_status_t st =
+        mc_comm_reduce_scatter(comm, in, out, FB_COUNT, MC_INT64, MC_SUM);
+    uint64_t ep = 0;
+    mc_comm_op_view(comm, &ep, NULL, NULL);
+    int64_t wrong = 0; /* against our block over {rank} */
+    for (size_t i = 0; i < FB_COUNT; i++)
+        wrong += out[i] != in[(size_t)rank * FB_COUNT + i];
+    rec[rank] = (fb_rec_t){.st = st, .ep = ep, .wrong = wrong};
+    printf("  rank %d: %s in view %llu, %lld of %zu differ from its own "
+           "block%s%s\n",
+           rank, mc_status_str(st), (unsigned long long)ep, (long long)wrong,
+           FB_COUNT, st == MC_OK ? "" : ": ",
+           st == MC_OK ? "" : mc_comm_last_error(comm));
+    fflush(stdout);
+    _exit(0);
+}
+
+static void fallback_pair_shm_2(void **state)
+{
+    (void)state;
+    const char *v;
+    if (((v = getenv("MOONCAKE_ALGO_REDUCE_SCATTER")) && *v) ||
+        ((v = getenv("MOONCAKE_SHM_STAGE_MIN")) && *v) ||
+        ((v = getenv("MOONCAKE_SHM_STAGE_MAX")) && *v)) {
+        printf("  skipped: the staged reduce_scatter is not the default "
+               "here\n");
+        skip();
+    }
+    fb_rec_t *rec = mmap(NULL, 2 * sizeof(fb_rec_t), PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(rec != MAP_FAILED);
+    rec[0].st = rec[1].st = 1;
+    char *d = mc_test_mkdtemp();
+    assert_non_null(d);
+    fflush(NULL);
+    pid_t pid[2];
+    for (int r = 0; r < 2; r++)
+        if ((pid[r] = fork()) == 0) fallback_rank(r, d, rec);
+    int64_t t0 = now_ns(), lim = (int64_t)ST_DEADLINE_S * 1000000000;
+    int ws[2] = {0, 0}, left = 2, problems = 0;
+    while (left && now_ns() - t0 < lim) {
+        for (int r = 0; r < 2; r++)
+            if (pid[r] && waitpid(pid[r], &ws[r], WNOHANG) == pid[r]) {
+                pid[r] = 0;
+                left--;
+            }
+        usleep(1000);
+    }
+    for (int r = 0; r < 2; r++)
+        if (pid[r]) {
+            kill(pid[r], SIGKILL);
+            waitpid(pid[r], NULL, 0);
+            PROB("rank %d did not finish within %d s", r, ST_DEADLINE_S);
+        }
+    if (!WIFSIGNALED(ws[1]) || WTERMSIG(ws[1]) != SIGKILL)
+        PROB("rank 1 did not die at its fault point (status 0x%x)", ws[1]);
+    if (rec[0].st != MC_OK || rec[0].ep != 2 || rec[0].wrong)
+        PROB("rank 0: status %d in view %llu with %lld wrong; want success "
+             "in view 2 with its own block",
+             rec[0].st, (unsigned long long)rec[0].ep,
+             (long long)rec[0].wrong);
+    munmap(rec, 2 * sizeof(fb_rec_t));
+    mc_test_rmtree(d);
+    free(d);
+    assert_int_equal(problems, 0);
+}
+
 static void stop_shm_3(void **s)
 {
     (void)s, run_stop(3, MC_TRANSPORT_SHM, 0);
@@ -600,6 +700,7 @@ int main(void)
         cmocka_unit_test(stop_shm_2),
         cmocka_unit_test(late_pair_shm_2),
         cmocka_unit_test(late_frame_shm_2),
+        cmocka_unit_test(fallback_pair_shm_2),
         cmocka_unit_test(report_pair_shm_2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
