@@ -189,7 +189,7 @@ struct mc_request {
     /* collectives */
     mc_coll_args_t args;
     uint64_t seq;
-    int64_t t_issue; /* mc_now_us() when queued */
+    int64_t t_issue; /* mc_now_us() when queued (0: no thread could read it) */
     int admit_point; /* mc_comm_admit: joiners may enter after this op */
     int admitted;    /* joiners the admission round after it added */
     /* point-to-point */
@@ -3218,10 +3218,10 @@ mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
     int64_t deadline = mc_deadline_us(timeout_ms);
     /* an unlimited wait for a collective needs no clock (a blocking call's
      * wait, once per operation) */
-    int clock = deadline != INT64_MAX || r->kind != R_COLL;
-    int64_t idle_since = clock ? mc_now_us() : 0;
+    int timed = deadline != INT64_MAX || r->kind != R_COLL;
+    int64_t idle_since = timed ? mc_now_us() : 0;
     while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
-        int64_t now = clock ? mc_now_us() : 0;
+        int64_t now = timed ? mc_now_us() : 0;
         if (now >= deadline)
             return mc_err(MC_ERR_TIMEOUT,
                           "mc_request_wait: not finished within %lld ms",
@@ -3234,10 +3234,9 @@ mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
              * calls) run inline, with no thread hand-off. */
             if (timeout_ms >= 0 && !c->thread_started) start_thread(c);
             if (timeout_ms < 0 && pthread_mutex_trylock(&c->exec_lock) == 0) {
-                /* run the queue inline, one operation at a time, so the
-                 * wait timeout is honoured at operation boundaries */
-                while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE) &&
-                       (!clock || mc_now_us() < deadline)) {
+                /* run the queue inline, one operation at a time, up to
+                 * ours */
+                while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
                     pthread_mutex_lock(&c->qlock);
                     mc_request_t *q = c->qhead;
                     if (q) {
