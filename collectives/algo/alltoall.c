@@ -21,7 +21,13 @@
  * dissemination barrier: every rank then depends on every other rank
  * having accepted all its frames, and a length mismatch fails the call on
  * all ranks (as the engine's abort reaches them) instead of just one.
- * alltoall's count is in the descriptor, so its own frames suffice.
+ * alltoall's count is in the descriptor, so its own frames suffice. With
+ * fault tolerance the engine's final barrier follows (mc_cx_pair_exchange
+ * is not called for alltoallv) and does the same: every rank enters it
+ * only once its own frames are done, and a rank whose receive failed
+ * sends its abort instead, which fails the others' wait. So the
+ * algorithm's barrier would be a second round for nothing, and is left
+ * out there.
  */
 #include "algo.h"
 
@@ -96,7 +102,7 @@ mc_status_t mc_algo_alltoallv_pairwise(mc_cctx_t *cx)
         st = mc_cx_wait(cx, sh[k % W]);
         if (st < 0) return st;
     }
-    if (a->coll == MC_COLL_ALLTOALLV && n > 1)
+    if (a->coll == MC_COLL_ALLTOALLV && n > 1 && !mc_cx_ft(cx))
         return mc_algo_barrier_dissemination(cx);
     return mc_cx_waitall(cx);
 }

@@ -72,6 +72,7 @@ typedef enum {
     KO_A2A, /* alltoall int64 */
     KO_BAR, /* barrier */
     KO_RED, /* reduce int64 SUM to rank 0 */
+    KO_A2AV, /* alltoallv int64, even counts: KO_A2A through the v call */
 } kt_opk_t;
 
 static const char *const opk_names[] = {
@@ -79,7 +80,7 @@ static const char *const opk_names[] = {
     [KO_F64] = "allreduce(f64,sum)", [KO_AG] = "allgather",
     [KO_RS] = "reduce_scatter",      [KO_BC] = "broadcast",
     [KO_A2A] = "alltoall",           [KO_BAR] = "barrier",
-    [KO_RED] = "reduce(i64,sum)",
+    [KO_RED] = "reduce(i64,sum)",    [KO_A2AV] = "alltoallv",
 };
 
 #define KT_ROOT_VICTIM (-1) /* the broadcast root is the (first) victim */
@@ -97,6 +98,7 @@ typedef enum {
     W_RS,
     W_BC,
     W_A2A,
+    W_A2AV,
     W_BAR,
     W_MIX,         /* every collective in turn */
     W_BC_DEADROOT, /* broadcast from the victim, then an allreduce */
@@ -182,6 +184,9 @@ static const kt_scn_t scenarios[] = {
     {"broadcast_tcp_3",       3, TCP, W_BC,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
     {"alltoall_tcp_4",        4, TCP, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1 << 14,   0, NULL},
     {"alltoall_shm_3",        3, SHM, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    /* alltoallv with fault tolerance ends on the final barrier alone */
+    {"alltoallv_shm_3",       3, SHM, W_A2AV,        K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"alltoallv_tcp_2",       2, TCP, W_A2AV,        K_RANDOM,   -1, 0, 0,  40, 1 << 12,   0, NULL},
     {"reduce_shm_4",          4, SHM, W_RED,         K_RANDOM,   -1, 0, 0,  40, 1 << 18,   0, NULL},
     {"reduce_tcp_3",          3, TCP, W_RED,         K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
   /* killed after it passed on its first chunk of the reduce chain: the
@@ -302,6 +307,9 @@ static int workload(const kt_scn_t *sc, kt_op_t *ops)
     case W_A2A:
         ops[0] = (kt_op_t){KO_A2A, b, 0};
         return 1;
+    case W_A2AV:
+        ops[0] = (kt_op_t){KO_A2AV, b, 0};
+        return 1;
     case W_BAR:
         ops[0] = (kt_op_t){KO_BAR, 0, 0};
         return 1;
@@ -332,7 +340,8 @@ static size_t buf_elems(const kt_op_t *ops, int nops, int size)
     size_t m = 1;
     for (int i = 0; i < nops; i++) {
         size_t e = ops[i].n;
-        if (ops[i].k == KO_AG || ops[i].k == KO_RS || ops[i].k == KO_A2A)
+        if (ops[i].k == KO_AG || ops[i].k == KO_RS || ops[i].k == KO_A2A ||
+            ops[i].k == KO_A2AV)
             e *= (size_t)size;
         if (e > m) m = e;
     }
@@ -477,7 +486,7 @@ typedef struct kt_child {
 
 static int has_inplace(kt_opk_t k)
 {
-    return k != KO_A2A && k != KO_BAR;
+    return k != KO_A2A && k != KO_A2AV && k != KO_BAR;
 }
 
 static int op_root(const kt_child_t *c, const kt_op_t *op)
@@ -548,12 +557,20 @@ static mc_status_t step_issue(kt_child_t *c, const kt_op_t *op, uint64_t key,
         return mc_comm_broadcast(comm, in, r, cnt, MC_INT64, root);
     }
     case KO_A2A:
+    case KO_A2AV: {
         for (size_t i = 0; i < cnt * (size_t)n; i++)
             r[i] = KT_POISON;
         for (int j = 0; j < n; j++)
             for (size_t i = 0; i < cnt; i++)
                 s[(size_t)j * cnt + i] = enc2(me, j, key, i);
-        return mc_comm_alltoall(comm, s, r, cnt, MC_INT64);
+        if (op->k == KO_A2A) return mc_comm_alltoall(comm, s, r, cnt, MC_INT64);
+        size_t vc[KT_MAXR], vd[KT_MAXR];
+        for (int j = 0; j < n; j++) {
+            vc[j] = cnt;
+            vd[j] = (size_t)j * cnt;
+        }
+        return mc_comm_alltoallv(comm, s, vc, vd, r, vc, vd, MC_INT64);
+    }
     case KO_BAR:
         return mc_comm_barrier(comm);
     }
@@ -666,6 +683,7 @@ static void step_verify(kt_child_t *c, const kt_op_t *op, uint64_t key, int ip,
         break;
     }
     case KO_A2A:
+    case KO_A2AV:
         len = cnt * (size_t)n;
         for (int j = 0; j < n; j++)
             for (size_t i = 0; i < cnt; i++) {

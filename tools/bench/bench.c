@@ -42,13 +42,14 @@ enum bench_op {
     OP_GATHER,
     OP_SCATTER,
     OP_ALLTOALL,
+    OP_ALLTOALLV,
     OP_BARRIER,
     OP_COUNT
 };
 
 static const char *const bench_op_names[OP_COUNT] = {
     "allreduce", "allgather", "reduce_scatter", "broadcast", "reduce",
-    "gather",    "scatter",   "alltoall",       "barrier",
+    "gather",    "scatter",   "alltoall",       "alltoallv", "barrier",
 };
 
 struct bench_opts {
@@ -95,7 +96,8 @@ static void usage(FILE *f)
 "  -n, --iters N           timed iterations per size (default 20)\n"
 "  -w, --warmup_iters N    untimed warm-up iterations (default 5)\n"
 "  -o, --op OP             allreduce|allgather|reduce_scatter|broadcast|reduce|\n"
-"                          gather|scatter|alltoall|barrier (default allreduce)\n"
+"                          gather|scatter|alltoall|alltoallv|barrier\n"
+"                          (default allreduce)\n"
 "  -d, --datatype TYPE     int8 uint8 int16 uint16 int32 uint32 int64 uint64\n"
 "                          bool float16 bfloat16 float32 float64 float8_e4m3\n"
 "                          float8_e5m2 (default float32)\n"
@@ -136,6 +138,7 @@ static void usage(FILE *f)
 "  allgather, gather:  size = the gathered output, count = size/(ranks*elt)\n"
 "  reduce_scatter, scatter: size = the full input, count = size/(ranks*elt)\n"
 "  alltoall: size = the send buffer, count = size/(ranks*elt) per peer\n"
+"  alltoallv: as alltoall, through the v call with even counts\n"
 "algbw = size / time; busbw = algbw * factor with factor 2(n-1)/n for\n"
 "allreduce, (n-1)/n for allgather, reduce_scatter and alltoall, 1 for\n"
 "broadcast, reduce, gather and scatter. Time is the average per iteration\n"
@@ -749,6 +752,7 @@ static void layout_for(const struct rank_ctx *c, uint64_t size,
         l->recv_bytes = l->count * e;
         break;
     case OP_ALLTOALL:
+    case OP_ALLTOALLV:
         l->count = size / (e * n);
         l->send_bytes = l->recv_bytes = l->count * e * n;
         break;
@@ -768,6 +772,7 @@ static double busbw_factor(enum bench_op op, int n)
     case OP_ALLGATHER:
     case OP_REDUCE_SCATTER:
     case OP_ALLTOALL:
+    case OP_ALLTOALLV:
     case OP_GATHER: /* as nccl-tests: only (n-1)/n of the data moves */
     case OP_SCATTER:
         return (double)(n - 1) / n;
@@ -780,7 +785,7 @@ static double busbw_factor(enum bench_op op, int n)
 
 static int has_inplace(enum bench_op op)
 {
-    return op != OP_ALLTOALL && op != OP_BARRIER;
+    return op != OP_ALLTOALL && op != OP_ALLTOALLV && op != OP_BARRIER;
 }
 
 /* Buffers for one call: in place as NCCL defines it per operation. */
@@ -833,6 +838,14 @@ static mc_status_t run_once(const struct rank_ctx *c, const struct layout *l,
         return mc_comm_scatter(comm, s, r, l->count, o->dtype, o->root);
     case OP_ALLTOALL:
         return mc_comm_alltoall(comm, s, r, l->count, o->dtype);
+    case OP_ALLTOALLV: {
+        static size_t vc[BENCH_MAX_RANKS], vd[BENCH_MAX_RANKS];
+        for (int j = 0; j < c->n; j++) {
+            vc[j] = l->count;
+            vd[j] = (size_t)j * l->count;
+        }
+        return mc_comm_alltoallv(comm, s, vc, vd, r, vc, vd, o->dtype);
+    }
     default:
         return mc_comm_barrier(comm);
     }
@@ -918,6 +931,7 @@ static void fill_inputs(const struct rank_ctx *c, const struct layout *l,
                     put(s + b * cnt * e, i, dt, mov_in(p, (int)b, 0, i));
         break;
     case OP_ALLTOALL:
+    case OP_ALLTOALLV:
         fill_garbage(r, cnt * n, dt);
         for (size_t j = 0; j < n; j++)
             for (size_t i = 0; i < cnt; i++)
@@ -966,6 +980,7 @@ static int64_t check_op(const struct rank_ctx *c, const struct layout *l,
         wrong = count_wrong(r, cnt, dt, want_mov, p, me, 0);
         break;
     case OP_ALLTOALL:
+    case OP_ALLTOALLV:
         /* block j came from rank j, which sent its block `me` */
         for (size_t j = 0; j < n; j++)
             wrong += count_wrong(r + j * cnt * e, cnt, dt, want_mov, p, (int)j,
