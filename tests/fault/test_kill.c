@@ -186,7 +186,7 @@ static const kt_scn_t scenarios[] = {
     {"alltoall_shm_3",        3, SHM, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
     /* alltoallv with fault tolerance ends on the final barrier alone */
     {"alltoallv_shm_3",       3, SHM, W_A2AV,        K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
-    {"alltoallv_tcp_2",       2, TCP, W_A2AV,        K_RANDOM,   -1, 0, 0,  40, 1 << 12,   0, NULL},
+    {"alltoallv_tcp_2",       2, TCP, W_A2AV,        K_RANDOM,   -1, 0, 0,  40, 1 << 12,   300, NULL},
     {"reduce_shm_4",          4, SHM, W_RED,         K_RANDOM,   -1, 0, 0,  40, 1 << 18,   0, NULL},
     {"reduce_tcp_3",          3, TCP, W_RED,         K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
   /* killed after it passed on its first chunk of the reduce chain: the
