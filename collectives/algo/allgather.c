@@ -43,14 +43,10 @@ mc_status_t mc_algo_allgatherv_ring(mc_cctx_t *cx)
     mc_blocks_get(&bl, r, &off, &len);
     mc_algo_copy(mc_algo_at(out, off, es), a->sendbuf, len * es);
     if (n == 1) return MC_OK;
-    if (n == 2) {
-        /* One frame each way: this exchange confirms the op (no final
-         * barrier; comm.c, pair confirmation). */
-        size_t poff, plen;
-        mc_blocks_get(&bl, next, &poff, &plen);
-        if (mc_chunk_count(len, ce) == 1 && mc_chunk_count(plen, ce) == 1)
-            mc_cx_pair_exchange(cx);
-    }
+    /* Two blocks of one chunk: one frame each way, which confirms the op
+     * (no final barrier; comm.c, pair confirmation). */
+    if (n == 2 && mc_chunk_count(mc_blocks_max(&bl), ce) == 1)
+        mc_cx_pair_exchange(cx);
     for (size_t c = 0, nck = mc_chunk_count(len, ce); c < nck; c++) {
         size_t coff, clen;
         mc_chunk_range(len, ce, c, &coff, &clen);

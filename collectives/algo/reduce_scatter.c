@@ -104,14 +104,9 @@ mc_status_t mc_algo_reduce_scatterv_ring(mc_cctx_t *cx)
 
     /* Step 0: our input's block (r - 1) goes out as it is. */
     mc_blocks_get(&bl, mc_algo_mod((long long)r - 1, n), &off, &len);
-    if (n == 2) {
-        /* One frame each way: this exchange confirms the op (no final
-         * barrier; comm.c, pair confirmation). */
-        size_t roff, rlen;
-        mc_blocks_get(&bl, r, &roff, &rlen);
-        if (mc_chunk_count(len, ce) == 1 && mc_chunk_count(rlen, ce) == 1)
-            mc_cx_pair_exchange(cx);
-    }
+    /* Two blocks of one chunk: one frame each way, which confirms the op
+     * (no final barrier; comm.c, pair confirmation). */
+    if (n == 2 && maxnck == 1) mc_cx_pair_exchange(cx);
     for (size_t c = 0, nck = mc_chunk_count(len, ce); c < nck; c++) {
         size_t coff, clen;
         mc_chunk_range(len, ce, c, &coff, &clen);
