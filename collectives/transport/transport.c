@@ -44,3 +44,15 @@ mc_status_t mc_tl_stub_peek(mc_tl_t *tl, int peer, int slot, uint64_t *value_p)
     (void)tl, (void)peer, (void)slot, (void)value_p;
     return MC_ERR_UNSUPPORTED;
 }
+
+mc_status_t mc_tl_stub_sent_held(mc_tl_t *tl, int peer, int ch)
+{
+    (void)tl, (void)peer, (void)ch;
+    return MC_ERR_UNSUPPORTED;
+}
+
+mc_status_t mc_tl_stub_ack_now(mc_tl_t *tl, int peer, int ch)
+{
+    (void)tl, (void)peer, (void)ch;
+    return MC_ERR_UNSUPPORTED;
+}

@@ -203,15 +203,25 @@ typedef struct mc_tl_ops {
      * fails only for a peer without a connection (MC_ERR_PEER_FAILED) or
      * a bad argument. signal to a gone peer fails with MC_ERR_PEER_FAILED.
      * The engine's final barrier of fault tolerance uses them when every
-     * peer of the view supports them (one word instead of a frame).
-     * A transport with signals also promises that a send which completed
-     * is read by the peer even if the sender dies right after (shm: the
-     * bytes are in the peer's ring; verbs: a successful completion of a
-     * write); the pair confirmation of fault tolerance relies on it
-     * (docs/design.md). TCP cannot promise it: a dying process with
-     * unread bytes resets its connections and drops its send queue. */
+     * peer of the view supports them (one word instead of a frame). */
     mc_status_t (*signal)(mc_tl_t *tl, int peer, int slot, uint64_t value);
     mc_status_t (*peek)(mc_tl_t *tl, int peer, int slot, uint64_t *value_p);
+
+    /* Held sends (the pair confirmation of fault tolerance, docs/design.md
+     * "Pair confirmation"). sent_held: MC_OK once every byte of the
+     * outgoing (peer, ch) stream whose send completed is held where the
+     * peer reads it even if this process dies now (shm: at once, the
+     * bytes are in the peer's ring; tcp: once the peer's kernel has
+     * acknowledged them: a dying process with unread bytes resets its
+     * connections and drops its unacknowledged send queue, while the
+     * peer's receive queue survives the reset); MC_INPROGRESS while not
+     * yet (nothing wakes wait() for it: the caller polls); MC_ERR_PEER_FAILED
+     * once the peer is known dead. ack_now: this rank has read what it
+     * waited for on (peer, ch); acknowledge it now rather than after a
+     * delay (tcp: TCP_QUICKACK), so the peer's sent_held turns MC_OK soon.
+     * Neither moves bytes or runs callbacks. */
+    mc_status_t (*sent_held)(mc_tl_t *tl, int peer, int ch);
+    mc_status_t (*ack_now)(mc_tl_t *tl, int peer, int ch);
 
     /* One-sided, registered memory (verbs, cuda). */
     mc_status_t (*mem_reg)(mc_tl_t *tl, void *addr, size_t len, mc_mr_t **mr_p);
@@ -229,6 +239,8 @@ mc_status_t mc_tl_stub_mem_reg(mc_tl_t *tl, void *addr, size_t len,
 mc_status_t mc_tl_stub_mem_dereg(mc_tl_t *tl, mc_mr_t *mr);
 mc_status_t mc_tl_stub_signal(mc_tl_t *tl, int peer, int slot, uint64_t value);
 mc_status_t mc_tl_stub_peek(mc_tl_t *tl, int peer, int slot, uint64_t *value_p);
+mc_status_t mc_tl_stub_sent_held(mc_tl_t *tl, int peer, int ch);
+mc_status_t mc_tl_stub_ack_now(mc_tl_t *tl, int peer, int ch);
 mc_status_t mc_tl_stub_add_peer(mc_tl_t *tl, int peer, uint64_t incarnation,
                                 int64_t timeout_ms);
 mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src, mc_mr_t *lmr,

@@ -997,6 +997,131 @@ static void test_eos_exit_large(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Held sends (sent_held, ack_now: the pair confirmation). With 16 KiB
+ * socket buffers, rank 1 sends 256 KiB on coll that rank 0 does not read
+ * yet: sent_held must say "not yet" while bytes wait in rank 1's kernel
+ * (it does not read the peer's buffers: it asks its own). rank 0 then
+ * reads it all and calls ack_now, and sent_held must turn MC_OK. Then the
+ * case the engine relies on: rank 0 sends 100 bytes that rank 1 never
+ * reads (so rank 1's exit resets the connection and drops its send
+ * queue), rank 1 sends a frame, waits until sent_held says the frame is
+ * held, and exits at once. rank 0 reads nothing until it knows rank 1 is
+ * dead; the frame must still arrive whole, then the stream ends. */
+
+#define T_HELD_BIG ((size_t)256 << 10)
+#define T_HELD_FRAME 6000
+
+static int held_wait(mc_tl_t *tl, int peer, int64_t timeout_ms)
+{
+    int64_t deadline = mc_now_us() + timeout_ms * 1000;
+    mc_status_t st;
+    while ((st = ops->sent_held(tl, peer, MC_CH_COLL)) == MC_INPROGRESS &&
+           mc_now_us() < deadline) {
+        ops->progress(tl);
+        ops->wait(tl, 1000);
+    }
+    return st == MC_OK ? 0 : -1;
+}
+
+static int body_held(int rank, int size, void *arg)
+{
+    t_ctx_t *c = arg;
+    (void)size;
+    setenv("MOONCAKE_TCP_BUF_BYTES", "16384", 1);
+    mc_store_h store;
+    mc_tl_t *tl;
+    if (t_open(c, c->dir, rank, 2, T_TIMEOUT_MS, &store, &tl) != MC_OK)
+        return MC_TFAIL(rank, "open: %s", mc_last_error());
+    uint8_t *big = malloc(T_HELD_BIG), frame[T_HELD_FRAME], junk[100];
+    if (!big) return MC_TFAIL(rank, "malloc");
+    char flag = 1;
+    size_t len = 0;
+    int rc = 0;
+    if (rank == 1) {
+        t_fill(big, T_HELD_BIG, 1, 0, MC_CH_COLL, 0);
+        mc_xfer_t x = {.buf = big, .len = T_HELD_BIG};
+        if (ops->sent_held(tl, 0, MC_CH_COLL) != MC_OK)
+            return MC_TFAIL(rank, "nothing sent yet, but not held");
+        if (ops->post_send(tl, 0, MC_CH_COLL, &x) != MC_OK)
+            return MC_TFAIL(rank, "post_send: %s", mc_last_error());
+        for (int i = 0; i < 10; i++) {
+            ops->progress(tl);
+            usleep(10000);
+        }
+        if (x.status != MC_INPROGRESS)
+            return MC_TFAIL(rank, "256 KiB went into 16 KiB buffers");
+        if (ops->sent_held(tl, 0, MC_CH_COLL) != MC_INPROGRESS)
+            return MC_TFAIL(rank, "unread bytes reported held");
+        mc_store_set(store, "held/waiting", &flag, 1);
+        if (t_wait_one(tl, &x, T_TIMEOUT_MS) != 0 || x.status != MC_OK)
+            return MC_TFAIL(rank, "big send: status %d", x.status);
+        if (held_wait(tl, 0, 5000) != 0)
+            return MC_TFAIL(rank, "read and acknowledged, yet not held "
+                                  "within 5 s");
+        /* rank 0's 100 bytes are in our kernel, unread */
+        if (mc_store_get(store, "held/junk", T_TIMEOUT_MS, &flag, 1, &len) !=
+            MC_OK)
+            return MC_TFAIL(rank, "rank 0 never sent its bytes");
+        t_fill(frame, T_HELD_FRAME, 1, 0, MC_CH_COLL, 777);
+        mc_xfer_t fx = {.buf = frame, .len = T_HELD_FRAME};
+        if (ops->post_send(tl, 0, MC_CH_COLL, &fx) != MC_OK ||
+            t_wait_one(tl, &fx, T_TIMEOUT_MS) != 0 || fx.status != MC_OK)
+            return MC_TFAIL(rank, "frame send: status %d", fx.status);
+        if (held_wait(tl, 0, 5000) != 0)
+            return MC_TFAIL(rank, "frame not held within 5 s");
+        _exit(0); /* unread bytes: the kernel resets the connection */
+    }
+    if (mc_store_get(store, "held/waiting", T_TIMEOUT_MS, &flag, 1, &len) !=
+        MC_OK)
+        return MC_TFAIL(rank, "rank 1 never reported its send waiting");
+    mc_xfer_t x = {.buf = big, .len = T_HELD_BIG};
+    if (ops->post_recv(tl, 1, MC_CH_COLL, &x) != MC_OK ||
+        t_wait_one(tl, &x, T_TIMEOUT_MS) != 0 || x.status != MC_OK ||
+        t_check(big, T_HELD_BIG, 1, 0, MC_CH_COLL, 0) >= 0)
+        rc = MC_TFAIL(rank, "big receive: status %d", x.status);
+    ops->ack_now(tl, 1, MC_CH_COLL);
+    memset(junk, 0x5a, sizeof(junk));
+    mc_xfer_t jx = {.buf = junk, .len = sizeof(junk)};
+    if (!rc && (ops->post_send(tl, 1, MC_CH_COLL, &jx) != MC_OK ||
+                t_wait_one(tl, &jx, T_TIMEOUT_MS) != 0 || jx.status != MC_OK))
+        rc = MC_TFAIL(rank, "junk send: status %d", jx.status);
+    if (!rc) mc_store_set(store, "held/junk", &flag, 1);
+    /* read nothing until rank 1 is known dead */
+    int64_t t0 = mc_now_us();
+    while (!rc && ops->peer_status(tl, 1) == MC_OK &&
+           mc_now_us() - t0 < 10000000) {
+        ops->progress(tl);
+        ops->wait(tl, 10000);
+    }
+    if (!rc && ops->peer_status(tl, 1) != MC_ERR_PEER_FAILED)
+        rc = MC_TFAIL(rank, "rank 1's exit not seen within 10 s");
+    if (!rc && ops->sent_held(tl, 1, MC_CH_COLL) != MC_ERR_PEER_FAILED)
+        rc = MC_TFAIL(rank, "sent_held to a dead peer: not failed");
+    memset(frame, 0, sizeof(frame));
+    mc_xfer_t fx = {.buf = frame, .len = T_HELD_FRAME};
+    if (!rc && (ops->post_recv(tl, 1, MC_CH_COLL, &fx) != MC_OK ||
+                t_wait_one(tl, &fx, T_TIMEOUT_MS) != 0 ||
+                fx.status != MC_OK ||
+                t_check(frame, T_HELD_FRAME, 1, 0, MC_CH_COLL, 777) >= 0))
+        rc = MC_TFAIL(rank, "held frame lost after the reset: status %d",
+                      fx.status);
+    if (!rc && t_recv_fails(tl, 1, MC_CH_COLL, 1) != 0)
+        rc = MC_TFAIL(rank, "receive past the end did not fail");
+    free(big);
+    t_close(tl, store);
+    return rc;
+}
+
+static void test_held_reset(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 3; i++) {
+        t_ctx_t c = {0};
+        t_run(2, 60, body_held, &c);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* The bound for broken cases: rank 1 half-closes only its coll socket (as
  * if that connection alone had been reset) and keeps p2p open and silent.
  * Rank 0 sees the peer fail; a p2p receive posted then must fail after
@@ -1399,6 +1524,9 @@ static void test_bad_args(void **state)
     uint64_t sv;
     assert_int_equal(ops->signal(tl, 1, 0, 1), MC_ERR_UNSUPPORTED);
     assert_int_equal(ops->peek(tl, 1, 0, &sv), MC_ERR_UNSUPPORTED);
+    assert_int_equal(ops->sent_held(tl, 2, 0), MC_ERR_INVALID_ARG);
+    assert_int_equal(ops->sent_held(tl, 1, 2), MC_ERR_INVALID_ARG);
+    assert_int_equal(ops->ack_now(tl, -1, 0), MC_ERR_INVALID_ARG);
     assert_int_equal(ops->progress(tl), 0);
     char addr[64] = {0};
     size_t len = 0;
@@ -1428,6 +1556,7 @@ int main(void)
         cmocka_unit_test(test_eos_zero_payload),
         cmocka_unit_test(test_eos_exit_large),
         cmocka_unit_test(test_eos_stall_bound),
+        cmocka_unit_test(test_held_reset),
         cmocka_unit_test(test_close_check),
         cmocka_unit_test(test_close_late),
         cmocka_unit_test(test_connect_timeout),

@@ -74,6 +74,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ifaddrs.h>
+#include <linux/sockios.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -81,6 +82,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -1849,6 +1851,42 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
     }
 }
 
+/* Acknowledged by the peer's kernel: nothing written to the socket is
+ * unacknowledged (SIOCOUTQ: written and not yet acknowledged, sent or
+ * not). Such bytes sit in the peer's receive queue, which a reset (our
+ * death with unread bytes) does not drop: the peer reads them before its
+ * stream ends (tests/test_kill ret_*_tcp_2). Bytes written later (the
+ * next operation's) count too, which only makes the answer later. A
+ * stream that ended before the peer is known dead (close check running,
+ * or cut: the peer lives) cannot tell: not yet. */
+static mc_status_t tcp_sent_held(mc_tl_t *tl, int peer, int ch)
+{
+    if (!tl || peer < 0 || peer >= tl->size || ch < 0 ||
+        ch >= MC_NUM_CHANNELS)
+        return mc_err(MC_ERR_INVALID_ARG, "tcp: sent_held: bad peer %d", peer);
+    mc_tcp_peer_t *p = &tl->peers[peer];
+    if (p->failed) return MC_ERR_PEER_FAILED;
+    const mc_tcp_stream_t *s = &p->ch[ch];
+    if (p->add || s->fd < 0 || s->tx_dead || s->cut) return MC_INPROGRESS;
+    int q = 0;
+    if (ioctl(s->fd, SIOCOUTQ, &q) != 0) return MC_INPROGRESS;
+    return q == 0 ? MC_OK : MC_INPROGRESS;
+}
+
+/* In its interactive mode the kernel delays an acknowledgement to carry it
+ * on the next data it sends (up to its delayed-ACK timer, 40 ms or more);
+ * TCP_QUICKACK sends a pending one now. */
+static mc_status_t tcp_ack_now(mc_tl_t *tl, int peer, int ch)
+{
+    if (!tl || peer < 0 || peer >= tl->size || ch < 0 ||
+        ch >= MC_NUM_CHANNELS)
+        return mc_err(MC_ERR_INVALID_ARG, "tcp: ack_now: bad peer %d", peer);
+    int fd = tl->peers[peer].ch[ch].fd, one = 1;
+    if (fd >= 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+    return MC_OK;
+}
+
 static mc_status_t tcp_peer_status(mc_tl_t *tl, int peer)
 {
     if (!tl || peer < 0 || peer >= tl->size)
@@ -1999,6 +2037,8 @@ const mc_tl_ops_t mc_tl_tcp_ops = {
     .add_peer = tcp_add_peer,
     .signal = mc_tl_stub_signal,
     .peek = mc_tl_stub_peek,
+    .sent_held = tcp_sent_held,
+    .ack_now = tcp_ack_now,
     .mem_reg = mc_tl_stub_mem_reg,
     .mem_dereg = mc_tl_stub_mem_dereg,
     .put = mc_tl_stub_put,
