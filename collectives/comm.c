@@ -881,6 +881,11 @@ static void in_event(mc_ev_t *ev)
             in->cur = NULL;
             f->status = MC_OK;
             f->state = F_DONE;
+            /* the peer returns only once this frame is held here (tcp:
+             * acknowledged): say so now, not after a delay (pair_hold) */
+            if (c->cx.pair && c->cx_active && mc_cx_pair_usable(&c->cx))
+                (void)c->tlops[c->peer_tl[in->peer]]->ack_now(
+                    c->tl[c->peer_tl[in->peer]], in->peer, MC_CH_COLL);
         } else if (in->p2p_req) {
             mc_request_t *r = in->p2p_req;
             in->p2p_req = NULL;
@@ -1570,6 +1575,11 @@ mc_status_t mc_cx_sendrecv(mc_cctx_t *cx, uint32_t step, int speer,
     MC_CHECK(mc_cx_irecv(cx, rpeer, step, rbuf, rbytes, &hr));
     MC_CHECK(mc_cx_isend(cx, speer, step, sbuf, sbytes, &hs));
     MC_FAULT_POINT("cx.sendrecv.posted");
+    if (__atomic_load_n(&mc_fault_armed_, __ATOMIC_RELAXED)) {
+        /* for tests: our part has left (tcp writes it in progress) */
+        MC_CHECK(mc_cx_wait(cx, hs));
+        MC_FAULT_POINT("cx.sendrecv.sent");
+    }
     MC_CHECK(mc_cx_wait(cx, hr));
     return mc_cx_wait(cx, hs);
 }
@@ -2582,13 +2592,15 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
     }
 }
 
-/* Pair confirmation: two ranks on one host whose algorithm exchanged
- * frames (mc_cx_pair_exchange) need no final barrier. A rank returns only
- * once its sends completed, i.e. lie in the peer's ring, which outlives
- * its writer (transport.h, signals); so if rank A returned the op, rank B
- * reads all of A's part and completes the op in this view, unless B dies
- * too -- what the barrier gives. A's sends to a dead B fail only if B
- * never got A's part, so B never returned it. With two ranks nothing is
+/* Pair confirmation: two ranks whose algorithm exchanged frames
+ * (mc_cx_pair_exchange) need no final barrier. A rank returns only once
+ * its sends are held on the peer's side, whatever becomes of the sender
+ * (transport sent_held: shm at once, the bytes lie in the peer's ring,
+ * which outlives its writer; tcp once the peer's kernel acknowledged
+ * them, pair_hold); so if rank A returned the op, rank B reads all of
+ * A's part and completes the op in this view, unless B dies too -- what
+ * the barrier gives. A's sends to a dead B fail only if B never got A's
+ * part, so B never returned it. With two ranks nothing is
  * removed on suspicion (no strict majority); etcd membership could remove
  * a live rank, so not there. A timed-out rank's peer may still complete
  * the op (exact bytes: drain_detach_sends copies), and an op that failed
@@ -2603,8 +2615,39 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
 int mc_cx_pair_usable(const mc_cctx_t *cx)
 {
     mc_comm_t *c = cx->comm;
-    return c->ft && c->ft_pair && !c->em && cx->nv == 2 &&
-           sig_barrier_usable(c, cx);
+    if (!c->ft || !c->ft_pair || c->em || cx->nv != 2 ||
+        cx->req->args.coll == MC_COLL_BARRIER)
+        return 0;
+    int p = cx->vslots[cx->vrank ^ 1], t = c->peer_tl[p];
+    return t >= 0 && c->tlops[t]->sent_held != mc_tl_stub_sent_held;
+}
+
+static int held_ready(mc_cctx_t *cx, cx_waiter_t *w)
+{
+    mc_comm_t *c = cx->comm;
+    int t = c->peer_tl[w->peer];
+    mc_status_t st = c->tlops[t]->sent_held(c->tl[t], w->peer, MC_CH_COLL);
+    if (st == MC_OK) return 1;
+    if (st < 0 && cx->failed == MC_OK)
+        cx_fail(c, st, 0,
+                "%s at seq %llu: rank %d failed before its side held this "
+                "rank's part (%s)",
+                mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
+                w->peer, mc_status_str(st));
+    return 0;
+}
+
+/* The pair's exchange ended: return only once the peer's side holds our
+ * part whatever becomes of this process (transport sent_held: shm at
+ * once; tcp once the peer's kernel acknowledged it), and first ask our
+ * side to acknowledge the peer's part now (ack_now), for its own wait. A
+ * peer that dies meanwhile fails the attempt; run_ft then completes it in
+ * this view (our exchange ended and the peer's whole frame arrived:
+ * pair_peer_may_have_returned), as the peer may have. */
+static mc_status_t pair_hold(mc_cctx_t *cx)
+{
+    cx_waiter_t w = {.ready = held_ready, .peer = cx->vslots[cx->vrank ^ 1]};
+    return cx_wait_until(cx, &w);
 }
 
 static int pair_confirms(const mc_cctx_t *cx)
@@ -2728,6 +2771,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
     int pair = st == MC_OK && c->ft && pair_skips_barrier(cx);
     if (pair) {
         cx->data_done = 1;
+        st = pair_hold(cx);
     } else if (st == MC_OK && c->ft) {
         st = ft_barrier(c, cx, &flags);
         if (st == MC_OK) cx->flags = flags;
@@ -4804,7 +4848,7 @@ static void shared_settings(const mc_comm_t *c, char *out, size_t cap)
              "MOONCAKE_ALGO_ALLREDUCE=%s;MOONCAKE_ALGO_BROADCAST=%s;"
              "MOONCAKE_ALGO_REDUCE=%s;MOONCAKE_ALGO_REDUCE_SCATTER=%s;",
              c->ft, c->ft && c->ft_signals,
-             c->ft && c->ft_signals && c->ft_pair, t->chunk_bytes,
+             c->ft && c->ft_pair, t->chunk_bytes,
              t->allreduce_small_max, t->bcast_small_max, t->stage_min,
              t->stage_max, t->algo_allreduce, t->algo_broadcast,
              t->algo_reduce, t->algo_reduce_scatter);

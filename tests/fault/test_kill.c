@@ -160,8 +160,9 @@ static const kt_scn_t scenarios[] = {
    * confirmation). Random kills; and a victim that returns a step and dies
    * while the survivor, which has sent its part, sleeps 100 ms at the
    * point before it reads the victim's (sc->inject, on the survivor): it
-   * must complete the step in the victim's view. Over TCP the barrier
-   * does the same. */
+   * must complete the step in the victim's view. Over TCP too: there the
+   * victim returns only once the survivor's kernel acknowledged its
+   * part. */
     {"ar_small_shm_2",        2, SHM, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
     {"ret_small_shm_2",       2, SHM, W_AR_SMALL,    K_RETURN,   -1, 0, 0,  12, 0,         0, "cx.sendrecv.posted"},
     {"ret_small_tcp_2",       2, TCP, W_AR_SMALL,    K_RETURN,   -1, 0, 0,  12, 0,         0, "cx.sendrecv.posted"},
@@ -172,6 +173,14 @@ static const kt_scn_t scenarios[] = {
     {"ret_ag_shm_2",          2, SHM, W_AG,          K_RETURN,   -1, 0, 0,  12, 4099,      0, "allgather.sent"},
     {"ret_rs_shm_2",          2, SHM, W_RS,          K_RETURN,   -1, 0, 0,  12, 4099,      0, "reduce_scatter.sent"},
     {"ret_a2a_shm_2",         2, SHM, W_A2A,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "alltoall.posted"},
+    /* the same over TCP: a rank returns only once the peer's kernel
+     * acknowledged its part (transport sent_held) */
+    {"allgather_tcp_2",       2, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
+    {"rs_ring_tcp_2",         2, TCP, W_RS,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
+    {"alltoall_tcp_2",        2, TCP, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"ret_ag_tcp_2",          2, TCP, W_AG,          K_RETURN,   -1, 0, 0,  12, 4099,      0, "allgather.sent"},
+    {"ret_rs_tcp_2",          2, TCP, W_RS,          K_RETURN,   -1, 0, 0,  12, 4099,      0, "reduce_scatter.sent"},
+    {"ret_a2a_tcp_2",         2, TCP, W_A2A,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "alltoall.posted"},
     {"ar_small_tcp_4",        4, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
     {"allgather_shm_4",       4, SHM, W_AG,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
     {"allgather_tcp_3",       3, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},

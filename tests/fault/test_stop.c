@@ -350,23 +350,25 @@ static void run_stop(int n, mc_transport_kind_t tr, int mid_frame)
 
 typedef struct {
     int late_ms;      /* rank 1 calls this much later */
-    const char *ring; /* MOONCAKE_SHM_RING_BYTES, or NULL */
+    mc_transport_kind_t tr;
+    const char *ring; /* MOONCAKE_SHM_RING_BYTES (shm) or
+                         MOONCAKE_TCP_BUF_BYTES (tcp), or NULL */
     const char *hold; /* MOONCAKE_FAULT_INJECT for rank 1, or NULL */
     size_t count;     /* int64 elements */
     int timeout_ms;   /* the op timeout */
     char dir[256];
 } late_run_t;
 
-/* A 2-rank shm communicator over the file store in dir. */
+/* A 2-rank communicator over the file store in dir. */
 static mc_status_t open_pair(int rank, const char *dir, int64_t timeout_ms,
-                             mc_comm_h *comm_p)
+                             mc_transport_kind_t tr, mc_comm_h *comm_p)
 {
     mc_store_h store;
     mc_status_t st = mc_store_file_create(dir, &store);
     if (st != MC_OK) return st;
     mc_comm_config_t cfg;
     mc_comm_config_init(&cfg);
-    cfg.transport = MC_TRANSPORT_SHM;
+    cfg.transport = tr;
     cfg.timeout_ms = timeout_ms;
     cfg.init_timeout_ms = 30000;
     st = mc_comm_create(rank, 2, store, &cfg, comm_p);
@@ -377,11 +379,14 @@ static mc_status_t open_pair(int rank, const char *dir, int64_t timeout_ms,
 static int late_main(int rank, int size, void *arg)
 {
     late_run_t *k = arg;
-    if (k->ring) setenv("MOONCAKE_SHM_RING_BYTES", k->ring, 1);
+    if (k->ring)
+        setenv(k->tr == MC_TRANSPORT_TCP ? "MOONCAKE_TCP_BUF_BYTES"
+                                         : "MOONCAKE_SHM_RING_BYTES",
+               k->ring, 1);
     if (k->hold && rank == 1) setenv("MOONCAKE_FAULT_INJECT", k->hold, 1);
     (void)size;
     mc_comm_h comm;
-    mc_status_t st = open_pair(rank, k->dir, k->timeout_ms, &comm);
+    mc_status_t st = open_pair(rank, k->dir, k->timeout_ms, k->tr, &comm);
     if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
     int64_t *in = malloc(k->count * sizeof(int64_t));
     int64_t *out = malloc(k->count * sizeof(int64_t));
@@ -434,8 +439,7 @@ out:
 static int pair_off(void)
 {
     const char *v;
-    return ((v = getenv("MOONCAKE_FT_SIGNALS")) && !strcmp(v, "0")) ||
-           ((v = getenv("MOONCAKE_FT_PAIR")) && !strcmp(v, "0")) ||
+    return ((v = getenv("MOONCAKE_FT_PAIR")) && !strcmp(v, "0")) ||
            ((v = getenv("MOONCAKE_ETCD_ENDPOINTS")) && *v) ||
            ((v = getenv("MOONCAKE_ALGO_ALLREDUCE")) && *v && strcmp(v, "rd"));
 }
@@ -456,26 +460,47 @@ static void run_late(late_run_t *k)
     assert_int_equal(failed, 0);
 }
 
-static void late_pair_shm_2(void **s)
+static void late_pair(mc_transport_kind_t tr)
 {
-    (void)s;
     /* rank 0 times out at 1000 ms, rank 1 comes at 1400 ms, while rank 0
      * waits in op 1 (until about 2000 ms) */
-    late_run_t k = {.late_ms = 1400, .count = 1024, .timeout_ms = 1000};
+    late_run_t k = {
+        .tr = tr, .late_ms = 1400, .count = 1024, .timeout_ms = 1000};
     run_late(&k);
 }
 
-static void late_frame_shm_2(void **s)
+static void late_pair_shm_2(void **s)
 {
-    (void)s;
+    (void)s, late_pair(MC_TRANSPORT_SHM);
+}
+
+static void late_pair_tcp_2(void **s)
+{
+    (void)s, late_pair(MC_TRANSPORT_TCP);
+}
+
+static void late_frame(mc_transport_kind_t tr)
+{
     /* rank 0 times out at 1000 ms and detaches its stuck send at 1100 ms;
-     * rank 1 posts at 600 ms and reads from 1400 ms (its deadline: 1600) */
-    late_run_t k = {.late_ms = 600,
+     * rank 1 posts at 600 ms and reads from 1400 ms (its deadline: 1600);
+     * 64 KiB of payload against a 16 KiB ring (or socket buffers) */
+    late_run_t k = {.tr = tr,
+                    .late_ms = 600,
                     .ring = "16384",
                     .hold = "cx.sendrecv.posted:1:sleep=800",
                     .count = 8192,
                     .timeout_ms = 1000};
     run_late(&k);
+}
+
+static void late_frame_shm_2(void **s)
+{
+    (void)s, late_frame(MC_TRANSPORT_SHM);
+}
+
+static void late_frame_tcp_2(void **s)
+{
+    (void)s, late_frame(MC_TRANSPORT_TCP);
 }
 
 typedef struct {
@@ -484,13 +509,19 @@ typedef struct {
     uint64_t ep[3];
 } rp_rec_t;
 
-static void report_rank(int rank, const char *dir, rp_rec_t *rec)
+static void report_rank(int rank, const char *dir, mc_transport_kind_t tr,
+                        rp_rec_t *rec)
 {
     setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "500", 1);
+    /* over tcp a posted send is written by a later progress: stop once
+     * it was */
     if (rank == 1)
-        setenv("MOONCAKE_FAULT_INJECT", "cx.sendrecv.posted:2:stop", 1);
+        setenv("MOONCAKE_FAULT_INJECT",
+               tr == MC_TRANSPORT_TCP ? "cx.sendrecv.sent:2:stop"
+                                      : "cx.sendrecv.posted:2:stop",
+               1);
     mc_comm_h comm;
-    if (open_pair(rank, dir, 20000, &comm) != MC_OK) _exit(3);
+    if (open_pair(rank, dir, 20000, tr, &comm) != MC_OK) _exit(3);
     if (mc_comm_barrier(comm) != MC_OK) _exit(4);
     for (int op = 0; op < (rank == 0 ? 3 : 2); op++) {
         int64_t in = rank + 1, out = -1;
@@ -507,9 +538,8 @@ static void report_rank(int rank, const char *dir, rp_rec_t *rec)
     _exit(0); /* rank 0 dies without destroying (rank 1: at once too) */
 }
 
-static void report_pair_shm_2(void **state)
+static void report_pair(mc_transport_kind_t tr)
 {
-    (void)state;
     if (pair_off()) {
         printf("  skipped: the pair confirmation is off in this "
                "environment\n");
@@ -527,7 +557,7 @@ static void report_pair_shm_2(void **state)
     fflush(NULL);
     pid_t pid[2];
     for (int r = 0; r < 2; r++)
-        if ((pid[r] = fork()) == 0) report_rank(r, d, rec);
+        if ((pid[r] = fork()) == 0) report_rank(r, d, tr, rec);
     int64_t t0 = now_ns(), lim = (int64_t)ST_DEADLINE_S * 1000000000;
     int ws, stopped = 0, exited0 = 0, exited1 = 0, problems = 0;
     while (!exited1 && now_ns() - t0 < lim) {
@@ -545,8 +575,7 @@ static void report_pair_shm_2(void **state)
         usleep(1000);
     }
     if (!exited1 || !exited0) {
-        fprintf(stderr, "report_pair_shm_2: timed out (stopped %d)\n",
-                stopped);
+        fprintf(stderr, "report_pair: timed out (stopped %d)\n", stopped);
         kill(pid[0], SIGKILL);
         kill(pid[1], SIGKILL);
         kill(pid[1], SIGCONT);
@@ -572,6 +601,16 @@ static void report_pair_shm_2(void **state)
     assert_int_equal(problems, 0);
 }
 
+static void report_pair_shm_2(void **s)
+{
+    (void)s, report_pair(MC_TRANSPORT_SHM);
+}
+
+static void report_pair_tcp_2(void **s)
+{
+    (void)s, report_pair(MC_TRANSPORT_TCP);
+}
+
 typedef struct {
     int32_t st; /* 1: not reached */
     uint64_t ep;
@@ -587,7 +626,8 @@ static void fallback_rank(int rank, const char *dir, fb_rec_t *rec)
                      : "allreduce.stage.fallback:1",
            1);
     mc_comm_h comm;
-    if (open_pair(rank, dir, 20000, &comm) != MC_OK) _exit(3);
+    if (open_pair(rank, dir, 20000, MC_TRANSPORT_SHM, &comm) != MC_OK)
+        _exit(3);
     if (mc_comm_barrier(comm) != MC_OK) _exit(4);
     int64_t *in = malloc(2 * FB_COUNT * sizeof(int64_t));
     int64_t *out = malloc(FB_COUNT * sizeof(int64_t));
@@ -708,6 +748,9 @@ int main(void)
         cmocka_unit_test(late_frame_shm_2),
         cmocka_unit_test(fallback_pair_shm_2),
         cmocka_unit_test(report_pair_shm_2),
+        cmocka_unit_test(late_pair_tcp_2),
+        cmocka_unit_test(late_frame_tcp_2),
+        cmocka_unit_test(report_pair_tcp_2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
