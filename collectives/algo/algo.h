@@ -202,4 +202,9 @@ mc_status_t mc_algo_gather_direct(mc_cctx_t *cx);
 mc_status_t mc_algo_scatter_direct(mc_cctx_t *cx);
 mc_status_t mc_algo_alltoallv_pairwise(mc_cctx_t *cx);
 
+/* Two ranks, data flowing from view rank data_from to the other: posts the
+ * empty frame back that stands for the opening dissemination barrier
+ * (barrier.c). */
+mc_status_t mc_algo_pair_start(mc_cctx_t *cx, int data_from, unsigned phase);
+
 #endif /* MC_ALGO_H */

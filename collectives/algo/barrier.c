@@ -61,3 +61,25 @@ mc_status_t mc_algo_barrier_flags(mc_cctx_t *cx, uint64_t *flags)
 {
     return dissemination(cx, flags);
 }
+
+/* Two ranks, data flowing one way (broadcast and reduce trees, gather and
+ * scatter): instead of the dissemination barrier, a round before the
+ * data, the rank that gets the data sends the other an empty frame, posted
+ * here and completed by the algorithm's final waitall. Each rank then sends
+ * exactly one frame and receives exactly one, whose headers carry the
+ * descriptor check both ways, as the barrier's did; and with fault
+ * tolerance the exchange confirms the op (mc_cx_pair_exchange: no final
+ * barrier, and the data sender cannot run an op ahead of its peer). */
+mc_status_t mc_algo_pair_start(mc_cctx_t *cx, int data_from, unsigned phase)
+{
+    static char none; /* zero-length frames never touch it */
+    int r = mc_cx_rank(cx), peer = 1 - r;
+    uint32_t step = mc_algo_step(phase, 0xfff, 0);
+    mc_fh_t h;
+    mc_cx_pair_exchange(cx);
+    mc_status_t st = r == data_from
+                         ? mc_cx_irecv(cx, peer, step, &none, 0, &h)
+                         : mc_cx_isend(cx, peer, step, &none, 0, &h);
+    MC_FAULT_POINT("pair.start.posted");
+    return st;
+}

@@ -4,7 +4,9 @@
  * Ranks are renumbered relative to the root, v = (rank - root) mod n, so the
  * root is v = 0. Data only flows away from the root, so a rank's completion
  * does not depend on frames from everyone: both algorithms start with the
- * dissemination barrier, which carries the descriptor check to every rank.
+ * dissemination barrier, which carries the descriptor check to every rank
+ * (the tree on two ranks: an empty frame back to the root instead,
+ * mc_algo_pair_start).
  */
 #include "algo.h"
 
@@ -35,7 +37,8 @@ mc_status_t mc_algo_broadcast_tree(mc_cctx_t *cx)
         mc_bcast_root_copy(a, bytes);
         return MC_OK;
     }
-    st = mc_algo_barrier_dissemination(cx);
+    st = n == 2 ? mc_algo_pair_start(cx, root, MC_PH_BCAST_TREE)
+                : mc_algo_barrier_dissemination(cx);
     if (st < 0) return st;
 
     if (v == 0) {

@@ -6,7 +6,8 @@
  * with holes: view.c points them at the blocks of the ranks' slots).
  *
  * Data only flows to or from the root, so both start with the
- * dissemination barrier, which carries the descriptor check to every rank.
+ * dissemination barrier, which carries the descriptor check to every rank
+ * (on two ranks: an empty frame the other way instead, mc_algo_pair_start).
  */
 #include "algo.h"
 
@@ -25,7 +26,9 @@ static mc_status_t rooted_direct(mc_cctx_t *cx, int gather)
     mc_fh_t h;
 
     if (n > 1) {
-        st = mc_algo_barrier_dissemination(cx);
+        st = n == 2 ? mc_algo_pair_start(cx, gather ? (root + 1) % 2 : root,
+                                         gather ? MC_PH_GATHER : MC_PH_SCATTER)
+                    : mc_algo_barrier_dissemination(cx);
         if (st < 0) return st;
     }
     if (r != root) {

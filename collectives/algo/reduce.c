@@ -5,7 +5,9 @@
  *
  * Ranks are renumbered relative to the root, v = (rank - root) mod n. Data
  * only flows toward the root, so both algorithms start with the
- * dissemination barrier, which carries the descriptor check to every rank.
+ * dissemination barrier, which carries the descriptor check to every rank
+ * (the tree on two ranks: an empty frame from the root instead,
+ * mc_algo_pair_start).
  * MC_AVG sums, and the root divides once at the end.
  *
  * In place (fault tolerance, auto mode) only the root overwrites its
@@ -35,7 +37,8 @@ mc_status_t mc_algo_reduce_tree(mc_cctx_t *cx)
         mc_algo_copy(a->recvbuf, a->sendbuf, bytes);
         return MC_OK;
     }
-    st = mc_algo_barrier_dissemination(cx);
+    st = n == 2 ? mc_algo_pair_start(cx, (root + 1) % 2, MC_PH_REDUCE_TREE)
+                : mc_algo_barrier_dissemination(cx);
     if (st < 0) return st;
 
     /* The root accumulates in its output, the others in scratch. */

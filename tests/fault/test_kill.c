@@ -181,6 +181,19 @@ static const kt_scn_t scenarios[] = {
     {"ret_ag_tcp_2",          2, TCP, W_AG,          K_RETURN,   -1, 0, 0,  12, 4099,      0, "allgather.sent"},
     {"ret_rs_tcp_2",          2, TCP, W_RS,          K_RETURN,   -1, 0, 0,  12, 4099,      0, "reduce_scatter.sent"},
     {"ret_a2a_tcp_2",         2, TCP, W_A2A,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "alltoall.posted"},
+    /* two ranks, data one way (broadcast, reduce, gather, scatter): an
+     * empty frame back stands for the opening barrier and confirms the op
+     * (mc_algo_pair_start; the survivor of K_RETURN is held once it
+     * posted that frame or, as the data's sender, before its data) */
+    {"bcast_shm_2",           2, SHM, W_BC,          K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"reduce_shm_2",          2, SHM, W_RED,         K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"mix_shm_2",             2, SHM, W_MIX,         K_RANDOM,   -1, 0, 0,  64, 0,         300, NULL},
+    {"mix_tcp_2",             2, TCP, W_MIX,         K_RANDOM,   -1, 0, 0,  64, 0,         300, NULL},
+    {"deadroot_shm_2",        2, SHM, W_BC_DEADROOT, K_RANDOM,   -1, 0, 0,  60, 1023,      300, NULL},
+    {"ret_bc_shm_2",          2, SHM, W_BC,          K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
+    {"ret_red_shm_2",         2, SHM, W_RED,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
+    {"ret_bc_tcp_2",          2, TCP, W_BC,          K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
+    {"ret_red_tcp_2",         2, TCP, W_RED,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
     {"ar_small_tcp_4",        4, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
     {"allgather_shm_4",       4, SHM, W_AG,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
     {"allgather_tcp_3",       3, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
