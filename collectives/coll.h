@@ -142,21 +142,27 @@ int mc_cx_ft(const mc_cctx_t *cx);
 /* Called by an algorithm, on every rank alike, for an attempt over two
  * ranks in which each rank sends exactly one frame to the other, receives
  * exactly one from it, and waits for its send before it returns
- * (mc_cx_sendrecv, mc_cx_waitall). Then, with both ranks on one host, the
- * exchange itself confirms the op and the engine skips the final barrier:
- * a send that completed is in the peer's ring, which outlives the sender,
- * so a rank that returned the op has handed the other everything it needs
+ * (mc_cx_sendrecv, mc_cx_waitall). Then the exchange itself confirms the
+ * op and the engine skips the final barrier: it returns only once its
+ * frame is held on the peer's side (transport sent_held: in the peer's
+ * ring over shm, acknowledged by the peer's kernel over tcp), so a rank
+ * that returned the op has handed the other everything it needs
  * (docs/design.md, "Pair confirmation"). One frame, because a survivor
  * takes a whole frame from a dead peer as "it may have returned the op"
  * (then the op does not re-run without it); so it must come before the
  * attempt's first frame. An algorithm in which one rank receives nothing
- * (a broadcast root) must not call it.
+ * must not call it (mc_algo_pair_start gives it a frame to receive).
  * mc_cx_pair_usable: 1 if the engine would skip the barrier for such an
- * exchange in this attempt (fault tolerance on, two ranks on one host,
- * MOONCAKE_FT_PAIR); the same on every rank of the view, so an algorithm
- * choice may depend on it. */
+ * exchange in this attempt (fault tolerance on, two ranks, embedded
+ * membership, MOONCAKE_FT_PAIR); the same on every rank of the view, so an
+ * algorithm choice may depend on it. */
 void mc_cx_pair_exchange(mc_cctx_t *cx);
 int mc_cx_pair_usable(const mc_cctx_t *cx);
+/* Fault point `point` (tests) once the attempt's sends posted so far are
+ * done: a tcp post only queues, progress writes. Waits only when the armed
+ * MOONCAKE_FAULT_INJECT spec names the point, so that other tests keep
+ * their timing. */
+mc_status_t mc_cx_fault_sent(mc_cctx_t *cx, const char *point);
 
 /* Staging memory shared by the ranks of one host (stage.h), for an
  * algorithm that leaves the caller's buffer untouched until the operation

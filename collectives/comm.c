@@ -315,8 +315,8 @@ struct mc_comm {
     int left_fanout; /* MOONCAKE_FT_LEFT_FANOUT (-1: every peer) */
     int ft_signals; /* final barrier through transport signals, where all
                      * peers have them (MOONCAKE_FT_SIGNALS) */
-    int ft_pair;    /* two ranks on one host: the algorithm's exchange
-                     * confirms, no final barrier (MOONCAKE_FT_PAIR) */
+    int ft_pair;    /* two ranks: the algorithm's exchange confirms, no
+                     * final barrier (MOONCAKE_FT_PAIR) */
     uint64_t epoch;
     uint8_t *active; /* [size] */
     int nactive;
@@ -1567,6 +1567,18 @@ mc_status_t mc_cx_waitall(mc_cctx_t *cx)
     return cx_wait_range(cx, 0, cx->nframes);
 }
 
+mc_status_t mc_cx_fault_sent(mc_cctx_t *cx, const char *point)
+{
+    if (!MC_FAULT_NAMED(point)) return MC_OK;
+    for (int i = 0; i < cx->nframes; i++) {
+        if (!cx_frame(cx, i)->is_send) continue;
+        mc_status_t st = cx_wait_range(cx, i, i + 1);
+        if (st < 0) return st;
+    }
+    MC_FAULT_POINT(point);
+    return MC_OK;
+}
+
 mc_status_t mc_cx_sendrecv(mc_cctx_t *cx, uint32_t step, int speer,
                            const void *sbuf, size_t sbytes, int rpeer,
                            void *rbuf, size_t rbytes)
@@ -1575,11 +1587,7 @@ mc_status_t mc_cx_sendrecv(mc_cctx_t *cx, uint32_t step, int speer,
     MC_CHECK(mc_cx_irecv(cx, rpeer, step, rbuf, rbytes, &hr));
     MC_CHECK(mc_cx_isend(cx, speer, step, sbuf, sbytes, &hs));
     MC_FAULT_POINT("cx.sendrecv.posted");
-    if (__atomic_load_n(&mc_fault_armed_, __ATOMIC_RELAXED)) {
-        /* for tests: our part has left (tcp writes it in progress) */
-        MC_CHECK(mc_cx_wait(cx, hs));
-        MC_FAULT_POINT("cx.sendrecv.sent");
-    }
+    MC_CHECK(mc_cx_fault_sent(cx, "cx.sendrecv.sent"));
     MC_CHECK(mc_cx_wait(cx, hr));
     return mc_cx_wait(cx, hs);
 }
@@ -2666,8 +2674,8 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
 
 /* A pair-confirmed attempt (epoch, seq) over the slots `att` failed here
  * and the peer has been removed since: might it have returned the op?
- * Only if a whole frame of its for that attempt reached us (its send
- * completes only once the whole frame is in our ring), or if we cannot
+ * Only if a whole frame of its for that attempt reached us (it returns
+ * only once the whole frame is held on our side: pair_hold), or if we cannot
  * tell (its stream has not ended). Then the op must not re-run in a view
  * without it. A peer that died mid-op left its frame incomplete. plock
  * held. */

@@ -152,11 +152,9 @@ static long fault_sleep_ms; /* ":sleep=<ms>": sleep there instead */
 static int fault_fail;      /* ":fail": an MC_FAULT_FAIL point */
 static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Counts a pass at `point` if the armed spec names it and is of the kind
- * (fail: an MC_FAULT_FAIL point); 1 at the n-th. */
-static int fault_hit(const char *point, int fail)
+/* Reads MOONCAKE_FAULT_INJECT once. fault_lock held. */
+static void fault_parse(void)
 {
-    pthread_mutex_lock(&fault_lock);
     if (mc_fault_armed_ < 0) {
         /* <point>:<n>[:stop|:sleep=<ms>|:fail] */
         const char *v = getenv("MOONCAKE_FAULT_INJECT");
@@ -174,10 +172,27 @@ static int fault_hit(const char *point, int fail)
             mc_fault_armed_ = fault_left > 0;
         }
     }
+}
+
+/* Counts a pass at `point` if the armed spec names it and is of the kind
+ * (fail: an MC_FAULT_FAIL point); 1 at the n-th. */
+static int fault_hit(const char *point, int fail)
+{
+    pthread_mutex_lock(&fault_lock);
+    fault_parse();
     int hit = mc_fault_armed_ == 1 && fault_fail == fail &&
               !strcmp(point, fault_point) && --fault_left == 0;
     pthread_mutex_unlock(&fault_lock);
     return hit;
+}
+
+int mc_fault_named_(const char *point)
+{
+    pthread_mutex_lock(&fault_lock);
+    fault_parse();
+    int named = mc_fault_armed_ == 1 && !strcmp(point, fault_point);
+    pthread_mutex_unlock(&fault_lock);
+    return named;
 }
 
 int mc_fault_fail_(const char *point)

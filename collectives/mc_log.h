@@ -68,12 +68,17 @@ const char *mc_env_str(const char *name, const char *def);
  * (a resource that could not be had). */
 void mc_fault_point_(const char *point);
 int mc_fault_fail_(const char *point);
+int mc_fault_named_(const char *point);
 extern int mc_fault_armed_; /* -1 unknown, 0 off, 1 on */
 #define MC_FAULT_POINT(point)                                                  \
     do {                                                                       \
         if (__atomic_load_n(&mc_fault_armed_, __ATOMIC_RELAXED))               \
             mc_fault_point_(point);                                            \
     } while (0)
+/* The armed spec names `point` (without counting a pass). */
+#define MC_FAULT_NAMED(point)                                                  \
+    (__atomic_load_n(&mc_fault_armed_, __ATOMIC_RELAXED) &&                    \
+     mc_fault_named_(point))
 #define MC_FAULT_FAIL(point)                                                   \
     (__atomic_load_n(&mc_fault_armed_, __ATOMIC_RELAXED) &&                    \
      mc_fault_fail_(point))

@@ -54,7 +54,8 @@ mc_status_t mc_algo_allgatherv_ring(mc_cctx_t *cx)
                          mc_algo_cat(a->sendbuf, coff, es), clen * es, &h);
         if (st < 0) return st;
     }
-    MC_FAULT_POINT("allgather.sent");
+    st = mc_cx_fault_sent(cx, "allgather.sent");
+    if (st < 0) return st;
 
     mc_ring_cur_init(&post, &bl, r, 1, nsteps, ce);
     mc_ring_cur_init(&cur, &bl, r, 1, nsteps, ce);

@@ -97,6 +97,8 @@ mc_status_t mc_algo_alltoallv_pairwise(mc_cctx_t *cx)
             if (st < 0) return st;
         }
         MC_FAULT_POINT("alltoall.posted");
+        st = mc_cx_fault_sent(cx, "alltoall.sent");
+        if (st < 0) return st;
         st = mc_cx_wait(cx, rh[k % W]);
         if (st < 0) return st;
         st = mc_cx_wait(cx, sh[k % W]);

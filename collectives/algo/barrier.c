@@ -81,5 +81,6 @@ mc_status_t mc_algo_pair_start(mc_cctx_t *cx, int data_from, unsigned phase)
                          ? mc_cx_irecv(cx, peer, step, &none, 0, &h)
                          : mc_cx_isend(cx, peer, step, &none, 0, &h);
     MC_FAULT_POINT("pair.start.posted");
-    return st;
+    if (st < 0) return st;
+    return mc_cx_fault_sent(cx, "pair.start.sent");
 }

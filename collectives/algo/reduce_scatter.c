@@ -114,7 +114,8 @@ mc_status_t mc_algo_reduce_scatterv_ring(mc_cctx_t *cx)
                          mc_algo_cat(in, off + coff, es), clen * es, &h);
         if (st < 0) return st;
     }
-    MC_FAULT_POINT("reduce_scatter.sent");
+    st = mc_cx_fault_sent(cx, "reduce_scatter.sent");
+    if (st < 0) return st;
 
     /* Receive items: block (r - g - 2) at step g; `post` runs L ahead. */
     mc_ring_cur_init(&post, &bl, r, 2, nsteps, ce);

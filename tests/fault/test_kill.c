@@ -165,7 +165,7 @@ static const kt_scn_t scenarios[] = {
    * part. */
     {"ar_small_shm_2",        2, SHM, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
     {"ret_small_shm_2",       2, SHM, W_AR_SMALL,    K_RETURN,   -1, 0, 0,  12, 0,         0, "cx.sendrecv.posted"},
-    {"ret_small_tcp_2",       2, TCP, W_AR_SMALL,    K_RETURN,   -1, 0, 0,  12, 0,         0, "cx.sendrecv.posted"},
+    {"ret_small_tcp_2",       2, TCP, W_AR_SMALL,    K_RETURN,   -1, 0, 0,  12, 0,         0, "cx.sendrecv.sent"},
     /* the other exchanges that confirm a 2-rank op (one frame each way) */
     {"allgather_shm_2",       2, SHM, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
     {"rs_ring_shm_2",         2, SHM, W_RS,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
@@ -174,13 +174,16 @@ static const kt_scn_t scenarios[] = {
     {"ret_rs_shm_2",          2, SHM, W_RS,          K_RETURN,   -1, 0, 0,  12, 4099,      0, "reduce_scatter.sent"},
     {"ret_a2a_shm_2",         2, SHM, W_A2A,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "alltoall.posted"},
     /* the same over TCP: a rank returns only once the peer's kernel
-     * acknowledged its part (transport sent_held) */
+     * acknowledged its part (transport sent_held). A TCP post only queues
+     * (progress writes), so the survivor is held at a *.sent point, once
+     * its part was written: the victim can then return and die while the
+     * survivor sleeps, and the survivor reads the dead victim's frame */
     {"allgather_tcp_2",       2, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
     {"rs_ring_tcp_2",         2, TCP, W_RS,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
     {"alltoall_tcp_2",        2, TCP, W_A2A,         K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
     {"ret_ag_tcp_2",          2, TCP, W_AG,          K_RETURN,   -1, 0, 0,  12, 4099,      0, "allgather.sent"},
     {"ret_rs_tcp_2",          2, TCP, W_RS,          K_RETURN,   -1, 0, 0,  12, 4099,      0, "reduce_scatter.sent"},
-    {"ret_a2a_tcp_2",         2, TCP, W_A2A,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "alltoall.posted"},
+    {"ret_a2a_tcp_2",         2, TCP, W_A2A,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "alltoall.sent"},
     /* two ranks, data one way (broadcast, reduce, gather, scatter): an
      * empty frame back stands for the opening barrier and confirms the op
      * (mc_algo_pair_start; the survivor of K_RETURN is held once it
@@ -192,8 +195,8 @@ static const kt_scn_t scenarios[] = {
     {"deadroot_shm_2",        2, SHM, W_BC_DEADROOT, K_RANDOM,   -1, 0, 0,  60, 1023,      300, NULL},
     {"ret_bc_shm_2",          2, SHM, W_BC,          K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
     {"ret_red_shm_2",         2, SHM, W_RED,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
-    {"ret_bc_tcp_2",          2, TCP, W_BC,          K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
-    {"ret_red_tcp_2",         2, TCP, W_RED,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
+    {"ret_bc_tcp_2",          2, TCP, W_BC,          K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.sent"},
+    {"ret_red_tcp_2",         2, TCP, W_RED,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.sent"},
     {"ar_small_tcp_4",        4, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
     {"allgather_shm_4",       4, SHM, W_AG,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
     {"allgather_tcp_3",       3, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},

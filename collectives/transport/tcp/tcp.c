@@ -128,6 +128,8 @@ typedef struct mc_tcp_stream {
                        (unreachable peer): no evidence of death, nothing
                        moves any more; the heartbeat decides */
     uint8_t tx_blocked, rx_blocked; /* per visit: socket full / drained */
+    uint8_t held_end; /* closed with every written byte acknowledged
+                         (sent_held after the socket is gone) */
     int64_t rx_idle_us; /* peer failed: last time a receive got bytes */
 } mc_tcp_stream_t;
 
@@ -560,13 +562,23 @@ static int tcp_err_is_timeout(int err)
  * The peer is not marked failed; its transfers stay posted until the
  * engine removes the peer (heartbeat suspicion with a majority, or etcd's
  * lease expiry) or add_peer replaces the connection. */
+/* Close a stream's socket at its end, first noting whether the peer's
+ * kernel had acknowledged everything written (tcp_sent_held). */
+static void tcp_stream_close(mc_tcp_stream_t *s)
+{
+    int q = -1;
+    if (s->fd >= 0 && ioctl(s->fd, SIOCOUTQ, &q) != 0) q = -1;
+    s->held_end = q == 0;
+    tcp_close(&s->fd);
+}
+
 static void tcp_cut(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
 {
     if (s->cut) return;
     s->cut = 1;
     s->probe = 0;
     s->tx_blocked = s->rx_blocked = 1;
-    tcp_close(&s->fd);
+    tcp_stream_close(s);
     MC_LOG(MC_LOG_WARN,
            "tcp: rank %d: connection to rank %d (%s channel) timed out (%s): "
            "not evidence of death; the heartbeat decides",
@@ -580,7 +592,7 @@ static void tcp_cut_quiet(mc_tcp_stream_t *s)
     s->cut = 1;
     s->probe = 0; /* nothing to look at any more */
     s->tx_blocked = s->rx_blocked = 1;
-    tcp_close(&s->fd);
+    tcp_stream_close(s);
 }
 
 /* Mark peer r failed (evidence of death seen on its channel ch; err:
@@ -917,7 +929,7 @@ static void tcp_rx_end(mc_tl_t *tl, mc_tcp_stream_t *s, int err)
     }
     s->rx_end = 1;
     s->rx_blocked = 1;
-    tcp_close(&s->fd);
+    tcp_stream_close(s);
     if (s->rq.head) tcp_activate(tl, s);
 }
 
@@ -1224,7 +1236,7 @@ static void tcp_install(mc_tl_t *tl, int r, int ch, int fd)
     mc_tcp_peer_t *p = &tl->peers[r];
     tcp_set_stream_opts(tl, fd);
     p->ch[ch].fd = fd;
-    p->ch[ch].cut = 0;
+    p->ch[ch].cut = p->ch[ch].held_end = 0;
     for (int c = 0; c < MC_NUM_CHANNELS; c++)
         if (p->ch[c].fd < 0) return;
     tcp_add_done(tl, r);
@@ -1855,22 +1867,27 @@ static void tcp_wait(mc_tl_t *tl, int64_t timeout_us)
  * unacknowledged (SIOCOUTQ: written and not yet acknowledged, sent or
  * not). Such bytes sit in the peer's receive queue, which a reset (our
  * death with unread bytes) does not drop: the peer reads them before its
- * stream ends (tests/test_kill ret_*_tcp_2). Bytes written later (the
- * next operation's) count too, which only makes the answer later. A
- * stream that ended before the peer is known dead (close check running,
- * or cut: the peer lives) cannot tell: not yet. */
+ * stream ends (test_tcp held_reset). Bytes written later (the next
+ * operation's) count too, which only makes the answer later. Once the
+ * socket is closed (the stream ended: the peer closed, died, or the
+ * connection was cut) the answer is what it was at the close; without
+ * that, a dead peer's answer is a failure and a live one's "not yet" (the
+ * op's deadline or the heartbeat decide). */
 static mc_status_t tcp_sent_held(mc_tl_t *tl, int peer, int ch)
 {
     if (!tl || peer < 0 || peer >= tl->size || ch < 0 ||
         ch >= MC_NUM_CHANNELS)
         return mc_err(MC_ERR_INVALID_ARG, "tcp: sent_held: bad peer %d", peer);
     mc_tcp_peer_t *p = &tl->peers[peer];
-    if (p->failed) return MC_ERR_PEER_FAILED;
     const mc_tcp_stream_t *s = &p->ch[ch];
-    if (p->add || s->fd < 0 || s->tx_dead || s->cut) return MC_INPROGRESS;
-    int q = 0;
-    if (ioctl(s->fd, SIOCOUTQ, &q) != 0) return MC_INPROGRESS;
-    return q == 0 ? MC_OK : MC_INPROGRESS;
+    if (p->add) return MC_INPROGRESS;
+    int q = -1;
+    if (s->fd < 0)
+        q = s->held_end ? 0 : -1;
+    else if (ioctl(s->fd, SIOCOUTQ, &q) != 0)
+        q = -1;
+    if (q == 0) return MC_OK;
+    return p->failed ? MC_ERR_PEER_FAILED : MC_INPROGRESS;
 }
 
 /* In its interactive mode the kernel delays an acknowledgement to carry it
@@ -1934,7 +1951,7 @@ static void tcp_peer_discard(mc_tl_t *tl, int r)
         }
         tcp_close(&s->fd);
         s->probe = s->rx_end = s->tx_blocked = s->rx_blocked = s->cut = 0;
-        s->hup = s->tx_dead = 0;
+        s->hup = s->tx_dead = s->held_end = 0;
         s->rx_idle_us = 0;
         /* an active stream with empty queues leaves the list in progress */
     }
