@@ -202,6 +202,17 @@ mc_status_t mc_algo_gather_direct(mc_cctx_t *cx);
 mc_status_t mc_algo_scatter_direct(mc_cctx_t *cx);
 mc_status_t mc_algo_alltoallv_pairwise(mc_cctx_t *cx);
 
+/* An in-place reduction whose input must survive until the op is decided
+ * (fault tolerance keeps it for a re-run, mc_cx_keeping) writes the
+ * caller's buffer only at the commit: the plan lies in scratch slot 2 and
+ * mc_algo_reduce_commit (allreduce.c, given to mc_cx_on_commit) does
+ * out = x op y, then divides by n for MC_AVG; or out = x when y is NULL. */
+typedef struct mc_reduce_plan {
+    const char *x, *y;
+    int n; /* ranks of the attempt's view */
+} mc_reduce_plan_t;
+void mc_algo_reduce_commit(mc_cctx_t *cx);
+
 /* Two ranks, data flowing from view rank data_from to the other: posts the
  * empty frame back that stands for the opening dissemination barrier
  * (barrier.c). */

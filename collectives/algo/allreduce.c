@@ -36,16 +36,10 @@
  * only at the commit, after the final barrier, so nothing is kept. The
  * same operands meet in the same order either way: the bits are the same.
  */
-typedef struct rd_plan {
-    const char *x, *y; /* commit: out = x op y (AVG: then divide by n); y
-                          NULL: out = x */
-    int n;             /* ranks of the attempt's view */
-} rd_plan_t;
-
-static void rd_commit(mc_cctx_t *cx)
+void mc_algo_reduce_commit(mc_cctx_t *cx)
 {
     const mc_coll_args_t *a = mc_cx_args(cx);
-    const rd_plan_t *pl = mc_cx_scratch(cx, 2, 1); /* already that large */
+    const mc_reduce_plan_t *pl = mc_cx_scratch(cx, 2, 1); /* that large */
     if (!pl->y) {
         memcpy(a->recvbuf, pl->x, a->count * mc_dtype_size(a->dtype));
         return;
@@ -64,7 +58,7 @@ mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx)
     char *out = a->recvbuf, *tmp, *acc;
     const char *cur = a->sendbuf; /* our partial: the input until the first
                                      reduction */
-    rd_plan_t *plan = NULL;
+    mc_reduce_plan_t *plan = NULL;
     int p = 1, rem, newr;
     unsigned round = 0;
     mc_status_t st;
@@ -103,8 +97,8 @@ mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx)
              * vector. */
             st = mc_cx_waitall(cx);
             if (st < 0 || !plan) return st;
-            *plan = (rd_plan_t){.x = res, .y = NULL};
-            mc_cx_on_commit(cx, rd_commit);
+            *plan = (mc_reduce_plan_t){.x = res, .y = NULL};
+            mc_cx_on_commit(cx, mc_algo_reduce_commit);
             return MC_OK;
         }
         st = mc_cx_irecv(cx, r - 1, mc_algo_step(MC_PH_RD, 0, 0), tmp, bytes,
@@ -131,8 +125,8 @@ mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx)
         if (st < 0) return st;
         if (plan && 2 * mask >= p && r >= 2 * rem) {
             /* the last reduction, nobody else needs it: at the commit */
-            *plan = (rd_plan_t){.x = cur, .y = tmp, .n = n};
-            mc_cx_on_commit(cx, rd_commit);
+            *plan = (mc_reduce_plan_t){.x = cur, .y = tmp, .n = n};
+            mc_cx_on_commit(cx, mc_algo_reduce_commit);
             return MC_OK;
         }
         if (bytes) mc_reduce(acc, cur, tmp, a->count, a->dtype, a->op);
@@ -151,8 +145,8 @@ mc_status_t mc_algo_allreduce_rd(mc_cctx_t *cx)
     }
     st = mc_cx_waitall(cx);
     if (st < 0 || !plan) return st;
-    *plan = (rd_plan_t){.x = acc, .y = NULL};
-    mc_cx_on_commit(cx, rd_commit);
+    *plan = (mc_reduce_plan_t){.x = acc, .y = NULL};
+    mc_cx_on_commit(cx, mc_algo_reduce_commit);
     return MC_OK;
 }
 

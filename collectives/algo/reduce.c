@@ -11,8 +11,9 @@
  * MC_AVG sums, and the root divides once at the end.
  *
  * In place (fault tolerance, auto mode) only the root overwrites its
- * input: it saves each range just before (mc_cx_save), so the other ranks
- * keep nothing and the root copies its input once, cache-hot.
+ * input: the tree's root writes its output only at the commit (its last
+ * reduction, mc_algo_reduce_commit), the chain's saves each range just
+ * before (mc_cx_save); the other ranks keep nothing.
  */
 #include "algo.h"
 
@@ -41,17 +42,23 @@ mc_status_t mc_algo_reduce_tree(mc_cctx_t *cx)
                 : mc_algo_barrier_dissemination(cx);
     if (st < 0) return st;
 
-    /* The root accumulates in its output, the others in scratch. */
-    acc = v == 0 ? a->recvbuf : mc_algo_scratch(cx, 0, bytes);
+    /* Our partial is the input until the first reduction (a leaf sends it
+     * as it is), then acc: the root's output, or scratch. An in-place root
+     * whose input is kept for a re-run (mc_cx_keeping) reduces in scratch
+     * and leaves the last reduction to the commit, which writes the
+     * output: it saves nothing (mc_algo_reduce_commit). */
+    int defer = v == 0 && bytes && mc_cx_keeping(cx);
+    mc_reduce_plan_t *plan = NULL;
+    const char *cur = a->sendbuf;
+    acc = v == 0 && !defer ? a->recvbuf : mc_algo_scratch(cx, 0, bytes);
     tmp = mc_algo_scratch(cx, 1, bytes);
-    if ((!acc && bytes) || !tmp) return MC_ERR_NO_MEMORY;
-    if (v == 0) mc_cx_save(cx, acc, bytes); /* no-op unless it is the input */
-    mc_algo_copy(acc, a->sendbuf, bytes);
+    if (defer) plan = mc_algo_scratch(cx, 2, sizeof(*plan));
+    if ((!acc && bytes) || !tmp || (defer && !plan)) return MC_ERR_NO_MEMORY;
 
     for (long long m = 1; m < n; m <<= 1, round++) {
         uint32_t step = mc_algo_step(MC_PH_REDUCE_TREE, round, 0);
         if (v & m) {
-            st = mc_cx_isend(cx, (int)((v - m + root) % n), step, acc, bytes,
+            st = mc_cx_isend(cx, (int)((v - m + root) % n), step, cur, bytes,
                              &h);
             if (st < 0) return st;
             break;
@@ -62,7 +69,13 @@ mc_status_t mc_algo_reduce_tree(mc_cctx_t *cx)
             if (st < 0) return st;
             st = mc_cx_wait(cx, h);
             if (st < 0) return st;
-            if (bytes) mc_reduce(acc, acc, tmp, a->count, a->dtype, a->op);
+            if (defer && 2 * m >= n) { /* the root's last receive */
+                *plan = (mc_reduce_plan_t){.x = cur, .y = tmp, .n = n};
+                mc_cx_on_commit(cx, mc_algo_reduce_commit);
+                return mc_cx_waitall(cx);
+            }
+            if (bytes) mc_reduce(acc, cur, tmp, a->count, a->dtype, a->op);
+            cur = acc;
         }
     }
     if (v == 0 && a->op == MC_AVG && bytes)
