@@ -1569,7 +1569,7 @@ mc_status_t mc_cx_waitall(mc_cctx_t *cx)
 
 mc_status_t mc_cx_fault_sent(mc_cctx_t *cx, const char *point)
 {
-    if (!MC_FAULT_NAMED(point)) return MC_OK;
+    if (!MC_FAULT_NAMED(point)) return MC_OK; /* and not fired yet */
     for (int i = 0; i < cx->nframes; i++) {
         if (!cx_frame(cx, i)->is_send) continue;
         mc_status_t st = cx_wait_range(cx, i, i + 1);
@@ -2962,8 +2962,9 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         /* an in-place allreduce, reduce or reduce_scatter (run on the
          * caller's buffers in every view, algo/view.c) keeps its input
          * range by range as the algorithm overwrites it (mc_cx_save);
-         * reduce only on the root; the reduce_scatter ring writes its
-         * output only at the commit (rs_commit) and saves nothing */
+         * reduce only on the root (the chain; the tree, like recursive
+         * doubling and the reduce_scatter ring, writes its output only at
+         * the commit and saves nothing) */
         c->saved_all = !(((r->args.coll == MC_COLL_ALLREDUCE ||
                            r->args.coll == MC_COLL_REDUCE) &&
                           r->args.sendbuf == r->args.recvbuf) ||

@@ -190,7 +190,8 @@ int mc_fault_named_(const char *point)
 {
     pthread_mutex_lock(&fault_lock);
     fault_parse();
-    int named = mc_fault_armed_ == 1 && !strcmp(point, fault_point);
+    int named = mc_fault_armed_ == 1 && fault_left > 0 &&
+                !strcmp(point, fault_point);
     pthread_mutex_unlock(&fault_lock);
     return named;
 }

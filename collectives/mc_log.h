@@ -75,7 +75,7 @@ extern int mc_fault_armed_; /* -1 unknown, 0 off, 1 on */
         if (__atomic_load_n(&mc_fault_armed_, __ATOMIC_RELAXED))               \
             mc_fault_point_(point);                                            \
     } while (0)
-/* The armed spec names `point` (without counting a pass). */
+/* The armed spec names `point` and has not fired yet (counts no pass). */
 #define MC_FAULT_NAMED(point)                                                  \
     (__atomic_load_n(&mc_fault_armed_, __ATOMIC_RELAXED) &&                    \
      mc_fault_named_(point))

@@ -73,6 +73,8 @@ typedef enum {
     KO_BAR, /* barrier */
     KO_RED, /* reduce int64 SUM to rank 0 */
     KO_A2AV, /* alltoallv int64, even counts: KO_A2A through the v call */
+    KO_GA,  /* gather int64 of enc(r) to rank 0 */
+    KO_SC,  /* scatter int64 of enc2(0, r) from rank 0 */
 } kt_opk_t;
 
 static const char *const opk_names[] = {
@@ -81,6 +83,7 @@ static const char *const opk_names[] = {
     [KO_RS] = "reduce_scatter",      [KO_BC] = "broadcast",
     [KO_A2A] = "alltoall",           [KO_BAR] = "barrier",
     [KO_RED] = "reduce(i64,sum)",    [KO_A2AV] = "alltoallv",
+    [KO_GA] = "gather",              [KO_SC] = "scatter",
 };
 
 #define KT_ROOT_VICTIM (-1) /* the broadcast root is the (first) victim */
@@ -103,6 +106,8 @@ typedef enum {
     W_MIX,         /* every collective in turn */
     W_BC_DEADROOT, /* broadcast from the victim, then an allreduce */
     W_RED,         /* one reduce to rank 0 per step */
+    W_GA,          /* one gather to rank 0 per step */
+    W_SC,          /* one scatter from rank 0 per step */
 } kt_work_t;
 
 typedef enum {
@@ -186,16 +191,25 @@ static const kt_scn_t scenarios[] = {
     {"ret_a2a_tcp_2",         2, TCP, W_A2A,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "alltoall.sent"},
     /* two ranks, data one way (broadcast, reduce, gather, scatter): an
      * empty frame back stands for the opening barrier and confirms the op
-     * (mc_algo_pair_start; the survivor of K_RETURN is held once it
-     * posted that frame or, as the data's sender, before its data) */
+     * (mc_algo_pair_start) */
     {"bcast_shm_2",           2, SHM, W_BC,          K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
     {"reduce_shm_2",          2, SHM, W_RED,         K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
     {"mix_shm_2",             2, SHM, W_MIX,         K_RANDOM,   -1, 0, 0,  64, 0,         300, NULL},
     {"mix_tcp_2",             2, TCP, W_MIX,         K_RANDOM,   -1, 0, 0,  64, 0,         300, NULL},
     {"deadroot_shm_2",        2, SHM, W_BC_DEADROOT, K_RANDOM,   -1, 0, 0,  60, 1023,      300, NULL},
-    {"ret_bc_shm_2",          2, SHM, W_BC,          K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
+    {"gather_shm_2",          2, SHM, W_GA,          K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"scatter_shm_2",         2, SHM, W_SC,          K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"gather_tcp_2",          2, TCP, W_GA,          K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"scatter_tcp_2",         2, TCP, W_SC,          K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"gather_shm_3",          3, SHM, W_GA,          K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"scatter_tcp_3",         3, TCP, W_SC,          K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    /* the victim (never the root) sends the data: the root, held once
+     * its empty frame went out, must complete the step in the victim's
+     * view (with a broadcast or scatter the held root would not have sent
+     * its data yet, so the victim could not return first) */
+    {"ret_ga_shm_2",          2, SHM, W_GA,          K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
     {"ret_red_shm_2",         2, SHM, W_RED,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
-    {"ret_bc_tcp_2",          2, TCP, W_BC,          K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.sent"},
+    {"ret_ga_tcp_2",          2, TCP, W_GA,          K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.sent"},
     {"ret_red_tcp_2",         2, TCP, W_RED,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.sent"},
     {"ar_small_tcp_4",        4, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
     {"allgather_shm_4",       4, SHM, W_AG,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
@@ -351,6 +365,12 @@ static int workload(const kt_scn_t *sc, kt_op_t *ops)
     case W_RED:
         ops[0] = (kt_op_t){KO_RED, b, 0};
         return 1;
+    case W_GA:
+        ops[0] = (kt_op_t){KO_GA, b, 0};
+        return 1;
+    case W_SC:
+        ops[0] = (kt_op_t){KO_SC, b, 0};
+        return 1;
     case W_BC_DEADROOT:
         ops[0] = (kt_op_t){KO_BC, b, KT_ROOT_VICTIM};
         ops[1] = (kt_op_t){KO_AR, 7, 0};
@@ -366,7 +386,7 @@ static size_t buf_elems(const kt_op_t *ops, int nops, int size)
     for (int i = 0; i < nops; i++) {
         size_t e = ops[i].n;
         if (ops[i].k == KO_AG || ops[i].k == KO_RS || ops[i].k == KO_A2A ||
-            ops[i].k == KO_A2AV)
+            ops[i].k == KO_A2AV || ops[i].k == KO_GA || ops[i].k == KO_SC)
             e *= (size_t)size;
         if (e > m) m = e;
     }
@@ -511,7 +531,8 @@ typedef struct kt_child {
 
 static int has_inplace(kt_opk_t k)
 {
-    return k != KO_A2A && k != KO_A2AV && k != KO_BAR;
+    return k != KO_A2A && k != KO_A2AV && k != KO_BAR && k != KO_GA &&
+           k != KO_SC;
 }
 
 static int op_root(const kt_child_t *c, const kt_op_t *op)
@@ -598,6 +619,22 @@ static mc_status_t step_issue(kt_child_t *c, const kt_op_t *op, uint64_t key,
     }
     case KO_BAR:
         return mc_comm_barrier(comm);
+    case KO_GA: {
+        for (size_t i = 0; i < cnt * (size_t)n; i++)
+            r[i] = KT_POISON;
+        for (size_t i = 0; i < cnt; i++)
+            s[i] = enc(me, key, i);
+        return mc_comm_gather(comm, s, r, cnt, MC_INT64, op->root);
+    }
+    case KO_SC: {
+        for (size_t i = 0; i < cnt; i++)
+            r[i] = KT_POISON;
+        for (int j = 0; j < n; j++)
+            for (size_t i = 0; i < cnt; i++)
+                s[(size_t)j * cnt + i] =
+                    me == op->root ? enc2(op->root, j, key, i) : KT_POISON;
+        return mc_comm_scatter(comm, s, r, cnt, MC_INT64, op->root);
+    }
     }
     return MC_ERR_INTERNAL;
 }
@@ -738,6 +775,30 @@ static void step_verify(kt_child_t *c, const kt_op_t *op, uint64_t key, int ip,
             }
         }
         len = me == op->root ? cnt : 0; /* hash: only the root's result */
+        break;
+    case KO_GA:
+        /* the root: every active rank's block, zeros for the others;
+         * elsewhere the buffer is as the caller left it */
+        len = me == op->root ? cnt * (size_t)n : cnt;
+        for (int j = 0; j < (me == op->root ? n : 1); j++)
+            for (size_t i = 0; i < cnt; i++) {
+                uint64_t want = me != op->root ? KT_POISON
+                                : mask >> j & 1 ? enc(j, key, i)
+                                                : 0;
+                uint64_t got = out[(size_t)j * cnt + i];
+                if (got != want)
+                    KT_BAD((size_t)j * cnt + i, got, want,
+                           "(%s, block of rank %d, view 0x%" PRIx64 ")",
+                           me == op->root ? "root" : "not the root", j, mask);
+            }
+        len = me == op->root ? len : 0; /* hash: only the root's result */
+        break;
+    case KO_SC:
+        len = 0; /* every rank gets its own block: nothing to compare */
+        for (size_t i = 0; i < cnt; i++)
+            if (out[i] != enc2(op->root, me, key, i))
+                KT_BAD(i, out[i], enc2(op->root, me, key, i),
+                       "(block of rank %d from root %d)", me, op->root);
         break;
     }
 #undef KT_BAD
@@ -1550,7 +1611,8 @@ static void plan(kt_plan_t *pl, const kt_scn_t *sc, uint64_t seed)
     pl->nops = workload(sc, pl->ops);
     int n = sc->size;
     int root_busy = sc->work == W_BC || sc->work == W_MIX ||
-                    sc->work == W_RED; /* root 0 lives */
+                    sc->work == W_RED || sc->work == W_GA ||
+                    sc->work == W_SC; /* root 0 lives */
     int cand[KT_MAXR], nc = 0;
     for (int r = 0; r < n; r++)
         if (!(root_busy && r == 0)) cand[nc++] = r;

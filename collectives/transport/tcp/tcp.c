@@ -567,7 +567,8 @@ static int tcp_err_is_timeout(int err)
 static void tcp_stream_close(mc_tcp_stream_t *s)
 {
     int q = -1;
-    if (s->fd >= 0 && ioctl(s->fd, SIOCOUTQ, &q) != 0) q = -1;
+    if (s->fd < 0) return; /* closed before: its answer stands */
+    if (ioctl(s->fd, SIOCOUTQ, &q) != 0) q = -1;
     s->held_end = q == 0;
     tcp_close(&s->fd);
 }
@@ -1880,7 +1881,7 @@ static mc_status_t tcp_sent_held(mc_tl_t *tl, int peer, int ch)
         return mc_err(MC_ERR_INVALID_ARG, "tcp: sent_held: bad peer %d", peer);
     mc_tcp_peer_t *p = &tl->peers[peer];
     const mc_tcp_stream_t *s = &p->ch[ch];
-    if (p->add) return MC_INPROGRESS;
+    if (p->add) return p->failed ? MC_ERR_PEER_FAILED : MC_INPROGRESS;
     int q = -1;
     if (s->fd < 0)
         q = s->held_end ? 0 : -1;
