@@ -74,6 +74,7 @@ typedef enum {
     KO_RED, /* reduce int64 SUM to rank 0 */
     KO_A2AV, /* alltoallv int64, even counts: KO_A2A through the v call */
     KO_GA,  /* gather int64 of enc(r) to rank 0 */
+    KO_RAVG, /* reduce int64 AVG to rank 0 */
     KO_SC,  /* scatter int64 of enc2(0, r) from rank 0 */
 } kt_opk_t;
 
@@ -84,6 +85,7 @@ static const char *const opk_names[] = {
     [KO_A2A] = "alltoall",           [KO_BAR] = "barrier",
     [KO_RED] = "reduce(i64,sum)",    [KO_A2AV] = "alltoallv",
     [KO_GA] = "gather",              [KO_SC] = "scatter",
+    [KO_RAVG] = "reduce(i64,avg)",
 };
 
 #define KT_ROOT_VICTIM (-1) /* the broadcast root is the (first) victim */
@@ -106,6 +108,7 @@ typedef enum {
     W_MIX,         /* every collective in turn */
     W_BC_DEADROOT, /* broadcast from the victim, then an allreduce */
     W_RED,         /* one reduce to rank 0 per step */
+    W_RAVG,        /* one reduce AVG to rank 0 per step */
     W_GA,          /* one gather to rank 0 per step */
     W_SC,          /* one scatter from rank 0 per step */
 } kt_work_t;
@@ -211,6 +214,11 @@ static const kt_scn_t scenarios[] = {
     {"ret_red_shm_2",         2, SHM, W_RED,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
     {"ret_ga_tcp_2",          2, TCP, W_GA,          K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.sent"},
     {"ret_red_tcp_2",         2, TCP, W_RED,         K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.sent"},
+    /* AVG: the root's deferred last reduction divides at the commit, by
+     * the attempt's view */
+    {"reduce_avg_shm_2",      2, SHM, W_RAVG,        K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"reduce_avg_tcp_3",      3, TCP, W_RAVG,        K_RANDOM,   -1, 0, 0,  40, 1023,      300, NULL},
+    {"ret_ravg_shm_2",        2, SHM, W_RAVG,        K_RETURN,   -1, 0, 0,  12, 1023,      0, "pair.start.posted"},
     {"ar_small_tcp_4",        4, TCP, W_AR_SMALL,    K_RANDOM,   -1, 0, 0,  90, 0,         300, NULL},
     {"allgather_shm_4",       4, SHM, W_AG,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
     {"allgather_tcp_3",       3, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
@@ -364,6 +372,9 @@ static int workload(const kt_scn_t *sc, kt_op_t *ops)
         return 8;
     case W_RED:
         ops[0] = (kt_op_t){KO_RED, b, 0};
+        return 1;
+    case W_RAVG:
+        ops[0] = (kt_op_t){KO_RAVG, b, 0};
         return 1;
     case W_GA:
         ops[0] = (kt_op_t){KO_GA, b, 0};
@@ -554,7 +565,8 @@ static mc_status_t step_issue(kt_child_t *c, const kt_op_t *op, uint64_t key,
     switch (op->k) {
     case KO_AR:
     case KO_AVG:
-    case KO_RED: {
+    case KO_RED:
+    case KO_RAVG: {
         /* reduce in place on every rank: only the root may write */
         int64_t *in = ip ? r64 : s64;
         if (!ip)
@@ -562,8 +574,9 @@ static mc_status_t step_issue(kt_child_t *c, const kt_op_t *op, uint64_t key,
                 r[i] = KT_POISON;
         for (size_t i = 0; i < cnt; i++)
             in[i] = ((int64_t)1 << me) * g_of(key, i);
-        if (op->k == KO_RED)
-            return mc_comm_reduce(comm, in, r, cnt, MC_INT64, MC_SUM, op->root);
+        if (op->k == KO_RED || op->k == KO_RAVG)
+            return mc_comm_reduce(comm, in, r, cnt, MC_INT64,
+                                  op->k == KO_RED ? MC_SUM : MC_AVG, op->root);
         return mc_comm_allreduce(comm, in, r, cnt, MC_INT64,
                                  op->k == KO_AR ? MC_SUM : MC_AVG);
     }
@@ -759,13 +772,15 @@ static void step_verify(kt_child_t *c, const kt_op_t *op, uint64_t key, int ip,
     case KO_BAR:
         break;
     case KO_RED:
+    case KO_RAVG:
         len = cnt;
         for (size_t i = 0; i < cnt; i++) {
             int64_t g = g_of(key, i), got = (int64_t)out[i];
             /* elsewhere the buffer is as the caller left it */
-            int64_t want = me == op->root ? (int64_t)mask * g
-                           : ip           ? ((int64_t)1 << me) * g
-                                          : (int64_t)KT_POISON;
+            int64_t want = me == op->root ? (int64_t)mask * g /
+                                                (op->k == KO_RAVG ? nact : 1)
+                           : ip ? ((int64_t)1 << me) * g
+                                : (int64_t)KT_POISON;
             if (got != want) {
                 int64_t who = got % g == 0 ? got / g : -1;
                 KT_BAD(i, (uint64_t)got, (uint64_t)want,
@@ -1611,7 +1626,8 @@ static void plan(kt_plan_t *pl, const kt_scn_t *sc, uint64_t seed)
     pl->nops = workload(sc, pl->ops);
     int n = sc->size;
     int root_busy = sc->work == W_BC || sc->work == W_MIX ||
-                    sc->work == W_RED || sc->work == W_GA ||
+                    sc->work == W_RED || sc->work == W_RAVG ||
+                    sc->work == W_GA ||
                     sc->work == W_SC; /* root 0 lives */
     int cand[KT_MAXR], nc = 0;
     for (int r = 0; r < n; r++)
