@@ -2105,8 +2105,16 @@ static int ag_adopt(mc_comm_t *c, uint64_t seq)
     c->ag_noq = 0;
     for (int p = 0; p < c->size; p++)
         if (c->rep_epoch[p] == c->epoch) c->ag_wake = 1; /* already changing */
-    if (c->evicted) return AG_EVICTED;
-    return seq < c->view_start ? AG_DONE_OLD : AG_RERUN;
+    int outcome = c->evicted            ? AG_EVICTED
+                  : seq < c->view_start ? AG_DONE_OLD
+                                        : AG_RERUN;
+    /* A tcp post only queues: write the VIEW messages now. Otherwise a
+     * rank that returns the op from here (done in the old view) leaves
+     * the survivors waiting in agree() until its next call into the
+     * engine. What this pass reads is handled by the caller's next look
+     * (a view arriving meanwhile stays pending). */
+    (void)progress_locked(c);
+    return outcome;
 }
 
 /* Coordinator: decide if every needed report is in (plock held). */
