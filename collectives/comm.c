@@ -2655,10 +2655,10 @@ static int held_ready(mc_cctx_t *cx, cx_waiter_t *w)
 
 /* The pair's exchange ended: return only once the peer's side holds our
  * part whatever becomes of this process (transport sent_held: shm at
- * once; tcp once the peer's kernel acknowledged it), and first ask our
- * side to acknowledge the peer's part now (ack_now), for its own wait. A
- * peer that dies meanwhile fails the attempt; run_ft then completes it in
- * this view (our exchange ended and the peer's whole frame arrived:
+ * once; tcp once the peer's kernel acknowledged it, which the peer asks
+ * for as soon as it has read our frame: ack_now in in_event). A peer that
+ * dies meanwhile fails the attempt; run_ft then completes it in this view
+ * (our exchange ended and the peer's whole frame arrived:
  * pair_peer_may_have_returned), as the peer may have. */
 static mc_status_t pair_hold(mc_cctx_t *cx)
 {
