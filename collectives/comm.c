@@ -150,7 +150,9 @@ typedef struct mc_ctrl {
     int64_t last_ended;  /* REPORT: the last seq that ended on the sender */
     uint32_t admit;      /* REPORT: the sender waits to admit joiners after
                             last_ended (its next op has not started) */
-    uint32_t pad;
+    uint32_t entered;    /* REPORT: the sender entered the frame barrier of
+                            op last_ended + 1 in this view holding its whole
+                            result (ag_entered, the entry rule) */
 } mc_ctrl_t;
 
 typedef struct mc_ctrl_out {
@@ -210,6 +212,8 @@ struct mc_cctx {
     int data_done; /* the algorithm finished (FT: before the final barrier) */
     int passed;    /* FT: past the final barrier, so the op completes in
                       this view whatever happens now (cx_fail ignored) */
+    int entered;   /* FT: in the frame barrier with a result that needs no
+                      peer any more (the entry rule, ag_entered) */
     mc_request_t *req;
     const mc_coll_args_t *args; /* what the algorithm sees (mc_cx_args) */
     uint64_t seq;
@@ -317,6 +321,7 @@ struct mc_comm {
                      * peers have them (MOONCAKE_FT_SIGNALS) */
     int ft_pair;    /* two ranks: the algorithm's exchange confirms, no
                      * final barrier (MOONCAKE_FT_PAIR) */
+    int ft_entry;   /* the entry rule (ag_entered, MOONCAKE_FT_ENTRY) */
     uint64_t epoch;
     uint8_t *active; /* [size] */
     int nactive;
@@ -351,6 +356,7 @@ struct mc_comm {
     int64_t *rep_last;   /* [size] */
     uint8_t *rep_maps;   /* [size][2 * size]: dead, suspect */
     uint8_t *rep_admit;  /* [size] REPORT.admit */
+    uint8_t *rep_entered; /* [size] REPORT.entered */
     uint64_t *sent_view; /* [size] epoch of the view last sent to a peer */
     int nv_pending;      /* a newer view heard of, adopt at a safe point */
     uint64_t nv_epoch, nv_start;
@@ -832,6 +838,9 @@ static void in_event(mc_ev_t *ev)
             }
             c->left_epoch[in->peer] = h->epoch; /* frames come in order */
             c->left_seq[in->peer] = h->seq;
+            /* its sender waits until it is held here (left_frames_busy) */
+            (void)c->tlops[c->peer_tl[in->peer]]->ack_now(
+                c->tl[c->peer_tl[in->peer]], in->peer, MC_CH_P2P);
             in_post_hdr(c, in);
             return;
         }
@@ -1959,6 +1968,38 @@ static int ag_coord(const mc_comm_t *c)
 static int ag_left_seen(mc_comm_t *c);
 static int sig_capable(const mc_comm_t *c, int p);
 
+/* The entry rule. A rank that passed the frame barrier of op S heard,
+ * directly or not, from every rank of the view, each of which had entered
+ * it, i.e. finished the algorithm. Where that means holding the whole
+ * result without needing any peer again (not a barrier call, whose
+ * "result" is that every rank arrived; not a view that may stage, whose
+ * results are copied out of peers' memory at the commit), the converse
+ * decides too: if every survivor entered the barrier of S, S completes in
+ * this view, whoever returned it, with every dead rank's whole part in
+ * every survivor's result. And if a dead rank returned S, every survivor
+ * had entered (before it returned; a report goes out only once the
+ * attempt failed, so it says so). So no LEFT notice is needed there (one
+ * message per peer per op, which a reset can lose: docs/design.md). Each
+ * member reports whether it is in that state for op last_ended + 1
+ * (REPORT.entered); the coordinator moves the view's start past S when
+ * every member of the next view does (ag_try_decide). The same on every
+ * rank of the view (MOONCAKE_FT_ENTRY is a shared setting). plock held
+ * where cx is read by another thread. */
+static int entry_usable(const mc_comm_t *c, mc_cctx_t *cx)
+{
+    return c->ft_entry && cx->req->args.coll != MC_COLL_BARRIER &&
+           !mc_cx_stage_usable(cx);
+}
+
+/* For a report: this rank is in the frame barrier of the running op, in
+ * this view, under the entry rule (and no peer's LEFT moved last_ended
+ * past it already). plock held. */
+static int ag_entered(mc_comm_t *c)
+{
+    return c->ft_entry && c->cx.entered && c->cx.epoch == c->epoch &&
+           c->cx.seq == c->exec_seq && !ag_left_seen(c);
+}
+
 static uint64_t ag_signature(mc_comm_t *c)
 {
     uint64_t h = 1469598103934665603ull;
@@ -1970,7 +2011,7 @@ static uint64_t ag_signature(mc_comm_t *c)
         h = fnv1a(h, &v, 1);
     }
     /* a LEFT read after the report changes its last_ended */
-    uint8_t left = (uint8_t)ag_left_seen(c);
+    uint8_t left = (uint8_t)(ag_left_seen(c) | ag_entered(c) << 1);
     h = fnv1a(h, &left, 1);
     return h;
 }
@@ -1991,7 +2032,8 @@ static void ag_send_report(mc_comm_t *c)
                     .epoch = c->epoch,
                     .view_start = c->view_start,
                     .last_ended = (int64_t)c->exec_seq - 1 + ag_left_seen(c),
-                    .admit = (uint32_t)c->admit_phase};
+                    .admit = (uint32_t)c->admit_phase,
+                    .entered = (uint32_t)ag_entered(c)};
     for (int p = 0; p < c->size; p++)
         if (c->active[p]) ctrl_send(c, p, &ct, c->active, dead, c->suspect);
     c->ag_sig = ag_signature(c);
@@ -2049,6 +2091,7 @@ static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
         c->rep_coord[from] = ct.coord;
         c->rep_last[from] = ct.last_ended;
         c->rep_admit[from] = ct.admit != 0;
+        c->rep_entered[from] = ct.entered != 0;
         memcpy(c->rep_maps + (size_t)from * 2 * n, maps + n, 2 * n);
         /* An admission report says nothing failed: the sender finished the
          * op and waits in the admission round, which every member enters
@@ -2177,6 +2220,20 @@ static int ag_try_decide(mc_comm_t *c)
             if (next[p]) ctrl_send(c, p, &q, c->active, NULL, NULL);
         memset(next, 0, n);
         return AG_NOQUORUM;
+    }
+    /* The entry rule (entry_usable): every member of the next view entered
+     * the frame barrier of op maxlast + 1 holding its result, so it
+     * completes in this view. */
+    if (c->ft_entry) {
+        int all = 1;
+        for (int q = 0; q < c->size && all; q++) {
+            if (!next[q]) continue;
+            if (q == c->rank)
+                all = ag_entered(c) && (int64_t)c->exec_seq - 1 == maxlast;
+            else
+                all = c->rep_entered[q] && c->rep_last[q] == maxlast;
+        }
+        if (all) maxlast++;
     }
     /* Joiners: only when every member of the next view waits between the
      * same two operations (the admission round after an op), so that all
@@ -2526,14 +2583,22 @@ static mc_status_t sig_barrier(mc_cctx_t *cx, uint64_t *flags)
 }
 
 /* Are the LEFT frames this call posted (c->left_wait) still on their way
- * out to a peer that is neither dead nor suspected? plock held. */
+ * to a peer that is neither dead nor suspected? On their way until the
+ * peer's side holds them (transport sent_held; tcp: its kernel
+ * acknowledged them): a rank that returns and dies right away with unread
+ * bytes resets its connections, and its kernel drops what is not
+ * acknowledged yet. plock held. */
 static int left_frames_busy(mc_comm_t *c)
 {
     int busy = 0;
     for (int p = 0; p < c->size; p++) {
         if (!c->left_wait[p]) continue;
-        if (c->left_out[p].hx.status != MC_INPROGRESS || c->peer_dead[p] ||
-            c->p2p_dead[p] || c->suspect[p])
+        int st = c->left_out[p].hx.status, t = c->peer_tl[p];
+        if (st == MC_OK && t >= 0 &&
+            c->tlops[t]->sent_held(c->tl[t], p, MC_CH_P2P) == MC_INPROGRESS)
+            st = MC_INPROGRESS;
+        if (st != MC_INPROGRESS || c->peer_dead[p] || c->p2p_dead[p] ||
+            c->suspect[p])
             c->left_wait[p] = 0;
         else
             busy = 1;
@@ -2547,7 +2612,10 @@ static int left_frames_busy(mc_comm_t *c)
  * MC_KIND_LEFT frame on the p2p stream, which is always read whatever the
  * collective stream holds, and it waits (up to MC_DRAIN_GRACE_US: a peer
  * that does not read its p2p stream gets no promise) until those frames
- * are in the kernel's hands. As with SIG_LEFT, a rank that returned the op
+ * are held on the peers' side (left_frames_busy; tcp: acknowledged, which
+ * the receiver asks for at once, ack_now). Only where the entry rule does
+ * not hold (ag_entered: barrier calls, and views that may stage with
+ * MOONCAKE_FT_SIGNALS=0). As with SIG_LEFT, a rank that returned the op
  * has thus told its peers: its frame arrives before the end of its p2p
  * stream, and the coordinator decides only once the p2p streams of the
  * ranks it counts dead have ended (ag_try_decide), so the op completes in
@@ -2707,6 +2775,11 @@ static mc_status_t ft_barrier(mc_comm_t *c, mc_cctx_t *cx, uint64_t *flags)
 {
     cx->data_done = 1;
     int sig = sig_barrier_usable(c, cx);
+    if (!sig && entry_usable(c, cx)) {
+        pthread_mutex_lock(&c->plock);
+        cx->entered = 1; /* reports say so from now on */
+        pthread_mutex_unlock(&c->plock);
+    }
     mc_status_t st = sig ? sig_barrier(cx, flags)
                          : mc_algo_barrier_flags(cx, flags);
     if (st != MC_OK) return st;
@@ -2719,7 +2792,7 @@ static mc_status_t ft_barrier(mc_comm_t *c, mc_cctx_t *cx, uint64_t *flags)
     if (st == MC_OK) cx->passed = 1;
     pthread_mutex_unlock(&c->plock);
     if (st != MC_OK || sig) return st;
-    left_notices(c, cx, *flags);
+    if (!cx->entered) left_notices(c, cx, *flags);
     /* a view that dropped this rank meanwhile (false suspicion): the
      * others may re-run the op without it; do not report it done */
     pthread_mutex_lock(&c->plock);
@@ -2751,6 +2824,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
     cx->vrank = c->vof[c->rank];
     cx->data_done = r->args.coll == MC_COLL_BARRIER;
     cx->passed = 0;
+    cx->entered = 0;
     memcpy(c->att_active, c->active, (size_t)c->size);
     cx->seq = r->seq;
     cx->deadline_us =
@@ -2990,6 +3064,7 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         int outcome = 0;
         if (c->nv_pending) {
             cx->data_done = 0;
+            cx->entered = 0;
             memcpy(c->att_active, c->active, (size_t)c->size);
             outcome = ag_adopt(c, r->seq);
             now = mc_now_us(); /* adopting may have taken a while */
@@ -3031,6 +3106,7 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                 }
             } else {
                 cx->data_done = 0;
+                cx->entered = 0;
                 memcpy(c->att_active, c->active, (size_t)c->size);
             }
             outcome = agree(c, r->seq);
@@ -4551,6 +4627,7 @@ static void admit_peer(mc_comm_t *c, int q)
     c->rep_coord[q] = -1;
     c->rep_last[q] = 0;
     c->rep_admit[q] = 0;
+    c->rep_entered[q] = 0;
     memset(c->rep_maps + (size_t)q * 2 * (size_t)c->size, 0,
            2 * (size_t)c->size);
     c->sent_view[q] = c->epoch; /* it has the view from the store */
@@ -4859,13 +4936,13 @@ static void shared_settings(const mc_comm_t *c, char *out, size_t cap)
     const mc_tune_t *t = &c->tune;
     snprintf(out, cap,
              "MOONCAKE_FT=%d;MOONCAKE_FT_SIGNALS=%d;MOONCAKE_FT_PAIR=%d;"
-             "MOONCAKE_CHUNK_BYTES=%zu;"
+             "MOONCAKE_FT_ENTRY=%d;MOONCAKE_CHUNK_BYTES=%zu;"
              "MOONCAKE_ALLREDUCE_SMALL_MAX=%zu;MOONCAKE_BCAST_SMALL_MAX=%zu;"
              "MOONCAKE_SHM_STAGE_MIN=%zu;MOONCAKE_SHM_STAGE_MAX=%zu;"
              "MOONCAKE_ALGO_ALLREDUCE=%s;MOONCAKE_ALGO_BROADCAST=%s;"
              "MOONCAKE_ALGO_REDUCE=%s;MOONCAKE_ALGO_REDUCE_SCATTER=%s;",
              c->ft, c->ft && c->ft_signals,
-             c->ft && c->ft_pair, t->chunk_bytes,
+             c->ft && c->ft_pair, c->ft && c->ft_entry, t->chunk_bytes,
              t->allreduce_small_max, t->bcast_small_max, t->stage_min,
              t->stage_max, t->algo_allreduce, t->algo_broadcast,
              t->algo_reduce, t->algo_reduce_scatter);
@@ -4976,6 +5053,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->async_grace_us = mc_env_int("MOONCAKE_ASYNC_GRACE_US", 50);
     c->ft_signals = mc_env_int("MOONCAKE_FT_SIGNALS", 1) != 0;
     c->ft_pair = mc_env_int("MOONCAKE_FT_PAIR", 1) != 0;
+    c->ft_entry = mc_env_int("MOONCAKE_FT_ENTRY", 1) != 0;
     c->left_fanout = (int)mc_env_int("MOONCAKE_FT_LEFT_FANOUT", -1);
     c->discard = malloc(c->discard_len);
     c->peer_tl = malloc((size_t)size);
@@ -5013,7 +5091,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->sent_view = calloc((size_t)size, sizeof(uint64_t));
     c->inc = calloc((size_t)size, sizeof(uint64_t));
     c->joined_last = calloc((size_t)size, sizeof(int));
-    c->rep_admit = calloc((size_t)size, 1);
+    c->rep_admit = calloc(2 * (size_t)size, 1);
+    c->rep_entered = c->rep_admit ? c->rep_admit + size : NULL;
     c->jw_nonce = calloc((size_t)size, sizeof(uint64_t));
     c->jw_etcd = calloc(2 * (size_t)size, sizeof(uint64_t));
     c->jw_used = c->jw_etcd ? c->jw_etcd + size : NULL;

@@ -295,6 +295,13 @@ static const kt_scn_t scenarios[] = {
    * for the commit): 3 ranks fold, 4 do not */
     {"rd_barrier_shm_3",      3, SHM, W_AR_SMALL,    K_INJECT,   -1, 0, 0,  18, 0,         0, "ft.barrier.mid"},
     {"rd_barrier_shm_4",      4, SHM, W_AR_SMALL,    K_INJECT,   -1, 0, 0,  18, 0,         0, "ft.barrier.mid"},
+  /* one dies in the frame barrier over TCP: whether the survivors all
+   * entered it decides (the entry rule): complete in the old view, with
+   * the dead rank's part in every result, or re-run without it */
+    {"entry_ar_tcp_3",        3, TCP, W_AR_SMALL,    K_INJECT,   -1, 0, 0,  18, 0,         0, "ft.barrier.mid"},
+    {"entry_mix_tcp_4",       4, TCP, W_MIX,         K_INJECT,   -1, 0, 0,  24, 0,         0, "ft.barrier.mid"},
+    {"entry_deadroot_tcp_3",  3, TCP, W_BC_DEADROOT, K_INJECT,   -1, 0, 0,  24, 4099,      0, "ft.barrier.mid"},
+    {"entry_ag_tcp_4",        4, TCP, W_AG,          K_INJECT,   -1, 0, 0,  18, 4099,      0, "ft.barrier.mid"},
   /* two die in the final barrier: one had signalled only its neighbour,
    * which returned the op in the old view and died. The survivors never
    * saw the first one's signal, yet must complete the op in the old view
@@ -305,14 +312,20 @@ static const kt_scn_t scenarios[] = {
     {"left_small_shm_4",      4, SHM, W_AR_BIG,      K_LEFT,     -1, 0, 0,  18, 1024,      0, "ft.barrier.mid"},
     {"left_ag_shm_3",         3, SHM, W_AG,          K_LEFT,     -1, 0, 0,  12, 1 << 16,   0, "ft.barrier.mid"},
   /* the same through the frame barrier (TCP, barrier calls,
-   * MOONCAKE_FT_SIGNALS=0): the neighbour's LEFT notices */
+   * MOONCAKE_FT_SIGNALS=0). Over TCP an allreduce needs no notice: the
+   * survivors all entered the barrier, which decides (the entry rule);
+   * barrier calls and views that may stage send LEFT notices and wait
+   * until they are held (left_notice_tcp_3: the notices alone, entry rule
+   * off; both fail within 10 runs with neither: checked) */
     {"left_big_tcp_4",        4, TCP, W_AR_BIG,      K_LEFT,     -1, 0, 0,  12, MiB8 / 2,  0, "ft.barrier.mid"},
     {"left_small_tcp_3",      3, TCP, W_AR_BIG,      K_LEFT,     -1, 0, 0,  18, 1024,      0, "ft.barrier.mid"},
     {"left_bar_shm_3",        3, SHM, W_BAR,         K_LEFT,     -1, 0, 0,  18, 0,         0, "ft.barrier.mid"},
     {"left_nosig_shm_3",      3, SHM, W_AR_BIG,      K_LEFT,     -1, 0, 0,  18, 1024,      0, "ft.barrier.mid"},
-  /* left_big_tcp_4 (which fails with MOONCAKE_FT_LEFT_FANOUT=0) with
-   * notices to the 2 lowest slots only: one of them survives */
+  /* left_big_tcp_4 through the notices (entry rule off), sent to the 2
+   * lowest slots only: one of them survives */
     {"left_fan2_tcp_4",       4, TCP, W_AR_BIG,      K_LEFT,     -1, 0, 0,  12, MiB8 / 2,  0, "ft.barrier.mid"},
+    {"left_notice_tcp_3",     3, TCP, W_AR_BIG,      K_LEFT,     -1, 0, 0,  18, 1024,      0, "ft.barrier.mid"},
+    {"left_bar_tcp_3",        3, TCP, W_BAR,         K_LEFT,     -1, 0, 0,  18, 0,         0, "ft.barrier.mid"},
 };
 /* clang-format on */
 #define NSCN ((int)(sizeof(scenarios) / sizeof(scenarios[0])))
@@ -326,6 +339,8 @@ static const struct {
     {"rs_ring_shm_4", "MOONCAKE_ALGO_REDUCE_SCATTER", "ring"},
     {"left_nosig_shm_3", "MOONCAKE_FT_SIGNALS", "0"},
     {"left_fan2_tcp_4", "MOONCAKE_FT_LEFT_FANOUT", "2"},
+    {"left_fan2_tcp_4", "MOONCAKE_FT_ENTRY", "0"},
+    {"left_notice_tcp_3", "MOONCAKE_FT_ENTRY", "0"},
 };
 
 /* The ops of one step cycle; returns how many. Broadcasts use root 0 unless
@@ -1743,6 +1758,18 @@ static void run_one(const kt_scn_t *sc, uint64_t seed)
         else
             printf("  rank %d died without returning step %d\n", k.pl.victim[1],
                    k.pl.at_step[1]);
+    }
+    if (sc->kill == K_INJECT) {
+        /* which way it went: the old view (every survivor had the dead
+         * rank's whole part) or a re-run without it */
+        int lo = -1;
+        for (int r = 0; r < sc->size && lo < 0; r++)
+            if (r != k.pl.victim[0]) lo = r;
+        const kt_rec_t *x = &sh->rec[lo][k.pl.at_step[0]];
+        if (x->done && x->status == MC_OK)
+            printf("  step %d completed in view %" PRIu64 " (%s)\n",
+                   k.pl.at_step[0], x->epoch,
+                   x->epoch == 1 ? "the old one" : "re-run");
     }
     if (sc->kill == K_RETURN) {
         const kt_rec_t *x = &sh->rec[k.pl.victim[0]][k.pl.at_step[0]];
