@@ -2379,6 +2379,13 @@ static int agree(mc_comm_t *c, uint64_t seq)
             pthread_mutex_lock(&c->plock);
         }
     }
+    /* A round that adopted nothing leaves the epoch as it was: its reports
+     * must not count in the next round of this epoch (after a partition
+     * healed), where they would stand in for fresh ones that say more
+     * (a later last_ended, entered). Reports still in flight from this
+     * round can still arrive and count. */
+    if (outcome == AG_NOQUORUM || outcome == AG_TIMEOUT)
+        memset(c->rep_epoch, 0, (size_t)c->size * sizeof(*c->rep_epoch));
     pthread_mutex_unlock(&c->plock);
     return outcome;
 }
