@@ -21,7 +21,13 @@
 #include <string.h>
 #include <strings.h>
 #include <math.h>
+#include <arpa/inet.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1676,6 +1682,79 @@ static double pingpong_ns(void)
     return ns[PP_RUNS / 2];
 }
 
+/* The floor of a 2-rank exchange over loopback TCP, with and without the
+ * pair rule's confirmation: two processes each send 8 bytes and read the
+ * other's, both spinning (non-blocking reads), 20000 rounds after 2000 of
+ * warm-up. With `held`, each side also acknowledges what it read at once
+ * (TCP_QUICKACK) and waits until the kernel reports its own bytes
+ * acknowledged (SIOCOUTQ 0) before the next round: what a rank with fault
+ * tolerance must wait for before it returns (docs/design.md, "Pair
+ * confirmation over TCP"). The frames of both sides cross, so the data
+ * cannot carry the acknowledgement: one pure ACK per round that the plain
+ * exchange never sends. Returns us per round, or a negative value. */
+static double tcp_floor_us(int held)
+{
+    enum { TF_ROUNDS = 20000, TF_WARM = 2000 };
+    int one = 1, ls = socket(AF_INET, SOCK_STREAM, 0), fd = -1;
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+    if (ls < 0) return -1;
+    if (bind(ls, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        getsockname(ls, (struct sockaddr *)&a, &al) != 0 || listen(ls, 1) != 0) {
+        close(ls);
+        return -1;
+    }
+    fflush(NULL);
+    pid_t p = fork();
+    if (p < 0) {
+        close(ls);
+        return -1;
+    }
+    int child = p == 0;
+    if (child) {
+        close(ls);
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0)
+            _exit(1);
+    } else {
+        fd = accept(ls, NULL, NULL);
+        close(ls);
+        if (fd < 0) {
+            kill(p, SIGKILL);
+            waitpid(p, NULL, 0);
+            return -1;
+        }
+    }
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    char b[8] = {0};
+    int64_t t0 = 0;
+    int bad = 0;
+    for (int i = 0; i < TF_WARM + TF_ROUNDS && !bad; i++) {
+        if (i == TF_WARM) t0 = now_ns();
+        if (send(fd, b, sizeof(b), 0) != (ssize_t)sizeof(b)) bad = 1;
+        for (size_t got = 0; got < sizeof(b) && !bad;) {
+            ssize_t r = recv(fd, b + got, sizeof(b) - got, MSG_DONTWAIT);
+            if (r > 0)
+                got += (size_t)r;
+            else if (r == 0 || (errno != EAGAIN && errno != EINTR))
+                bad = 1;
+        }
+        if (held && !bad) {
+            int q = 1;
+            (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+            while (!bad && q != 0)
+                if (ioctl(fd, SIOCOUTQ, &q) != 0) bad = 1;
+        }
+    }
+    double us = (double)(now_ns() - t0) / 1e3 / TF_ROUNDS;
+    close(fd);
+    if (child) _exit(bad);
+    int wst = 0;
+    waitpid(p, &wst, 0);
+    return bad || !WIFEXITED(wst) || WEXITSTATUS(wst) ? -1 : us;
+}
+
 static int ftc_run(const struct bench_opts *o)
 {
     char dir[4096];
@@ -1842,6 +1921,15 @@ static int kill_main(const struct bench_opts *o, int argc, char **argv)
                    "cache line's round\n# trip through shared memory %.0f ns "
                    "(one way %.0f ns)\n",
                    pp, pp / 2);
+        if (o->transport == MC_TRANSPORT_TCP) {
+            double plain = tcp_floor_us(0), held = tcp_floor_us(1);
+            if (plain > 0 && held > 0)
+                printf("# floor over loopback TCP, 2 processes exchanging 8 B: "
+                       "%.2f us per round;\n# returning only once the own "
+                       "bytes are acknowledged (the pair rule): %.2f us\n# "
+                       "(at most %.2f for an 8 B FT on/off ratio at 2 ranks)\n",
+                       plain, held, plain / held);
+        }
         printf("# %10s  %12s  %9s  %7s  %9s  %7s  %6s\n", "size", "mode",
                "FT=1 (us)", "busbw", "FT=0 (us)", "busbw", "ratio");
         printf("# %10s  %12s  %9s  %7s  %9s  %7s  %6s\n", "(B)", "", "",
