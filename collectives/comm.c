@@ -214,6 +214,8 @@ struct mc_cctx {
                       this view whatever happens now (cx_fail ignored) */
     int entered;   /* FT: in the frame barrier with a result that needs no
                       peer any more (the entry rule, ag_entered) */
+    int slot;      /* this attempt ran the shared-slot allreduce: its word is
+                      published (slot_decide) */
     mc_request_t *req;
     const mc_coll_args_t *args; /* what the algorithm sees (mc_cx_args) */
     uint64_t seq;
@@ -366,6 +368,16 @@ struct mc_comm {
     mc_ctrl_out_t *ctrl_out;
     size_t ctrl_len; /* sizeof(mc_ctrl_t) + 3 * size */
     mc_stage_t *stage; /* staging memory shared on this host (stage.h) */
+    /* shared slots (mc_cx_allreduce_slot): our region, the peers' mapped
+     * ones and the incarnation each was mapped for */
+    mc_stage_t *slots;
+    uint8_t *slot_own;
+    uint8_t **slot_map;
+    uint64_t *slot_inc;
+    int *slot_vs;
+    uint64_t slot_prev[2]; /* slot_key of the attempt that last wrote our
+                              slot w */
+    size_t slot_max; /* MOONCAKE_SLOT_MAX; 0: none */
     unsigned stage_warned; /* staging failures logged (warn once) */
     uint64_t stage_epoch;  /* view of the last staged call */
     size_t stage_hwm;      /* largest region need of a staged call */
@@ -1967,6 +1979,7 @@ static int ag_coord(const mc_comm_t *c)
 
 static int ag_left_seen(mc_comm_t *c);
 static int sig_capable(const mc_comm_t *c, int p);
+static int slot_decide(mc_comm_t *c);
 
 /* The entry rule. A rank that passed the frame barrier of op S heard,
  * directly or not, from every rank of the view, each of which had entered
@@ -2235,6 +2248,10 @@ static int ag_try_decide(mc_comm_t *c)
         }
         if (all) maxlast++;
     }
+    /* the shared slots: every word of the interrupted op there (and the
+     * members fenced: slot_decide) */
+    if (maxlast < (int64_t)c->exec_seq && slot_decide(c))
+        maxlast = (int64_t)c->exec_seq;
     /* Joiners: only when every member of the next view waits between the
      * same two operations (the admission round after an op), so that all
      * of them see the grown view at the same point of their op stream. */
@@ -2755,6 +2772,406 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
            !__atomic_load_n(&cx->rx_flags, __ATOMIC_RELAXED);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Shared slots: a small allreduce on one host in one round, no barrier     */
+/* ------------------------------------------------------------------------ */
+
+/* Each rank owns a small shared region (a second stage.h instance, made at
+ * creation, described in the store under "slot/<rank>", never replaced)
+ * that every rank of the host maps. Layout after MC_STAGE_HDR: word[w] at
+ * 64 * w (w = seq & 1), fence at 128, desc[w] at 192, done at 256, data[w]
+ * at 384 + w * slot_max.
+ *
+ * With fault tolerance on (embedded membership), an allreduce of up to
+ * MOONCAKE_SLOT_MAX bytes over n >= 3 ranks, all of them shm peers (without
+ * fault tolerance recursive doubling measured faster here): each rank
+ * copies its input into data[seq & 1] (once every peer is past the attempt
+ * that last wrote it: the done words, slot_free_ready), publishes
+ * word[seq & 1] = (epoch, seq, join flags) with one release store, then
+ * the same word as a transport signal to every peer (wakes it), waits for
+ * every peer's word, and reduces the n slots in vrank order (the same bits
+ * everywhere). The caller's buffer is written only once the op is decided
+ * here, so an in-place input needs no copy for a re-run.
+ *
+ * The op needs no final barrier: a word is one store
+ * into its writer's own region, after the data, so any rank that sees a
+ * word can read the whole slot, from then on and whatever becomes of the
+ * writer; a rank that returned the op saw every word. The agreement
+ * (slot_decide) completes the op in the old view when every member of the
+ * old view has its word there, and a survivor that lacks the result reads
+ * it from the slots (slot_finish). Otherwise nobody saw every word, and a
+ * live rank that still writes its word late must not return the op: the
+ * coordinator stores the op's key into the fence of every member, then
+ * (full fence) reads every word; a rank, after storing its word (full
+ * fence), reads its own fence once it has seen every word, before it
+ * returns. A rank that returns did not see the fence, so the coordinator's
+ * reads see every word it saw. A rank that sees its fence fails the
+ * attempt and learns the view. A removed rank may still read slots that
+ * the others rewrite: readers check every word again after reading
+ * (seqlock; writers clear their word first). docs/design.md, "Beyond two
+ * ranks: shared slots". */
+#define SLOT_FENCE_OFF 128
+#define SLOT_DESC_OFF 192 /* [2] x slot_desc_t, by seq & 1 */
+#define SLOT_DONE_OFF 256 /* slot_key of the last attempt read up to */
+#define SLOT_DATA_OFF 384
+
+/* What the writer of a slot called (checked by every reader: a mismatch
+ * fails the op, as a frame's header does). */
+typedef struct slot_desc {
+    uint64_t desc, count;
+    int32_t coll, dtype, op, root;
+} slot_desc_t;
+
+static size_t slot_region_bytes(const mc_comm_t *c)
+{
+    return SLOT_DATA_OFF + 2 * c->slot_max;
+}
+
+static uint8_t *slot_base(mc_comm_t *c, int p)
+{
+    return p == c->rank ? c->slot_own : c->slot_map[p];
+}
+
+static uint64_t *slot_word_p(mc_comm_t *c, int p, int w)
+{
+    return (uint64_t *)(slot_base(c, p) + 64 * (size_t)w);
+}
+
+static uint64_t *slot_fence_p(mc_comm_t *c, int p)
+{
+    return (uint64_t *)(slot_base(c, p) + SLOT_FENCE_OFF);
+}
+
+static slot_desc_t *slot_desc_p(mc_comm_t *c, int p, int w)
+{
+    return (slot_desc_t *)(slot_base(c, p) + SLOT_DESC_OFF) + w;
+}
+
+/* Attempts in order: (seq, epoch). */
+static uint64_t slot_key(uint64_t epoch, uint64_t seq)
+{
+    return seq << 16 | (epoch & 0xffff);
+}
+
+static uint64_t *slot_done_p(mc_comm_t *c, int p)
+{
+    return (uint64_t *)(slot_base(c, p) + SLOT_DONE_OFF);
+}
+
+/* A rank reads the slots of an attempt only within it; it says it is past
+ * all of them up to `key` (at the start of every attempt: everything
+ * before it; after reading a slot op's: that one). */
+static void slot_done(mc_comm_t *c, uint64_t key)
+{
+    if (c->slot_own) __atomic_store_n(slot_done_p(c, c->rank), key,
+                                      __ATOMIC_RELEASE);
+}
+
+static const uint8_t *slot_data(mc_comm_t *c, int p, int w)
+{
+    return slot_base(c, p) + SLOT_DATA_OFF + (size_t)w * c->slot_max;
+}
+
+/* Map peer p's region if not yet for its current incarnation. 1 if
+ * mapped; 0 if it has none (made no region). plock NOT held. */
+static int slot_map_peer(mc_comm_t *c, int p)
+{
+    if (c->slot_map[p] && c->slot_inc[p] == c->inc[p]) return 1;
+    char key[64], err[256];
+    mc_stage_info_t info;
+    size_t len = 0;
+    snprintf(key, sizeof(key), "slot/%d", p);
+    if (mc_store_get(c->store, key, 5000, &info, sizeof(info), &len) !=
+            MC_OK ||
+        len != sizeof(info) || !info.rid ||
+        info.size < MC_STAGE_HDR + slot_region_bytes(c))
+        return 0;
+    uint8_t *m = mc_stage_peer(c->slots, p, &info, err, sizeof(err));
+    if (!m) {
+        MC_LOG(MC_LOG_WARN, "rank %d: cannot map rank %d's slots: %s",
+               c->rank, p, err);
+        return 0;
+    }
+    c->slot_map[p] = m;
+    c->slot_inc[p] = c->inc[p];
+    return 1;
+}
+
+/* The shared-slot allreduce for this call? The same on every rank of the
+ * view: the size, the view (all shm peers), the settings, and whether
+ * every rank made and described its region (the store says the same to
+ * all). */
+int mc_cx_slot_usable(mc_cctx_t *cx, size_t bytes)
+{
+    mc_comm_t *c = cx->comm;
+    if (!c->ft || !c->slot_max || !c->slot_own || bytes > c->slot_max ||
+        cx->nv < 3 || c->em || !mc_cx_stage_usable(cx))
+        return 0;
+    for (int v = 0; v < cx->nv; v++) {
+        int p = cx->vslots[v];
+        if (p != c->rank && !slot_map_peer(c, p)) return 0;
+    }
+    return 1;
+}
+
+static int slot_ready(mc_cctx_t *cx, cx_waiter_t *w)
+{
+    mc_comm_t *c = cx->comm;
+    int p = w->peer, t = c->peer_tl[p], ws = (int)(cx->seq & 1);
+    for (int pass = 0; pass < 2; pass++) {
+        int dead = c->peer_dead[p];
+        uint64_t v = 0;
+        (void)c->tlops[t]->peek(c->tl[t], p, ws, &v); /* arms wait() */
+        v = __atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_ACQUIRE);
+        if ((v & ~SIG_FLAGS) == w->want) {
+            const slot_desc_t *d = slot_desc_p(c, p, ws);
+            const mc_coll_args_t *a = &cx->req->args;
+            if (d->coll != (int32_t)a->coll || d->dtype != (int32_t)a->dtype ||
+                d->op != (int32_t)a->op || d->root != (int32_t)a->root ||
+                d->count != cx->dcount || d->desc != cx->desc) {
+                char mine[160], theirs[160];
+                describe(mine, sizeof(mine), a->coll, a->dtype, a->op,
+                         a->root, cx->dcount);
+                describe(theirs, sizeof(theirs), (int)d->coll, (int)d->dtype,
+                         (int)d->op, (int)d->root, d->count);
+                if (cx->failed == MC_OK)
+                    cx_fail(c, MC_ERR_MISMATCH, 0,
+                            "collective mismatch at seq %llu: rank %d called "
+                            "%s but rank %d called %s",
+                            (unsigned long long)cx->seq, c->rank, mine, p,
+                            theirs);
+                return 0;
+            }
+            w->got = v;
+            return 1;
+        }
+        /* a frame of this op from it: it runs another algorithm, so it
+         * called something else (or other sizes) */
+        const mc_in_t *in = &c->in[MC_CH_COLL][p];
+        if (in->state == IN_HAVE_HDR && in->hdr.seq == cx->seq &&
+            in->hdr.epoch == cx->epoch) {
+            const mc_hdr_t *h = &in->hdr;
+            const mc_coll_args_t *a = &cx->req->args;
+            char mine[160], theirs[160];
+            describe(mine, sizeof(mine), a->coll, a->dtype, a->op, a->root,
+                     cx->dcount);
+            describe(theirs, sizeof(theirs), h->coll, h->dtype, h->op, h->root,
+                     h->count);
+            if (cx->failed == MC_OK)
+                cx_fail(c, MC_ERR_MISMATCH, 0,
+                        "collective mismatch at seq %llu: rank %d called %s "
+                        "(shared slots) but rank %d called %s",
+                        (unsigned long long)cx->seq, c->rank, mine, p, theirs);
+            return 0;
+        }
+        if (!dead && !c->peer_dead[p]) return 0;
+    }
+    if (cx->failed == MC_OK)
+        cx_fail(c, MC_ERR_PEER_FAILED, 0,
+                "%s at seq %llu: rank %d failed before its part was in its "
+                "slot",
+                mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
+                p);
+    return 0;
+}
+
+/* Every peer of the view past the attempt that last wrote our slot w (or
+ * dead): then we may write it again. A peer whose op failed, or that ran
+ * another op at that seq, gets there at the start of its next attempt. */
+static int slot_free_ready(mc_cctx_t *cx, cx_waiter_t *w)
+{
+    mc_comm_t *c = cx->comm;
+    for (int v = 0; v < cx->nv; v++) {
+        int p = cx->vslots[v];
+        if (p == c->rank || c->peer_dead[p]) continue;
+        if (__atomic_load_n(slot_done_p(c, p), __ATOMIC_ACQUIRE) < w->want)
+            return 0;
+    }
+    return 1;
+}
+
+/* Reduce the n slots of (epoch, seq) over the view `vslots` into out, in
+ * vrank order; the flags' OR in *flags. */
+static int slot_reduce(mc_comm_t *c, const mc_coll_args_t *a,
+                       const int *vslots, int nv, uint64_t epoch, uint64_t seq,
+                       void *out, uint64_t *flags)
+{
+    int ws = (int)(seq & 1);
+    size_t bytes = a->count * mc_dtype_size(a->dtype);
+    uint64_t acc = 0, want = sig_word(epoch, seq, 0) & ~SIG_FLAGS;
+    for (int v = 0; v < nv; v++) {
+        uint64_t w = __atomic_load_n(slot_word_p(c, vslots[v], ws),
+                                     __ATOMIC_ACQUIRE);
+        if ((w & ~SIG_FLAGS) != want) return 0;
+        acc |= w & SIG_FLAGS;
+    }
+    if (bytes) {
+        mc_reduce(out, slot_data(c, vslots[0], ws), slot_data(c, vslots[1], ws),
+                  a->count, a->dtype, a->op);
+        for (int v = 2; v < nv; v++)
+            mc_reduce(out, out, slot_data(c, vslots[v], ws), a->count,
+                      a->dtype, a->op);
+        if (a->op == MC_AVG)
+            mc_reduce_div(out, a->count, a->dtype, (uint64_t)nv);
+    }
+    *flags = acc;
+    /* Read consistently (a seqlock): a writer clears its word before it
+     * rewrites its slot, so a word unchanged after the reads means the
+     * data was not being rewritten. A slot is rewritten under a reader
+     * only when that reader was removed from the writer's view (the
+     * writer waits for the others: slot_free_ready). */
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    for (int v = 0; v < nv; v++) {
+        uint64_t w = __atomic_load_n(slot_word_p(c, vslots[v], ws),
+                                     __ATOMIC_RELAXED);
+        if ((w & ~SIG_FLAGS) != want) return 0;
+    }
+    return 1;
+}
+
+mc_status_t mc_cx_allreduce_slot(mc_cctx_t *cx)
+{
+    mc_comm_t *c = cx->comm;
+    const mc_coll_args_t *a = cx->args;
+    int n = cx->nv, r = cx->vrank, ws = (int)(cx->seq & 1);
+    size_t bytes = a->count * mc_dtype_size(a->dtype);
+    uint64_t mine = sig_word(cx->epoch, cx->seq, cx->tx_flags);
+    cx->slot = 1;
+    if (c->slot_prev[ws]) {
+        cx_waiter_t fw = {.ready = slot_free_ready,
+                          .peer = -1,
+                          .want = c->slot_prev[ws]};
+        mc_status_t st = cx_wait_until(cx, &fw);
+        if (st < 0) {
+            cx->slot = 0; /* no word written */
+            return st;
+        }
+    }
+    c->slot_prev[ws] = slot_key(cx->epoch, cx->seq);
+    /* a reader that read the old contents sees its word change (seqlock,
+     * slot_reduce) */
+    __atomic_store_n(slot_word_p(c, c->rank, ws), 0, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    if (bytes) memcpy((uint8_t *)slot_data(c, c->rank, ws), a->sendbuf, bytes);
+    *slot_desc_p(c, c->rank, ws) = (slot_desc_t){.desc = cx->desc,
+                                                 .count = cx->dcount,
+                                                 .coll = (int32_t)a->coll,
+                                                 .dtype = (int32_t)a->dtype,
+                                                 .op = (int32_t)a->op,
+                                                 .root = (int32_t)a->root};
+    MC_FAULT_POINT("slot.data");
+    __atomic_store_n(slot_word_p(c, c->rank, ws), mine, __ATOMIC_RELEASE);
+    /* the fence handshake (Dekker): our word before we read our fence */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&c->plock);
+    for (int d = 1; d < n; d++) { /* wakes a sleeping peer */
+        int p = cx->vslots[(r + d) % n], t = c->peer_tl[p];
+        (void)c->tlops[t]->signal(c->tl[t], p, ws, mine);
+    }
+    pthread_mutex_unlock(&c->plock);
+    MC_FAULT_POINT("slot.word");
+    for (int d = 1; d < n; d++) {
+        cx_waiter_t w = {.ready = slot_ready,
+                         .peer = cx->vslots[(r + d) % n],
+                         .want = mine & ~SIG_FLAGS};
+        mc_status_t st = cx_wait_until(cx, &w);
+        if (st < 0) return st;
+    }
+    MC_FAULT_POINT("slot.seen");
+    if (c->ft) {
+        /* a coordinator that found our word missing fenced us out */
+        uint64_t f = __atomic_load_n(slot_fence_p(c, c->rank), __ATOMIC_SEQ_CST);
+        pthread_mutex_lock(&c->plock);
+        if (f == (mine & ~SIG_FLAGS) && cx->failed == MC_OK)
+            cx_fail(c, MC_ERR_PEER_FAILED, 0,
+                    "%s at seq %llu: the group decided without rank %d's "
+                    "part (fenced)",
+                    mc_coll_name(a->coll), (unsigned long long)cx->seq,
+                    c->rank);
+        mc_status_t st = cx->failed;
+        pthread_mutex_unlock(&c->plock);
+        if (st < 0) return st;
+    }
+    /* in place: into scratch first, so that a torn read (below) leaves
+     * the caller's input as it was */
+    int inplace = a->sendbuf == a->recvbuf;
+    size_t bytes_out = a->count * mc_dtype_size(a->dtype);
+    void *out = inplace && bytes_out ? mc_cx_scratch(cx, 0, bytes_out)
+                                     : a->recvbuf;
+    if (!out) return MC_ERR_NO_MEMORY;
+    uint64_t flags = 0;
+    int whole =
+        slot_reduce(c, a, cx->vslots, n, cx->epoch, cx->seq, out, &flags);
+    pthread_mutex_lock(&c->plock);
+    if (!whole && cx->failed == MC_OK)
+        cx_fail(c, MC_ERR_PEER_FAILED, 0,
+                "%s at seq %llu: slots were rewritten while rank %d read "
+                "them (the others went on without it)",
+                mc_coll_name(a->coll), (unsigned long long)cx->seq, c->rank);
+    mc_status_t st = cx->failed;
+    if (st == MC_OK && c->ft) cx->passed = 1; /* decided here: slot_decide */
+    pthread_mutex_unlock(&c->plock);
+    if (st < 0) return st;
+    if (out != a->recvbuf) memcpy(a->recvbuf, out, bytes_out);
+    slot_done(c, slot_key(cx->epoch, cx->seq));
+    cx->flags = flags;
+    cx->data_done = 1;
+    return MC_OK;
+}
+
+/* Coordinator, deciding the view after op `seq` of this epoch was
+ * interrupted: may it have completed on some rank? Only if this rank is
+ * in that op through the slots (else our word is missing: nobody saw every
+ * word, nor can). Fence every member of the old view (the op's word in its
+ * fence), then (full fence) read every word: a member that returns the op
+ * read every word before it read its fence, and did not see ours, so those
+ * words were stored before our reads, which see them. So if one is
+ * missing, no member returned the op and none will (each sees its fence):
+ * it re-runs. If all are there, it completes in the old view (a fenced
+ * member fails its attempt and reads the result from the slots,
+ * slot_finish). plock held. */
+static int slot_decide(mc_comm_t *c)
+{
+    mc_cctx_t *cx = &c->cx;
+    if (!cx->slot || cx->epoch != c->epoch || cx->seq != c->exec_seq)
+        return 0;
+    int ws = (int)(cx->seq & 1);
+    uint64_t want = sig_word(cx->epoch, cx->seq, 0) & ~SIG_FLAGS;
+    for (int v = 0; v < c->nactive; v++)
+        __atomic_store_n(slot_fence_p(c, c->vslots[v]), want, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (int v = 0; v < c->nactive; v++) {
+        uint64_t w = __atomic_load_n(slot_word_p(c, c->vslots[v], ws),
+                                     __ATOMIC_SEQ_CST);
+        if ((w & ~SIG_FLAGS) != want) return 0;
+    }
+    return 1;
+}
+
+/* AG_DONE_OLD for a slot op whose result this rank lacks: every word of
+ * the old view is there (slot_decide), so read it from the slots. */
+static mc_status_t slot_finish(mc_comm_t *c, mc_request_t *r, uint64_t epoch,
+                               const uint8_t *att)
+{
+    mc_cctx_t *cx = &c->cx;
+    int *vs = c->slot_vs, nv = 0, ws = (int)(r->seq & 1);
+    uint64_t want = sig_word(epoch, r->seq, 0) & ~SIG_FLAGS;
+    for (int p = 0; p < c->size; p++) {
+        if (!att[p]) continue;
+        uint64_t w = __atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_ACQUIRE);
+        if ((w & ~SIG_FLAGS) != want || (p != c->rank && !c->slot_map[p]))
+            return MC_ERR_INTERNAL;
+        vs[nv++] = p;
+    }
+    uint64_t flags = 0;
+    if (!slot_reduce(c, &r->args, vs, nv, epoch, r->seq, r->args.recvbuf,
+                     &flags))
+        return MC_ERR_INTERNAL;
+    cx->flags = flags;
+    cx->data_done = 1;
+    return MC_OK;
+}
+
 /* A pair-confirmed attempt (epoch, seq) over the slots `att` failed here
  * and the peer has been removed since: might it have returned the op?
  * Only if a whole frame of its for that attempt reached us (it returns
@@ -2832,8 +3249,11 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
     cx->data_done = r->args.coll == MC_COLL_BARRIER;
     cx->passed = 0;
     cx->entered = 0;
+    cx->slot = 0;
     memcpy(c->att_active, c->active, (size_t)c->size);
     cx->seq = r->seq;
+    /* past every earlier attempt's slots (slot_free_ready) */
+    slot_done(c, slot_key(cx->epoch, cx->seq) - 1);
     cx->deadline_us =
         c->timeout_ms < 0 ? INT64_MAX : now + c->timeout_ms * 1000;
     cx->dcount = desc_count(&r->args, c->size);
@@ -2864,9 +3284,13 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
 
     if (st == MC_OK && !(c->ft && r->args.coll == MC_COLL_BARRIER))
         st = mc_coll_run_view(cx);
-    /* the pair's exchange confirmed it: decided below, under plock */
-    int pair = st == MC_OK && c->ft && pair_skips_barrier(cx);
-    if (pair) {
+    /* the shared slots decided it (mc_cx_allreduce_slot); the pair's
+     * exchange confirmed it: decided below, under plock */
+    int slot = st == MC_OK && c->ft && cx->slot;
+    int pair = !slot && st == MC_OK && c->ft && pair_skips_barrier(cx);
+    if (slot) {
+        /* no final barrier: every survivor can read the result */
+    } else if (pair) {
         cx->data_done = 1;
         st = pair_hold(cx);
     } else if (st == MC_OK && c->ft) {
@@ -3147,6 +3571,15 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         if (removed && !c->auto_recover) c->need_recover = 1;
         pthread_mutex_unlock(&c->plock);
         if (outcome == AG_DONE_OLD) {
+            if (!cx->data_done && cx->slot) {
+                pthread_mutex_lock(&c->plock);
+                mc_status_t fs = slot_finish(c, r, old_epoch, c->att_active);
+                pthread_mutex_unlock(&c->plock);
+                if (fs == MC_OK) {
+                    cx->epoch = old_epoch;
+                    return MC_OK;
+                }
+            }
             if (!cx->data_done) {
                 snprintf(cx->err, sizeof(cx->err),
                          "%s at seq %llu: the group completed it in view %llu "
@@ -4393,6 +4826,10 @@ static void comm_free(mc_comm_t *c)
     free(c->sent_view);
     free(c->backup);
     mc_stage_free(c->stage);
+    mc_stage_free(c->slots);
+    free(c->slot_map);
+    free(c->slot_inc);
+    free(c->slot_vs);
     free(c->saved);
     free(c->live_tmp);
     free(c->inc);
@@ -4943,13 +5380,15 @@ static void shared_settings(const mc_comm_t *c, char *out, size_t cap)
     const mc_tune_t *t = &c->tune;
     snprintf(out, cap,
              "MOONCAKE_FT=%d;MOONCAKE_FT_SIGNALS=%d;MOONCAKE_FT_PAIR=%d;"
-             "MOONCAKE_FT_ENTRY=%d;MOONCAKE_CHUNK_BYTES=%zu;"
+             "MOONCAKE_FT_ENTRY=%d;MOONCAKE_SLOT_MAX=%zu;"
+             "MOONCAKE_CHUNK_BYTES=%zu;"
              "MOONCAKE_ALLREDUCE_SMALL_MAX=%zu;MOONCAKE_BCAST_SMALL_MAX=%zu;"
              "MOONCAKE_SHM_STAGE_MIN=%zu;MOONCAKE_SHM_STAGE_MAX=%zu;"
              "MOONCAKE_ALGO_ALLREDUCE=%s;MOONCAKE_ALGO_BROADCAST=%s;"
              "MOONCAKE_ALGO_REDUCE=%s;MOONCAKE_ALGO_REDUCE_SCATTER=%s;",
              c->ft, c->ft && c->ft_signals,
-             c->ft && c->ft_pair, c->ft && c->ft_entry, t->chunk_bytes,
+             c->ft && c->ft_pair, c->ft && c->ft_entry, c->slot_max,
+             t->chunk_bytes,
              t->allreduce_small_max, t->bcast_small_max, t->stage_min,
              t->stage_max, t->algo_allreduce, t->algo_broadcast,
              t->algo_reduce, t->algo_reduce_scatter);
@@ -5062,6 +5501,11 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->ft_pair = mc_env_int("MOONCAKE_FT_PAIR", 1) != 0;
     c->ft_entry = mc_env_int("MOONCAKE_FT_ENTRY", 1) != 0;
     c->left_fanout = (int)mc_env_int("MOONCAKE_FT_LEFT_FANOUT", -1);
+    {
+        int64_t sm = mc_env_int("MOONCAKE_SLOT_MAX", 16 << 10);
+        c->slot_max = sm > 0 ? ((size_t)sm + 63) / 64 * 64 : 0;
+        if (c->slot_max > ((size_t)1 << 24)) c->slot_max = (size_t)1 << 24;
+    }
     c->discard = malloc(c->discard_len);
     c->peer_tl = malloc((size_t)size);
     c->peer_dead = calloc((size_t)size, 1);
@@ -5155,6 +5599,33 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         snprintf(key, sizeof(key), "settings/%d", rank);
         MC_CHECK_GOTO(mc_store_set(ps, key, mine, strlen(mine) + 1), st,
                       err_free);
+        /* our shared slots (mc_cx_allreduce_slot), described before the
+         * host record: a peer that reads that finds this too; rid 0 says
+         * "none", the same to every reader */
+        {
+            mc_stage_info_t si;
+            memset(&si, 0, sizeof(si));
+            if (c->slot_max && size >= 3) {
+                char serr[256];
+                c->slots = mc_stage_new_named(size, "mooncake-slots");
+                c->slot_map = calloc((size_t)size, sizeof(*c->slot_map));
+                c->slot_inc = calloc((size_t)size, sizeof(*c->slot_inc));
+                c->slot_vs = calloc((size_t)size, sizeof(*c->slot_vs));
+                if (c->slots && c->slot_map && c->slot_inc && c->slot_vs)
+                    c->slot_own = mc_stage_own(c->slots, 1,
+                                               slot_region_bytes(c), &si, serr,
+                                               sizeof(serr));
+                if (!c->slot_own) {
+                    memset(&si, 0, sizeof(si));
+                    MC_LOG(MC_LOG_WARN,
+                           "rank %d: no shared slots (%s); small allreduces "
+                           "take recursive doubling",
+                           rank, c->slots ? serr : "out of memory");
+                }
+            }
+            snprintf(key, sizeof(key), "slot/%d", rank);
+            MC_CHECK_GOTO(mc_store_set(ps, key, &si, sizeof(si)), st, err_free);
+        }
         snprintf(key, sizeof(key), "host/%d", rank);
         MC_CHECK_GOTO(mc_store_set(ps, key, c->host, strlen(c->host) + 1), st,
                       err_free);

@@ -26,6 +26,7 @@ typedef struct stage_map {
 
 struct mc_stage {
     int nslots;
+    const char *name; /* of its memfd */
     int fd;          /* own memfd, -1 if none */
     stage_map_t own; /* own region */
     uint64_t epoch;  /* view it was made for */
@@ -64,6 +65,13 @@ mc_stage_t *mc_stage_new(int nslots)
     return s;
 }
 
+mc_stage_t *mc_stage_new_named(int nslots, const char *name)
+{
+    mc_stage_t *s = mc_stage_new(nslots);
+    if (s) s->name = name;
+    return s;
+}
+
 static void own_drop(mc_stage_t *s)
 {
     map_drop(&s->own);
@@ -98,7 +106,8 @@ void *mc_stage_own(mc_stage_t *s, uint64_t epoch, size_t bytes,
         if (s->own.p && s->own.size > want)
             want = s->own.size; /* a new view: keep the size */
         own_drop(s);
-        int fd = memfd_create("mooncake-stage", MFD_CLOEXEC);
+        int fd = memfd_create(s->name ? s->name : "mooncake-stage",
+                              MFD_CLOEXEC);
         if (fd < 0) {
             snprintf(err, errcap, "memfd_create: %s", strerror(errno));
             return NULL;

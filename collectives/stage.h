@@ -36,6 +36,8 @@ typedef struct mc_stage_info {
 typedef struct mc_stage mc_stage_t;
 
 mc_stage_t *mc_stage_new(int nslots);
+/* The same, with its memfd named `name` (a string that outlives it). */
+mc_stage_t *mc_stage_new_named(int nslots, const char *name);
 void mc_stage_free(mc_stage_t *s);
 
 /* This rank's region of at least `bytes` bytes for view `epoch` (replaced if

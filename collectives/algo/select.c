@@ -124,6 +124,9 @@ static mc_status_t mc_run_allreduce(mc_cctx_t *cx, size_t bytes)
      * doubling (stage_min defaults to its upper bound). */
     if (bytes > t->allreduce_small_max && mc_staged(cx, bytes, 0))
         return mc_algo_allreduce_stage(cx);
+    /* Shared slots on one host, 3 ranks or more: one round, and with fault
+     * tolerance no final barrier (comm.c, "Shared slots"). */
+    if (mc_cx_slot_usable(cx, bytes)) return mc_cx_allreduce_slot(cx);
     /* Recursive doubling: log2(n) latency, but every rank moves the whole
      * vector each round. Ring: 2(n-1) latencies, but only 2(n-1)/n of the
      * vector per rank, pipelined. */

@@ -96,7 +96,9 @@ typedef struct {
     int victim;
     int count;     /* int64 elements per allreduce */
     int mid_frame; /* the victim stops itself mid-payload (ring forced):
-                      1 sending, 2 receiving (small rings) */
+                      1 sending, 2 receiving (small rings); in a small
+                      allreduce through the shared slots: 3 with its input
+                      in its slot but no word, 4 after it saw every word */
     char dir[256];
     st_shm_t *shm;
 } st_run_t;
@@ -120,7 +122,13 @@ static int rank_main(int rank, int size, void *arg)
     char v[16];
     snprintf(v, sizeof(v), "%d", ST_LIVE_MS);
     setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", v, 1);
-    if (k->mid_frame) {
+    if (k->mid_frame >= 3) {
+        if (rank == k->victim)
+            setenv("MOONCAKE_FAULT_INJECT",
+                   k->mid_frame == 3 ? "slot.data:600:stop"
+                                     : "slot.seen:600:stop",
+                   1);
+    } else if (k->mid_frame) {
         /* 512 KiB ring chunks: every frame is several ring pieces */
         setenv("MOONCAKE_ALGO_ALLREDUCE", "ring", 1);
         if (k->mid_frame == 2) setenv("MOONCAKE_SHM_RING_BYTES", "262144", 1);
@@ -187,7 +195,9 @@ static void run_stop(int n, mc_transport_kind_t tr, int mid_frame)
     st_run_t k = {.n = n,
                   .tr = tr,
                   .victim = n - 1,
-                  .count = mid_frame ? 1 << 18 : ST_COUNT,
+                  .count = mid_frame >= 3 ? 512
+                           : mid_frame   ? 1 << 18
+                                         : ST_COUNT,
                   .mid_frame = mid_frame};
     char *d = mc_test_mkdtemp();
     assert_non_null(d);
@@ -721,6 +731,37 @@ static void stop_mid_recv_shm_3(void **s)
 {
     (void)s, run_stop(3, MC_TRANSPORT_SHM, 2);
 }
+/* The shared slots' fence: stopped with its input in its slot and no
+ * word, the victim is removed and the op re-runs without it; resumed, it
+ * must not complete the op in the old view (fenced, or the slots moved on)
+ * but be evicted. Stopped after it saw every word: the others completed
+ * the op too, in the old view, as it does once resumed (its fence is for a
+ * later op); evicted after that. */
+static int slots_off(void)
+{
+    const char *v;
+    return ((v = getenv("MOONCAKE_SLOT_MAX")) && !strcmp(v, "0")) ||
+           ((v = getenv("MOONCAKE_ETCD_ENDPOINTS")) && *v) ||
+           ((v = getenv("MOONCAKE_ALGO_ALLREDUCE")) && *v);
+}
+static void stop_slot_data_shm_3(void **s)
+{
+    (void)s;
+    if (slots_off()) {
+        printf("  skipped: the shared slots are off in this environment\n");
+        skip();
+    }
+    run_stop(3, MC_TRANSPORT_SHM, 3);
+}
+static void stop_slot_seen_shm_4(void **s)
+{
+    (void)s;
+    if (slots_off()) {
+        printf("  skipped: the shared slots are off in this environment\n");
+        skip();
+    }
+    run_stop(4, MC_TRANSPORT_SHM, 4);
+}
 static void stop_tcp_3(void **s)
 {
     (void)s, run_stop(3, MC_TRANSPORT_TCP, 0);
@@ -741,6 +782,8 @@ int main(void)
         cmocka_unit_test(stop_shm_3),
         cmocka_unit_test(stop_mid_frame_shm_3),
         cmocka_unit_test(stop_mid_recv_shm_3),
+        cmocka_unit_test(stop_slot_data_shm_3),
+        cmocka_unit_test(stop_slot_seen_shm_4),
         cmocka_unit_test(stop_tcp_3),
         cmocka_unit_test(stop_tcp_4),
         cmocka_unit_test(stop_shm_2),
