@@ -2872,11 +2872,16 @@ static const uint8_t *slot_data(mc_comm_t *c, int p, int w)
     return slot_base(c, p) + SLOT_DATA_OFF + (size_t)w * c->slot_max;
 }
 
-/* Map peer p's region if not yet for its current incarnation. 1 if
- * mapped; 0 if it has none (made no region). plock NOT held. */
+/* Map peer p's region, as its record in the store describes it: when the
+ * communicator is made and when a joiner is admitted into slot p, while
+ * its process is there (it published the record before its host record),
+ * so that every rank's choice (mc_cx_slot_usable) rests on the same
+ * facts. 1 if mapped; 0 if it has none (made no region) or it could not
+ * be mapped (then slot_map[p] is NULL). */
 static int slot_map_peer(mc_comm_t *c, int p)
 {
-    if (c->slot_map[p] && c->slot_inc[p] == c->inc[p]) return 1;
+    if (!c->slot_own) return 0;
+    c->slot_map[p] = NULL;
     char key[64], err[256];
     mc_stage_info_t info;
     size_t len = 0;
@@ -2909,7 +2914,7 @@ int mc_cx_slot_usable(mc_cctx_t *cx, size_t bytes)
         return 0;
     for (int v = 0; v < cx->nv; v++) {
         int p = cx->vslots[v];
-        if (p != c->rank && !slot_map_peer(c, p)) return 0;
+        if (p != c->rank && !c->slot_map[p]) return 0;
     }
     return 1;
 }
@@ -2929,6 +2934,13 @@ static int slot_ready(mc_cctx_t *cx, cx_waiter_t *w)
             if (d->coll != (int32_t)a->coll || d->dtype != (int32_t)a->dtype ||
                 d->op != (int32_t)a->op || d->root != (int32_t)a->root ||
                 d->count != cx->dcount || d->desc != cx->desc) {
+                /* read like the data: a word that changed meanwhile means
+                 * the slot was being rewritten (we were removed), not a
+                 * mismatch */
+                __atomic_thread_fence(__ATOMIC_ACQUIRE);
+                if (__atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_RELAXED) !=
+                    v)
+                    return 0;
                 char mine[160], theirs[160];
                 describe(mine, sizeof(mine), a->coll, a->dtype, a->op,
                          a->root, cx->dcount);
@@ -3047,6 +3059,17 @@ mc_status_t mc_cx_allreduce_slot(mc_cctx_t *cx)
             return st;
         }
     }
+    /* in place: the result goes to scratch first, so that a torn read
+     * (slot_reduce) leaves the caller's input as it was; had before the
+     * word is out */
+    size_t bytes_out = a->count * mc_dtype_size(a->dtype);
+    void *out = a->sendbuf == a->recvbuf && bytes_out
+                    ? mc_cx_scratch(cx, 0, bytes_out)
+                    : a->recvbuf;
+    if (!out) {
+        cx->slot = 0;
+        return MC_ERR_NO_MEMORY;
+    }
     c->slot_prev[ws] = slot_key(cx->epoch, cx->seq);
     /* a reader that read the old contents sees its word change (seqlock,
      * slot_reduce) */
@@ -3080,6 +3103,7 @@ mc_status_t mc_cx_allreduce_slot(mc_cctx_t *cx)
     MC_FAULT_POINT("slot.seen");
     if (c->ft) {
         /* a coordinator that found our word missing fenced us out */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST); /* after the word reads */
         uint64_t f = __atomic_load_n(slot_fence_p(c, c->rank), __ATOMIC_SEQ_CST);
         pthread_mutex_lock(&c->plock);
         if (f == (mine & ~SIG_FLAGS) && cx->failed == MC_OK)
@@ -3092,13 +3116,6 @@ mc_status_t mc_cx_allreduce_slot(mc_cctx_t *cx)
         pthread_mutex_unlock(&c->plock);
         if (st < 0) return st;
     }
-    /* in place: into scratch first, so that a torn read (below) leaves
-     * the caller's input as it was */
-    int inplace = a->sendbuf == a->recvbuf;
-    size_t bytes_out = a->count * mc_dtype_size(a->dtype);
-    void *out = inplace && bytes_out ? mc_cx_scratch(cx, 0, bytes_out)
-                                     : a->recvbuf;
-    if (!out) return MC_ERR_NO_MEMORY;
     uint64_t flags = 0;
     int whole =
         slot_reduce(c, a, cx->vslots, n, cx->epoch, cx->seq, out, &flags);
@@ -3167,7 +3184,9 @@ static mc_status_t slot_finish(mc_comm_t *c, mc_request_t *r, uint64_t epoch,
     if (!slot_reduce(c, &r->args, vs, nv, epoch, r->seq, r->args.recvbuf,
                      &flags))
         return MC_ERR_INTERNAL;
-    cx->flags = flags;
+    /* no join flags: as after the barrier's "done in the old view", the
+     * others may have moved on without an admission round */
+    cx->flags = 0;
     cx->data_done = 1;
     return MC_OK;
 }
@@ -5039,6 +5058,11 @@ static void admit_peer(mc_comm_t *c, int q)
             t = -1;
         }
     }
+    /* the joiner's shared slots (a new process, a new region) */
+    if (c->slot_map) {
+        c->slot_map[q] = NULL;
+        if (t == TL_SHM) (void)slot_map_peer(c, q);
+    }
     /* transfers still posted on the old process's streams fail now */
     int64_t until = mc_now_us() + 200000;
     for (;;) {
@@ -5705,6 +5729,9 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
             } else {
                 c->peer_tl[p] = same ? TL_SHM : TL_TCP;
             }
+            /* its shared slots, while it is there: it published them
+             * before its host record */
+            if (c->peer_tl[p] == TL_SHM) (void)slot_map_peer(c, p);
         }
         c->oversub = local > local_cpus();
         /* bring up each transport that some peer needs */
