@@ -2481,8 +2481,12 @@ static int sig_barrier_usable(mc_comm_t *c, const mc_cctx_t *cx)
 
 /* A rank's signal for (epoch, seq): "my part is done", with its flag
  * byte. Word (seq & 1): a peer overwrites it (for seq + 2) only after
- * passing the barrier of seq + 1, which waits for us to have left this
- * one. A re-run is always in a new epoch, and a fresh process's words
+ * op seq + 1 ended on it, which waits for us to have left this one: its
+ * final barrier, its shared slots' words (every rank writes its word only
+ * once past op seq), or, for an op that every rank fails alike without a
+ * message (an inactive root), the barrier it still runs (coll_attempt).
+ * An op that fails on a mismatch does not wait: a rank still in op seq's
+ * barrier may then time out instead of seeing the mismatch. A re-run is always in a new epoch, and a fresh process's words
  * are 0, which no (epoch >= 1, seq) encodes to.
  *
  * SIG_LEFT: the sender saw every rank's word, so every rank holds its
@@ -3303,6 +3307,28 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
 
     if (st == MC_OK && !(c->ft && r->args.coll == MC_COLL_BARRIER))
         st = mc_coll_run_view(cx);
+    if (st == MC_ERR_ROOT_FAILED && c->ft) {
+        /* Every rank of the view fails alike here, without a message
+         * (view.c). Still meet at the final barrier: the signal words and
+         * the shared slots rest on no rank starting op seq + 2 before
+         * every rank has left op seq (sig_word), which op seq + 1's
+         * barrier (or its slots' words) is what ensures. A failure in it
+         * re-runs the op like any other. */
+        char why[MC_ABORT_MSG_MAX];
+        snprintf(why, sizeof(why), "%s", mc_last_error());
+        uint64_t f = 0;
+        mc_status_t bst = ft_barrier(c, cx, &f);
+        if (bst < 0) {
+            st = bst;
+        } else {
+            pthread_mutex_lock(&c->plock);
+            cx->passed = 0; /* the barrier's; this op fails */
+            cx_fail(c, st, 0, "%s at seq %llu failed: %s",
+                    mc_coll_name(r->args.coll), (unsigned long long)r->seq,
+                    why);
+            pthread_mutex_unlock(&c->plock);
+        }
+    }
     /* the shared slots decided it (mc_cx_allreduce_slot); the pair's
      * exchange confirmed it: decided below, under plock */
     int slot = st == MC_OK && c->ft && cx->slot;

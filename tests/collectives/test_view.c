@@ -45,6 +45,7 @@
 #define GARBAGE 0xA5
 #define QUICK_S 2.0     /* local failures (evicted, root failed) */
 #define MISMATCH_S 10.0 /* a mismatch needs messages */
+#define ROOT_RACE_ITERS 100
 
 typedef enum {
     P_FIRST,    /* {0} */
@@ -617,6 +618,24 @@ static int run_root_failed(vt_t *t, int root)
             report(t, "error text does not name the op and '%s': \"%s\"", rk,
                    cerr);
         if (!mc_last_error()[0]) report(t, "empty mc_last_error");
+        rc = run_allreduce(t, MC_INT32, MC_SUM, 7, 0);
+    }
+    /* The failed op sits between two ops that must stay in step: one that
+     * ends in a barrier (signal words on shm), then a small allreduce
+     * (shared slots on shm: no barrier), which must not start before every
+     * rank has left the first (a rank still in its barrier would miss the
+     * word it waits for and time out). */
+    for (int i = 0; i < ROOT_RACE_ITERS && !rc; i++) {
+        rc = run_broadcast(t, MC_INT32, 3, t->actl[i % t->nact], 0);
+        if (rc) break;
+        set_what(t, "broadcast with inactive root %d, round %d", root, i);
+        mc_status_t st = mc_comm_broadcast(t->comm, a, b, n, MC_INT32, root);
+        if (st != MC_ERR_ROOT_FAILED) {
+            report(t, "got %s (%s), expected MC_ERR_ROOT_FAILED",
+                   mc_status_str(st), mc_last_error());
+            rc = -1;
+            break;
+        }
         rc = run_allreduce(t, MC_INT32, MC_SUM, 7, 0);
     }
     free(a), free(b);
