@@ -368,12 +368,11 @@ struct mc_comm {
     mc_ctrl_out_t *ctrl_out;
     size_t ctrl_len; /* sizeof(mc_ctrl_t) + 3 * size */
     mc_stage_t *stage; /* staging memory shared on this host (stage.h) */
-    /* shared slots (mc_cx_allreduce_slot): our region, the peers' mapped
-     * ones and the incarnation each was mapped for */
+    /* shared slots (mc_cx_allreduce_slot): our region and the peers'
+     * mapped ones */
     mc_stage_t *slots;
     uint8_t *slot_own;
     uint8_t **slot_map;
-    uint64_t *slot_inc;
     int *slot_vs;
     uint64_t slot_prev[2]; /* slot_key of the attempt that last wrote our
                               slot w */
@@ -2902,7 +2901,6 @@ static int slot_map_peer(mc_comm_t *c, int p)
         return 0;
     }
     c->slot_map[p] = m;
-    c->slot_inc[p] = c->inc[p];
     return 1;
 }
 
@@ -4873,7 +4871,6 @@ static void comm_free(mc_comm_t *c)
     mc_stage_free(c->stage);
     mc_stage_free(c->slots);
     free(c->slot_map);
-    free(c->slot_inc);
     free(c->slot_vs);
     free(c->saved);
     free(c->live_tmp);
@@ -5659,9 +5656,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                 char serr[256];
                 c->slots = mc_stage_new_named(size, "mooncake-slots");
                 c->slot_map = calloc((size_t)size, sizeof(*c->slot_map));
-                c->slot_inc = calloc((size_t)size, sizeof(*c->slot_inc));
                 c->slot_vs = calloc((size_t)size, sizeof(*c->slot_vs));
-                if (c->slots && c->slot_map && c->slot_inc && c->slot_vs)
+                if (c->slots && c->slot_map && c->slot_vs)
                     c->slot_own = mc_stage_own(c->slots, 1,
                                                slot_region_bytes(c), &si, serr,
                                                sizeof(serr));
