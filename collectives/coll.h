@@ -159,12 +159,14 @@ int mc_cx_ft(const mc_cctx_t *cx);
 void mc_cx_pair_exchange(mc_cctx_t *cx);
 int mc_cx_pair_usable(const mc_cctx_t *cx);
 
-/* The shared-slot allreduce (comm.c, "Shared slots"): every rank of the
- * view on this host, 3 or more ranks, up to MOONCAKE_SLOT_MAX bytes. One
- * round, no final barrier with fault tolerance. usable: the same on every
- * rank of the view. */
+/* The shared slots (comm.c, "Shared slots"): allreduce, allgather(v) and
+ * broadcast with fault tolerance, every rank of the view on this host, 3
+ * or more ranks, each rank's part (the allreduce's input, the largest
+ * allgather block, the broadcast's data) up to MOONCAKE_SLOT_MAX bytes.
+ * One round, no final barrier. usable: the same on every rank of the
+ * view. */
 int mc_cx_slot_usable(mc_cctx_t *cx, size_t bytes);
-mc_status_t mc_cx_allreduce_slot(mc_cctx_t *cx);
+mc_status_t mc_cx_slot_run(mc_cctx_t *cx);
 /* Fault point `point` (tests) once the attempt's sends posted so far are
  * done: a tcp post only queues, progress writes. Waits only when the armed
  * MOONCAKE_FAULT_INJECT spec names the point, so that other tests keep

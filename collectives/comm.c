@@ -368,7 +368,7 @@ struct mc_comm {
     mc_ctrl_out_t *ctrl_out;
     size_t ctrl_len; /* sizeof(mc_ctrl_t) + 3 * size */
     mc_stage_t *stage; /* staging memory shared on this host (stage.h) */
-    /* shared slots (mc_cx_allreduce_slot): our region and the peers'
+    /* shared slots (mc_cx_slot_run): our region and the peers'
      * mapped ones */
     mc_stage_t *slots;
     uint8_t *slot_own;
@@ -3004,14 +3004,47 @@ static int slot_free_ready(mc_cctx_t *cx, cx_waiter_t *w)
     return 1;
 }
 
-/* Reduce the n slots of (epoch, seq) over the view `vslots` into out, in
- * vrank order; the flags' OR in *flags. */
-static int slot_reduce(mc_comm_t *c, const mc_coll_args_t *a,
-                       const int *vslots, int nv, uint64_t epoch, uint64_t seq,
-                       void *out, uint64_t *flags)
+/* Where block i of an allgather(v)'s output lies, in elements (i: a
+ * virtual rank in an attempt's arguments, a slot in the caller's). */
+static void slot_block(const mc_coll_args_t *a, int i, size_t *off,
+                       size_t *len)
+{
+    if (a->counts) {
+        *off = a->displs[i];
+        *len = a->counts[i];
+    } else {
+        *off = (size_t)i * a->count;
+        *len = a->count;
+    }
+}
+
+/* What rank `me` (block index, as in slot_block) puts in its slot. */
+static size_t slot_in_bytes(const mc_coll_args_t *a, int me)
+{
+    size_t es = mc_dtype_size(a->dtype), off, len;
+    switch (a->coll) {
+    case MC_COLL_ALLGATHER:
+    case MC_COLL_ALLGATHERV:
+        slot_block(a, me, &off, &len);
+        return len * es;
+    case MC_COLL_BROADCAST:
+        return me == a->root ? a->count * es : 0;
+    default: /* allreduce */
+        return a->count * es;
+    }
+}
+
+/* The result of (epoch, seq) from the slots of `vslots` (ids[k]: the block
+ * index of vslots[k] as in slot_block, NULL: k) into out (allreduce: the
+ * reduction, in vrank order; allgather: every block at its place in the
+ * output; broadcast: the root's data); the flags' OR in *flags. 0 if a
+ * word is not there or changed while read. */
+static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
+                     const int *ids, int nv, uint64_t epoch, uint64_t seq,
+                     void *out, uint64_t *flags)
 {
     int ws = (int)(seq & 1);
-    size_t bytes = a->count * mc_dtype_size(a->dtype);
+    size_t es = mc_dtype_size(a->dtype), bytes = a->count * es;
     uint64_t acc = 0, want = sig_word(epoch, seq, 0) & ~SIG_FLAGS;
     for (int v = 0; v < nv; v++) {
         uint64_t w = __atomic_load_n(slot_word_p(c, vslots[v], ws),
@@ -3019,7 +3052,24 @@ static int slot_reduce(mc_comm_t *c, const mc_coll_args_t *a,
         if ((w & ~SIG_FLAGS) != want) return 0;
         acc |= w & SIG_FLAGS;
     }
-    if (bytes) {
+    switch (a->coll) {
+    case MC_COLL_ALLGATHER:
+    case MC_COLL_ALLGATHERV:
+        for (int v = 0; v < nv; v++) {
+            size_t off, len;
+            slot_block(a, ids ? ids[v] : v, &off, &len);
+            if (len)
+                memcpy((uint8_t *)out + off * es, slot_data(c, vslots[v], ws),
+                       len * es);
+        }
+        break;
+    case MC_COLL_BROADCAST:
+        for (int v = 0; v < nv; v++)
+            if ((ids ? ids[v] : v) == a->root && bytes)
+                memcpy(out, slot_data(c, vslots[v], ws), bytes);
+        break;
+    default:
+        if (!bytes) break;
         mc_reduce(out, slot_data(c, vslots[0], ws), slot_data(c, vslots[1], ws),
                   a->count, a->dtype, a->op);
         for (int v = 2; v < nv; v++)
@@ -3027,6 +3077,7 @@ static int slot_reduce(mc_comm_t *c, const mc_coll_args_t *a,
                       a->dtype, a->op);
         if (a->op == MC_AVG)
             mc_reduce_div(out, a->count, a->dtype, (uint64_t)nv);
+        break;
     }
     *flags = acc;
     /* Read consistently (a seqlock): a writer clears its word before it
@@ -3043,12 +3094,12 @@ static int slot_reduce(mc_comm_t *c, const mc_coll_args_t *a,
     return 1;
 }
 
-mc_status_t mc_cx_allreduce_slot(mc_cctx_t *cx)
+mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
 {
     mc_comm_t *c = cx->comm;
     const mc_coll_args_t *a = cx->args;
     int n = cx->nv, r = cx->vrank, ws = (int)(cx->seq & 1);
-    size_t bytes = a->count * mc_dtype_size(a->dtype);
+    size_t bytes = slot_in_bytes(a, r);
     uint64_t mine = sig_word(cx->epoch, cx->seq, cx->tx_flags);
     cx->slot = 1;
     if (c->slot_prev[ws]) {
@@ -3061,11 +3112,14 @@ mc_status_t mc_cx_allreduce_slot(mc_cctx_t *cx)
             return st;
         }
     }
-    /* in place: the result goes to scratch first, so that a torn read
-     * (slot_reduce) leaves the caller's input as it was; had before the
-     * word is out */
+    /* an allreduce in place: the result goes to scratch first, so that a
+     * torn read (slot_read) leaves the caller's input as it was; had
+     * before the word is out. (An allgather's or broadcast's reads write
+     * only output blocks, and into the caller's own input only the same
+     * bytes, from its own slot.) */
     size_t bytes_out = a->count * mc_dtype_size(a->dtype);
-    void *out = a->sendbuf == a->recvbuf && bytes_out
+    void *out = a->coll == MC_COLL_ALLREDUCE && a->sendbuf == a->recvbuf &&
+                        bytes_out
                     ? mc_cx_scratch(cx, 0, bytes_out)
                     : a->recvbuf;
     if (!out) {
@@ -3074,16 +3128,18 @@ mc_status_t mc_cx_allreduce_slot(mc_cctx_t *cx)
     }
     c->slot_prev[ws] = slot_key(cx->epoch, cx->seq);
     /* a reader that read the old contents sees its word change (seqlock,
-     * slot_reduce) */
+     * slot_read) */
     __atomic_store_n(slot_word_p(c, c->rank, ws), 0, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     if (bytes) memcpy((uint8_t *)slot_data(c, c->rank, ws), a->sendbuf, bytes);
+    /* the caller's call (roots and blocks by slot), as readers check it */
+    const mc_coll_args_t *ua = &cx->req->args;
     *slot_desc_p(c, c->rank, ws) = (slot_desc_t){.desc = cx->desc,
                                                  .count = cx->dcount,
-                                                 .coll = (int32_t)a->coll,
-                                                 .dtype = (int32_t)a->dtype,
-                                                 .op = (int32_t)a->op,
-                                                 .root = (int32_t)a->root};
+                                                 .coll = (int32_t)ua->coll,
+                                                 .dtype = (int32_t)ua->dtype,
+                                                 .op = (int32_t)ua->op,
+                                                 .root = (int32_t)ua->root};
     MC_FAULT_POINT("slot.data");
     __atomic_store_n(slot_word_p(c, c->rank, ws), mine, __ATOMIC_RELEASE);
     /* the fence handshake (Dekker): our word before we read our fence */
@@ -3120,7 +3176,7 @@ mc_status_t mc_cx_allreduce_slot(mc_cctx_t *cx)
     }
     uint64_t flags = 0;
     int whole =
-        slot_reduce(c, a, cx->vslots, n, cx->epoch, cx->seq, out, &flags);
+        slot_read(c, a, cx->vslots, NULL, n, cx->epoch, cx->seq, out, &flags);
     pthread_mutex_lock(&c->plock);
     if (!whole && cx->failed == MC_OK)
         cx_fail(c, MC_ERR_PEER_FAILED, 0,
@@ -3168,29 +3224,90 @@ static int slot_decide(mc_comm_t *c)
 }
 
 /* AG_DONE_OLD for a slot op whose result this rank lacks: every word of
- * the old view is there (slot_decide), so read it from the slots. */
+ * the old view is there (slot_decide), so read it from the slots (the
+ * caller's arguments: blocks and root by slot), once
+ * every writer is seen to have called what this rank called (a mismatch
+ * fails the call as it would have in the op; the others failed it too, or
+ * will). The result goes through scratch: a torn read (the slots moved
+ * on: this rank was removed meanwhile) leaves an in-place input whole.
+ * cx is still this op's attempt. Sets cx->err on failure. plock held. */
 static mc_status_t slot_finish(mc_comm_t *c, mc_request_t *r, uint64_t epoch,
                                const uint8_t *att)
 {
     mc_cctx_t *cx = &c->cx;
-    int *vs = c->slot_vs, nv = 0, ws = (int)(r->seq & 1);
-    uint64_t want = sig_word(epoch, r->seq, 0) & ~SIG_FLAGS;
+    const mc_coll_args_t *a = &r->args;
+    int *vs = c->slot_vs, nv = 0, ws = (int)(r->seq & 1), bad = -1;
+    uint64_t want = sig_word(epoch, r->seq, 0) & ~SIG_FLAGS, bad_w = 0;
     for (int p = 0; p < c->size; p++) {
         if (!att[p]) continue;
         uint64_t w = __atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_ACQUIRE);
         if ((w & ~SIG_FLAGS) != want || (p != c->rank && !c->slot_map[p]))
-            return MC_ERR_INTERNAL;
+            goto internal;
+        const slot_desc_t *d = slot_desc_p(c, p, ws);
+        if (bad < 0 &&
+            (d->coll != (int32_t)a->coll || d->dtype != (int32_t)a->dtype ||
+             d->op != (int32_t)a->op || d->root != (int32_t)a->root ||
+             d->count != cx->dcount || d->desc != cx->desc)) {
+            bad = p;
+            bad_w = w;
+        }
         vs[nv++] = p;
     }
+    if (bad >= 0) {
+        const slot_desc_t *d = slot_desc_p(c, bad, ws);
+        char mine[160], theirs[160];
+        describe(mine, sizeof(mine), a->coll, a->dtype, a->op, a->root,
+                 cx->dcount);
+        describe(theirs, sizeof(theirs), (int)d->coll, (int)d->dtype,
+                 (int)d->op, (int)d->root, d->count);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(slot_word_p(c, bad, ws), __ATOMIC_RELAXED) != bad_w)
+            goto internal; /* rewritten while read */
+        snprintf(cx->err, sizeof(cx->err),
+                 "collective mismatch at seq %llu: rank %d called %s but "
+                 "rank %d called %s",
+                 (unsigned long long)r->seq, c->rank, mine, bad, theirs);
+        return MC_ERR_MISMATCH;
+    }
+    size_t es = mc_dtype_size(a->dtype), bytes = a->count * es;
+    int reduce = a->coll == MC_COLL_ALLREDUCE;
+    if (a->coll == MC_COLL_BROADCAST && (a->root < 0 || a->root >= c->size ||
+                                         !att[a->root]))
+        goto internal;
+    void *out = reduce && bytes ? mc_cx_scratch(cx, 0, bytes) : a->recvbuf;
+    if (!out) {
+        snprintf(cx->err, sizeof(cx->err),
+                 "%s at seq %llu: no memory to read the result from the "
+                 "shared slots",
+                 mc_coll_name(a->coll), (unsigned long long)r->seq);
+        return MC_ERR_NO_MEMORY;
+    }
     uint64_t flags = 0;
-    if (!slot_reduce(c, &r->args, vs, nv, epoch, r->seq, r->args.recvbuf,
-                     &flags))
-        return MC_ERR_INTERNAL;
+    if (!slot_read(c, a, vs, vs, nv, epoch, r->seq, out, &flags))
+        goto internal;
+    if (reduce && bytes) memcpy(a->recvbuf, out, bytes);
+    if (a->coll == MC_COLL_ALLGATHER || a->coll == MC_COLL_ALLGATHERV) {
+        /* the blocks of inactive slots are zero, as view.c leaves them */
+        for (int p = 0; p < c->size; p++) {
+            size_t off, len;
+            slot_block(a, p, &off, &len);
+            if (!att[p] && len)
+                memset((uint8_t *)a->recvbuf + off * es, 0, len * es);
+        }
+    }
     /* no join flags: as after the barrier's "done in the old view", the
      * others may have moved on without an admission round */
     cx->flags = 0;
     cx->data_done = 1;
     return MC_OK;
+internal:
+    snprintf(cx->err, sizeof(cx->err),
+             "%s at seq %llu: the group completed it in view %llu but rank "
+             "%d could not read its result from the shared slots (internal "
+             "error)",
+             mc_coll_name(a->coll), (unsigned long long)r->seq,
+             (unsigned long long)epoch, c->rank);
+    return MC_ERR_INTERNAL;
 }
 
 /* A pair-confirmed attempt (epoch, seq) over the slots `att` failed here
@@ -3327,7 +3444,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
             pthread_mutex_unlock(&c->plock);
         }
     }
-    /* the shared slots decided it (mc_cx_allreduce_slot); the pair's
+    /* the shared slots decided it (mc_cx_slot_run); the pair's
      * exchange confirmed it: decided below, under plock */
     int slot = st == MC_OK && c->ft && cx->slot;
     int pair = !slot && st == MC_OK && c->ft && pair_skips_barrier(cx);
@@ -3622,6 +3739,8 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                     cx->epoch = old_epoch;
                     return MC_OK;
                 }
+                MC_LOG(MC_LOG_ERROR, "rank %d: %s", c->rank, cx->err);
+                return fs;
             }
             if (!cx->data_done) {
                 snprintf(cx->err, sizeof(cx->err),
@@ -5646,7 +5765,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         snprintf(key, sizeof(key), "settings/%d", rank);
         MC_CHECK_GOTO(mc_store_set(ps, key, mine, strlen(mine) + 1), st,
                       err_free);
-        /* our shared slots (mc_cx_allreduce_slot), described before the
+        /* our shared slots (mc_cx_slot_run), described before the
          * host record: a peer that reads that finds this too; rid 0 says
          * "none", the same to every reader */
         {

@@ -126,12 +126,28 @@ static mc_status_t mc_run_allreduce(mc_cctx_t *cx, size_t bytes)
         return mc_algo_allreduce_stage(cx);
     /* Shared slots on one host, 3 ranks or more: one round, and with fault
      * tolerance no final barrier (comm.c, "Shared slots"). */
-    if (mc_cx_slot_usable(cx, bytes)) return mc_cx_allreduce_slot(cx);
+    if (mc_cx_slot_usable(cx, bytes)) return mc_cx_slot_run(cx);
     /* Recursive doubling: log2(n) latency, but every rank moves the whole
      * vector each round. Ring: 2(n-1) latencies, but only 2(n-1)/n of the
      * vector per rank, pipelined. */
     return bytes <= t->allreduce_small_max ? mc_algo_allreduce_rd(cx)
                                            : mc_algo_allreduce_ring(cx);
+}
+
+/* Ring, or with fault tolerance on one host the shared slots when the
+ * largest block fits (one round, no final barrier; comm.c). */
+static mc_status_t mc_run_allgather(mc_cctx_t *cx)
+{
+    const mc_coll_args_t *a = mc_cx_args(cx);
+    size_t es = mc_dtype_size(a->dtype), most = a->count;
+    if (a->counts) {
+        most = 0;
+        for (int v = 0, n = mc_cx_size(cx); v < n; v++)
+            if (a->counts[v] > most) most = a->counts[v];
+    }
+    /* most * es: select.c checked the products (mc_check_count/_v) */
+    if (mc_cx_slot_usable(cx, most * es)) return mc_cx_slot_run(cx);
+    return mc_algo_allgatherv_ring(cx);
 }
 
 static mc_status_t mc_run_broadcast(mc_cctx_t *cx, size_t bytes)
@@ -146,6 +162,9 @@ static mc_status_t mc_run_broadcast(mc_cctx_t *cx, size_t bytes)
     case -2:
         return MC_ERR_INVALID_ARG;
     }
+    /* Shared slots on one host, 3 ranks or more, with fault tolerance:
+     * one round and no final barrier (comm.c, "Shared slots"). */
+    if (mc_cx_slot_usable(cx, bytes)) return mc_cx_slot_run(cx);
     /* Tree: log2(n) latency, the root sends log2(n) copies. Chain: n-1
      * chunk latencies to fill, then full link bandwidth. */
     return bytes <= t->bcast_small_max ? mc_algo_broadcast_tree(cx)
@@ -252,10 +271,10 @@ mc_status_t mc_coll_run(mc_cctx_t *cx)
 
     case MC_COLL_ALLGATHER:
         if ((st = mc_check_count(what, a->count, (size_t)n, es)) < 0) return st;
-        return mc_algo_allgatherv_ring(cx);
+        return mc_run_allgather(cx);
     case MC_COLL_ALLGATHERV:
         if ((st = mc_check_v(what, a->counts, a->displs, n, es)) < 0) return st;
-        return mc_algo_allgatherv_ring(cx);
+        return mc_run_allgather(cx);
 
     case MC_COLL_REDUCE_SCATTER:
         if ((st = mc_redop_check(a->dtype, a->op)) < 0) return st;

@@ -305,6 +305,14 @@ static const kt_scn_t scenarios[] = {
     {"slot_word_shm_4",       4, SHM, W_AR_SMALL,    K_INJECT,   -1, 0, 0,  18, 0,         0, "slot.word"},
     {"slot_seen_shm_3",       3, SHM, W_AR_SMALL,    K_INJECT,   -1, 0, 0,  18, 0,         0, "slot.seen"},
     {"slot_left_shm_4",       4, SHM, W_AR_SMALL,    K_LEFT,     -1, 0, 0,  18, 0,         0, "slot.word"},
+  /* the same for allgather and broadcast through the slots: the dead
+   * rank's block is in every result or in none; a root that dies after its
+   * word (or after it saw every word) still broadcasts its data to every
+   * survivor, in the old view */
+    {"slot_ag_data_shm_3",    3, SHM, W_AG,          K_INJECT,   -1, 0, 0,  18, 257,       0, "slot.data"},
+    {"slot_ag_seen_shm_4",    4, SHM, W_AG,          K_INJECT,   -1, 0, 0,  18, 257,       0, "slot.seen"},
+    {"slot_bc_word_shm_4",    4, SHM, W_BC,          K_INJECT,    1, 0, 0,  18, 1023,      0, "slot.word"},
+    {"slot_bc_root_shm_3",    3, SHM, W_BC_DEADROOT, K_INJECT,   -1, 0, 0,  18, 1023,      0, "slot.word"},
   /* one dies in the frame barrier over TCP: whether the survivors all
    * entered it decides (the entry rule): complete in the old view, with
    * the dead rank's part in every result, or re-run without it */
