@@ -2921,6 +2921,42 @@ int mc_cx_slot_usable(mc_cctx_t *cx, size_t bytes)
     return 1;
 }
 
+/* Is slot word v (flags masked) of a later attempt than `want`? Attempts
+ * in order: (seq, epoch); 0 is no word. */
+static int slot_later(uint64_t v, uint64_t want)
+{
+    uint64_t vs = v >> 8 & 0xffffffffffull, ws = want >> 8 & 0xffffffffffull;
+    return v && (vs > ws || (vs == ws && (v >> 48) > (want >> 48)));
+}
+
+/* This rank is still in an attempt whose slots a peer has rewritten (a
+ * later word, or a torn read): the peer went past it only because this
+ * rank was no longer in its view (slot_free_ready waits for every live
+ * member), i.e. the group removed it. It is fenced: this call and every
+ * later one fail, as when it adopts a view without itself. Re-running
+ * instead could, once the others are gone, form a view of its own and
+ * complete the op in a view that nobody else completed it in. plock
+ * held. */
+static void slot_left_behind(mc_comm_t *c, mc_cctx_t *cx, int p)
+{
+    char who[32] = "a peer";
+    if (p >= 0) snprintf(who, sizeof(who), "rank %d", p);
+    if (!c->evicted)
+        MC_LOG(MC_LOG_WARN,
+               "rank %d: %s rewrote its shared slot of %s seq %llu while "
+               "rank %d was still in it: the group went on without it; "
+               "fenced",
+               c->rank, who, mc_coll_name(cx->req->args.coll),
+               (unsigned long long)cx->seq, c->rank);
+    c->evicted = 1;
+    if (cx->failed == MC_OK)
+        cx_fail(c, MC_ERR_EVICTED, 0,
+                "%s at seq %llu: rank %d was removed from the group (%s went "
+                "on without it); it must rejoin as a new process",
+                mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
+                c->rank, who);
+}
+
 static int slot_ready(mc_cctx_t *cx, cx_waiter_t *w)
 {
     mc_comm_t *c = cx->comm;
@@ -2958,6 +2994,10 @@ static int slot_ready(mc_cctx_t *cx, cx_waiter_t *w)
             }
             w->got = v;
             return 1;
+        }
+        if (slot_later(v & ~SIG_FLAGS, w->want)) {
+            slot_left_behind(c, cx, p);
+            return 0;
         }
         /* a frame of this op from it: it runs another algorithm, so it
          * called something else (or other sizes) */
@@ -3029,6 +3069,8 @@ static size_t slot_in_bytes(const mc_coll_args_t *a, int me)
         return len * es;
     case MC_COLL_BROADCAST:
         return me == a->root ? a->count * es : 0;
+    case MC_COLL_BARRIER:
+        return 0;
     default: /* allreduce */
         return a->count * es;
     }
@@ -3067,6 +3109,8 @@ static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
         for (int v = 0; v < nv; v++)
             if ((ids ? ids[v] : v) == a->root && bytes)
                 memcpy(out, slot_data(c, vslots[v], ws), bytes);
+        break;
+    case MC_COLL_BARRIER:
         break;
     default:
         if (!bytes) break;
@@ -3122,7 +3166,7 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
                         bytes_out
                     ? mc_cx_scratch(cx, 0, bytes_out)
                     : a->recvbuf;
-    if (!out) {
+    if (!out && a->coll == MC_COLL_ALLREDUCE && bytes_out) {
         cx->slot = 0;
         return MC_ERR_NO_MEMORY;
     }
@@ -3178,11 +3222,7 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
     int whole =
         slot_read(c, a, cx->vslots, NULL, n, cx->epoch, cx->seq, out, &flags);
     pthread_mutex_lock(&c->plock);
-    if (!whole && cx->failed == MC_OK)
-        cx_fail(c, MC_ERR_PEER_FAILED, 0,
-                "%s at seq %llu: slots were rewritten while rank %d read "
-                "them (the others went on without it)",
-                mc_coll_name(a->coll), (unsigned long long)cx->seq, c->rank);
+    if (!whole) slot_left_behind(c, cx, -1); /* rewritten while read */
     mc_status_t st = cx->failed;
     if (st == MC_OK && c->ft) cx->passed = 1; /* decided here: slot_decide */
     pthread_mutex_unlock(&c->plock);
@@ -3422,6 +3462,8 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
 
     if (st == MC_OK && !(c->ft && r->args.coll == MC_COLL_BARRIER))
         st = mc_coll_run_view(cx);
+    else if (st == MC_OK && mc_cx_slot_usable(cx, 0))
+        st = mc_cx_slot_run(cx); /* a barrier call: the words alone */
     if (st == MC_ERR_ROOT_FAILED && c->ft) {
         /* Every rank of the view fails alike here, without a message
          * (view.c). Still meet at the final barrier: the signal words and

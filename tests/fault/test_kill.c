@@ -313,6 +313,9 @@ static const kt_scn_t scenarios[] = {
     {"slot_ag_seen_shm_4",    4, SHM, W_AG,          K_INJECT,   -1, 0, 0,  18, 257,       0, "slot.seen"},
     {"slot_bc_word_shm_4",    4, SHM, W_BC,          K_INJECT,    1, 0, 0,  18, 1023,      0, "slot.word"},
     {"slot_bc_root_shm_3",    3, SHM, W_BC_DEADROOT, K_INJECT,   -1, 0, 0,  18, 1023,      0, "slot.word"},
+  /* barrier calls: the words alone */
+    {"slot_bar_word_shm_4",   4, SHM, W_BAR,         K_INJECT,   -1, 0, 0,  18, 0,         0, "slot.word"},
+    {"slot_bar_left_shm_3",   3, SHM, W_BAR,         K_LEFT,     -1, 0, 0,  18, 0,         0, "slot.word"},
   /* one dies in the frame barrier over TCP: whether the survivors all
    * entered it decides (the entry rule): complete in the old view, with
    * the dead rank's part in every result, or re-run without it */
@@ -357,8 +360,11 @@ static const struct {
     {"rs_ring_shm_4", "MOONCAKE_ALGO_REDUCE_SCATTER", "ring"},
     {"left_nosig_shm_3", "MOONCAKE_FT_SIGNALS", "0"},
     {"left_fan2_tcp_4", "MOONCAKE_FT_LEFT_FANOUT", "2"},
-    /* small allreduces at 3+ ranks on one host take the shared slots,
-     * which have no final barrier: these keep recursive doubling */
+    /* small allreduces, allgathers, broadcasts and barrier calls at 3+
+     * ranks on one host take the shared slots, which have no final barrier: these keep recursive
+     * doubling and the barrier's frames */
+    {"left_bar_shm_3", "MOONCAKE_SLOT_MAX", "0"},
+    {"left_ag_shm_3", "MOONCAKE_SLOT_MAX", "0"}, /* its small steps */
     {"rd_barrier_shm_3", "MOONCAKE_SLOT_MAX", "0"},
     {"rd_barrier_shm_4", "MOONCAKE_SLOT_MAX", "0"},
     {"left_small_shm_4", "MOONCAKE_SLOT_MAX", "0"},
