@@ -214,8 +214,12 @@ struct mc_cctx {
                       this view whatever happens now (cx_fail ignored) */
     int entered;   /* FT: in the frame barrier with a result that needs no
                       peer any more (the entry rule, ag_entered) */
-    int slot;      /* this attempt ran the shared-slot allreduce: its word is
+    int slot;      /* this attempt ran the shared slots: its word is
                       published (slot_decide) */
+    int root_failed; /* this attempt failed alike on every rank (inactive
+                        root) and met at the barrier: done in the old view,
+                        it still fails with rf_why */
+    char rf_why[MC_ABORT_MSG_MAX];
     mc_request_t *req;
     const mc_coll_args_t *args; /* what the algorithm sees (mc_cx_args) */
     uint64_t seq;
@@ -2921,26 +2925,31 @@ int mc_cx_slot_usable(mc_cctx_t *cx, size_t bytes)
     return 1;
 }
 
-/* Is slot word v (flags masked) of a later attempt than `want`? Attempts
- * in order: (seq, epoch); 0 is no word. */
+/* Is slot word v (flags masked) from a later view than `want`, at this
+ * seq or after (a re-run or a later op there)? The epoch's 16 bits compare
+ * with wrap-around. 0 is no word. A later op in the same view is no such
+ * evidence: a peer whose attempt failed before its word (a mismatch, an
+ * abort) rewrites its slot having waited only for the attempt it last
+ * wrote there; its abort tells this rank. */
 static int slot_later(uint64_t v, uint64_t want)
 {
     uint64_t vs = v >> 8 & 0xffffffffffull, ws = want >> 8 & 0xffffffffffull;
-    return v && (vs > ws || (vs == ws && (v >> 48) > (want >> 48)));
+    int16_t de = (int16_t)(uint16_t)((v >> 48) - (want >> 48));
+    return v && vs >= ws && de > 0;
 }
 
-/* This rank is still in an attempt whose slots a peer has rewritten (a
- * later word, or a torn read): the peer went past it only because this
+/* This rank is still in an attempt whose slots a peer has rewritten for
+ * a later view (slot_later): the peer went past it only because this
  * rank was no longer in its view (slot_free_ready waits for every live
- * member), i.e. the group removed it. It is fenced: this call and every
+ * member of it), i.e. the group removed it. It is fenced: this call and every
  * later one fail, as when it adopts a view without itself. Re-running
  * instead could, once the others are gone, form a view of its own and
  * complete the op in a view that nobody else completed it in. plock
  * held. */
 static void slot_left_behind(mc_comm_t *c, mc_cctx_t *cx, int p)
 {
-    char who[32] = "a peer";
-    if (p >= 0) snprintf(who, sizeof(who), "rank %d", p);
+    char who[32];
+    snprintf(who, sizeof(who), "rank %d", p);
     if (!c->evicted)
         MC_LOG(MC_LOG_WARN,
                "rank %d: %s rewrote its shared slot of %s seq %llu while "
@@ -3222,7 +3231,23 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
     int whole =
         slot_read(c, a, cx->vslots, NULL, n, cx->epoch, cx->seq, out, &flags);
     pthread_mutex_lock(&c->plock);
-    if (!whole) slot_left_behind(c, cx, -1); /* rewritten while read */
+    if (!whole) {
+        /* rewritten while read: for a later view (fenced), or by a peer
+         * whose attempt failed (its abort, or the agreement, tells) */
+        for (int v = 0; v < n && cx->failed == MC_OK; v++) {
+            int p = cx->vslots[v];
+            uint64_t w = __atomic_load_n(slot_word_p(c, p, ws),
+                                         __ATOMIC_ACQUIRE);
+            if (slot_later(w & ~SIG_FLAGS, mine & ~SIG_FLAGS))
+                slot_left_behind(c, cx, p);
+        }
+        if (cx->failed == MC_OK)
+            cx_fail(c, MC_ERR_PEER_FAILED, 0,
+                    "%s at seq %llu: slots were rewritten while rank %d read "
+                    "them",
+                    mc_coll_name(a->coll), (unsigned long long)cx->seq,
+                    c->rank);
+    }
     mc_status_t st = cx->failed;
     if (st == MC_OK && c->ft) cx->passed = 1; /* decided here: slot_decide */
     pthread_mutex_unlock(&c->plock);
@@ -3315,7 +3340,7 @@ static mc_status_t slot_finish(mc_comm_t *c, mc_request_t *r, uint64_t epoch,
                                          !att[a->root]))
         goto internal;
     void *out = reduce && bytes ? mc_cx_scratch(cx, 0, bytes) : a->recvbuf;
-    if (!out) {
+    if (!out && reduce && bytes) {
         snprintf(cx->err, sizeof(cx->err),
                  "%s at seq %llu: no memory to read the result from the "
                  "shared slots",
@@ -3373,10 +3398,11 @@ static int pair_peer_may_have_returned(mc_comm_t *c, const uint8_t *att,
 /* Return only once every rank has its result: then a failure from here
  * on can always complete this op in this view. The barrier also tells
  * every member whether joiners wait (FLAG_*). */
-static mc_status_t ft_barrier(mc_comm_t *c, mc_cctx_t *cx, uint64_t *flags)
+static mc_status_t ft_barrier(mc_comm_t *c, mc_cctx_t *cx, uint64_t *flags,
+                              int frames)
 {
     cx->data_done = 1;
-    int sig = sig_barrier_usable(c, cx);
+    int sig = !frames && sig_barrier_usable(c, cx);
     if (!sig && entry_usable(c, cx)) {
         pthread_mutex_lock(&c->plock);
         cx->entered = 1; /* reports say so from now on */
@@ -3428,6 +3454,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
     cx->passed = 0;
     cx->entered = 0;
     cx->slot = 0;
+    cx->root_failed = 0;
     memcpy(c->att_active, c->active, (size_t)c->size);
     cx->seq = r->seq;
     /* past every earlier attempt's slots (slot_free_ready) */
@@ -3470,19 +3497,23 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
          * the shared slots rest on no rank starting op seq + 2 before
          * every rank has left op seq (sig_word), which op seq + 1's
          * barrier (or its slots' words) is what ensures. A failure in it
-         * re-runs the op like any other. */
-        char why[MC_ABORT_MSG_MAX];
-        snprintf(why, sizeof(why), "%s", mc_last_error());
+         * goes to the agreement like any other: a re-run fails the same
+         * way, and "done in the old view" fails with this error too
+         * (run_ft). The frame barrier, whose frames carry the call: ranks
+         * that disagree on the root (a mismatch) fail at once instead of
+         * waiting for words that never come. */
+        snprintf(cx->rf_why, sizeof(cx->rf_why), "%s at seq %llu failed: %s",
+                 mc_coll_name(r->args.coll), (unsigned long long)r->seq,
+                 mc_last_error());
+        cx->root_failed = 1;
         uint64_t f = 0;
-        mc_status_t bst = ft_barrier(c, cx, &f);
+        mc_status_t bst = ft_barrier(c, cx, &f, 1);
         if (bst < 0) {
             st = bst;
         } else {
             pthread_mutex_lock(&c->plock);
             cx->passed = 0; /* the barrier's; this op fails */
-            cx_fail(c, st, 0, "%s at seq %llu failed: %s",
-                    mc_coll_name(r->args.coll), (unsigned long long)r->seq,
-                    why);
+            cx_fail(c, st, 0, "%s", cx->rf_why);
             pthread_mutex_unlock(&c->plock);
         }
     }
@@ -3496,7 +3527,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
         cx->data_done = 1;
         st = pair_hold(cx);
     } else if (st == MC_OK && c->ft) {
-        st = ft_barrier(c, cx, &flags);
+        st = ft_barrier(c, cx, &flags, 0);
         if (st == MC_OK) cx->flags = flags;
     }
     if (st == MC_OK && !pair) cx_commit(cx);
@@ -3698,6 +3729,10 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         if (c->nv_pending) {
             cx->data_done = 0;
             cx->entered = 0;
+            if (cx->seq != r->seq) { /* cx holds an earlier op's attempt */
+                cx->slot = 0;
+                cx->root_failed = 0;
+            }
             memcpy(c->att_active, c->active, (size_t)c->size);
             outcome = ag_adopt(c, r->seq);
             now = mc_now_us(); /* adopting may have taken a while */
@@ -3772,8 +3807,16 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         uint64_t ep = c->epoch;
         if (removed && !c->auto_recover) c->need_recover = 1;
         pthread_mutex_unlock(&c->plock);
+        if (outcome == AG_DONE_OLD && cx->root_failed) {
+            /* every rank failed it alike, then met at the barrier */
+            snprintf(cx->err, sizeof(cx->err), "%s", cx->rf_why);
+            return MC_ERR_ROOT_FAILED;
+        }
         if (outcome == AG_DONE_OLD) {
-            if (!cx->data_done && cx->slot) {
+            if (cx->slot &&
+                (!cx->data_done || r->args.coll == MC_COLL_BARRIER)) {
+                /* from the slots; a barrier reads nothing, but checks
+                 * that every member called what this rank called */
                 pthread_mutex_lock(&c->plock);
                 mc_status_t fs = slot_finish(c, r, old_epoch, c->att_active);
                 pthread_mutex_unlock(&c->plock);

@@ -266,6 +266,10 @@ static const kt_scn_t scenarios[] = {
   /* broadcast whose root was killed */
     {"deadroot_shm_3",        3, SHM, W_BC_DEADROOT, K_RANDOM,   -1, 0, 0,  60, 1 << 16,   300, NULL},
     {"deadroot_tcp_4",        4, TCP, W_BC_DEADROOT, K_RANDOM,   -1, 0, 0,  60, 4099,      300, NULL},
+  /* the root dies, then another rank while the broadcasts from the dead
+   * root fail (each still meets at the barrier): they must keep failing */
+    {"deadroot_second_shm_4", 4, SHM, W_BC_DEADROOT, K_SECOND,   -1, 0, 0,  60, 1023,      300, NULL},
+    {"deadroot_second_tcp_4", 4, TCP, W_BC_DEADROOT, K_SECOND,   -1, 0, 0,  60, 1023,      300, NULL},
   /* fault tolerance off: the survivors' calls fail, boundedly */
     {"ft0_small_shm_3",       3, SHM, W_AR_SMALL,    K_RANDOM,   -1, 0, 1,  60, 0,         300, NULL},
     {"ft0_big_tcp_3",         3, TCP, W_AR_BIG,      K_RANDOM,   -1, 0, 1,  16, MiB8,      0, NULL},
