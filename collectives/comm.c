@@ -2966,6 +2966,16 @@ static void slot_left_behind(mc_comm_t *c, mc_cctx_t *cx, int p)
                 c->rank, who);
 }
 
+/* Did the writer of slot descriptor d call what the caller did (a: the
+ * caller's arguments; cx: this attempt's descriptor of them)? */
+static int slot_desc_same(const slot_desc_t *d, const mc_coll_args_t *a,
+                          const mc_cctx_t *cx)
+{
+    return d->coll == (int32_t)a->coll && d->dtype == (int32_t)a->dtype &&
+           d->op == (int32_t)a->op && d->root == (int32_t)a->root &&
+           d->count == cx->dcount && d->desc == cx->desc;
+}
+
 static int slot_ready(mc_cctx_t *cx, cx_waiter_t *w)
 {
     mc_comm_t *c = cx->comm;
@@ -2978,9 +2988,7 @@ static int slot_ready(mc_cctx_t *cx, cx_waiter_t *w)
         if ((v & ~SIG_FLAGS) == w->want) {
             const slot_desc_t *d = slot_desc_p(c, p, ws);
             const mc_coll_args_t *a = &cx->req->args;
-            if (d->coll != (int32_t)a->coll || d->dtype != (int32_t)a->dtype ||
-                d->op != (int32_t)a->op || d->root != (int32_t)a->root ||
-                d->count != cx->dcount || d->desc != cx->desc) {
+            if (!slot_desc_same(d, a, cx)) {
                 /* read like the data: a word that changed meanwhile means
                  * the slot was being rewritten (we were removed), not a
                  * mismatch */
@@ -3309,10 +3317,7 @@ static mc_status_t slot_finish(mc_comm_t *c, mc_request_t *r, uint64_t epoch,
         if ((w & ~SIG_FLAGS) != want || (p != c->rank && !c->slot_map[p]))
             goto internal;
         const slot_desc_t *d = slot_desc_p(c, p, ws);
-        if (bad < 0 &&
-            (d->coll != (int32_t)a->coll || d->dtype != (int32_t)a->dtype ||
-             d->op != (int32_t)a->op || d->root != (int32_t)a->root ||
-             d->count != cx->dcount || d->desc != cx->desc)) {
+        if (bad < 0 && !slot_desc_same(d, a, cx)) {
             bad = p;
             bad_w = w;
         }
