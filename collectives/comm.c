@@ -2780,7 +2780,7 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Shared slots: a small allreduce on one host in one round, no barrier     */
+/* Shared slots: small ops on one host in one round, no barrier             */
 /* ------------------------------------------------------------------------ */
 
 /* Each rank owns a small shared region (a second stage.h instance, made at
@@ -2797,7 +2797,9 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
  * word[seq & 1] = (epoch, seq, join flags) with one release store, then
  * the same word as a transport signal to every peer (wakes it), waits for
  * every peer's word, and reduces the n slots in vrank order (the same bits
- * everywhere). The caller's buffer is written only once the op is decided
+ * everywhere). Allgather(v) and broadcast take the same round
+ * (slot_in_bytes, slot_read: a block, the root's data).
+ * The caller's buffer is written only once the op is decided
  * here, so an in-place input needs no copy for a re-run.
  *
  * The op needs no final barrier: a word is one store
@@ -2908,7 +2910,7 @@ static int slot_map_peer(mc_comm_t *c, int p)
     return 1;
 }
 
-/* The shared-slot allreduce for this call? The same on every rank of the
+/* The shared slots for this call? The same on every rank of the
  * view: the size, the view (all shm peers), the settings, and whether
  * every rank made and described its region (the store says the same to
  * all). */
@@ -3494,8 +3496,10 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
 
     if (st == MC_OK && !(c->ft && r->args.coll == MC_COLL_BARRIER))
         st = mc_coll_run_view(cx);
-    else if (st == MC_OK && mc_cx_slot_usable(cx, 0))
-        st = mc_cx_slot_run(cx); /* a barrier call: the words alone */
+    /* A barrier call keeps its frames: through the slots (tried), a rank
+     * still in it when the others shrink it away finds its slots rewritten
+     * and fails it (evicted), where frames let it complete (torch
+     * shrink_removes_rank). */
     if (st == MC_ERR_ROOT_FAILED && c->ft) {
         /* Every rank of the view fails alike here, without a message
          * (view.c). Still meet at the final barrier: the signal words and

@@ -317,9 +317,6 @@ static const kt_scn_t scenarios[] = {
     {"slot_ag_seen_shm_4",    4, SHM, W_AG,          K_INJECT,   -1, 0, 0,  18, 257,       0, "slot.seen"},
     {"slot_bc_word_shm_4",    4, SHM, W_BC,          K_INJECT,    1, 0, 0,  18, 1023,      0, "slot.word"},
     {"slot_bc_root_shm_3",    3, SHM, W_BC_DEADROOT, K_INJECT,   -1, 0, 0,  18, 1023,      0, "slot.word"},
-  /* barrier calls: the words alone */
-    {"slot_bar_word_shm_4",   4, SHM, W_BAR,         K_INJECT,   -1, 0, 0,  18, 0,         0, "slot.word"},
-    {"slot_bar_left_shm_3",   3, SHM, W_BAR,         K_LEFT,     -1, 0, 0,  18, 0,         0, "slot.word"},
   /* one dies in the frame barrier over TCP: whether the survivors all
    * entered it decides (the entry rule): complete in the old view, with
    * the dead rank's part in every result, or re-run without it */
