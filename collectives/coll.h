@@ -159,13 +159,14 @@ int mc_cx_ft(const mc_cctx_t *cx);
 void mc_cx_pair_exchange(mc_cctx_t *cx);
 int mc_cx_pair_usable(const mc_cctx_t *cx);
 
-/* The shared slots (comm.c, "Shared slots"): allreduce, allgather(v) and
- * broadcast with fault tolerance, every rank of the view on this host, 3
- * or more ranks, each rank's part (the allreduce's input, the largest
- * allgather block, the broadcast's data) up to MOONCAKE_SLOT_MAX bytes.
- * One round, no final barrier. usable: the same on every rank of the
- * view. */
-int mc_cx_slot_usable(mc_cctx_t *cx, size_t bytes);
+/* The shared slots (comm.c, "Shared slots"): allreduce, allgather(v),
+ * broadcast, reduce, gather, scatter, reduce_scatter(v) and alltoall with
+ * fault tolerance, every rank of the view on this host, 3 or more ranks,
+ * each rank's part (what it puts in its slot: its input, its block, the
+ * root's data, a whole input of scatter, reduce_scatter or alltoall) up to
+ * MOONCAKE_SLOT_MAX bytes. One round, no final barrier. usable: for the
+ * attempt's current arguments; the same on every rank of the view. */
+int mc_cx_slot_usable(mc_cctx_t *cx);
 mc_status_t mc_cx_slot_run(mc_cctx_t *cx);
 /* Fault point `point` (tests) once the attempt's sends posted so far are
  * done: a tcp post only queues, progress writes. Waits only when the armed

@@ -2797,8 +2797,10 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
  * word[seq & 1] = (epoch, seq, join flags) with one release store, then
  * the same word as a transport signal to every peer (wakes it), waits for
  * every peer's word, and reduces the n slots in vrank order (the same bits
- * everywhere). Allgather(v) and broadcast take the same round
- * (slot_in_bytes, slot_read: a block, the root's data).
+ * everywhere). Allgather(v), broadcast, reduce, gather, scatter,
+ * reduce_scatter(v) and alltoall take the same round (slot_in_bytes,
+ * slot_read: a block, the root's data, a whole input; only the root reads
+ * a reduce's or gather's).
  * The caller's buffer is written only once the op is decided
  * here, so an in-place input needs no copy for a re-run.
  *
@@ -2910,15 +2912,112 @@ static int slot_map_peer(mc_comm_t *c, int p)
     return 1;
 }
 
+/* Where block i lies, in elements (i: a virtual rank in an attempt's
+ * arguments, a slot in the caller's): the output block of allgather(v),
+ * gather and alltoall, the input block of reduce_scatter(v) and scatter
+ * (counts/displs; gather and scatter: `count` at displs[i], or at i * count
+ * without displacements). */
+static void slot_block(const mc_coll_args_t *a, int i, size_t *off,
+                       size_t *len)
+{
+    if (a->counts) {
+        *off = a->displs[i];
+        *len = a->counts[i];
+    } else {
+        *off = a->displs ? a->displs[i] : (size_t)i * a->count;
+        *len = a->count;
+    }
+}
+
+/* Where alltoall's send block i lies, in elements. */
+static void slot_sblock(const mc_coll_args_t *a, int i, size_t *off,
+                        size_t *len)
+{
+    *off = a->sdispls[i];
+    *len = a->scounts[i];
+}
+
+/* The end of the furthest of blocks 0..n-1 (slot_block, or the send side's
+ * slot_sblock), in elements: what a whole input of scatter, reduce_scatter
+ * or alltoall spans over those ranks. */
+static size_t slot_extent(const mc_coll_args_t *a, int n, int send)
+{
+    size_t end = 0, off, len;
+    for (int i = 0; i < n; i++) {
+        if (send)
+            slot_sblock(a, i, &off, &len);
+        else
+            slot_block(a, i, &off, &len);
+        if (len && off + len > end) end = off + len;
+    }
+    return end;
+}
+
+/* What rank `me` (a block index, as in slot_block) of the n in `a` puts in
+ * its slot, from the start of its sendbuf, in bytes. */
+static size_t slot_in_bytes(const mc_coll_args_t *a, int me, int n)
+{
+    size_t es = mc_dtype_size(a->dtype), off, len;
+    switch (a->coll) {
+    case MC_COLL_ALLGATHER:
+    case MC_COLL_ALLGATHERV:
+        slot_block(a, me, &off, &len);
+        return len * es;
+    case MC_COLL_BROADCAST:
+        return me == a->root ? a->count * es : 0;
+    case MC_COLL_SCATTER:
+        return me == a->root ? slot_extent(a, n, 0) * es : 0;
+    case MC_COLL_REDUCE_SCATTER:
+    case MC_COLL_REDUCE_SCATTERV:
+        return slot_extent(a, n, 0) * es;
+    case MC_COLL_ALLTOALL:
+        return slot_extent(a, n, 1) * es;
+    case MC_COLL_BARRIER:
+        return 0;
+    default: /* allreduce, reduce, gather */
+        return a->count * es;
+    }
+}
+
+/* The largest part any rank of the n in `a` puts in its slot, in bytes
+ * (the same on every rank of a correct call); SIZE_MAX for a collective
+ * the slots do not run (alltoallv: a reader cannot tell where a writer's
+ * block for it lies). */
+static size_t slot_part_max(const mc_coll_args_t *a, int n)
+{
+    size_t most = 0;
+    switch (a->coll) {
+    case MC_COLL_ALLGATHER:
+    case MC_COLL_ALLGATHERV:
+        for (int i = 0; i < n; i++) {
+            size_t b = slot_in_bytes(a, i, n);
+            if (b > most) most = b;
+        }
+        return most;
+    case MC_COLL_ALLREDUCE:
+    case MC_COLL_REDUCE:
+    case MC_COLL_BROADCAST:
+    case MC_COLL_GATHER:
+    case MC_COLL_SCATTER:
+    case MC_COLL_REDUCE_SCATTER:
+    case MC_COLL_REDUCE_SCATTERV:
+    case MC_COLL_ALLTOALL:
+        return slot_in_bytes(a, a->root >= 0 ? a->root : 0, n);
+    default:
+        return SIZE_MAX;
+    }
+}
+
 /* The shared slots for this call? The same on every rank of the
  * view: the size, the view (all shm peers), the settings, and whether
  * every rank made and described its region (the store says the same to
  * all). */
-int mc_cx_slot_usable(mc_cctx_t *cx, size_t bytes)
+int mc_cx_slot_usable(mc_cctx_t *cx)
 {
     mc_comm_t *c = cx->comm;
-    if (!c->ft || !c->slot_max || !c->slot_own || bytes > c->slot_max ||
-        cx->nv < 3 || c->em || !mc_cx_stage_usable(cx))
+    if (!c->ft || !c->slot_max || !c->slot_own || cx->nv < 3 || c->em ||
+        slot_part_max(cx->args, cx->nv) > c->slot_max ||
+        !mc_cx_stage_usable(cx))
         return 0;
     for (int v = 0; v < cx->nv; v++) {
         int p = cx->vslots[v];
@@ -3063,49 +3162,60 @@ static int slot_free_ready(mc_cctx_t *cx, cx_waiter_t *w)
     return 1;
 }
 
-/* Where block i of an allgather(v)'s output lies, in elements (i: a
- * virtual rank in an attempt's arguments, a slot in the caller's). */
-static void slot_block(const mc_coll_args_t *a, int i, size_t *off,
-                       size_t *len)
-{
-    if (a->counts) {
-        *off = a->displs[i];
-        *len = a->counts[i];
-    } else {
-        *off = (size_t)i * a->count;
-        *len = a->count;
-    }
-}
-
-/* What rank `me` (block index, as in slot_block) puts in its slot. */
-static size_t slot_in_bytes(const mc_coll_args_t *a, int me)
+/* What a reduction leaves rank `me` (block index, as in slot_block), in
+ * bytes: the allreduce's vector, the reduce's at the root, its own block
+ * of a reduce_scatter; 0 for the rest. */
+static size_t slot_red_bytes(const mc_coll_args_t *a, int me)
 {
     size_t es = mc_dtype_size(a->dtype), off, len;
     switch (a->coll) {
-    case MC_COLL_ALLGATHER:
-    case MC_COLL_ALLGATHERV:
+    case MC_COLL_ALLREDUCE:
+        return a->count * es;
+    case MC_COLL_REDUCE:
+        return me == a->root ? a->count * es : 0;
+    case MC_COLL_REDUCE_SCATTER:
+    case MC_COLL_REDUCE_SCATTERV:
         slot_block(a, me, &off, &len);
         return len * es;
-    case MC_COLL_BROADCAST:
-        return me == a->root ? a->count * es : 0;
-    case MC_COLL_BARRIER:
+    default:
         return 0;
-    default: /* allreduce */
-        return a->count * es;
     }
 }
 
-/* The result of (epoch, seq) from the slots of `vslots` (ids[k]: the block
- * index of vslots[k] as in slot_block, NULL: k) into out (allreduce: the
- * reduction, in vrank order; allgather: every block at its place in the
- * output; broadcast: the root's data); the flags' OR in *flags. 0 if a
- * word is not there or changed while read. */
+/* out = the reduction of `len` elements at element `off` of the nv slots,
+ * in vrank order (the same bits everywhere); AVG divides by nv. */
+static void slot_reduce(mc_comm_t *c, const mc_coll_args_t *a,
+                        const int *vslots, int nv, int ws, size_t off,
+                        size_t len, void *out)
+{
+    size_t es = mc_dtype_size(a->dtype);
+    if (!len) return;
+    if (nv == 1) {
+        memcpy(out, slot_data(c, vslots[0], ws) + off * es, len * es);
+        return;
+    }
+    mc_reduce(out, slot_data(c, vslots[0], ws) + off * es,
+              slot_data(c, vslots[1], ws) + off * es, len, a->dtype, a->op);
+    for (int v = 2; v < nv; v++)
+        mc_reduce(out, out, slot_data(c, vslots[v], ws) + off * es, len,
+                  a->dtype, a->op);
+    if (a->op == MC_AVG) mc_reduce_div(out, len, a->dtype, (uint64_t)nv);
+}
+
+/* The result of (epoch, seq) for the rank of block index `me` from the
+ * slots of `vslots` (ids[k]: the block index of vslots[k] as in
+ * slot_block, NULL: k) into out: allreduce, reduce (the root), reduce_scatter
+ * (its block): the reduction; allgather, gather (the root): every block at
+ * its place in the output; broadcast: the root's data; scatter: its block
+ * of the root's; alltoall: every writer's block for it at the writer's
+ * place. The flags' OR in *flags. 0 if a word is not there or changed
+ * while read. */
 static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
-                     const int *ids, int nv, uint64_t epoch, uint64_t seq,
-                     void *out, uint64_t *flags)
+                     const int *ids, int nv, int me, uint64_t epoch,
+                     uint64_t seq, void *out, uint64_t *flags)
 {
     int ws = (int)(seq & 1);
-    size_t es = mc_dtype_size(a->dtype), bytes = a->count * es;
+    size_t es = mc_dtype_size(a->dtype), off, len, soff, slen;
     uint64_t acc = 0, want = sig_word(epoch, seq, 0) & ~SIG_FLAGS;
     for (int v = 0; v < nv; v++) {
         uint64_t w = __atomic_load_n(slot_word_p(c, vslots[v], ws),
@@ -3116,8 +3226,9 @@ static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
     switch (a->coll) {
     case MC_COLL_ALLGATHER:
     case MC_COLL_ALLGATHERV:
+    case MC_COLL_GATHER:
+        if (a->coll == MC_COLL_GATHER && me != a->root) break;
         for (int v = 0; v < nv; v++) {
-            size_t off, len;
             slot_block(a, ids ? ids[v] : v, &off, &len);
             if (len)
                 memcpy((uint8_t *)out + off * es, slot_data(c, vslots[v], ws),
@@ -3125,21 +3236,36 @@ static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
         }
         break;
     case MC_COLL_BROADCAST:
+    case MC_COLL_SCATTER:
+        if (a->coll == MC_COLL_SCATTER) {
+            slot_block(a, me, &off, &len);
+        } else {
+            off = 0;
+            len = a->count;
+        }
         for (int v = 0; v < nv; v++)
-            if ((ids ? ids[v] : v) == a->root && bytes)
-                memcpy(out, slot_data(c, vslots[v], ws), bytes);
+            if ((ids ? ids[v] : v) == a->root && len)
+                memcpy(out, slot_data(c, vslots[v], ws) + off * es, len * es);
+        break;
+    case MC_COLL_ALLTOALL:
+        slot_sblock(a, me, &soff, &slen);
+        for (int v = 0; v < nv; v++) {
+            slot_block(a, ids ? ids[v] : v, &off, &len);
+            if (len)
+                memcpy((uint8_t *)out + off * es,
+                       slot_data(c, vslots[v], ws) + soff * es, len * es);
+        }
         break;
     case MC_COLL_BARRIER:
         break;
-    default:
-        if (!bytes) break;
-        mc_reduce(out, slot_data(c, vslots[0], ws), slot_data(c, vslots[1], ws),
-                  a->count, a->dtype, a->op);
-        for (int v = 2; v < nv; v++)
-            mc_reduce(out, out, slot_data(c, vslots[v], ws), a->count,
-                      a->dtype, a->op);
-        if (a->op == MC_AVG)
-            mc_reduce_div(out, a->count, a->dtype, (uint64_t)nv);
+    case MC_COLL_REDUCE_SCATTER:
+    case MC_COLL_REDUCE_SCATTERV:
+        slot_block(a, me, &off, &len);
+        slot_reduce(c, a, vslots, nv, ws, off, len, out);
+        break;
+    default: /* allreduce, reduce */
+        if (a->coll == MC_COLL_REDUCE && me != a->root) break;
+        slot_reduce(c, a, vslots, nv, ws, 0, a->count, out);
         break;
     }
     *flags = acc;
@@ -3162,7 +3288,7 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
     mc_comm_t *c = cx->comm;
     const mc_coll_args_t *a = cx->args;
     int n = cx->nv, r = cx->vrank, ws = (int)(cx->seq & 1);
-    size_t bytes = slot_in_bytes(a, r);
+    size_t bytes = slot_in_bytes(a, r, n), red = slot_red_bytes(a, r);
     uint64_t mine = sig_word(cx->epoch, cx->seq, cx->tx_flags);
     cx->slot = 1;
     if (c->slot_prev[ws]) {
@@ -3175,17 +3301,16 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
             return st;
         }
     }
-    /* an allreduce in place: the result goes to scratch first, so that a
-     * torn read (slot_read) leaves the caller's input as it was; had
-     * before the word is out. (An allgather's or broadcast's reads write
-     * only output blocks, and into the caller's own input only the same
-     * bytes, from its own slot.) */
-    size_t bytes_out = a->count * mc_dtype_size(a->dtype);
-    void *out = a->coll == MC_COLL_ALLREDUCE && a->sendbuf == a->recvbuf &&
-                        bytes_out
-                    ? mc_cx_scratch(cx, 0, bytes_out)
+    /* a reduction in place (its output overlaps its input): the result
+     * goes to scratch first, so that a torn read (slot_read) leaves the
+     * caller's input as it was; had before the word is out. (The other
+     * collectives' reads write only output blocks, and into the caller's
+     * own input only the same bytes, from its own slot; alltoall has no
+     * in-place form.) */
+    void *out = red && mem_overlap(a->sendbuf, bytes, a->recvbuf, red)
+                    ? mc_cx_scratch(cx, 0, red)
                     : a->recvbuf;
-    if (!out && a->coll == MC_COLL_ALLREDUCE && bytes_out) {
+    if (!out && red) {
         cx->slot = 0;
         return MC_ERR_NO_MEMORY;
     }
@@ -3238,8 +3363,8 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
         if (st < 0) return st;
     }
     uint64_t flags = 0;
-    int whole =
-        slot_read(c, a, cx->vslots, NULL, n, cx->epoch, cx->seq, out, &flags);
+    int whole = slot_read(c, a, cx->vslots, NULL, n, r, cx->epoch, cx->seq,
+                          out, &flags);
     pthread_mutex_lock(&c->plock);
     if (!whole) {
         /* rewritten while read: for a later view (fenced), or by a peer
@@ -3262,7 +3387,7 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
     if (st == MC_OK && c->ft) cx->passed = 1; /* decided here: slot_decide */
     pthread_mutex_unlock(&c->plock);
     if (st < 0) return st;
-    if (out != a->recvbuf) memcpy(a->recvbuf, out, bytes_out);
+    if (out != a->recvbuf) memcpy(a->recvbuf, out, red);
     slot_done(c, slot_key(cx->epoch, cx->seq));
     cx->flags = flags;
     cx->data_done = 1;
@@ -3341,13 +3466,12 @@ static mc_status_t slot_finish(mc_comm_t *c, mc_request_t *r, uint64_t epoch,
                  (unsigned long long)r->seq, c->rank, mine, bad, theirs);
         return MC_ERR_MISMATCH;
     }
-    size_t es = mc_dtype_size(a->dtype), bytes = a->count * es;
-    int reduce = a->coll == MC_COLL_ALLREDUCE;
-    if (a->coll == MC_COLL_BROADCAST && (a->root < 0 || a->root >= c->size ||
-                                         !att[a->root]))
+    size_t es = mc_dtype_size(a->dtype), red = slot_red_bytes(a, c->rank);
+    if (is_rooted(a->coll) &&
+        (a->root < 0 || a->root >= c->size || !att[a->root]))
         goto internal;
-    void *out = reduce && bytes ? mc_cx_scratch(cx, 0, bytes) : a->recvbuf;
-    if (!out && reduce && bytes) {
+    void *out = red ? mc_cx_scratch(cx, 0, red) : a->recvbuf;
+    if (!out && red) {
         snprintf(cx->err, sizeof(cx->err),
                  "%s at seq %llu: no memory to read the result from the "
                  "shared slots",
@@ -3355,11 +3479,14 @@ static mc_status_t slot_finish(mc_comm_t *c, mc_request_t *r, uint64_t epoch,
         return MC_ERR_NO_MEMORY;
     }
     uint64_t flags = 0;
-    if (!slot_read(c, a, vs, vs, nv, epoch, r->seq, out, &flags))
+    if (!slot_read(c, a, vs, vs, nv, c->rank, epoch, r->seq, out, &flags))
         goto internal;
-    if (reduce && bytes) memcpy(a->recvbuf, out, bytes);
-    if (a->coll == MC_COLL_ALLGATHER || a->coll == MC_COLL_ALLGATHERV) {
-        /* the blocks of inactive slots are zero, as view.c leaves them */
+    if (red) memcpy(a->recvbuf, out, red);
+    /* the blocks of inactive slots are zero, as view.c leaves them (gather:
+     * on the root) */
+    if (a->coll == MC_COLL_ALLGATHER || a->coll == MC_COLL_ALLGATHERV ||
+        a->coll == MC_COLL_ALLTOALL ||
+        (a->coll == MC_COLL_GATHER && c->rank == a->root)) {
         for (int p = 0; p < c->size; p++) {
             size_t off, len;
             slot_block(a, p, &off, &len);

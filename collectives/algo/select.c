@@ -126,7 +126,7 @@ static mc_status_t mc_run_allreduce(mc_cctx_t *cx, size_t bytes)
         return mc_algo_allreduce_stage(cx);
     /* Shared slots on one host, 3 ranks or more: one round, and with fault
      * tolerance no final barrier (comm.c, "Shared slots"). */
-    if (mc_cx_slot_usable(cx, bytes)) return mc_cx_slot_run(cx);
+    if (mc_cx_slot_usable(cx)) return mc_cx_slot_run(cx);
     /* Recursive doubling: log2(n) latency, but every rank moves the whole
      * vector each round. Ring: 2(n-1) latencies, but only 2(n-1)/n of the
      * vector per rank, pipelined. */
@@ -138,15 +138,7 @@ static mc_status_t mc_run_allreduce(mc_cctx_t *cx, size_t bytes)
  * largest block fits (one round, no final barrier; comm.c). */
 static mc_status_t mc_run_allgather(mc_cctx_t *cx)
 {
-    const mc_coll_args_t *a = mc_cx_args(cx);
-    size_t es = mc_dtype_size(a->dtype), most = a->count;
-    if (a->counts) {
-        most = 0;
-        for (int v = 0, n = mc_cx_size(cx); v < n; v++)
-            if (a->counts[v] > most) most = a->counts[v];
-    }
-    /* most * es: select.c checked the products (mc_check_count/_v) */
-    if (mc_cx_slot_usable(cx, most * es)) return mc_cx_slot_run(cx);
+    if (mc_cx_slot_usable(cx)) return mc_cx_slot_run(cx);
     return mc_algo_allgatherv_ring(cx);
 }
 
@@ -164,7 +156,7 @@ static mc_status_t mc_run_broadcast(mc_cctx_t *cx, size_t bytes)
     }
     /* Shared slots on one host, 3 ranks or more, with fault tolerance:
      * one round and no final barrier (comm.c, "Shared slots"). */
-    if (mc_cx_slot_usable(cx, bytes)) return mc_cx_slot_run(cx);
+    if (mc_cx_slot_usable(cx)) return mc_cx_slot_run(cx);
     /* Tree: log2(n) latency, the root sends log2(n) copies. Chain: n-1
      * chunk latencies to fill, then full link bandwidth. */
     return bytes <= t->bcast_small_max ? mc_algo_broadcast_tree(cx)
@@ -196,6 +188,9 @@ static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
      * the pipeline (the same threshold as allreduce's). */
     if (bytes > t->allreduce_small_max && mc_staged(cx, bytes, 0))
         return mc_algo_allreduce_stage(cx);
+    /* Shared slots on one host, 3 ranks or more, with fault tolerance:
+     * one round and no final barrier; only the root reads (comm.c). */
+    if (mc_cx_slot_usable(cx)) return mc_cx_slot_run(cx);
     return bytes <= t->allreduce_small_max ? mc_algo_reduce_tree(cx)
                                            : mc_algo_reduce_chain(cx);
 }
@@ -244,6 +239,10 @@ static mc_status_t mc_run_reduce_scatter(mc_cctx_t *cx, size_t bytes)
      * At 2 ranks without fault tolerance the ring's single step is leaner
      * (in place, 64 KiB: 7.9 against 12-13 us), so it stays there; with
      * it too where the exchange confirms the op (rs_pair_ring). */
+    /* Shared slots on one host, 3 ranks or more, with fault tolerance:
+     * every rank's whole input in its slot, one round, no final barrier
+     * (comm.c). */
+    if (mc_cx_slot_usable(cx)) return mc_cx_slot_run(cx);
     if ((mc_cx_size(cx) > 2 || mc_cx_ft(cx)) && mc_staged(cx, bytes, 0) &&
         !rs_pair_ring(cx, bytes))
         return mc_algo_allreduce_stage(cx);
@@ -304,11 +303,17 @@ mc_status_t mc_coll_run(mc_cctx_t *cx)
     case MC_COLL_SCATTER:
         if ((st = mc_check_root(what, a->root, n)) < 0) return st;
         if ((st = mc_check_count(what, a->count, (size_t)n, es)) < 0) return st;
+        /* shared slots (comm.c): one round, no final barrier */
+        if (mc_cx_slot_usable(cx)) return mc_cx_slot_run(cx);
         return a->coll == MC_COLL_GATHER ? mc_algo_gather_direct(cx)
                                          : mc_algo_scatter_direct(cx);
 
     case MC_COLL_ALLTOALL:
         if ((st = mc_check_count(what, a->count, (size_t)n, es)) < 0) return st;
+        /* shared slots (comm.c): every rank's whole input in its slot
+         * (not alltoallv: a reader could not tell where a writer's block
+         * for it lies) */
+        if (mc_cx_slot_usable(cx)) return mc_cx_slot_run(cx);
         return mc_algo_alltoallv_pairwise(cx);
     case MC_COLL_ALLTOALLV: {
         int r = mc_cx_rank(cx);

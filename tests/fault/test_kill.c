@@ -317,6 +317,19 @@ static const kt_scn_t scenarios[] = {
     {"slot_ag_seen_shm_4",    4, SHM, W_AG,          K_INJECT,   -1, 0, 0,  18, 257,       0, "slot.seen"},
     {"slot_bc_word_shm_4",    4, SHM, W_BC,          K_INJECT,    1, 0, 0,  18, 1023,      0, "slot.word"},
     {"slot_bc_root_shm_3",    3, SHM, W_BC_DEADROOT, K_INJECT,   -1, 0, 0,  18, 1023,      0, "slot.word"},
+  /* and for the rest of the collectives through the slots: reduce and
+   * gather (only the root reads), scatter (the root's whole input in its
+   * slot), reduce_scatter and alltoall (every rank's whole input in its
+   * slot); a dead rank's part is in every result or in none */
+    {"slot_red_data_shm_3",   3, SHM, W_RED,         K_INJECT,   -1, 0, 0,  18, 1023,      0, "slot.data"},
+    {"slot_ravg_word_shm_4",  4, SHM, W_RAVG,        K_INJECT,   -1, 0, 0,  18, 1023,      0, "slot.word"},
+    {"slot_ga_seen_shm_3",    3, SHM, W_GA,          K_INJECT,   -1, 0, 0,  18, 513,       0, "slot.seen"},
+    {"slot_sc_word_shm_4",    4, SHM, W_SC,          K_INJECT,   -1, 0, 0,  18, 257,       0, "slot.word"},
+    {"slot_rs_data_shm_4",    4, SHM, W_RS,          K_INJECT,   -1, 0, 0,  18, 257,       0, "slot.data"},
+    {"slot_rs_seen_shm_3",    3, SHM, W_RS,          K_INJECT,   -1, 0, 0,  18, 257,       0, "slot.seen"},
+    {"slot_a2a_word_shm_3",   3, SHM, W_A2A,         K_INJECT,   -1, 0, 0,  18, 257,       0, "slot.word"},
+    {"slot_a2a_seen_shm_4",   4, SHM, W_A2A,         K_INJECT,   -1, 0, 0,  18, 257,       0, "slot.seen"},
+    {"slot_left_rs_shm_4",    4, SHM, W_RS,          K_LEFT,     -1, 0, 0,  18, 257,       0, "slot.word"},
   /* one dies in the frame barrier over TCP: whether the survivors all
    * entered it decides (the entry rule): complete in the old view, with
    * the dead rank's part in every result, or re-run without it */
@@ -361,9 +374,9 @@ static const struct {
     {"rs_ring_shm_4", "MOONCAKE_ALGO_REDUCE_SCATTER", "ring"},
     {"left_nosig_shm_3", "MOONCAKE_FT_SIGNALS", "0"},
     {"left_fan2_tcp_4", "MOONCAKE_FT_LEFT_FANOUT", "2"},
-    /* small allreduces, allgathers, broadcasts and barrier calls at 3+
-     * ranks on one host take the shared slots, which have no final barrier: these keep recursive
-     * doubling and the barrier's frames */
+    /* small collectives (but alltoallv and barrier calls) at 3+ ranks on
+     * one host take the shared slots, which have no final barrier: these
+     * keep the usual algorithms and the barrier's frames */
     {"left_bar_shm_3", "MOONCAKE_SLOT_MAX", "0"},
     {"left_ag_shm_3", "MOONCAKE_SLOT_MAX", "0"}, /* its small steps */
     {"rd_barrier_shm_3", "MOONCAKE_SLOT_MAX", "0"},
