@@ -5889,7 +5889,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->ft_entry = mc_env_int("MOONCAKE_FT_ENTRY", 1) != 0;
     c->left_fanout = (int)mc_env_int("MOONCAKE_FT_LEFT_FANOUT", -1);
     {
-        int64_t sm = mc_env_int("MOONCAKE_SLOT_MAX", 16 << 10);
+        int64_t sm = mc_env_int("MOONCAKE_SLOT_MAX", 64 << 10);
         c->slot_max = sm > 0 ? ((size_t)sm + 63) / 64 * 64 : 0;
         if (c->slot_max > ((size_t)1 << 24)) c->slot_max = (size_t)1 << 24;
     }
