@@ -125,7 +125,10 @@ static mc_status_t mc_run_allreduce(mc_cctx_t *cx, size_t bytes)
     if (bytes > t->allreduce_small_max && mc_staged(cx, bytes, 0))
         return mc_algo_allreduce_stage(cx);
     /* Shared slots on one host, 3 ranks or more: one round, and with fault
-     * tolerance no final barrier (comm.c, "Shared slots"). */
+     * tolerance no final barrier (comm.c, "Shared slots"). Not before the
+     * staged path: every rank reduces the whole vector here (3-4 ranks,
+     * 96-256 KiB, FT on / FT off busbw: 0.61-1.64 through the slots,
+     * mostly under 0.9; 0.84-1.20 staged; docs/performance.md). */
     if (mc_cx_slot_usable(cx)) return mc_cx_slot_run(cx);
     /* Recursive doubling: log2(n) latency, but every rank moves the whole
      * vector each round. Ring: 2(n-1) latencies, but only 2(n-1)/n of the
@@ -186,11 +189,14 @@ static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
      * the root. At 2 ranks: 1 MiB 160 us vs 205-238 us through the chain
      * (docs/performance.md). Latency-bound sizes take the tree, the rest
      * the pipeline (the same threshold as allreduce's). */
+    /* Shared slots on one host, 3 ranks or more, with fault tolerance:
+     * one round and no final barrier, only the root reads and reduces
+     * (comm.c); before the staged path, which ends in the barrier (3-4
+     * ranks, 96-256 KiB, FT on / FT off busbw: 0.92-2.28 through the
+     * slots, 0.78-1.04 staged; docs/performance.md). */
+    if (mc_cx_slot_usable(cx)) return mc_cx_slot_run(cx);
     if (bytes > t->allreduce_small_max && mc_staged(cx, bytes, 0))
         return mc_algo_allreduce_stage(cx);
-    /* Shared slots on one host, 3 ranks or more, with fault tolerance:
-     * one round and no final barrier; only the root reads (comm.c). */
-    if (mc_cx_slot_usable(cx)) return mc_cx_slot_run(cx);
     return bytes <= t->allreduce_small_max ? mc_algo_reduce_tree(cx)
                                            : mc_algo_reduce_chain(cx);
 }

@@ -333,6 +333,7 @@ static const kt_scn_t scenarios[] = {
     /* parts of 128-192 KiB (the slots take up to 256 KiB per rank) */
     {"slot_a2a_big_shm_3",    3, SHM, W_A2A,         K_INJECT,   -1, 0, 0,  12, 8191,      0, "slot.seen"},
     {"slot_rs_big_shm_4",     4, SHM, W_RS,          K_INJECT,   -1, 0, 0,  12, 4096,      0, "slot.word"},
+    {"slot_red_big_shm_3",    3, SHM, W_RED,         K_INJECT,   -1, 0, 0,  12, 16384,     0, "slot.seen"},
   /* one dies in the frame barrier over TCP: whether the survivors all
    * entered it decides (the entry rule): complete in the old view, with
    * the dead rank's part in every result, or re-run without it */
