@@ -2826,6 +2826,7 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
 #define SLOT_DONE_OFF 256 /* slot_key of the last attempt read up to */
 #define SLOT_DATA_OFF 384
 #define SLOT_ONE_WRITER_MAX ((size_t)64 << 10)
+#define SLOT_MAX_CAP ((((size_t)16 << 20) - MC_STAGE_HDR - SLOT_DATA_OFF) / 2)
 
 /* What the writer of a slot called (checked by every reader: a mismatch
  * fails the op, as a frame's header does). */
@@ -5900,7 +5901,9 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     {
         int64_t sm = mc_env_int("MOONCAKE_SLOT_MAX", 256 << 10);
         c->slot_max = sm > 0 ? ((size_t)sm + 63) / 64 * 64 : 0;
-        if (c->slot_max > ((size_t)1 << 24)) c->slot_max = (size_t)1 << 24;
+        /* the region (header, SLOT_DATA_OFF, two data slots) rounds up to
+         * a power of two: the cap fills 16 MiB exactly */
+        if (c->slot_max > SLOT_MAX_CAP) c->slot_max = SLOT_MAX_CAP;
     }
     c->discard = malloc(c->discard_len);
     c->peer_tl = malloc((size_t)size);

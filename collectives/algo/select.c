@@ -166,6 +166,9 @@ static mc_status_t mc_run_broadcast(mc_cctx_t *cx, size_t bytes)
                                        : mc_algo_broadcast_chain(cx);
 }
 
+/* The largest reduce that the shared slots take before the staged path. */
+#define MC_REDUCE_SLOT_MAX ((size_t)256 << 10)
+
 static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
 {
     static const char *const names[] = {"tree", "chain", "stage"};
@@ -181,6 +184,14 @@ static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
     case -2:
         return MC_ERR_INVALID_ARG;
     }
+    /* Shared slots on one host, 3 ranks or more, with fault tolerance:
+     * one round and no final barrier, only the root reads and reduces
+     * (comm.c); before the staged path, which ends in the barrier (3-4
+     * ranks, 96-256 KiB, FT on / FT off busbw: 0.92-2.28 through the
+     * slots, 0.78-1.04 staged; docs/performance.md). Up to what was
+     * measured: above, the root's n serial reductions are untested. */
+    if (bytes <= MC_REDUCE_SLOT_MAX && mc_cx_slot_usable(cx))
+        return mc_cx_slot_run(cx);
     /* One host: the staged allreduce, whose commit writes only the root's
      * buffer (allreduce_stage.c), on the same sizes as allreduce. The
      * caller's buffer is written only after the final barrier, so an
@@ -189,12 +200,6 @@ static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
      * the root. At 2 ranks: 1 MiB 160 us vs 205-238 us through the chain
      * (docs/performance.md). Latency-bound sizes take the tree, the rest
      * the pipeline (the same threshold as allreduce's). */
-    /* Shared slots on one host, 3 ranks or more, with fault tolerance:
-     * one round and no final barrier, only the root reads and reduces
-     * (comm.c); before the staged path, which ends in the barrier (3-4
-     * ranks, 96-256 KiB, FT on / FT off busbw: 0.92-2.28 through the
-     * slots, 0.78-1.04 staged; docs/performance.md). */
-    if (mc_cx_slot_usable(cx)) return mc_cx_slot_run(cx);
     if (bytes > t->allreduce_small_max && mc_staged(cx, bytes, 0))
         return mc_algo_allreduce_stage(cx);
     return bytes <= t->allreduce_small_max ? mc_algo_reduce_tree(cx)
