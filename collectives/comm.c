@@ -3225,7 +3225,7 @@ static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
                      uint64_t seq, void *out, uint64_t *flags)
 {
     int ws = (int)(seq & 1);
-    size_t es = mc_dtype_size(a->dtype), off, len, soff, slen;
+    size_t es = mc_dtype_size(a->dtype), off, len, soff;
     uint64_t acc = 0, want = sig_word(epoch, seq, 0) & ~SIG_FLAGS;
     for (int v = 0; v < nv; v++) {
         uint64_t w = __atomic_load_n(slot_word_p(c, vslots[v], ws),
@@ -3258,7 +3258,10 @@ static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
                 memcpy(out, slot_data(c, vslots[v], ws) + off * es, len * es);
         break;
     case MC_COLL_ALLTOALL:
-        slot_sblock(a, me, &soff, &slen);
+        /* every writer's block for us lies where our own send block for
+         * us does: alltoall's send layout is the same on every rank, and
+         * its length is the receive block's */
+        soff = a->sdispls[me];
         for (int v = 0; v < nv; v++) {
             slot_block(a, ids ? ids[v] : v, &off, &len);
             if (len)
