@@ -167,6 +167,10 @@ int mc_cx_pair_usable(const mc_cctx_t *cx);
  * MOONCAKE_SLOT_MAX bytes. One round, no final barrier. usable: for the
  * attempt's current arguments; the same on every rank of the view. */
 int mc_cx_slot_usable(mc_cctx_t *cx);
+/* 1 if mc_cx_slot_run would run this call's allreduce in two rounds (each
+ * rank reduces one block: MOONCAKE_SLOT_SPLIT_MIN); the same on every
+ * rank. */
+int mc_cx_slot_split(const mc_cctx_t *cx);
 mc_status_t mc_cx_slot_run(mc_cctx_t *cx);
 /* Fault point `point` (tests) once the attempt's sends posted so far are
  * done: a tcp post only queues, progress writes. Waits only when the armed

@@ -381,6 +381,7 @@ struct mc_comm {
     uint64_t slot_prev[2]; /* slot_key of the attempt that last wrote our
                               slot w */
     size_t slot_max; /* MOONCAKE_SLOT_MAX; 0: none */
+    size_t slot_split_min; /* MOONCAKE_SLOT_SPLIT_MIN; 0: never */
     unsigned stage_warned; /* staging failures logged (warn once) */
     uint64_t stage_epoch;  /* view of the last staged call */
     size_t stage_hwm;      /* largest region need of a staged call */
@@ -2501,6 +2502,9 @@ static int sig_barrier_usable(mc_comm_t *c, const mc_cctx_t *cx)
  * are dead. */
 #define SIG_FLAGS 0xffull
 #define SIG_LEFT 0x80ull
+/* a split allreduce's round-2 wake-up (slot_split_round): never read as
+ * a word, only changes the signal so that a peer in wait() wakes */
+#define SLOT_SIG_RES 0x40ull
 static uint64_t sig_word(uint64_t epoch, uint64_t seq, uint64_t flags)
 {
     return (epoch & 0xffff) << 48 | (seq & 0xffffffffffull) << 8 |
@@ -2786,8 +2790,11 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
 /* Each rank owns a small shared region (a second stage.h instance, made at
  * creation, described in the store under "slot/<rank>", never replaced)
  * that every rank of the host maps. Layout after MC_STAGE_HDR: word[w] at
- * 64 * w (w = seq & 1), fence at 128, desc[w] at 192, done at 256, data[w]
- * at 384 + w * slot_max.
+ * 64 * w (w = seq & 1), fence at 128, desc[w] at 192, done at 256, the
+ * result word rword[w] at 320 + 64 * w, data[w] at 448 + w * slot_max,
+ * the result slot res[w] at 448 + (2 + w) * slot_max (a split allreduce's
+ * blocks, mc_cx_slot_split: only the pages of a rank's own block are ever
+ * touched).
  *
  * With fault tolerance on (embedded membership), an allreduce of up to
  * MOONCAKE_SLOT_MAX bytes over n >= 3 ranks, all of them shm peers (without
@@ -2824,9 +2831,12 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
 #define SLOT_FENCE_OFF 128
 #define SLOT_DESC_OFF 192 /* [2] x slot_desc_t, by seq & 1 */
 #define SLOT_DONE_OFF 256 /* slot_key of the last attempt read up to */
-#define SLOT_DATA_OFF 384
+#define SLOT_RWORD_OFF 320 /* [2] result words, 64 B apart, by seq & 1 */
+#define SLOT_DATA_OFF 448
 #define SLOT_ONE_WRITER_MAX ((size_t)64 << 10)
-#define SLOT_MAX_CAP ((((size_t)16 << 20) - MC_STAGE_HDR - SLOT_DATA_OFF) / 2)
+/* whole cache lines, so that every slot starts on one */
+#define SLOT_MAX_CAP                                                           \
+    ((((size_t)16 << 20) - MC_STAGE_HDR - SLOT_DATA_OFF) / 4 / 64 * 64)
 
 /* What the writer of a slot called (checked by every reader: a mismatch
  * fails the op, as a frame's header does). */
@@ -2835,9 +2845,11 @@ typedef struct slot_desc {
     int32_t coll, dtype, op, root;
 } slot_desc_t;
 
+/* two data slots, then two result slots (a split allreduce's blocks:
+ * mc_cx_slot_split) */
 static size_t slot_region_bytes(const mc_comm_t *c)
 {
-    return SLOT_DATA_OFF + 2 * c->slot_max;
+    return SLOT_DATA_OFF + 4 * c->slot_max;
 }
 
 static uint8_t *slot_base(mc_comm_t *c, int p)
@@ -2883,6 +2895,17 @@ static void slot_done(mc_comm_t *c, uint64_t key)
 static const uint8_t *slot_data(mc_comm_t *c, int p, int w)
 {
     return slot_base(c, p) + SLOT_DATA_OFF + (size_t)w * c->slot_max;
+}
+
+/* The result slot w of rank p and its word (a split allreduce, round 2). */
+static uint8_t *slot_res(mc_comm_t *c, int p, int w)
+{
+    return slot_base(c, p) + SLOT_DATA_OFF + (size_t)(2 + w) * c->slot_max;
+}
+
+static uint64_t *slot_rword_p(mc_comm_t *c, int p, int w)
+{
+    return (uint64_t *)(slot_base(c, p) + SLOT_RWORD_OFF + 64 * (size_t)w);
 }
 
 /* Map peer p's region, as its record in the store describes it: when the
@@ -3296,6 +3319,138 @@ static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
     return 1;
 }
 
+/* A split allreduce (two rounds through the slots): the attempt's
+ * allreduce of MOONCAKE_SLOT_SPLIT_MIN bytes or more. Round 1 is the
+ * one-round op's (every input in its slot, every word seen, the fence
+ * read); in round 2 each rank reduces only its block of the vector
+ * (slot_split_block) into its result slot and publishes it by its result
+ * word; every rank copies every block out, where one round has every rank
+ * reduce the whole vector. (Not reduce: its root reducing alone in one
+ * round measured faster, 3 ranks, 48-192 KiB: 10-17 against 17-28 us, since
+ * the others need not wait for it.) The op's
+ * fate still rests on the round-1 words alone (slot_decide): a survivor
+ * that lacks the result reduces the whole vector from the data slots
+ * (slot_finish), with the same bits, since every element is reduced over
+ * the same slots in the same order. The same on every rank: the call's
+ * size and a shared setting. */
+int mc_cx_slot_split(const mc_cctx_t *cx)
+{
+    const mc_coll_args_t *a = cx->args;
+    size_t min = cx->comm->slot_split_min;
+    return min && a->coll == MC_COLL_ALLREDUCE &&
+           a->count * mc_dtype_size(a->dtype) >= min;
+}
+
+/* Block b of n of a split allreduce of `count` elements of es bytes, in
+ * elements: whole cache lines but for the last (any of the last may be
+ * empty). */
+static void slot_split_block(size_t count, size_t es, int n, int b,
+                             size_t *off, size_t *len)
+{
+    size_t al = es < 64 && 64 % es == 0 ? 64 / es : 1;
+    size_t per = (count + (size_t)n - 1) / (size_t)n;
+    per = (per + al - 1) / al * al;
+    size_t o = per * (size_t)b;
+    *off = o < count ? o : count;
+    *len = o < count ? (count - o < per ? count - o : per) : 0;
+}
+
+/* Round 2 of a split allreduce: has w->peer published its block of the
+ * result (its result word)? As slot_ready, but the call was checked in
+ * round 1. plock held. */
+static int slot_res_ready(mc_cctx_t *cx, cx_waiter_t *w)
+{
+    mc_comm_t *c = cx->comm;
+    int p = w->peer, t = c->peer_tl[p], ws = (int)(cx->seq & 1);
+    for (int pass = 0; pass < 2; pass++) {
+        int dead = c->peer_dead[p];
+        uint64_t v = 0;
+        (void)c->tlops[t]->peek(c->tl[t], p, ws, &v); /* arms wait() */
+        v = __atomic_load_n(slot_rword_p(c, p, ws), __ATOMIC_ACQUIRE);
+        if ((v & ~SIG_FLAGS) == w->want) {
+            w->got = v;
+            return 1;
+        }
+        uint64_t d = __atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_ACQUIRE);
+        if (slot_later(v & ~SIG_FLAGS, w->want) ||
+            slot_later(d & ~SIG_FLAGS, w->want)) {
+            slot_left_behind(c, cx, p);
+            return 0;
+        }
+        if (!dead && !c->peer_dead[p]) return 0;
+    }
+    if (cx->failed == MC_OK)
+        cx_fail(c, MC_ERR_PEER_FAILED, 0,
+                "%s at seq %llu: rank %d failed before its block of the "
+                "result was in its slot",
+                mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
+                p);
+    return 0;
+}
+
+/* Round 2 of a split allreduce (mc_cx_slot_split), every round-1 word
+ * seen and our fence read: our block reduced into our result slot, our
+ * result word out, every peer's awaited, every block copied into the
+ * caller's output. *whole: 0 if a slot was rewritten while read (seqlock, as
+ * slot_read); the flags' OR of the round-1 words in *flags. A failed wait
+ * returns its status. */
+static mc_status_t slot_split_round(mc_cctx_t *cx, uint64_t mine,
+                                    uint64_t *flags, int *whole)
+{
+    mc_comm_t *c = cx->comm;
+    const mc_coll_args_t *a = cx->args;
+    int n = cx->nv, r = cx->vrank, ws = (int)(cx->seq & 1);
+    size_t es = mc_dtype_size(a->dtype), off, len;
+    uint64_t want = mine & ~SIG_FLAGS, acc = 0;
+    *whole = 0;
+    slot_split_block(a->count, es, n, r, &off, &len);
+    if (len)
+        slot_reduce(c, a, cx->vslots, n, ws, off, len,
+                    slot_res(c, c->rank, ws) + off * es);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    for (int v = 0; v < n; v++) {
+        uint64_t w = __atomic_load_n(slot_word_p(c, cx->vslots[v], ws),
+                                     __ATOMIC_RELAXED);
+        if ((w & ~SIG_FLAGS) != want) return MC_OK; /* torn */
+        acc |= w & SIG_FLAGS;
+    }
+    __atomic_store_n(slot_rword_p(c, c->rank, ws), mine, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&c->plock);
+    for (int d = 1; d < n; d++) { /* wakes a sleeping peer (a value that
+                                     differs from round 1's) */
+        int p = cx->vslots[(r + d) % n], t = c->peer_tl[p];
+        (void)c->tlops[t]->signal(c->tl[t], p, ws, mine | SLOT_SIG_RES);
+    }
+    pthread_mutex_unlock(&c->plock);
+    MC_FAULT_POINT("slot.res");
+    for (int d = 1; d < n; d++) {
+        cx_waiter_t w = {.ready = slot_res_ready,
+                         .peer = cx->vslots[(r + d) % n],
+                         .want = want};
+        mc_status_t st = cx_wait_until(cx, &w);
+        if (st < 0) return st;
+    }
+    MC_FAULT_POINT("slot.res.seen");
+    for (int v = 0; v < n; v++) {
+        slot_split_block(a->count, es, n, v, &off, &len);
+        if (len)
+            memcpy((uint8_t *)a->recvbuf + off * es,
+                   slot_res(c, cx->vslots[v], ws) + off * es, len * es);
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    for (int v = 0; v < n; v++) {
+        int p = cx->vslots[v];
+        if ((__atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_RELAXED) &
+             ~SIG_FLAGS) != want ||
+            (__atomic_load_n(slot_rword_p(c, p, ws), __ATOMIC_RELAXED) &
+             ~SIG_FLAGS) != want)
+            return MC_OK; /* torn */
+    }
+    *flags = acc;
+    *whole = 1;
+    return MC_OK;
+}
+
 mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
 {
     mc_comm_t *c = cx->comm;
@@ -3314,23 +3469,19 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
             return st;
         }
     }
-    /* a reduction in place (its output overlaps its input): the result
-     * goes to scratch first, so that a torn read (slot_read) leaves the
-     * caller's input as it was; had before the word is out. (The other
-     * collectives' reads write only output blocks, and into the caller's
-     * own input only the same bytes, from its own slot; alltoall has no
-     * in-place form.) */
-    void *out = red && mem_overlap(a->sendbuf, bytes, a->recvbuf, red)
-                    ? mc_cx_scratch(cx, 0, red)
-                    : a->recvbuf;
-    if (!out && red) {
-        cx->slot = 0;
-        return MC_ERR_NO_MEMORY;
-    }
+    /* A reduction in place (its output overlaps its input) writes the
+     * result straight into the caller's buffer: a torn read (the slots
+     * rewritten under us: we were removed) puts the input back from our
+     * own slot, which only we write. (The other collectives' reads write
+     * only output blocks, and into the caller's own input only the same
+     * bytes, from its own slot; alltoall has no in-place form.) */
+    int inplace = red && mem_overlap(a->sendbuf, bytes, a->recvbuf, red);
+    int split = mc_cx_slot_split(cx);
     c->slot_prev[ws] = slot_key(cx->epoch, cx->seq);
     /* a reader that read the old contents sees its word change (seqlock,
-     * slot_read) */
+     * slot_read, slot_split_round) */
     __atomic_store_n(slot_word_p(c, c->rank, ws), 0, __ATOMIC_RELAXED);
+    __atomic_store_n(slot_rword_p(c, c->rank, ws), 0, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     if (bytes) memcpy((uint8_t *)slot_data(c, c->rank, ws), a->sendbuf, bytes);
     /* the caller's call (roots and blocks by slot), as readers check it */
@@ -3376,8 +3527,17 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
         if (st < 0) return st;
     }
     uint64_t flags = 0;
-    int whole = slot_read(c, a, cx->vslots, NULL, n, r, cx->epoch, cx->seq,
-                          out, &flags);
+    int whole;
+    if (split) {
+        mc_status_t st = slot_split_round(cx, mine, &flags, &whole);
+        if (st < 0) return st;
+    } else {
+        whole = slot_read(c, a, cx->vslots, NULL, n, r, cx->epoch, cx->seq,
+                          a->recvbuf, &flags);
+    }
+    if (!whole && inplace)
+        memcpy((void *)(uintptr_t)a->sendbuf, slot_data(c, c->rank, ws),
+               bytes); /* writable: the output overlaps it */
     pthread_mutex_lock(&c->plock);
     if (!whole) {
         /* rewritten while read: for a later view (fenced), or by a peer
@@ -3400,7 +3560,6 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
     if (st == MC_OK && c->ft) cx->passed = 1; /* decided here: slot_decide */
     pthread_mutex_unlock(&c->plock);
     if (st < 0) return st;
-    if (out != a->recvbuf) memcpy(a->recvbuf, out, red);
     slot_done(c, slot_key(cx->epoch, cx->seq));
     cx->flags = flags;
     cx->data_done = 1;
@@ -5781,6 +5940,7 @@ static void shared_settings(const mc_comm_t *c, char *out, size_t cap)
     snprintf(out, cap,
              "MOONCAKE_FT=%d;MOONCAKE_FT_SIGNALS=%d;MOONCAKE_FT_PAIR=%d;"
              "MOONCAKE_FT_ENTRY=%d;MOONCAKE_SLOT_MAX=%zu;"
+             "MOONCAKE_SLOT_SPLIT_MIN=%zu;"
              "MOONCAKE_CHUNK_BYTES=%zu;"
              "MOONCAKE_ALLREDUCE_SMALL_MAX=%zu;MOONCAKE_BCAST_SMALL_MAX=%zu;"
              "MOONCAKE_SHM_STAGE_MIN=%zu;MOONCAKE_SHM_STAGE_MAX=%zu;"
@@ -5788,6 +5948,7 @@ static void shared_settings(const mc_comm_t *c, char *out, size_t cap)
              "MOONCAKE_ALGO_REDUCE=%s;MOONCAKE_ALGO_REDUCE_SCATTER=%s;",
              c->ft, c->ft && c->ft_signals,
              c->ft && c->ft_pair, c->ft && c->ft_entry, c->slot_max,
+             c->slot_split_min,
              t->chunk_bytes,
              t->allreduce_small_max, t->bcast_small_max, t->stage_min,
              t->stage_max, t->algo_allreduce, t->algo_broadcast,
@@ -5904,9 +6065,12 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     {
         int64_t sm = mc_env_int("MOONCAKE_SLOT_MAX", 256 << 10);
         c->slot_max = sm > 0 ? ((size_t)sm + 63) / 64 * 64 : 0;
-        /* the region (header, SLOT_DATA_OFF, two data slots) rounds up to
-         * a power of two: the cap fills 16 MiB exactly */
+        /* the region (header, SLOT_DATA_OFF, two data and two result
+         * slots) rounds up to a power of two: the cap keeps it within
+         * 16 MiB */
         if (c->slot_max > SLOT_MAX_CAP) c->slot_max = SLOT_MAX_CAP;
+        int64_t sp = mc_env_int("MOONCAKE_SLOT_SPLIT_MIN", 48 << 10);
+        c->slot_split_min = sp > 0 ? (size_t)sp : 0;
     }
     c->discard = malloc(c->discard_len);
     c->peer_tl = malloc((size_t)size);

@@ -117,6 +117,12 @@ static mc_status_t mc_run_allreduce(mc_cctx_t *cx, size_t bytes)
     case -2:
         return MC_ERR_INVALID_ARG;
     }
+    /* Shared slots on one host, 3 ranks or more, fault tolerance on: at
+     * sizes that split the reduction (each rank reduces one block, then
+     * copies the others': two rounds, comm.c) before the staged path,
+     * which ends in the final barrier. */
+    if (mc_cx_slot_split(cx) && mc_cx_slot_usable(cx))
+        return mc_cx_slot_run(cx);
     /* Staging memory on one host (allreduce_stage.c): the input need not
      * be kept for a re-run, and fewer copies than the ring's (at 4 ranks
      * half the ring's time from 128 KiB up, the same at 2 ranks), with or

@@ -39,6 +39,7 @@
 enum {
     PART_ALL,
     PART_ALGO,
+    PART_SPLIT,    /* allreduce split over the shared slots (shm, 3+ ranks) */
     PART_STAGE,    /* allreduce, reduce, reduce_scatter through staging (shm) */
     PART_FALLBACK, /* the same, one rank cannot make its region: ring */
 };
@@ -955,6 +956,35 @@ static int sweep_algo(tc_t *t)
     return check_hashes(t);
 }
 
+/* The split allreduce through the shared slots (every allreduce splits:
+ * MOONCAKE_SLOT_SPLIT_MIN=1): every dtype and op at small and odd counts
+ * (empty blocks, fewer elements than ranks), in place, out of place and
+ * mixed; then up to the slots' 256 KiB, and above (the staged path). */
+static int sweep_split(tc_t *t)
+{
+    static const size_t counts[] = {0, 1, 3, 17, 37, 1025, 9001};
+    for (int di = 0; di < MC_DTYPE_COUNT; di++) {
+        mc_dtype_t d = all_dtypes[di];
+        mc_redop_t ops[MC_REDOP_COUNT];
+        int nops = valid_ops(d, ops);
+        for (size_t ci = 0; ci < sizeof(counts) / sizeof(counts[0]); ci++)
+            for (int o = 0; o < nops; o++) {
+                int k = o + (int)ci + di;
+                if (run_allreduce(t, d, ops[o], counts[ci], k % 3)) return -1;
+            }
+    }
+    for (int ip = 0; ip < 3; ip++) {
+        if (run_allreduce(t, MC_FLOAT32, MC_SUM, (256 << 10) / 4, ip) ||
+            run_allreduce(t, MC_BFLOAT16, MC_AVG, (200 << 10) / 2 + 1, ip) ||
+            run_allreduce(t, MC_INT64, MC_MAX, 12289, ip) ||
+            run_allreduce(t, MC_FLOAT64, MC_PROD, 5003, ip) ||
+            run_allreduce(t, MC_INT32, MC_SUM, (256 << 10) / 4 + 1, ip))
+            return -1;
+    }
+    if (run_inexact(t, MC_FLOAT32, 20011)) return -1;
+    return check_hashes(t);
+}
+
 static int count_stage_maps(void)
 {
     FILE *f = fopen("/proc/self/maps", "r");
@@ -1046,9 +1076,10 @@ static int rank_body(mc_comm_h comm, int rank, int size, void *arg)
         if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
             report(&t, "setrlimit(RLIMIT_FSIZE): %s", strerror(errno));
     }
-    int rc = t.p->part == PART_ALL    ? sweep_all(&t)
-             : t.p->part == PART_ALGO ? sweep_algo(&t)
-                                      : sweep_stage(&t);
+    int rc = t.p->part == PART_ALL     ? sweep_all(&t)
+             : t.p->part == PART_ALGO  ? sweep_algo(&t)
+             : t.p->part == PART_SPLIT ? sweep_split(&t)
+                                       : sweep_stage(&t);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (rank == 0 && getenv("MC_TEST_VERBOSE"))
         fprintf(stderr, "%s: %llu cases in %.2f s\n", t.p->name,
@@ -1090,6 +1121,7 @@ static void test_colls(void **state)
     set_or_unset("MOONCAKE_CHUNK_BYTES", p->chunk_bytes);
     set_or_unset("MOONCAKE_FT", p->ft);
     set_or_unset("MOONCAKE_AUTO_RECOVER", p->auto_recover);
+    set_or_unset("MOONCAKE_SLOT_SPLIT_MIN", p->part == PART_SPLIT ? "1" : NULL);
     int failed = mc_test_spawn(p->size, p->transport, 240, rank_body, p);
     unsetenv("MOONCAKE_ALGO_ALLREDUCE");
     unsetenv("MOONCAKE_ALGO_BROADCAST");
@@ -1098,6 +1130,7 @@ static void test_colls(void **state)
     unsetenv("MOONCAKE_CHUNK_BYTES");
     unsetenv("MOONCAKE_FT");
     unsetenv("MOONCAKE_AUTO_RECOVER");
+    unsetenv("MOONCAKE_SLOT_SPLIT_MIN");
     munmap(cnt, 4096);
     assert_int_equal(failed, 0);
 }
@@ -1130,6 +1163,9 @@ static colls_param_t params[] = {
     SIZES(MC_TRANSPORT_SHM),
     SIZES(MC_TRANSPORT_TCP),
 #undef SIZES
+    P(3, MC_TRANSPORT_SHM, PART_SPLIT, NULL, NULL, NULL),
+    P(4, MC_TRANSPORT_SHM, PART_SPLIT, NULL, NULL, NULL),
+    P(8, MC_TRANSPORT_SHM, PART_SPLIT, NULL, NULL, NULL),
     P(2, MC_TRANSPORT_SHM, PART_STAGE, "stage", NULL, NULL),
     P(3, MC_TRANSPORT_SHM, PART_STAGE, "stage", NULL, NULL),
     P(4, MC_TRANSPORT_SHM, PART_STAGE, "stage", NULL, NULL),
@@ -1151,6 +1187,9 @@ int main(void)
         colls_param_t *p = &params[i];
         if (p->part == PART_ALL)
             snprintf(names[i], sizeof(names[i]), "colls_%d_%s", p->size,
+                     ref_tname(p->transport));
+        else if (p->part == PART_SPLIT)
+            snprintf(names[i], sizeof(names[i]), "colls_%d_%s_split", p->size,
                      ref_tname(p->transport));
         else if (p->part >= PART_STAGE)
             snprintf(names[i], sizeof(names[i]), "colls_%d_%s_stage%s%s",

@@ -111,6 +111,7 @@ typedef enum {
     W_RAVG,        /* one reduce AVG to rank 0 per step */
     W_GA,          /* one gather to rank 0 per step */
     W_SC,          /* one scatter from rank 0 per step */
+    W_AR_MID,      /* int64 sum of big, int64 avg of big - big / 4 */
 } kt_work_t;
 
 typedef enum {
@@ -334,6 +335,17 @@ static const kt_scn_t scenarios[] = {
     {"slot_a2a_big_shm_3",    3, SHM, W_A2A,         K_INJECT,   -1, 0, 0,  12, 8191,      0, "slot.seen"},
     {"slot_rs_big_shm_4",     4, SHM, W_RS,          K_INJECT,   -1, 0, 0,  12, 4096,      0, "slot.word"},
     {"slot_red_big_shm_3",    3, SHM, W_RED,         K_INJECT,   -1, 0, 0,  12, 16384,     0, "slot.seen"},
+  /* the split allreduce (48 KiB - 256 KiB: two rounds, each rank reduces
+   * one block): a rank dies with its input in its slot but no word (re-run
+   * without it), after it saw every word but before its block is out (the
+   * survivors complete in the old view from the data slots), after its
+   * block's word, after it saw every block's word; two die, one after its
+   * block's word and its neighbour right after returning */
+    {"slot_split_data_shm_4", 4, SHM, W_AR_MID,      K_INJECT,   -1, 0, 0,  12, 12289,     0, "slot.data"},
+    {"slot_split_seen_shm_3", 3, SHM, W_AR_MID,      K_INJECT,   -1, 0, 0,  12, 12289,     0, "slot.seen"},
+    {"slot_split_res_shm_4",  4, SHM, W_AR_MID,      K_INJECT,   -1, 0, 0,  12, 12289,     0, "slot.res"},
+    {"slot_split_rseen_shm_3", 3, SHM, W_AR_MID,     K_INJECT,   -1, 0, 0,  12, 12289,     0, "slot.res.seen"},
+    {"slot_split_left_shm_4", 4, SHM, W_AR_MID,      K_LEFT,     -1, 0, 0,  12, 12289,     0, "slot.res"},
   /* one dies in the frame barrier over TCP: whether the survivors all
    * entered it decides (the entry rule): complete in the old view, with
    * the dead rank's part in every result, or re-run without it */
@@ -445,6 +457,10 @@ static int workload(const kt_scn_t *sc, kt_op_t *ops)
     case W_SC:
         ops[0] = (kt_op_t){KO_SC, b, 0};
         return 1;
+    case W_AR_MID:
+        ops[0] = (kt_op_t){KO_AR, b, 0};
+        ops[1] = (kt_op_t){KO_AVG, b - b / 4, 0};
+        return 2;
     case W_BC_DEADROOT:
         ops[0] = (kt_op_t){KO_BC, b, KT_ROOT_VICTIM};
         ops[1] = (kt_op_t){KO_AR, 7, 0};
@@ -1851,9 +1867,11 @@ static void test_scenario(void **state)
     const kt_scn_t *sc = *state;
     const char *e = getenv("MOONCAKE_ETCD_ENDPOINTS"),
                *f = getenv("MOONCAKE_ALGO_ALLREDUCE"),
-               *m = getenv("MOONCAKE_SLOT_MAX");
+               *m = getenv("MOONCAKE_SLOT_MAX"),
+               *sp = getenv("MOONCAKE_SLOT_SPLIT_MIN");
     if (!strncmp(sc->name, "slot_", 5) &&
-        ((e && *e) || (f && *f) || (m && !strcmp(m, "0")))) {
+        ((e && *e) || (f && *f) || (m && !strcmp(m, "0")) ||
+         (!strncmp(sc->name, "slot_split_", 11) && sp && *sp))) {
         /* the shared slots are off with etcd membership or a forced
          * algorithm: their fault points never fire there */
         printf("[ skip ] %s: no shared slots in this environment\n",

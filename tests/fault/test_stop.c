@@ -98,7 +98,9 @@ typedef struct {
     int mid_frame; /* the victim stops itself mid-payload (ring forced):
                       1 sending, 2 receiving (small rings); in a small
                       allreduce through the shared slots: 3 with its input
-                      in its slot but no word, 4 after it saw every word */
+                      in its slot but no word, 4 after it saw every word;
+                      in a split allreduce (two rounds): 5 after it saw
+                      every word, 6 after its block of the result */
     char dir[256];
     st_shm_t *shm;
 } st_run_t;
@@ -125,8 +127,9 @@ static int rank_main(int rank, int size, void *arg)
     if (k->mid_frame >= 3) {
         if (rank == k->victim)
             setenv("MOONCAKE_FAULT_INJECT",
-                   k->mid_frame == 3 ? "slot.data:600:stop"
-                                     : "slot.seen:600:stop",
+                   k->mid_frame == 3   ? "slot.data:600:stop"
+                   : k->mid_frame == 6 ? "slot.res:600:stop"
+                                       : "slot.seen:600:stop",
                    1);
     } else if (k->mid_frame) {
         /* 512 KiB ring chunks: every frame is several ring pieces */
@@ -195,9 +198,10 @@ static void run_stop(int n, mc_transport_kind_t tr, int mid_frame)
     st_run_t k = {.n = n,
                   .tr = tr,
                   .victim = n - 1,
-                  .count = mid_frame >= 3 ? 512
-                           : mid_frame   ? 1 << 18
-                                         : ST_COUNT,
+                  .count = mid_frame >= 5   ? 12289 /* split: 96 KiB */
+                           : mid_frame >= 3 ? 512
+                           : mid_frame      ? 1 << 18
+                                            : ST_COUNT,
                   .mid_frame = mid_frame};
     char *d = mc_test_mkdtemp();
     assert_non_null(d);
@@ -762,6 +766,35 @@ static void stop_slot_seen_shm_4(void **s)
     }
     run_stop(4, MC_TRANSPORT_SHM, 4);
 }
+/* The same through the split allreduce (two rounds): stopped after it
+ * saw every word but before its block of the result is out, the others
+ * wait for that block until they suspect it, then complete the op in the
+ * old view from the data slots; stopped after its block is out, they
+ * complete it without waiting. Resumed, it completes it too or finds the
+ * slots moved on; evicted after that. */
+static int split_off(void)
+{
+    const char *v = getenv("MOONCAKE_SLOT_SPLIT_MIN");
+    return slots_off() || (v && *v);
+}
+static void stop_split_seen_shm_3(void **s)
+{
+    (void)s;
+    if (split_off()) {
+        printf("  skipped: the split allreduce is off in this environment\n");
+        skip();
+    }
+    run_stop(3, MC_TRANSPORT_SHM, 5);
+}
+static void stop_split_res_shm_4(void **s)
+{
+    (void)s;
+    if (split_off()) {
+        printf("  skipped: the split allreduce is off in this environment\n");
+        skip();
+    }
+    run_stop(4, MC_TRANSPORT_SHM, 6);
+}
 static void stop_tcp_3(void **s)
 {
     (void)s, run_stop(3, MC_TRANSPORT_TCP, 0);
@@ -784,6 +817,8 @@ int main(void)
         cmocka_unit_test(stop_mid_recv_shm_3),
         cmocka_unit_test(stop_slot_data_shm_3),
         cmocka_unit_test(stop_slot_seen_shm_4),
+        cmocka_unit_test(stop_split_seen_shm_3),
+        cmocka_unit_test(stop_split_res_shm_4),
         cmocka_unit_test(stop_tcp_3),
         cmocka_unit_test(stop_tcp_4),
         cmocka_unit_test(stop_shm_2),
