@@ -1140,8 +1140,11 @@ static void cx_fail(mc_comm_t *c, mc_status_t st, int remote, const char *fmt,
     va_end(ap);
     cx->failed = st;
     cx->remote_abort = remote;
-    /* with fault tolerance a failed peer is handled, not an error */
-    int handled = c->ft && (st == MC_ERR_PEER_FAILED || st == MC_ERR_TIMEOUT);
+    /* with fault tolerance a failed peer is handled, not an error; an op
+     * whose root is gone fails as the fault model says it must (the
+     * caller gets MC_ERR_ROOT_FAILED): a warning too */
+    int handled = c->ft && (st == MC_ERR_PEER_FAILED || st == MC_ERR_TIMEOUT ||
+                            st == MC_ERR_ROOT_FAILED);
     if (!remote)
         MC_LOG(handled ? MC_LOG_WARN : MC_LOG_ERROR, "rank %d: %s", c->rank,
                cx->err);
@@ -6562,6 +6565,13 @@ mc_status_t mc_comm_view(mc_comm_h c, uint64_t *epoch_p, uint8_t *active,
     CHECK_COMM(c, "mc_comm_view");
     pthread_mutex_lock(&c->plock);
     view_out(c, c->epoch, c->active, epoch_p, active, nactive_p);
+    /* a rank fenced on its own evidence (the slots moved on without it, a
+     * later view seen elsewhere) may not have adopted the view that
+     * removed it: it is out of the group all the same */
+    if (c->evicted && c->active[c->rank]) {
+        if (active) active[c->rank] = 0;
+        if (nactive_p) (*nactive_p)--;
+    }
     pthread_mutex_unlock(&c->plock);
     return MC_OK;
 }

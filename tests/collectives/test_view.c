@@ -778,8 +778,8 @@ static int pattern_step(pattern_t pt, int size, int k, int *out)
 
 /* A removed rank that called shrink: its next collectives fail at once. */
 /* knows_view: it took part in the shrink that removed it (else nobody
- * told it the new view: fenced on its own evidence, its view is its last
- * one) */
+ * told it the new view: fenced on its own evidence, its epoch is its last
+ * one's, but it is not active in it either) */
 static int check_evicted(vt_t *t, int knows_view)
 {
     int32_t s[4] = {1, 2, 3, 4}, r[4];
@@ -798,9 +798,15 @@ static int check_evicted(vt_t *t, int knows_view)
             report(t, "MC_ERR_EVICTED took %.3f s", dt);
     }
     uint8_t active[MAXR];
-    if (knows_view && (mc_comm_view(t->comm, NULL, active, NULL) != MC_OK ||
-                       active[t->rank]))
-        report(t, "mc_comm_view still lists the evicted rank as active");
+    int nactive = -1, n = 0;
+    if (mc_comm_view(t->comm, NULL, active, &nactive) != MC_OK ||
+        active[t->rank])
+        report(t, "mc_comm_view still lists the evicted rank as active%s",
+               knows_view ? "" : " (fenced on its own evidence)");
+    for (int p = 0; p < t->size; p++)
+        n += active[p] != 0;
+    if (nactive != n)
+        report(t, "mc_comm_view: %d active but %d in the mask", nactive, n);
     return t->fails;
 }
 
