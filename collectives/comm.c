@@ -1503,6 +1503,7 @@ typedef struct cx_waiter {
     int peer;       /* signal: the peer waited on */
     uint64_t want;  /* signal: its word, flags masked out */
     uint64_t got;   /* signal: the word seen */
+    int64_t since;  /* when the wait began (slot_res_ready) */
     mc_frame_t *f;  /* the frame waited on, for the timeout message */
 } cx_waiter_t;
 
@@ -2811,8 +2812,11 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
  * reduce_scatter(v) and alltoall take the same round (slot_in_bytes,
  * slot_read: a block, the root's data, a whole input; only the root reads
  * a reduce's or gather's).
- * The caller's buffer is written only once the op is decided
- * here, so an in-place input needs no copy for a re-run.
+ * The caller's buffer is written only once the op is decided here
+ * (every word seen, the fence read), so an in-place input needs no copy
+ * for a re-run; should the attempt still fail (the agreement interrupts
+ * it, a torn read), an in-place reduction's input is put back from the
+ * rank's own slot.
  *
  * The op needs no final barrier: a word is one store
  * into its writer's own region, after the data, so any rank that sees a
@@ -2836,10 +2840,12 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
 #define SLOT_DONE_OFF 256 /* slot_key of the last attempt read up to */
 #define SLOT_RWORD_OFF 320 /* [2] result words, 64 B apart, by seq & 1 */
 #define SLOT_DATA_OFF 448
-#define SLOT_ONE_WRITER_MAX ((size_t)64 << 10)
-/* whole cache lines, so that every slot starts on one */
+#define SLOT_ONE_WRITER_MAX ((size_t)128 << 10)
+/* whole cache lines, so that every slot starts on one; the region
+ * (slot_region_bytes) within 16 MiB */
 #define SLOT_MAX_CAP                                                           \
-    ((((size_t)16 << 20) - MC_STAGE_HDR - SLOT_DATA_OFF) / 4 / 64 * 64)
+    ((((size_t)16 << 20) - MC_STAGE_HDR - SLOT_DATA_OFF - 512) / 8 * 3 / 64 *  \
+     64)
 
 /* What the writer of a slot called (checked by every reader: a mismatch
  * fails the op, as a frame's header does). */
@@ -2848,11 +2854,18 @@ typedef struct slot_desc {
     int32_t coll, dtype, op, root;
 } slot_desc_t;
 
-/* two data slots, then two result slots (a split allreduce's blocks:
- * mc_cx_slot_split) */
+/* A result slot: one block of a split allreduce (mc_cx_slot_split), over
+ * 3 ranks or more: a third of a data slot, and a cache line for the
+ * rounding (slot_split_block), and some. */
+static size_t slot_res_bytes(const mc_comm_t *c)
+{
+    return (c->slot_max / 3 + 128 + 63) / 64 * 64;
+}
+
+/* two data slots, then two result slots */
 static size_t slot_region_bytes(const mc_comm_t *c)
 {
-    return SLOT_DATA_OFF + 4 * c->slot_max;
+    return SLOT_DATA_OFF + 2 * c->slot_max + 2 * slot_res_bytes(c);
 }
 
 static uint8_t *slot_base(mc_comm_t *c, int p)
@@ -2903,7 +2916,8 @@ static const uint8_t *slot_data(mc_comm_t *c, int p, int w)
 /* The result slot w of rank p and its word (a split allreduce, round 2). */
 static uint8_t *slot_res(mc_comm_t *c, int p, int w)
 {
-    return slot_base(c, p) + SLOT_DATA_OFF + (size_t)(2 + w) * c->slot_max;
+    return slot_base(c, p) + SLOT_DATA_OFF + 2 * c->slot_max +
+           (size_t)w * slot_res_bytes(c);
 }
 
 static uint64_t *slot_rword_p(mc_comm_t *c, int p, int w)
@@ -3045,9 +3059,9 @@ int mc_cx_slot_usable(mc_cctx_t *cx)
     mc_comm_t *c = cx->comm;
     size_t most = c->slot_max;
     /* one writer (broadcast, scatter): its copy into the slot and the
-     * readers' copies out run one after the other, where the frames
-     * pipeline them; above 64 KiB that measured slower (3 ranks, scatter
-     * of 192 KiB: 0.74 of FT off) */
+     * readers' copies out overlap only chunk by chunk (slot_pipe_chunk);
+     * above 128 KiB that measured slower than the frames (3 ranks, 192 KiB:
+     * 0.64-0.89 of FT off, against 0.76-1.24 at 128 KiB) */
     if ((cx->args->coll == MC_COLL_BROADCAST ||
          cx->args->coll == MC_COLL_SCATTER) &&
         most > SLOT_ONE_WRITER_MAX)
@@ -3279,8 +3293,8 @@ static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
             off = 0;
             len = a->count;
         }
-        for (int v = 0; v < nv; v++)
-            if ((ids ? ids[v] : v) == a->root && len)
+        for (int v = 0; v < nv; v++) /* out NULL: read already (piped) */
+            if ((ids ? ids[v] : v) == a->root && len && out)
                 memcpy(out, slot_data(c, vslots[v], ws) + off * es, len * es);
         break;
     case MC_COLL_ALLTOALL:
@@ -3336,12 +3350,21 @@ static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
  * (slot_finish), with the same bits, since every element is reduced over
  * the same slots in the same order. The same on every rank: the call's
  * size and a shared setting. */
+/* Above this (a MOONCAKE_SLOT_MAX raised past it) the staged path, which
+ * pipelines its chunks, measured faster (3-4 ranks, 1-2 MiB: 0.62-0.93 of
+ * FT off through the split, 0.80-0.98 staged; 512 KiB 0.99-1.26). */
+#define SLOT_SPLIT_MAX ((size_t)512 << 10)
+/* How long round 2 waits for a live peer's block before reducing it here
+ * from the data slots (the same bits). */
+#define SLOT_RES_GRACE_US 500
+
 int mc_cx_slot_split(const mc_cctx_t *cx)
 {
     const mc_coll_args_t *a = cx->args;
-    size_t min = cx->comm->slot_split_min;
-    return min && a->coll == MC_COLL_ALLREDUCE &&
-           a->count * mc_dtype_size(a->dtype) >= min;
+    size_t min = cx->comm->slot_split_min,
+           bytes = a->count * mc_dtype_size(a->dtype);
+    return min && a->coll == MC_COLL_ALLREDUCE && bytes >= min &&
+           bytes <= SLOT_SPLIT_MAX;
 }
 
 /* Block b of n of a split allreduce of `count` elements of es bytes, in
@@ -3359,36 +3382,30 @@ static void slot_split_block(size_t count, size_t es, int n, int b,
 }
 
 /* Round 2 of a split allreduce: has w->peer published its block of the
- * result (its result word)? As slot_ready, but the call was checked in
- * round 1. plock held. */
+ * result (its result word), or is it no use waiting for it: dead, past
+ * the op without it (its done word: its attempt failed, e.g. timed out in
+ * round 1 without a report), or slower than SLOT_RES_GRACE_US? Every
+ * round-1 word was seen, so any block can be reduced here from the data
+ * slots, with the same bits (slot_split_round). A peer that rewrote its
+ * slots for a later view fences us (slot_left_behind). plock held. */
 static int slot_res_ready(mc_cctx_t *cx, cx_waiter_t *w)
 {
     mc_comm_t *c = cx->comm;
     int p = w->peer, t = c->peer_tl[p], ws = (int)(cx->seq & 1);
-    for (int pass = 0; pass < 2; pass++) {
-        int dead = c->peer_dead[p];
-        uint64_t v = 0;
-        (void)c->tlops[t]->peek(c->tl[t], p, ws, &v); /* arms wait() */
-        v = __atomic_load_n(slot_rword_p(c, p, ws), __ATOMIC_ACQUIRE);
-        if ((v & ~SIG_FLAGS) == w->want) {
-            w->got = v;
-            return 1;
-        }
-        uint64_t d = __atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_ACQUIRE);
-        if (slot_later(v & ~SIG_FLAGS, w->want) ||
-            slot_later(d & ~SIG_FLAGS, w->want)) {
-            slot_left_behind(c, cx, p);
-            return 0;
-        }
-        if (!dead && !c->peer_dead[p]) return 0;
+    uint64_t v = 0;
+    (void)c->tlops[t]->peek(c->tl[t], p, ws, &v); /* arms wait() */
+    v = __atomic_load_n(slot_rword_p(c, p, ws), __ATOMIC_ACQUIRE);
+    if ((v & ~SIG_FLAGS) == w->want) return 1;
+    uint64_t d = __atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_ACQUIRE);
+    if (slot_later(v & ~SIG_FLAGS, w->want) ||
+        slot_later(d & ~SIG_FLAGS, w->want)) {
+        slot_left_behind(c, cx, p);
+        return 0;
     }
-    if (cx->failed == MC_OK)
-        cx_fail(c, MC_ERR_PEER_FAILED, 0,
-                "%s at seq %llu: rank %d failed before its block of the "
-                "result was in its slot",
-                mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
-                p);
-    return 0;
+    return c->peer_dead[p] ||
+           __atomic_load_n(slot_done_p(c, p), __ATOMIC_ACQUIRE) >=
+               slot_key(cx->epoch, cx->seq) ||
+           mc_now_us() - w->since >= SLOT_RES_GRACE_US;
 }
 
 /* Round 2 of a split allreduce (mc_cx_slot_split), every round-1 word
@@ -3403,13 +3420,14 @@ static mc_status_t slot_split_round(mc_cctx_t *cx, uint64_t mine,
     mc_comm_t *c = cx->comm;
     const mc_coll_args_t *a = cx->args;
     int n = cx->nv, r = cx->vrank, ws = (int)(cx->seq & 1);
+    int *copied = c->slot_vs; /* [n] scratch: slot_finish's, not now */
     size_t es = mc_dtype_size(a->dtype), off, len;
     uint64_t want = mine & ~SIG_FLAGS, acc = 0;
     *whole = 0;
     slot_split_block(a->count, es, n, r, &off, &len);
     if (len)
         slot_reduce(c, a, cx->vslots, n, ws, off, len,
-                    slot_res(c, c->rank, ws) + off * es);
+                    slot_res(c, c->rank, ws));
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     for (int v = 0; v < n; v++) {
         uint64_t w = __atomic_load_n(slot_word_p(c, cx->vslots[v], ws),
@@ -3426,31 +3444,112 @@ static mc_status_t slot_split_round(mc_cctx_t *cx, uint64_t mine,
     }
     pthread_mutex_unlock(&c->plock);
     MC_FAULT_POINT("slot.res");
+    int64_t since = mc_now_us();
     for (int d = 1; d < n; d++) {
         cx_waiter_t w = {.ready = slot_res_ready,
                          .peer = cx->vslots[(r + d) % n],
-                         .want = want};
+                         .want = want,
+                         .since = since};
         mc_status_t st = cx_wait_until(cx, &w);
         if (st < 0) return st;
     }
     MC_FAULT_POINT("slot.res.seen");
+    /* every block from its reducer's result slot, or reduced here */
     for (int v = 0; v < n; v++) {
+        int p = cx->vslots[v];
+        uint8_t *o;
         slot_split_block(a->count, es, n, v, &off, &len);
-        if (len)
-            memcpy((uint8_t *)a->recvbuf + off * es,
-                   slot_res(c, cx->vslots[v], ws) + off * es, len * es);
+        o = (uint8_t *)a->recvbuf + off * es;
+        copied[v] = (__atomic_load_n(slot_rword_p(c, p, ws),
+                                     __ATOMIC_ACQUIRE) &
+                     ~SIG_FLAGS) == want;
+        if (!len) continue;
+        if (copied[v])
+            memcpy(o, slot_res(c, p, ws), len * es);
+        else
+            slot_reduce(c, a, cx->vslots, n, ws, off, len, o);
     }
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     for (int v = 0; v < n; v++) {
         int p = cx->vslots[v];
         if ((__atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_RELAXED) &
              ~SIG_FLAGS) != want ||
-            (__atomic_load_n(slot_rword_p(c, p, ws), __ATOMIC_RELAXED) &
-             ~SIG_FLAGS) != want)
+            (copied[v] &&
+             (__atomic_load_n(slot_rword_p(c, p, ws), __ATOMIC_RELAXED) &
+              ~SIG_FLAGS) != want))
             return MC_OK; /* torn */
     }
     *flags = acc;
     *whole = 1;
+    return MC_OK;
+}
+
+/* One writer of more than one chunk (broadcast, scatter): the writer
+ * publishes its progress chunk by chunk in its result word (which these
+ * collectives do not otherwise use): (epoch, seq) with SLOT_SIG_RES and the
+ * count of chunks copied in the low 6 bits; the readers copy each chunk out
+ * as it lands, so their copies overlap the writer's instead of following
+ * it. The chunk size in bytes, 0 for no pipeline; the same on every rank
+ * (the root's part). */
+#define SLOT_PIPE_CHUNK ((size_t)16 << 10)
+#define SLOT_PIPE_MAXCH 63
+static size_t slot_pipe_chunk(const mc_coll_args_t *a, int n)
+{
+    if (a->coll != MC_COLL_BROADCAST && a->coll != MC_COLL_SCATTER) return 0;
+    size_t part = slot_part_max(a, n);
+    size_t ch = (part + SLOT_PIPE_MAXCH - 1) / SLOT_PIPE_MAXCH;
+    ch = (ch + 63) / 64 * 64;
+    if (ch < SLOT_PIPE_CHUNK) ch = SLOT_PIPE_CHUNK;
+    return part > ch ? ch : 0;
+}
+
+/* Has the writer w->peer copied w->i chunks of (epoch, seq) into its slot,
+ * or published its word (all of them)? As slot_ready otherwise (a dead
+ * writer, a mismatch, a later view). plock held. */
+static int slot_pipe_ready(mc_cctx_t *cx, cx_waiter_t *w)
+{
+    mc_comm_t *c = cx->comm;
+    int p = w->peer, t = c->peer_tl[p], ws = (int)(cx->seq & 1);
+    uint64_t v = 0;
+    (void)c->tlops[t]->peek(c->tl[t], p, ws, &v); /* arms wait() first */
+    v = __atomic_load_n(slot_rword_p(c, p, ws), __ATOMIC_ACQUIRE);
+    if ((v & ~SIG_FLAGS) == w->want && (int)(v & 0x3f) >= w->i) return 1;
+    return slot_ready(cx, w);
+}
+
+/* A reader of a piped one-writer op (slot_pipe_chunk): its part of the
+ * root's data (broadcast: all of it; scatter: its block) copied into the
+ * caller's output chunk by chunk as the root publishes them. The reads are
+ * checked like any (slot_read, with nothing left to copy): the root's word
+ * unchanged at the end means no rewrite began since. */
+static mc_status_t slot_pipe_read(mc_cctx_t *cx, uint64_t want, size_t ch)
+{
+    mc_comm_t *c = cx->comm;
+    const mc_coll_args_t *a = cx->args;
+    int ws = (int)(cx->seq & 1), root = cx->vslots[a->root];
+    size_t es = mc_dtype_size(a->dtype), lo, hi;
+    if (a->coll == MC_COLL_SCATTER) {
+        size_t off, len;
+        slot_block(a, cx->vrank, &off, &len);
+        lo = off * es;
+        hi = lo + len * es;
+    } else {
+        lo = 0;
+        hi = a->count * es;
+    }
+    for (size_t k = lo / ch; lo < hi && k * ch < hi; k++) {
+        cx_waiter_t w = {.ready = slot_pipe_ready,
+                         .peer = root,
+                         .want = want,
+                         .i = (int)k + 1};
+        mc_status_t st = cx_wait_until(cx, &w);
+        if (st < 0) return st;
+        size_t x = k * ch > lo ? k * ch : lo,
+               y = (k + 1) * ch < hi ? (k + 1) * ch : hi;
+        memcpy((uint8_t *)a->recvbuf + (x - lo), slot_data(c, root, ws) + x,
+               y - x);
+        if (k == lo / ch) MC_FAULT_POINT("slot.pread");
+    }
     return MC_OK;
 }
 
@@ -3486,7 +3585,6 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
     __atomic_store_n(slot_word_p(c, c->rank, ws), 0, __ATOMIC_RELAXED);
     __atomic_store_n(slot_rword_p(c, c->rank, ws), 0, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    if (bytes) memcpy((uint8_t *)slot_data(c, c->rank, ws), a->sendbuf, bytes);
     /* the caller's call (roots and blocks by slot), as readers check it */
     const mc_coll_args_t *ua = &cx->req->args;
     *slot_desc_p(c, c->rank, ws) = (slot_desc_t){.desc = cx->desc,
@@ -3495,6 +3593,29 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
                                                  .dtype = (int32_t)ua->dtype,
                                                  .op = (int32_t)ua->op,
                                                  .root = (int32_t)ua->root};
+    size_t ch = slot_pipe_chunk(a, n);
+    if (ch && bytes) {
+        /* the root, piped: each chunk, then its count in our result word
+         * (and as the signal: wakes a reader) */
+        uint8_t *dst = (uint8_t *)slot_data(c, c->rank, ws);
+        uint64_t k = 0;
+        for (size_t o = 0; o < bytes; o += ch) {
+            size_t l = bytes - o < ch ? bytes - o : ch;
+            memcpy(dst + o, (const uint8_t *)a->sendbuf + o, l);
+            uint64_t pv = (mine & ~SIG_FLAGS) | SLOT_SIG_RES | ++k;
+            __atomic_store_n(slot_rword_p(c, c->rank, ws), pv,
+                             __ATOMIC_RELEASE);
+            pthread_mutex_lock(&c->plock);
+            for (int d = 1; d < n; d++) {
+                int p = cx->vslots[(r + d) % n], t = c->peer_tl[p];
+                (void)c->tlops[t]->signal(c->tl[t], p, ws, pv);
+            }
+            pthread_mutex_unlock(&c->plock);
+            if (k == 1) MC_FAULT_POINT("slot.chunk");
+        }
+    } else if (bytes) {
+        memcpy((uint8_t *)slot_data(c, c->rank, ws), a->sendbuf, bytes);
+    }
     MC_FAULT_POINT("slot.data");
     __atomic_store_n(slot_word_p(c, c->rank, ws), mine, __ATOMIC_RELEASE);
     /* the fence handshake (Dekker): our word before we read our fence */
@@ -3506,6 +3627,11 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
     }
     pthread_mutex_unlock(&c->plock);
     MC_FAULT_POINT("slot.word");
+    int piped = ch && r != a->root;
+    if (piped) {
+        mc_status_t st = slot_pipe_read(cx, mine & ~SIG_FLAGS, ch);
+        if (st < 0) return st;
+    }
     for (int d = 1; d < n; d++) {
         cx_waiter_t w = {.ready = slot_ready,
                          .peer = cx->vslots[(r + d) % n],
@@ -3536,11 +3662,8 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
         if (st < 0) return st;
     } else {
         whole = slot_read(c, a, cx->vslots, NULL, n, r, cx->epoch, cx->seq,
-                          a->recvbuf, &flags);
+                          piped ? NULL : a->recvbuf, &flags);
     }
-    if (!whole && inplace)
-        memcpy((void *)(uintptr_t)a->sendbuf, slot_data(c, c->rank, ws),
-               bytes); /* writable: the output overlaps it */
     pthread_mutex_lock(&c->plock);
     if (!whole) {
         /* rewritten while read: for a later view (fenced), or by a peer
@@ -3562,7 +3685,16 @@ mc_status_t mc_cx_slot_run(mc_cctx_t *cx)
     mc_status_t st = cx->failed;
     if (st == MC_OK && c->ft) cx->passed = 1; /* decided here: slot_decide */
     pthread_mutex_unlock(&c->plock);
-    if (st < 0) return st;
+    if (st < 0) {
+        /* the output may hold a result, or a torn one: an in-place input
+         * goes back, from our own slot (only we write it), so a failed
+         * call leaves it as it was (slot_finish writes the result if the
+         * group completed the op) */
+        if (inplace)
+            memcpy((void *)(uintptr_t)a->sendbuf, slot_data(c, c->rank, ws),
+                   bytes); /* writable: the output overlaps it */
+        return st;
+    }
     slot_done(c, slot_key(cx->epoch, cx->seq));
     cx->flags = flags;
     cx->data_done = 1;

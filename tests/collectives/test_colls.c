@@ -893,6 +893,22 @@ static int sweep_all(tc_t *t)
     if (run_barriers(t)) return -1;
     if (run_inflight(t)) return -1;
 
+    /* Mid sizes, 32-256 KiB: on one host over 3+ ranks with fault
+     * tolerance the shared slots, with the one writer of broadcast and
+     * scatter piped chunk by chunk and the allreduce split in two rounds;
+     * the usual paths elsewhere. */
+    for (int ip = 0; ip < 2; ip++) {
+        if (run_broadcast(t, MC_INT32, (240 << 10) / 4, (S - 1 + ip) % S, ip) ||
+            run_broadcast(t, MC_UINT8, 33001, ip ? 0 : S / 2, ip) ||
+            run_broadcast(t, MC_FLOAT64, 4099, S / 2, ip) ||
+            run_scatter(t, MC_INT32, (240 << 10) / 4 / (size_t)S, ip % S, ip) ||
+            run_scatter(t, MC_FLOAT16, (100 << 10) / 2 / (size_t)S + 3, S - 1,
+                        ip) ||
+            run_allreduce(t, MC_FLOAT32, MC_SUM, (200 << 10) / 4 + 3, ip) ||
+            run_allreduce(t, MC_BFLOAT16, MC_AVG, 40001, ip))
+            return -1;
+    }
+
     /* Large counts: ring / pipelined paths on every transport. */
     size_t L = LARGE_COUNT, Lb = LARGE_COUNT / (size_t)S;
     if (run_allreduce(t, MC_FLOAT32, MC_SUM, L, 0)) return -1;

@@ -774,8 +774,9 @@ static void stop_slot_seen_shm_4(void **s)
  * slots moved on; evicted after that. */
 static int split_off(void)
 {
-    const char *v = getenv("MOONCAKE_SLOT_SPLIT_MIN");
-    return slots_off() || (v && *v);
+    const char *v = getenv("MOONCAKE_SLOT_SPLIT_MIN"),
+               *m = getenv("MOONCAKE_SLOT_MAX");
+    return slots_off() || (v && *v) || (m && *m);
 }
 static void stop_split_seen_shm_3(void **s)
 {
