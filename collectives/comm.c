@@ -2506,8 +2506,10 @@ static int sig_barrier_usable(mc_comm_t *c, const mc_cctx_t *cx)
  * are dead. */
 #define SIG_FLAGS 0xffull
 #define SIG_LEFT 0x80ull
-/* a split allreduce's round-2 wake-up (slot_split_round): never read as
- * a word, only changes the signal so that a peer in wait() wakes */
+/* in a result word (slot_rword_p) and its signal: a split allreduce's
+ * round 2 (the signal then only differs from round 1's, so that a peer in
+ * wait() wakes) or a piped root's progress (with the chunk count in the low
+ * 6 bits); never the LEFT bit, so never taken for a barrier's word */
 #define SLOT_SIG_RES 0x40ull
 static uint64_t sig_word(uint64_t epoch, uint64_t seq, uint64_t flags)
 {
@@ -2795,10 +2797,10 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
  * creation, described in the store under "slot/<rank>", never replaced)
  * that every rank of the host maps. Layout after MC_STAGE_HDR: word[w] at
  * 64 * w (w = seq & 1), fence at 128, desc[w] at 192, done at 256, the
- * result word rword[w] at 320 + 64 * w, data[w] at 448 + w * slot_max,
- * the result slot res[w] at 448 + (2 + w) * slot_max (a split allreduce's
- * blocks, mc_cx_slot_split: only the pages of a rank's own block are ever
- * touched).
+ * result word rword[w] at 320 + 64 * w (a split allreduce's block, a piped
+ * root's progress), data[w] at 448 + w * slot_max, the result slot res[w]
+ * (one block of a split allreduce, slot_res_bytes) after the two data
+ * slots.
  *
  * With fault tolerance on (embedded membership), an allreduce of up to
  * MOONCAKE_SLOT_MAX bytes over n >= 3 ranks, all of them shm peers (without
@@ -2816,7 +2818,8 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
  * (every word seen, the fence read), so an in-place input needs no copy
  * for a re-run; should the attempt still fail (the agreement interrupts
  * it, a torn read), an in-place reduction's input is put back from the
- * rank's own slot.
+ * rank's own slot. (A piped broadcast's or scatter's reader writes its
+ * output earlier, chunk by chunk: pure output, nothing to keep.)
  *
  * The op needs no final barrier: a word is one store
  * into its writer's own region, after the data, so any rank that sees a
@@ -3514,7 +3517,12 @@ static int slot_pipe_ready(mc_cctx_t *cx, cx_waiter_t *w)
     (void)c->tlops[t]->peek(c->tl[t], p, ws, &v); /* arms wait() first */
     v = __atomic_load_n(slot_rword_p(c, p, ws), __ATOMIC_ACQUIRE);
     if ((v & ~SIG_FLAGS) == w->want && (int)(v & 0x3f) >= w->i) return 1;
-    return slot_ready(cx, w);
+    if (slot_ready(cx, w)) return 1;
+    /* slot_ready armed wait() again, at the signal's latest value: the
+     * progress that signal announced may have landed since our load */
+    v = __atomic_load_n(slot_rword_p(c, p, ws), __ATOMIC_ACQUIRE);
+    return cx->failed == MC_OK && (v & ~SIG_FLAGS) == w->want &&
+           (int)(v & 0x3f) >= w->i;
 }
 
 /* A reader of a piped one-writer op (slot_pipe_chunk): its part of the

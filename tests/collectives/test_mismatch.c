@@ -23,7 +23,7 @@
 
 /* A mismatch must be reported long before the spawn's 60 s op timeout. */
 #define QUICK_S 10.0
-#define BUF_ELEMS 256
+#define BUF_ELEMS 16384 /* int64: 128 KiB per rank */
 
 typedef struct mm_param {
     int size;
@@ -47,6 +47,10 @@ typedef enum {
     SC_RSV_COUNTS, /* reduce_scatterv: last rank's recvcounts differ */
     SC_AGV_COUNTS, /* allgatherv: last rank's recvcounts differ elsewhere */
     SC_A2AV_PAIR,  /* alltoallv: 0->1 send 3, 1 expects 2 from 0 */
+    SC_BIG_BCAST,  /* broadcast int64, last rank: count 12000; others 10000
+                      (one host, 3+ ranks: the root's copy piped) */
+    SC_BIG_SPLIT,  /* allreduce int64, last rank: count 9000; others 8000
+                      (one host, 3+ ranks: the split allreduce) */
     SC_COUNT_
 } scenario_t;
 
@@ -70,6 +74,8 @@ static const struct {
     [SC_RSV_COUNTS] = {"reduce_scatterv recvcounts differ", 2},
     [SC_AGV_COUNTS] = {"allgatherv recvcounts differ", 2},
     [SC_A2AV_PAIR] = {"alltoallv pair 0->1 send 3 vs recv 2", 2},
+    [SC_BIG_BCAST] = {"broadcast count 10000 vs 12000", 2},
+    [SC_BIG_SPLIT] = {"allreduce count 8000 vs 9000", 2},
 };
 
 /* What the error text must contain: a value only the disagreeing call has
@@ -124,6 +130,12 @@ static void sc_keywords(scenario_t sc, int size, char *buf, size_t cap)
         break;
     case SC_A2AV_PAIR:
         snprintf(buf, cap, "12 bytes|count=3|count 3|sendcount|recvcount");
+        break;
+    case SC_BIG_BCAST:
+        snprintf(buf, cap, "count=12000|count 12000");
+        break;
+    case SC_BIG_SPLIT:
+        snprintf(buf, cap, "count=9000|count 9000");
         break;
     default:
         snprintf(buf, cap, "mismatch");
@@ -245,6 +257,12 @@ static mc_status_t do_scenario(mc_comm_h comm, int rank, int size,
         if (rank == 0) counts[1] = 3; /* send side */
         return mc_comm_alltoallv(comm, sbuf, counts, displs, rbuf, c2, d2,
                                  MC_INT32);
+    case SC_BIG_BCAST:
+        return mc_comm_broadcast(comm, sbuf, rbuf, last ? 12000 : 10000,
+                                 MC_INT64, 0);
+    case SC_BIG_SPLIT:
+        return mc_comm_allreduce(comm, sbuf, rbuf, last ? 9000 : 8000,
+                                 MC_INT64, MC_SUM);
     default:
         return MC_ERR_INTERNAL;
     }

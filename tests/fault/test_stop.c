@@ -768,10 +768,11 @@ static void stop_slot_seen_shm_4(void **s)
 }
 /* The same through the split allreduce (two rounds): stopped after it
  * saw every word but before its block of the result is out, the others
- * wait for that block until they suspect it, then complete the op in the
- * old view from the data slots; stopped after its block is out, they
- * complete it without waiting. Resumed, it completes it too or finds the
- * slots moved on; evicted after that. */
+ * wait 500 us for that block, then reduce it themselves from the data
+ * slots and complete the op in the old view (they remove it at the next
+ * op, on suspicion); stopped after its block is out, they complete it
+ * without waiting. Resumed, it completes it too or finds the slots moved
+ * on; evicted after that. */
 static int split_off(void)
 {
     const char *v = getenv("MOONCAKE_SLOT_SPLIT_MIN"),
