@@ -2844,6 +2844,8 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
 #define SLOT_RWORD_OFF 320 /* [2] result words, 64 B apart, by seq & 1 */
 #define SLOT_DATA_OFF 448
 #define SLOT_ONE_WRITER_MAX ((size_t)128 << 10)
+/* the largest part of the collectives but allreduce (measured up to it) */
+#define SLOT_OTHER_MAX ((size_t)256 << 10)
 /* whole cache lines, so that every slot starts on one; the region
  * (slot_region_bytes) within 16 MiB */
 #define SLOT_MAX_CAP                                                           \
@@ -3069,6 +3071,11 @@ int mc_cx_slot_usable(mc_cctx_t *cx)
          cx->args->coll == MC_COLL_SCATTER) &&
         most > SLOT_ONE_WRITER_MAX)
         most = SLOT_ONE_WRITER_MAX;
+    /* the others were measured up to 256 KiB per rank; allreduce (split)
+     * up to 512 KiB: 3-4 ranks, 384-512 KiB, 1.04-1.41 of FT off, against
+     * 0.71-1.02 staged */
+    if (cx->args->coll != MC_COLL_ALLREDUCE && most > SLOT_OTHER_MAX)
+        most = SLOT_OTHER_MAX;
     if (!c->ft || !c->slot_max || !c->slot_own || cx->nv < 3 || c->em ||
         slot_part_max(cx->args, cx->nv) > most || !mc_cx_stage_usable(cx))
         return 0;
@@ -6206,7 +6213,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->ft_entry = mc_env_int("MOONCAKE_FT_ENTRY", 1) != 0;
     c->left_fanout = (int)mc_env_int("MOONCAKE_FT_LEFT_FANOUT", -1);
     {
-        int64_t sm = mc_env_int("MOONCAKE_SLOT_MAX", 256 << 10);
+        int64_t sm = mc_env_int("MOONCAKE_SLOT_MAX", 512 << 10);
         c->slot_max = sm > 0 ? ((size_t)sm + 63) / 64 * 64 : 0;
         /* the region (header, SLOT_DATA_OFF, two data and two result
          * slots) rounds up to a power of two: the cap keeps it within

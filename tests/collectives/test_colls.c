@@ -893,7 +893,7 @@ static int sweep_all(tc_t *t)
     if (run_barriers(t)) return -1;
     if (run_inflight(t)) return -1;
 
-    /* Mid sizes, 32-256 KiB: on one host over 3+ ranks with fault
+    /* Mid sizes, 32-480 KiB: on one host over 3+ ranks with fault
      * tolerance the shared slots, with the one writer of broadcast and
      * scatter piped chunk by chunk and the allreduce split in two rounds;
      * the usual paths elsewhere. */
@@ -905,7 +905,8 @@ static int sweep_all(tc_t *t)
             run_scatter(t, MC_FLOAT16, (100 << 10) / 2 / (size_t)S + 3, S - 1,
                         ip) ||
             run_allreduce(t, MC_FLOAT32, MC_SUM, (200 << 10) / 4 + 3, ip) ||
-            run_allreduce(t, MC_BFLOAT16, MC_AVG, 40001, ip))
+            run_allreduce(t, MC_BFLOAT16, MC_AVG, 40001, ip) ||
+            run_allreduce(t, MC_INT64, MC_MAX, (480 << 10) / 8 + 1, ip))
             return -1;
     }
 
@@ -975,7 +976,7 @@ static int sweep_algo(tc_t *t)
 /* The split allreduce through the shared slots (every allreduce splits:
  * MOONCAKE_SLOT_SPLIT_MIN=1): every dtype and op at small and odd counts
  * (empty blocks, fewer elements than ranks), in place, out of place and
- * mixed; then up to the slots' 256 KiB, and above (the staged path). */
+ * mixed; then up to the slots' 512 KiB. */
 static int sweep_split(tc_t *t)
 {
     static const size_t counts[] = {0, 1, 3, 17, 37, 1025, 9001};
@@ -994,7 +995,9 @@ static int sweep_split(tc_t *t)
             run_allreduce(t, MC_BFLOAT16, MC_AVG, (200 << 10) / 2 + 1, ip) ||
             run_allreduce(t, MC_INT64, MC_MAX, 12289, ip) ||
             run_allreduce(t, MC_FLOAT64, MC_PROD, 5003, ip) ||
-            run_allreduce(t, MC_INT32, MC_SUM, (256 << 10) / 4 + 1, ip))
+            run_allreduce(t, MC_INT32, MC_SUM, (256 << 10) / 4 + 1, ip) ||
+            run_allreduce(t, MC_FLOAT32, MC_SUM, (512 << 10) / 4, ip) ||
+            run_allreduce(t, MC_INT64, MC_MIN, (400 << 10) / 8 + 3, ip))
             return -1;
     }
     if (run_inexact(t, MC_FLOAT32, 20011)) return -1;

@@ -346,6 +346,8 @@ static const kt_scn_t scenarios[] = {
     {"slot_split_res_shm_4",  4, SHM, W_AR_MID,      K_INJECT,   -1, 0, 0,  12, 12289,     0, "slot.res"},
     {"slot_split_rseen_shm_3", 3, SHM, W_AR_MID,     K_INJECT,   -1, 0, 0,  12, 12289,     0, "slot.res.seen"},
     {"slot_split_left_shm_4", 4, SHM, W_AR_MID,      K_LEFT,     -1, 0, 0,  12, 12289,     0, "slot.res"},
+  /* 360-480 KiB (the slots take an allreduce up to 512 KiB) */
+    {"slot_split_big_shm_3",  3, SHM, W_AR_MID,      K_INJECT,   -1, 0, 0,  12, 60000,     0, "slot.res"},
   /* broadcast and scatter of 64-128 KiB, the root's copy piped chunk by
    * chunk: the root dies after its first chunk (no word: a re-run, which
    * fails: the root is gone), a reader dies after copying its first chunk
@@ -353,6 +355,9 @@ static const kt_scn_t scenarios[] = {
     {"slot_pipe_root_shm_3",  3, SHM, W_BC_DEADROOT, K_INJECT,   -1, 0, 0,  12, 12289,     0, "slot.chunk"},
     {"slot_pipe_bc_shm_4",    4, SHM, W_BC,          K_INJECT,    2, 0, 0,  12, 12289,     0, "slot.pread"},
     {"slot_pipe_sc_shm_3",    3, SHM, W_SC,          K_INJECT,    1, 0, 0,  12, 5461,      0, "slot.pread"},
+  /* the same over 4 ranks: the scatters after it run over a view with a
+   * hole (slot 1), whose blocks the root's data holds by slot */
+    {"slot_pipe_sc_shm_4",    4, SHM, W_SC,          K_INJECT,    1, 0, 0,  12, 4095,      0, "slot.pread"},
   /* one dies in the frame barrier over TCP: whether the survivors all
    * entered it decides (the entry rule): complete in the old view, with
    * the dead rank's part in every result, or re-run without it */
@@ -1907,7 +1912,7 @@ static void test_scenario(void **state)
                *sp = getenv("MOONCAKE_SLOT_SPLIT_MIN");
     if (!strncmp(sc->name, "slot_", 5) &&
         ((e && *e) || (f && *f) ||
-         (m && *m && strtoull(m, NULL, 0) < ((size_t)256 << 10)) ||
+         (m && *m && strtoull(m, NULL, 0) < ((size_t)512 << 10)) ||
          (!strncmp(sc->name, "slot_split_", 11) && sp && *sp &&
           strtoull(sp, NULL, 0) != ((size_t)48 << 10)))) {
         /* the shared slots are off with etcd membership or a forced
