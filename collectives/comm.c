@@ -3071,10 +3071,12 @@ int mc_cx_slot_usable(mc_cctx_t *cx)
          cx->args->coll == MC_COLL_SCATTER) &&
         most > SLOT_ONE_WRITER_MAX)
         most = SLOT_ONE_WRITER_MAX;
-    /* the others were measured up to 256 KiB per rank; allreduce (split)
-     * up to 512 KiB: 3-4 ranks, 384-512 KiB, 1.04-1.41 of FT off, against
-     * 0.71-1.02 staged */
-    if (cx->args->coll != MC_COLL_ALLREDUCE && most > SLOT_OTHER_MAX)
+    /* the others were measured up to 256 KiB per rank, and so was an
+     * allreduce in one round (when the split is off, or the staged path
+     * is set away from its sizes); a split allreduce up to 512 KiB: 3-4
+     * ranks, 384-512 KiB, 1.04-1.41 of FT off, against 0.71-1.02 staged */
+    if ((cx->args->coll != MC_COLL_ALLREDUCE || !mc_cx_slot_split(cx)) &&
+        most > SLOT_OTHER_MAX)
         most = SLOT_OTHER_MAX;
     if (!c->ft || !c->slot_max || !c->slot_own || cx->nv < 3 || c->em ||
         slot_part_max(cx->args, cx->nv) > most || !mc_cx_stage_usable(cx))

@@ -997,6 +997,7 @@ static int sweep_split(tc_t *t)
             run_allreduce(t, MC_FLOAT64, MC_PROD, 5003, ip) ||
             run_allreduce(t, MC_INT32, MC_SUM, (256 << 10) / 4 + 1, ip) ||
             run_allreduce(t, MC_FLOAT32, MC_SUM, (512 << 10) / 4, ip) ||
+            run_allreduce(t, MC_FLOAT32, MC_SUM, (512 << 10) / 4 + 1, ip) ||
             run_allreduce(t, MC_INT64, MC_MIN, (400 << 10) / 8 + 3, ip))
             return -1;
     }
