@@ -3264,6 +3264,24 @@ static void slot_reduce(mc_comm_t *c, const mc_coll_args_t *a,
     if (a->op == MC_AVG) mc_reduce_div(out, len, a->dtype, (uint64_t)nv);
 }
 
+/* Is word ws of every slot of vslots[0, nv) `want` (flags masked)? Their
+ * flags' OR into *acc (may be NULL). after_reads: the seqlock's re-check
+ * once the slots were read (an acquire fence, then the loads); else a
+ * first look (acquire loads, the data read after). */
+static int slot_words_are(mc_comm_t *c, const int *vslots, int nv, int ws,
+                          uint64_t want, int after_reads, uint64_t *acc)
+{
+    if (after_reads) __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    for (int v = 0; v < nv; v++) {
+        uint64_t w = __atomic_load_n(slot_word_p(c, vslots[v], ws),
+                                     after_reads ? __ATOMIC_RELAXED
+                                                 : __ATOMIC_ACQUIRE);
+        if ((w & ~SIG_FLAGS) != want) return 0;
+        if (acc) *acc |= w & SIG_FLAGS;
+    }
+    return 1;
+}
+
 /* The result of (epoch, seq) for the rank of block index `me` from the
  * slots of `vslots` (ids[k]: the block index of vslots[k] as in
  * slot_block, NULL: k) into out: allreduce, reduce (the root), reduce_scatter
@@ -3279,12 +3297,7 @@ static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
     int ws = (int)(seq & 1);
     size_t es = mc_dtype_size(a->dtype), off, len, soff;
     uint64_t acc = 0, want = sig_word(epoch, seq, 0) & ~SIG_FLAGS;
-    for (int v = 0; v < nv; v++) {
-        uint64_t w = __atomic_load_n(slot_word_p(c, vslots[v], ws),
-                                     __ATOMIC_ACQUIRE);
-        if ((w & ~SIG_FLAGS) != want) return 0;
-        acc |= w & SIG_FLAGS;
-    }
+    if (!slot_words_are(c, vslots, nv, ws, want, 0, &acc)) return 0;
     switch (a->coll) {
     case MC_COLL_ALLGATHER:
     case MC_COLL_ALLGATHERV:
@@ -3339,13 +3352,7 @@ static int slot_read(mc_comm_t *c, const mc_coll_args_t *a, const int *vslots,
      * data was not being rewritten. A slot is rewritten under a reader
      * only when that reader was removed from the writer's view (the
      * writer waits for the others: slot_free_ready). */
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    for (int v = 0; v < nv; v++) {
-        uint64_t w = __atomic_load_n(slot_word_p(c, vslots[v], ws),
-                                     __ATOMIC_RELAXED);
-        if ((w & ~SIG_FLAGS) != want) return 0;
-    }
-    return 1;
+    return slot_words_are(c, vslots, nv, ws, want, 1, NULL);
 }
 
 /* A split allreduce (two rounds through the slots): the attempt's
@@ -3440,13 +3447,8 @@ static mc_status_t slot_split_round(mc_cctx_t *cx, uint64_t mine,
     if (len)
         slot_reduce(c, a, cx->vslots, n, ws, off, len,
                     slot_res(c, c->rank, ws));
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    for (int v = 0; v < n; v++) {
-        uint64_t w = __atomic_load_n(slot_word_p(c, cx->vslots[v], ws),
-                                     __ATOMIC_RELAXED);
-        if ((w & ~SIG_FLAGS) != want) return MC_OK; /* torn */
-        acc |= w & SIG_FLAGS;
-    }
+    if (!slot_words_are(c, cx->vslots, n, ws, want, 1, &acc))
+        return MC_OK; /* torn */
     __atomic_store_n(slot_rword_p(c, c->rank, ws), mine, __ATOMIC_RELEASE);
     pthread_mutex_lock(&c->plock);
     for (int d = 1; d < n; d++) { /* wakes a sleeping peer (a value that
@@ -3481,16 +3483,14 @@ static mc_status_t slot_split_round(mc_cctx_t *cx, uint64_t mine,
         else
             slot_reduce(c, a, cx->vslots, n, ws, off, len, o);
     }
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    for (int v = 0; v < n; v++) {
-        int p = cx->vslots[v];
-        if ((__atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_RELAXED) &
-             ~SIG_FLAGS) != want ||
-            (copied[v] &&
-             (__atomic_load_n(slot_rword_p(c, p, ws), __ATOMIC_RELAXED) &
-              ~SIG_FLAGS) != want))
+    if (!slot_words_are(c, cx->vslots, n, ws, want, 1, NULL))
+        return MC_OK; /* torn */
+    for (int v = 0; v < n; v++) /* after the fence there */
+        if (copied[v] &&
+            (__atomic_load_n(slot_rword_p(c, cx->vslots[v], ws),
+                             __ATOMIC_RELAXED) &
+             ~SIG_FLAGS) != want)
             return MC_OK; /* torn */
-    }
     *flags = acc;
     *whole = 1;
     return MC_OK;

@@ -748,23 +748,23 @@ static int slots_off(void)
            ((v = getenv("MOONCAKE_ETCD_ENDPOINTS")) && *v) ||
            ((v = getenv("MOONCAKE_ALGO_ALLREDUCE")) && *v);
 }
-static void stop_slot_data_shm_3(void **s)
+/* run_stop in a slot mode, unless `off` says this environment moves the
+ * op off the path its fault point is on */
+static void run_slot_stop(int n, int mode, int off, const char *what)
 {
-    (void)s;
-    if (slots_off()) {
-        printf("  skipped: the shared slots are off in this environment\n");
+    if (off) {
+        printf("  skipped: %s is off in this environment\n", what);
         skip();
     }
-    run_stop(3, MC_TRANSPORT_SHM, 3);
+    run_stop(n, MC_TRANSPORT_SHM, mode);
+}
+static void stop_slot_data_shm_3(void **s)
+{
+    (void)s, run_slot_stop(3, 3, slots_off(), "the shared slots");
 }
 static void stop_slot_seen_shm_4(void **s)
 {
-    (void)s;
-    if (slots_off()) {
-        printf("  skipped: the shared slots are off in this environment\n");
-        skip();
-    }
-    run_stop(4, MC_TRANSPORT_SHM, 4);
+    (void)s, run_slot_stop(4, 4, slots_off(), "the shared slots");
 }
 /* The same through the split allreduce (two rounds): stopped after it
  * saw every word but before its block of the result is out, the others
@@ -781,21 +781,11 @@ static int split_off(void)
 }
 static void stop_split_seen_shm_3(void **s)
 {
-    (void)s;
-    if (split_off()) {
-        printf("  skipped: the split allreduce is off in this environment\n");
-        skip();
-    }
-    run_stop(3, MC_TRANSPORT_SHM, 5);
+    (void)s, run_slot_stop(3, 5, split_off(), "the split allreduce");
 }
 static void stop_split_res_shm_4(void **s)
 {
-    (void)s;
-    if (split_off()) {
-        printf("  skipped: the split allreduce is off in this environment\n");
-        skip();
-    }
-    run_stop(4, MC_TRANSPORT_SHM, 6);
+    (void)s, run_slot_stop(4, 6, split_off(), "the split allreduce");
 }
 static void stop_tcp_3(void **s)
 {
