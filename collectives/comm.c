@@ -4122,10 +4122,12 @@ static void list_ranks(char *out, size_t cap, const int *v, int n)
             (size_t)snprintf(out + off, cap - off, "%s%d", i ? ", " : "", v[i]);
 }
 
-/* Before a re-run: put the caller's in-place input back (the ranges the
- * last attempt saved, or all of it) and keep all of it from now on.
- * 0 if the input cannot be restored. */
-static int restore_input(mc_comm_t *c, mc_request_t *r, size_t keep)
+/* Before a re-run, or as a failed call returns: put the caller's
+ * in-place input back (the ranges the last attempt saved, or all of it);
+ * before a re-run (again) also keep all of it from now on. 0 if the input
+ * cannot be restored. */
+static int restore_input(mc_comm_t *c, mc_request_t *r, size_t keep,
+                         int again)
 {
     char *user = (char *)r->args.sendbuf;
     if (c->saved_all) {
@@ -4136,6 +4138,7 @@ static int restore_input(mc_comm_t *c, mc_request_t *r, size_t keep)
     for (size_t i = 0; i < c->nsaved; i++)
         memcpy(user + c->saved[i][0], (char *)c->backup + c->saved[i][0],
                c->saved[i][1]);
+    if (!again) return 1;
     /* the input is whole again: keep it all for the attempts to come */
     memcpy(c->backup, user, keep);
     c->saved_all = 1;
@@ -4143,13 +4146,19 @@ static int restore_input(mc_comm_t *c, mc_request_t *r, size_t keep)
     return 1;
 }
 
+static mc_status_t run_ft_attempts(mc_comm_t *c, mc_request_t *r,
+                                   size_t keep);
+
 /* A collective with fault tolerance: attempts and view agreements until it
- * completes in some view or fails for good (exec_lock held). */
+ * completes in some view or fails for good (exec_lock held). An in-place
+ * reduction keeps its input (inplace_input), for a re-run and for the
+ * caller: a call that fails leaves it as it was (also in manual mode,
+ * where the caller may run the op again after mc_comm_recover). */
 static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
 {
     mc_cctx_t *cx = &c->cx;
     const char *name = mc_coll_name(r->args.coll);
-    size_t keep = c->auto_recover ? inplace_input(c, &r->args) : 0;
+    size_t keep = inplace_input(c, &r->args);
     if (keep) {
         if (c->backup_cap < keep) {
             void *b = realloc(c->backup, keep);
@@ -4178,6 +4187,21 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                          r->args.coll == MC_COLL_REDUCE_SCATTERV);
         if (c->saved_all) memcpy(c->backup, r->args.sendbuf, keep);
     }
+    mc_status_t st = run_ft_attempts(c, r, keep);
+    if (st < 0 && keep && !restore_input(c, r, keep, 0)) {
+        size_t l = strlen(cx->err);
+        snprintf(cx->err + l, sizeof(cx->err) - l,
+                 "; the in-place input could not be put back (no memory was "
+                 "left to keep it)");
+    }
+    return st;
+}
+
+static mc_status_t run_ft_attempts(mc_comm_t *c, mc_request_t *r,
+                                   size_t keep)
+{
+    mc_cctx_t *cx = &c->cx;
+    const char *name = mc_coll_name(r->args.coll);
     mc_status_t st = MC_OK;
     for (int attempt = 0;; attempt++) {
         uint64_t old_epoch = c->epoch;
@@ -4202,7 +4226,7 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         pthread_mutex_unlock(&c->plock);
         if (!outcome) {
             if (!broken) {
-                if (attempt && keep && !restore_input(c, r, keep)) {
+                if (attempt && keep && !restore_input(c, r, keep, 1)) {
                     snprintf(cx->err, sizeof(cx->err),
                              "%s at seq %llu: cannot re-run: no memory "
                              "was left to keep the in-place input",

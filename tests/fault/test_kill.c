@@ -513,6 +513,7 @@ typedef struct kt_rec {
     uint64_t view_changes;
     uint64_t hash;
     int64_t wrong; /* elements that differ from the reference */
+    int64_t lost;  /* first call failed: in-place input elements it changed */
     int64_t t_end_ns;
     char note[120]; /* first wrong element, or the error text */
 } kt_rec_t;
@@ -644,6 +645,39 @@ static int op_root(const kt_child_t *c, const kt_op_t *op)
 
 /* Fill the inputs of one call (again for every retry: an in-place call
  * that failed may have changed them) and issue it. */
+/* After a failed in-place reduction: elements of its input (as
+ * step_issue wrote it) that the call did not leave as they were. */
+static int64_t inplace_lost(kt_child_t *c, const kt_op_t *op, uint64_t key)
+{
+    int me = c->rank, n = c->size;
+    size_t cnt = op->n;
+    const int64_t *s64 = (const int64_t *)(void *)c->sbuf,
+                  *r64 = (const int64_t *)(void *)c->rbuf;
+    const double *rd = (const double *)(void *)c->rbuf;
+    int64_t lost = 0;
+    switch (op->k) {
+    case KO_AR:
+    case KO_AVG:
+    case KO_RED:
+    case KO_RAVG:
+        for (size_t i = 0; i < cnt; i++)
+            lost += r64[i] != ((int64_t)1 << me) * g_of(key, i);
+        break;
+    case KO_F64:
+        for (size_t i = 0; i < cnt; i++)
+            lost += memcmp(&rd[i], &(double){f64_in(me, key, i)},
+                           sizeof(double)) != 0;
+        break;
+    case KO_RS:
+        for (size_t i = 0; i < cnt * (size_t)n; i++)
+            lost += s64[i] != ((int64_t)1 << me) * g_of(key, i);
+        break;
+    default:
+        break;
+    }
+    return lost;
+}
+
 static mc_status_t step_issue(kt_child_t *c, const kt_op_t *op, uint64_t key,
                               int ip)
 {
@@ -1044,6 +1078,7 @@ static int rank_loop(kt_child_t *c)
         }
         st = step_issue(c, op, key, ip);
         rec->status1 = st;
+        if (st != MC_OK && ip) rec->lost = inplace_lost(c, op, key);
         if (st == MC_ERR_PEER_FAILED && sc->manual) {
             int fr[KT_MAXR];
             int nf = mc_comm_failed_ranks(c->comm, fr, KT_MAXR);
@@ -1496,6 +1531,11 @@ static void check_steps(kt_run_t *k)
                           fin ? " (final barrier)" : "", r);
                 return; /* later steps are missing as well */
             }
+            if (x->lost)
+                fail_line(k,
+                          "step %d rank %d: the call failed (%s) and changed "
+                          "%" PRId64 " elements of its in-place input",
+                          s, r, st_name(x->status1), x->lost);
             int want_ok = 1;
             if (op && op->k == KO_BC && sc->work == W_BC_DEADROOT &&
                 x->status == MC_ERR_ROOT_FAILED) {

@@ -17,6 +17,10 @@
  * a survivor's receive is stuck mid-frame: its failed attempt must not
  * wait for the rest (the drain sends it to a sink), or completion takes
  * the 2 s drain deadline on top of the liveness timeout.
+ * Every failed call must leave its in-place input as it was;
+ * stop_split_copy_shm_4 stops the victim of a split allreduce before it
+ * copies the result into its buffer, so that, resumed, it reads slots
+ * rewritten for view 2 and has to put its input back.
  * stop_mid_recv_shm_3: the victim stops halfway through receiving a frame
  * with 256 KiB shm rings, so a survivor's 512 KiB send to it is stuck on a
  * full ring: the drain lets it go on from a copy in a detached frame block.
@@ -27,6 +31,10 @@
  * in its ring, while the other's call timed out. Whoever succeeds must
  * hold the exact result; the next op succeeds on both in view 1.
  * late_pair_shm_2: rank 1 calls 1400 ms after rank 0 (timeout 1000 ms).
+ * late_slot_shm_3, late_split_shm_3: the same over the shared slots
+ * (3 ranks, one round, and the split allreduce's two): rank 2 is late,
+ * ranks 0 and 1 time out, and rank 2 must complete the op from their
+ * slots (in the split, reducing their blocks itself: they are past it).
  * late_frame_shm_2: 16 KiB rings and a 64 KiB allreduce; rank 1 calls
  * 600 ms late and sleeps 800 ms after posting its part (fault point
  * cx.sendrecv.posted), inside its own timeout: rank 0 times out with its
@@ -78,6 +86,8 @@ typedef struct {
     uint64_t epoch;
     uint32_t mask;  /* active set of the op view */
     int32_t wrong;  /* elements that differ from the reference */
+    int32_t lost;   /* failed call: elements of the in-place input that
+                       it did not leave as they were */
     int64_t end_ns; /* CLOCK_MONOTONIC at return */
 } st_rec_t;
 
@@ -100,7 +110,8 @@ typedef struct {
                       allreduce through the shared slots: 3 with its input
                       in its slot but no word, 4 after it saw every word;
                       in a split allreduce (two rounds): 5 after it saw
-                      every word, 6 after its block of the result */
+                      every word, 6 after its block of the result, 7
+                      after every block was ready, before its copies */
     char dir[256];
     st_shm_t *shm;
 } st_run_t;
@@ -129,6 +140,7 @@ static int rank_main(int rank, int size, void *arg)
             setenv("MOONCAKE_FAULT_INJECT",
                    k->mid_frame == 3   ? "slot.data:600:stop"
                    : k->mid_frame == 6 ? "slot.res:600:stop"
+                   : k->mid_frame == 7 ? "slot.res.seen:600:stop"
                                        : "slot.seen:600:stop",
                    1);
     } else if (k->mid_frame) {
@@ -174,6 +186,10 @@ static int rank_main(int rank, int size, void *arg)
             r->mask = m;
             for (int i = 0; i < count; i++)
                 r->wrong += buf[i] != (int64_t)m * g_of(s, i);
+        } else {
+            /* in place: a failed call leaves the input as it was */
+            for (int i = 0; i < count; i++)
+                r->lost += buf[i] != ((int64_t)1 << rank) * g_of(s, i);
         }
         atomic_store(&sh->nsteps[rank], s + 1);
         if (st != MC_OK) {
@@ -337,6 +353,13 @@ static void run_stop(int n, mc_transport_kind_t tr, int mid_frame)
                     "(liveness timeout %d ms)\n",
                     (long long)(detect_ns / 1000000), ST_LIVE_MS);
     }
+    /* every failed call, on any rank: its in-place input kept */
+    for (int r = 0; r < n; r++)
+        for (int s = 0; s < atomic_load(&sh->nsteps[r]); s++)
+            if (sh->rec[r][s].st != MC_OK && sh->rec[r][s].lost)
+                PROB("step %d rank %d: %s, and %d elements of the in-place "
+                     "input changed", s, r, mc_status_str(sh->rec[r][s].st),
+                     sh->rec[r][s].lost);
     /* the victim: OK only in view 1, then evicted */
     int vs = n > 2 ? atomic_load(&sh->nsteps[k.victim]) : 0;
     int evicted = 0;
@@ -354,6 +377,13 @@ static void run_stop(int n, mc_transport_kind_t tr, int mid_frame)
         }
     }
     if (n > 2 && !evicted) PROB("the resumed victim was not evicted");
+    /* stopped before its copies: the call it was stopped in read slots
+     * rewritten for view 2 (the restore of its input, checked above) */
+    if (mid_frame == 7 && (vs <= stop_step ||
+                           sh->rec[k.victim][stop_step].st != MC_ERR_EVICTED))
+        PROB("victim step %d (stopped in): %s, want evicted", stop_step,
+             vs > stop_step ? mc_status_str(sh->rec[k.victim][stop_step].st)
+                            : "not recorded");
     if (bad_exit) PROB("%d rank process(es) failed", bad_exit);
     munmap(k.shm, sizeof(st_shm_t));
     mc_test_rmtree(d);
@@ -363,7 +393,9 @@ static void run_stop(int n, mc_transport_kind_t tr, int mid_frame)
 }
 
 typedef struct {
-    int late_ms;      /* rank 1 calls this much later */
+    int n;            /* ranks (0: 2) */
+    int late_ms;      /* the last rank calls this much later */
+    int late_ok;      /* and must complete the late op (not time out) */
     mc_transport_kind_t tr;
     const char *ring; /* MOONCAKE_SHM_RING_BYTES (shm) or
                          MOONCAKE_TCP_BUF_BYTES (tcp), or NULL */
@@ -373,9 +405,10 @@ typedef struct {
     char dir[256];
 } late_run_t;
 
-/* A 2-rank communicator over the file store in dir. */
-static mc_status_t open_pair(int rank, const char *dir, int64_t timeout_ms,
-                             mc_transport_kind_t tr, mc_comm_h *comm_p)
+/* An n-rank communicator over the file store in dir. */
+static mc_status_t open_group(int rank, int n, const char *dir,
+                              int64_t timeout_ms, mc_transport_kind_t tr,
+                              mc_comm_h *comm_p)
 {
     mc_store_h store;
     mc_status_t st = mc_store_file_create(dir, &store);
@@ -385,9 +418,15 @@ static mc_status_t open_pair(int rank, const char *dir, int64_t timeout_ms,
     cfg.transport = tr;
     cfg.timeout_ms = timeout_ms;
     cfg.init_timeout_ms = 30000;
-    st = mc_comm_create(rank, 2, store, &cfg, comm_p);
+    st = mc_comm_create(rank, n, store, &cfg, comm_p);
     mc_store_destroy(store);
     return st;
+}
+
+static mc_status_t open_pair(int rank, const char *dir, int64_t timeout_ms,
+                             mc_transport_kind_t tr, mc_comm_h *comm_p)
+{
+    return open_group(rank, 2, dir, timeout_ms, tr, comm_p);
 }
 
 static int late_main(int rank, int size, void *arg)
@@ -397,10 +436,11 @@ static int late_main(int rank, int size, void *arg)
         setenv(k->tr == MC_TRANSPORT_TCP ? "MOONCAKE_TCP_BUF_BYTES"
                                          : "MOONCAKE_SHM_RING_BYTES",
                k->ring, 1);
-    if (k->hold && rank == 1) setenv("MOONCAKE_FAULT_INJECT", k->hold, 1);
-    (void)size;
+    int last = size - 1;
+    if (k->hold && rank == last) setenv("MOONCAKE_FAULT_INJECT", k->hold, 1);
     mc_comm_h comm;
-    mc_status_t st = open_pair(rank, k->dir, k->timeout_ms, k->tr, &comm);
+    mc_status_t st =
+        open_group(rank, size, k->dir, k->timeout_ms, k->tr, &comm);
     if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
     int64_t *in = malloc(k->count * sizeof(int64_t));
     int64_t *out = malloc(k->count * sizeof(int64_t));
@@ -410,7 +450,7 @@ static int late_main(int rank, int size, void *arg)
         rc = MC_TFAIL(rank, "barrier: %s", mc_status_str(st));
         goto out;
     }
-    if (rank == 1 && k->late_ms) usleep((useconds_t)k->late_ms * 1000);
+    if (rank == last && k->late_ms) usleep((useconds_t)k->late_ms * 1000);
     for (int step = 0; step < 2 && !rc; step++) {
         for (size_t i = 0; i < k->count; i++) {
             in[i] = ((int64_t)1 << rank) * g_of(step, (int)i);
@@ -420,8 +460,9 @@ static int late_main(int rank, int size, void *arg)
         uint64_t ep = 0;
         mc_comm_op_view(comm, &ep, NULL, NULL);
         size_t wrong = 0, first = 0;
+        int64_t m = ((int64_t)1 << size) - 1; /* every rank's input */
         for (size_t i = 0; st == MC_OK && i < k->count; i++)
-            if (out[i] != 3 * g_of(step, (int)i) && !wrong++) first = i;
+            if (out[i] != m * g_of(step, (int)i) && !wrong++) first = i;
         printf("  rank %d op %d: %s, view %llu, %zu of %zu wrong\n", rank,
                step, mc_status_str(st), (unsigned long long)ep, wrong,
                k->count);
@@ -430,10 +471,14 @@ static int late_main(int rank, int size, void *arg)
                           "%lld) in view %llu",
                           step, wrong, first, (long long)out[first],
                           (unsigned long long)ep);
-        else if (step == 0 && rank == 0 && st != MC_ERR_TIMEOUT)
+        else if (step == 0 && rank < last && st != MC_ERR_TIMEOUT)
             rc = MC_TFAIL(rank, "op 0: %s, want timed out",
                           mc_status_str(st));
-        else if (step == 0 && rank == 1 && st != MC_OK && st != MC_ERR_TIMEOUT)
+        else if (step == 0 && rank == last && k->late_ok && st != MC_OK)
+            rc = MC_TFAIL(rank, "op 0: %s, want success: %s",
+                          mc_status_str(st), mc_comm_last_error(comm));
+        else if (step == 0 && rank == last && st != MC_OK &&
+                 st != MC_ERR_TIMEOUT)
             rc = MC_TFAIL(rank, "op 0: %s, want success or timed out",
                           mc_status_str(st));
         else if (step == 1 && st != MC_OK)
@@ -447,7 +492,7 @@ out:
     return rc;
 }
 
-/* The late_* cases test the pair confirmation: skipped where a setting
+/* The 2-rank late_* cases test the pair confirmation: skipped where a setting
  * turns it off (with the barrier a peer later than the timeout fails the
  * call on both ranks instead). */
 static int pair_off(void)
@@ -460,7 +505,7 @@ static int pair_off(void)
 
 static void run_late(late_run_t *k)
 {
-    if (pair_off()) {
+    if (!k->n && pair_off()) {
         printf("  skipped: the pair confirmation is off in this "
                "environment\n");
         skip();
@@ -468,7 +513,7 @@ static void run_late(late_run_t *k)
     char *d = mc_test_mkdtemp();
     assert_non_null(d);
     snprintf(k->dir, sizeof(k->dir), "%s", d);
-    int failed = mc_test_fork(2, ST_DEADLINE_S, late_main, k);
+    int failed = mc_test_fork(k->n ? k->n : 2, ST_DEADLINE_S, late_main, k);
     mc_test_rmtree(d);
     free(d);
     assert_int_equal(failed, 0);
@@ -787,6 +832,45 @@ static void stop_split_res_shm_4(void **s)
 {
     (void)s, run_slot_stop(4, 6, split_off(), "the split allreduce");
 }
+/* Stopped after every block of the result was ready, before it copied
+ * them into its buffer (the input: in place). The others complete the op
+ * in the old view, remove it at the next op and, three in view 2, reuse
+ * its slot pair, so that, resumed, it reads slots rewritten for a later
+ * view: the op fails (evicted), and the input it had written over must be
+ * back, from its own slot. */
+static void stop_split_copy_shm_4(void **s)
+{
+    (void)s, run_slot_stop(4, 7, split_off(), "the split allreduce");
+}
+/* A late rank over the shared slots (3 ranks; no final barrier there
+ * either): ranks 0 and 1 time out waiting for rank 2's word and go on to
+ * op 1; rank 2, 1400 ms late, finds every word of op 0 and must complete
+ * it with the exact result. In the split allreduce it also finds the
+ * others past op 0 without their blocks of the result (their done
+ * words), and reduces every block itself, without waiting. Op 1 then
+ * succeeds everywhere in view 1. */
+static void run_late_slot(size_t count, int off, const char *what)
+{
+    if (off) {
+        printf("  skipped: %s is off in this environment\n", what);
+        skip();
+    }
+    late_run_t k = {.n = 3,
+                    .tr = MC_TRANSPORT_SHM,
+                    .late_ms = 1400,
+                    .late_ok = 1,
+                    .count = count,
+                    .timeout_ms = 1000};
+    run_late(&k);
+}
+static void late_slot_shm_3(void **s)
+{
+    (void)s, run_late_slot(512, slots_off(), "the shared slots");
+}
+static void late_split_shm_3(void **s)
+{
+    (void)s, run_late_slot(12289, split_off(), "the split allreduce");
+}
 static void stop_tcp_3(void **s)
 {
     (void)s, run_stop(3, MC_TRANSPORT_TCP, 0);
@@ -811,11 +895,14 @@ int main(void)
         cmocka_unit_test(stop_slot_seen_shm_4),
         cmocka_unit_test(stop_split_seen_shm_3),
         cmocka_unit_test(stop_split_res_shm_4),
+        cmocka_unit_test(stop_split_copy_shm_4),
         cmocka_unit_test(stop_tcp_3),
         cmocka_unit_test(stop_tcp_4),
         cmocka_unit_test(stop_shm_2),
         cmocka_unit_test(late_pair_shm_2),
         cmocka_unit_test(late_frame_shm_2),
+        cmocka_unit_test(late_slot_shm_3),
+        cmocka_unit_test(late_split_shm_3),
         cmocka_unit_test(fallback_pair_shm_2),
         cmocka_unit_test(report_pair_shm_2),
         cmocka_unit_test(late_pair_tcp_2),
