@@ -959,9 +959,11 @@ static void coll_match(mc_comm_t *c, mc_in_t *in)
             describe(theirs, sizeof(theirs), h->coll, h->dtype, h->op, h->root,
                      h->count);
             cx_fail(c, MC_ERR_MISMATCH, 0,
-                    "collective mismatch at seq %llu: rank %d finished it "
-                    "and sent a frame of seq %llu (%s) while rank %d still "
-                    "expects a frame from it",
+                    "collective mismatch at seq %llu: rank %d is past it "
+                    "(its call ended there: it timed out or failed, or it "
+                    "made a different number of calls) and sent a frame of "
+                    "seq %llu (%s) while rank %d still expects a frame from "
+                    "it",
                     (unsigned long long)cx->seq, in->peer,
                     (unsigned long long)h->seq, theirs, c->rank);
         }
@@ -3765,6 +3767,21 @@ static mc_status_t slot_finish(mc_comm_t *c, mc_request_t *r, uint64_t epoch,
     for (int p = 0; p < c->size; p++) {
         if (!att[p]) continue;
         uint64_t w = __atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_ACQUIRE);
+        if ((w & ~SIG_FLAGS) != want && !slot_later(w & ~SIG_FLAGS, want)) {
+            /* p's part never came: nobody returned the op (a rank returns
+             * it only once it saw every word), and the group is past it
+             * only because a member's call ended without completing it
+             * (timed out) before p failed */
+            snprintf(cx->err, sizeof(cx->err),
+                     "%s at seq %llu: cannot complete: a member's call ended "
+                     "without completing it (timed out) and the group went "
+                     "past it in view %llu, but rank %d's part never "
+                     "reached the shared slots; the new view holds from the "
+                     "next operation",
+                     mc_coll_name(a->coll), (unsigned long long)r->seq,
+                     (unsigned long long)epoch, p);
+            return MC_ERR_PEER_FAILED;
+        }
         if ((w & ~SIG_FLAGS) != want || (p != c->rank && !c->slot_map[p]))
             goto internal;
         const slot_desc_t *d = slot_desc_p(c, p, ws);
@@ -4308,17 +4325,28 @@ static mc_status_t run_ft_attempts(mc_comm_t *c, mc_request_t *r,
                     cx->epoch = old_epoch;
                     return MC_OK;
                 }
-                MC_LOG(MC_LOG_ERROR, "rank %d: %s", c->rank, cx->err);
+                MC_LOG(fs == MC_ERR_PEER_FAILED ? MC_LOG_WARN : MC_LOG_ERROR,
+                       "rank %d: %s", c->rank, cx->err);
                 return fs;
             }
             if (!cx->data_done) {
+                /* No member returned it (one that did waited for every
+                 * survivor to hold its result: the final barrier, the
+                 * entry rule), yet the group is past it: a member's call
+                 * ended without completing it (timed out), and then ranks
+                 * failed before their part reached us. It cannot complete
+                 * here, nor run again (that member is in a later op). */
                 snprintf(cx->err, sizeof(cx->err),
-                         "%s at seq %llu: the group completed it in view %llu "
-                         "but rank %d lacks its result (internal error)",
+                         "%s at seq %llu: cannot complete: a member's call "
+                         "ended without completing it (timed out) and the "
+                         "group went past it in view %llu, but ranks [%s] "
+                         "failed before their part reached rank %d; view "
+                         "%llu holds from the next operation",
                          name, (unsigned long long)r->seq,
-                         (unsigned long long)old_epoch, c->rank);
-                MC_LOG(MC_LOG_ERROR, "rank %d: %s", c->rank, cx->err);
-                return MC_ERR_INTERNAL;
+                         (unsigned long long)old_epoch, list, c->rank,
+                         (unsigned long long)ep);
+                MC_LOG(MC_LOG_WARN, "rank %d: %s", c->rank, cx->err);
+                return MC_ERR_PEER_FAILED;
             }
             cx->epoch = old_epoch; /* the result covers the old view */
             cx_commit(cx);

@@ -45,6 +45,10 @@
  * rank 1 in op 2 (no quorum: its report lands in rank 1's stream) and
  * exits. Resumed, rank 1 reads the report and finds rank 0 dead: it must
  * not re-run op 1 in a view without rank 0, which returned it in view 1.
+ * late_dead_{tcp,shm,big_shm}_3: a timed-out call, then a death: rank 0
+ * times out and goes on, rank 2 dies without calling; rank 1, still in
+ * the op, cannot complete it (it fails, naming why, not with an internal
+ * error) and the next op succeeds in view 2.
  * fallback_pair_shm_2 (a kill, here beside the other pair cases): a
  * 2-rank reduce_scatter of 2 x 320 KB, staged; rank 0's staging memory
  * "cannot be had" (allreduce.stage.own:1:fail), so both fall back to the
@@ -871,6 +875,98 @@ static void late_split_shm_3(void **s)
 {
     (void)s, run_late_slot(12289, split_off(), "the split allreduce");
 }
+/* A timed-out call, then a death: 3 ranks; rank 0's op timeout is
+ * 800 ms, the others' 20 s. Rank 2 never calls op 0: it exits at 1200 ms.
+ * Rank 0 times out in op 0 and goes on to op 1; rank 1 is still in op 0
+ * when rank 2 dies. Nobody can complete op 0 (rank 2's part never came,
+ * and rank 0 left it): rank 1's call must fail, naming why (not an
+ * internal error, not a hang), and op 1 must succeed on ranks 0 and 1 in
+ * view 2, over their two inputs. */
+typedef struct {
+    mc_transport_kind_t tr;
+    size_t count;
+    char dir[256];
+} ld_run_t;
+
+static int late_dead_main(int rank, int size, void *arg)
+{
+    ld_run_t *k = arg;
+    setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "5000", 1);
+    mc_comm_h comm;
+    mc_status_t st = open_group(rank, size, k->dir, rank == 0 ? 800 : 20000,
+                                k->tr, &comm);
+    if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
+    if ((st = mc_comm_barrier(comm)) != MC_OK)
+        return MC_TFAIL(rank, "barrier: %s", mc_status_str(st));
+    if (rank == 2) {
+        usleep(1200 * 1000);
+        _exit(0); /* dies without a word: the kernel closes its streams */
+    }
+    int64_t *in = malloc(k->count * sizeof(int64_t));
+    int64_t *out = malloc(k->count * sizeof(int64_t));
+    if (!in || !out) return MC_TFAIL(rank, "oom");
+    int rc = 0;
+    for (int step = 0; step < 2 && !rc; step++) {
+        for (size_t i = 0; i < k->count; i++) {
+            in[i] = ((int64_t)1 << rank) * g_of(step, (int)i);
+            out[i] = -1;
+        }
+        st = mc_comm_allreduce(comm, in, out, k->count, MC_INT64, MC_SUM);
+        uint64_t ep = 0;
+        uint8_t act[3] = {0};
+        mc_comm_op_view(comm, &ep, act, NULL);
+        size_t wrong = 0;
+        int64_t m = act[0] + 2 * act[1] + 4 * act[2];
+        for (size_t i = 0; st == MC_OK && i < k->count; i++)
+            wrong += out[i] != m * g_of(step, (int)i);
+        printf("  rank %d op %d: %s, view %llu, %zu of %zu wrong%s%s\n", rank,
+               step, mc_status_str(st), (unsigned long long)ep, wrong,
+               k->count, st == MC_OK ? "" : ": ",
+               st == MC_OK ? "" : mc_comm_last_error(comm));
+        fflush(stdout);
+        if (step == 0 && rank == 0 && st != MC_ERR_TIMEOUT)
+            rc = MC_TFAIL(rank, "op 0: %s, want timed out", mc_status_str(st));
+        else if (step == 0 && rank == 1 && st != MC_ERR_PEER_FAILED &&
+                 st != MC_ERR_MISMATCH)
+            /* peer failed: rank 2's death ended it; a mismatch: rank 0's
+             * frame of op 1 came first (an algorithm where rank 1 waits
+             * for rank 0, e.g. the ring that MOONCAKE_ALGO_ALLREDUCE=stage
+             * leaves over tcp) */
+            rc = MC_TFAIL(rank, "op 0: %s, want peer failed or mismatch",
+                          mc_status_str(st));
+        else if (step == 1 && (st != MC_OK || wrong || ep != 2 || act[2]))
+            rc = MC_TFAIL(rank, "op 1: %s, %zu wrong, view %llu", 
+                          mc_status_str(st), wrong, (unsigned long long)ep);
+    }
+    free(in);
+    free(out);
+    mc_comm_destroy(comm);
+    return rc;
+}
+
+static void run_late_dead(mc_transport_kind_t tr, size_t count)
+{
+    ld_run_t k = {.tr = tr, .count = count};
+    char *d = mc_test_mkdtemp();
+    assert_non_null(d);
+    snprintf(k.dir, sizeof(k.dir), "%s", d);
+    int failed = mc_test_fork(3, ST_DEADLINE_S, late_dead_main, &k);
+    mc_test_rmtree(d);
+    free(d);
+    assert_int_equal(failed, 0);
+}
+static void late_dead_tcp_3(void **s)
+{
+    (void)s, run_late_dead(MC_TRANSPORT_TCP, 512);
+}
+static void late_dead_shm_3(void **s)
+{
+    (void)s, run_late_dead(MC_TRANSPORT_SHM, 512);
+}
+static void late_dead_big_shm_3(void **s)
+{
+    (void)s, run_late_dead(MC_TRANSPORT_SHM, 1 << 17);
+}
 static void stop_tcp_3(void **s)
 {
     (void)s, run_stop(3, MC_TRANSPORT_TCP, 0);
@@ -903,6 +999,9 @@ int main(void)
         cmocka_unit_test(late_frame_shm_2),
         cmocka_unit_test(late_slot_shm_3),
         cmocka_unit_test(late_split_shm_3),
+        cmocka_unit_test(late_dead_tcp_3),
+        cmocka_unit_test(late_dead_shm_3),
+        cmocka_unit_test(late_dead_big_shm_3),
         cmocka_unit_test(fallback_pair_shm_2),
         cmocka_unit_test(report_pair_shm_2),
         cmocka_unit_test(late_pair_tcp_2),
