@@ -2846,8 +2846,14 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
 #define SLOT_RWORD_OFF 320 /* [2] result words, 64 B apart, by seq & 1 */
 #define SLOT_DATA_OFF 448
 #define SLOT_ONE_WRITER_MAX ((size_t)128 << 10)
-/* the largest part of the collectives but allreduce (measured up to it) */
+/* the largest part of the collectives but allreduce and allgather
+ * (measured up to it) */
 #define SLOT_OTHER_MAX ((size_t)256 << 10)
+/* an allgather's largest block: 3-4 ranks, 384-512 KiB per rank, FT on /
+ * FT off busbw 0.92-2.09 through the slots against 0.71-1.25 by the ring
+ * and the final barrier (the same build); 384-768 KiB with a raised
+ * MOONCAKE_SLOT_MAX 1.07-1.61 against 0.91-0.99 */
+#define SLOT_ALLGATHER_MAX ((size_t)768 << 10)
 /* whole cache lines, so that every slot starts on one; the region
  * (slot_region_bytes) within 16 MiB */
 #define SLOT_MAX_CAP                                                           \
@@ -3076,10 +3082,15 @@ int mc_cx_slot_usable(mc_cctx_t *cx)
     /* the others were measured up to 256 KiB per rank, and so was an
      * allreduce in one round (when the split is off, or the staged path
      * is set away from its sizes); a split allreduce up to 512 KiB: 3-4
-     * ranks, 384-512 KiB, 1.04-1.41 of FT off, against 0.71-1.02 staged */
-    if ((cx->args->coll != MC_COLL_ALLREDUCE || !mc_cx_slot_split(cx)) &&
-        most > SLOT_OTHER_MAX)
+     * ranks, 384-512 KiB, 1.04-1.41 of FT off, against 0.71-1.02 staged;
+     * an allgather's blocks up to SLOT_ALLGATHER_MAX */
+    mc_coll_t coll = cx->args->coll;
+    if (coll == MC_COLL_ALLGATHER || coll == MC_COLL_ALLGATHERV) {
+        if (most > SLOT_ALLGATHER_MAX) most = SLOT_ALLGATHER_MAX;
+    } else if ((coll != MC_COLL_ALLREDUCE || !mc_cx_slot_split(cx)) &&
+               most > SLOT_OTHER_MAX) {
         most = SLOT_OTHER_MAX;
+    }
     if (!c->ft || !c->slot_max || !c->slot_own || cx->nv < 3 || c->em ||
         slot_part_max(cx->args, cx->nv) > most || !mc_cx_stage_usable(cx))
         return 0;

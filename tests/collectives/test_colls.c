@@ -893,7 +893,7 @@ static int sweep_all(tc_t *t)
     if (run_barriers(t)) return -1;
     if (run_inflight(t)) return -1;
 
-    /* Mid sizes, 32-480 KiB: on one host over 3+ ranks with fault
+    /* Mid sizes, 32-512 KiB: on one host over 3+ ranks with fault
      * tolerance the shared slots, with the one writer of broadcast and
      * scatter piped chunk by chunk and the allreduce split in two rounds;
      * the usual paths elsewhere. */
@@ -906,7 +906,12 @@ static int sweep_all(tc_t *t)
                         ip) ||
             run_allreduce(t, MC_FLOAT32, MC_SUM, (200 << 10) / 4 + 3, ip) ||
             run_allreduce(t, MC_BFLOAT16, MC_AVG, 40001, ip) ||
-            run_allreduce(t, MC_INT64, MC_MAX, (480 << 10) / 8 + 1, ip))
+            run_allreduce(t, MC_INT64, MC_MAX, (480 << 10) / 8 + 1, ip) ||
+            /* allgather blocks up to the slots' 512 KiB (default), just
+             * under and just past it */
+            run_allgather(t, MC_INT32, (300 << 10) / 4 + 1, ip) ||
+            run_allgather(t, MC_FLOAT16, (512 << 10) / 2 - ip, ip) ||
+            run_allgatherv(t, MC_UINT8, (400 << 10) + 5, ip))
             return -1;
     }
 

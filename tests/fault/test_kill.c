@@ -348,6 +348,10 @@ static const kt_scn_t scenarios[] = {
     {"slot_split_left_shm_4", 4, SHM, W_AR_MID,      K_LEFT,     -1, 0, 0,  12, 12289,     0, "slot.res"},
   /* 351-469 KiB (the slots take a split allreduce up to 512 KiB) */
     {"slot_split_big_shm_3",  3, SHM, W_AR_MID,      K_INJECT,   -1, 0, 0,  12, 60000,     0, "slot.res"},
+  /* an allgather of 469 KiB per rank (the slots take its blocks up to
+   * 512 KiB since the third session of 2026-12-06) */
+    {"slot_ag_big_shm_3",     3, SHM, W_AG,          K_INJECT,   -1, 0, 0,  12, 60000,     0, "slot.seen"},
+    {"slot_ag_big_shm_4",     4, SHM, W_AG,          K_INJECT,   -1, 0, 0,  12, 60000,     0, "slot.data"},
   /* broadcast and scatter of 64-128 KiB, the root's copy piped chunk by
    * chunk: the root dies after its first chunk (no word: a re-run, which
    * fails: the root is gone), a reader dies after copying its first chunk
@@ -1943,6 +1947,17 @@ static void run_one(const kt_scn_t *sc, uint64_t seed)
     free(k.log);
 }
 
+/* The MOONCAKE_SLOT_MAX a slot_* row needs for its op to take the slots:
+ * its parts are above 256 KiB in the split allreduce's and allgather's
+ * large rows. */
+static size_t slot_row_min(const char *name)
+{
+    return !strcmp(name, "slot_split_big_shm_3") ||
+                   !strncmp(name, "slot_ag_big_", 12)
+               ? (size_t)512 << 10
+               : (size_t)256 << 10;
+}
+
 static void test_scenario(void **state)
 {
     const kt_scn_t *sc = *state;
@@ -1953,9 +1968,7 @@ static void test_scenario(void **state)
     if (!strncmp(sc->name, "slot_", 5) &&
         ((e && *e) || (f && *f) ||
          (m && *m &&
-          strtoull(m, NULL, 0) < (strcmp(sc->name, "slot_split_big_shm_3")
-                                      ? (size_t)256 << 10
-                                      : (size_t)512 << 10)) ||
+          strtoull(m, NULL, 0) < slot_row_min(sc->name)) ||
          (!strncmp(sc->name, "slot_split_", 11) && sp && *sp &&
           strtoull(sp, NULL, 0) != ((size_t)48 << 10)))) {
         /* the shared slots are off with etcd membership or a forced

@@ -377,8 +377,10 @@ def kill_manual_mode(ctx):
                                    lambda: dist.all_reduce(t))
     assert took < ctx.op_timeout / 2, f"the failure took {took:.2f}s"
     assert str(victim) in str(e), f"message does not name rank {victim}: {e}"
-    # (what a collective that failed mid-way leaves in its in-place buffer
-    # is not specified: no check of t here)
+    # a failed call leaves its in-place input as it was, so the same call
+    # can run again after recover (below)
+    assert torch.equal(t, torch.full((1000,), float(me + 1))), \
+        f"the failed all_reduce changed its in-place tensor: {t[:4]}"
     assert mooncake.get_failed_ranks() == [victim]
     # until recover, every collective fails the same way (async: at wait)
     _expect_rank_failure("a later all_reduce", victim,
@@ -386,6 +388,10 @@ def kill_manual_mode(ctx):
     _expect_rank_failure("a later barrier", victim, lambda: dist.barrier())
     assert mooncake.recover() == survivors
     _check_view("after recover", 2, survivors, [victim])
+    dist.all_reduce(t)  # the interrupted call again, over the survivors
+    want = float(sum(r + 1 for r in survivors))
+    assert torch.equal(t, torch.full((1000,), want)), \
+        f"all_reduce again after recover: {t[:4]}, expected {want}"
     digs = [_ops_over(ctx, survivors, "after"),
             _ops_over(ctx, survivors, "after-async", async_op=True)]
     _same_on(ctx, survivors, "digests", ",".join(digs))
