@@ -3779,16 +3779,20 @@ static mc_status_t slot_finish(mc_comm_t *c, mc_request_t *r, uint64_t epoch,
         if (!att[p]) continue;
         uint64_t w = __atomic_load_n(slot_word_p(c, p, ws), __ATOMIC_ACQUIRE);
         if ((w & ~SIG_FLAGS) != want && !slot_later(w & ~SIG_FLAGS, want)) {
-            /* p's part never came: nobody returned the op (a rank returns
-             * it only once it saw every word), and the group is past it
-             * only because a member's call ended without completing it
-             * (timed out) before p failed */
+            /* p's part is not there: nobody has returned the op (a rank
+             * returns it only once it saw every word), and the group is
+             * past it only because a member's call ended without
+             * completing it (timed out, or failed there) before p failed.
+             * (A p that is alive but slow could still complete it later,
+             * alone of its view: guarantee 2 speaks of the ranks that
+             * complete. A word cleared by a p rewriting its slot for a
+             * later view, this rank left behind, also lands here.) */
             snprintf(cx->err, sizeof(cx->err),
                      "%s at seq %llu: cannot complete: a member's call ended "
-                     "without completing it (timed out) and the group went "
-                     "past it in view %llu, but rank %d's part never "
-                     "reached the shared slots; the new view holds from the "
-                     "next operation",
+                     "without completing it (it timed out or failed there) "
+                     "and the group went past it in view %llu, but rank "
+                     "%d's part is not in the shared slots; the new view "
+                     "holds from the next operation",
                      mc_coll_name(a->coll), (unsigned long long)r->seq,
                      (unsigned long long)epoch, p);
             return MC_ERR_PEER_FAILED;
@@ -4216,7 +4220,8 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
         if (c->saved_all) memcpy(c->backup, r->args.sendbuf, keep);
     }
     mc_status_t st = run_ft_attempts(c, r, keep);
-    if (st < 0 && keep && !restore_input(c, r, keep, 0)) {
+    if (st < 0 && keep && !restore_input(c, r, keep, 0) &&
+        !strstr(cx->err, "keep the in-place input")) {
         size_t l = strlen(cx->err);
         snprintf(cx->err + l, sizeof(cx->err) - l,
                  "; the in-place input could not be put back (no memory was "
@@ -4349,10 +4354,10 @@ static mc_status_t run_ft_attempts(mc_comm_t *c, mc_request_t *r,
                  * here, nor run again (that member is in a later op). */
                 snprintf(cx->err, sizeof(cx->err),
                          "%s at seq %llu: cannot complete: a member's call "
-                         "ended without completing it (timed out) and the "
-                         "group went past it in view %llu, but ranks [%s] "
-                         "failed before their part reached rank %d; view "
-                         "%llu holds from the next operation",
+                         "ended without completing it (it timed out or failed "
+                         "there) and the group went past it in view %llu, "
+                         "but ranks [%s] failed before their part reached "
+                         "rank %d; view %llu holds from the next operation",
                          name, (unsigned long long)r->seq,
                          (unsigned long long)old_epoch, list, c->rank,
                          (unsigned long long)ep);

@@ -907,11 +907,13 @@ static int sweep_all(tc_t *t)
             run_allreduce(t, MC_FLOAT32, MC_SUM, (200 << 10) / 4 + 3, ip) ||
             run_allreduce(t, MC_BFLOAT16, MC_AVG, 40001, ip) ||
             run_allreduce(t, MC_INT64, MC_MAX, (480 << 10) / 8 + 1, ip) ||
-            /* allgather blocks up to the slots' 512 KiB (default), just
-             * under and just past it */
+            /* allgather blocks up to the slots' 512 KiB (default), at it
+             * and just under; an allgatherv with blocks just past it on
+             * some ranks (0 on others): the ring for all */
             run_allgather(t, MC_INT32, (300 << 10) / 4 + 1, ip) ||
             run_allgather(t, MC_FLOAT16, (512 << 10) / 2 - ip, ip) ||
-            run_allgatherv(t, MC_UINT8, (400 << 10) + 5, ip))
+            run_allgatherv(t, MC_UINT8, (400 << 10) + 5, ip) ||
+            run_allgatherv(t, MC_UINT8, (512 << 10) + 1 - ip, ip))
             return -1;
     }
 
