@@ -2846,9 +2846,15 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
 #define SLOT_RWORD_OFF 320 /* [2] result words, 64 B apart, by seq & 1 */
 #define SLOT_DATA_OFF 448
 #define SLOT_ONE_WRITER_MAX ((size_t)128 << 10)
-/* the largest part of the collectives but allreduce and allgather
- * (measured up to it) */
+/* the largest part of gather, alltoall and a one-round allreduce
+ * (measured up to it; alltoall at 384-510 KiB measured 0.51-1.84, gather
+ * no clear gain) */
 #define SLOT_OTHER_MAX ((size_t)256 << 10)
+/* reduce's and reduce_scatter's whole input: 3-4 ranks, 384-512 KiB,
+ * FT on / FT off busbw 0.95-2.78 (reduce) and 1.05-1.83 (reduce_scatter)
+ * through the slots, against 0.87-0.96 and 0.93-1.10 staged (the same
+ * build) */
+#define SLOT_REDUCE_MAX ((size_t)512 << 10)
 /* an allgather's largest block: 3-4 ranks, 384-512 KiB per rank, FT on /
  * FT off busbw 0.92-2.09 through the slots against 0.71-1.25 by the ring
  * and the final barrier (the same build); 384-768 KiB with a raised
@@ -3083,10 +3089,14 @@ int mc_cx_slot_usable(mc_cctx_t *cx)
      * allreduce in one round (when the split is off, or the staged path
      * is set away from its sizes); a split allreduce up to 512 KiB: 3-4
      * ranks, 384-512 KiB, 1.04-1.41 of FT off, against 0.71-1.02 staged;
-     * an allgather's blocks up to SLOT_ALLGATHER_MAX */
+     * an allgather's blocks up to SLOT_ALLGATHER_MAX, a reduce's or
+     * reduce_scatter's input up to SLOT_REDUCE_MAX */
     mc_coll_t coll = cx->args->coll;
     if (coll == MC_COLL_ALLGATHER || coll == MC_COLL_ALLGATHERV) {
         if (most > SLOT_ALLGATHER_MAX) most = SLOT_ALLGATHER_MAX;
+    } else if (coll == MC_COLL_REDUCE || coll == MC_COLL_REDUCE_SCATTER ||
+               coll == MC_COLL_REDUCE_SCATTERV) {
+        if (most > SLOT_REDUCE_MAX) most = SLOT_REDUCE_MAX;
     } else if ((coll != MC_COLL_ALLREDUCE || !mc_cx_slot_split(cx)) &&
                most > SLOT_OTHER_MAX) {
         most = SLOT_OTHER_MAX;

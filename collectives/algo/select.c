@@ -172,9 +172,6 @@ static mc_status_t mc_run_broadcast(mc_cctx_t *cx, size_t bytes)
                                        : mc_algo_broadcast_chain(cx);
 }
 
-/* The largest reduce that the shared slots take before the staged path. */
-#define MC_REDUCE_SLOT_MAX ((size_t)256 << 10)
-
 static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
 {
     static const char *const names[] = {"tree", "chain", "stage"};
@@ -194,9 +191,9 @@ static mc_status_t mc_run_reduce(mc_cctx_t *cx, size_t bytes)
      * one round and no final barrier, only the root reads and reduces
      * (comm.c); before the staged path, which ends in the barrier (3-4
      * ranks, 96-256 KiB, FT on / FT off busbw: 0.92-2.28 through the
-     * slots, 0.78-1.04 staged; docs/performance.md). Up to what was
-     * measured: above, the root's n serial reductions are untested. */
-    if (bytes <= MC_REDUCE_SLOT_MAX && mc_cx_slot_usable(cx))
+     * slots, 0.78-1.04 staged; 384-512 KiB 0.95-2.78 against 0.87-0.96;
+     * docs/performance.md). Up to 512 KiB (SLOT_REDUCE_MAX, comm.c). */
+    if (mc_cx_slot_usable(cx))
         return mc_cx_slot_run(cx);
     /* One host: the staged allreduce, whose commit writes only the root's
      * buffer (allreduce_stage.c), on the same sizes as allreduce. The

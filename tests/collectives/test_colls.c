@@ -913,7 +913,17 @@ static int sweep_all(tc_t *t)
             run_allgather(t, MC_INT32, (300 << 10) / 4 + 1, ip) ||
             run_allgather(t, MC_FLOAT16, (512 << 10) / 2 - ip, ip) ||
             run_allgatherv(t, MC_UINT8, (400 << 10) + 5, ip) ||
-            run_allgatherv(t, MC_UINT8, (512 << 10) + 1 - ip, ip))
+            run_allgatherv(t, MC_UINT8, (512 << 10) + 1 - ip, ip) ||
+            /* reduce and reduce_scatter inputs up to 512 KiB (the
+             * slots), and just past it */
+            run_reduce(t, MC_FLOAT32, MC_SUM, (512 << 10) / 4, S - 1, ip) ||
+            run_reduce(t, MC_INT16, MC_MAX, (300 << 10) / 2 + 7, 0, ip) ||
+            run_reduce(t, MC_INT32, MC_SUM, (512 << 10) / 4 + 1, S / 2, ip) ||
+            run_reduce_scatter(t, MC_FLOAT64, MC_SUM,
+                               (500 << 10) / 8 / (size_t)S, ip) ||
+            run_reduce_scatter(t, MC_BFLOAT16, MC_AVG,
+                               (513 << 10) / 2 / (size_t)S, ip) ||
+            run_reduce_scatterv(t, MC_INT64, MC_MIN, (400 << 10) / 8 / (size_t)S))
             return -1;
     }
 

@@ -352,6 +352,10 @@ static const kt_scn_t scenarios[] = {
    * 512 KiB since the third session of 2026-12-06) */
     {"slot_ag_big_shm_3",     3, SHM, W_AG,          K_INJECT,   -1, 0, 0,  12, 60000,     0, "slot.seen"},
     {"slot_ag_big_shm_4",     4, SHM, W_AG,          K_INJECT,   -1, 0, 0,  12, 60000,     0, "slot.data"},
+  /* a reduce of 469 KiB and a reduce_scatter of 469 KiB in all (the slots
+   * take their inputs up to 512 KiB since the same session) */
+    {"slot_red_xl_shm_4",     4, SHM, W_RED,         K_INJECT,   -1, 0, 0,  12, 60000,     0, "slot.seen"},
+    {"slot_rs_xl_shm_3",      3, SHM, W_RS,          K_INJECT,   -1, 0, 0,  12, 20000,     0, "slot.data"},
   /* broadcast and scatter of 64-128 KiB, the root's copy piped chunk by
    * chunk: the root dies after its first chunk (no word: a re-run, which
    * fails: the root is gone), a reader dies after copying its first chunk
@@ -1948,12 +1952,13 @@ static void run_one(const kt_scn_t *sc, uint64_t seed)
 }
 
 /* The MOONCAKE_SLOT_MAX a slot_* row needs for its op to take the slots:
- * its parts are above 256 KiB in the split allreduce's and allgather's
- * large rows. */
+ * its parts are above 256 KiB in the large rows of the split allreduce,
+ * allgather, reduce and reduce_scatter. */
 static size_t slot_row_min(const char *name)
 {
     return !strcmp(name, "slot_split_big_shm_3") ||
-                   !strncmp(name, "slot_ag_big_", 12)
+                   !strncmp(name, "slot_ag_big_", 12) ||
+                   strstr(name, "_xl_")
                ? (size_t)512 << 10
                : (size_t)256 << 10;
 }
