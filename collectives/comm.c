@@ -2853,8 +2853,12 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
 /* reduce's and reduce_scatter's whole input: 3-4 ranks, 384-512 KiB,
  * FT on / FT off busbw 0.95-2.78 (reduce) and 1.05-1.83 (reduce_scatter)
  * through the slots, against 0.87-0.96 and 0.93-1.10 staged (the same
- * build) */
+ * build). A reduce's root reads every slot, n times its input: at 4
+ * ranks and 512 KiB already only 0.95, so above 4 ranks it keeps
+ * SLOT_OTHER_MAX (a reduce_scatter rank reads one input's worth at any
+ * n) */
 #define SLOT_REDUCE_MAX ((size_t)512 << 10)
+#define SLOT_REDUCE_MAX_NV 4
 /* an allgather's largest block: 3-4 ranks, 384-512 KiB per rank, FT on /
  * FT off busbw 0.92-2.09 through the slots against 0.71-1.25 by the ring
  * and the final barrier (the same build); 384-768 KiB with a raised
@@ -3094,8 +3098,9 @@ int mc_cx_slot_usable(mc_cctx_t *cx)
     mc_coll_t coll = cx->args->coll;
     if (coll == MC_COLL_ALLGATHER || coll == MC_COLL_ALLGATHERV) {
         if (most > SLOT_ALLGATHER_MAX) most = SLOT_ALLGATHER_MAX;
-    } else if (coll == MC_COLL_REDUCE || coll == MC_COLL_REDUCE_SCATTER ||
-               coll == MC_COLL_REDUCE_SCATTERV) {
+    } else if (coll == MC_COLL_REDUCE_SCATTER ||
+               coll == MC_COLL_REDUCE_SCATTERV ||
+               (coll == MC_COLL_REDUCE && cx->nv <= SLOT_REDUCE_MAX_NV)) {
         if (most > SLOT_REDUCE_MAX) most = SLOT_REDUCE_MAX;
     } else if ((coll != MC_COLL_ALLREDUCE || !mc_cx_slot_split(cx)) &&
                most > SLOT_OTHER_MAX) {

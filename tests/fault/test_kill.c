@@ -225,6 +225,9 @@ static const kt_scn_t scenarios[] = {
     {"allgather_tcp_3",       3, TCP, W_AG,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
     {"reduce_scatter_tcp_3",  3, TCP, W_RS,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
     {"reduce_scatter_shm_8",  8, SHM, W_RS,          K_RANDOM,   -1, 0, 0,  40, 4099,      300, NULL},
+  /* 8 ranks staged (past the slots' 512 KiB since the third session of
+   * 2026-12-06, which took the row above) */
+    {"rs_stage_shm_8",        8, SHM, W_RS,          K_RANDOM,   -1, 0, 0,  16, 1 << 14,   0, NULL},
     {"rs_ring_shm_4",         4, SHM, W_RS,          K_RANDOM,   -1, 0, 0,  40, 1 << 16,   0, NULL},
     {"rs_stage_put_shm_3",    3, SHM, W_RS,          K_INJECT,   -1, 0, 0,  12, 1 << 16,   0, "allreduce.stage.put"},
     {"rs_stage_barrier_shm_4", 4, SHM, W_RS,         K_INJECT,   -1, 0, 0,  12, 1 << 16,   0, "ft.barrier.mid"},
@@ -1968,10 +1971,12 @@ static void test_scenario(void **state)
     const kt_scn_t *sc = *state;
     const char *e = getenv("MOONCAKE_ETCD_ENDPOINTS"),
                *f = getenv("MOONCAKE_ALGO_ALLREDUCE"),
+               *fr = getenv("MOONCAKE_ALGO_REDUCE"),
+               *frs = getenv("MOONCAKE_ALGO_REDUCE_SCATTER"),
                *m = getenv("MOONCAKE_SLOT_MAX"),
                *sp = getenv("MOONCAKE_SLOT_SPLIT_MIN");
     if (!strncmp(sc->name, "slot_", 5) &&
-        ((e && *e) || (f && *f) ||
+        ((e && *e) || (f && *f) || (fr && *fr) || (frs && *frs) ||
          (m && *m &&
           strtoull(m, NULL, 0) < slot_row_min(sc->name)) ||
          (!strncmp(sc->name, "slot_split_", 11) && sp && *sp &&
