@@ -4194,7 +4194,7 @@ static int restore_input(mc_comm_t *c, mc_request_t *r, size_t keep,
 }
 
 static mc_status_t run_ft_attempts(mc_comm_t *c, mc_request_t *r,
-                                   size_t keep);
+                                   size_t keep, int *unkept);
 
 /* A collective with fault tolerance: attempts and view agreements until it
  * completes in some view or fails for good (exec_lock held). An in-place
@@ -4234,9 +4234,9 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
                          r->args.coll == MC_COLL_REDUCE_SCATTERV);
         if (c->saved_all) memcpy(c->backup, r->args.sendbuf, keep);
     }
-    mc_status_t st = run_ft_attempts(c, r, keep);
-    if (st < 0 && keep && !restore_input(c, r, keep, 0) &&
-        !strstr(cx->err, "keep the in-place input")) {
+    int unkept = 0; /* the error already says the input is not kept */
+    mc_status_t st = run_ft_attempts(c, r, keep, &unkept);
+    if (st < 0 && keep && !restore_input(c, r, keep, 0) && !unkept) {
         size_t l = strlen(cx->err);
         snprintf(cx->err + l, sizeof(cx->err) - l,
                  "; the in-place input could not be put back (no memory was "
@@ -4246,7 +4246,7 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
 }
 
 static mc_status_t run_ft_attempts(mc_comm_t *c, mc_request_t *r,
-                                   size_t keep)
+                                   size_t keep, int *unkept)
 {
     mc_cctx_t *cx = &c->cx;
     const char *name = mc_coll_name(r->args.coll);
@@ -4279,6 +4279,7 @@ static mc_status_t run_ft_attempts(mc_comm_t *c, mc_request_t *r,
                              "%s at seq %llu: cannot re-run: no memory "
                              "was left to keep the in-place input",
                              name, (unsigned long long)r->seq);
+                    *unkept = 1;
                     return MC_ERR_NO_MEMORY;
                 }
                 cx->lazy = keep && !c->saved_all;
