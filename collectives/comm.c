@@ -2728,8 +2728,9 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
  * A's part and completes the op in this view, unless B dies too -- what
  * the barrier gives. A's sends to a dead B fail only if B never got A's
  * part, so B never returned it. With two ranks nothing is
- * removed on suspicion (no strict majority); etcd membership could remove
- * a live rank, so not there. A timed-out rank's peer may still complete
+ * removed on suspicion (no strict majority), with etcd membership too: an
+ * expired lease is suspicion, and etcd's view moves only by the same
+ * agreement (a transaction from the view held). A timed-out rank's peer may still complete
  * the op (exact bytes: drain_detach_sends copies), and an op that failed
  * here on a timeout or the peer's report, whose peer is removed
  * afterwards, does not re-run if the peer may have returned it
@@ -2742,7 +2743,7 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
 int mc_cx_pair_usable(const mc_cctx_t *cx)
 {
     mc_comm_t *c = cx->comm;
-    if (!c->ft || !c->ft_pair || c->em || cx->nv != 2 ||
+    if (!c->ft || !c->ft_pair || cx->nv != 2 ||
         cx->req->args.coll == MC_COLL_BARRIER)
         return 0;
     int p = cx->vslots[cx->vrank ^ 1], t = c->peer_tl[p];
@@ -2804,7 +2805,7 @@ static int pair_skips_barrier(const mc_cctx_t *cx)
  * (one block of a split allreduce, slot_res_bytes) after the two data
  * slots.
  *
- * With fault tolerance on (embedded membership), an allreduce of up to
+ * With fault tolerance on (either membership), an allreduce of up to
  * MOONCAKE_SLOT_MAX bytes over n >= 3 ranks, all of them shm peers (without
  * fault tolerance recursive doubling measured faster here): each rank
  * copies its input into data[seq & 1] (once every peer is past the attempt
@@ -3106,7 +3107,7 @@ int mc_cx_slot_usable(mc_cctx_t *cx)
                most > SLOT_OTHER_MAX) {
         most = SLOT_OTHER_MAX;
     }
-    if (!c->ft || !c->slot_max || !c->slot_own || cx->nv < 3 || c->em ||
+    if (!c->ft || !c->slot_max || !c->slot_own || cx->nv < 3 ||
         slot_part_max(cx->args, cx->nv) > most || !mc_cx_stage_usable(cx))
         return 0;
     for (int v = 0; v < cx->nv; v++) {

@@ -1969,20 +1969,19 @@ static size_t slot_row_min(const char *name)
 static void test_scenario(void **state)
 {
     const kt_scn_t *sc = *state;
-    const char *e = getenv("MOONCAKE_ETCD_ENDPOINTS"),
-               *f = getenv("MOONCAKE_ALGO_ALLREDUCE"),
+    const char *f = getenv("MOONCAKE_ALGO_ALLREDUCE"),
                *fr = getenv("MOONCAKE_ALGO_REDUCE"),
                *frs = getenv("MOONCAKE_ALGO_REDUCE_SCATTER"),
                *m = getenv("MOONCAKE_SLOT_MAX"),
                *sp = getenv("MOONCAKE_SLOT_SPLIT_MIN");
     if (!strncmp(sc->name, "slot_", 5) &&
-        ((e && *e) || (f && *f) || (fr && *fr) || (frs && *frs) ||
+        ((f && *f) || (fr && *fr) || (frs && *frs) ||
          (m && *m &&
           strtoull(m, NULL, 0) < slot_row_min(sc->name)) ||
          (!strncmp(sc->name, "slot_split_", 11) && sp && *sp &&
           strtoull(sp, NULL, 0) != ((size_t)48 << 10)))) {
-        /* the shared slots are off with etcd membership or a forced
-         * algorithm, and other limits move the rows' sizes off them (or
+        /* the shared slots are off with a forced algorithm, and other
+         * limits move the rows' sizes off them (or
          * off the split): their fault points never fire there */
         printf("[ skip ] %s: no shared slots for it in this environment\n",
                sc->name);

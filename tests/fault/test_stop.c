@@ -503,7 +503,6 @@ static int pair_off(void)
 {
     const char *v;
     return ((v = getenv("MOONCAKE_FT_PAIR")) && !strcmp(v, "0")) ||
-           ((v = getenv("MOONCAKE_ETCD_ENDPOINTS")) && *v) ||
            ((v = getenv("MOONCAKE_ALGO_ALLREDUCE")) && *v && strcmp(v, "rd"));
 }
 
@@ -720,7 +719,7 @@ static void fallback_pair_shm_2(void **state)
 {
     (void)state;
     const char *v;
-    /* with the pair confirmation off (frames, etcd) the barrier is kept
+    /* with the pair confirmation off (frames) the barrier is kept
      * anyway: the test then checks the re-run only */
     if (((v = getenv("MOONCAKE_ALGO_REDUCE_SCATTER")) && *v) ||
         ((v = getenv("MOONCAKE_SHM_STAGE_MIN")) && *v) ||
@@ -794,7 +793,6 @@ static int slots_off(void)
 {
     const char *v;
     return ((v = getenv("MOONCAKE_SLOT_MAX")) && !strcmp(v, "0")) ||
-           ((v = getenv("MOONCAKE_ETCD_ENDPOINTS")) && *v) ||
            ((v = getenv("MOONCAKE_ALGO_ALLREDUCE")) && *v);
 }
 /* run_stop in a slot mode, unless `off` says this environment moves the
