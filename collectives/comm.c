@@ -2912,10 +2912,27 @@ static slot_desc_t *slot_desc_p(mc_comm_t *c, int p, int w)
     return (slot_desc_t *)(slot_base(c, p) + SLOT_DESC_OFF) + w;
 }
 
-/* Attempts in order: (seq, epoch). */
+/* Attempts in order: (seq, epoch), the epoch's low 16 bits; compare keys
+ * with slot_key_ge only. */
 static uint64_t slot_key(uint64_t epoch, uint64_t seq)
 {
     return seq << 16 | (epoch & 0xffff);
+}
+
+/* Key a at or after key b: by seq, then by epoch with wrap-around (the
+ * attempts of one seq span far fewer than 32768 views), so that the
+ * 65536th view does not look older than the 65535th. */
+static int slot_key_ge(uint64_t a, uint64_t b)
+{
+    if (a >> 16 != b >> 16) return a >> 16 > b >> 16;
+    return (int16_t)(uint16_t)(a - b) >= 0;
+}
+
+/* The key just before attempt (epoch, seq): past every earlier attempt,
+ * of this seq in earlier views too. */
+static uint64_t slot_key_before(uint64_t epoch, uint64_t seq)
+{
+    return slot_key(epoch - 1, seq);
 }
 
 static uint64_t *slot_done_p(mc_comm_t *c, int p)
@@ -3247,7 +3264,8 @@ static int slot_free_ready(mc_cctx_t *cx, cx_waiter_t *w)
     for (int v = 0; v < cx->nv; v++) {
         int p = cx->vslots[v];
         if (p == c->rank || c->peer_dead[p]) continue;
-        if (__atomic_load_n(slot_done_p(c, p), __ATOMIC_ACQUIRE) < w->want)
+        if (!slot_key_ge(__atomic_load_n(slot_done_p(c, p), __ATOMIC_ACQUIRE),
+                         w->want))
             return 0;
     }
     return 1;
@@ -3451,8 +3469,8 @@ static int slot_res_ready(mc_cctx_t *cx, cx_waiter_t *w)
         return 0;
     }
     return c->peer_dead[p] ||
-           __atomic_load_n(slot_done_p(c, p), __ATOMIC_ACQUIRE) >=
-               slot_key(cx->epoch, cx->seq) ||
+           slot_key_ge(__atomic_load_n(slot_done_p(c, p), __ATOMIC_ACQUIRE),
+                       slot_key(cx->epoch, cx->seq)) ||
            mc_now_us() - w->since >= SLOT_RES_GRACE_US;
 }
 
@@ -3964,7 +3982,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
     memcpy(c->att_active, c->active, (size_t)c->size);
     cx->seq = r->seq;
     /* past every earlier attempt's slots (slot_free_ready) */
-    slot_done(c, slot_key(cx->epoch, cx->seq) - 1);
+    slot_done(c, slot_key_before(cx->epoch, cx->seq));
     cx->deadline_us =
         c->timeout_ms < 0 ? INT64_MAX : now + c->timeout_ms * 1000;
     cx->dcount = desc_count(&r->args, c->size);
@@ -6168,6 +6186,14 @@ static mc_status_t join_request(mc_comm_t *c, int64_t timeout_ms,
     return MC_OK;
 }
 
+/* MOONCAKE_EPOCH_START: the first view's epoch (default 1; a testing
+ * knob, shared by every rank). */
+static uint64_t epoch_start(void)
+{
+    int64_t e = mc_env_int("MOONCAKE_EPOCH_START", 1);
+    return e >= 1 ? (uint64_t)e : 1;
+}
+
 /* Settings every rank must share: they choose the algorithms and the final
  * barrier, so ranks that differ would wait for each other's frames until
  * the op timeout. "NAME=value;" pairs, compared at creation. */
@@ -6182,14 +6208,16 @@ static void shared_settings(const mc_comm_t *c, char *out, size_t cap)
              "MOONCAKE_ALLREDUCE_SMALL_MAX=%zu;MOONCAKE_BCAST_SMALL_MAX=%zu;"
              "MOONCAKE_SHM_STAGE_MIN=%zu;MOONCAKE_SHM_STAGE_MAX=%zu;"
              "MOONCAKE_ALGO_ALLREDUCE=%s;MOONCAKE_ALGO_BROADCAST=%s;"
-             "MOONCAKE_ALGO_REDUCE=%s;MOONCAKE_ALGO_REDUCE_SCATTER=%s;",
+             "MOONCAKE_ALGO_REDUCE=%s;MOONCAKE_ALGO_REDUCE_SCATTER=%s;"
+             "MOONCAKE_EPOCH_START=%llu;",
              c->ft, c->ft && c->ft_signals,
              c->ft && c->ft_pair, c->ft && c->ft_entry, c->slot_max,
              c->slot_split_min,
              t->chunk_bytes,
              t->allreduce_small_max, t->bcast_small_max, t->stage_min,
              t->stage_max, t->algo_allreduce, t->algo_broadcast,
-             t->algo_reduce, t->algo_reduce_scatter);
+             t->algo_reduce, t->algo_reduce_scatter,
+             (unsigned long long)epoch_start());
 }
 
 /* The first pair of `mine` whose value differs in `theirs`, as an error of
@@ -6367,7 +6395,9 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
         goto err_free;
     }
-    c->epoch = 1;
+    /* the first view's epoch: 1; tests start near 65536 to cross the
+     * 16-bit wrap of the epoch in the shared slots' words and keys */
+    c->epoch = epoch_start();
     c->nactive = ninit;
     for (int p = 0; p < size; p++) {
         c->active[p] = p < ninit;
@@ -6397,7 +6427,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         char key[64];
         /* which peers share this host */
         host_id(c->host, sizeof(c->host));
-        char mine[512], theirs[512];
+        char mine[1024], theirs[1024];
         shared_settings(c, mine, sizeof(mine));
         snprintf(key, sizeof(key), "settings/%d", rank);
         MC_CHECK_GOTO(mc_store_set(ps, key, mine, strlen(mine) + 1), st,

@@ -27,6 +27,11 @@ int mc_test_fork(int size, int timeout_s,
 
 /* mkdtemp under $TMPDIR (or /tmp); caller frees and removes. */
 char *mc_test_mkdtemp(void);
+
+/* A view epoch as the tests count them, from 1: MOONCAKE_EPOCH_START moves
+ * the first view's epoch (near 65536, to cross the 16-bit wrap of the
+ * epoch in the shared slots' words and keys). */
+uint64_t mc_test_epoch_rel(uint64_t epoch);
 /* rm -rf a directory tree (best effort). */
 void mc_test_rmtree(const char *dir);
 

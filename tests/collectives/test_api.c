@@ -670,6 +670,7 @@ static void test_settings_differ(void **state)
         {"MOONCAKE_FT_SIGNALS", "0"},
         {"MOONCAKE_ALGO_ALLREDUCE", "ring"},
         {"MOONCAKE_SHM_STAGE_MIN", "1048576"},
+        {"MOONCAKE_EPOCH_START", "65535"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char *dir = mc_test_mkdtemp();

@@ -982,6 +982,7 @@ static void leave_now(kt_child_t *c)
 }
 
 /* Record the op view and the current view after a successful call. */
+
 static void record_views(kt_child_t *c, kt_rec_t *rec)
 {
     uint8_t act[KT_MAXR];
@@ -994,7 +995,7 @@ static void record_views(kt_child_t *c, kt_rec_t *rec)
         rec->wrong = -1;
         return;
     }
-    rec->epoch = ep;
+    rec->epoch = mc_test_epoch_rel(ep);
     rec->nactive = nact;
     rec->mask = 0;
     for (int r = 0; r < c->size; r++)
@@ -1005,7 +1006,7 @@ static void record_after(kt_child_t *c, kt_rec_t *rec)
 {
     uint64_t ep = 0;
     mc_comm_view(c->comm, &ep, NULL, NULL);
-    rec->cur_epoch = ep;
+    rec->cur_epoch = mc_test_epoch_rel(ep);
     rec->view_changes = mc_comm_view_changes(c->comm);
     rec->t_end_ns = now_ns();
     __atomic_store_n(&rec->done, 1, __ATOMIC_RELEASE);

@@ -184,6 +184,7 @@ static int rank_main(int rank, int size, void *arg)
         if (st == MC_OK) {
             uint8_t act[ST_MAXR];
             mc_comm_op_view(comm, &r->epoch, act, NULL);
+            r->epoch = mc_test_epoch_rel(r->epoch);
             uint32_t m = 0;
             for (int p = 0; p < size; p++)
                 if (act[p]) m |= 1u << p;
@@ -463,6 +464,7 @@ static int late_main(int rank, int size, void *arg)
         st = mc_comm_allreduce(comm, in, out, k->count, MC_INT64, MC_SUM);
         uint64_t ep = 0;
         mc_comm_op_view(comm, &ep, NULL, NULL);
+        ep = mc_test_epoch_rel(ep);
         size_t wrong = 0, first = 0;
         int64_t m = ((int64_t)1 << size) - 1; /* every rank's input */
         for (size_t i = 0; st == MC_OK && i < k->count; i++)
@@ -590,6 +592,7 @@ static void report_rank(int rank, const char *dir, mc_transport_kind_t tr,
         mc_status_t st = mc_comm_allreduce(comm, &in, &out, 1, MC_INT64, MC_SUM);
         uint64_t ep = 0;
         mc_comm_op_view(comm, &ep, NULL, NULL);
+        ep = mc_test_epoch_rel(ep);
         rec[rank].st[op] = st;
         rec[rank].val[op] = out;
         rec[rank].ep[op] = ep;
@@ -702,6 +705,7 @@ static void fallback_rank(int rank, const char *dir, fb_rec_t *rec)
         mc_comm_reduce_scatter(comm, in, out, FB_COUNT, MC_INT64, MC_SUM);
     uint64_t ep = 0;
     mc_comm_op_view(comm, &ep, NULL, NULL);
+    ep = mc_test_epoch_rel(ep);
     int64_t wrong = 0; /* against our block over {rank} */
     for (size_t i = 0; i < FB_COUNT; i++)
         wrong += out[i] != in[(size_t)rank * FB_COUNT + i];
@@ -920,6 +924,7 @@ static int late_dead_main(int rank, int size, void *arg)
         uint64_t ep = 0;
         uint8_t act[3] = {0};
         mc_comm_op_view(comm, &ep, act, NULL);
+        ep = mc_test_epoch_rel(ep);
         size_t wrong = 0;
         int64_t m = st == MC_OK ? act[0] + 2 * act[1] + 4 * act[2]
                                 : (int64_t)1 << rank; /* the input, kept */
