@@ -2306,6 +2306,22 @@ static int ag_try_decide(mc_comm_t *c)
                 memset(next, 0, n);
                 return 0;
             }
+            if (ce > c->epoch + 1) {
+                /* etcd is more than one view past ours, so the group went
+                 * on without us: a member of view e + 1 reports in it
+                 * before e + 2 can be decided with it. Our slot may be
+                 * active there again, as another process (etcd's view
+                 * holds no incarnations): we are not that member. */
+                MC_LOG(MC_LOG_WARN,
+                       "rank %d: etcd is at view %llu, more than one past "
+                       "ours (%llu): the group went on without this rank; "
+                       "fenced",
+                       c->rank, (unsigned long long)ce,
+                       (unsigned long long)c->epoch);
+                c->evicted = 1;
+                memset(next, 0, n);
+                return 0;
+            }
             /* another coordinator's view won: adopt it */
             MC_LOG(MC_LOG_WARN,
                    "rank %d: etcd already moved to view %llu: adopting it "
@@ -6187,11 +6203,23 @@ static mc_status_t join_request(mc_comm_t *c, int64_t timeout_ms,
 }
 
 /* MOONCAKE_EPOCH_START: the first view's epoch (default 1; a testing
- * knob, shared by every rank). */
+ * knob, shared by every rank). Not a multiple of 65536: the signal words
+ * hold the epoch's low 16 bits, and (epoch, seq 0) would then be the word
+ * 0, "no word" (a re-run of the very first op across the wrap would hit
+ * the same; the tests that use the knob start with ops nobody is killed
+ * in). */
 static uint64_t epoch_start(void)
 {
     int64_t e = mc_env_int("MOONCAKE_EPOCH_START", 1);
-    return e >= 1 ? (uint64_t)e : 1;
+    if (e < 1 || (e & 0xffff) == 0) {
+        if (e != 1)
+            MC_LOG(MC_LOG_WARN,
+                   "ignoring MOONCAKE_EPOCH_START=%lld: not >= 1, or a "
+                   "multiple of 65536",
+                   (long long)e);
+        return 1;
+    }
+    return (uint64_t)e;
 }
 
 /* Settings every rank must share: they choose the algorithms and the final

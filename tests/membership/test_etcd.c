@@ -459,6 +459,7 @@ typedef struct {
     _Atomic long long t_epoch2_ns[4]; /* first op completed in epoch >= 2 */
     _Atomic int final_epoch[4];
     _Atomic int errors;
+    _Atomic int fail_st[4]; /* with fail_ok: the status of the failed call */
     char err[4][256];
 } em_shm_t;
 
@@ -468,6 +469,7 @@ typedef struct {
     char endpoints[256];
     int size;
     int victim; /* SIGSTOPped (its process checks eviction), or -1 */
+    int fail_ok; /* a failed call ends a rank's loop (fail_st), no error */
 } em_run_t;
 
 static long long now_ns(void)
@@ -506,6 +508,10 @@ static int em_rank(int rank, int size, void *arg)
             /* the stopped rank, resumed after its removal */
             atomic_store(&sh->stopped_rank_st, st);
             atomic_store(&sh->stopped_rank_done, 1);
+            break;
+        }
+        if (k->fail_ok && st != MC_OK) {
+            atomic_store(&sh->fail_st[rank], st);
             break;
         }
         if (st != MC_OK) {
@@ -787,6 +793,79 @@ static void test_view_race(void **state)
     cluster_stop(k);
 }
 
+/* etcd is two views past the group when rank 2 dies: the test writes
+ * epoch 3 with every slot active, as a group that removed rank 1 in epoch
+ * 2 and admitted a new process into its slot in epoch 3 would leave it
+ * (etcd's view holds no incarnations). Rank 0's decision (epoch 2 without
+ * rank 2) loses the transaction, and etcd's view has rank 0's slot active
+ * again; but two views on, that may be another process: rank 0 fences
+ * itself (EVICTED) instead of adopting it, rank 1 likewise once it
+ * decides alone (rank 0 gone; or "no quorum" if it reads rank 0's
+ * revoked lease before its death), and nothing is committed over etcd's
+ * view. Before, both adopted epoch 3, removed rank 2 again in epoch 4 and
+ * went on. */
+static void test_view_skip(void **state)
+{
+    (void)state;
+    cluster_t *k = cluster_start(1);
+    em_run_t *r = em_new(k, 3, -1);
+    r->fail_ok = 1;
+    pid_t pid[3];
+    em_spawn_all(r, pid);
+    mc_etcd_t *e = client(k->endpoints, 2000);
+    mc_etcd_kv_t *kvs;
+    int n;
+    assert_int_equal(mc_etcd_get(e, "/mooncake/", 1, &kvs, &n, NULL), MC_OK);
+    int vi = -1;
+    for (int i = 0; i < n; i++) {
+        if (is_view_key(kvs[i].key)) vi = i;
+    }
+    assert_true(vi >= 0);
+    unsigned long long ep = 0, start = 0;
+    char act[8] = "";
+    assert_int_equal(sscanf(kvs[vi].val, "%llu %llu %7s", &ep, &start, act),
+                     3);
+    assert_int_equal(ep, 1);
+    char nv[64];
+    snprintf(nv, sizeof(nv), "3 %llu 111", start);
+    int ok = 0;
+    assert_int_equal(mc_etcd_cas_val(e, kvs[vi].key, kvs[vi].val, kvs[vi].vlen,
+                                     nv, strlen(nv), 0, &ok, NULL, NULL),
+                     MC_OK);
+    assert_int_equal(ok, 1);
+    char vkey[256];
+    snprintf(vkey, sizeof(vkey), "%s", kvs[vi].key);
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    kill(pid[2], SIGKILL);
+    waitpid(pid[2], NULL, 0);
+    pid_t rest[2] = {pid[0], pid[1]};
+    em_reap(rest, 2, 30);
+    assert_int_equal(atomic_load(&r->sh->errors), 0);
+    for (int p = 0; p < 2; p++) {
+        printf("  rank %d: %s after %d steps (view %d)\n", p,
+               mc_status_str(atomic_load(&r->sh->fail_st[p])),
+               atomic_load(&r->sh->step[p]),
+               atomic_load(&r->sh->final_epoch[p]));
+        assert_int_equal(atomic_load(&r->sh->final_epoch[p]), 1);
+    }
+    assert_int_equal(atomic_load(&r->sh->fail_st[0]), MC_ERR_EVICTED);
+    /* rank 1 decides alone once rank 0 is gone; if rank 0's lease, revoked
+     * as it exits, is read before its death, that is suspicion alone: no
+     * quorum, which stops it too */
+    int st1 = atomic_load(&r->sh->fail_st[1]);
+    assert_true(st1 == MC_ERR_EVICTED || st1 == MC_ERR_NO_QUORUM);
+    /* etcd's view is still the one the test wrote */
+    assert_int_equal(mc_etcd_get(e, vkey, 0, &kvs, &n, NULL), MC_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(strcmp((char *)kvs[0].val, nv), 0);
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    mc_etcd_close(e);
+    em_free(r);
+    cluster_stop(k);
+}
+
 /* The leader of member i's cluster, by etcd's maintenance status (its own
  * member id equals the leader id it reports). */
 static int is_leader(cluster_t *k, int i)
@@ -979,6 +1058,7 @@ int main(void)
         cmocka_unit_test(test_failover),
         cmocka_unit_test(test_etcd_outage),
         cmocka_unit_test(test_view_race),
+        cmocka_unit_test(test_view_skip),
         cmocka_unit_test(test_member_killed_midrun),
     };
     int rc = cmocka_run_group_tests_name("etcd, one member", one, setup_one,
