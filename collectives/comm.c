@@ -2996,7 +2996,8 @@ static int slot_map_peer(mc_comm_t *c, int p)
     mc_stage_info_t info;
     size_t len = 0;
     snprintf(key, sizeof(key), "slot/%d", p);
-    if (mc_store_get(c->store, key, 5000, &info, sizeof(info), &len) !=
+    if (MC_FAULT_FAIL("slot.map") ||
+        mc_store_get(c->store, key, 5000, &info, sizeof(info), &len) !=
             MC_OK ||
         len != sizeof(info) || !info.rid ||
         info.size < MC_STAGE_HDR + slot_region_bytes(c))
@@ -6272,6 +6273,61 @@ static mc_status_t settings_check(int rank, int peer, const char *mine,
     return MC_OK;
 }
 
+/* Creation, once every shm peer's slots were mapped (slot_map_peer): every
+ * rank of this host must hold every other's, or their choices of
+ * algorithm differ (mc_cx_slot_usable) and each op waits for words or
+ * frames the others never send, until the op timeout. Each rank says
+ * whether it holds its own region and every shm peer's ("slotok/<rank>");
+ * one "no" from any of them and each drops the slots for good: its
+ * region's record says "none" from then on, so that a joiner, which maps
+ * the members' regions, drops them too. (A member that cannot map a
+ * joiner's region at admission still splits the choice: not covered.)
+ * MOONCAKE_FAULT_INJECT=slot.map:<n>:fail fails a mapping. */
+static mc_status_t slot_agree(mc_comm_t *c, mc_store_h ps, int64_t deadline)
+{
+    char key[64];
+    uint8_t mine = c->slot_own != NULL, all = mine;
+    for (int p = 0; p < c->size; p++)
+        if (p != c->rank && c->active[p] && c->peer_tl[p] == TL_SHM &&
+            !c->slot_map[p])
+            mine = all = 0;
+    snprintf(key, sizeof(key), "slotok/%d", c->rank);
+    mc_status_t st = mc_store_set(ps, key, &mine, 1);
+    if (st < 0) return st;
+    int bad = -1;
+    for (int p = 0; p < c->size; p++) {
+        if (p == c->rank || !c->active[p] || c->peer_tl[p] != TL_SHM)
+            continue;
+        uint8_t ok = 0;
+        size_t len = 0;
+        int64_t left = (deadline - mc_now_us()) / 1000;
+        snprintf(key, sizeof(key), "slotok/%d", p);
+        st = mc_store_get(ps, key, left > 0 ? left : 0, &ok, 1, &len);
+        if (st == MC_ERR_TIMEOUT)
+            return mc_err(MC_ERR_TIMEOUT,
+                          "comm_create: rank %d did not say within the init "
+                          "timeout whether it mapped the shared slots",
+                          p);
+        if (st < 0) return st;
+        if (len != 1 || !ok) {
+            all = 0;
+            if (bad < 0) bad = p;
+        }
+    }
+    if (all || !c->slot_own) return MC_OK;
+    MC_LOG(MC_LOG_WARN,
+           "rank %d: no shared slots: rank %d could not map every region of "
+           "this host; small ops take the usual algorithms and the final "
+           "barrier",
+           c->rank, bad >= 0 ? bad : c->rank);
+    c->slot_own = NULL;
+    for (int p = 0; p < c->size; p++) c->slot_map[p] = NULL;
+    mc_stage_info_t none;
+    memset(&none, 0, sizeof(none));
+    snprintf(key, sizeof(key), "slot/%d", c->rank);
+    return mc_store_set(ps, key, &none, sizeof(none));
+}
+
 mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                            const mc_comm_config_t *ucfg, mc_comm_h *comm_p)
 {
@@ -6570,6 +6626,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
             if (c->peer_tl[p] == TL_SHM) (void)slot_map_peer(c, p);
         }
         c->oversub = local > local_cpus();
+        if (c->slots && !cfg.join)
+            MC_CHECK_GOTO(slot_agree(c, ps, deadline), st, err_free);
         /* bring up each transport that some peer needs */
         int slot_of[2] = {-1, -1};
         for (int t = 0; t < 2; t++) {

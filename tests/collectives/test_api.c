@@ -683,6 +683,73 @@ static void test_settings_differ(void **state)
     }
 }
 
+/* One rank of three cannot map a peer's shared slots at creation
+ * (MOONCAKE_FAULT_INJECT=slot.map:1:fail on rank 1): it would run small
+ * ops by the usual algorithms while the others took the slots, and every
+ * op would wait until the op timeout. The ranks agree at creation, so all
+ * of them do without the slots: every op completes, with the right
+ * result. */
+static int slot_map_rank(int rank, int size, void *arg)
+{
+    const char *dir = arg;
+    if (rank == 1) setenv("MOONCAKE_FAULT_INJECT", "slot.map:1:fail", 1);
+    mc_store_h store;
+    if (mc_store_file_create(dir, &store) != MC_OK)
+        return MC_TFAIL(rank, "store: %s", mc_last_error());
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = MC_TRANSPORT_SHM;
+    cfg.init_timeout_ms = 20000;
+    cfg.timeout_ms = 5000;
+    mc_comm_h comm = NULL;
+    int fails = 0;
+    mc_status_t st = mc_comm_create(rank, size, store, &cfg, &comm);
+    if (st != MC_OK) {
+        mc_store_destroy(store);
+        return MC_TFAIL(rank, "create: %s", mc_last_error());
+    }
+    for (int it = 0; it < 20 && !fails; it++) {
+        int64_t v[8], g[3 * 8];
+        for (int i = 0; i < 8; i++) v[i] = (int64_t)(rank + 1) * (it + i);
+        st = mc_comm_allreduce(comm, v, v, 8, MC_INT64, MC_SUM);
+        if (st != MC_OK) {
+            fails += MC_TFAIL(rank, "allreduce %d: %s", it,
+                              mc_comm_last_error(comm));
+            break;
+        }
+        for (int i = 0; i < 8; i++)
+            if (v[i] != 6 * (int64_t)(it + i))
+                fails += MC_TFAIL(rank, "allreduce %d: element %d is %lld",
+                                  it, i, (long long)v[i]);
+        for (int i = 0; i < 8; i++) v[i] = rank * 100 + it + i;
+        st = mc_comm_allgather(comm, v, g, 8, MC_INT64);
+        if (st != MC_OK) {
+            fails += MC_TFAIL(rank, "allgather %d: %s", it,
+                              mc_comm_last_error(comm));
+            break;
+        }
+        for (int r = 0; r < 3; r++)
+            for (int i = 0; i < 8; i++)
+                if (g[r * 8 + i] != r * 100 + it + i)
+                    fails += MC_TFAIL(rank, "allgather %d: block %d off", it,
+                                      r);
+    }
+    mc_comm_destroy(comm);
+    mc_store_destroy(store);
+    return fails;
+}
+
+static void test_slot_map_fails(void **state)
+{
+    (void)state;
+    char *dir = mc_test_mkdtemp();
+    assert_non_null(dir);
+    int failed = mc_test_fork(3, 120, slot_map_rank, dir);
+    mc_test_rmtree(dir);
+    free(dir);
+    assert_int_equal(failed, 0);
+}
+
 static api_param_t p2shm = {2, MC_TRANSPORT_SHM}, p3tcp = {3, MC_TRANSPORT_TCP},
                    p2tcp = {2, MC_TRANSPORT_TCP}, p3shm = {3, MC_TRANSPORT_SHM};
 
@@ -701,6 +768,7 @@ int main(void)
         {"lifecycle_3_shm", test_lifecycle, NULL, NULL, &p3shm},
         cmocka_unit_test(test_auto_transport),
         cmocka_unit_test(test_settings_differ),
+        cmocka_unit_test(test_slot_map_fails),
     };
     return cmocka_run_group_tests_name("api", tests, NULL, NULL);
 }
