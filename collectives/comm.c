@@ -6280,17 +6280,19 @@ static mc_status_t settings_check(int rank, int peer, const char *mine,
  * whether it holds its own region and every shm peer's ("slotok/<rank>");
  * one "no" from any of them and each drops the slots for good: its
  * region's record says "none" from then on, so that a joiner, which maps
- * the members' regions, drops them too. (A member that cannot map a
- * joiner's region at admission still splits the choice: not covered.)
+ * the members' regions, drops them too. (Not covered: a member that
+ * cannot map a joiner's region at admission, or a joiner that cannot map
+ * a member's: either still splits the choice.)
  * MOONCAKE_FAULT_INJECT=slot.map:<n>:fail fails a mapping. */
 static mc_status_t slot_agree(mc_comm_t *c, mc_store_h ps, int64_t deadline)
 {
     char key[64];
-    uint8_t mine = c->slot_own != NULL, all = mine;
-    for (int p = 0; p < c->size; p++)
+    uint8_t mine = c->slot_own != NULL; /* then slot_map is there too */
+    for (int p = 0; p < c->size && mine; p++)
         if (p != c->rank && c->active[p] && c->peer_tl[p] == TL_SHM &&
             !c->slot_map[p])
-            mine = all = 0;
+            mine = 0;
+    uint8_t all = mine;
     snprintf(key, sizeof(key), "slotok/%d", c->rank);
     mc_status_t st = mc_store_set(ps, key, &mine, 1);
     if (st < 0) return st;
@@ -6626,7 +6628,9 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
             if (c->peer_tl[p] == TL_SHM) (void)slot_map_peer(c, p);
         }
         c->oversub = local > local_cpus();
-        if (c->slots && !cfg.join)
+        /* on what every rank shares, not on whether its own region
+         * could be had: a rank without one says "no" */
+        if (c->slot_max && size >= 3 && !cfg.join)
             MC_CHECK_GOTO(slot_agree(c, ps, deadline), st, err_free);
         /* bring up each transport that some peer needs */
         int slot_of[2] = {-1, -1};
