@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -703,11 +704,29 @@ static int slot_map_rank(int rank, int size, void *arg)
     cfg.timeout_ms = 5000;
     mc_comm_h comm = NULL;
     int fails = 0;
+    /* the creation's log, to see the agreement drop the slots */
+    char logp[300];
+    snprintf(logp, sizeof(logp), "%s/log.%d", dir, rank);
+    fflush(stderr);
+    int saved = dup(2), lfd = open(logp, O_CREAT | O_RDWR | O_TRUNC, 0600);
+    if (saved < 0 || lfd < 0) return MC_TFAIL(rank, "log file: %s", logp);
+    dup2(lfd, 2);
     mc_status_t st = mc_comm_create(rank, size, store, &cfg, &comm);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    char lg[4096] = "";
+    ssize_t ln = pread(lfd, lg, sizeof(lg) - 1, 0);
+    close(lfd);
+    if (ln > 0) lg[ln] = '\0';
     if (st != MC_OK) {
         mc_store_destroy(store);
         return MC_TFAIL(rank, "create: %s", mc_last_error());
     }
+    if (!strstr(lg, "no shared slots: rank 1 could not map"))
+        fails += MC_TFAIL(rank, "creation did not drop the shared slots "
+                                "(the injected failure did not fire?): %s",
+                          lg);
     for (int it = 0; it < 20 && !fails; it++) {
         int64_t v[8], g[3 * 8];
         for (int i = 0; i < 8; i++) v[i] = (int64_t)(rank + 1) * (it + i);
