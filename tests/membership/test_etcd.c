@@ -728,6 +728,38 @@ static void test_etcd_outage(void **state)
 }
 
 
+/* As another coordinator would: move etcd's view key of the running
+ * 3-rank group from epoch 1 (every slot active) to `epoch` with the
+ * active set `act`, keeping the start seq. The key in vkey, the value
+ * written in nv (64 bytes). */
+static void view_rewrite(mc_etcd_t *e, int epoch, const char *act,
+                         char vkey[256], char nv[64])
+{
+    mc_etcd_kv_t *kvs;
+    int n;
+    assert_int_equal(mc_etcd_get(e, "/mooncake/", 1, &kvs, &n, NULL), MC_OK);
+    int vi = -1;
+    for (int i = 0; i < n; i++) {
+        if (is_view_key(kvs[i].key)) vi = i;
+    }
+    assert_true(vi >= 0);
+    unsigned long long ep = 0, start = 0;
+    char cur[8] = "";
+    assert_int_equal(sscanf(kvs[vi].val, "%llu %llu %7s", &ep, &start, cur),
+                     3);
+    assert_int_equal(ep, 1);
+    assert_string_equal(cur, "111");
+    snprintf(nv, 64, "%d %llu %s", epoch, start, act);
+    int ok = 0;
+    assert_int_equal(mc_etcd_cas_val(e, kvs[vi].key, kvs[vi].val, kvs[vi].vlen,
+                                     nv, strlen(nv), 0, &ok, NULL, NULL),
+                     MC_OK);
+    assert_int_equal(ok, 1);
+    snprintf(vkey, 256, "%s", kvs[vi].key);
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+}
+
 /* Two coordinators race: etcd already holds a view another coordinator
  * committed (here the test writes it: epoch 2 without rank 1, as a
  * partition's other side would) when rank 2 dies. Rank 0's own decision
@@ -744,29 +776,8 @@ static void test_view_race(void **state)
     mc_etcd_t *e = client(k->endpoints, 2000);
     mc_etcd_kv_t *kvs;
     int n;
-    assert_int_equal(mc_etcd_get(e, "/mooncake/", 1, &kvs, &n, NULL), MC_OK);
-    int vi = -1;
-    for (int i = 0; i < n; i++) {
-        if (is_view_key(kvs[i].key)) vi = i;
-    }
-    assert_true(vi >= 0);
-    unsigned long long ep = 0, start = 0;
-    char act[8] = "";
-    assert_int_equal(sscanf(kvs[vi].val, "%llu %llu %7s", &ep, &start, act),
-                     3);
-    assert_int_equal(ep, 1);
-    assert_string_equal(act, "111");
-    char nv[64];
-    snprintf(nv, sizeof(nv), "2 %llu 101", start);
-    int ok = 0;
-    assert_int_equal(mc_etcd_cas_val(e, kvs[vi].key, kvs[vi].val, kvs[vi].vlen,
-                                     nv, strlen(nv), 0, &ok, NULL, NULL),
-                     MC_OK);
-    assert_int_equal(ok, 1);
-    char vkey[256];
-    snprintf(vkey, sizeof(vkey), "%s", kvs[vi].key);
-    mc_etcd_kvs_free(kvs, n);
-    free(kvs);
+    char vkey[256], nv[64];
+    view_rewrite(e, 2, "101", vkey, nv);
     kill(pid[2], SIGKILL);
     waitpid(pid[2], NULL, 0);
     double t0 = now_s();
@@ -815,28 +826,8 @@ static void test_view_skip(void **state)
     mc_etcd_t *e = client(k->endpoints, 2000);
     mc_etcd_kv_t *kvs;
     int n;
-    assert_int_equal(mc_etcd_get(e, "/mooncake/", 1, &kvs, &n, NULL), MC_OK);
-    int vi = -1;
-    for (int i = 0; i < n; i++) {
-        if (is_view_key(kvs[i].key)) vi = i;
-    }
-    assert_true(vi >= 0);
-    unsigned long long ep = 0, start = 0;
-    char act[8] = "";
-    assert_int_equal(sscanf(kvs[vi].val, "%llu %llu %7s", &ep, &start, act),
-                     3);
-    assert_int_equal(ep, 1);
-    char nv[64];
-    snprintf(nv, sizeof(nv), "3 %llu 111", start);
-    int ok = 0;
-    assert_int_equal(mc_etcd_cas_val(e, kvs[vi].key, kvs[vi].val, kvs[vi].vlen,
-                                     nv, strlen(nv), 0, &ok, NULL, NULL),
-                     MC_OK);
-    assert_int_equal(ok, 1);
-    char vkey[256];
-    snprintf(vkey, sizeof(vkey), "%s", kvs[vi].key);
-    mc_etcd_kvs_free(kvs, n);
-    free(kvs);
+    char vkey[256], nv[64];
+    view_rewrite(e, 3, "111", vkey, nv);
     kill(pid[2], SIGKILL);
     waitpid(pid[2], NULL, 0);
     pid_t rest[2] = {pid[0], pid[1]};
