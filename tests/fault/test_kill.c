@@ -1076,11 +1076,23 @@ static int rank_loop(kt_child_t *c)
                                       (uint64_t)s) %
                                 (uint64_t)sc->pace_us));
         for (int v = 0; v < pl->nvict; v++) {
-            if (pl->victim[v] != me || pl->at_step[v] != s) continue;
+            if (pl->victim[v] != me) continue;
             if (sc->kill == K_BOUNDARY || sc->kill == K_SHRINK ||
                 sc->kill == K_INJECT || sc->kill == K_LEFT ||
                 sc->kill == K_RETURN)
                 continue;
+            if (pl->at_step[v] == s - 1 &&
+                __atomic_load_n(&sh->gate_go[me], __ATOMIC_ACQUIRE)) {
+                /* released at the last step's gate and not killed yet (the
+                 * parent's random delay outlasted that call): wait here
+                 * for the kill, just after the call, rather than run on.
+                 * Steps that fail locally at once (a dead root's
+                 * broadcast) could otherwise end the loop first. */
+                int64_t t0 = now_ns();
+                while (now_ns() - t0 < (int64_t)KT_DEADLINE_S * 1000000000)
+                    usleep(50);
+            }
+            if (pl->at_step[v] != s) continue;
             /* the parent releases us and kills us inside this step */
             __atomic_store_n(&sh->at_gate[me], 1, __ATOMIC_RELEASE);
             int64_t t0 = now_ns();
