@@ -9,6 +9,7 @@ scripts/setup.sh
 rc=0
 passed=0
 failed=0
+failed_c=()
 count() { if [ "$1" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); rc=1; fi; }
 for flavour in release asan; do
   echo "== $flavour build"
@@ -18,6 +19,7 @@ for flavour in release asan; do
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   r=0; (cd "build/$flavour" && ctest --output-on-failure --timeout 1200) || r=$?
   count $r
+  [ "$r" -eq 0 ] || failed_c+=("build/$flavour")
 done
 unset ASAN_OPTIONS UBSAN_OPTIONS
 echo "== torch backend"
@@ -32,6 +34,8 @@ r=0; .venv/bin/python tests/python/run_torch_suite.py || r=$?
 count $r
 r=0; tests/gpu/run.sh || r=$?
 count $r
+# the C tests' failure lines again, at the end where a log's tail shows them
+for b in "${failed_c[@]}"; do python3 scripts/ctest_summary.py "$b" 25 || true; done
 # one line per suite above: C release, C asan, torch pytest, torch fault
 # tests in etcd mode, torch suite, gpu
 echo "suites: $passed passed, $failed failed"
