@@ -2986,9 +2986,12 @@ static uint64_t *slot_rword_p(mc_comm_t *c, int p, int w)
  * communicator is made and when a joiner is admitted into slot p, while
  * its process is there (it published the record before its host record),
  * so that every rank's choice (mc_cx_slot_usable) rests on the same
- * facts. 1 if mapped; 0 if it has none (made no region) or it could not
- * be mapped (then slot_map[p] is NULL). */
-static int slot_map_peer(mc_comm_t *c, int p)
+ * facts. 1 if mapped; 0 if this rank or p has no region (the record says
+ * so, the same to every rank); -1 if p's record names a region that could
+ * not be read or mapped here (`why`): a fact of this rank only, which
+ * slot_agree (creation) or the caller (admission) must settle.
+ * slot_map[p] is NULL unless 1. */
+static int slot_map_peer(mc_comm_t *c, int p, char *why, size_t cap)
 {
     if (!c->slot_own) return 0;
     c->slot_map[p] = NULL;
@@ -2996,17 +2999,30 @@ static int slot_map_peer(mc_comm_t *c, int p)
     mc_stage_info_t info;
     size_t len = 0;
     snprintf(key, sizeof(key), "slot/%d", p);
-    if (MC_FAULT_FAIL("slot.map") ||
-        mc_store_get(c->store, key, 5000, &info, sizeof(info), &len) !=
-            MC_OK ||
-        len != sizeof(info) || !info.rid ||
-        info.size < MC_STAGE_HDR + slot_region_bytes(c))
-        return 0;
+    if (MC_FAULT_FAIL("slot.map")) {
+        snprintf(why, cap, "fault injection at slot.map");
+        return -1;
+    }
+    mc_status_t st =
+        mc_store_get(c->store, key, 5000, &info, sizeof(info), &len);
+    if (st != MC_OK || len != sizeof(info)) {
+        snprintf(why, cap, "reading %s: %s", key,
+                 st != MC_OK ? mc_last_error() : "wrong length");
+        return -1;
+    }
+    if (!info.rid) return 0;
+    if (info.size < MC_STAGE_HDR + slot_region_bytes(c)) {
+        snprintf(why, cap, "its region is %llu bytes, want %zu",
+                 (unsigned long long)info.size,
+                 MC_STAGE_HDR + slot_region_bytes(c));
+        return -1;
+    }
     uint8_t *m = mc_stage_peer(c->slots, p, &info, err, sizeof(err));
     if (!m) {
+        snprintf(why, cap, "%s", err);
         MC_LOG(MC_LOG_WARN, "rank %d: cannot map rank %d's slots: %s",
                c->rank, p, err);
-        return 0;
+        return -1;
     }
     c->slot_map[p] = m;
     return 1;
@@ -5865,10 +5881,19 @@ static void admit_peer(mc_comm_t *c, int q)
             t = -1;
         }
     }
-    /* the joiner's shared slots (a new process, a new region) */
+    /* the joiner's shared slots (a new process, a new region). One that
+     * this rank cannot map would split the algorithm choice (the others
+     * would wait for slot words of ours, we for their frames): this rank
+     * cannot work with it, as if it could not reach it, so the joiner
+     * counts as failed and the next agreement removes it. */
     if (c->slot_map) {
+        char swhy[256];
         c->slot_map[q] = NULL;
-        if (t == TL_SHM) (void)slot_map_peer(c, q);
+        if (t == TL_SHM && slot_map_peer(c, q, swhy, sizeof(swhy)) < 0) {
+            snprintf(why, sizeof(why), "cannot map its shared slots: %s",
+                     swhy);
+            t = -1;
+        }
     }
     /* transfers still posted on the old process's streams fail now */
     int64_t until = mc_now_us() + 200000;
@@ -6280,9 +6305,10 @@ static mc_status_t settings_check(int rank, int peer, const char *mine,
  * whether it holds its own region and every shm peer's ("slotok/<rank>");
  * one "no" from any of them and each drops the slots for good: its
  * region's record says "none" from then on, so that a joiner, which maps
- * the members' regions, drops them too. (Not covered: a member that
- * cannot map a joiner's region at admission, or a joiner that cannot map
- * a member's: either still splits the choice.)
+ * the members' regions, drops them too. At a joiner's admission there is
+ * no such round: a joiner that cannot map a member's region fails its
+ * creation, and a member that cannot map the joiner's counts it as failed
+ * (admit_peer); either way the group goes on without the joiner.
  * MOONCAKE_FAULT_INJECT=slot.map:<n>:fail fails a mapping. */
 static mc_status_t slot_agree(mc_comm_t *c, mc_store_h ps, int64_t deadline)
 {
@@ -6624,8 +6650,23 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
                 c->peer_tl[p] = same ? TL_SHM : TL_TCP;
             }
             /* its shared slots, while it is there: it published them
-             * before its host record */
-            if (c->peer_tl[p] == TL_SHM) (void)slot_map_peer(c, p);
+             * before its host record. A joiner that cannot map a member's
+             * region would wait for frames where the members use the
+             * slots: it fails (the members then find it gone, a failed
+             * joiner). At creation slot_agree settles it. */
+            if (c->peer_tl[p] == TL_SHM) {
+                char swhy[256];
+                if (slot_map_peer(c, p, swhy, sizeof(swhy)) < 0 && cfg.join) {
+                    st = mc_err(MC_ERR_IO,
+                                "comm_create (join): cannot map rank %d's "
+                                "shared slots (%s); the members run small "
+                                "ops through them, so this process cannot "
+                                "take part (MOONCAKE_SLOT_MAX=0 on every "
+                                "rank turns them off)",
+                                p, swhy);
+                    goto err_free;
+                }
+            }
         }
         c->oversub = local > local_cpus();
         /* on what every rank shares, not on whether its own region

@@ -517,6 +517,74 @@ static void test_scale_up(void **state)
     rj_free(k);
 }
 
+static pid_t start_fi(rj_run_t *k, int slot, int join, const char *fi)
+{
+    fflush(NULL);
+    pid_t p = fork();
+    if (p == 0) {
+        alarm(RJ_DEADLINE_S + 30);
+        /* read at the process's first fault point: this test runs first,
+         * before the parent itself creates a communicator */
+        setenv("MOONCAKE_FAULT_INJECT", fi, 1);
+        _exit(worker(k, slot, join));
+    }
+    return p;
+}
+
+/* A joiner's shared slots that one side cannot map (3 members on one host
+ * with the slots, a joiner for reserved slot 3): the joiner cannot map a
+ * member's region (its creation fails, naming it), or member 1 cannot map
+ * the joiner's (it counts the joiner as failed). Either way the group
+ * goes on without the joiner (within the liveness timeout) with the right
+ * results. Before, the side without the mapping ran the usual algorithms
+ * and the others the slots: the first op in the view with the joiner
+ * failed on every rank with a collective mismatch ("shared slots" on one
+ * side only), a correct call failed. */
+static void join_map_fails(int joiner_side)
+{
+    rj_run_t *k = rj_new(3, 4, MC_TRANSPORT_SHM);
+    double deadline = now_s() + RJ_DEADLINE_S;
+    for (int p = 0; p < 3; p++)
+        k->pid[p] = joiner_side || p != 1
+                        ? start(k, p, 0)
+                        /* its 2 mappings at creation, then the joiner's */
+                        : start_fi(k, p, 0, "slot.map:3:fail");
+    int before[RJ_MAXR] = {0};
+    assert_int_equal(wait_steps(k, 0x7, before, deadline), 0);
+    k->pid[3] = joiner_side ? start_fi(k, 3, 1, "slot.map:1:fail")
+                            : start(k, 3, 1);
+    int ws = 0;
+    double quick = now_s() + 20;
+    if (waitpid(k->pid[3], &ws, 0) != k->pid[3]) fail_msg("waitpid joiner");
+    if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 1)
+        fail_msg("joiner ended with wait status 0x%x, want exit 1: %s", ws,
+                 k->shm->err[3]);
+    printf("  joiner: %s\n", k->shm->err[3]);
+    if (joiner_side)
+        assert_non_null(strstr(k->shm->err[3], "cannot map rank"));
+    assert_int_equal(atomic_load(&k->shm->joined[3]), 0);
+    assert_int_equal(atomic_load(&k->shm->step[3]), 0);
+    /* the members go on, quickly, in a view without it */
+    snap(k, before);
+    assert_int_equal(wait_steps(k, 0x7, before, quick), 0);
+    rj_finish(k, 0x7, 4, deadline);
+    int last = atomic_load(&k->shm->step[0]) - 1;
+    assert_int_equal(k->shm->rec[0][last].mask, 0x7);
+    rj_free(k);
+}
+
+static void test_join_map_fails_joiner(void **state)
+{
+    (void)state;
+    join_map_fails(1);
+}
+
+static void test_join_map_fails_member(void **state)
+{
+    (void)state;
+    join_map_fails(0);
+}
+
 /* A join for a slot whose process is alive waits and then fails with a
  * clear timeout; the members never notice. */
 static void test_join_active_slot(void **state)
@@ -563,6 +631,9 @@ int main(void)
     g_seed = s ? (unsigned)strtoul(s, NULL, 0) : (unsigned)time(NULL);
     printf("MC_REJOIN_SEED=%u\n", g_seed);
     const struct CMUnitTest tests[] = {
+        /* first: they set MOONCAKE_FAULT_INJECT in forked ranks */
+        cmocka_unit_test(test_join_map_fails_joiner),
+        cmocka_unit_test(test_join_map_fails_member),
         cmocka_unit_test(test_join_active_slot),
         cmocka_unit_test(test_rejoin_shm_4),
         cmocka_unit_test(test_rejoin_tcp_4),
