@@ -1001,10 +1001,119 @@ void MooncakeBackend::shrinkView(const std::vector<int> &ranks)
         }                                                                      \
     } while (0)
 
+// A sparse COO tensor (what gloo does for a SUM): every rank's coalesced
+// entries, gathered, summed by coalescing on each rank in the same order,
+// so every rank gets the same bits. Two collectives, run here and now (the
+// second's sizes come from the first): the shapes (nnz, sparse and dense
+// dims, sizes), then one allgatherv of each rank's indices and values
+// together. A rank that is not in the second's view (it failed) is left
+// out of the sum; a rank's zero-filled block is never read as entries.
+c10::intrusive_ptr<c10d::Work>
+MooncakeBackend::allreduceSparse(at::Tensor &t,
+                                 const c10d::AllreduceOptions &opts)
+{
+    TORCH_CHECK(opts.reduceOp.op_ == c10d::ReduceOp::SUM,
+                "mooncake allreduce: a sparse tensor supports ReduceOp.SUM "
+                "only (as gloo), got ReduceOp ",
+                static_cast<int>(opts.reduceOp.op_));
+    bool dev = t.is_cpu();
+#ifdef MOONCAKE_TORCH_CUDA
+    dev = dev || t.is_cuda();
+#endif
+    TORCH_CHECK(dev, "mooncake allreduce: unsupported device ", t.device(),
+                " for a sparse tensor");
+    at::Tensor in = t.cpu().coalesce();
+    const int64_t sd = in.sparse_dim(), nd = in.dim(), nnz = in._nnz();
+    const at::Tensor idx = in._indices().t().contiguous(); // [nnz, sd]
+    const at::Tensor val = in._values().contiguous();      // [nnz, dense]
+    int64_t row = 1; // elements per entry: the dense dims' sizes
+    for (int64_t d = sd; d < nd; d++)
+        row *= in.size(d);
+    const size_t es = val.element_size();
+    auto w = newWork(c10d::OpType::ALLREDUCE, "allreduce", {t}, opts.timeout);
+
+    // shapes: [nnz, sparse_dim, 0, dtype, sizes...]; a number of dims that
+    // differs between ranks is the engine's mismatch error, the rest is
+    // checked below (the same on every rank)
+    std::vector<int64_t> meta(4 + nd);
+    meta[0] = nnz;
+    meta[1] = sd;
+    meta[2] = 0;
+    meta[3] = static_cast<int64_t>(val.scalar_type());
+    for (int64_t d = 0; d < nd; d++)
+        meta[4 + d] = in.size(d);
+    std::vector<int64_t> all(meta.size() * size_);
+    MC_RUN(w, "allreduce", true, allgather, meta.data(), all.data(),
+           meta.size(), MC_INT64);
+    std::vector<uint8_t> act(size_);
+    mc_comm_op_view(comm_->get(), nullptr, act.data(), nullptr);
+    std::vector<size_t> counts(size_), displs(size_);
+    size_t total = 0;
+    for (int r = 0; r < size_; r++) {
+        const int64_t *m = all.data() + r * meta.size();
+        counts[r] = 0;
+        displs[r] = total;
+        if (!act[r]) continue; // zero-filled: a rank not in the view
+        for (int64_t d = 0; d < nd; d++)
+            TORCH_CHECK(m[4 + d] == meta[4 + d],
+                        "mooncake allreduce: sparse tensor sizes differ: "
+                        "rank ", r, " has ", m[4 + d], " in dim ", d,
+                        ", rank ", rank_, " ", meta[4 + d]);
+        TORCH_CHECK(m[1] == sd && m[3] == meta[3],
+                    "mooncake allreduce: sparse tensors differ: rank ", r,
+                    " has sparse_dim ", m[1], " and dtype ",
+                    static_cast<at::ScalarType>(m[3]), ", rank ", rank_, " ",
+                    sd, " and ", val.scalar_type());
+        TORCH_CHECK(m[0] >= 0, "mooncake allreduce: rank ", r, " has ",
+                    m[0], " sparse entries");
+        // indices, then values, padded to 8 bytes: every block aligned
+        counts[r] = (static_cast<size_t>(m[0]) * (sd * 8 + row * es) + 7) &
+                    ~static_cast<size_t>(7);
+        total += counts[r];
+    }
+    std::vector<uint8_t> mine(counts[rank_]), got(total);
+    if (nnz) {
+        std::memcpy(mine.data(), idx.data_ptr(), nnz * sd * 8);
+        std::memcpy(mine.data() + nnz * sd * 8, val.data_ptr(),
+                    nnz * row * es);
+    }
+    MC_RUN(w, "allreduce", true, allgatherv, mine.data(), mine.size(),
+           got.data(), counts.data(), displs.data(), MC_UINT8);
+    // a rank that failed during the second: in the first's view, not the
+    // second's; its block is zeros
+    mc_comm_op_view(comm_->get(), nullptr, act.data(), nullptr);
+    std::vector<at::Tensor> idxs, vals;
+    std::vector<int64_t> vshape(val.sizes().begin(), val.sizes().end());
+    for (int r = 0; r < size_; r++) {
+        if (!act[r] || !counts[r]) continue;
+        const int64_t n = all[r * meta.size()];
+        uint8_t *b = got.data() + displs[r];
+        idxs.push_back(at::from_blob(b, {n, sd}, at::kLong));
+        vshape[0] = n;
+        vals.push_back(at::from_blob(b + n * sd * 8, vshape,
+                                     val.options().device(at::kCPU)));
+    }
+    at::Tensor out;
+    if (idxs.empty()) {
+        out = at::sparse_coo_tensor(in.sizes(), in.options().device(at::kCPU));
+    } else {
+        // cat copies out of `got`
+        out = at::sparse_coo_tensor(at::cat(idxs).t(), at::cat(vals),
+                                    in.sizes())
+                  .coalesce();
+    }
+    t.copy_(out.to(t.device()));
+    w->start();
+    return w;
+}
+
 c10::intrusive_ptr<c10d::Work>
 MooncakeBackend::allreduce(std::vector<at::Tensor> &tensors,
                            const c10d::AllreduceOptions &opts)
 {
+    if (tensors.size() == 1 && tensors[0].defined() &&
+        tensors[0].layout() == at::kSparse)
+        return allreduceSparse(tensors[0], opts);
     const at::Tensor &t = single(tensors, "allreduce");
     checkTensor(t, "allreduce");
     TORCH_CHECK(!opts.sparseIndices.has_value(),

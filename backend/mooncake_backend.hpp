@@ -320,6 +320,8 @@ class MooncakeBackend : public c10d::Backend
     std::vector<int> admitJoiners();
 
   private:
+    c10::intrusive_ptr<c10d::Work>
+    allreduceSparse(at::Tensor &t, const c10d::AllreduceOptions &opts);
     std::vector<at::Tensor>
     rootList(std::vector<std::vector<at::Tensor>> &lists,
              const at::Tensor &like, int64_t rootRank, const char *op,

@@ -305,7 +305,6 @@ def worker_main(args):
 NOT_APPLICABLE = {
     "test_ddp_logging_data_cpu": "DDP's logger reads C++ ProcessGroup::getBackendName(), which is "
     "'custom' for every backend added with Backend.register_backend (gloo registered as a plugin fails too)",
-    "test_sparse_all_reduce_sum": "sparse all_reduce is implemented only by ProcessGroupGloo",
     "test_monitored_barrier_gloo": "dist.monitored_barrier() refuses every backend but gloo",
     "test_monitored_barrier_gloo_rank_0_timeout": "dist.monitored_barrier() refuses every backend but gloo",
     "test_monitored_barrier_gloo_subgroup": "dist.monitored_barrier() refuses every backend but gloo",

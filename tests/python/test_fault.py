@@ -321,6 +321,54 @@ def _loop_with_kill(ctx, victim, async_op, salt, n=1 << 20, after=5,
     print(f"[fault] rank {me}: {len(seq)} iterations: {seq}")
 
 
+def _sparse_base(r, nnz, seed):
+    """Rank r's sparse COO input: random (overlapping) rows of a 4096 x 64
+    matrix, small integer values (their float sums are exact)."""
+    g = torch.Generator().manual_seed(seed * 131 + r)
+    idx = torch.stack([torch.randint(0, 4096, (nnz,), generator=g),
+                       torch.randint(0, 64, (nnz,), generator=g)])
+    val = torch.randint(-50, 50, (nnz,), generator=g).to(torch.float32)
+    return torch.sparse_coo_tensor(idx, val, (4096, 64)).coalesce()
+
+
+@case(skip_on=NOT_GLOO, kills=True, world_sizes=(3,))
+def kill_mid_sparse_loop_auto(ctx):
+    """A loop of sparse all_reduces (two collectives each: the shapes, then
+    the entries) while a rank dies: every result is the dense sum over all
+    ranks or over the survivors, switching once, the same on every
+    survivor."""
+    _mooncake_only(ctx)
+    ws, me, victim = ctx.world_size, ctx.rank, 2
+    survivors = [r for r in range(ws) if r != victim]
+    base = [_sparse_base(r, 60000, 7) for r in range(ws)]
+    full = sum(b.to_dense() for b in base)
+    part = sum(base[r].to_dense() for r in survivors)
+    ctx.store_barrier("start")
+    if me == victim:
+        delay = random.Random(f"sparse/{os.getpid()}").uniform(0.1, 0.4)
+        threading.Timer(delay, ctx.die).start()
+    deadline = time.monotonic() + 60
+    kinds = ""
+    i = 0
+    while me == victim or kinds.count("S") < 3:
+        assert time.monotonic() < deadline, f"results so far: {kinds}"
+        t = base[me] * 1.0
+        dist.all_reduce(t)
+        d = t.to_dense()
+        if torch.equal(d, full):
+            kinds += "F"
+        elif torch.equal(d, part):
+            kinds += "S"
+        else:
+            raise AssertionError(f"iteration {i}: neither the sum over all "
+                                 f"ranks nor over {survivors}")
+        i += 1
+    assert "SF" not in kinds and "S" in kinds, kinds
+    _check_view("after the sparse loop", 2, survivors, [victim])
+    _same_on(ctx, survivors, "sparse-kinds", kinds)
+    print(f"[fault] rank {me}: {len(kinds)} sparse all_reduces: {kinds}")
+
+
 @case(skip_on=NOT_GLOO, kills=True, world_sizes=(3, 4))
 def kill_mid_loop_auto(ctx):
     _mooncake_only(ctx)

@@ -87,6 +87,54 @@ def all_reduce_coalesced(ctx):
                   f"all_reduce_coalesced {op} {dtype_name(dtype)} tensor {i}")
 
 
+def _sparse_input(rank, ws, dtype, dense_dim):
+    """Rank `rank`'s COO tensor of shape (9, 5[, 3]): entries that every
+    rank has, ones only it has, a duplicate index (summed by coalescing),
+    and none at all on the last rank of 3 or more."""
+    if ws >= 3 and rank == ws - 1:
+        idx = torch.zeros((2, 0), dtype=torch.int64)
+    else:
+        idx = torch.tensor([[0, 8, rank, (rank + 3) % 9, 0],
+                            [0, 4, rank % 5, 2, 0]])
+    n = idx.shape[1]
+    shape = (n, 3) if dense_dim else (n,)
+    val = (torch.arange(n * (3 if dense_dim else 1)).reshape(shape) +
+           10 * rank + 1).to(dtype)
+    size = (9, 5, 3) if dense_dim else (9, 5)
+    return torch.sparse_coo_tensor(idx, val, size)
+
+
+@case
+def all_reduce_sparse(ctx):
+    for dtype in (torch.float32, torch.float64, torch.int64):
+        for dense_dim in (0, 1):
+            ins = [_sparse_input(r, ctx.world_size, dtype, dense_dim)
+                   for r in range(ctx.world_size)]
+            t = ins[ctx.rank].clone()
+            dist.all_reduce(t)
+            assert t.is_sparse, "the result is no longer sparse"
+            want = sum(x.to_dense() for x in ins)
+            check(t.to_dense(), want,
+                  f"sparse all_reduce {dtype_name(dtype)} dense_dim "
+                  f"{dense_dim}")
+
+
+@case(skip_on={"gloo": "the messages are mooncake's"})
+def all_reduce_sparse_bad(ctx):
+    t = _sparse_input(ctx.rank, ctx.world_size, torch.float32, 0)
+    with pytest.raises(RuntimeError, match="supports ReduceOp.SUM only"):
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    # sizes that differ: every rank gets the error (all see every size)
+    bad = torch.sparse_coo_tensor(t._indices(), t._values(),
+                                  (9 + (ctx.rank == 1), 5))
+    with pytest.raises(RuntimeError, match="sparse tensor sizes differ"):
+        dist.all_reduce(bad)
+    # the group still works
+    x = torch.ones(4)
+    dist.all_reduce(x)
+    check(x, torch.full((4,), float(ctx.world_size)), "dense after")
+
+
 # ---------------------------------------------------------------------------
 # all_gather / all_gather_into_tensor
 # ---------------------------------------------------------------------------
