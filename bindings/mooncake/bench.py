@@ -18,8 +18,11 @@ used instead: the default group is gloo and every other backend gets a
 Conventions follow nccl-tests (and the C ``mooncake-bench``):
   size  all_reduce, broadcast: the buffer; all_gather_into_tensor: the
         gathered output; reduce_scatter_tensor: the full input;
-        all_to_all_single: the send buffer. count = elements per call as
-        nccl-tests prints it (per rank block for the last three).
+        all_to_all_single: the send buffer; sparse_all_reduce: every rank's
+        values together (each rank a 1-D sparse COO tensor of count entries
+        over 2 * count * n rows, overlapping the other ranks'; indices not
+        counted). count = elements per call as nccl-tests prints it (per
+        rank block for the last four).
   time  average per iteration of -n calls between barriers, maximum over ranks
         (with -R, the median of R such batches).
   algbw size / time (GB/s, 1e9); busbw = algbw * factor, factor 2(n-1)/n for
@@ -29,6 +32,8 @@ Conventions follow nccl-tests (and the C ``mooncake-bench``):
         whose result is exact in the dtype (before the timed calls).
 torch collectives are in place for all_reduce and broadcast and out of place
 for the others, so there is one set of columns, not nccl-tests' two.
+sparse_all_reduce (CPU) reduces a fresh clone of the input each call (the
+result replaces the tensor's entries); the clone is in the time.
 """
 
 import argparse
@@ -54,6 +59,7 @@ OPS = (
     "reduce_scatter_tensor",
     "broadcast",
     "all_to_all_single",
+    "sparse_all_reduce",
 )
 
 # name -> (torch dtype attribute, largest integer the type holds exactly)
@@ -88,6 +94,7 @@ OP_ALIASES = {
     "reduce_scatter": "reduce_scatter_tensor",
     "bcast": "broadcast",
     "alltoall": "all_to_all_single",
+    "sparse": "sparse_all_reduce",
     "all_to_all": "all_to_all_single",
 }
 BUILTIN_BACKENDS = ("gloo", "nccl", "mpi", "ucc", "xccl")
@@ -225,6 +232,8 @@ def parse_args(argv):
         p.error("-e larger than 64G")
     if a.stepfactor == 1 and a.minbytes != a.maxbytes:
         p.error("-f 1 with -b != -e would never end")
+    if a.op == "sparse_all_reduce" and a.device != "cpu":
+        p.error("sparse_all_reduce runs on cpu tensors only")
     if a.backends is None:
         a.backends_explicit = False
         a.backends = ["mooncake", "nccl" if a.device == "cuda" else "gloo"]
@@ -265,7 +274,7 @@ def busbw_factor(op, n):
         return 2.0 * (n - 1) / n
     if op == "broadcast":
         return 1.0
-    return (n - 1) / n
+    return (n - 1) / n  # sparse_all_reduce: an all_gather of the entries
 
 
 class Pattern:
@@ -326,9 +335,19 @@ class OpCase:
         elif op == "reduce_scatter_tensor":
             self.inp = pat.empty(c * n)
             self.out = pat.empty(c)
+        elif op == "sparse_all_reduce":
+            self.space = 2 * c * n
+            self.inp = self.out = None
         else:  # all_to_all_single
             self.inp = pat.empty(c * n)
             self.out = pat.empty(c * n)
+
+    def _sparse_in(self, r):
+        c, p = self.count, self.pat
+        idx = (3 * torch.arange(c, dtype=torch.int64) + 5 * r) % self.space
+        with torch.sparse.check_sparse_tensor_invariants(enable=True):
+            return torch.sparse_coo_tensor(idx.unsqueeze(0), p.to(p.red_in(r, 0, c)),
+                                           (self.space,)).coalesce()
 
     def fill(self):
         p, r, c, n = self.pat, self.rank, self.count, self.n
@@ -345,6 +364,9 @@ class OpCase:
         elif self.op == "reduce_scatter_tensor":
             self.inp.copy_(p.to(p.red_in(r, 0, c * n)))
             self.out.fill_(p.garbage)
+        elif self.op == "sparse_all_reduce":
+            self.inp = self._sparse_in(r)
+            self.out = self.inp.clone()
         else:
             self.inp.copy_(p.to(torch.cat([p.mov_in(r, j, c) for j in range(n)])))
             self.out.fill_(p.garbage)
@@ -359,6 +381,12 @@ class OpCase:
             return p.to(torch.cat([p.mov_in(j, 0, c) for j in range(n)]))
         if self.op == "reduce_scatter_tensor":
             return p.to(p.red_ref(r * c, c))
+        if self.op == "sparse_all_reduce":
+            acc = torch.zeros(self.space, dtype=torch.int64)
+            for j in range(n):
+                t = self._sparse_in(j)
+                acc.index_add_(0, t.indices()[0], t.values().to(torch.int64))
+            return p.to(acc)
         return p.to(torch.cat([p.mov_in(j, r, c) for j in range(n)]))
 
     def run(self):
@@ -371,6 +399,9 @@ class OpCase:
             dist.all_gather_into_tensor(self.out, self.inp, group=g)
         elif self.op == "reduce_scatter_tensor":
             dist.reduce_scatter_tensor(self.out, self.inp, op=dist.ReduceOp.SUM, group=g)
+        elif self.op == "sparse_all_reduce":
+            self.out = self.inp.clone()
+            dist.all_reduce(self.out, op=dist.ReduceOp.SUM, group=g)
         else:
             dist.all_to_all_single(self.out, self.inp, group=g)
 
@@ -381,6 +412,8 @@ class OpCase:
 
     def count_wrong(self):
         got = self.out.cpu()
+        if got.is_sparse:
+            got = got.to_dense()
         want = self.expected().cpu()
         return int((got != want).sum().item())
 
@@ -438,7 +471,8 @@ def sweep(opts, group, rank, n, device, emit):
                 "size": nbytes,
                 "count": count,
                 "type": opts.datatype,
-                "redop": "sum" if opts.op in ("all_reduce", "reduce_scatter_tensor") else "none",
+                "redop": "sum" if opts.op in ("all_reduce", "reduce_scatter_tensor",
+                                              "sparse_all_reduce") else "none",
                 "root": opts.root if opts.op == "broadcast" else -1,
                 "time_us": us,
                 "algbw": algbw,
