@@ -1032,16 +1032,15 @@ MooncakeBackend::allreduceSparse(at::Tensor &t,
     const size_t es = val.element_size();
     auto w = newWork(c10d::OpType::ALLREDUCE, "allreduce", {t}, opts.timeout);
 
-    // shapes: [nnz, sparse_dim, 0, dtype, sizes...]; a number of dims that
+    // shapes: [nnz, sparse_dim, dtype, sizes...]; a number of dims that
     // differs between ranks is the engine's mismatch error, the rest is
     // checked below (the same on every rank)
-    std::vector<int64_t> meta(4 + nd);
+    std::vector<int64_t> meta(3 + nd);
     meta[0] = nnz;
     meta[1] = sd;
-    meta[2] = 0;
-    meta[3] = static_cast<int64_t>(val.scalar_type());
+    meta[2] = static_cast<int64_t>(val.scalar_type());
     for (int64_t d = 0; d < nd; d++)
-        meta[4 + d] = in.size(d);
+        meta[3 + d] = in.size(d);
     std::vector<int64_t> all(meta.size() * size_);
     MC_RUN(w, "allreduce", true, allgather, meta.data(), all.data(),
            meta.size(), MC_INT64);
@@ -1055,14 +1054,14 @@ MooncakeBackend::allreduceSparse(at::Tensor &t,
         displs[r] = total;
         if (!act[r]) continue; // zero-filled: a rank not in the view
         for (int64_t d = 0; d < nd; d++)
-            TORCH_CHECK(m[4 + d] == meta[4 + d],
+            TORCH_CHECK(m[3 + d] == meta[3 + d],
                         "mooncake allreduce: sparse tensor sizes differ: "
-                        "rank ", r, " has ", m[4 + d], " in dim ", d,
-                        ", rank ", rank_, " ", meta[4 + d]);
-        TORCH_CHECK(m[1] == sd && m[3] == meta[3],
+                        "rank ", r, " has ", m[3 + d], " in dim ", d,
+                        ", rank ", rank_, " ", meta[3 + d]);
+        TORCH_CHECK(m[1] == sd && m[2] == meta[2],
                     "mooncake allreduce: sparse tensors differ: rank ", r,
                     " has sparse_dim ", m[1], " and dtype ",
-                    static_cast<at::ScalarType>(m[3]), ", rank ", rank_, " ",
+                    static_cast<at::ScalarType>(m[2]), ", rank ", rank_, " ",
                     sd, " and ", val.scalar_type());
         TORCH_CHECK(m[0] >= 0, "mooncake allreduce: rank ", r, " has ",
                     m[0], " sparse entries");
