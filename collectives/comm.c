@@ -5885,11 +5885,16 @@ static void admit_peer(mc_comm_t *c, int q)
      * this rank cannot map would split the algorithm choice (the others
      * would wait for slot words of ours, we for their frames): this rank
      * cannot work with it, as if it could not reach it, so the joiner
-     * counts as failed and the next agreement removes it. */
+     * counts as failed and the next agreement removes it. Mapped after
+     * add_peer, so that the joiner's own creation completes and it learns
+     * at its first call that it was removed (mapped first and not
+     * connected, it would wait out its init timeout). t is an index into
+     * c->tl, not a kind. */
     if (c->slot_map) {
         char swhy[256];
         c->slot_map[q] = NULL;
-        if (t == TL_SHM && slot_map_peer(c, q, swhy, sizeof(swhy)) < 0) {
+        if (t >= 0 && c->tlops[t] == &mc_tl_shm_ops &&
+            slot_map_peer(c, q, swhy, sizeof(swhy)) < 0) {
             snprintf(why, sizeof(why), "cannot map its shared slots: %s",
                      swhy);
             t = -1;
