@@ -1092,15 +1092,15 @@ MooncakeBackend::allreduceSparse(at::Tensor &t,
         vals.push_back(at::from_blob(b + n * sd * 8, vshape,
                                      val.options().device(at::kCPU)));
     }
-    at::Tensor out;
-    if (idxs.empty()) {
-        out = at::sparse_coo_tensor(in.sizes(), in.options().device(at::kCPU));
-    } else {
-        // cat copies out of `got`
-        out = at::sparse_coo_tensor(at::cat(idxs).t(), at::cat(vals),
-                                    in.sizes())
-                  .coalesce();
+    if (idxs.empty()) { // no entries anywhere: keep the sparse/dense dims
+        idxs.push_back(at::empty({0, sd}, at::kLong));
+        vshape[0] = 0;
+        vals.push_back(at::empty(vshape, val.options().device(at::kCPU)));
     }
+    // cat copies out of `got`
+    at::Tensor out = at::sparse_coo_tensor(at::cat(idxs).t(), at::cat(vals),
+                                           in.sizes())
+                         .coalesce();
     t.copy_(out.to(t.device()));
     w->start();
     return w;

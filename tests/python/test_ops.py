@@ -113,10 +113,18 @@ def all_reduce_sparse(ctx):
             t = ins[ctx.rank].clone()
             dist.all_reduce(t)
             assert t.is_sparse, "the result is no longer sparse"
+            assert (t.sparse_dim(), t.dense_dim()) == (2, dense_dim)
             want = sum(x.to_dense() for x in ins)
             check(t.to_dense(), want,
                   f"sparse all_reduce {dtype_name(dtype)} dense_dim "
                   f"{dense_dim}")
+    # no entries on any rank, a dense dim: the layout stays
+    e = torch.sparse_coo_tensor(torch.zeros((1, 0), dtype=torch.int64),
+                                torch.zeros((0, 3)), (9, 3))
+    dist.all_reduce(e)
+    assert (e.sparse_dim(), e.dense_dim(), e._nnz()) == (1, 1, 0), \
+        (e.sparse_dim(), e.dense_dim(), e._nnz())
+    check(e.to_dense(), torch.zeros(9, 3), "all-empty sparse all_reduce")
 
 
 @case(skip_on={"gloo": "the messages are mooncake's"})
