@@ -53,6 +53,7 @@
  * counts dead to end (ag_try_decide); the TCP transport ends such a stream
  * after MOONCAKE_TCP_CLOSE_GRACE_MS (2 s) at the latest. */
 #define MC_AG_EOF_WAIT_US 3000000
+#define MC_AG_PROBE_US 200000 /* see ag_probe_wait_us */
 #define MC_HOST_MAX 512
 
 typedef struct mc_comm mc_comm_t;
@@ -1978,6 +1979,33 @@ static int64_t ag_eof_wait_us(const mc_comm_t *c)
     return half < MC_AG_EOF_WAIT_US ? half : MC_AG_EOF_WAIT_US;
 }
 
+/* How long the coordinator keeps asking the transports about peers it
+ * holds on suspicion alone before it reports "no quorum" (below). */
+static int64_t ag_probe_wait_us(const mc_comm_t *c)
+{
+    int64_t w = ag_eof_wait_us(c);
+    return w < MC_AG_PROBE_US ? w : MC_AG_PROBE_US;
+}
+
+/* Suspicion (silence past the liveness timeout, an expired etcd lease)
+ * may rest on a peer that is in fact dead and whose end nobody has read:
+ * a rank idle between ops when it died has run no progress since. Before
+ * it counts as suspicion alone, which needs a majority, ask its transport
+ * (shm: the peer's closed flags and pidfd; tcp: a hang-up and the close
+ * check against its listener). Returns 1 when that is evidence of its
+ * death, recorded as any other (plock held). */
+static int ag_probe(mc_comm_t *c, int q)
+{
+    int t = c->peer_tl[q];
+    if (t < 0 || c->peer_dead[q]) return c->peer_dead[q];
+    mc_status_t st = c->tlops[t]->peer_status(c->tl[t], q);
+    if (st == MC_OK || st == MC_INPROGRESS) return 0;
+    MC_LOG(MC_LOG_WARN, "rank %d: suspected rank %d: its transport reports "
+           "it gone (%s)", c->rank, q, mc_status_str(st));
+    peer_failed(c, q, st);
+    return 1;
+}
+
 static int ag_coord(const mc_comm_t *c)
 {
     for (int p = 0; p < c->size; p++)
@@ -2202,6 +2230,7 @@ static int ag_try_decide(mc_comm_t *c)
             dead |= m[q];
             susp |= m[n + q];
         }
+        if (susp && !dead && q != c->rank) dead = ag_probe(c, q);
         if (dead && q != c->rank && ag_doubt(c, q)) {
             susp = 1;
             dead = 0;
@@ -2231,6 +2260,12 @@ static int ag_try_decide(mc_comm_t *c)
         nnew++;
     }
     if (susp_only && 2 * nnew <= nold) {
+        /* a dead suspect's transport may need a moment to tell (a tcp
+         * close check, the shm check's rate limit): ask again first */
+        if (mc_now_us() < c->ag_start_us + ag_probe_wait_us(c)) {
+            memset(next, 0, n);
+            return 0;
+        }
         MC_LOG(MC_LOG_ERROR,
                "rank %d: view %llu: only %d of %d ranks reachable and some "
                "removals rest on suspicion alone: no quorum",
