@@ -257,6 +257,33 @@ def kill_between_calls_auto(ctx):
     print(f"[fault] rank {me}: first call after the kill took {took:.3f}s")
 
 
+@case(skip_on=NOT_GLOO, kills=True, world_sizes=(2, 4))
+def kill_then_idle_auto(ctx):
+    """Half the group dies while the survivors compute for longer than the
+    liveness timeout (3 s by default; with etcd also the lease TTL, 2 s):
+    at their next call they find the dead ranks silent before any transport
+    end was read. Suspicion alone has no majority here; the death is
+    evidence all the same, so the call completes over the survivors."""
+    _mooncake_only(ctx)
+    ws, me = ctx.world_size, ctx.rank
+    victims = list(range(ws // 2, ws))
+    survivors = [r for r in range(ws) if r not in victims]
+    _ops_over(ctx, list(range(ws)), "before")
+    ctx.store_barrier("before-kill")
+    if me in victims:
+        ctx.die()
+    time.sleep(3.5)  # "compute": no calls into the backend
+    ins = [make_input(r, 4096, torch.float32, "after-idle") for r in
+           range(ws)]
+    t = ins[me].clone()
+    dist.all_reduce(t)
+    check(t, ref_reduce([ins[r] for r in survivors], "SUM", torch.float32),
+          "the first all_reduce after the idle time (survivors only)")
+    _check_view("after the idle time", 2, survivors, victims)
+    digs = [_digest(t), _ops_over(ctx, survivors, "after-idle/1")]
+    _same_on(ctx, survivors, "idle-digests", ",".join(digs))
+
+
 def _loop_with_kill(ctx, victim, async_op, salt, n=1 << 20, after=5,
                     limit_s=60.0):
     """Every rank loops over large all_reduces; the victim SIGKILLs itself
