@@ -53,7 +53,7 @@
  * counts dead to end (ag_try_decide); the TCP transport ends such a stream
  * after MOONCAKE_TCP_CLOSE_GRACE_MS (2 s) at the latest. */
 #define MC_AG_EOF_WAIT_US 3000000
-#define MC_AG_PROBE_US 200000 /* see ag_probe_wait_us */
+#define MC_AG_PROBE_MIN_US 1000000 /* see ag_probe_wait_us */
 #define MC_HOST_MAX 512
 
 typedef struct mc_comm mc_comm_t;
@@ -1980,11 +1980,22 @@ static int64_t ag_eof_wait_us(const mc_comm_t *c)
 }
 
 /* How long the coordinator keeps asking the transports about peers it
- * holds on suspicion alone before it reports "no quorum" (below). */
+ * holds on suspicion alone before it reports "no quorum" (below). A killed
+ * process falls silent at once, but the kernel closes its sockets and
+ * makes its pidfd readable only after it has freed its memory (about
+ * 60 ms per GiB on this project's VM: a large process can stay silent for
+ * seconds before anything on the wire says it died). The liveness
+ * timeout, at least MC_AG_PROBE_MIN_US, at most ag_eof_wait_us. */
 static int64_t ag_probe_wait_us(const mc_comm_t *c)
 {
-    int64_t w = ag_eof_wait_us(c);
-    return w < MC_AG_PROBE_US ? w : MC_AG_PROBE_US;
+    int64_t w = MC_AG_PROBE_MIN_US;
+    if (c->live) {
+        mc_live_stats_t ls;
+        mc_live_stats(c->live, &ls);
+        if (ls.timeout_ms * 1000 > w) w = ls.timeout_ms * 1000;
+    }
+    int64_t cap = ag_eof_wait_us(c);
+    return w < cap ? w : cap;
 }
 
 /* Suspicion (silence past the liveness timeout, an expired etcd lease)
@@ -2260,8 +2271,9 @@ static int ag_try_decide(mc_comm_t *c)
         nnew++;
     }
     if (susp_only && 2 * nnew <= nold) {
-        /* a dead suspect's transport may need a moment to tell (a tcp
-         * close check, the shm check's rate limit): ask again first */
+        /* a dead suspect's transport may need a while to tell (the
+         * kernel's teardown of the process, a tcp close check, the shm
+         * check's rate limit): ask again first */
         if (mc_now_us() < c->ag_start_us + ag_probe_wait_us(c)) {
             memset(next, 0, n);
             return 0;

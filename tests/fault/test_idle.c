@@ -14,7 +14,8 @@
  * Each case: n ranks run a few allreduces, the victims die, the survivors
  * sleep (idle, no engine calls), then run more allreduces. Every survivor
  * must succeed, report a view of exactly the survivors, and hold the sum
- * over them. The negative side (a stopped, live peer of a 2-rank group
+ * over them. slow_exit_tcp_2: the victim's sockets outlive it (below).
+ * The negative side (a stopped, live peer of a 2-rank group
  * gives "no quorum") is test_stop's stop_shm_2.
  *
  * idle_lease_*: only with MOONCAKE_ETCD_ENDPOINTS (the fault_etcd_mode
@@ -46,6 +47,7 @@ typedef struct {
     uint32_t victims; /* bit per rank */
     int clean;        /* victims destroy and exit instead of SIGKILL */
     int lease;        /* long liveness timeout: the lease must tell */
+    int hold_ms;      /* the victim's sockets outlive it this long */
     mc_transport_kind_t tr;
     char dir[256];
 } idle_run_t;
@@ -93,9 +95,15 @@ static int idle_main(int rank, int size, void *arg)
                 mc_comm_destroy(c);
                 _exit(0);
             }
+            if (victim && k->hold_ms && fork() == 0) {
+                /* holds the victim's descriptors (its sockets), as the
+                 * kernel does while it frees a large process's memory */
+                usleep((useconds_t)k->hold_ms * 1000);
+                _exit(0);
+            }
             if (victim) raise(SIGKILL);
             /* idle past the liveness timeout (or the lease's TTL) */
-            usleep(k->lease ? 2500000 : 1000000);
+            if (!k->hold_ms) usleep(k->lease ? 2500000 : 1000000);
         }
         for (int i = 0; i < ID_COUNT; i++) v[i] = (int64_t)(rank + 1) * (s + i);
         st = mc_comm_allreduce(c, v, v, ID_COUNT, MC_INT64, MC_SUM);
@@ -136,8 +144,8 @@ static int idle_main(int rank, int size, void *arg)
     return 0;
 }
 
-static void run_idle(int n, uint32_t victims, int clean, int lease,
-                     mc_transport_kind_t tr)
+static void run_idle_hold(int n, uint32_t victims, int clean, int lease,
+                          int hold_ms, mc_transport_kind_t tr)
 {
     if (lease && !getenv("MOONCAKE_ETCD_ENDPOINTS")) skip();
     g_sh = mmap(NULL, sizeof(*g_sh), PROT_READ | PROT_WRITE,
@@ -145,7 +153,7 @@ static void run_idle(int n, uint32_t victims, int clean, int lease,
     assert_true(g_sh != MAP_FAILED);
     memset(g_sh, 0, sizeof(*g_sh));
     idle_run_t k = {.n = n, .victims = victims, .clean = clean,
-                    .lease = lease, .tr = tr};
+                    .lease = lease, .hold_ms = hold_ms, .tr = tr};
     char *d = mc_test_mkdtemp();
     assert_non_null(d);
     snprintf(k.dir, sizeof(k.dir), "%s", d);
@@ -163,6 +171,12 @@ static void run_idle(int n, uint32_t victims, int clean, int lease,
     }
     munmap(g_sh, sizeof(*g_sh));
     assert_int_equal(bad, 0);
+}
+
+static void run_idle(int n, uint32_t victims, int clean, int lease,
+                     mc_transport_kind_t tr)
+{
+    run_idle_hold(n, victims, clean, lease, 0, tr);
 }
 
 /* 2 ranks: the survivor alone is no majority of the view */
@@ -194,6 +208,15 @@ static void idle_kill_tcp_4(void **s)
 {
     (void)s, run_idle(4, 0x3, 0, 0, MC_TRANSPORT_TCP);
 }
+/* A killed process goes silent at once, but its sockets close only after
+ * the kernel has freed its memory (about 60 ms per GiB here). Here a child
+ * holds them for 800 ms while the survivor, in the op, suspects the
+ * victim after 300 ms of silence: it must wait for the evidence (the
+ * liveness timeout, at least 1 s) before it reports "no quorum". */
+static void slow_exit_tcp_2(void **s)
+{
+    (void)s, run_idle_hold(2, 0x2, 0, 0, 800, MC_TRANSPORT_TCP);
+}
 static void idle_lease_kill_shm_2(void **s)
 {
     (void)s, run_idle(2, 0x2, 0, 1, MC_TRANSPORT_SHM);
@@ -212,6 +235,7 @@ int main(void)
         cmocka_unit_test(idle_clean_tcp_2),
         cmocka_unit_test(idle_kill_shm_4),
         cmocka_unit_test(idle_kill_tcp_4),
+        cmocka_unit_test(slow_exit_tcp_2),
         cmocka_unit_test(idle_lease_kill_shm_2),
         cmocka_unit_test(idle_lease_clean_tcp_2),
     };
