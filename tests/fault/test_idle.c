@@ -14,7 +14,8 @@
  * Each case: n ranks run a few allreduces, the victims die, the survivors
  * sleep (idle, no engine calls), then run more allreduces. Every survivor
  * must succeed, report a view of exactly the survivors, and hold the sum
- * over them. slow_exit_tcp_2: the victim's sockets outlive it (below).
+ * over them. slow_exit_tcp_2, big_exit_shm_2: a killed process that
+ * takes a while to close its files (below).
  * The negative side (a stopped, live peer of a 2-rank group
  * gives "no quorum") is test_stop's stop_shm_2.
  *
@@ -23,6 +24,7 @@
  * only suspicion (TTL 1 s, idle 2.5 s).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -48,11 +50,13 @@ typedef struct {
     int clean;        /* victims destroy and exit instead of SIGKILL */
     int lease;        /* long liveness timeout: the lease must tell */
     int hold_ms;      /* the victim's sockets outlive it this long */
+    int rss_mb;       /* the victim holds this much memory (big_exit) */
     mc_transport_kind_t tr;
     char dir[256];
 } idle_run_t;
 
 typedef struct {
+    int pid[8];
     int done[8];      /* survivor finished its checks */
     char err[8][256]; /* first problem per rank */
 } idle_shm_t;
@@ -68,6 +72,35 @@ static int fail_rank(int rank, const char *fmt, ...)
     vsnprintf(g_sh->err[rank], sizeof(g_sh->err[rank]), fmt, ap);
     va_end(ap);
     return MC_TFAIL(rank, "%s", g_sh->err[rank]);
+}
+
+/* Is the victim still being torn down: one of its tasks not yet a zombie
+ * (the leader turns zombie first; the last thread frees the memory)? */
+static int victim_tearing_down(const idle_run_t *k, int size)
+{
+    int vp = 0;
+    for (int p = 0; p < size; p++)
+        if ((k->victims >> p) & 1) vp = g_sh->pid[p];
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/task", vp);
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    int running = 0;
+    struct dirent *e;
+    while (!running && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        char tp[96], buf[512];
+        snprintf(tp, sizeof(tp), "%s/%.16s/stat", path, e->d_name);
+        FILE *f = fopen(tp, "r");
+        if (!f) continue;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        const char *x = strrchr(buf, ')');
+        running = x && x[1] && x[2] != 'Z' && x[2] != 'X';
+    }
+    closedir(d);
+    return running;
 }
 
 static int idle_main(int rank, int size, void *arg)
@@ -87,6 +120,14 @@ static int idle_main(int rank, int size, void *arg)
     mc_status_t st = mc_comm_create(rank, size, store, &cfg, &c);
     mc_store_destroy(store);
     if (st != MC_OK) return fail_rank(rank, "create: %s", mc_last_error());
+    g_sh->pid[rank] = (int)getpid();
+    if (k->rss_mb && ((k->victims >> rank) & 1)) {
+        size_t len = (size_t)k->rss_mb << 20;
+        char *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) return fail_rank(rank, "mmap: %m");
+        memset(m, 1, len); /* freed by the kernel when it is killed */
+    }
     int64_t v[ID_COUNT];
     for (int s = 0; s < ID_BEFORE + ID_AFTER; s++) {
         int victim = (k->victims >> rank) & 1;
@@ -103,7 +144,8 @@ static int idle_main(int rank, int size, void *arg)
             }
             if (victim) raise(SIGKILL);
             /* idle past the liveness timeout (or the lease's TTL) */
-            if (!k->hold_ms) usleep(k->lease ? 2500000 : 1000000);
+            if (!k->hold_ms && !k->rss_mb)
+                usleep(k->lease ? 2500000 : 1000000);
         }
         for (int i = 0; i < ID_COUNT; i++) v[i] = (int64_t)(rank + 1) * (s + i);
         st = mc_comm_allreduce(c, v, v, ID_COUNT, MC_INT64, MC_SUM);
@@ -117,6 +159,12 @@ static int idle_main(int rank, int size, void *arg)
         uint8_t act[8];
         int na;
         mc_comm_op_view(c, &ep, act, &na);
+        if (k->rss_mb && s == ID_BEFORE && !victim_tearing_down(k, size)) {
+            int rc = fail_rank(rank, "step %d: completed only once the "
+                               "kernel had torn down the victim", s);
+            mc_comm_destroy(c);
+            return rc;
+        }
         int64_t w = 0;
         for (int p = 0; p < size; p++) {
             int want = s < ID_BEFORE || !((k->victims >> p) & 1);
@@ -144,8 +192,8 @@ static int idle_main(int rank, int size, void *arg)
     return 0;
 }
 
-static void run_idle_hold(int n, uint32_t victims, int clean, int lease,
-                          int hold_ms, mc_transport_kind_t tr)
+static void run_idle_ex(int n, uint32_t victims, int clean, int lease,
+                        int hold_ms, int rss_mb, mc_transport_kind_t tr)
 {
     if (lease && !getenv("MOONCAKE_ETCD_ENDPOINTS")) skip();
     g_sh = mmap(NULL, sizeof(*g_sh), PROT_READ | PROT_WRITE,
@@ -153,7 +201,8 @@ static void run_idle_hold(int n, uint32_t victims, int clean, int lease,
     assert_true(g_sh != MAP_FAILED);
     memset(g_sh, 0, sizeof(*g_sh));
     idle_run_t k = {.n = n, .victims = victims, .clean = clean,
-                    .lease = lease, .hold_ms = hold_ms, .tr = tr};
+                    .lease = lease, .hold_ms = hold_ms, .rss_mb = rss_mb,
+                    .tr = tr};
     char *d = mc_test_mkdtemp();
     assert_non_null(d);
     snprintf(k.dir, sizeof(k.dir), "%s", d);
@@ -176,7 +225,7 @@ static void run_idle_hold(int n, uint32_t victims, int clean, int lease,
 static void run_idle(int n, uint32_t victims, int clean, int lease,
                      mc_transport_kind_t tr)
 {
-    run_idle_hold(n, victims, clean, lease, 0, tr);
+    run_idle_ex(n, victims, clean, lease, 0, 0, tr);
 }
 
 /* 2 ranks: the survivor alone is no majority of the view */
@@ -215,7 +264,15 @@ static void idle_kill_tcp_4(void **s)
  * liveness timeout, at least 1 s) before it reports "no quorum". */
 static void slow_exit_tcp_2(void **s)
 {
-    (void)s, run_idle_hold(2, 0x2, 0, 0, 800, MC_TRANSPORT_TCP);
+    (void)s, run_idle_ex(2, 0x2, 0, 0, 800, 0, MC_TRANSPORT_TCP);
+}
+/* The same over shm, found sooner: the victim holds 2 GiB (the kernel
+ * frees it in 100-200 ms here before the pidfd says "exited"); the
+ * survivor, waiting in the op, must complete it while the victim is still
+ * being torn down (every thread exiting, shm_pid_exiting), not after. */
+static void big_exit_shm_2(void **s)
+{
+    (void)s, run_idle_ex(2, 0x2, 0, 0, 0, 2048, MC_TRANSPORT_SHM);
 }
 static void idle_lease_kill_shm_2(void **s)
 {
@@ -236,6 +293,7 @@ int main(void)
         cmocka_unit_test(idle_kill_shm_4),
         cmocka_unit_test(idle_kill_tcp_4),
         cmocka_unit_test(slow_exit_tcp_2),
+        cmocka_unit_test(big_exit_shm_2),
         cmocka_unit_test(idle_lease_kill_shm_2),
         cmocka_unit_test(idle_lease_clean_tcp_2),
     };

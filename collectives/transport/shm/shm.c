@@ -70,7 +70,14 @@
  *  transfers could not move, in wait(), and in peer_status(); at most
  *  every MC_SHM_CHECK_US either way. Moving data never pays for it. A
  *  pidfd also sees a dead-but-unreaped (zombie) peer and cannot be fooled
- *  by pid reuse. `closed` flags: the peer's control block (it destroyed
+ *  by pid reuse. A killed process signals its pidfd only once the kernel
+ *  has freed its memory (about 60 ms per GiB here: a large training
+ *  process looks alive for seconds), so a peer whose every thread is
+ *  exiting (PF_EXITING in /proc/<pid>/task/<tid>/stat) or has a SIGKILL
+ *  pending (its status: a thread in disk I/O acts on it only when that
+ *  ends), read only after the leader's stat shows one of them, counts as
+ *  gone too, once seen so on two looks at least MC_SHM_EXIT_SETTLE_US
+ *  apart: none of its threads runs user code again. `closed` flags: the peer's control block (it destroyed
  *  its transport), the directory entry it holds for us (it dropped us: a
  *  newer process took our slot in its view), or the link block (a guest
  *  left).
@@ -103,6 +110,7 @@
  *  attached or timeout_ms has passed. Transfers posted meanwhile wait.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -135,7 +143,9 @@
 #define MC_SHM_NAME_MAX 64
 #define MC_SHM_KEY_MAX 64
 #define MC_SHM_CHECK_US 2000      /* liveness check period, stalled peer */
-#define MC_SHM_SLEEP_MAX_US 50000 /* longest wait() sleep with xfers posted */
+#define MC_SHM_EXIT_SETTLE_US 1000 /* exiting: looks this far apart */
+#define MC_SHM_EXIT_CHECK_US 5000 /* exiting: looked for this often */
+#define MC_SHM_SLEEP_MAX_US 20000 /* longest wait() sleep with xfers posted */
 #define MC_SHM_SLEEP_LINK_US 1000 /* longest sleep without futex_waitv */
 #define MC_SHM_WAITV_MAX 128      /* FUTEX_WAITV_MAX */
 #define MC_SHM_ADD_RETRY_MIN_US 500
@@ -220,6 +230,9 @@ typedef struct mc_shm_peer {
     const char *why;     /* reason, for log lines and rejected posts */
     pid_t pid;
     int pidfd; /* -1: fall back to kill(pid, 0) */
+    int stat_fd; /* /proc/<pid>/stat of that process, or -1 */
+    int64_t exiting_us;      /* when every thread was first seen exiting */
+    int64_t next_exit_check_us;
     void *map; /* classic, guest: the peer's segment */
     size_t map_len;
     mc_shm_bell_t *bell;       /* where the peer sleeps: ring after moving */
@@ -376,8 +389,101 @@ static int shm_ringref_ok(const mc_shm_ringref_t *ref, size_t seg_len,
 #define MC_SHM_WHY_DROPPED "dropped this rank (a newer process took its slot)"
 #define MC_SHM_WHY_CORRUPT "corrupted a ring's counters"
 
+/* The flags field of a /proc/.../stat file read through fd (the 9th:
+ * after "pid (comm) state ppid pgrp session tty_nr tpgid"); -1 if it
+ * cannot be read (a reaped process's file reads nothing). */
+static long shm_stat_flags_fd(int fd, char *state)
+{
+    char buf[512];
+    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* comm may hold spaces and parens */
+    if (!p) return -1;
+    unsigned long flags;
+    char st;
+    if (sscanf(p + 1, " %c %*d %*d %*d %*d %*d %lu", &st, &flags) != 2)
+        return -1;
+    if (state) *state = st;
+    return (long)(flags & LONG_MAX);
+}
+
+static long shm_stat_flags(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    long f = shm_stat_flags_fd(fd, NULL);
+    close(fd);
+    return f;
+}
+
+#define MC_SHM_PF_EXITING 0x4L /* PF_EXITING: the task is in do_exit */
+
+/* Has task tid of process pid a SIGKILL pending (its SigPnd or ShdPnd in
+ * /proc/<pid>/task/<tid>/status)? Such a task never runs user code again:
+ * it exits at its next return from the kernel, which a task in an
+ * uninterruptible wait (disk I/O) reaches only later. */
+static int shm_task_killed(pid_t pid, const char *tid)
+{
+    char path[96], buf[2048];
+    snprintf(path, sizeof(path), "/proc/%d/task/%.16s/status", (int)pid, tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    static const char *keys[] = {"\nSigPnd:", "\nShdPnd:"};
+    for (int i = 0; i < 2; i++) {
+        const char *k = strstr(buf, keys[i]);
+        unsigned long long m;
+        if (k && sscanf(k + strlen(keys[i]), " %llx", &m) == 1 &&
+            (m & (1ull << (SIGKILL - 1))))
+            return 1;
+    }
+    return 0;
+}
+
+/* Is every thread of process pid exiting? A task in do_exit never runs
+ * user code again, but the kernel frees a killed process's memory before
+ * it closes its files and signals its pidfd: about 60 ms per GiB on this
+ * project's VM, so a large process can take seconds to look dead. The
+ * leader's flags first (one read; it may also exit alone, with pthread_exit:
+ * then every task is read, and one that is not exiting says "no"). */
+static int shm_pid_exiting(pid_t pid, int stat_fd)
+{
+    char state = 0, path[64];
+    long f = shm_stat_flags_fd(stat_fd, &state);
+    if (f < 0) return 0;
+    if (!(f & MC_SHM_PF_EXITING)) {
+        /* the leader in an uninterruptible wait may hold a SIGKILL */
+        snprintf(path, sizeof(path), "%d", (int)pid);
+        if (state != 'D' || !shm_task_killed(pid, path)) return 0;
+    }
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    int all = 1, seen = 0;
+    struct dirent *e;
+    while (all && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        char tp[96];
+        snprintf(tp, sizeof(tp), "/proc/%d/task/%.16s/stat", (int)pid,
+                 e->d_name);
+        f = shm_stat_flags(tp);
+        /* a task that ended meanwhile is gone from the list: no "no" */
+        if (f >= 0 && !(f & MC_SHM_PF_EXITING) &&
+            !shm_task_killed(pid, e->d_name)) {
+            all = 0;
+        }
+        seen += f >= 0;
+    }
+    closedir(d);
+    return all && seen;
+}
+
 /* Reason the peer is gone, or NULL while it looks alive. */
-static const char *shm_peer_gone(const mc_shm_peer_t *pe)
+static const char *shm_peer_gone(mc_shm_peer_t *pe)
 {
     if (pe->closed[0] && __atomic_load_n(pe->closed[0], __ATOMIC_ACQUIRE))
         return MC_SHM_WHY_CLOSED;
@@ -385,10 +491,31 @@ static const char *shm_peer_gone(const mc_shm_peer_t *pe)
         return MC_SHM_WHY_DROPPED;
     if (pe->pidfd >= 0) {
         struct pollfd pfd = {.fd = pe->pidfd, .events = POLLIN};
-        return poll(&pfd, 1, 0) > 0 ? "exited" : NULL;
+        if (poll(&pfd, 1, 0) > 0) return "exited";
+    } else if (kill(pe->pid, 0) < 0 && errno == ESRCH) {
+        return "exited";
     }
-    if (kill(pe->pid, 0) < 0 && errno == ESRCH) return "exited";
-    return NULL;
+    /* exiting: gone once seen so on two looks MC_SHM_EXIT_SETTLE_US
+     * apart (its last stores have long reached memory by then); looked
+     * for every MC_SHM_EXIT_CHECK_US (a stalled wait checks more often) */
+    if (pe->stat_fd < 0) return NULL;
+    int64_t now = mc_now_us();
+    if (!pe->exiting_us && now < pe->next_exit_check_us) return NULL;
+    pe->next_exit_check_us = now + MC_SHM_EXIT_CHECK_US;
+    if (!shm_pid_exiting(pe->pid, pe->stat_fd)) {
+        pe->exiting_us = 0;
+        return NULL;
+    }
+    if (!pe->exiting_us) pe->exiting_us = now;
+    return now - pe->exiting_us >= MC_SHM_EXIT_SETTLE_US ? "is exiting" : NULL;
+}
+
+/* Stop watching pe's process (its pidfd and stat file). */
+static void shm_unwatch_pid(mc_shm_peer_t *pe)
+{
+    if (pe->pidfd >= 0) close(pe->pidfd);
+    if (pe->stat_fd >= 0) close(pe->stat_fd);
+    pe->pidfd = pe->stat_fd = -1;
 }
 
 /* Rate-limited liveness check; *now_p is read lazily (0 = not yet).
@@ -745,7 +872,7 @@ static int shm_sleep(mc_tl_t *tl, mc_shm_bell_t *const *bells,
 static void shm_wait(mc_tl_t *tl, int64_t timeout_us)
 {
     if (!tl || !tl->connected || timeout_us <= 0 || tl->orphans) return;
-    int posted = 0;
+    int posted = 0, settling = 0;
     int64_t now = 0;
     int nlinks = 0;
     for (int i = 0; i < tl->npeers; i++) {
@@ -760,10 +887,13 @@ static void shm_wait(mc_tl_t *tl, int64_t timeout_us)
         const char *why = shm_check_peer(pe, &now);
         /* callbacks run from progress only: it settles the peer */
         if (why) shm_mark_gone(tl, pe, why, 0);
+        settling |= !why && pe->exiting_us != 0;
     }
     if (tl->nunsettled) return;
     int64_t us = timeout_us;
     if (posted && us > MC_SHM_SLEEP_MAX_US) us = MC_SHM_SLEEP_MAX_US;
+    /* a peer seen exiting is looked at again soon: its second look */
+    if (settling && us > MC_SHM_CHECK_US) us = MC_SHM_CHECK_US;
     for (int i = 0; i < tl->nadds; i++) {
         /* the next attach attempt or deadline of an add */
         if (!now) now = mc_now_us();
@@ -970,9 +1100,8 @@ static void shm_peer_release(mc_tl_t *tl, mc_shm_peer_t *pe)
         __atomic_store_n(&tl->dir[pe->rank].dropped, 1, __ATOMIC_RELEASE);
     if (pe->bell) shm_bell(pe->bell); /* let a sleeper see it */
     if (pe->map) munmap(pe->map, pe->map_len);
-    if (pe->pidfd >= 0) close(pe->pidfd);
+    shm_unwatch_pid(pe);
     pe->map = NULL;
-    pe->pidfd = -1;
 }
 
 static void shm_destroy(mc_tl_t *tl)
@@ -985,7 +1114,7 @@ static void shm_destroy(mc_tl_t *tl)
             __atomic_store_n(&pe->link->bell.closed, 1, __ATOMIC_RELEASE);
         if (pe->bell) shm_bell(pe->bell); /* let a sleeper see `closed` */
         if (pe->map) munmap(pe->map, pe->map_len);
-        if (pe->pidfd >= 0) close(pe->pidfd);
+        shm_unwatch_pid(pe);
         free(pe);
     }
     if (tl->seg) munmap(tl->seg, tl->seg_len);
@@ -1013,6 +1142,7 @@ static mc_status_t shm_peer_new(mc_tl_t *tl, int r, mc_shm_peer_t **pe_p)
     if (!pe) return mc_err(MC_ERR_NO_MEMORY, "shm: out of memory");
     pe->rank = r;
     pe->pidfd = -1;
+    pe->stat_fd = -1;
     for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
         pe->tx[ch].peer = pe;
         pe->tx[ch].is_send = 1;
@@ -1235,7 +1365,12 @@ static mc_status_t shm_map_segment(mc_tl_t *tl, mc_shm_peer_t *pe,
 /* Watch pid for pe; fails if it is gone already. */
 static mc_status_t shm_watch_pid(mc_tl_t *tl, mc_shm_peer_t *pe, int pid)
 {
+    shm_unwatch_pid(pe);
     pe->pid = (pid_t)pid;
+    pe->exiting_us = pe->next_exit_check_us = 0;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    pe->stat_fd = open(path, O_RDONLY | O_CLOEXEC); /* -1: no such look */
     pe->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
     if (pe->pidfd < 0 && errno == ESRCH)
         pe->why = "exited";
@@ -1386,8 +1521,7 @@ static mc_status_t shm_attach(mc_tl_t *tl, mc_shm_peer_t *pe, int64_t wait_ms)
     return MC_OK;
 
 unmap:
-    if (pe->pidfd >= 0) close(pe->pidfd);
-    pe->pidfd = -1;
+    shm_unwatch_pid(pe);
     if (pe->map) munmap(pe->map, pe->map_len);
     pe->map = NULL;
     pe->bell = NULL;
