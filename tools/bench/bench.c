@@ -74,6 +74,7 @@ struct bench_opts {
     int kill;
     int kills;
     uint64_t kill_bytes;
+    int kill_rss_mb; /* --kill-rss: memory each rank touches first */
     uint64_t seed;
     int seed_set;
     int ft_compare;
@@ -131,6 +132,10 @@ static void usage(FILE *f)
 "                          --ft-reps runs of -n iterations (default 10 here)\n"
 "                          after -w warm-ups).\n"
 "      --kills N           number of trials (default 50; 0: only compare)\n"
+"      --kill-rss MIB      each rank first touches MIB MiB of memory, as a\n"
+"                          training process holds (default 0): the kernel\n"
+"                          closes a killed process's sockets and signals its\n"
+"                          pidfd only after freeing its memory\n"
 "      --seed N            seed for kill times and victims (default: clock)\n"
 "      --ft-compare 0|1    run the FT on/off comparison (default 1)\n"
 "      --ft-sizes LIST     its sizes, comma-separated (default\n"
@@ -273,6 +278,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         OPT_MEMCPY,
         OPT_KILL,
         OPT_KILLS,
+        OPT_KILL_RSS,
         OPT_SEED,
         OPT_FT_COMPARE,
         OPT_FT_SIZES,
@@ -295,6 +301,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         {"memcpy", no_argument, NULL, OPT_MEMCPY},
         {"kill", no_argument, NULL, OPT_KILL},
         {"kills", required_argument, NULL, OPT_KILLS},
+        {"kill-rss", required_argument, NULL, OPT_KILL_RSS},
         {"seed", required_argument, NULL, OPT_SEED},
         {"ft-compare", required_argument, NULL, OPT_FT_COMPARE},
         {"ft-sizes", required_argument, NULL, OPT_FT_SIZES},
@@ -391,6 +398,9 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         case OPT_KILLS:
             bad = parse_int(optarg, 0, 1000000, &o->kills);
             break;
+        case OPT_KILL_RSS:
+            bad = parse_int(optarg, 0, 1 << 20, &o->kill_rss_mb);
+            break;
         case OPT_SEED: {
             char *end;
             errno = 0;
@@ -425,6 +435,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
                     : c == OPT_RANKS      ? "ranks"
                     : c == OPT_TRANSPORT  ? "transport"
                     : c == OPT_KILLS      ? "kills"
+                    : c == OPT_KILL_RSS   ? "kill-rss"
                     : c == OPT_SEED       ? "seed"
                     : c == OPT_FT_COMPARE ? "ft-compare"
                     : c == OPT_FT_SIZES   ? "ft-sizes"
@@ -1318,6 +1329,19 @@ static int kill_rank(const struct bench_opts *o, struct kill_shm *sh,
         mc_store_destroy(store);
         return 1;
     }
+    if (o->kill_rss_mb) {
+        size_t len = (size_t)o->kill_rss_mb << 20;
+        char *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) {
+            snprintf(err, errcap, "--kill-rss: mmap of %d MiB: %s",
+                     o->kill_rss_mb, strerror(errno));
+            mc_comm_destroy(comm);
+            mc_store_destroy(store);
+            return 1;
+        }
+        memset(m, 1, len); /* held until the rank exits */
+    }
     size_t count = o->kill_bytes / sizeof(float);
     if (!count) count = 1;
     float *s = malloc(count * sizeof(float));
@@ -1835,10 +1859,11 @@ static int kill_main(const struct bench_opts *o, int argc, char **argv)
     uint64_t seed =
         o->seed_set ? o->seed : (uint64_t)now_ns() ^ ((uint64_t)getpid() << 32);
     printf("# mooncake-bench %d.%d --kill: ranks %d  transport %s  allreduce "
-           "float32 sum of %" PRIu64 " B  kills %d  seed 0x%" PRIx64 "\n",
+           "float32 sum of %" PRIu64 " B  kills %d  rss %d MiB  seed 0x%" PRIx64
+           "\n",
            MC_VERSION_MAJOR, MC_VERSION_MINOR, o->nranks,
            (unsigned)o->transport < 3 ? tnames[o->transport] : "?",
-           o->kill_bytes, o->kills, seed);
+           o->kill_bytes, o->kills, o->kill_rss_mb, seed);
     print_machine(argc, argv);
     fflush(stdout);
 
