@@ -2010,7 +2010,10 @@ static int ag_probe(mc_comm_t *c, int q)
     int t = c->peer_tl[q];
     if (t < 0 || c->peer_dead[q]) return c->peer_dead[q];
     mc_status_t st = c->tlops[t]->peer_status(c->tl[t], q);
-    if (st == MC_OK || st == MC_INPROGRESS) return 0;
+    /* only a verdict on the peer counts (not a bad argument, say) */
+    if (st != MC_ERR_PEER_FAILED && st != MC_ERR_TIMEOUT &&
+        st != MC_ERR_PROTOCOL)
+        return 0;
     MC_LOG(MC_LOG_WARN, "rank %d: suspected rank %d: its transport reports "
            "it gone (%s)", c->rank, q, mc_status_str(st));
     peer_failed(c, q, st);

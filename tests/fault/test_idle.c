@@ -126,6 +126,8 @@ static int idle_main(int rank, int size, void *arg)
         char *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m == MAP_FAILED) return fail_rank(rank, "mmap: %m");
+        /* small pages: huge ones are freed too fast to tell */
+        (void)madvise(m, len, MADV_NOHUGEPAGE);
         memset(m, 1, len); /* freed by the kernel when it is killed */
     }
     int64_t v[ID_COUNT];
@@ -266,13 +268,13 @@ static void slow_exit_tcp_2(void **s)
 {
     (void)s, run_idle_ex(2, 0x2, 0, 0, 800, 0, MC_TRANSPORT_TCP);
 }
-/* The same over shm, found sooner: the victim holds 2 GiB (the kernel
- * frees it in 100-200 ms here before the pidfd says "exited"); the
+/* The same over shm, found sooner: the victim holds 3 GiB (the kernel
+ * frees it in about 200 ms here before the pidfd says "exited"); the
  * survivor, waiting in the op, must complete it while the victim is still
  * being torn down (every thread exiting, shm_pid_exiting), not after. */
 static void big_exit_shm_2(void **s)
 {
-    (void)s, run_idle_ex(2, 0x2, 0, 0, 0, 2048, MC_TRANSPORT_SHM);
+    (void)s, run_idle_ex(2, 0x2, 0, 0, 0, 3072, MC_TRANSPORT_SHM);
 }
 static void idle_lease_kill_shm_2(void **s)
 {

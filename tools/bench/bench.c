@@ -1340,6 +1340,7 @@ static int kill_rank(const struct bench_opts *o, struct kill_shm *sh,
             mc_store_destroy(store);
             return 1;
         }
+        (void)madvise(m, len, MADV_NOHUGEPAGE); /* as a heap's pages */
         memset(m, 1, len); /* held until the rank exits */
     }
     size_t count = o->kill_bytes / sizeof(float);

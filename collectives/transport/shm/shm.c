@@ -1368,9 +1368,16 @@ static mc_status_t shm_watch_pid(mc_tl_t *tl, mc_shm_peer_t *pe, int pid)
     shm_unwatch_pid(pe);
     pe->pid = (pid_t)pid;
     pe->exiting_us = pe->next_exit_check_us = 0;
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-    pe->stat_fd = open(path, O_RDONLY | O_CLOEXEC); /* -1: no such look */
+    /* only where /proc names our pid namespace's pids (not a parent's
+     * /proc left mounted after unshare -p): -1, no such look */
+    char path[64], self[32];
+    ssize_t sl = readlink("/proc/self", self, sizeof(self) - 1);
+    if (sl > 0) self[sl] = '\0';
+    snprintf(path, sizeof(path), "%d", (int)getpid());
+    if (sl > 0 && strcmp(self, path) == 0) {
+        snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+        pe->stat_fd = open(path, O_RDONLY | O_CLOEXEC);
+    }
     pe->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
     if (pe->pidfd < 0 && errno == ESRCH)
         pe->why = "exited";
