@@ -10,8 +10,10 @@
 
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <glob.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1059,6 +1061,146 @@ static void test_data_before_death(void **state)
     t_env_fini(&e);
 }
 
+/* A peer whose main thread called pthread_exit (a zombie, exiting) while
+ * another thread goes on with the transport, starting and ending threads
+ * all the while (the task listing then moves under every look): it is
+ * not gone. It is once that thread exits the process. */
+static int lx_churn_body_n;
+static void *lx_churn_body(void *a)
+{
+    __atomic_add_fetch(&lx_churn_body_n, 1, __ATOMIC_RELAXED);
+    return a;
+}
+
+static int lx_leader_state(void)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int)getpid());
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' ? p[2] : 0;
+}
+
+static void *lx_worker(void *arg)
+{
+    t_rank_t *r = arg;
+    int64_t t0 = mc_now_us();
+    while (lx_leader_state() != 'Z') {
+        if (mc_now_us() - t0 > 10000000) {
+            MC_TFAIL(r->rank, "the main thread never became a zombie");
+            _exit(1);
+        }
+        usleep(1000);
+    }
+    mc_store_set(r->store, "leader_gone", "1", 1);
+    uint8_t b = 0;
+    mc_xfer_t x = {.buf = &b, .len = 1};
+    if (ops->post_recv(r->tl, 0, MC_CH_P2P, &x) != MC_OK) {
+        MC_TFAIL(r->rank, "post_recv: %s", mc_last_error());
+        _exit(1);
+    }
+    /* start and end threads until rank 0's byte arrives */
+    while (x.status == MC_INPROGRESS) {
+        if (mc_now_us() - t0 > 30000000) {
+            MC_TFAIL(r->rank, "rank 0's byte never came");
+            _exit(1);
+        }
+        pthread_t th[4];
+        int k = 0;
+        for (; k < 4; k++)
+            if (pthread_create(&th[k], NULL, lx_churn_body, NULL)) break;
+        for (int i = 0; i < k; i++)
+            pthread_join(th[i], NULL);
+        ops->progress(r->tl);
+    }
+    if (x.status != MC_OK || b != 0x5a) {
+        MC_TFAIL(r->rank, "rank 0's byte: status %d value %u", x.status, b);
+        _exit(1);
+    }
+    uint8_t a = 0xa5;
+    mc_xfer_t y = {.buf = &a, .len = 1};
+    mc_xfer_t *one[1] = {&y};
+    if (ops->post_send(r->tl, 0, MC_CH_P2P, &y) != MC_OK ||
+        t_drive_set(r->tl, one, 1, 10000) || y.status != MC_OK) {
+        MC_TFAIL(r->rank, "answer to rank 0 failed");
+        _exit(1);
+    }
+    printf("    rank 1: %d threads started and ended with the main thread "
+           "gone\n",
+           __atomic_load_n(&lx_churn_body_n, __ATOMIC_RELAXED));
+    char v[8];
+    size_t len;
+    /* exit once rank 0 has looked at us alive: the whole process goes */
+    mc_store_get(r->store, "answered", 20000, v, sizeof(v), &len);
+    fflush(stdout);
+    _exit(0);
+}
+
+static int rank_leader_exits(int rank, int size, void *arg)
+{
+    static t_rank_t r;
+    if (t_setup(arg, rank, size, &r)) return 1;
+    if (rank == 1) {
+        pthread_t w;
+        if (pthread_create(&w, NULL, lx_worker, &r))
+            return MC_TFAIL(rank, "pthread_create");
+        pthread_exit(NULL);
+    }
+    char v[8];
+    size_t len;
+    if (mc_store_get(r.store, "leader_gone", 20000, v, sizeof(v), &len) !=
+        MC_OK)
+        return MC_TFAIL(rank, "rank 1 never reported its main thread gone");
+    /* look for 600 ms, every 200 us (the transport looks at most every
+     * 5 ms; each look reads the whole task list while it churns) */
+    int64_t t0 = mc_now_us();
+    long looks = 0;
+    while (mc_now_us() - t0 < 600000) {
+        mc_status_t st = ops->peer_status(r.tl, 1);
+        if (st != MC_OK)
+            return MC_TFAIL(rank, "rank 1 (main thread exited, another "
+                            "thread working) reported gone after %" PRId64
+                            " us: %s", mc_now_us() - t0, mc_status_str(st));
+        looks++;
+        usleep(200);
+    }
+    uint8_t b = 0x5a, a = 0;
+    mc_xfer_t x = {.buf = &b, .len = 1}, y = {.buf = &a, .len = 1};
+    mc_xfer_t *two[2] = {&x, &y};
+    if (ops->post_recv(r.tl, 1, MC_CH_P2P, &y) != MC_OK ||
+        ops->post_send(r.tl, 1, MC_CH_P2P, &x) != MC_OK ||
+        t_drive_set(r.tl, two, 2, 20000) || x.status != MC_OK ||
+        y.status != MC_OK || a != 0xa5)
+        return MC_TFAIL(rank, "exchange with rank 1 failed: %d %d %u",
+                        x.status, y.status, a);
+    mc_store_set(r.store, "answered", "1", 1);
+    /* now it exits: found gone */
+    t0 = mc_now_us();
+    while (ops->peer_status(r.tl, 1) == MC_OK) {
+        if (mc_now_us() - t0 > 10000000)
+            return MC_TFAIL(rank, "rank 1 exited, still not found gone");
+        usleep(1000);
+    }
+    printf("    rank 0: %ld looks alive; gone %.1f ms after its answer\n",
+           looks, (double)(mc_now_us() - t0) / 1000);
+    t_teardown(&r);
+    return 0;
+}
+
+static void test_leader_exits(void **state)
+{
+    (void)state;
+    t_env_t e;
+    t_env_init(&e);
+    assert_int_equal(t_run(&e, 2, 60, rank_leader_exits), 0);
+    t_env_fini(&e);
+}
+
 /* ------------------------------------------------------------------------ */
 /* end of stream: a gone peer's bytes serve receives posted after its death */
 /* ------------------------------------------------------------------------ */
@@ -1452,6 +1594,7 @@ int main(void)
         cmocka_unit_test(test_peer_sigkilled),
         cmocka_unit_test(test_peer_closed),
         cmocka_unit_test(test_data_before_death),
+        cmocka_unit_test(test_leader_exits),
         cmocka_unit_test(test_eos_closed),
         cmocka_unit_test(test_eos_exited),
         cmocka_unit_test(test_eos_closed_empty_payload),

@@ -444,12 +444,40 @@ static int shm_task_killed(pid_t pid, const char *tid)
     return 0;
 }
 
+/* The number of tasks in process pid's thread group now ("Threads:" in
+ * its status: the kernel's count of the tasks its task list holds, the
+ * exited ones not yet released included); -1 if it cannot be read. */
+static long shm_pid_threads(pid_t pid)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    const char *k = strstr(buf, "\nThreads:");
+    long t;
+    if (!k || sscanf(k + 9, " %ld", &t) != 1) return -1;
+    return t;
+}
+
 /* Is every thread of process pid exiting? A task in do_exit never runs
  * user code again, but the kernel frees a killed process's memory before
  * it closes its files and signals its pidfd: about 60 ms per GiB on this
  * project's VM, so a large process can take seconds to look dead. The
  * leader's flags first (one read; it may also exit alone, with pthread_exit:
- * then every task is read, and one that is not exiting says "no"). */
+ * then every task is read, and one that is not exiting says "no").
+ *
+ * The kernel's task listing can skip a live task: when the task the
+ * listing stands on is released meanwhile it resumes by position, or ends.
+ * A live task is never released, so it is still counted in "Threads:"
+ * read after the listing; every task the listing gave that is still there
+ * afterwards is counted too. So a listing that missed a live task leaves
+ * fewer of its tasks present than that count, and says "no" (a task
+ * released between the two reads only lowers the side it is missing
+ * from: "no" again, and the next look decides). */
 static int shm_pid_exiting(pid_t pid, int stat_fd)
 {
     char state = 0, path[64];
@@ -463,7 +491,8 @@ static int shm_pid_exiting(pid_t pid, int stat_fd)
     snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
     DIR *d = opendir(path);
     if (!d) return 0;
-    int all = 1, seen = 0;
+    int all = 1, seen = 0, cap = 0;
+    pid_t *tids = NULL;
     struct dirent *e;
     while (all && (e = readdir(d)) != NULL) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
@@ -476,9 +505,32 @@ static int shm_pid_exiting(pid_t pid, int stat_fd)
             !shm_task_killed(pid, e->d_name)) {
             all = 0;
         }
-        seen += f >= 0;
+        if (f < 0 || !all) continue;
+        if (seen == cap) {
+            int nc = cap ? 2 * cap : 64;
+            pid_t *nt = realloc(tids, (size_t)nc * sizeof(*nt));
+            if (!nt) {
+                all = 0; /* cannot tell: "no", looked at again later */
+                break;
+            }
+            tids = nt;
+            cap = nc;
+        }
+        tids[seen++] = (pid_t)strtol(e->d_name, NULL, 10);
     }
     closedir(d);
+    if (all && seen) {
+        long threads = shm_pid_threads(pid);
+        int present = 0;
+        for (int i = 0; i < seen; i++) {
+            char tp[96];
+            snprintf(tp, sizeof(tp), "/proc/%d/task/%d/stat", (int)pid,
+                     (int)tids[i]);
+            present += access(tp, F_OK) == 0;
+        }
+        all = threads >= 0 && present >= threads;
+    }
+    free(tids);
     return all && seen;
 }
 
