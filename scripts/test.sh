@@ -5,6 +5,8 @@
 # and gloo in one harness).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# each phase's start, with the seconds since the command began
+phase() { echo "== $* (at ${SECONDS} s)"; }
 scripts/setup.sh
 rc=0
 passed=0
@@ -12,9 +14,9 @@ failed=0
 failed_c=()
 count() { if [ "$1" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); rc=1; fi; }
 for flavour in release asan; do
-  echo "== $flavour build"
+  phase "$flavour build"
   scripts/build.sh "$flavour"
-  echo "== $flavour tests"
+  phase "$flavour tests"
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   r=0; (cd "build/$flavour" && ctest --output-on-failure --timeout 1200) || r=$?
@@ -22,14 +24,14 @@ for flavour in release asan; do
   [ "$r" -eq 0 ] || failed_c+=("build/$flavour")
 done
 unset ASAN_OPTIONS UBSAN_OPTIONS
-echo "== torch backend"
+phase "torch backend"
 scripts/setup_torch.sh
 r=0; .venv/bin/python -m pytest -q tests/python || r=$?
 count $r
-echo "== torch fault tests with etcd membership on"
+phase "torch fault tests with etcd membership on"
 r=0; tests/membership/etcd_mode.sh ".venv/bin/python -m pytest -q tests/python/test_fault.py tests/python/test_rejoin.py" || r=$?
 count $r
-echo "== PyTorch distributed suite (gloo and mooncake)"
+phase "PyTorch distributed suite (gloo and mooncake)"
 r=0; .venv/bin/python tests/python/run_torch_suite.py || r=$?
 count $r
 r=0; tests/gpu/run.sh || r=$?
@@ -38,5 +40,5 @@ count $r
 for b in "${failed_c[@]}"; do python3 scripts/ctest_summary.py "$b" 25 || true; done
 # one line per suite above: C release, C asan, torch pytest, torch fault
 # tests in etcd mode, torch suite, gpu
-echo "suites: $passed passed, $failed failed"
+echo "suites: $passed passed, $failed failed (${SECONDS} s)"
 exit $rc

@@ -66,6 +66,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <fnmatch.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1032,5 +1033,29 @@ int main(void)
         cmocka_unit_test(late_frame_tcp_2),
         cmocka_unit_test(report_pair_tcp_2),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    /* MC_STOP_ONLY: comma-separated name patterns (fnmatch), e.g.
+     * "*slot*,*split*": run only the cases that match one */
+    const char *only = getenv("MC_STOP_ONLY");
+    enum { NT = sizeof(tests) / sizeof(tests[0]) };
+    struct CMUnitTest run[NT];
+    size_t nrun = 0;
+    for (size_t i = 0; i < NT; i++) {
+        int take = !only || !*only;
+        for (const char *p = only; !take && p && *p;) {
+            const char *e = strchr(p, ',');
+            size_t len = e ? (size_t)(e - p) : strlen(p);
+            char pat[128];
+            if (len >= sizeof(pat)) len = sizeof(pat) - 1;
+            memcpy(pat, p, len);
+            pat[len] = '\0';
+            take = fnmatch(pat, tests[i].name, 0) == 0;
+            p = e ? e + 1 : NULL;
+        }
+        if (take) run[nrun++] = tests[i];
+    }
+    if (!nrun) {
+        fprintf(stderr, "test_stop: MC_STOP_ONLY=%s matches no case\n", only);
+        return 1;
+    }
+    return _cmocka_run_group_tests("stop", run, nrun, NULL, NULL);
 }
