@@ -1012,40 +1012,65 @@ c10::intrusive_ptr<c10d::Work>
 MooncakeBackend::allreduceSparse(at::Tensor &t,
                                  const c10d::AllreduceOptions &opts)
 {
-    TORCH_CHECK(opts.reduceOp.op_ == c10d::ReduceOp::SUM,
-                "mooncake allreduce: a sparse tensor supports ReduceOp.SUM "
-                "only (as gloo), got ReduceOp ",
-                static_cast<int>(opts.reduceOp.op_));
+    // What this rank cannot do (a ReduceOp other than SUM, a device) goes
+    // into the shapes' exchange, so that every rank fails the call with the
+    // same error instead of the others waiting for this one until the op
+    // timeout.
+    enum { SP_OK = 0, SP_BAD_OP = 1, SP_BAD_DEVICE = 2 };
+    int64_t bad = SP_OK;
+    if (opts.reduceOp.op_ != c10d::ReduceOp::SUM) bad = SP_BAD_OP;
     bool dev = t.is_cpu();
 #ifdef MOONCAKE_TORCH_CUDA
     dev = dev || t.is_cuda();
 #endif
-    TORCH_CHECK(dev, "mooncake allreduce: unsupported device ", t.device(),
-                " for a sparse tensor");
-    at::Tensor in = t.cpu().coalesce();
-    const int64_t sd = in.sparse_dim(), nd = in.dim(), nnz = in._nnz();
-    const at::Tensor idx = in._indices().t().contiguous(); // [nnz, sd]
-    const at::Tensor val = in._values().contiguous();      // [nnz, dense]
+    if (!dev) bad = SP_BAD_DEVICE;
+    at::Tensor in = bad ? t : t.cpu().coalesce();
+    const int64_t sd = t.sparse_dim(), nd = t.dim(), nnz = bad ? 0 : in._nnz();
+    at::Tensor idx, val;
+    if (!bad) {
+        idx = in._indices().t().contiguous(); // [nnz, sd]
+        val = in._values().contiguous();      // [nnz, dense]
+    }
     int64_t row = 1; // elements per entry: the dense dims' sizes
     for (int64_t d = sd; d < nd; d++)
-        row *= in.size(d);
-    const size_t es = val.element_size();
+        row *= t.size(d);
+    const size_t es = t.element_size();
     auto w = newWork(c10d::OpType::ALLREDUCE, "allreduce", {t}, opts.timeout);
 
-    // shapes: [nnz, sparse_dim, dtype, sizes...]; a number of dims that
-    // differs between ranks is the engine's mismatch error, the rest is
-    // checked below (the same on every rank)
-    std::vector<int64_t> meta(3 + nd);
+    // shapes: [nnz, sparse_dim, dtype, reduce op, what this rank cannot do,
+    // sizes...]; a number of dims that differs between ranks is the
+    // engine's mismatch error, the rest is checked below (the same on
+    // every rank)
+    const int64_t H = 5;
+    std::vector<int64_t> meta(H + nd);
     meta[0] = nnz;
     meta[1] = sd;
-    meta[2] = static_cast<int64_t>(val.scalar_type());
+    meta[2] = static_cast<int64_t>(t.scalar_type());
+    meta[3] = static_cast<int64_t>(opts.reduceOp.op_);
+    meta[4] = bad;
     for (int64_t d = 0; d < nd; d++)
-        meta[3 + d] = in.size(d);
+        meta[H + d] = t.size(d);
     std::vector<int64_t> all(meta.size() * size_);
     MC_RUN(w, "allreduce", true, allgather, meta.data(), all.data(),
            meta.size(), MC_INT64);
     std::vector<uint8_t> act(size_);
     mc_comm_op_view(comm_->get(), nullptr, act.data(), nullptr);
+    for (int r = 0; r < size_; r++) {
+        const int64_t *m = all.data() + r * meta.size();
+        if (!act[r] || m[4] == SP_OK) continue;
+        TORCH_CHECK(m[4] != SP_BAD_OP,
+                    "mooncake allreduce: a sparse tensor supports "
+                    "ReduceOp.SUM only (as gloo); rank ", r, " passed "
+                    "ReduceOp ", m[3]);
+        TORCH_CHECK(false, "mooncake allreduce: rank ", r, " passed a "
+                    "sparse tensor on a device other than CPU",
+#ifdef MOONCAKE_TORCH_CUDA
+                    " or CUDA",
+#endif
+                    r == rank_ ? " (" : "",
+                    r == rank_ ? t.device().str() : std::string(),
+                    r == rank_ ? ")" : "");
+    }
     std::vector<size_t> counts(size_), displs(size_);
     size_t total = 0;
     for (int r = 0; r < size_; r++) {
@@ -1054,15 +1079,15 @@ MooncakeBackend::allreduceSparse(at::Tensor &t,
         displs[r] = total;
         if (!act[r]) continue; // zero-filled: a rank not in the view
         for (int64_t d = 0; d < nd; d++)
-            TORCH_CHECK(m[3 + d] == meta[3 + d],
+            TORCH_CHECK(m[H + d] == meta[H + d],
                         "mooncake allreduce: sparse tensor sizes differ: "
-                        "rank ", r, " has ", m[3 + d], " in dim ", d,
-                        ", rank ", rank_, " ", meta[3 + d]);
+                        "rank ", r, " has ", m[H + d], " in dim ", d,
+                        ", rank ", rank_, " ", meta[H + d]);
         TORCH_CHECK(m[1] == sd && m[2] == meta[2],
                     "mooncake allreduce: sparse tensors differ: rank ", r,
                     " has sparse_dim ", m[1], " and dtype ",
                     static_cast<at::ScalarType>(m[2]), ", rank ", rank_, " ",
-                    sd, " and ", val.scalar_type());
+                    sd, " and ", t.scalar_type());
         TORCH_CHECK(m[0] >= 0, "mooncake allreduce: rank ", r, " has ",
                     m[0], " sparse entries");
         // indices, then values, padded to 8 bytes: every block aligned
@@ -1078,6 +1103,10 @@ MooncakeBackend::allreduceSparse(at::Tensor &t,
     }
     MC_RUN(w, "allreduce", true, allgatherv, mine.data(), mine.size(),
            got.data(), counts.data(), displs.data(), MC_UINT8);
+    if (!w->ok()) { // failed: the caller's tensor stays as it was
+        w->start();
+        return w;
+    }
     // a rank that failed during the second: in the first's view, not the
     // second's; its block is zeros
     mc_comm_op_view(comm_->get(), nullptr, act.data(), nullptr);

@@ -216,6 +216,36 @@ def mismatched_reduce_ops(ctx):
     _expect_mismatch(ctx, lambda: dist.all_reduce(t, op=op))
 
 
+def _sparse_ones(ctx):
+    idx = torch.tensor([[ctx.rank, 3], [1, 2]])
+    return torch.sparse_coo_tensor(idx, torch.ones(2), (8, 4))
+
+
+@case(fresh_after=True, skip_on=GLOO_NO_MISMATCH)
+def mismatched_sparse_reduce_ops(ctx):
+    """A sparse all_reduce supports SUM only; a rank that passes another
+    ReduceOp fails the call on every rank at once, naming that rank (gloo
+    fails it on that rank and leaves the others waiting)."""
+    odd = ctx.world_size - 1
+    op = dist.ReduceOp.MAX if ctx.rank == odd else dist.ReduceOp.SUM
+    t = _sparse_ones(ctx)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError) as ei:
+        dist.all_reduce(t, op=op)
+    took = time.monotonic() - t0
+    msg = str(ei.value)
+    assert "SUM only" in msg and f"rank {odd} passed" in msg, msg
+    assert took < ctx.op_timeout / 2, f"failed only after {took:.2f}s"
+    # the caller's tensor is as it was, and the group goes on
+    assert torch.equal(t.to_dense(), _sparse_ones(ctx).to_dense())
+    ctx.store_barrier("sparse-op")
+    u = _sparse_ones(ctx)
+    dist.all_reduce(u)
+    ref = sum(_sparse_ones(type("R", (), {"rank": r})).to_dense()
+              for r in range(ctx.world_size))
+    assert torch.equal(u.to_dense(), ref), (u.to_dense(), ref)
+
+
 @case(fresh_after=True, skip_on=GLOO_NO_MISMATCH)
 def mismatched_p2p_size(ctx):
     ws, me = ctx.world_size, ctx.rank
