@@ -1063,13 +1063,11 @@ MooncakeBackend::allreduceSparse(at::Tensor &t,
                     "ReduceOp.SUM only (as gloo); rank ", r, " passed "
                     "ReduceOp ", m[3]);
         TORCH_CHECK(false, "mooncake allreduce: rank ", r, " passed a "
-                    "sparse tensor on a device other than CPU",
+                    "sparse tensor on a device other than CPU"
 #ifdef MOONCAKE_TORCH_CUDA
-                    " or CUDA",
+                    " or CUDA"
 #endif
-                    r == rank_ ? " (" : "",
-                    r == rank_ ? t.device().str() : std::string(),
-                    r == rank_ ? ")" : "");
+        );
     }
     std::vector<size_t> counts(size_), displs(size_);
     size_t total = 0;
@@ -1101,12 +1099,10 @@ MooncakeBackend::allreduceSparse(at::Tensor &t,
         std::memcpy(mine.data() + nnz * sd * 8, val.data_ptr(),
                     nnz * row * es);
     }
+    // (a failure of either exchange throws: the caller's tensor stays as
+    // it was)
     MC_RUN(w, "allreduce", true, allgatherv, mine.data(), mine.size(),
            got.data(), counts.data(), displs.data(), MC_UINT8);
-    if (!w->ok()) { // failed: the caller's tensor stays as it was
-        w->start();
-        return w;
-    }
     // a rank that failed during the second: in the first's view, not the
     // second's; its block is zeros
     mc_comm_op_view(comm_->get(), nullptr, act.data(), nullptr);
