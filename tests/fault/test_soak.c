@@ -17,6 +17,9 @@
  *
  * The trial's random choices come from one seed, printed; MC_SOAK_SEED
  * reproduces a run, MC_SOAK_TRIALS sets the number of trials (default 4).
+ * MC_SOAK_STOP=1 stops a strict minority (SIGSTOP) instead of killing:
+ * silent failures, removed on suspicion by the majority (not in the
+ * suite's default run).
  * The soak that found the "no quorum after an idle survivor" defect (a
  * survivor idle past the liveness timeout, half of the group dead) had
  * this shape; its first version lost 4 of 12 trials to it.
@@ -185,7 +188,13 @@ static int sk_trial(uint64_t seed)
     uint64_t s = seed;
     t.n = 3 + (int)(sk_next(&s) % 3);
     t.tr = sk_next(&s) % 2 ? MC_TRANSPORT_TCP : MC_TRANSPORT_SHM;
-    int nv = 1 + (int)(sk_next(&s) % (uint64_t)(t.n - 1));
+    /* MC_SOAK_STOP=1: the victims are SIGSTOPped instead, a strict
+     * minority (removed on suspicion by the majority), and SIGKILLed once
+     * every survivor has finished */
+    const char *sv = getenv("MC_SOAK_STOP");
+    int stop = sv && *sv && strcmp(sv, "0");
+    int nv = stop ? 1 + (int)(sk_next(&s) % (uint64_t)((t.n - 1) / 2))
+                  : 1 + (int)(sk_next(&s) % (uint64_t)(t.n - 1));
     int victim[SK_MAXN], kstep[SK_MAXN], kdelay_us[SK_MAXN], killed[SK_MAXN];
     int64_t reached_us[SK_MAXN]; /* when the victim reached its step */
     uint32_t vmask = 0;
@@ -200,8 +209,9 @@ static int sk_trial(uint64_t seed)
         reached_us[i] = 0;
     }
     t.victims = vmask;
-    printf("  trial 0x%016" PRIx64 ": %d ranks over %s, %d victim(s):", seed,
-           t.n, t.tr == MC_TRANSPORT_TCP ? "tcp" : "shm", nv);
+    printf("  trial 0x%016" PRIx64 ": %d ranks over %s, %d victim(s)%s:",
+           seed, t.n, t.tr == MC_TRANSPORT_TCP ? "tcp" : "shm", nv,
+           stop ? " stopped" : "");
     for (int i = 0; i < nv; i++)
         printf(" rank %d at step %d + %d ms", victim[i], kstep[i],
                kdelay_us[i] / 1000);
@@ -229,13 +239,19 @@ static int sk_trial(uint64_t seed)
             alive += pid[r] != 0;
         }
         if (!alive) break;
+        int left = 0; /* survivors still running */
+        for (int r = 0; r < t.n; r++)
+            left += pid[r] && !(vmask >> r & 1);
+        if (stop && !left)
+            for (int r = 0; r < t.n; r++)
+                if (pid[r]) kill(pid[r], SIGKILL);
         int64_t now = mc_now_us();
         for (int i = 0; i < nv; i++) {
             int vr = victim[i];
             if (killed[i] || atomic_load(&t.sh->step[vr]) < kstep[i]) continue;
             if (!reached_us[i]) reached_us[i] = now;
             if (now < reached_us[i] + kdelay_us[i]) continue;
-            if (pid[vr]) kill(pid[vr], SIGKILL);
+            if (pid[vr]) kill(pid[vr], stop ? SIGSTOP : SIGKILL);
             killed[i] = 1;
         }
         if (mc_now_us() - t0 > SK_TRIAL_S * 1000000ll) {
