@@ -419,26 +419,42 @@ static long shm_stat_flags(const char *path)
 
 #define MC_SHM_PF_EXITING 0x4L /* PF_EXITING: the task is in do_exit */
 
+/* Read a /proc status file into buf, NUL-terminated: 1, or 0 if it is not
+ * there. One read: the kernel fills it in one go. */
+static int shm_status_read(const char *path, char *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, cap - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    return 1;
+}
+
+/* Where the value of line `key` ("\nThreads:") starts in a status file
+ * read by shm_status_read, or NULL (a line pushed past the buffer by a
+ * very long Groups line counts as absent: a safe "no" for the callers). */
+static const char *shm_status_value(const char *buf, const char *key)
+{
+    const char *k = strstr(buf, key);
+    return k ? k + strlen(key) : NULL;
+}
+
 /* Has task tid of process pid a SIGKILL pending (its SigPnd or ShdPnd in
  * /proc/<pid>/task/<tid>/status)? Such a task never runs user code again:
  * it exits at its next return from the kernel, which a task in an
  * uninterruptible wait (disk I/O) reaches only later. */
 static int shm_task_killed(pid_t pid, const char *tid)
 {
-    char path[96], buf[2048];
+    char path[96], buf[4096];
     snprintf(path, sizeof(path), "/proc/%d/task/%.16s/status", (int)pid, tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    buf[n] = '\0';
+    if (!shm_status_read(path, buf, sizeof(buf))) return 0;
     static const char *keys[] = {"\nSigPnd:", "\nShdPnd:"};
     for (int i = 0; i < 2; i++) {
-        const char *k = strstr(buf, keys[i]);
+        const char *v = shm_status_value(buf, keys[i]);
         unsigned long long m;
-        if (k && sscanf(k + strlen(keys[i]), " %llx", &m) == 1 &&
-            (m & (1ull << (SIGKILL - 1))))
+        if (v && sscanf(v, " %llx", &m) == 1 && (m & (1ull << (SIGKILL - 1))))
             return 1;
     }
     return 0;
@@ -451,16 +467,10 @@ static long shm_pid_threads(pid_t pid)
 {
     char path[64], buf[4096];
     snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0) return -1;
-    buf[n] = '\0';
-    const char *k = strstr(buf, "\nThreads:");
+    if (!shm_status_read(path, buf, sizeof(buf))) return -1;
+    const char *v = shm_status_value(buf, "\nThreads:");
     long t;
-    if (!k || sscanf(k + 9, " %ld", &t) != 1) return -1;
-    return t;
+    return v && sscanf(v, " %ld", &t) == 1 ? t : -1;
 }
 
 /* Is every thread of process pid exiting? A task in do_exit never runs
