@@ -563,6 +563,17 @@ mc_status_t mc_etcd_lease_keepalive(mc_etcd_t *e, int64_t id, int64_t *ttl_p)
     return MC_OK;
 }
 
+mc_status_t mc_etcd_compact(mc_etcd_t *e, int64_t rev)
+{
+    cJSON *q = cJSON_CreateObject();
+    if (!q) return no_mem(q, "compaction");
+    j_add_i64(q, "revision", rev);
+    cJSON *r;
+    MC_CHECK(call(e, "/v3/kv/compaction", q, &r));
+    cJSON_Delete(r);
+    return MC_OK;
+}
+
 mc_status_t mc_etcd_lease_revoke(mc_etcd_t *e, int64_t id)
 {
     cJSON *q = cJSON_CreateObject();
@@ -588,6 +599,9 @@ struct mc_etcd_watch {
     CURLM *m;
     int stop; /* atomic */
     int64_t next_rev; /* resume from here */
+    int cut;          /* watch thread: end this stream (and resume) */
+    int resync;       /* 1: events were lost; 2: re-established, tell cb */
+    int64_t rx_us;    /* watch thread: bytes last came from the stream */
     /* establishment handshake */
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -643,17 +657,37 @@ static void watch_msg(mc_etcd_watch_t *w, const char *p, size_t n)
         if (w->down)
             MC_LOG(MC_LOG_WARN,
                    "etcd watch %s: resumed from revision %" PRId64, w->key,
-                   w->next_rev);
+                   w->next_rev ? w->next_rev : hr + 1);
         w->down = 0;
         if (w->next_rev == 0) w->next_rev = hr + 1;
+        if (w->resync == 1) w->resync = 2; /* the thread tells cb */
         watch_set_state(w, 1);
     }
+    /* Cancelled by the server: above all when the revision to resume from
+     * was compacted away (after an outage), and then the events between
+     * are gone. Such a stream delivers nothing more; it is cut and the
+     * watch starts again from the current revision, after which the
+     * callback is told to read the state again (MC_ETCD_RESYNC). */
     int64_t compact = j_i64(res, "compact_revision");
-    if (compact > 0)
-        MC_LOG(MC_LOG_ERROR,
-               "etcd watch %s: revisions before %" PRId64
-               " were compacted; events between are lost",
-               w->key, compact);
+    if (compact > 0 ||
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "canceled"))) {
+        MC_LOG(MC_LOG_WARN,
+               "etcd watch %s: cancelled by the server (%s %" PRId64
+               "); watching again from the current revision, the state is "
+               "read again",
+               w->key,
+               compact > 0 ? "revisions compacted up to"
+                           : "resuming from revision",
+               compact > 0 ? compact : w->next_rev);
+        w->resync = 1;
+        w->next_rev = 0;
+        w->cut = 1;
+        cJSON_Delete(j);
+        return;
+    }
+    /* One revision may hold several events (a transaction, a prefix
+     * delete): every event from `from` on is new, the floor moves after. */
+    int64_t from = w->next_rev, top = 0;
     const cJSON *evs = cJSON_GetObjectItemCaseSensitive(res, "events");
     const cJSON *ev;
     cJSON_ArrayForEach(ev, evs)
@@ -666,20 +700,29 @@ static void watch_msg(mc_etcd_watch_t *w, const char *p, size_t n)
         if (kv_from_json(cJSON_GetObjectItemCaseSensitive(ev, "kv"), &kv) !=
             MC_OK)
             continue;
-        if (kv.mod_rev >= w->next_rev || kv.mod_rev == 0) {
-            if (kv.mod_rev) w->next_rev = kv.mod_rev + 1;
+        if (kv.mod_rev >= from || kv.mod_rev == 0) {
+            if (kv.mod_rev > top) top = kv.mod_rev;
             w->cb(w->arg, type, &kv);
         }
         mc_etcd_kvs_free(&kv, 1);
     }
+    if (top >= w->next_rev) w->next_rev = top + 1;
     cJSON_Delete(j);
+}
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static size_t watch_write(char *data, size_t sz, size_t nm, void *arg)
 {
     mc_etcd_watch_t *w = arg;
     size_t n = sz * nm;
-    for (size_t i = 0; i < n; i++) {
+    w->rx_us = mono_us();
+    for (size_t i = 0; i < n && !w->cut; i++) {
         char ch = data[i];
         if (ch == '\n') {
             if (w->n && !w->over) watch_msg(w, w->line, w->n);
@@ -705,7 +748,7 @@ static size_t watch_write(char *data, size_t sz, size_t nm, void *arg)
         w->line[w->n++] = ch;
     }
     /* a message may also end without a newline at a chunk boundary: try */
-    if (w->n && !w->over && w->line[w->n - 1] == '}') {
+    if (w->n && !w->over && !w->cut && w->line[w->n - 1] == '}') {
         cJSON *j = cJSON_ParseWithLength(w->line, w->n);
         if (j) {
             cJSON_Delete(j);
@@ -713,7 +756,7 @@ static size_t watch_write(char *data, size_t sz, size_t nm, void *arg)
             w->n = 0;
         }
     }
-    return n;
+    return w->cut ? 0 : n; /* 0 ends the transfer */
 }
 
 static char *watch_body(mc_etcd_watch_t *w)
@@ -731,6 +774,58 @@ static char *watch_body(mc_etcd_watch_t *w)
     return s;
 }
 
+/* A stream that brings nothing for MC_ETCD_WATCH_QUIET_US has its endpoint
+ * asked for a linearizable read of the watched key (count only). A member
+ * that is stopped (its kernel still answers TCP, keepalive probes too) or
+ * cut off from its cluster's leader never ends the stream and never sends
+ * another event; without an answer within MC_ETCD_WATCH_PROBE_MS (or the
+ * client's timeout, if lower) the stream is cut and the watch resumes on the
+ * next endpoint from the last revision seen. */
+#define MC_ETCD_WATCH_QUIET_US 2000000
+#define MC_ETCD_WATCH_PROBE_MS 1000
+
+static int watch_probe(mc_etcd_watch_t *w, const char *base)
+{
+    cJSON *q = cJSON_CreateObject();
+    if (!q || !j_add_b64(q, "key", w->key, strlen(w->key)) ||
+        (w->prefix && !j_add_prefix_end(q, w->key))) {
+        cJSON_Delete(q);
+        return 1; /* no verdict */
+    }
+    cJSON_AddTrueToObject(q, "count_only");
+    char *body = cJSON_PrintUnformatted(q);
+    cJSON_Delete(q);
+    CURL *h = body ? curl_easy_init() : NULL;
+    if (!h) {
+        free(body);
+        return 1;
+    }
+    char url[600];
+    snprintf(url, sizeof(url), "%s/v3/kv/range", base);
+    long ms = w->e->timeout_ms < MC_ETCD_WATCH_PROBE_MS
+                  ? (long)w->e->timeout_ms
+                  : MC_ETCD_WATCH_PROBE_MS;
+    rbuf_t b = {0};
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, rbuf_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, ms);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    CURLcode rc = curl_easy_perform(h);
+    long code = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_cleanup(h);
+    free(body);
+    free(b.p);
+    if (rc == CURLE_OK && code == 200) return 1;
+    MC_LOG(MC_LOG_WARN,
+           "etcd watch %s: %s did not answer a read (%s, HTTP %ld) while "
+           "its stream was quiet: moving to the next endpoint",
+           w->key, base, curl_easy_strerror(rc), code);
+    return 0;
+}
+
 static void *watch_main(void *arg)
 {
     mc_etcd_watch_t *w = arg;
@@ -743,8 +838,9 @@ static void *watch_main(void *arg)
             watch_set_state(w, -1);
             break;
         }
+        const char *base = e->ep[ep % e->nep];
         char url[600];
-        snprintf(url, sizeof(url), "%s/v3/watch", e->ep[ep % e->nep]);
+        snprintf(url, sizeof(url), "%s/v3/watch", base);
         CURL *h = curl_easy_init();
         if (!h) {
             free(body);
@@ -765,6 +861,10 @@ static void *watch_main(void *arg)
         curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 1L);
         w->n = 0;
         w->over = 0;
+        w->cut = 0;
+        w->rx_us = mono_us();
+        int64_t asked_us = w->rx_us; /* the endpoint last answered a probe */
+        int quiet_cut = 0;
         curl_multi_add_handle(w->m, h);
         CURLcode rc = CURLE_OK;
         int running = 1;
@@ -774,7 +874,25 @@ static void *watch_main(void *arg)
             int left;
             while ((msg = curl_multi_info_read(w->m, &left)))
                 if (msg->msg == CURLMSG_DONE) rc = msg->data.result;
-            if (running) curl_multi_poll(w->m, NULL, 0, 1000, NULL);
+            if (w->resync == 2) {
+                w->resync = 0;
+                w->cb(w->arg, MC_ETCD_RESYNC, NULL);
+            }
+            if (!running || w->cut) break;
+            int64_t last = w->rx_us > asked_us ? w->rx_us : asked_us;
+            int64_t quiet = mono_us() - last;
+            if (quiet >= MC_ETCD_WATCH_QUIET_US &&
+                watch_state(w) == 1) {
+                if (!watch_probe(w, base)) {
+                    quiet_cut = 1;
+                    break;
+                }
+                asked_us = mono_us();
+                quiet = 0;
+            }
+            int64_t left_ms = (MC_ETCD_WATCH_QUIET_US - quiet) / 1000 + 1;
+            curl_multi_poll(w->m, NULL, 0, left_ms < 1000 ? (int)left_ms : 1000,
+                            NULL);
         }
         long code = 0;
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
@@ -782,6 +900,13 @@ static void *watch_main(void *arg)
         curl_easy_cleanup(h);
         free(body);
         if (stopped(w)) break;
+        if (w->cut) {
+            /* cancelled (watch_msg logged it): again from now, same
+             * endpoint, after a pause that keeps a repeating cancel cool */
+            w->down = 1;
+            usleep(10000);
+            continue;
+        }
         fails++;
         int est = watch_state(w);
         if (est == 0 && fails >= 2 * e->nep) {
@@ -791,10 +916,11 @@ static void *watch_main(void *arg)
             break;
         }
         /* once per outage at warn level: reconnects run every 100 ms */
-        MC_LOG(est && !w->down ? MC_LOG_WARN : MC_LOG_DEBUG,
-               "etcd watch %s: stream from %s ended (%s, HTTP %ld); "
-               "resuming from revision %" PRId64 " on the next endpoint",
-               w->key, url, curl_easy_strerror(rc), code, w->next_rev);
+        if (!quiet_cut)
+            MC_LOG(est && !w->down ? MC_LOG_WARN : MC_LOG_DEBUG,
+                   "etcd watch %s: stream from %s ended (%s, HTTP %ld); "
+                   "resuming from revision %" PRId64 " on the next endpoint",
+                   w->key, url, curl_easy_strerror(rc), code, w->next_rev);
         w->down = 1;
         ep++;
         for (int i = 0; i < 20 && !stopped(w); i++) /* 100 ms, stoppable */
@@ -817,7 +943,11 @@ mc_status_t mc_etcd_watch(mc_etcd_t *e, const char *key, int prefix,
     w->next_rev = start_rev;
     w->m = curl_multi_init();
     pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cond, &ca);
+    pthread_condattr_destroy(&ca);
     if (!w->key || !w->m || pthread_create(&w->th, NULL, watch_main, w)) {
         if (w->m) curl_multi_cleanup(w->m);
         free(w->key);
@@ -825,7 +955,7 @@ mc_status_t mc_etcd_watch(mc_etcd_t *e, const char *key, int prefix,
         return mc_err(MC_ERR_NO_MEMORY, "etcd watch %s: cannot start", key);
     }
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t ms = e->timeout_ms * e->nep;
     ts.tv_sec += ms / 1000;
     ts.tv_nsec += (ms % 1000) * 1000000;

@@ -5,7 +5,9 @@
  * client, serialised by a lock; every call has a timeout and fails over to
  * the next endpoint when one does not answer. Watches run on their own
  * thread with their own connection and resume from the last revision seen
- * (on another endpoint if needed). Responses are bounded (MC_ETCD_MAX_RESP).
+ * (on another endpoint if needed; also when a quiet stream's endpoint does
+ * not answer a read: a stopped member, or one cut off from its leader).
+ * Responses are bounded (MC_ETCD_MAX_RESP).
  *
  * Keys are C strings; values are bytes. Gateway quirks handled here: keys
  * and values are base64, int64 fields are JSON strings, a failed txn omits
@@ -72,9 +74,16 @@ mc_status_t mc_etcd_lease_grant(mc_etcd_t *e, int64_t ttl_s, int64_t *id_p,
 mc_status_t mc_etcd_lease_keepalive(mc_etcd_t *e, int64_t id, int64_t *ttl_p);
 mc_status_t mc_etcd_lease_revoke(mc_etcd_t *e, int64_t id);
 
-enum { MC_ETCD_PUT = 0, MC_ETCD_DELETE = 1 };
+/* Drop the history before revision rev (operators and tests). */
+mc_status_t mc_etcd_compact(mc_etcd_t *e, int64_t rev);
 
-/* Called on the watch thread, once per event, in revision order. */
+enum { MC_ETCD_PUT = 0, MC_ETCD_DELETE = 1, MC_ETCD_RESYNC = 2 };
+
+/* Called on the watch thread, once per event, in revision order. RESYNC
+ * (kv NULL): events were lost (the server cancelled the watch, e.g. the
+ * revision to resume from was compacted away); the watch goes on from a
+ * later revision and the callee must read the state it follows again.
+ * Events read before such a re-read may be delivered again after it. */
 typedef void (*mc_etcd_watch_cb)(void *arg, int type, const mc_etcd_kv_t *kv);
 
 /* Watch the key (or prefix) from start_rev (0: from now). Returns once the

@@ -18,6 +18,8 @@
 
 struct mc_emember {
     mc_etcd_t *e;
+    mc_etcd_t *ka_e;    /* the keepalive's own client: short timeouts, and
+                           never behind a unary call stuck on a hung member */
     char *prefix;
     int rank, size, ttl_s;
     uint64_t inc;
@@ -25,6 +27,8 @@ struct mc_emember {
     char mykey[256];
     uint64_t *gone_inc; /* [size] atomic: incarnation + 1 whose key went */
     uint64_t *join_nonce; /* [size] atomic: registered joiner, 0: none */
+    uint64_t *present_inc; /* [size] watch thread: incarnation + 1 of the
+                              member key last seen there, 0: none */
     void (*on_join)(void *arg);
     void *on_join_arg;
     int joiner;         /* a joiner's registration: no watch */
@@ -90,9 +94,15 @@ static void on_join_event(mc_emember_t *m, int type, int q, uint64_t nonce)
     if (fn) fn(m->on_join_arg);
 }
 
+static void em_resync(mc_emember_t *m);
+
 static void on_event(void *arg, int type, const mc_etcd_kv_t *kv)
 {
     mc_emember_t *m = arg;
+    if (type == MC_ETCD_RESYNC) {
+        em_resync(m);
+        return;
+    }
     int q;
     uint64_t inc;
     if (parse_join(m, kv->key, &q, &inc)) {
@@ -101,6 +111,7 @@ static void on_event(void *arg, int type, const mc_etcd_kv_t *kv)
     }
     if (!parse_key(m, kv->key, &q, &inc)) return;
     if (type == MC_ETCD_DELETE) {
+        if (m->present_inc[q] == inc + 1) m->present_inc[q] = 0;
         if (q == m->rank && inc == m->inc) {
             if (!__atomic_exchange_n(&m->lost, 1, __ATOMIC_ACQ_REL))
                 MC_LOG(MC_LOG_ERROR,
@@ -116,29 +127,124 @@ static void on_event(void *arg, int type, const mc_etcd_kv_t *kv)
                m->rank, q, inc);
     } else {
         uint64_t g = inc + 1;
+        if (m->present_inc[q] < inc + 1) m->present_inc[q] = inc + 1;
         __atomic_compare_exchange_n(&m->gone_inc[q], &g, 0, 0,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
     }
 }
 
+/* Read the member keys into present_inc (the watch thread, or em_run
+ * before the watch starts). Returns the keys read (caller frees) or an
+ * error. */
+static mc_status_t em_read(mc_emember_t *m, const char *part,
+                           mc_etcd_kv_t **kvs_p, int *n_p)
+{
+    char key[300];
+    snprintf(key, sizeof(key), "%s%s", m->prefix, part);
+    mc_status_t st = MC_ERR_IO;
+    for (int tries = 0; tries < 5; tries++) {
+        st = mc_etcd_get(m->e, key, 1, kvs_p, n_p, NULL);
+        if (st == MC_OK) break;
+        usleep(100000);
+    }
+    return st;
+}
+
+/* The watch lost events (it was cancelled, e.g. compacted past the
+ * revision it resumed from): read the member and join keys again. A member
+ * key seen before and missing now went while nobody watched: its rank is
+ * gone (our own: fenced); joins are what the store holds now. */
+static void em_resync(mc_emember_t *m)
+{
+    mc_etcd_kv_t *kvs = NULL;
+    int n = 0;
+    mc_status_t st = em_read(m, "members/", &kvs, &n);
+    if (st != MC_OK) {
+        MC_LOG(MC_LOG_ERROR,
+               "rank %d: etcd: cannot read the member keys again after the "
+               "watch lost events (%s): a rank whose lease expired meanwhile "
+               "is found by its heartbeat only",
+               m->rank, mc_last_error());
+        return;
+    }
+    for (int q = 0; q < m->size; q++) {
+        uint64_t was = m->present_inc[q], top = 0;
+        int still = 0;
+        for (int i = 0; i < n; i++) {
+            int p;
+            uint64_t inc;
+            if (!parse_key(m, kvs[i].key, &p, &inc) || p != q) continue;
+            still |= inc + 1 == was;
+            if (inc + 1 > top) top = inc + 1;
+        }
+        if (was && !still) {
+            char key[300];
+            snprintf(key, sizeof(key), "%smembers/%d/%" PRIu64, m->prefix, q,
+                     was - 1);
+            mc_etcd_kv_t gone = {.key = key};
+            on_event(m, MC_ETCD_DELETE, &gone);
+        }
+        if (top) {
+            char key[300];
+            snprintf(key, sizeof(key), "%smembers/%d/%" PRIu64, m->prefix, q,
+                     top - 1);
+            mc_etcd_kv_t put = {.key = key};
+            on_event(m, MC_ETCD_PUT, &put);
+        }
+    }
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    if (m->joiner) return;
+    st = em_read(m, "joins/", &kvs, &n);
+    if (st != MC_OK) {
+        MC_LOG(MC_LOG_ERROR,
+               "rank %d: etcd: cannot read the join requests again after the "
+               "watch lost events (%s)",
+               m->rank, mc_last_error());
+        return;
+    }
+    for (int q = 0; q < m->size; q++) {
+        uint64_t nonce = 0;
+        for (int i = 0; i < n; i++) {
+            int p;
+            uint64_t v;
+            if (parse_join(m, kvs[i].key, &p, &v) && p == q) nonce = v;
+        }
+        uint64_t cur = __atomic_load_n(&m->join_nonce[q], __ATOMIC_ACQUIRE);
+        if (cur != nonce) __atomic_store_n(&m->join_nonce[q], nonce,
+                                           __ATOMIC_RELEASE);
+    }
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    void (*fn)(void *) = __atomic_load_n(&m->on_join, __ATOMIC_ACQUIRE);
+    if (fn) fn(m->on_join_arg);
+}
+
+/* Every TTL/3 (a failed one again after at most 250 ms), on its own client
+ * whose calls give each endpoint TTL/4: a hung member costs a quarter of
+ * the lease before the next endpoint is asked, so one dead or stopped
+ * etcd member never lets a healthy rank's lease run out. The clock is
+ * monotonic: a wall-clock step does not delay it. */
 static void *ka_main(void *arg)
 {
     mc_emember_t *m = arg;
     int64_t period_ms = m->ttl_s * 1000 / 3;
     if (period_ms < 100) period_ms = 100;
+    int64_t wait_ms = period_ms;
     int outage = 0;
     pthread_mutex_lock(&m->lock);
     while (!m->stop) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        int64_t ns = ts.tv_nsec + period_ms * 1000000;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t ns = ts.tv_nsec + wait_ms * 1000000;
         ts.tv_sec += ns / 1000000000;
         ts.tv_nsec = ns % 1000000000;
         pthread_cond_timedwait(&m->cond, &m->lock, &ts);
         if (m->stop) break;
         pthread_mutex_unlock(&m->lock);
         int64_t ttl = -1;
-        mc_status_t st = mc_etcd_lease_keepalive(m->e, m->lease, &ttl);
+        mc_status_t st = mc_etcd_lease_keepalive(m->ka_e, m->lease, &ttl);
+        wait_ms = period_ms;
         if (st != MC_OK) {
             if (!outage)
                 MC_LOG(MC_LOG_WARN,
@@ -146,6 +252,7 @@ static void *ka_main(void *arg)
                        "its view, membership changes wait for etcd",
                        m->rank, mc_last_error());
             outage = 1;
+            if (wait_ms > 250) wait_ms = 250;
         } else if (ttl <= 0) {
             if (!__atomic_exchange_n(&m->lost, 1, __ATOMIC_ACQ_REL))
                 MC_LOG(MC_LOG_ERROR,
@@ -172,27 +279,39 @@ static mc_emember_t *em_new(const char *prefix, int rank, int size,
     m->prefix = strdup(prefix);
     m->gone_inc = calloc((size_t)size, sizeof(uint64_t));
     m->join_nonce = calloc((size_t)size, sizeof(uint64_t));
+    m->present_inc = calloc((size_t)size, sizeof(uint64_t));
     m->rank = rank;
     m->size = size;
     m->inc = inc;
     m->ttl_s = ttl_s > 0 ? ttl_s : 2;
     pthread_mutex_init(&m->lock, NULL);
-    pthread_cond_init(&m->cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->cond, &ca);
+    pthread_condattr_destroy(&ca);
     return m;
 }
 
-/* Lease, the leased key m->mykey, the watch from our put on (unless a
- * joiner's registration), the keepalive thread. */
+/* Lease and its keepalive thread, the leased key m->mykey, the watch from
+ * our put on (unless a joiner's registration). */
 static mc_status_t em_run(mc_emember_t *m, const char *endpoints,
                           int64_t timeout_ms)
 {
     mc_status_t st = MC_ERR_NO_MEMORY;
-    if (!m->prefix || !m->gone_inc || !m->join_nonce)
+    if (!m->prefix || !m->gone_inc || !m->join_nonce || !m->present_inc)
         return mc_err(st, "etcd membership: out of memory");
     st = mc_etcd_open(endpoints, timeout_ms, &m->e);
     if (st != MC_OK) return st;
+    int64_t ka_ms = m->ttl_s * 1000 / 4;
+    st = mc_etcd_open(endpoints, ka_ms > 100 ? ka_ms : 100, &m->ka_e);
+    if (st != MC_OK) return st;
     st = mc_etcd_lease_grant(m->e, m->ttl_s, &m->lease, NULL);
     if (st != MC_OK) return st;
+    /* kept alive from now on, whatever the calls below take */
+    if (pthread_create(&m->ka, NULL, ka_main, m) != 0)
+        return mc_err(MC_ERR_NO_MEMORY, "etcd membership: no keepalive thread");
+    m->ka_started = 1;
     char val[64];
     int vl = snprintf(val, sizeof(val), "pid %d", (int)getpid());
     int64_t rev = 0;
@@ -200,7 +319,8 @@ static mc_status_t em_run(mc_emember_t *m, const char *endpoints,
     if (st != MC_OK) return st;
     if (!m->joiner) {
         /* watch first, from the revision of our own put on: no event
-         * between is missed; joins registered earlier are read once */
+         * between is missed; joins registered earlier are read once, and
+         * the member keys there now (a lost watch compares against them) */
         char jkey[256];
         snprintf(jkey, sizeof(jkey), "%sjoins/", m->prefix);
         mc_etcd_kv_t *kvs = NULL;
@@ -215,12 +335,21 @@ static mc_status_t em_run(mc_emember_t *m, const char *endpoints,
         }
         mc_etcd_kvs_free(kvs, n);
         free(kvs);
+        snprintf(jkey, sizeof(jkey), "%smembers/", m->prefix);
+        st = mc_etcd_get(m->e, jkey, 1, &kvs, &n, NULL);
+        if (st != MC_OK) return st;
+        for (int i = 0; i < n; i++) {
+            int q;
+            uint64_t inc;
+            if (parse_key(m, kvs[i].key, &q, &inc) &&
+                m->present_inc[q] < inc + 1)
+                m->present_inc[q] = inc + 1;
+        }
+        mc_etcd_kvs_free(kvs, n);
+        free(kvs);
         st = mc_etcd_watch(m->e, m->prefix, 1, rev, on_event, m, &m->w);
         if (st != MC_OK) return st;
     }
-    if (pthread_create(&m->ka, NULL, ka_main, m) != 0)
-        return mc_err(MC_ERR_NO_MEMORY, "etcd membership: no keepalive thread");
-    m->ka_started = 1;
     return MC_OK;
 }
 
@@ -379,10 +508,12 @@ void mc_emember_stop(mc_emember_t *m)
     if (m->e && m->lease && !mc_emember_lost(m))
         mc_etcd_lease_revoke(m->e, m->lease); /* best effort */
     mc_etcd_close(m->e);
+    mc_etcd_close(m->ka_e);
     pthread_mutex_destroy(&m->lock);
     pthread_cond_destroy(&m->cond);
     free(m->gone_inc);
     free(m->join_nonce);
+    free(m->present_inc);
     free(m->prefix);
     free(m);
 }

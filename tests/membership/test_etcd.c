@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "etcd.h"
+#include "etcd_member.h"
 #include "etcd_cluster.h"
 #include "tests_common.h"
 
@@ -193,7 +194,12 @@ static void on_event(void *arg, int type, const mc_etcd_kv_t *kv)
 {
     evlog_t *l = arg;
     pthread_mutex_lock(&l->lock);
-    if (l->n < 64) {
+    if (l->n < 64 && !kv) { /* MC_ETCD_RESYNC */
+        l->type[l->n] = type;
+        l->key[l->n][0] = l->val[l->n][0] = '\0';
+        l->rev[l->n] = 0;
+        l->n++;
+    } else if (l->n < 64) {
         l->type[l->n] = type;
         snprintf(l->key[l->n], sizeof(l->key[0]), "%s", kv->key);
         snprintf(l->val[l->n], sizeof(l->val[0]), "%.*s", (int)kv->vlen,
@@ -396,6 +402,68 @@ static void test_unreachable(void **state)
     assert_non_null(strstr(mc_last_error(), ep));
     mc_etcd_close(e);
     assert_int_equal(mc_etcd_open(" , ", 500, &e), MC_ERR_INVALID_ARG);
+}
+
+/* One revision with several events (a prefix delete): every one of them
+ * reaches the watch. */
+static void test_watch_one_revision(void **state)
+{
+    (void)state;
+    mc_etcd_t *e = client(g_one->endpoints, 2000);
+    evlog_t log = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    mc_etcd_watch_t *w;
+    assert_int_equal(mc_etcd_watch(e, "wr/", 1, 0, on_event, &log, &w), MC_OK);
+    assert_int_equal(mc_etcd_put(e, "wr/a", "1", 1, 0, NULL), MC_OK);
+    assert_int_equal(mc_etcd_put(e, "wr/b", "2", 1, 0, NULL), MC_OK);
+    int64_t ndel = 0;
+    assert_int_equal(mc_etcd_del(e, "wr/", 1, &ndel), MC_OK);
+    assert_int_equal(ndel, 2);
+    if (ev_wait(&log, 4, 5) != 0)
+        fail_msg("the watch saw %d of 4 events (2 puts, 2 deletes in one "
+                 "revision)",
+                 ev_count(&log));
+    usleep(100000);
+    pthread_mutex_lock(&log.lock);
+    assert_int_equal(log.n, 4);
+    assert_int_equal(log.type[2], MC_ETCD_DELETE);
+    assert_int_equal(log.type[3], MC_ETCD_DELETE);
+    assert_int_equal(log.rev[2], log.rev[3]);
+    assert_string_equal(log.key[2], "wr/a");
+    assert_string_equal(log.key[3], "wr/b");
+    pthread_mutex_unlock(&log.lock);
+    mc_etcd_watch_stop(w);
+    mc_etcd_close(e);
+}
+
+/* A watch resuming from a compacted revision is cancelled by the server: it
+ * tells its callback to read the state again (RESYNC) and goes on with the
+ * events after. */
+static void test_watch_compacted(void **state)
+{
+    (void)state;
+    mc_etcd_t *e = client(g_one->endpoints, 2000);
+    int64_t r1 = 0, r3 = 0;
+    assert_int_equal(mc_etcd_put(e, "wc/k", "1", 1, 0, &r1), MC_OK);
+    assert_int_equal(mc_etcd_put(e, "wc/k", "2", 1, 0, NULL), MC_OK);
+    assert_int_equal(mc_etcd_put(e, "wc/k", "3", 1, 0, &r3), MC_OK);
+    assert_int_equal(mc_etcd_compact(e, r3), MC_OK);
+    evlog_t log = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    mc_etcd_watch_t *w;
+    assert_int_equal(mc_etcd_watch(e, "wc/", 1, r1, on_event, &log, &w),
+                     MC_OK);
+    if (ev_wait(&log, 1, 5) != 0)
+        fail_msg("no RESYNC from a watch whose start was compacted");
+    assert_int_equal(mc_etcd_put(e, "wc/k", "4", 1, 0, NULL), MC_OK);
+    if (ev_wait(&log, 2, 5) != 0)
+        fail_msg("the watch saw %d events after the resync; want the put",
+                 ev_count(&log) - 1);
+    pthread_mutex_lock(&log.lock);
+    assert_int_equal(log.type[0], MC_ETCD_RESYNC);
+    assert_int_equal(log.type[1], MC_ETCD_PUT);
+    assert_string_equal(log.val[1], "4");
+    pthread_mutex_unlock(&log.lock);
+    mc_etcd_watch_stop(w);
+    mc_etcd_close(e);
 }
 
 static void test_failover(void **state)
@@ -879,6 +947,87 @@ static int is_leader(cluster_t *k, int i)
     return id[0] && strcmp(id, leader) == 0;
 }
 
+/* A member that is stopped (SIGSTOP: its kernel still accepts connections
+ * and answers TCP keepalives) while it is the first endpoint of a watch and
+ * of a rank's lease: the watch moves on and delivers every event, and the
+ * lease is kept alive through the other members (the rank is not fenced). */
+static void test_stopped_member(void **state)
+{
+    (void)state;
+    cluster_t *k = cluster_start(3);
+    int f = -1;
+    for (int tries = 0; tries < 50 && f < 0; tries++) {
+        int leader = -1;
+        for (int i = 0; i < 3; i++)
+            if (is_leader(k, i)) leader = i;
+        if (leader >= 0) f = (leader + 1) % 3;
+        else usleep(100000);
+    }
+    assert_true(f >= 0);
+    char first[256], others[256];
+    snprintf(first, sizeof(first), "http://%s:%d,http://%s:%d,http://%s:%d",
+             k->ip, k->cport[f], k->ip, k->cport[(f + 1) % 3], k->ip,
+             k->cport[(f + 2) % 3]);
+    snprintf(others, sizeof(others), "http://%s:%d,http://%s:%d", k->ip,
+             k->cport[(f + 1) % 3], k->ip, k->cport[(f + 2) % 3]);
+    mc_etcd_t *ew = client(first, 1000), *e = client(others, 1000);
+    evlog_t log = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    mc_etcd_watch_t *w;
+    assert_int_equal(mc_etcd_watch(ew, "ws/", 1, 0, on_event, &log, &w),
+                     MC_OK);
+    mc_emember_t *m;
+    assert_int_equal(mc_emember_start(first, "ks/", 0, 1, 0, 2, 5000, &m),
+                     MC_OK);
+    char val[16];
+    for (int i = 0; i < 3; i++) {
+        snprintf(val, sizeof(val), "%d", i);
+        assert_int_equal(mc_etcd_put(e, "ws/k", val, strlen(val), 0, NULL),
+                         MC_OK);
+    }
+    assert_int_equal(ev_wait(&log, 3, 5), 0);
+    assert_int_equal(kill(k->pid[f], SIGSTOP), 0);
+    double t0 = now_s();
+    for (int i = 3; i < 8; i++) {
+        snprintf(val, sizeof(val), "%d", i);
+        assert_int_equal(mc_etcd_put(e, "ws/k", val, strlen(val), 0, NULL),
+                         MC_OK);
+    }
+    int got = ev_wait(&log, 8, 10) == 0;
+    double tw = now_s() - t0;
+    /* two lease TTLs at least with the first endpoint stopped */
+    while (now_s() - t0 < 5)
+        usleep(100000);
+    int lost = mc_emember_lost(m);
+    mc_etcd_kv_t *kvs = NULL;
+    int n = 0;
+    mc_status_t gst = mc_etcd_get(e, "ks/members/0/0", 0, &kvs, &n, NULL);
+    mc_etcd_kvs_free(kvs, n);
+    free(kvs);
+    kill(k->pid[f], SIGCONT);
+    if (!got)
+        fail_msg("the watch saw %d of 8 events with its first endpoint "
+                 "stopped",
+                 ev_count(&log));
+    printf("  watch: the 5 events after the stop within %.0f ms\n",
+           tw * 1e3);
+    pthread_mutex_lock(&log.lock);
+    for (int i = 0; i < 8; i++) {
+        snprintf(val, sizeof(val), "%d", i);
+        assert_string_equal(log.val[i], val);
+    }
+    pthread_mutex_unlock(&log.lock);
+    assert_int_equal(gst, MC_OK);
+    if (lost || n != 1)
+        fail_msg("a healthy rank lost its lease while one etcd member was "
+                 "stopped (lost %d, member keys %d)",
+                 lost, n);
+    mc_emember_stop(m);
+    mc_etcd_watch_stop(w);
+    mc_etcd_close(ew);
+    mc_etcd_close(e);
+    cluster_stop(k);
+}
+
 /* A 3-member etcd cluster loses its leader while the group runs
  * collectives: the ranks' clients fail over, leases and the watch go on
  * (the group stays in view 1, no errors); then a rank is SIGKILLed and the
@@ -1044,6 +1193,8 @@ int main(void)
         cmocka_unit_test(test_unreachable),
         cmocka_unit_test(test_member_stop),
         cmocka_unit_test(test_join_registration),
+        cmocka_unit_test(test_watch_one_revision),
+        cmocka_unit_test(test_watch_compacted),
     };
     const struct CMUnitTest three[] = {
         cmocka_unit_test(test_failover),
@@ -1051,6 +1202,7 @@ int main(void)
         cmocka_unit_test(test_view_race),
         cmocka_unit_test(test_view_skip),
         cmocka_unit_test(test_member_killed_midrun),
+        cmocka_unit_test(test_stopped_member),
     };
     int rc = cmocka_run_group_tests_name("etcd, one member", one, setup_one,
                                          teardown_one);
