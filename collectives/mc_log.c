@@ -19,6 +19,11 @@ const char *mc_last_error(void)
     return mc_tls_err;
 }
 
+void mc_err_clear(void)
+{
+    mc_tls_err[0] = '\0';
+}
+
 static int mc_log_level_cached = -1;
 
 int mc_log_level(void)

@@ -31,6 +31,10 @@ void mc_log(int level, const char *fmt, ...)
 mc_status_t mc_err(mc_status_t st, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Forget this thread's last error (before a call whose failure may come
+ * without an mc_err, e.g. a user's store callback). */
+void mc_err_clear(void);
+
 /* Call; on a negative status store it in `st` and jump to `label`
  * (NCCLCHECKGOTO). */
 #define MC_CHECK_GOTO(call, st, label)                                         \

@@ -75,12 +75,19 @@ static mc_status_t store_check_len(size_t len, const char *what, const char *fn)
 }
 
 /* A user store may fail without calling mc_err; make sure the thread's last
- * error then says something about this call rather than an older failure. */
+ * error then says something about this call rather than an older failure:
+ * every call below clears it first, so what is left after a
+ * failure was written by this call. */
 static mc_status_t store_fail(mc_status_t st, const char *fn, const char *key)
 {
     if (st < 0 && mc_last_error()[0] == '\0')
         mc_err(st, "%s('%s'): %s", fn, key, mc_status_str(st));
     return st;
+}
+
+mc_status_t mc_store_error(mc_status_t st, const char *msg)
+{
+    return mc_err(st, "%s", msg ? msg : mc_status_str(st));
 }
 
 mc_status_t mc_store_create(const mc_store_ops_t *ops, void *ctx,
@@ -138,6 +145,7 @@ mc_status_t mc_store_set(mc_store_h s, const char *key, const void *val,
     if (!val && len)
         return mc_err(MC_ERR_INVALID_ARG, "mc_store_set('%s'): val is NULL",
                       key);
+    mc_err_clear();
     return store_fail(s->ops.set(s->ctx, key, val, len), "mc_store_set", key);
 }
 
@@ -150,6 +158,7 @@ mc_status_t mc_store_get(mc_store_h s, const char *key, int64_t timeout_ms,
                       "mc_store_get('%s'): buf is NULL but cap is %zu", key,
                       cap);
     size_t len = 0;
+    mc_err_clear();
     mc_status_t st = s->ops.get(s->ctx, key, timeout_ms, buf, cap, &len);
     if (st < 0) return store_fail(st, "mc_store_get", key);
     if (len > MC_STORE_VALUE_MAX)
@@ -168,6 +177,7 @@ mc_status_t mc_store_check(mc_store_h s, const char *key, int *exists_p)
         return mc_err(MC_ERR_INVALID_ARG,
                       "mc_store_check('%s'): exists_p is NULL", key);
     int exists = 0;
+    mc_err_clear();
     mc_status_t st = s->ops.check(s->ctx, key, &exists);
     if (st < 0) return store_fail(st, "mc_store_check", key);
     *exists_p = exists ? 1 : 0;
@@ -193,6 +203,7 @@ mc_status_t mc_store_compare_set(mc_store_h s, const char *key,
                       : (!desired && desired_len) ? "desired"
                                                   : "cur");
     size_t len = 0;
+    mc_err_clear();
     mc_status_t st = s->ops.compare_set(s->ctx, key, expected, expected_len,
                                         desired, desired_len, cur, cap, &len);
     if (st < 0) return store_fail(st, fn, key);
@@ -205,6 +216,7 @@ mc_status_t mc_store_add(mc_store_h s, const char *key, int64_t delta,
 {
     MC_CHECK(store_check(s, key, "mc_store_add"));
     int64_t v = 0;
+    mc_err_clear();
     mc_status_t st = s->ops.add(s->ctx, key, delta, &v);
     if (st < 0) return store_fail(st, "mc_store_add", key);
     if (value_p) *value_p = v;
@@ -214,6 +226,7 @@ mc_status_t mc_store_add(mc_store_h s, const char *key, int64_t delta,
 mc_status_t mc_store_del(mc_store_h s, const char *key)
 {
     MC_CHECK(store_check(s, key, "mc_store_del"));
+    mc_err_clear();
     return store_fail(s->ops.del(s->ctx, key), "mc_store_del", key);
 }
 

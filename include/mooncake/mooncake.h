@@ -135,7 +135,9 @@ const char *mc_redop_name(mc_redop_t op);
  * the file-system store below.
  *
  * All slots are required. They may be called from any thread; an
- * implementation must be thread-safe. `timeout_ms < 0` waits forever.
+ * implementation must be thread-safe. `timeout_ms < 0` waits forever. A
+ * slot that fails may describe why with mc_store_error() before it returns;
+ * otherwise the caller's error text names the call and the status only.
  */
 typedef struct mc_store_ops {
     size_t size; /**< sizeof(mc_store_ops_t), for versioning */
@@ -173,6 +175,10 @@ typedef struct mc_store_ops {
 } mc_store_ops_t;
 
 typedef struct mc_store *mc_store_h;
+
+/** For store implementations: record `msg` as this thread's last error
+ *  (mc_last_error) and return st. */
+mc_status_t mc_store_error(mc_status_t st, const char *msg);
 
 /** Wrap a user store. ops is copied; ctx is owned by the caller until
  *  mc_store_destroy calls ops->destroy(ctx). */

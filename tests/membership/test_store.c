@@ -695,6 +695,8 @@ static mc_status_t fake_set(void *c, const char *k, const void *v, size_t l)
     f->calls++;
     snprintf(f->last_key, sizeof(f->last_key), "%s", k);
     (void)v, (void)l;
+    if (!strcmp(k, "fails")) /* with its own text */
+        return mc_store_error(MC_ERR_STORE, "fake store: the disk is gone");
     return MC_OK;
 }
 static mc_status_t fake_get(void *c, const char *k, int64_t t, void *b,
@@ -781,10 +783,15 @@ static void test_user_store(void **state)
     int64_t v = 0;
     assert_int_equal(mc_store_add(s, "a", 9, &v), MC_OK);
     assert_int_equal(v, 9);
-    clear_error();
+    /* a failure's text is this call's, never an older failure's */
+    EXPECT_INVALID(mc_store_set(s, "no spaces", "v", 1));
     assert_int_equal(mc_store_del(s, "a"), MC_ERR_STORE);
-    assert_true(mc_last_error()[0] != '\0');
-    assert_int_equal(fk.calls, 4);
+    if (!strstr(mc_last_error(), "mc_store_del('a')"))
+        fail_msg("del failed without text; the error says: %s",
+                 mc_last_error());
+    assert_int_equal(mc_store_set(s, "fails", "v", 1), MC_ERR_STORE);
+    assert_string_equal(mc_last_error(), "fake store: the disk is gone");
+    assert_int_equal(fk.calls, 5);
     mc_store_destroy(s);
     assert_int_equal(fk.destroyed, 1);
     mc_store_destroy(NULL);
