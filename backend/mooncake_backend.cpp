@@ -33,21 +33,28 @@ struct StoreCtx {
     c10::intrusive_ptr<c10d::Store> store;
 };
 
+// mooncake backends alive in this process (the first one made is the world)
+std::atomic<int> gLiveBackends{0};
+
+// the last store failure's text on this thread, for creation's message
 thread_local std::string tlsStoreError;
 
 mc_status_t storeFail(const std::exception &e)
 {
     // c10 errors append a C++ backtrace after the first line: keep the message
     const c10::Error *ce = dynamic_cast<const c10::Error *>(&e);
-    tlsStoreError = ce ? ce->msg() : e.what();
-    size_t nl = tlsStoreError.find('\n');
-    if (nl != std::string::npos) tlsStoreError.resize(nl);
+    std::string text = ce ? ce->msg() : e.what();
+    size_t nl = text.find('\n');
+    if (nl != std::string::npos) text.resize(nl);
     // c10d stores report a wait that ran out as an exception whose text says
     // so; there is no dedicated type shared by all of them.
-    if (tlsStoreError.find("imeout") != std::string::npos ||
-        tlsStoreError.find("imed out") != std::string::npos)
-        return MC_ERR_TIMEOUT;
-    return MC_ERR_STORE;
+    mc_status_t st = text.find("imeout") != std::string::npos ||
+                             text.find("imed out") != std::string::npos
+                         ? MC_ERR_TIMEOUT
+                         : MC_ERR_STORE;
+    // the engine's error text then names what the torch store said
+    tlsStoreError = text;
+    return mc_store_error(st, ("torch store: " + text).c_str());
 }
 
 std::vector<uint8_t> toBytes(const void *p, size_t n)
@@ -640,7 +647,8 @@ void MooncakeWork::complete()
     durationMs_.store(std::chrono::duration<float, std::milli>(
                           std::chrono::steady_clock::now() - startTime_)
                           .count());
-    finish(eptr);
+    // The future first, then the work (as gloo does): a wait() that returns
+    // may read the future at once.
     if (eptr) {
         future_->setError(eptr);
     } else {
@@ -650,6 +658,7 @@ void MooncakeWork::complete()
 #endif
         future_->markCompleted(c10::IValue(outputs_));
     }
+    finish(eptr);
     // Staging buffers: pinned ones are recycled by torch's host allocator
     // only after the queued copies have run.
     keep.clear();
@@ -812,10 +821,18 @@ MooncakeBackend::MooncakeBackend(const c10::intrusive_ptr<c10d::Store> &store,
         if (!std::getenv("MOONCAKE_INIT_TIMEOUT_MS"))
             cfg.init_timeout_ms = timeout.count();
     }
+    // The first mooncake group of the process (init_process_group's) is the
+    // world: MOONCAKE_INITIAL_SIZE and MOONCAKE_JOIN are about it only. A
+    // later group (new_group) is created whole by its members, a joiner's
+    // included.
+    const bool world = gLiveBackends.load() == 0;
+    if (!world) cfg.join = 0;
     // MOONCAKE_INITIAL_SIZE=n: the world has `size` slots, of which the
     // first n start active; the others wait for joiners (MOONCAKE_JOIN=1).
     int initial = size;
-    if (const char *e = std::getenv("MOONCAKE_INITIAL_SIZE")) {
+    const char *initialEnv = world ? std::getenv("MOONCAKE_INITIAL_SIZE")
+                                   : nullptr;
+    if (const char *e = initialEnv) {
         char *end = nullptr;
         long v = std::strtol(e, &end, 10);
         if (!*e || *end || v < 1 || v > size) {
@@ -849,9 +866,13 @@ MooncakeBackend::MooncakeBackend(const c10::intrusive_ptr<c10d::Store> &store,
     const char *inl = std::getenv("MOONCAKE_TORCH_INLINE");
     inline_ = !(inl && std::strcmp(inl, "0") == 0);
     init();
+    gLiveBackends++; // constructed: the destructor takes it back
 }
 
-MooncakeBackend::~MooncakeBackend() = default;
+MooncakeBackend::~MooncakeBackend()
+{
+    gLiveBackends--;
+}
 
 c10::intrusive_ptr<c10d::Backend::Options> MooncakeBackend::getBackendOptions()
 {

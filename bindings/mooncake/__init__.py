@@ -29,7 +29,7 @@ from ._C import MooncakeBackend, create_backend
 from .fault import (EvictedError, RankFailureError, get_active_ranks,
                     get_auto_recover, get_epoch, get_failed_ranks,
                     get_joined_ranks, admit_joiners, recover,
-                    set_auto_recover, shrink)
+                    set_auto_recover, shrink, as_fault_error)
 
 __version__ = _C.__version__
 BACKEND_NAME = "mooncake"
@@ -39,7 +39,7 @@ __all__ = ["BACKEND_NAME", "MooncakeBackend", "create_backend", "__version__",
            "get_epoch", "get_failed_ranks", "get_joined_ranks", "admit_joiners",
            "recover",
            "set_auto_recover",
-           "get_auto_recover", "shrink"]
+           "get_auto_recover", "shrink", "as_fault_error"]
 
 
 def _register():

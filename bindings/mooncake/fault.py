@@ -18,6 +18,7 @@ __all__ = [
     "set_auto_recover",
     "get_auto_recover",
     "shrink",
+    "as_fault_error",
 ]
 
 
@@ -46,6 +47,47 @@ class EvictedError(_dist.DistBackendError):
 _C._set_error_types(RankFailureError, EvictedError)
 
 
+def as_fault_error(exc, group=None):
+    """The mooncake fault error behind ``exc``, or None.
+
+    A collective that torch itself waits for on the caller's behalf (DDP's
+    gradient all_reduce inside ``loss.backward()``) fails with a plain
+    ``torch.distributed.DistBackendError``: torch rethrows every backend
+    error as that type there, so ``RankFailureError`` and its
+    ``failed_ranks`` do not survive the trip. Pass such an exception here:
+    a ``RankFailureError`` or ``EvictedError`` comes back as it is; a
+    ``DistBackendError`` whose message says that a mooncake collective
+    failed because ranks failed (manual mode, after the survivors agreed on
+    a new view) comes back as a ``RankFailureError`` with the group's
+    failed ranks, one that says this rank was evicted as an
+    ``EvictedError``; anything else gives None. ::
+
+        try:
+            loss.backward()
+        except dist.DistBackendError as e:
+            err = mooncake.as_fault_error(e)
+            if not isinstance(err, mooncake.RankFailureError):
+                raise
+            mooncake.recover()
+    """
+    if isinstance(exc, (RankFailureError, EvictedError)):
+        return exc
+    if not isinstance(exc, _dist.DistBackendError):
+        return None
+    text = str(exc)
+    if "mooncake " not in text:
+        return None
+    if " failed (evicted)" in text:
+        return EvictedError(text)
+    p2p = any(f"mooncake {op} failed" in text for op in ("send", "recv"))
+    if " failed (peer failed)" in text and not p2p:
+        b = _backend(group)
+        failed = list(b._failed_ranks())
+        if failed and not b._auto_recover():
+            return RankFailureError(text, failed)
+    return None
+
+
 def _backend(group):
     """The MooncakeBackend object of `group` (default group when None)."""
     if group is None:
@@ -64,6 +106,9 @@ def _backend(group):
             b = group._get_backend(torch.device(dev))
         except RuntimeError:
             continue
+        # TORCH_DISTRIBUTED_DEBUG=DETAIL wraps every backend in a
+        # _ProcessGroupWrapper (its checks run over gloo)
+        b = getattr(b, "wrapped_pg", b)
         if isinstance(b, _C.MooncakeBackend):
             return b
         found.append(type(b).__name__)

@@ -152,6 +152,51 @@ def view_api_basics(ctx):
     _check_view("after ops", 1, list(range(ws)), [])
 
 
+@case(skip_on=NOT_GLOO)
+def subgroup_ignores_world_env(ctx):
+    # MOONCAKE_INITIAL_SIZE and MOONCAKE_JOIN are about the world group
+    # (init_process_group's); a later new_group is created whole even when
+    # they are still set in the environment, as in a replacement process.
+    _mooncake_only(ctx)
+    ws, me = ctx.world_size, ctx.rank
+    saved = {k: os.environ.get(k)
+             for k in ("MOONCAKE_INITIAL_SIZE", "MOONCAKE_JOIN")}
+    os.environ["MOONCAKE_INITIAL_SIZE"] = str(ws)
+    os.environ["MOONCAKE_JOIN"] = "1"
+    try:
+        g = dist.new_group([0, 1])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if me < 2:
+        _check_view("subgroup", 1, [0, 1], [], group=g)
+        t = torch.full((16,), float(me + 1))
+        dist.all_reduce(t, group=g)
+        assert torch.equal(t, torch.full((16,), 3.0)), f"all_reduce: {t[:4]}"
+
+
+@case(skip_on=NOT_GLOO)
+def view_api_under_debug_detail(ctx):
+    # TORCH_DISTRIBUTED_DEBUG=DETAIL wraps a group's backend in torch's
+    # _ProcessGroupWrapper: the view API looks through it.
+    _mooncake_only(ctx)
+    ws = ctx.world_size
+    old = dist.get_debug_level()
+    dist.set_debug_level(dist.DebugLevel.DETAIL)
+    try:
+        g = dist.new_group(list(range(ws)))
+    finally:
+        dist.set_debug_level(old)
+    assert mooncake.get_active_ranks(g) == list(range(ws))
+    assert mooncake.get_epoch(g) == 1
+    t = torch.ones(8)
+    dist.all_reduce(t, group=g)
+    assert torch.equal(t, torch.full((8,), float(ws)))
+
+
 def test_api_without_process_group():
     # Needs no workers: the functions say what is wrong before
     # init_process_group.
@@ -471,6 +516,40 @@ def kill_manual_mode(ctx):
             _ops_over(ctx, survivors, "after-async", async_op=True)]
     _same_on(ctx, survivors, "digests", ",".join(digs))
     assert mooncake.recover() == survivors  # nothing pending: a no-op
+
+
+@case(skip_on=NOT_GLOO, kills=True, world_sizes=(3,))
+def kill_manual_mode_ddp(ctx):
+    # DDP waits for its gradient all_reduce inside loss.backward(), where
+    # torch rethrows a backend error as a plain DistBackendError:
+    # mooncake.as_fault_error gives the RankFailureError back.
+    _mooncake_only(ctx)
+    ws, me = ctx.world_size, ctx.rank
+    victim = ws - 1
+    survivors = [r for r in range(ws) if r != victim]
+    mooncake.set_auto_recover(False)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 4))
+    for _ in range(2):  # healthy steps; the second rebuilds the buckets
+        model(torch.randn(4, 8)).sum().backward()
+    ctx.store_barrier("before-kill")
+    if me == victim:
+        ctx.die()
+    loss = model(torch.randn(4, 8)).sum()
+    with pytest.raises(dist.DistBackendError) as ei:
+        loss.backward()
+    err = mooncake.as_fault_error(ei.value)
+    assert isinstance(err, mooncake.RankFailureError), \
+        f"as_fault_error({type(ei.value).__name__}: {ei.value}) -> {err!r}"
+    assert err.failed_ranks == [victim], err.failed_ranks
+    assert mooncake.as_fault_error(err) is err
+    assert mooncake.as_fault_error(ValueError("mooncake x failed")) is None
+    assert mooncake.as_fault_error(dist.DistBackendError("other")) is None
+    assert mooncake.recover() == survivors
+    t = torch.full((4,), float(me + 1))
+    dist.all_reduce(t)
+    want = float(sum(r + 1 for r in survivors))
+    assert torch.equal(t, torch.full((4,), want)), f"after recover: {t}"
 
 
 @case(skip_on=NOT_GLOO, kills=True, world_sizes=(4,))
