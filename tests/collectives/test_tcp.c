@@ -1279,6 +1279,124 @@ static void test_close_check(void **state)
     t_run(2, 60, body_close_check, &c);
 }
 
+/* The close check must not call a live peer dead while that peer admits a
+ * joiner: P (rank 0) takes in J, a new process for slot 1, and so drops the
+ * streams of Q, the old slot-1 process, which is alive. Q sees EOF and
+ * checks P's listener; P, accepting while J's add is open, takes Q's check
+ * connection into its pending list, and once J's handshake is done it
+ * closed that socket with Q's probe byte unread: a reset, which Q took for
+ * a dead listener. Roles by fork index: 0 P, 1 Q, 2 J. */
+static mc_status_t t_open_inc(const t_ctx_t *c, int rank, uint64_t inc,
+                              const uint64_t *pinc, int do_connect,
+                              mc_store_h *store_p, mc_tl_t **tl_p)
+{
+    mc_store_h store;
+    mc_status_t st = mc_store_file_create(c->dir, &store);
+    if (st != MC_OK) return st;
+    uint8_t peers[2] = {rank != 0, rank != 1};
+    mc_tl_params_t p = {.rank = rank,
+                        .size = 2,
+                        .store = store,
+                        .uid = c->uid,
+                        .peers = peers,
+                        .incarnation = inc,
+                        .peer_incarnation = pinc,
+                        .timeout_ms = 10000};
+    mc_tl_t *tl = NULL;
+    st = ops->create(&p, &tl);
+    if (st == MC_OK && do_connect) {
+        st = ops->connect(tl);
+        if (st != MC_OK) ops->destroy(tl);
+    }
+    if (st != MC_OK) {
+        mc_store_destroy(store);
+        return st;
+    }
+    *store_p = store;
+    *tl_p = tl;
+    return MC_OK;
+}
+
+static int body_check_admitting(int role, int size, void *arg)
+{
+    t_ctx_t *c = arg;
+    (void)size;
+    mc_store_h store;
+    mc_tl_t *tl;
+    char v[4];
+    size_t len;
+    int rc = 0;
+    if (role == 0) { /* P */
+        if (t_open_inc(c, 0, 0, NULL, 1, &store, &tl) != MC_OK)
+            return MC_TFAIL(role, "open P: %s", mc_last_error());
+        if (mc_store_get(store, "ca/j", 20000, v, 4, &len) != MC_OK)
+            return MC_TFAIL(role, "J never started");
+        usleep(300000); /* J's connections wait in the backlog */
+        if (ops->add_peer(tl, 1, 1, 5000) != MC_OK)
+            return MC_TFAIL(role, "add_peer: %s", mc_last_error());
+        ops->progress(tl); /* accepts J's sockets; Q's check follows */
+        usleep(100000);
+        int64_t t0 = mc_now_us();
+        while (ops->peer_status(tl, 1) == MC_INPROGRESS &&
+               mc_now_us() - t0 < 5000000) {
+            ops->progress(tl);
+            ops->wait(tl, 1000);
+        }
+        if (ops->peer_status(tl, 1) != MC_OK)
+            rc = MC_TFAIL(role, "J's add: %d", ops->peer_status(tl, 1));
+        /* alive until Q is done */
+        mc_store_get(store, "ca/q", 20000, v, 4, &len);
+        t_close(tl, store);
+        return rc;
+    }
+    if (role == 1) { /* Q: slot 1, the old process */
+        if (t_open_inc(c, 1, 0, NULL, 1, &store, &tl) != MC_OK)
+            return MC_TFAIL(role, "open Q: %s", mc_last_error());
+        mc_store_set(store, "ca/up", "1", 1);
+        static uint64_t b;
+        static mc_xfer_t x;
+        x = (mc_xfer_t){.buf = &b, .len = sizeof(b)};
+        if (ops->post_recv(tl, 0, MC_CH_COLL, &x) != MC_OK)
+            rc = MC_TFAIL(role, "post_recv: %s", mc_last_error());
+        /* P drops us about 0.4 s in; its check runs 1 s at most */
+        for (int64_t t0 = mc_now_us(); !rc && mc_now_us() - t0 < 3000000;) {
+            ops->progress(tl);
+            ops->wait(tl, 2000);
+            if (ops->peer_status(tl, 0) == MC_ERR_PEER_FAILED)
+                rc = MC_TFAIL(role, "P, alive and admitting a joiner, was "
+                                    "called dead %.0f ms in",
+                              (double)(mc_now_us() - t0) / 1000);
+        }
+        mc_store_set(store, "ca/q", "1", 1);
+        t_close(tl, store);
+        return rc;
+    }
+    /* J: slot 1 again, incarnation 1 */
+    if (mc_store_file_create(c->dir, &store) != MC_OK ||
+        mc_store_get(store, "ca/up", 20000, v, 4, &len) != MC_OK)
+        return MC_TFAIL(role, "Q never came up");
+    mc_store_destroy(store);
+    usleep(100000);
+    uint64_t pinc[2] = {0, 1};
+    if (t_open_inc(c, 1, 1, pinc, 0, &store, &tl) != MC_OK)
+        return MC_TFAIL(role, "create J: %s", mc_last_error());
+    mc_store_set(store, "ca/j", "1", 1);
+    if (ops->connect(tl) != MC_OK)
+        rc = MC_TFAIL(role, "J connect: %s", mc_last_error());
+    mc_store_get(store, "ca/q", 20000, v, 4, &len);
+    t_close(tl, store);
+    return rc;
+}
+
+static void test_close_check_admitting(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 3; i++) {
+        t_ctx_t c = {0};
+        t_run(3, 60, body_check_admitting, &c);
+    }
+}
+
 /* The close check's held connection: rank 1's listener outlives its
  * streams by 1.5 s (a child holds it, like a slow exit or an inherited
  * fd), so rank 0's check finds it answering and calls rank 1 alive; when
@@ -1561,6 +1679,7 @@ int main(void)
         cmocka_unit_test(test_held_reset),
         cmocka_unit_test(test_close_check),
         cmocka_unit_test(test_close_late),
+        cmocka_unit_test(test_close_check_admitting),
         cmocka_unit_test(test_connect_timeout),
         cmocka_unit_test(test_rogue_hello),
     };

@@ -313,6 +313,17 @@ static void tcp_close(int *fd)
     *fd = -1;
 }
 
+/* Close an accepted socket we did not take, after reading what it holds:
+ * closed with unread bytes the kernel answers with a reset, which a close
+ * check on the other side (its probe byte) may read as a dead listener. */
+static void tcp_close_read(int *fd)
+{
+    char junk[512];
+    for (int i = 0; *fd >= 0 && i < 64; i++)
+        if (recv(*fd, junk, sizeof(junk), MSG_DONTWAIT) <= 0) break;
+    tcp_close(fd);
+}
+
 /* Buffer sizes must be set before connect/listen to affect the window
  * scale; accepted sockets inherit the listener's. Failures are harmless
  * (the kernel clamps to net.core.[rw]mem_max anyway). */
@@ -740,6 +751,23 @@ static int tcp_chk_step(mc_tl_t *tl, int r, int64_t now)
     int dead = 0, alive = 0, e = 0;
     socklen_t sl = sizeof(e);
     if (getsockopt(p->chk_fd, SOL_SOCKET, SO_ERROR, &e, &sl) != 0) e = errno;
+    /* A reset after we connected (and sent the probe byte) is a dying
+     * listener dropping its queue, or a live process that accepted our
+     * connection (while it accepted a joiner's) and closed it: ask again,
+     * as after an EOF; a listener that is gone refuses the next one. */
+    if (e && tcp_err_is_gone(e) && p->chk_conn_us &&
+        p->chk_tries < MC_TCP_CHECK_TRIES &&
+        now - p->chk_start_us < MC_TCP_CHECK_MAX_US) {
+        int fd = tcp_chk_connect(p);
+        if (fd >= 0) {
+            tcp_close(&p->chk_fd);
+            p->chk_fd = fd;
+            p->chk_conn_us = 0;
+            p->chk_tries++;
+            return 0;
+        }
+        e = errno; /* refused now: gone; a local error: no verdict */
+    }
     if (e) {
         if (tcp_err_is_gone(e))
             dead = 1;
@@ -752,14 +780,14 @@ static int tcp_chk_step(mc_tl_t *tl, int r, int64_t now)
             if (pf.revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR)) {
                 char c;
                 ssize_t n = recv(p->chk_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-                if (n < 0 && !tcp_again(errno)) {
-                    e = errno; /* the listener closed with us queued */
-                    dead = tcp_err_is_gone(e);
-                    alive = !dead;
-                } else if (n >= 0 && p->chk_tries < MC_TCP_CHECK_TRIES &&
-                           now - p->chk_start_us < MC_TCP_CHECK_MAX_US) {
-                    /* dropped (or answered): a live process, or a dying
-                     * one's listener; ask again */
+                int reset = n < 0 && !tcp_again(errno);
+                if (reset) e = errno;
+                if ((n >= 0 || (reset && tcp_err_is_gone(e) &&
+                                p->chk_conn_us)) &&
+                    p->chk_tries < MC_TCP_CHECK_TRIES &&
+                    now - p->chk_start_us < MC_TCP_CHECK_MAX_US) {
+                    /* dropped, answered or reset: a live process, or a
+                     * dying one's listener; ask again */
                     int fd = tcp_chk_connect(p);
                     if (fd < 0) {
                         e = errno;
@@ -772,6 +800,10 @@ static int tcp_chk_step(mc_tl_t *tl, int r, int64_t now)
                         p->chk_tries++;
                         return 0;
                     }
+                } else if (reset) {
+                    /* the listener closed with us queued */
+                    dead = tcp_err_is_gone(e);
+                    alive = !dead;
                 } else if (n >= 0) {
                     alive = 1; /* a process there answered or closed */
                 }
@@ -875,6 +907,21 @@ static int tcp_held_step(mc_tl_t *tl)
                    "(%s): no more watch on its listener",
                    tl->rank, r, k == 0 ? "EOF" : k > 0 ? "data" : strerror(e));
         if (k < 0 && tcp_err_is_gone(e)) {
+            /* a listener that closed later (a slow exit reaching it), or a
+             * live process that accepted the held connection (while it
+             * accepted a joiner's) and closed it: a fresh check decides,
+             * and a gone listener refuses it at once */
+            int fd = tcp_chk_connect(p);
+            if (fd >= 0) {
+                p->chk = CHK_RUN;
+                p->chk_fd = fd;
+                p->chk_start_us = mc_now_us();
+                p->chk_conn_us = 0;
+                p->chk_tries = 1;
+                tl->nchk++;
+                continue;
+            }
+            if (!tcp_err_is_gone(errno)) continue; /* no verdict */
             p->chk = CHK_NONE;
             char how[96];
             snprintf(how, sizeof(how), "its listener closed later (%s)",
@@ -1188,9 +1235,11 @@ static void tcp_add_end(mc_tl_t *tl, int r)
             break;
         }
     if (r > tl->rank && --tl->nadd_in == 0) {
-        /* nobody is expected any more: whatever waits for an ack goes */
+        /* nobody is expected any more: whatever waits for an ack goes
+         * (another peer's close check among them: read, so it ends with
+         * a FIN, not a reset that would say our listener is gone) */
         for (int i = 0; i < tl->nin; i++)
-            tcp_close(&tl->ins[i].fd);
+            tcp_close_read(&tl->ins[i].fd);
         tl->nin = 0;
     }
 }
@@ -1354,12 +1403,17 @@ static int tcp_in_event(mc_tl_t *tl, mc_tcp_in_t *in)
         if (w != (ssize_t)sizeof(b)) why = "ack send failed";
     }
     if (why) {
-        MC_LOG(level,
-               "tcp: rank %d: rejecting connection from %s (rank %u, "
-               "channel %u, incarnation %llu for %llu): %s",
-               tl->rank, in->from, h.rank, h.ch, (unsigned long long)h.inc,
-               (unsigned long long)h.to_inc, why);
-        tcp_close(&in->fd);
+        if (h.la.sin_family == AF_INET) /* decoded */
+            MC_LOG(level,
+                   "tcp: rank %d: rejecting connection from %s (rank %u, "
+                   "channel %u, incarnation %llu for %llu): %s",
+                   tl->rank, in->from, h.rank, h.ch,
+                   (unsigned long long)h.inc, (unsigned long long)h.to_inc,
+                   why);
+        else
+            MC_LOG(level, "tcp: rank %d: rejecting connection from %s: %s",
+                   tl->rank, in->from, why);
+        tcp_close_read(&in->fd);
         return 1;
     }
     int fd = in->fd;
@@ -1594,10 +1648,11 @@ static mc_status_t tcp_add_step(mc_tl_t *tl, int64_t max_wait_us)
     for (int i = 0; i < tl->nin; i++) {
         mc_tcp_in_t *in = &tl->ins[i];
         if (in->fd >= 0 && now - in->since_us > MC_TCP_PENDING_US) {
-            MC_LOG(MC_LOG_WARN,
+            /* a peer's close check (one byte) is one: not worth a warning */
+            MC_LOG(in->got <= 1 ? MC_LOG_INFO : MC_LOG_WARN,
                    "tcp: rank %d: dropping connection from %s: no hello",
                    tl->rank, in->from);
-            tcp_close(&in->fd);
+            tcp_close_read(&in->fd);
         }
         if (in->fd >= 0) tl->ins[w++] = *in;
     }
