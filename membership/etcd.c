@@ -284,10 +284,21 @@ static int try_next(CURLcode rc)
            rc == CURLE_GOT_NOTHING || rc == CURLE_COULDNT_RESOLVE_HOST;
 }
 
+/* Errors after which the request may have been applied (it was sent, the
+ * answer did not come). */
+static int maybe_applied(CURLcode rc)
+{
+    return rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_RECV_ERROR ||
+           rc == CURLE_SEND_ERROR || rc == CURLE_GOT_NOTHING;
+}
+
 /* POST `req` to `path` and parse the answer into *resp_p (freed by the
- * caller). Takes ownership of req. */
-static mc_status_t call(mc_etcd_t *e, const char *path, cJSON *req,
-                        cJSON **resp_p)
+ * caller). Takes ownership of req. once: the request must not be applied
+ * twice (a transaction): after an error that may follow its application
+ * the call fails instead of asking the next endpoint, which the next call
+ * starts with; the caller reads the outcome back. */
+static mc_status_t call_ex(mc_etcd_t *e, const char *path, cJSON *req,
+                           cJSON **resp_p, int once)
 {
     *resp_p = NULL;
     char *body = req ? cJSON_PrintUnformatted(req) : NULL;
@@ -324,6 +335,12 @@ static mc_status_t call(mc_etcd_t *e, const char *path, cJSON *req,
                      b.over ? " (response over the size limit)" : "");
             st = rc == CURLE_OPERATION_TIMEDOUT ? MC_ERR_TIMEOUT : MC_ERR_IO;
             if (b.over) break;
+            if (once && maybe_applied(rc)) {
+                e->cur = (i + 1) % e->nep;
+                snprintf(why + strlen(why), sizeof(why) - strlen(why),
+                         " (a transaction: not sent again)");
+                break;
+            }
             if (try_next(rc)) continue;
             break;
         }
@@ -358,6 +375,12 @@ static mc_status_t call(mc_etcd_t *e, const char *path, cJSON *req,
     free(body);
     if (st != MC_OK) return mc_err(st, "etcd %s: %.900s", path, why);
     return MC_OK;
+}
+
+static mc_status_t call(mc_etcd_t *e, const char *path, cJSON *req,
+                        cJSON **resp_p)
+{
+    return call_ex(e, path, req, resp_p, 0);
 }
 
 static mc_status_t no_mem(cJSON *j, const char *what)
@@ -472,7 +495,7 @@ static mc_status_t txn1(mc_etcd_t *e, const char *key, cJSON *cmp,
     if (!rg || !j_add_b64(rg, "key", key, strlen(key)))
         return no_mem(q, "txn");
     cJSON *r;
-    MC_CHECK(call(e, "/v3/kv/txn", q, &r));
+    MC_CHECK(call_ex(e, "/v3/kv/txn", q, &r, 1));
     const cJSON *sc = cJSON_GetObjectItemCaseSensitive(r, "succeeded");
     *ok_p = cJSON_IsTrue(sc);
     if (rev_p) *rev_p = header_rev(r);

@@ -389,6 +389,42 @@ static void test_store(void **state)
     assert_int_equal(mc_test_fork(4, 60, comm_rank, ep), 0);
 }
 
+/* A transaction is never sent twice: on an endpoint that takes the request
+ * and never answers (a listening socket nobody accepts on, as a stopped
+ * member), it fails with a timeout instead of running again on the next
+ * endpoint, where it could apply a second time; the next call starts on
+ * the next endpoint. A put (idempotent here) fails over as before. */
+static void test_txn_not_resent(void **state)
+{
+    (void)state;
+    int hung = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(hung >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+    assert_int_equal(bind(hung, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(hung, 16), 0);
+    assert_int_equal(getsockname(hung, (struct sockaddr *)&a, &al), 0);
+    char eps[300];
+    snprintf(eps, sizeof(eps), "http://127.0.0.1:%d,%s", ntohs(a.sin_port),
+             g_one->endpoints);
+    mc_etcd_t *e = client(eps, 300);
+    int ok = 1;
+    mc_status_t st =
+        mc_etcd_cas_val(e, "tn/k", NULL, 0, "1", 1, 0, &ok, NULL, NULL);
+    assert_int_equal(st, MC_ERR_TIMEOUT);
+    assert_non_null(strstr(mc_last_error(), "not sent again"));
+    /* the next call starts on the live endpoint: the key was never set */
+    st = mc_etcd_cas_val(e, "tn/k", NULL, 0, "1", 1, 0, &ok, NULL, NULL);
+    assert_int_equal(st, MC_OK);
+    assert_int_equal(ok, 1);
+    mc_etcd_close(e);
+    e = client(eps, 300);
+    assert_int_equal(mc_etcd_put(e, "tn/p", "v", 1, 0, NULL), MC_OK);
+    mc_etcd_close(e);
+    close(hung);
+}
+
 static void test_unreachable(void **state)
 {
     (void)state;
@@ -1191,6 +1227,7 @@ int main(void)
         cmocka_unit_test(test_lease_and_watch),
         cmocka_unit_test(test_store),
         cmocka_unit_test(test_unreachable),
+        cmocka_unit_test(test_txn_not_resent),
         cmocka_unit_test(test_member_stop),
         cmocka_unit_test(test_join_registration),
         cmocka_unit_test(test_watch_one_revision),
