@@ -6,8 +6,10 @@
  *    not a legal key character, so the mapping is injective). The leading
  *    'k' means no key can name ".", ".." or a hidden file, and no key creates
  *    a subdirectory or leaves `dir`.
- *  - Values are immutable files: a writer creates ".tmp.<pid>.<tid>.<n>",
- *    writes it fully, and rename()s it over the key's file. Readers open the
+ *  - Values are immutable files: a writer creates
+ *    ".tmp.<nonce>.<pid>.<tid>.<n>" (the nonce is random per process: pids
+ *    repeat across hosts and containers on a shared file system), writes
+ *    it fully, and rename()s it over the key's file. Readers open the
  *    key's file and see either the old or the new inode, never a partial one,
  *    so reads need no lock.
  *  - Every mutation (set, compare_set, add, del) takes flock(LOCK_EX) on
@@ -15,7 +17,8 @@
  *    makes compare_set and add read-modify-write atomic against each other
  *    and against plain set/del. The lock file is opened per operation so
  *    that threads of one process and forked children (which would share an
- *    inherited open file description) exclude each other too.
+ *    inherited open file description) exclude each other too. A lock held
+ *    for 10 s (its holder stopped) fails the call (MC_ERR_TIMEOUT).
  *  - get polls for the file with an exponential backoff (50 us .. 2 ms).
  */
 #define _GNU_SOURCE
@@ -27,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -48,6 +52,30 @@ struct store_file {
 /* Process-wide counter for temporary names (pid and tid make them unique
  * across processes and threads; the counter within one thread). */
 static uint64_t fs_tmp_counter;
+static uint64_t fs_tmp_nonce; /* random, per process: pids and tids repeat
+                                 across hosts and containers */
+
+static uint64_t fs_nonce(void)
+{
+    uint64_t v = __atomic_load_n(&fs_tmp_nonce, __ATOMIC_ACQUIRE);
+    if (v) return v;
+    if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != (ssize_t)sizeof(v)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        v = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^
+            (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 32);
+    }
+    v |= 1; /* never 0 */
+    uint64_t z = 0;
+    if (!__atomic_compare_exchange_n(&fs_tmp_nonce, &z, v, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        v = z;
+    return v;
+}
+
+/* A lock holder keeps .lock for one rename; one that holds it this long
+ * was stopped (or its file system hangs): the call fails instead. */
+#define FS_LOCK_WAIT_US 10000000
 
 /* Map key -> file name. Keys reach us validated by store.c; re-check the
  * character set here because this mapping is what keeps files inside dir. */
@@ -86,10 +114,21 @@ static mc_status_t fs_lock(struct store_file *fs, const char *key, int *fd_p)
     if (fd < 0)
         return mc_err(MC_ERR_STORE, "file store %s: open .lock for '%s': %s",
                       fs->dir, key, strerror(errno));
-    while (flock(fd, LOCK_EX) < 0) {
+    int64_t waited = 0;
+    while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         if (errno == EINTR) continue;
         int e = errno;
+        if (e == EWOULDBLOCK && waited < FS_LOCK_WAIT_US) {
+            fs_sleep_us(1000);
+            waited += 1000;
+            continue;
+        }
         close(fd);
+        if (e == EWOULDBLOCK)
+            return mc_err(MC_ERR_TIMEOUT,
+                          "file store %s: .lock for '%s' held by another "
+                          "process for %d s (stopped?)",
+                          fs->dir, key, FS_LOCK_WAIT_US / 1000000);
         return mc_err(MC_ERR_STORE, "file store %s: flock for '%s': %s",
                       fs->dir, key, strerror(e));
     }
@@ -143,8 +182,8 @@ static mc_status_t fs_write_tmp(struct store_file *fs, const char *key,
                                 const void *val, size_t len, char tmp[96])
 {
     uint64_t n = __atomic_fetch_add(&fs_tmp_counter, 1, __ATOMIC_RELAXED);
-    snprintf(tmp, 96, ".tmp.%d.%ld.%" PRIu64, (int)getpid(),
-             (long)syscall(SYS_gettid), n);
+    snprintf(tmp, 96, ".tmp.%016" PRIx64 ".%d.%ld.%" PRIu64, fs_nonce(),
+             (int)getpid(), (long)syscall(SYS_gettid), n);
     int fd =
         openat(fs->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0)
