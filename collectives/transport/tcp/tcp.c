@@ -1269,7 +1269,9 @@ static void tcp_add_fail(mc_tl_t *tl, int r, mc_status_t st, const char *why)
            tl->rank, r, (unsigned long long)p->inc, why);
     tcp_add_end(tl, r);
     p->failed = 1;
-    p->add_st = st;
+    /* peer_status speaks only of timeouts and failed peers (a store error
+     * reaching the joiner's address is the joiner failing for us) */
+    p->add_st = st == MC_ERR_TIMEOUT ? MC_ERR_TIMEOUT : MC_ERR_PEER_FAILED;
     int64_t now = mc_now_us();
     for (int c = 0; c < MC_NUM_CHANNELS; c++) {
         mc_tcp_stream_t *s = &p->ch[c];
