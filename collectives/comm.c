@@ -2345,15 +2345,6 @@ static int ag_try_decide(mc_comm_t *c)
             return 0;
         }
         c->em_view_logged = 0;
-        if (!ok && ce == c->epoch + 1 && cs == (uint64_t)(maxlast + 1) &&
-            memcmp(c->em_tmp, next, n) == 0) {
-            /* etcd holds our very proposal: a commit of ours that was
-             * applied while its answer was lost (a transaction is not
-             * sent again; this is the retry), or the same view from a
-             * coordinator beside us. Either way ours: go on as if it had
-             * just committed (joiners it admits are told below). */
-            ok = 1;
-        }
         if (!ok) {
             if (ce <= c->epoch) {
                 MC_LOG(MC_LOG_ERROR,

@@ -285,7 +285,7 @@ static int try_next(CURLcode rc)
 }
 
 /* Errors after which the request may have been applied (it was sent, the
- * answer did not come). */
+ * answer did not come), if any of it was uploaded. */
 static int maybe_applied(CURLcode rc)
 {
     return rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_RECV_ERROR ||
@@ -335,7 +335,10 @@ static mc_status_t call_ex(mc_etcd_t *e, const char *path, cJSON *req,
                      b.over ? " (response over the size limit)" : "");
             st = rc == CURLE_OPERATION_TIMEDOUT ? MC_ERR_TIMEOUT : MC_ERR_IO;
             if (b.over) break;
-            if (once && maybe_applied(rc)) {
+            curl_off_t up = 0;
+            curl_easy_getinfo(h, CURLINFO_SIZE_UPLOAD_T, &up);
+            /* a connect that timed out sent nothing: the next may */
+            if (once && maybe_applied(rc) && up > 0) {
                 e->cur = (i + 1) % e->nep;
                 snprintf(why + strlen(why), sizeof(why) - strlen(why),
                          " (a transaction: not sent again)");
@@ -927,7 +930,8 @@ static void *watch_main(void *arg)
             /* cancelled (watch_msg logged it): again from now, same
              * endpoint, after a pause that keeps a repeating cancel cool */
             w->down = 1;
-            usleep(10000);
+            for (int i = 0; i < 20 && !stopped(w); i++) /* 100 ms */
+                usleep(5000);
             continue;
         }
         fails++;

@@ -20,6 +20,9 @@ struct mc_emember {
     mc_etcd_t *e;
     mc_etcd_t *ka_e;    /* the keepalive's own client: short timeouts, and
                            never behind a unary call stuck on a hung member */
+    mc_etcd_t *rs_e;    /* the watch thread's re-reads (em_resync): 1 s per
+                           endpoint, made at the first */
+    char *endpoints;
     char *prefix;
     int rank, size, ttl_s;
     uint64_t inc;
@@ -142,8 +145,20 @@ static mc_status_t em_read(mc_emember_t *m, const char *part,
     char key[300];
     snprintf(key, sizeof(key), "%s%s", m->prefix, part);
     mc_status_t st = MC_ERR_IO;
-    for (int tries = 0; tries < 5; tries++) {
-        st = mc_etcd_get(m->e, key, 1, kvs_p, n_p, NULL);
+    /* three tries, each bounded by the client's timeout per endpoint; one
+     * stopping (mc_emember_stop, which joins this thread) ends them */
+    for (int tries = 0; tries < 3; tries++) {
+        pthread_mutex_lock(&m->lock);
+        int stop = m->stop;
+        pthread_mutex_unlock(&m->lock);
+        if (stop) break;
+        /* its own client: m->e may still start on the member whose
+         * stream the watch just left (5 s per call there) */
+        if (!m->rs_e) {
+            st = mc_etcd_open(m->endpoints, 1000, &m->rs_e);
+            if (st != MC_OK) return st;
+        }
+        st = mc_etcd_get(m->rs_e, key, 1, kvs_p, n_p, NULL);
         if (st == MC_OK) break;
         usleep(100000);
     }
@@ -301,6 +316,8 @@ static mc_status_t em_run(mc_emember_t *m, const char *endpoints,
     mc_status_t st = MC_ERR_NO_MEMORY;
     if (!m->prefix || !m->gone_inc || !m->join_nonce || !m->present_inc)
         return mc_err(st, "etcd membership: out of memory");
+    m->endpoints = strdup(endpoints);
+    if (!m->endpoints) return mc_err(st, "etcd membership: out of memory");
     st = mc_etcd_open(endpoints, timeout_ms, &m->e);
     if (st != MC_OK) return st;
     int64_t ka_ms = m->ttl_s * 1000 / 4;
@@ -509,6 +526,8 @@ void mc_emember_stop(mc_emember_t *m)
         mc_etcd_lease_revoke(m->e, m->lease); /* best effort */
     mc_etcd_close(m->e);
     mc_etcd_close(m->ka_e);
+    mc_etcd_close(m->rs_e);
+    free(m->endpoints);
     pthread_mutex_destroy(&m->lock);
     pthread_cond_destroy(&m->cond);
     free(m->gone_inc);
