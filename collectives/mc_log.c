@@ -24,6 +24,11 @@ void mc_err_clear(void)
     mc_tls_err[0] = '\0';
 }
 
+void mc_err_restore(const char *text)
+{
+    snprintf(mc_tls_err, sizeof(mc_tls_err), "%s", text ? text : "");
+}
+
 static int mc_log_level_cached = -1;
 
 int mc_log_level(void)

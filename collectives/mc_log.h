@@ -34,6 +34,9 @@ mc_status_t mc_err(mc_status_t st, const char *fmt, ...)
 /* Forget this thread's last error (before a call whose failure may come
  * without an mc_err, e.g. a user's store callback). */
 void mc_err_clear(void);
+/* Put back a text saved from mc_last_error() (a call that succeeded in
+ * between leaves the caller's error as it was). */
+void mc_err_restore(const char *text);
 
 /* Call; on a negative status store it in `st` and jump to `label`
  * (NCCLCHECKGOTO). */

@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,12 +76,27 @@ static mc_status_t store_check_len(size_t len, const char *what, const char *fn)
 }
 
 /* A user store may fail without calling mc_err; make sure the thread's last
- * error then says something about this call rather than an older failure:
- * every call below clears it first, so what is left after a
- * failure was written by this call. */
-static mc_status_t store_fail(mc_status_t st, const char *fn, const char *key)
+ * error then says something about this call rather than an older failure.
+ * Every call below runs its callback between store_begin and store_end:
+ * the text is cleared for the callback, so what is left after a failure
+ * was written by this call; after a success the caller's text is put back
+ * (an error path that cleans up through the store keeps its own). */
+typedef struct {
+    char saved[1024];
+} store_err_t;
+
+static void store_begin(store_err_t *e)
 {
-    if (st < 0 && mc_last_error()[0] == '\0')
+    snprintf(e->saved, sizeof(e->saved), "%s", mc_last_error());
+    mc_err_clear();
+}
+
+static mc_status_t store_end(store_err_t *e, mc_status_t st, const char *fn,
+                             const char *key)
+{
+    if (st >= 0)
+        mc_err_restore(e->saved);
+    else if (mc_last_error()[0] == '\0')
         mc_err(st, "%s('%s'): %s", fn, key, mc_status_str(st));
     return st;
 }
@@ -145,8 +161,10 @@ mc_status_t mc_store_set(mc_store_h s, const char *key, const void *val,
     if (!val && len)
         return mc_err(MC_ERR_INVALID_ARG, "mc_store_set('%s'): val is NULL",
                       key);
-    mc_err_clear();
-    return store_fail(s->ops.set(s->ctx, key, val, len), "mc_store_set", key);
+    store_err_t e;
+    store_begin(&e);
+    return store_end(&e, s->ops.set(s->ctx, key, val, len), "mc_store_set",
+                     key);
 }
 
 mc_status_t mc_store_get(mc_store_h s, const char *key, int64_t timeout_ms,
@@ -158,9 +176,12 @@ mc_status_t mc_store_get(mc_store_h s, const char *key, int64_t timeout_ms,
                       "mc_store_get('%s'): buf is NULL but cap is %zu", key,
                       cap);
     size_t len = 0;
-    mc_err_clear();
-    mc_status_t st = s->ops.get(s->ctx, key, timeout_ms, buf, cap, &len);
-    if (st < 0) return store_fail(st, "mc_store_get", key);
+    store_err_t e;
+    store_begin(&e);
+    mc_status_t st = store_end(
+        &e, s->ops.get(s->ctx, key, timeout_ms, buf, cap, &len),
+        "mc_store_get", key);
+    if (st < 0) return st;
     if (len > MC_STORE_VALUE_MAX)
         return mc_err(MC_ERR_PROTOCOL,
                       "mc_store_get('%s'): store reported a %zu-byte value "
@@ -177,9 +198,11 @@ mc_status_t mc_store_check(mc_store_h s, const char *key, int *exists_p)
         return mc_err(MC_ERR_INVALID_ARG,
                       "mc_store_check('%s'): exists_p is NULL", key);
     int exists = 0;
-    mc_err_clear();
-    mc_status_t st = s->ops.check(s->ctx, key, &exists);
-    if (st < 0) return store_fail(st, "mc_store_check", key);
+    store_err_t e;
+    store_begin(&e);
+    mc_status_t st = store_end(&e, s->ops.check(s->ctx, key, &exists),
+                               "mc_store_check", key);
+    if (st < 0) return st;
     *exists_p = exists ? 1 : 0;
     return MC_OK;
 }
@@ -203,10 +226,14 @@ mc_status_t mc_store_compare_set(mc_store_h s, const char *key,
                       : (!desired && desired_len) ? "desired"
                                                   : "cur");
     size_t len = 0;
-    mc_err_clear();
-    mc_status_t st = s->ops.compare_set(s->ctx, key, expected, expected_len,
-                                        desired, desired_len, cur, cap, &len);
-    if (st < 0) return store_fail(st, fn, key);
+    store_err_t e;
+    store_begin(&e);
+    mc_status_t st = store_end(
+        &e,
+        s->ops.compare_set(s->ctx, key, expected, expected_len, desired,
+                           desired_len, cur, cap, &len),
+        fn, key);
+    if (st < 0) return st;
     if (cur_len_p) *cur_len_p = len;
     return MC_OK;
 }
@@ -216,9 +243,11 @@ mc_status_t mc_store_add(mc_store_h s, const char *key, int64_t delta,
 {
     MC_CHECK(store_check(s, key, "mc_store_add"));
     int64_t v = 0;
-    mc_err_clear();
-    mc_status_t st = s->ops.add(s->ctx, key, delta, &v);
-    if (st < 0) return store_fail(st, "mc_store_add", key);
+    store_err_t e;
+    store_begin(&e);
+    mc_status_t st =
+        store_end(&e, s->ops.add(s->ctx, key, delta, &v), "mc_store_add", key);
+    if (st < 0) return st;
     if (value_p) *value_p = v;
     return MC_OK;
 }
@@ -226,8 +255,9 @@ mc_status_t mc_store_add(mc_store_h s, const char *key, int64_t delta,
 mc_status_t mc_store_del(mc_store_h s, const char *key)
 {
     MC_CHECK(store_check(s, key, "mc_store_del"));
-    mc_err_clear();
-    return store_fail(s->ops.del(s->ctx, key), "mc_store_del", key);
+    store_err_t e;
+    store_begin(&e);
+    return store_end(&e, s->ops.del(s->ctx, key), "mc_store_del", key);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -17,8 +17,10 @@
  *    makes compare_set and add read-modify-write atomic against each other
  *    and against plain set/del. The lock file is opened per operation so
  *    that threads of one process and forked children (which would share an
- *    inherited open file description) exclude each other too. A lock held
- *    for 10 s (its holder stopped) fails the call (MC_ERR_TIMEOUT).
+ *    inherited open file description) exclude each other too. A holder
+ *    that keeps the lock 10 s (stopped) fails the call (MC_ERR_TIMEOUT);
+ *    each holder writes a token into ".lock", so a queue that moves never
+ *    times out.
  *  - get polls for the file with an exponential backoff (50 us .. 2 ms).
  */
 #define _GNU_SOURCE
@@ -74,8 +76,9 @@ static uint64_t fs_nonce(void)
 }
 
 /* A lock holder keeps .lock for one rename; one that holds it this long
- * was stopped (or its file system hangs): the call fails instead. */
-#define FS_LOCK_WAIT_US 10000000
+ * was stopped (or its file system hangs): the call fails instead
+ * (MOONCAKE_STORE_LOCK_WAIT_MS, default 10 s). */
+#define FS_LOCK_WAIT_US (mc_env_int("MOONCAKE_STORE_LOCK_WAIT_MS", 10000) * 1000)
 
 /* Map key -> file name. Keys reach us validated by store.c; re-check the
  * character set here because this mapping is what keeps files inside dir. */
@@ -114,11 +117,21 @@ static mc_status_t fs_lock(struct store_file *fs, const char *key, int *fd_p)
     if (fd < 0)
         return mc_err(MC_ERR_STORE, "file store %s: open .lock for '%s': %s",
                       fs->dir, key, strerror(errno));
+    /* Each holder writes a fresh token into .lock: the wait is bounded
+     * per holder (a token that changes is a queue that moves), not in
+     * total, so many ranks taking turns never time out. */
+    const int64_t limit = FS_LOCK_WAIT_US;
     int64_t waited = 0;
+    uint64_t seen[2] = {0, 0}, tok[2];
     while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         if (errno == EINTR) continue;
         int e = errno;
-        if (e == EWOULDBLOCK && waited < FS_LOCK_WAIT_US) {
+        if (e == EWOULDBLOCK && waited < limit) {
+            if (pread(fd, tok, sizeof(tok), 0) == (ssize_t)sizeof(tok) &&
+                (tok[0] != seen[0] || tok[1] != seen[1])) {
+                memcpy(seen, tok, sizeof(seen));
+                waited = 0;
+            }
             fs_sleep_us(1000);
             waited += 1000;
             continue;
@@ -127,11 +140,14 @@ static mc_status_t fs_lock(struct store_file *fs, const char *key, int *fd_p)
         if (e == EWOULDBLOCK)
             return mc_err(MC_ERR_TIMEOUT,
                           "file store %s: .lock for '%s' held by another "
-                          "process for %d s (stopped?)",
-                          fs->dir, key, FS_LOCK_WAIT_US / 1000000);
+                          "process for %lld ms (stopped?)",
+                          fs->dir, key, (long long)limit / 1000);
         return mc_err(MC_ERR_STORE, "file store %s: flock for '%s': %s",
                       fs->dir, key, strerror(e));
     }
+    tok[0] = fs_nonce();
+    tok[1] = __atomic_add_fetch(&fs_tmp_counter, 1, __ATOMIC_RELAXED);
+    (void)!pwrite(fd, tok, sizeof(tok), 0); /* best effort: a hint */
     *fd_p = fd;
     return MC_OK;
 }

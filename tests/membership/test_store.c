@@ -10,6 +10,11 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -742,6 +747,52 @@ static void fake_destroy(void *c)
     ((struct fake *)c)->destroyed++;
 }
 
+/* A process that holds .lock and never lets go (stopped) fails a writer
+ * after MOONCAKE_STORE_LOCK_WAIT_MS with MC_ERR_TIMEOUT naming the lock;
+ * once it is gone the writer goes on. */
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void test_lock_held(void **state)
+{
+    const char *dir = ((struct fixture *)*state)->dir;
+    char path[512];
+    snprintf(path, sizeof(path), "%s/.lock", dir);
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(path, O_RDWR | O_CREAT, 0644);
+        if (fd < 0 || flock(fd, LOCK_EX) != 0) _exit(1);
+        if (write(pfd[1], "x", 1) != 1) _exit(1);
+        pause();
+        _exit(0);
+    }
+    char c;
+    assert_int_equal(read(pfd[0], &c, 1), 1);
+    setenv("MOONCAKE_STORE_LOCK_WAIT_MS", "300", 1);
+    mc_store_h s;
+    assert_int_equal(mc_store_file_create(dir, &s), MC_OK);
+    double t0 = now_s();
+    mc_status_t st = mc_store_set(s, "held", "v", 1);
+    double took = now_s() - t0;
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    unsetenv("MOONCAKE_STORE_LOCK_WAIT_MS");
+    assert_int_equal(st, MC_ERR_TIMEOUT);
+    assert_non_null(strstr(mc_last_error(), ".lock"));
+    assert_true(took >= 0.25 && took < 5.0);
+    assert_int_equal(mc_store_set(s, "held", "v", 1), MC_OK);
+    mc_store_destroy(s);
+    close(pfd[0]);
+    close(pfd[1]);
+}
+
 static void test_user_store(void **state)
 {
     (void)state;
@@ -791,7 +842,10 @@ static void test_user_store(void **state)
                  mc_last_error());
     assert_int_equal(mc_store_set(s, "fails", "v", 1), MC_ERR_STORE);
     assert_string_equal(mc_last_error(), "fake store: the disk is gone");
-    assert_int_equal(fk.calls, 5);
+    /* a call that succeeds leaves the caller's error text as it was */
+    assert_int_equal(mc_store_set(s, "a/c", "v", 1), MC_OK);
+    assert_string_equal(mc_last_error(), "fake store: the disk is gone");
+    assert_int_equal(fk.calls, 6);
     mc_store_destroy(s);
     assert_int_equal(fk.destroyed, 1);
     mc_store_destroy(NULL);
@@ -811,6 +865,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prefix_isolation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_args, setup, teardown),
         cmocka_unit_test(test_user_store),
+        cmocka_unit_test_setup_teardown(test_lock_held, setup, teardown),
     };
     const struct CMUnitTest concurrent[] = {
         cmocka_unit_test_setup_teardown(test_get_blocks_until_set, setup,
