@@ -116,18 +116,19 @@ PYBIND11_MODULE(_C, m)
     m.def(
         "create_backend",
         [](const c10::intrusive_ptr<c10d::Store> &store, int rank, int size,
-           const std::chrono::duration<double> &timeout) {
+           const std::chrono::duration<double> &timeout, bool world) {
             auto ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
             c10::intrusive_ptr<mooncake::MooncakeBackend> b;
             {
                 py::gil_scoped_release nogil;
-                b = c10::make_intrusive<mooncake::MooncakeBackend>(store, rank,
-                                                                   size, ms);
+                b = c10::make_intrusive<mooncake::MooncakeBackend>(
+                    store, rank, size, ms, world);
             }
             return b;
         },
-        py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout"));
+        py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout"),
+        py::arg("world") = true);
 
     m.def(
         "cuda_staging",

@@ -33,9 +33,6 @@ struct StoreCtx {
     c10::intrusive_ptr<c10d::Store> store;
 };
 
-// mooncake backends alive in this process (the first one made is the world)
-std::atomic<int> gLiveBackends{0};
-
 // the last store failure's text on this thread, for creation's message
 thread_local std::string tlsStoreError;
 
@@ -788,7 +785,7 @@ float MooncakeWork::getDuration() const
 
 MooncakeBackend::MooncakeBackend(const c10::intrusive_ptr<c10d::Store> &store,
                                  int rank, int size,
-                                 std::chrono::milliseconds timeout)
+                                 std::chrono::milliseconds timeout, bool world)
     : c10d::Backend(rank, size), timeout_(timeout)
 {
     TORCH_CHECK(store, "mooncake: no store given");
@@ -821,11 +818,10 @@ MooncakeBackend::MooncakeBackend(const c10::intrusive_ptr<c10d::Store> &store,
         if (!std::getenv("MOONCAKE_INIT_TIMEOUT_MS"))
             cfg.init_timeout_ms = timeout.count();
     }
-    // The first mooncake group of the process (init_process_group's) is the
-    // world: MOONCAKE_INITIAL_SIZE and MOONCAKE_JOIN are about it only. A
-    // later group (new_group) is created whole by its members, a joiner's
-    // included.
-    const bool world = gLiveBackends.load() == 0;
+    // MOONCAKE_INITIAL_SIZE and MOONCAKE_JOIN are about the default group
+    // only (the package tells: not dist.is_initialized() while it is made).
+    // A later group (new_group) is created whole by its members, a
+    // joiner's included.
     if (!world) cfg.join = 0;
     // MOONCAKE_INITIAL_SIZE=n: the world has `size` slots, of which the
     // first n start active; the others wait for joiners (MOONCAKE_JOIN=1).
@@ -866,13 +862,9 @@ MooncakeBackend::MooncakeBackend(const c10::intrusive_ptr<c10d::Store> &store,
     const char *inl = std::getenv("MOONCAKE_TORCH_INLINE");
     inline_ = !(inl && std::strcmp(inl, "0") == 0);
     init();
-    gLiveBackends++; // constructed: the destructor takes it back
 }
 
-MooncakeBackend::~MooncakeBackend()
-{
-    gLiveBackends--;
-}
+MooncakeBackend::~MooncakeBackend() = default;
 
 c10::intrusive_ptr<c10d::Backend::Options> MooncakeBackend::getBackendOptions()
 {
@@ -893,6 +885,14 @@ MooncakeBackend::opTimeout(std::chrono::milliseconds t) const
     // After setTimeout (torch's _set_pg_timeout) the new value bounds waits;
     // before, the communicator's own operation timeout applies.
     return timeoutSet_ ? timeout_ : std::chrono::milliseconds(0);
+}
+
+bool MooncakeBackend::runInline(std::chrono::milliseconds t) const
+{
+    // a timeout of this op's or the backend's (setTimeout) is kept by the
+    // work's wait, which torch calls for a blocking op; the inline call
+    // waits as long as the communicator's own operation timeout
+    return inline_ && opTimeout(t).count() == 0;
 }
 
 c10::intrusive_ptr<MooncakeWork>
@@ -1165,7 +1165,7 @@ MooncakeBackend::allreduce(std::vector<at::Tensor> &tensors,
                 "mooncake allreduce: sparse tensors are not supported");
     ReduceType rt = reduceType("allreduce", t.scalar_type(), opts.reduceOp);
     auto w = newWork(c10d::OpType::ALLREDUCE, "allreduce", {t}, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     Stage s(*w);
     at::Tensor h = s.out(t, /*fill=*/true);
     s.ready();
@@ -1188,7 +1188,7 @@ c10::intrusive_ptr<c10d::Work> MooncakeBackend::allreduce_coalesced(
     }
     auto w = newWork(c10d::OpType::ALLREDUCE_COALESCED, "allreduce_coalesced",
                      tensors, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     Stage s(*w);
     std::vector<at::Tensor> hs;
     for (auto &t : tensors)
@@ -1216,7 +1216,7 @@ MooncakeBackend::broadcast(std::vector<at::Tensor> &tensors,
     TORCH_CHECK(opts.rootTensor == 0,
                 "mooncake broadcast: rootTensor must be 0");
     auto w = newWork(c10d::OpType::BROADCAST, "broadcast", {t}, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     Stage s(*w);
     at::Tensor h = rank_ == opts.rootRank ? s.in(t) : s.out(t, false);
     s.ready();
@@ -1237,7 +1237,7 @@ MooncakeBackend::reduce(std::vector<at::Tensor> &tensors,
                 " out of range for group size ", size_);
     ReduceType rt = reduceType("reduce", t.scalar_type(), opts.reduceOp);
     auto w = newWork(c10d::OpType::REDUCE, "reduce", {t}, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     Stage s(*w);
     bool root = rank_ == opts.rootRank;
     at::Tensor h = root ? s.out(t, /*fill=*/true) : s.in(t);
@@ -1279,7 +1279,7 @@ MooncakeBackend::allgather(std::vector<std::vector<at::Tensor>> &outputs,
                 outs[rank_].numel(), " elements but the input has ",
                 in.numel());
     auto w = newWork(c10d::OpType::ALLGATHER, "allgather", outs, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     w->noteCuda({in});
     Stage s(*w);
     at::Tensor hin = s.in(in);
@@ -1327,7 +1327,7 @@ c10::intrusive_ptr<c10d::Work> MooncakeBackend::allgather_into_tensor_coalesced(
                     " times the group size ", size_);
     }
     auto w = newWork(c10d::OpType::_ALLGATHER_BASE, op, outputs, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     w->noteCuda(inputs);
     Stage s(*w);
     std::vector<at::Tensor> hin, hout;
@@ -1369,7 +1369,7 @@ c10::intrusive_ptr<c10d::Work> MooncakeBackend::allgather_coalesced(
     for (auto &t : inputs)
         checkTensor(t, op);
     auto w = newWork(c10d::OpType::ALLGATHER_COALESCED, op, all, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     w->noteCuda(inputs);
     Stage s(*w);
     std::vector<at::Tensor> hin, flats;
@@ -1430,7 +1430,7 @@ MooncakeBackend::gather(std::vector<std::vector<at::Tensor>> &outputs,
     std::vector<at::Tensor> outs =
         rootList(outputs, in, opts.rootRank, "gather", "output");
     auto w = newWork(c10d::OpType::GATHER, "gather", outs, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     w->noteCuda({in});
     Stage s(*w);
     at::Tensor hin = s.in(in);
@@ -1458,7 +1458,7 @@ MooncakeBackend::scatter(std::vector<at::Tensor> &outputs,
     std::vector<at::Tensor> ins =
         rootList(inputs, out, opts.rootRank, "scatter", "input");
     auto w = newWork(c10d::OpType::SCATTER, "scatter", {out}, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     w->noteCuda(ins);
     Stage s(*w);
     at::Tensor flat;
@@ -1506,7 +1506,7 @@ MooncakeBackend::reduce_scatter(std::vector<at::Tensor> &outputs,
                 out.numel());
     auto w = newWork(c10d::OpType::REDUCE_SCATTER, "reduce_scatter", {out},
                      opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     w->noteCuda(ins);
     Stage s(*w);
     at::Tensor flat = s.flat(total, out.scalar_type(), w->cuda);
@@ -1555,7 +1555,7 @@ c10::intrusive_ptr<c10d::Work> MooncakeBackend::reduce_scatter_tensor_coalesced(
     }
     auto w =
         newWork(c10d::OpType::_REDUCE_SCATTER_BASE, op, outputs, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     w->noteCuda(inputs);
     Stage s(*w);
     std::vector<at::Tensor> hin, hout;
@@ -1583,7 +1583,7 @@ MooncakeBackend::alltoall_base(at::Tensor &output, at::Tensor &input,
     checkTensor(input, op);
     checkSameDtype(output, input, op);
     auto w = newWork(c10d::OpType::ALLTOALL_BASE, op, {output}, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     w->noteCuda({input});
     if (outputSplitSizes.empty() && inputSplitSizes.empty()) {
         TORCH_CHECK(input.numel() % size_ == 0 &&
@@ -1679,7 +1679,7 @@ MooncakeBackend::alltoall(std::vector<at::Tensor> &outputs,
         outTotal += outputs[r].numel();
     }
     auto w = newWork(c10d::OpType::ALLTOALL, op, outputs, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     w->noteCuda(inputs);
     Stage s(*w);
     at::ScalarType dt = inputs[0].scalar_type();
@@ -1706,7 +1706,7 @@ c10::intrusive_ptr<c10d::Work>
 MooncakeBackend::barrier(const c10d::BarrierOptions &opts)
 {
     auto w = newWork(c10d::OpType::BARRIER, "barrier", {}, opts.timeout);
-    const bool blk = !opts.asyncOp && inline_;
+    const bool blk = !opts.asyncOp && runInline(opts.timeout);
     if (blk) {
         mc_status_t st = mc_comm_barrier(comm_->get());
         if (st < 0) throwIssue("barrier", st, true);

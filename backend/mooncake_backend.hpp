@@ -201,8 +201,12 @@ class MooncakeBackend : public c10d::Backend
         }
     };
 
+    // world: the default group (init_process_group's), to which
+    // MOONCAKE_INITIAL_SIZE and MOONCAKE_JOIN apply; later groups are
+    // created whole.
     MooncakeBackend(const c10::intrusive_ptr<c10d::Store> &store, int rank,
-                    int size, std::chrono::milliseconds timeout);
+                    int size, std::chrono::milliseconds timeout,
+                    bool world = true);
     ~MooncakeBackend() override;
 
     const std::string getBackendName() const override
@@ -327,6 +331,8 @@ class MooncakeBackend : public c10d::Backend
              const at::Tensor &like, int64_t rootRank, const char *op,
              const char *what) const;
     std::chrono::milliseconds opTimeout(std::chrono::milliseconds t) const;
+    // whether a blocking call may run inline (no timeout of its own)
+    bool runInline(std::chrono::milliseconds t) const;
     c10::intrusive_ptr<MooncakeWork> newWork(c10d::OpType type,
                                              const char *name,
                                              std::vector<at::Tensor> outputs,

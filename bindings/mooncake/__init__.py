@@ -48,8 +48,15 @@ def _register():
     if BACKEND_NAME.upper() in _dist.Backend._plugins:
         return
     _dist.Backend.register_backend(
-        BACKEND_NAME, create_backend, extended_api=False, devices=["cpu", "cuda"]
+        BACKEND_NAME, _create, extended_api=False, devices=["cpu", "cuda"]
     )
+
+
+def _create(store, rank, size, timeout):
+    # the default group is made while torch says "not initialized" yet;
+    # MOONCAKE_INITIAL_SIZE and MOONCAKE_JOIN apply to it only
+    return create_backend(store, rank, size, timeout,
+                          world=not _dist.is_initialized())
 
 
 _register()

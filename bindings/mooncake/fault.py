@@ -60,7 +60,9 @@ def as_fault_error(exc, group=None):
     failed because ranks failed (manual mode, after the survivors agreed on
     a new view) comes back as a ``RankFailureError`` with the group's
     failed ranks, one that says this rank was evicted as an
-    ``EvictedError``; anything else gives None. ::
+    ``EvictedError``; anything else gives None. ``group`` is the group of
+    the failed collective (DDP's ``process_group``; default: the default
+    group), whose failed ranks it reads. ::
 
         try:
             loss.backward()
@@ -81,9 +83,10 @@ def as_fault_error(exc, group=None):
         return EvictedError(text)
     p2p = any(f"mooncake {op} failed" in text for op in ("send", "recv"))
     if " failed (peer failed)" in text and not p2p:
-        b = _backend(group)
-        failed = list(b._failed_ranks())
-        if failed and not b._auto_recover():
+        # as the shim decides: a collective's peer failure after a view
+        # change (manual mode; in auto mode the one case the README names)
+        failed = list(_backend(group)._failed_ranks())
+        if failed:
             return RankFailureError(text, failed)
     return None
 

@@ -197,6 +197,25 @@ def view_api_under_debug_detail(ctx):
     assert torch.equal(t, torch.full((8,), float(ws)))
 
 
+@case(skip_on=NOT_GLOO, fresh_after=True, world_sizes=(2,))
+def blocking_op_keeps_backend_timeout(ctx):
+    # A timeout set on the backend (torch's Backend.set_timeout;
+    # _set_pg_timeout reaches gloo and nccl only) bounds blocking
+    # collectives too, not only Work.wait of async ones.
+    _mooncake_only(ctx)
+    if ctx.rank == 0:
+        b = dist.distributed_c10d._get_default_group()._get_backend(
+            torch.device("cpu"))
+        b.set_timeout(timedelta(seconds=1))
+        t0 = time.monotonic()
+        with pytest.raises(dist.DistBackendError, match="[Tt]ime"):
+            dist.all_reduce(torch.ones(4))  # rank 1 never calls it
+        took = time.monotonic() - t0
+        assert took < min(5.0, ctx.op_timeout / 2), \
+            f"the blocking all_reduce took {took:.1f} s with a 1 s timeout"
+    ctx.store_barrier("timeout-done")
+
+
 def test_api_without_process_group():
     # Needs no workers: the functions say what is wrong before
     # init_process_group.
