@@ -643,22 +643,25 @@ static void tcp_peer_fail_now(mc_tl_t *tl, int r, int ch, int err,
  * from its view. So before such an end counts as evidence of death, we
  * connect to the peer's listener (each process listens for its whole life;
  * the kernel closes the listener when the process dies):
- *   - refused, or reset within MC_TCP_CHECK_ALIVE_US of connecting: the
- *     listener is gone, so is the process: evidence of death. Once
- *     connected we send one byte: a connection that the dying process's
- *     kernel accepted and then dropped without a word (seen on loopback,
- *     about 1 in 100 checks when the listener is closed a little after
- *     the streams) answers it with a reset. An EOF (or bytes) instead is
- *     either a live process that accepted and dropped our connection or
- *     such a dying listener: we connect again, up to MC_TCP_CHECK_TRIES
- *     times, and a listener that is gone by then refuses;
+ *   - refused: the listener is gone, so is the process: evidence of
+ *     death. Once connected we send one byte: a connection that the dying
+ *     process's kernel accepted and then dropped without a word (seen on
+ *     loopback, about 1 in 100 checks when the listener is closed a little
+ *     after the streams) answers it with a reset. A reset, an EOF or bytes
+ *     after connecting is either such a dying listener or a live process
+ *     that accepted our connection and closed it (one admitting a joiner
+ *     accepts, and closed pending sockets with our byte unread: a reset):
+ *     we connect again, up to MC_TCP_CHECK_TRIES times within
+ *     MC_TCP_CHECK_MAX_US, and a listener that is gone by then refuses; a
+ *     reset on the last try still counts as death;
  *   - connected and still up after MC_TCP_CHECK_ALIVE_US: the process is
  *     alive. The ended streams are cut (nothing more moves on them, as
  *     after a timeout) and the heartbeat, the majority rule or the
  *     operation timeout decides; later ends of its streams are cut too.
  *     The check's connection is held (tcp_held_step): a reset on it later
- *     (the listener of a process whose exit was slow to reach it) is the
- *     death after all;
+ *     (the listener of a process whose exit was slow to reach it, or a
+ *     live one that accepted and closed it) starts a fresh check, which a
+ *     gone listener refuses at once: the death after all;
  *   - no answer within MC_TCP_CHECK_MAX_US, unreachable, or a local error:
  *     no verdict, which is no evidence either.
  * Meanwhile the peer is not failed: the receives posted on its ended
