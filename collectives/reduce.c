@@ -297,18 +297,41 @@ MC_DEF_KERNEL(mc_bool_or, uint8_t, (x | y) != 0)
 MC_DEF_KERNEL(mc_bool_and, uint8_t, (x != 0) & (y != 0))
 MC_DEF_KERNEL(mc_bool_xor, uint8_t, (x != 0) ^ (y != 0))
 
-MC_DEF_KERNEL(mc_f32_sum, float, x + y)
-MC_DEF_KERNEL(mc_f32_prod, float, (x) * (y))
+/* SUM and PROD give one NaN whatever the inputs' NaNs were: x86 returns
+ * the first operand's NaN (sign and payload), so a op b and b op a, or a
+ * vector body and a scalar tail, or two CPUs, could differ in the bits of
+ * a NaN result, and guarantee 2 wants the same bits on every rank.
+ * The narrow types compute in binary32 and narrow a canonical NaN (a
+ * result that overflows keeps its sign, as torch's conversions give).
+ * MIN/MAX pick among the inputs by bits (mc_fsel_*), already symmetric. */
+static inline float mc_cnan_f32(float r)
+{
+    /* integer form, as the conversions: it keeps their loops vectorised */
+    uint32_t u = mc_f2u(r);
+    return mc_u2f(mc_sel((u & 0x7fffffffu) > 0x7f800000u, 0x7fc00000u, u));
+}
+/* the plain float kernels: a compare and a blend per vector */
+static inline float mc_qnan_f32(float r)
+{
+    return r == r ? r : __builtin_nanf("");
+}
+static inline double mc_qnan_f64(double r)
+{
+    return r == r ? r : __builtin_nan("");
+}
+
+MC_DEF_KERNEL(mc_f32_sum, float, mc_qnan_f32(x + y))
+MC_DEF_KERNEL(mc_f32_prod, float, mc_qnan_f32((x) * (y)))
 MC_DEF_KERNEL(mc_f32_min, uint32_t, mc_fsel_f32(x, y, 0))
 MC_DEF_KERNEL(mc_f32_max, uint32_t, mc_fsel_f32(x, y, 1))
-MC_DEF_KERNEL(mc_f64_sum, double, x + y)
-MC_DEF_KERNEL(mc_f64_prod, double, (x) * (y))
+MC_DEF_KERNEL(mc_f64_sum, double, mc_qnan_f64(x + y))
+MC_DEF_KERNEL(mc_f64_prod, double, mc_qnan_f64((x) * (y)))
 MC_DEF_KERNEL(mc_f64_min, uint64_t, mc_fsel_f64(x, y, 0))
 MC_DEF_KERNEL(mc_f64_max, uint64_t, mc_fsel_f64(x, y, 1))
 
 #define MC_DEF_LOWP(tag, T, TOF, FROMF)                                        \
-    MC_DEF_KERNEL(mc_##tag##_sum, T, FROMF(TOF(x) + TOF(y)))                   \
-    MC_DEF_KERNEL(mc_##tag##_prod, T, FROMF(TOF(x) * TOF(y)))                  \
+    MC_DEF_KERNEL(mc_##tag##_sum, T, FROMF(mc_cnan_f32(TOF(x) + TOF(y))))      \
+    MC_DEF_KERNEL(mc_##tag##_prod, T, FROMF(mc_cnan_f32(TOF(x) * TOF(y))))     \
     MC_DEF_KERNEL(mc_##tag##_min, T, mc_fsel_##tag(x, y, 0))                   \
     MC_DEF_KERNEL(mc_##tag##_max, T, mc_fsel_##tag(x, y, 1))
 
@@ -381,8 +404,9 @@ static atomic_int mc_simd_allowed = 1;
  * Same arithmetic as the portable kernels: exact widening, one binary32
  * operation (no FMA: "fma" is deliberately not in the target list), RNE
  * narrowing. vcvtps2ph keeps NaN payloads, so NaN lanes are rewritten to
- * sign|0x7e00 like mc_f2h. Every vector is loaded before its lanes are
- * stored, so dst may alias a or b exactly. The tail (< 16 elements) uses
+ * 0x7e00, the portable kernels' one NaN (mc_f2h of mc_cnan_f32). Every
+ * vector is loaded before its lanes are stored, so dst may alias a or b
+ * exactly. The tail (< 16 elements) uses
  * the scalar conversions.
  */
 #define MC_DEF_F16_AVX(name, VOP, SOP)                                         \
@@ -394,7 +418,6 @@ static atomic_int mc_simd_allowed = 1;
         const __m128i absm = _mm_set1_epi16(0x7fff);                           \
         const __m128i inf = _mm_set1_epi16(0x7c00);                            \
         const __m128i qnan = _mm_set1_epi16(0x7e00);                           \
-        const __m128i sgn = _mm_set1_epi16((short)0x8000);                     \
         size_t i = 0;                                                          \
         for (; i + 16 <= n; i += 16) {                                         \
             __m128i hr[2];                                                     \
@@ -406,14 +429,13 @@ static atomic_int mc_simd_allowed = 1;
                 __m128i h =                                                    \
                     _mm256_cvtps_ph(VOP(x, y), _MM_FROUND_TO_NEAREST_INT);     \
                 __m128i nan = _mm_cmpgt_epi16(_mm_and_si128(h, absm), inf);    \
-                __m128i canon = _mm_or_si128(_mm_and_si128(h, sgn), qnan);     \
-                hr[k] = _mm_blendv_epi8(h, canon, nan);                        \
+                hr[k] = _mm_blendv_epi8(h, qnan, nan);                         \
             }                                                                  \
             _mm_storeu_si128((__m128i *)(d + i), hr[0]);                       \
             _mm_storeu_si128((__m128i *)(d + i + 8), hr[1]);                   \
         }                                                                      \
         for (; i < n; i++)                                                     \
-            d[i] = mc_f2h(mc_h2f(pa[i]) SOP mc_h2f(pb[i]));                    \
+            d[i] = mc_f2h(mc_cnan_f32(mc_h2f(pa[i]) SOP mc_h2f(pb[i])));       \
     }
 
 /*
@@ -468,6 +490,42 @@ MC_DEF_F16_AVX(mc_f16_prod_avx2, _mm256_mul_ps, *)
 MC_DEF_BF16_AVX(mc_bf16_sum_avx2, _mm256_add_ps, +)
 MC_DEF_BF16_AVX(mc_bf16_prod_avx2, _mm256_mul_ps, *)
 
+/* binary32/64 SUM and PROD with the portable kernels' one NaN: without
+ * AVX the compare and select cost SSE2 four more instructions a vector
+ * (half the speed in cache); here one compare and one blend. */
+#define MC_DEF_FP_AVX(name, T, V, LD, ST, VOP, CMP, BLEND, QNAN, SOP, QN,     \
+                      W)                                                       \
+    __attribute__((target("avx2"))) static void name(                          \
+        void *dst, const void *a, const void *b, size_t n)                     \
+    {                                                                          \
+        T *d = dst;                                                            \
+        const T *pa = a, *pb = b;                                              \
+        const V q = QNAN;                                                      \
+        size_t i = 0;                                                          \
+        for (; i + W <= n; i += W) {                                           \
+            V r = VOP(LD(pa + i), LD(pb + i));                                 \
+            ST(d + i, BLEND(r, q, CMP(r, r, _CMP_UNORD_Q)));                   \
+        }                                                                      \
+        for (; i < n; i++)                                                     \
+            d[i] = QN(pa[i] SOP pb[i]);                                        \
+    }
+
+#define MC_QNAN_PS _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000))
+#define MC_QNAN_PD                                                             \
+    _mm256_castsi256_pd(_mm256_set1_epi64x(0x7ff8000000000000ll))
+MC_DEF_FP_AVX(mc_f32_sum_avx2, float, __m256, _mm256_loadu_ps,
+              _mm256_storeu_ps, _mm256_add_ps, _mm256_cmp_ps,
+              _mm256_blendv_ps, MC_QNAN_PS, +, mc_qnan_f32, 8)
+MC_DEF_FP_AVX(mc_f32_prod_avx2, float, __m256, _mm256_loadu_ps,
+              _mm256_storeu_ps, _mm256_mul_ps, _mm256_cmp_ps,
+              _mm256_blendv_ps, MC_QNAN_PS, *, mc_qnan_f32, 8)
+MC_DEF_FP_AVX(mc_f64_sum_avx2, double, __m256d, _mm256_loadu_pd,
+              _mm256_storeu_pd, _mm256_add_pd, _mm256_cmp_pd,
+              _mm256_blendv_pd, MC_QNAN_PD, +, mc_qnan_f64, 4)
+MC_DEF_FP_AVX(mc_f64_prod_avx2, double, __m256d, _mm256_loadu_pd,
+              _mm256_storeu_pd, _mm256_mul_pd, _mm256_cmp_pd,
+              _mm256_blendv_pd, MC_QNAN_PD, *, mc_qnan_f64, 4)
+
 /* __builtin_cpu_supports covers avx2 (and the OS saving ymm state) but
  * clang 14 does not know "f16c", so that bit comes from cpuid leaf 1.
  * cpuid can trap to a hypervisor: ask once and cache (-1 = not yet). */
@@ -489,9 +547,15 @@ static mc_k3_fn mc_simd_kernel(mc_dtype_t dtype, mc_redop_t op)
 {
     if (!atomic_load_explicit(&mc_simd_allowed, memory_order_relaxed))
         return NULL;
-    if (dtype != MC_FLOAT16 && dtype != MC_BFLOAT16) return NULL;
     if (op != MC_SUM && op != MC_PROD) return NULL;
+    if (dtype != MC_FLOAT16 && dtype != MC_BFLOAT16 && dtype != MC_FLOAT32 &&
+        dtype != MC_FLOAT64)
+        return NULL;
     if (!mc_cpu_has_avx2_f16c()) return NULL;
+    if (dtype == MC_FLOAT32)
+        return op == MC_SUM ? mc_f32_sum_avx2 : mc_f32_prod_avx2;
+    if (dtype == MC_FLOAT64)
+        return op == MC_SUM ? mc_f64_sum_avx2 : mc_f64_prod_avx2;
     if (dtype == MC_FLOAT16)
         return op == MC_SUM ? mc_f16_sum_avx2 : mc_f16_prod_avx2;
     return op == MC_SUM ? mc_bf16_sum_avx2 : mc_bf16_prod_avx2;

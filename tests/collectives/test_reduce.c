@@ -585,13 +585,13 @@ static void check_same(mc_dtype_t d, const void *a, const void *b,
                        const void *r1, const void *r2, size_t n,
                        const char *what)
 {
+    /* bit for bit, NaN results included (guarantee 2: the same bits on
+     * every rank, whichever order or path computed them) */
+    (void)a;
+    (void)b;
     for (size_t i = 0; i < n; i++) {
         uint64_t g1 = load_bits(d, r1, i), g2 = load_bits(d, r2, i);
         if (g1 == g2) continue;
-        if (elem_isnan(d, load_bits(d, a, i)) &&
-            elem_isnan(d, load_bits(d, b, i)) && elem_isnan(d, g1) &&
-            elem_isnan(d, g2))
-            continue;
         fail_msg("%s %s i=%zu: 0x%llx != 0x%llx", what, mc_dtype_name(d), i,
                  (unsigned long long)g1, (unsigned long long)g2);
     }
