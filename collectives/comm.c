@@ -4888,6 +4888,17 @@ static mc_status_t check_bytes(mc_comm_t *c, const char *fn, size_t count,
     return MC_OK;
 }
 
+/* The same for entry i of a count or displacement array, named. */
+static mc_status_t check_entry(mc_comm_t *c, const char *fn, const char *what,
+                               int i, size_t v, size_t mult, mc_dtype_t dt)
+{
+    size_t es = mc_dtype_size(dt);
+    if (mult && v > (SIZE_MAX / 2) / es / mult)
+        return comm_err(c, MC_ERR_INVALID_ARG, "%s: %s[%d] = %zu is too large",
+                        fn, what, i, v);
+    return MC_OK;
+}
+
 static mc_status_t check_buf(mc_comm_t *c, const char *fn, const void *p,
                              size_t count, const char *what)
 {
@@ -4980,8 +4991,8 @@ static mc_status_t iallgatherv(mc_comm_h c, mc_coll_t coll, const void *s,
                         fn);
     size_t total = 0;
     for (int i = 0; i < c->size; i++) {
-        MC_CHECK(check_bytes(c, fn, counts[i], 1, dt));
-        MC_CHECK(check_bytes(c, fn, displs[i], 1, dt));
+        MC_CHECK(check_entry(c, fn, "recvcounts", i, counts[i], 1, dt));
+        MC_CHECK(check_entry(c, fn, "displs", i, displs[i], 1, dt));
         if (counts[i] > (SIZE_MAX / 4) / ES(dt) - total)
             return comm_err(c, MC_ERR_INVALID_ARG, "%s: counts too large", fn);
         total += counts[i];
@@ -5274,10 +5285,10 @@ static mc_status_t ialltoallv(mc_comm_h c, mc_coll_t coll, const void *s,
                         fn);
     size_t send_end = 0, recv_end = 0;
     for (int i = 0; i < c->size; i++) {
-        MC_CHECK(check_bytes(c, fn, sc[i], 2, dt));
-        MC_CHECK(check_bytes(c, fn, sd[i], 2, dt));
-        MC_CHECK(check_bytes(c, fn, rc[i], 2, dt));
-        MC_CHECK(check_bytes(c, fn, rd[i], 2, dt));
+        MC_CHECK(check_entry(c, fn, "sendcounts", i, sc[i], 2, dt));
+        MC_CHECK(check_entry(c, fn, "sdispls", i, sd[i], 2, dt));
+        MC_CHECK(check_entry(c, fn, "recvcounts", i, rc[i], 2, dt));
+        MC_CHECK(check_entry(c, fn, "rdispls", i, rd[i], 2, dt));
         if (sc[i] && sd[i] + sc[i] > send_end) send_end = sd[i] + sc[i];
         if (rc[i] && rd[i] + rc[i] > recv_end) recv_end = rd[i] + rc[i];
     }
@@ -6453,6 +6464,11 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     if ((unsigned)cfg.transport > MC_TRANSPORT_SHM)
         return mc_err(MC_ERR_INVALID_ARG, "comm_create: invalid transport %d",
                       (int)cfg.transport);
+    /* past what microseconds on the monotonic clock can hold (torch's
+     * timedelta.max is about 8.6e16 ms): no limit, not an overflow into
+     * "already expired" */
+    if (cfg.timeout_ms > MC_TIMEOUT_MAX_MS) cfg.timeout_ms = -1;
+    if (cfg.init_timeout_ms > MC_TIMEOUT_MAX_MS) cfg.init_timeout_ms = -1;
 
     mc_status_t st = MC_OK;
     mc_store_h ps = NULL;

@@ -91,7 +91,7 @@ int64_t mc_now_us(void)
 
 int64_t mc_deadline_us(int64_t timeout_ms)
 {
-    if (timeout_ms < 0) return INT64_MAX;
+    if (timeout_ms < 0 || timeout_ms > MC_TIMEOUT_MAX_MS) return INT64_MAX;
     return mc_now_us() + timeout_ms * 1000;
 }
 

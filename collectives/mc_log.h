@@ -55,7 +55,11 @@ void mc_err_restore(const char *text);
 /* Monotonic clock in microseconds. */
 int64_t mc_now_us(void);
 
-/* Deadline helpers: timeout_ms < 0 means none (INT64_MAX). */
+/* Timeouts above this many ms (about 292 years) mean "no limit": their
+ * microseconds past now would overflow int64. */
+#define MC_TIMEOUT_MAX_MS (INT64_MAX / 1000000)
+/* Deadline helpers: timeout_ms < 0 (or above MC_TIMEOUT_MAX_MS) means none
+ * (INT64_MAX). */
 int64_t mc_deadline_us(int64_t timeout_ms);
 
 /* Integer from the environment; `def` if unset or unparsable (logged). */

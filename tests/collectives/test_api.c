@@ -331,6 +331,17 @@ static int bad_args_body(mc_comm_h comm, int rank, int size, void *arg)
         "displ|null");
     BAD(mc_comm_alltoall(comm, a, a, 2, MC_INT32),
         "overlap|in-place|in place|alias|same");
+    /* a huge displacement is named as one, not as a count */
+    {
+        size_t hd[8];
+        memcpy(hd, dsp, sizeof(hd));
+        hd[size - 1] = SIZE_MAX / 4;
+        BAD(mc_comm_allgatherv(comm, a, 2, b, cnt, hd, MC_INT32), "displs[");
+        BAD(mc_comm_alltoallv(comm, a, cnt, hd, b, cnt, dsp, MC_INT32),
+            "sdispls[");
+        BAD(mc_comm_alltoallv(comm, a, cnt, dsp, b, cnt, hd, MC_INT32),
+            "rdispls[");
+    }
     /* point-to-point */
     BAD(mc_comm_send(comm, a, 4, MC_INT32, size, 1), PEER);
     BAD(mc_comm_send(comm, a, 4, MC_INT32, -1, 1), PEER);
@@ -623,6 +634,41 @@ static void test_size_one(void **state)
     assert_int_equal(mc_test_spawn(1, p->transport, 60, bad_args_body, p), 0);
 }
 
+/* A timeout too large for microseconds (torch's timedelta.max is about
+ * 8.6e16 ms) means no limit, not "already expired": the operation timeout
+ * (MOONCAKE_TIMEOUT_MS, set by the parent) and a request wait of
+ * INT64_MAX ms both wait for a peer that comes 300 ms late. */
+static int huge_timeout_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    (void)arg;
+    (void)size;
+    int32_t v = rank + 1, out = 0;
+    if (rank == 1) usleep(300000);
+    mc_status_t st = mc_comm_allreduce(comm, &v, &out, 1, MC_INT32, MC_SUM);
+    if (st != MC_OK || out != 3)
+        return MC_TFAIL(rank, "allreduce with a huge op timeout: %s (%s)",
+                        mc_status_str(st), mc_comm_last_error(comm));
+    if (rank == 0) usleep(300000);
+    mc_request_h r = NULL;
+    st = mc_comm_iallreduce(comm, &v, &out, 1, MC_INT32, MC_SUM, &r);
+    if (st == MC_OK) st = mc_request_wait(r, INT64_MAX);
+    if (st != MC_OK || out != 3)
+        return MC_TFAIL(rank, "wait(INT64_MAX): %s (%s)", mc_status_str(st),
+                        mc_comm_last_error(comm));
+    mc_request_free(r);
+    return 0;
+}
+
+static void test_huge_timeouts(void **state)
+{
+    (void)state;
+    setenv("MOONCAKE_TIMEOUT_MS", "9223372036854775807", 1);
+    int failed =
+        mc_test_spawn(2, MC_TRANSPORT_TCP, 60, huge_timeout_body, NULL);
+    unsetenv("MOONCAKE_TIMEOUT_MS");
+    assert_int_equal(failed, 0);
+}
+
 /* Settings that choose algorithms or the final barrier must agree: a rank
  * that differs makes every rank's create fail at once, naming the setting
  * and both values (instead of every collective waiting for the op
@@ -787,6 +833,7 @@ int main(void)
         {"lifecycle_3_shm", test_lifecycle, NULL, NULL, &p3shm},
         cmocka_unit_test(test_auto_transport),
         cmocka_unit_test(test_settings_differ),
+        cmocka_unit_test(test_huge_timeouts),
         cmocka_unit_test(test_slot_map_fails),
     };
     return cmocka_run_group_tests_name("api", tests, NULL, NULL);
