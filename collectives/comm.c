@@ -197,6 +197,7 @@ struct mc_request {
     int admitted;    /* joiners the admission round after it added */
     /* point-to-point */
     int peer, source;
+    int64_t p2p_deadline; /* recv: unmatched past this, it times out */
     uint32_t tag;
     void *buf;
     size_t bytes;
@@ -1101,6 +1102,35 @@ static void p2p_peer_failed(mc_comm_t *c, int peer)
         pin->p2p_req = NULL;
         req_complete(q, MC_ERR_PEER_FAILED, "recv: peer failed mid-message");
     }
+}
+
+/* A receive still unmatched at the operation timeout fails with
+ * MC_ERR_TIMEOUT (guarantee 1: a live peer that never sends does not hold
+ * the caller for good). One already matched keeps going: its message is
+ * arriving, and a failing sender ends it. A message that comes later is
+ * kept for the next matching receive. (A send has no such end: its buffer
+ * stays with the transport until the peer reads it or fails.) plock. */
+static void p2p_recv_expire(mc_comm_t *c, mc_request_t *r)
+{
+    mc_request_t *prev = NULL, *q = c->precv_head;
+    while (q && q != r) {
+        prev = q;
+        q = q->next;
+    }
+    if (!q) return; /* matched (or done) */
+    if (prev)
+        prev->next = r->next;
+    else
+        c->precv_head = r->next;
+    if (c->precv_tail == r) c->precv_tail = prev;
+    r->next = NULL;
+    char who[32] = "any rank", msg[160];
+    if (r->peer != MC_ANY_SOURCE) snprintf(who, sizeof(who), "rank %d", r->peer);
+    snprintf(msg, sizeof(msg),
+             "recv from %s (tag %u): no message within the operation "
+             "timeout (%lld ms)",
+             who, r->tag, (long long)c->timeout_ms);
+    req_complete(r, MC_ERR_TIMEOUT, msg);
 }
 
 /* Evidence that `peer` is gone: fail what depends on it. */
@@ -4743,6 +4773,7 @@ mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
         /* point-to-point: drive progress ourselves */
         pthread_mutex_lock(&c->plock);
         int n = progress_locked(c);
+        if (r->kind == R_RECV && now >= r->p2p_deadline) p2p_recv_expire(c, r);
         pthread_mutex_unlock(&c->plock);
         if (n)
             idle_since = now;
@@ -5523,6 +5554,7 @@ mc_status_t mc_comm_irecv(mc_comm_h c, void *buf, size_t n, mc_dtype_t dt,
     r->tag = tag;
     r->buf = buf;
     r->bytes = n * ES(dt);
+    r->p2p_deadline = mc_deadline_us(c->timeout_ms);
     *req_p = r;
     pthread_mutex_lock(&c->plock);
     /* an unexpected message that already arrived (or is arriving)? */

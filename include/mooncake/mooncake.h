@@ -565,7 +565,12 @@ mc_status_t mc_comm_barrier(mc_comm_h comm);
  * one sender with the same tag arrive in send order; a receive matches the
  * oldest message with its (source, tag). A send completes once its buffer
  * may be reused. The receive's count must equal the send's, else the
- * receive fails with MC_ERR_MISMATCH.
+ * receive fails with MC_ERR_MISMATCH. A receive that no message has
+ * matched by the communicator's operation timeout fails with
+ * MC_ERR_TIMEOUT when it is waited for (mc_comm_recv, mc_request_wait); a
+ * message that comes later waits for the next matching receive. A send has
+ * no such timeout: it ends when the peer has taken the message or has
+ * failed, since until then the transport reads its buffer.
  */
 #define MC_ANY_SOURCE (-1)
 

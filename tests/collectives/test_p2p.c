@@ -360,6 +360,55 @@ static void test_p2p(void **state)
                      0);
 }
 
+/* A receive no message matches by the operation timeout (1 s here, from
+ * MOONCAKE_TIMEOUT_MS set by the parent) fails with MC_ERR_TIMEOUT, and a
+ * message sent after that goes to the next matching receive. Each rank
+ * waits for a message the other never sends, blocking and through a
+ * request, then they meet again. */
+static int timeout_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    const p2p_param_t *p = arg;
+    pc_t c = {comm, rank, size, ref_tname(p->transport)};
+    int32_t v = 0;
+    double t0 = now_s();
+    mc_status_t st = mc_comm_recv(comm, &v, 1, MC_INT32, 1 - rank, 40);
+    double took = now_s() - t0;
+    if (st != MC_ERR_TIMEOUT)
+        return FAIL(&c, "recv nobody sends: %s", mc_status_str(st));
+    if (took < 0.8 || took > 5.0)
+        return FAIL(&c, "recv timed out after %.2f s (timeout 1 s)", took);
+    if (!strstr(mc_last_error(), "no message"))
+        return FAIL(&c, "recv timeout text: %s", mc_last_error());
+    mc_request_h req;
+    CALL(&c, mc_comm_irecv(comm, &v, 1, MC_INT32, MC_ANY_SOURCE, 41, &req));
+    st = mc_request_wait(req, -1);
+    mc_request_free(req);
+    if (st != MC_ERR_TIMEOUT)
+        return FAIL(&c, "irecv + wait(-1) nobody sends: %s",
+                    mc_status_str(st));
+    CALL(&c, mc_comm_barrier(comm));
+    /* the tag-40 message now: the expired receive does not take it */
+    int32_t w = 1000 + rank;
+    mc_request_h sr;
+    CALL(&c, mc_comm_isend(comm, &w, 1, MC_INT32, 1 - rank, 40, &sr));
+    CALL(&c, mc_comm_recv(comm, &v, 1, MC_INT32, 1 - rank, 40));
+    CALL(&c, wait_free(sr, -1));
+    if (v != 1000 + (1 - rank))
+        return FAIL(&c, "message after the timeout: %d", (int)v);
+    return 0;
+}
+
+static void test_recv_timeout(void **state)
+{
+    (void)state;
+    setenv("MOONCAKE_TIMEOUT_MS", "1000", 1);
+    p2p_param_t shm = {2, MC_TRANSPORT_SHM}, tcp = {2, MC_TRANSPORT_TCP};
+    int failed = mc_test_spawn(2, MC_TRANSPORT_SHM, 60, timeout_body, &shm);
+    failed += mc_test_spawn(2, MC_TRANSPORT_TCP, 60, timeout_body, &tcp);
+    unsetenv("MOONCAKE_TIMEOUT_MS");
+    assert_int_equal(failed, 0);
+}
+
 static p2p_param_t params[] = {
     {2, MC_TRANSPORT_SHM}, {3, MC_TRANSPORT_SHM}, {4, MC_TRANSPORT_SHM},
     {2, MC_TRANSPORT_TCP}, {3, MC_TRANSPORT_TCP}, {4, MC_TRANSPORT_TCP},
@@ -369,12 +418,14 @@ int main(void)
 {
     enum { N = sizeof(params) / sizeof(params[0]) };
     static char names[N][48];
-    struct CMUnitTest tests[N];
+    struct CMUnitTest tests[N + 1];
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof(names[i]), "p2p_%d_%s", params[i].size,
                  ref_tname(params[i].transport));
         tests[i] =
             (struct CMUnitTest){names[i], test_p2p, NULL, NULL, &params[i]};
     }
-    return _cmocka_run_group_tests("p2p", tests, N, NULL, NULL);
+    tests[N] = (struct CMUnitTest){"recv_timeout", test_recv_timeout, NULL,
+                                   NULL, NULL};
+    return _cmocka_run_group_tests("p2p", tests, N + 1, NULL, NULL);
 }
