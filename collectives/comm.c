@@ -305,7 +305,11 @@ struct mc_comm {
     pthread_cond_t qcond;
     mc_request_t *qhead, *qtail;
     uint64_t next_seq;
-    int stopping, thread_started;
+    int stopping, thread_started; /* stopping: atomic, set by destroy */
+    int api_calls;   /* atomic: threads inside mc_request_wait/test, which
+                        destroy waits out before it frees anything */
+    int cb_self_free; /* destroyed from a completion callback: the callback
+                         thread frees the communicator as it ends */
     int64_t async_grace_us; /* MOONCAKE_ASYNC_GRACE_US */
     pthread_t thread;
     pthread_mutex_t exec_lock;
@@ -621,6 +625,8 @@ static void cb_enqueue(mc_comm_t *c, mc_request_t *r)
     pthread_cond_signal(&c->cbcond);
 }
 
+static void comm_free(mc_comm_t *c);
+
 /* Runs completion callbacks outside every engine lock, in order. */
 static void *cb_thread_main(void *arg)
 {
@@ -638,7 +644,9 @@ static void *cb_thread_main(void *arg)
         req_release(r);
         pthread_mutex_lock(&c->dlock);
     }
+    int self_free = c->cb_self_free;
     pthread_mutex_unlock(&c->dlock);
+    if (self_free) comm_free(c); /* mc_comm_destroy from a callback */
     return NULL;
 }
 
@@ -1547,6 +1555,19 @@ static mc_status_t cx_wait_until(mc_cctx_t *cx, cx_waiter_t *w)
     mc_comm_t *c = cx->comm;
     int64_t idle_since = mc_now_us();
     for (;;) {
+        if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE)) {
+            /* mc_comm_destroy: the attempt ends here, for good (an
+             * MC_ERR_IO is not a failure the agreement re-runs) */
+            pthread_mutex_lock(&c->plock);
+            if (cx->failed == MC_OK)
+                cx_fail(c, MC_ERR_IO, 0,
+                        "%s at seq %llu: the communicator was destroyed",
+                        mc_coll_name(cx->req->args.coll),
+                        (unsigned long long)cx->seq);
+            mc_status_t st = cx->failed;
+            pthread_mutex_unlock(&c->plock);
+            return st;
+        }
         pthread_mutex_lock(&c->plock);
         /* what is already there needs no progress pass first */
         int n = 0, done = w->ready(cx, w);
@@ -4660,6 +4681,8 @@ static void run_queue(mc_comm_t *c, mc_request_t *until)
 {
     for (;;) {
         if (until && __atomic_load_n(&until->done, __ATOMIC_ACQUIRE)) return;
+        /* destroy fails what is still queued */
+        if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE)) return;
         pthread_mutex_lock(&c->qlock);
         mc_request_t *r = c->qhead;
         if (r) {
@@ -4711,9 +4734,22 @@ static mc_status_t req_result(mc_request_t *r)
     return r->status;
 }
 
+static mc_status_t request_wait(mc_request_t *r, int64_t timeout_ms);
+
 mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
 {
     if (!r) return mc_err(MC_ERR_INVALID_ARG, "mc_request_wait: NULL request");
+    mc_comm_t *c = r->comm;
+    /* counted: mc_comm_destroy from another thread waits until this call
+     * is out before it frees the communicator */
+    __atomic_add_fetch(&c->api_calls, 1, __ATOMIC_SEQ_CST);
+    mc_status_t st = request_wait(r, timeout_ms);
+    __atomic_sub_fetch(&c->api_calls, 1, __ATOMIC_SEQ_CST);
+    return st;
+}
+
+static mc_status_t request_wait(mc_request_t *r, int64_t timeout_ms)
+{
     mc_comm_t *c = r->comm;
     int64_t deadline = mc_deadline_us(timeout_ms);
     /* an unlimited wait for a collective needs no clock (a blocking call's
@@ -4736,7 +4772,8 @@ mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
             if (timeout_ms < 0 && pthread_mutex_trylock(&c->exec_lock) == 0) {
                 /* run the queue inline, one operation at a time, up to
                  * ours */
-                while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
+                while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE) &&
+                       !__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE)) {
                     pthread_mutex_lock(&c->qlock);
                     mc_request_t *q = c->qhead;
                     if (q) {
@@ -4789,13 +4826,19 @@ mc_status_t mc_request_test(mc_request_h r, int *done_p)
         return mc_err(MC_ERR_INVALID_ARG, "mc_request_test: NULL argument");
     mc_comm_t *c = r->comm;
     if (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
-        if (r->kind == R_COLL) {
-            start_thread(c);
-        } else {
-            pthread_mutex_lock(&c->plock);
-            progress_locked(c);
-            pthread_mutex_unlock(&c->plock);
+        /* counted before stopping is read: destroy sets stopping, then
+         * waits for the count to be 0 (both sequentially consistent) */
+        __atomic_add_fetch(&c->api_calls, 1, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&c->stopping, __ATOMIC_SEQ_CST)) {
+            if (r->kind == R_COLL) {
+                start_thread(c);
+            } else {
+                pthread_mutex_lock(&c->plock);
+                progress_locked(c);
+                pthread_mutex_unlock(&c->plock);
+            }
         }
+        __atomic_sub_fetch(&c->api_calls, 1, __ATOMIC_SEQ_CST);
     }
     if (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
         *done_p = 0;
@@ -6915,7 +6958,9 @@ void mc_comm_destroy(mc_comm_h c)
 {
     if (!c) return;
     pthread_mutex_lock(&c->qlock);
-    c->stopping = 1;
+    /* a running attempt ends at its next wait (cx_wait_until), the queue
+     * stops (run_queue) and what is left in it fails below */
+    __atomic_store_n(&c->stopping, 1, __ATOMIC_SEQ_CST);
     pthread_cond_broadcast(&c->qcond);
     pthread_mutex_unlock(&c->qlock);
     if (c->thread_started) pthread_join(c->thread, NULL);
@@ -6956,12 +7001,33 @@ void mc_comm_destroy(mc_comm_h c)
         in->p2p_req = NULL;
     }
     pthread_mutex_unlock(&c->plock);
+    /* Threads of the caller's still in mc_request_wait/test here: each
+     * leaves once its request ends (failed above, or its attempt ended at
+     * a wait; a send waits until its peer takes it or fails). Only then
+     * may anything go. */
+    for (int i = 0; __atomic_load_n(&c->api_calls, __ATOMIC_SEQ_CST); i++) {
+        pthread_mutex_lock(&c->dlock);
+        pthread_cond_broadcast(&c->dcond);
+        pthread_mutex_unlock(&c->dlock);
+        if (i == 5000)
+            MC_LOG(MC_LOG_WARN,
+                   "rank %d: mc_comm_destroy waits for %d thread(s) still "
+                   "waiting on this communicator's requests",
+                   c->rank, __atomic_load_n(&c->api_calls, __ATOMIC_SEQ_CST));
+        usleep(1000);
+    }
     /* run the callbacks still queued (requests failed above included) */
     pthread_mutex_lock(&c->dlock);
     c->cb_stopping = 1;
     pthread_cond_broadcast(&c->cbcond);
     int cb_started = c->cb_started;
+    int on_cb = cb_started && pthread_equal(pthread_self(), c->cb_thread);
+    if (on_cb) c->cb_self_free = 1; /* from a callback: it frees us */
     pthread_mutex_unlock(&c->dlock);
+    if (on_cb) {
+        pthread_detach(pthread_self());
+        return;
+    }
     if (cb_started) pthread_join(c->cb_thread, NULL);
     comm_free(c);
 }

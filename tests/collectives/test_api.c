@@ -14,6 +14,7 @@
 
 #include <ctype.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -669,6 +670,123 @@ static void test_huge_timeouts(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* mc_comm_destroy from another thread while rank 0 waits on collectives
+ * its peer never calls (a blocking allreduce, then three queued
+ * iallreduce waited through a request): the waits end with MC_ERR_IO at
+ * once (not after the 30 s operation timeout each, and no crash: the
+ * communicator used to be freed under the waiting thread), and destroy
+ * returns once they are out. Then destroy from a completion callback. */
+typedef struct {
+    const char *dir;
+    int mode; /* 0 blocking, 1 queued requests, 2 from a callback */
+} destroy_case_t;
+
+static mc_comm_h g_dc;
+static double g_dc_took;
+
+static void *destroy_later(void *arg)
+{
+    (void)arg;
+    usleep(200000);
+    double t0 = now_s();
+    mc_comm_destroy(g_dc);
+    g_dc_took = now_s() - t0;
+    return NULL;
+}
+
+static volatile int g_cb_destroyed;
+static void destroy_in_cb(mc_request_h r, mc_status_t st, void *arg)
+{
+    (void)st;
+    (void)arg;
+    mc_request_free(r);
+    mc_comm_destroy(g_dc);
+    g_cb_destroyed = 1;
+}
+
+static int destroy_rank(int rank, int size, void *arg)
+{
+    const destroy_case_t *k = arg;
+    mc_store_h store;
+    if (mc_store_file_create(k->dir, &store) != MC_OK)
+        return MC_TFAIL(rank, "store: %s", mc_last_error());
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = MC_TRANSPORT_SHM;
+    cfg.timeout_ms = 30000;
+    cfg.init_timeout_ms = 20000;
+    mc_comm_h comm = NULL;
+    if (mc_comm_create(rank, size, store, &cfg, &comm) != MC_OK)
+        return MC_TFAIL(rank, "create: %s", mc_last_error());
+    int fails = 0;
+    int32_t a[4] = {1, 2, 3, 4}, b[4];
+    if (rank == 1) { /* calls nothing (mode 2: the barrier) */
+        if (k->mode == 2 && mc_comm_barrier(comm) != MC_OK)
+            fails += MC_TFAIL(rank, "barrier: %s", mc_last_error());
+        usleep(2500000);
+        mc_comm_destroy(comm);
+        mc_store_destroy(store);
+        return fails;
+    }
+    g_dc = comm;
+    if (k->mode == 2) {
+        mc_request_h r;
+        if (mc_comm_ibarrier(comm, &r) != MC_OK ||
+            mc_request_on_complete(r, destroy_in_cb, NULL) != MC_OK)
+            return MC_TFAIL(rank, "ibarrier: %s", mc_last_error());
+        for (int i = 0; i < 500 && !g_cb_destroyed; i++)
+            usleep(10000);
+        if (!g_cb_destroyed)
+            fails += MC_TFAIL(rank, "the callback never destroyed");
+        usleep(100000); /* the callback thread frees it meanwhile */
+        mc_store_destroy(store);
+        return fails;
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, destroy_later, NULL);
+    double t0 = now_s();
+    mc_status_t st[3] = {MC_OK, MC_OK, MC_OK};
+    if (k->mode == 0) {
+        st[0] = mc_comm_allreduce(comm, a, b, 4, MC_INT32, MC_SUM);
+    } else {
+        mc_request_h r[3];
+        for (int i = 0; i < 3; i++)
+            if (mc_comm_iallreduce(comm, a, b, 4, MC_INT32, MC_SUM, &r[i]) !=
+                MC_OK)
+                return MC_TFAIL(rank, "iallreduce: %s", mc_last_error());
+        for (int i = 0; i < 3; i++) {
+            st[i] = mc_request_wait(r[i], -1);
+            mc_request_free(r[i]);
+        }
+    }
+    double took = now_s() - t0;
+    pthread_join(t, NULL);
+    for (int i = 0; i < 3; i++)
+        if (st[i] != MC_ERR_IO && !(k->mode == 0 && i))
+            fails += MC_TFAIL(rank, "mode %d: wait %d ended with %s, want %s",
+                              k->mode, i, mc_status_str(st[i]),
+                              mc_status_str(MC_ERR_IO));
+    if (took > 5.0 || g_dc_took > 5.0)
+        fails += MC_TFAIL(rank, "mode %d: waits %.2f s, destroy %.2f s",
+                          k->mode, took, g_dc_took);
+    mc_store_destroy(store);
+    return fails;
+}
+
+static void test_destroy_concurrent(void **state)
+{
+    (void)state;
+    for (int mode = 0; mode < 3; mode++) {
+        char *dir = mc_test_mkdtemp();
+        assert_non_null(dir);
+        destroy_case_t k = {dir, mode};
+        int failed = mc_test_fork(2, 60, destroy_rank, &k);
+        mc_test_rmtree(dir);
+        free(dir);
+        assert_int_equal(failed, 0);
+    }
+}
+
 /* Settings that choose algorithms or the final barrier must agree: a rank
  * that differs makes every rank's create fail at once, naming the setting
  * and both values (instead of every collective waiting for the op
@@ -834,6 +952,7 @@ int main(void)
         cmocka_unit_test(test_auto_transport),
         cmocka_unit_test(test_settings_differ),
         cmocka_unit_test(test_huge_timeouts),
+        cmocka_unit_test(test_destroy_concurrent),
         cmocka_unit_test(test_slot_map_fails),
     };
     return cmocka_run_group_tests_name("api", tests, NULL, NULL);
