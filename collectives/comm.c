@@ -310,6 +310,8 @@ struct mc_comm {
                         destroy waits out before it frees anything */
     int cb_self_free; /* destroyed from a completion callback: the callback
                          thread frees the communicator as it ends */
+    int tl_quiet;     /* plock: destroy made its last progress pass; a send
+                         still waited for fails (nothing reads it again) */
     int64_t async_grace_us; /* MOONCAKE_ASYNC_GRACE_US */
     pthread_t thread;
     pthread_mutex_t exec_lock;
@@ -4809,6 +4811,16 @@ static mc_status_t request_wait(mc_request_t *r, int64_t timeout_ms)
         }
         /* point-to-point: drive progress ourselves */
         pthread_mutex_lock(&c->plock);
+        if (c->tl_quiet) {
+            /* destroyed, and past its last progress: a send here would
+             * wait for good; nothing reads its buffer any more */
+            pthread_mutex_unlock(&c->plock);
+            if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) break;
+            return comm_err(c, MC_ERR_IO,
+                            "send to rank %d: the communicator was destroyed "
+                            "before the peer took it",
+                            r->peer);
+        }
         int n = progress_locked(c);
         if (r->kind == R_RECV && now >= r->p2p_deadline) p2p_recv_expire(c, r);
         pthread_mutex_unlock(&c->plock);
@@ -7000,11 +7012,12 @@ void mc_comm_destroy(mc_comm_h c)
         if (in->p2p_req) req_complete(in->p2p_req, MC_ERR_IO, "destroyed");
         in->p2p_req = NULL;
     }
+    c->tl_quiet = 1;
     pthread_mutex_unlock(&c->plock);
     /* Threads of the caller's still in mc_request_wait/test here: each
      * leaves once its request ends (failed above, or its attempt ended at
-     * a wait; a send waits until its peer takes it or fails). Only then
-     * may anything go. */
+     * a wait; a send still waited for fails now: tl_quiet). Only then may
+     * anything go. */
     for (int i = 0; __atomic_load_n(&c->api_calls, __ATOMIC_SEQ_CST); i++) {
         pthread_mutex_lock(&c->dlock);
         pthread_cond_broadcast(&c->dcond);

@@ -317,10 +317,10 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
  * Destroy a communicator. Pending requests are completed with an error and
  * must still be freed by their owner. Not collective; safe at any time,
  * also while other threads wait on its requests (a running operation ends
- * at its next wait with MC_ERR_IO, queued ones fail, and destroy returns
- * once those threads are out; a send being waited for still ends only
- * when its peer takes it or fails) and from a completion callback (the
- * communicator is then freed when the callback returns).
+ * at its next wait with MC_ERR_IO, queued ones and waited-for sends and
+ * receives fail, and destroy returns once those threads are out) and from
+ * a completion callback (the communicator is then freed when the callback
+ * returns).
  */
 void mc_comm_destroy(mc_comm_h comm);
 

@@ -675,10 +675,12 @@ static void test_huge_timeouts(void **state)
  * iallreduce waited through a request): the waits end with MC_ERR_IO at
  * once (not after the 30 s operation timeout each, and no crash: the
  * communicator used to be freed under the waiting thread), and destroy
- * returns once they are out. Then destroy from a completion callback. */
+ * returns once they are out. Then destroy from a completion callback, and
+ * while a blocking send the peer never takes waits (it fails). */
 typedef struct {
     const char *dir;
-    int mode; /* 0 blocking, 1 queued requests, 2 from a callback */
+    int mode; /* 0 blocking, 1 queued requests, 2 from a callback, 3 a
+                 64 MiB send the peer never receives */
 } destroy_case_t;
 
 static mc_comm_h g_dc;
@@ -748,6 +750,13 @@ static int destroy_rank(int rank, int size, void *arg)
     mc_status_t st[3] = {MC_OK, MC_OK, MC_OK};
     if (k->mode == 0) {
         st[0] = mc_comm_allreduce(comm, a, b, 4, MC_INT32, MC_SUM);
+    } else if (k->mode == 3) {
+        size_t n = (size_t)16 << 20; /* int32: 64 MiB, past every buffer */
+        int32_t *big = calloc(n, sizeof(int32_t));
+        if (!big) return MC_TFAIL(rank, "calloc");
+        st[0] = mc_comm_send(comm, big, n, MC_INT32, 1, 5);
+        pthread_join(t, NULL); /* destroy is done: nothing reads big */
+        free(big);
     } else {
         mc_request_h r[3];
         for (int i = 0; i < 3; i++)
@@ -760,9 +769,9 @@ static int destroy_rank(int rank, int size, void *arg)
         }
     }
     double took = now_s() - t0;
-    pthread_join(t, NULL);
+    if (k->mode != 3) pthread_join(t, NULL);
     for (int i = 0; i < 3; i++)
-        if (st[i] != MC_ERR_IO && !(k->mode == 0 && i))
+        if (st[i] != MC_ERR_IO && !((k->mode == 0 || k->mode == 3) && i))
             fails += MC_TFAIL(rank, "mode %d: wait %d ended with %s, want %s",
                               k->mode, i, mc_status_str(st[i]),
                               mc_status_str(MC_ERR_IO));
@@ -776,7 +785,7 @@ static int destroy_rank(int rank, int size, void *arg)
 static void test_destroy_concurrent(void **state)
 {
     (void)state;
-    for (int mode = 0; mode < 3; mode++) {
+    for (int mode = 0; mode < 4; mode++) {
         char *dir = mc_test_mkdtemp();
         assert_non_null(dir);
         destroy_case_t k = {dir, mode};
