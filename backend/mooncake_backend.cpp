@@ -704,8 +704,11 @@ bool MooncakeWork::wait(std::chrono::milliseconds timeout)
     int64_t ms = timeout.count() > 0
                      ? timeout.count()
                      : (opTimeout_.count() > 0 ? opTimeout_.count() : -1);
-    auto deadline =
-        std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    // past what the clock's nanoseconds hold (timedelta.max is about 8.6e16
+    // ms): no limit, not an overflow into "expired"
+    if (ms > int64_t(1) << 40) ms = -1;
+    auto deadline = std::chrono::steady_clock::now() +
+                    std::chrono::milliseconds(ms < 0 ? 0 : ms);
     for (mc_request_h r : reqs_) {
         int64_t left = -1;
         if (ms >= 0) {

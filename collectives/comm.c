@@ -550,6 +550,7 @@ static void drain_events(mc_comm_t *c)
 /* Progress every transport once and process what completed. plock held. */
 static int progress_locked(mc_comm_t *c)
 {
+    if (c->tl_quiet) return 0; /* destroyed: past its last progress pass */
     int n = 0;
     for (int i = 0; i < c->ntl; i++) {
         n += c->tlops[i]->progress(c->tl[i]);
@@ -576,7 +577,7 @@ static void idle_wait(mc_comm_t *c, int64_t idle_since, int64_t now)
     } else {
         pthread_mutex_lock(&c->plock);
         int64_t t = c->ntl > 1 ? 100 : 1000;
-        for (int i = 0; i < c->ntl; i++)
+        for (int i = 0; i < c->ntl && !c->tl_quiet; i++)
             c->tlops[i]->wait(c->tl[i], t);
         pthread_mutex_unlock(&c->plock);
     }
@@ -2462,6 +2463,10 @@ static int agree(mc_comm_t *c, uint64_t seq)
     int outcome = 0;
     int64_t idle_since = t0;
     while (!outcome) {
+        if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE)) {
+            outcome = AG_TIMEOUT; /* destroyed: run_ft_attempts says so */
+            break;
+        }
         int n = progress_locked(c);
         ctrl_gc(c);
         if (c->nv_pending) {
@@ -4214,6 +4219,9 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
     if (cx->failed < 0) st = cx->failed;
     if (c->ft && (st == MC_ERR_PEER_FAILED || st == MC_ERR_TIMEOUT)) {
         /* the view agreement tells the peers */
+    } else if (st < 0 && __atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE)) {
+        /* destroyed: no ABORT (the peers' op would fail with our error);
+         * our streams end, which the peers take as this rank leaving */
     } else if (st < 0 && !cx->remote_abort) {
         char text[MC_ABORT_MSG_MAX + 64];
         snprintf(text, sizeof(text), "rank %d reports: %s", c->rank, cx->err);
@@ -4479,6 +4487,13 @@ static mc_status_t run_ft_attempts(mc_comm_t *c, mc_request_t *r,
                      (unsigned long long)c->epoch);
             return MC_ERR_NO_QUORUM;
         case AG_TIMEOUT:
+            if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE)) {
+                snprintf(cx->err, sizeof(cx->err),
+                         "%s at seq %llu: the communicator was destroyed "
+                         "during the view agreement",
+                         name, (unsigned long long)r->seq);
+                return MC_ERR_IO;
+            }
             snprintf(cx->err, sizeof(cx->err),
                      "%s at seq %llu: the view agreement did not finish "
                      "within 3x the operation timeout (%lld ms)",
@@ -4741,6 +4756,9 @@ static mc_status_t request_wait(mc_request_t *r, int64_t timeout_ms);
 mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
 {
     if (!r) return mc_err(MC_ERR_INVALID_ARG, "mc_request_wait: NULL request");
+    /* a finished request needs nothing of its communicator, which may be
+     * destroyed already (its owner still waits and frees the request) */
+    if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) return req_result(r);
     mc_comm_t *c = r->comm;
     /* counted: mc_comm_destroy from another thread waits until this call
      * is out before it frees the communicator */
@@ -5540,6 +5558,9 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n, mc_dtype_t dt,
 {
     MC_CHECK(p2p_check(c, "send", buf, n, dt, peer, 0));
     if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "send: req_p is NULL");
+    if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE))
+        return comm_err(c, MC_ERR_INVALID_ARG,
+                        "send: communicator is being destroyed");
     mc_request_t *r = req_new(c, R_SEND);
     if (!r) return comm_err(c, MC_ERR_NO_MEMORY, "send: out of memory");
     r->peer = peer;
@@ -5603,6 +5624,9 @@ mc_status_t mc_comm_irecv(mc_comm_h c, void *buf, size_t n, mc_dtype_t dt,
 {
     MC_CHECK(p2p_check(c, "recv", buf, n, dt, peer, 1));
     if (!req_p) return mc_err(MC_ERR_INVALID_ARG, "recv: req_p is NULL");
+    if (__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE))
+        return comm_err(c, MC_ERR_INVALID_ARG,
+                        "recv: communicator is being destroyed");
     mc_request_t *r = req_new(c, R_RECV);
     if (!r) return comm_err(c, MC_ERR_NO_MEMORY, "recv: out of memory");
     r->peer = peer;
@@ -7007,6 +7031,7 @@ void mc_comm_destroy(mc_comm_h c)
         c->precv_head = r->next;
         req_complete(r, MC_ERR_IO, "communicator destroyed");
     }
+    c->precv_tail = NULL;
     for (int p = 0; p < c->size; p++) {
         mc_in_t *in = &c->in[MC_CH_P2P][p];
         if (in->p2p_req) req_complete(in->p2p_req, MC_ERR_IO, "destroyed");

@@ -18,8 +18,8 @@
  * input by comparing order-preserving integer keys of the bit patterns,
  * which also gives -0 < +0 and makes them exactly commutative.
  *
- * On x86 the fp16/bf16 SUM and PROD (the common gradient types) have
- * AVX2/F16C kernels chosen at run time; they give the same bits as the
+ * On x86 the fp16/bf16/f32/f64 SUM and PROD (the common gradient types)
+ * have AVX2 (F16C) kernels chosen at run time; they give the same bits as the
  * portable kernels (the tests compare both).
  */
 #include "reduce.h"
@@ -393,7 +393,7 @@ static const mc_kern_t mc_kerns[MC_DTYPE_COUNT][MC_REDOP_COUNT] = {
 };
 
 /* ------------------------------------------------------------------------ */
-/* AVX2/F16C kernels for fp16 and bf16 SUM/PROD                             */
+/* AVX2/F16C kernels for fp16, bf16, f32 and f64 SUM/PROD                   */
 /* ------------------------------------------------------------------------ */
 
 /* Cleared only by the tests (mc_reduce_simd_enable) to compare paths. */

@@ -98,10 +98,11 @@ typedef enum mc_dtype {
  * round-to-nearest-even. fp16/bf16/fp8 results therefore carry one rounding
  * per step, as in NCCL. Out-of-range values become +-inf for fp16, bf16 and
  * e5m2, and NaN for e4m3 (which has no infinity), matching PyTorch's casts.
- * MIN and MAX propagate NaN. A SUM or PROD whose result is NaN gives one
- * NaN whatever the inputs' NaNs were (positive, quiet: 0x7fc00000 for
- * binary32, 0x7e00 fp16, 0x7fc0 bf16, 0x7f fp8), so every rank holds the
- * same bits in whichever order it combined the inputs.
+ * MIN and MAX propagate NaN. A SUM or PROD whose binary32/64 result is
+ * NaN gives one NaN whatever the inputs' NaNs were (positive, quiet:
+ * 0x7fc00000 for binary32, 0x7e00 fp16, 0x7fc0 bf16, 0x7f fp8; an e4m3
+ * overflow keeps its sign, 0xff below -448), so every rank holds the same
+ * bits in whichever order it combined the inputs.
  *
  * MC_AVG divides the sum by the number of contributing ranks once, at the
  * end; for integer types the division truncates toward zero. The sum is
