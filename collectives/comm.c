@@ -1113,6 +1113,16 @@ static void p2p_peer_failed(mc_comm_t *c, int peer)
         pin->p2p_req = NULL;
         req_complete(q, MC_ERR_PEER_FAILED, "recv: peer failed mid-message");
     }
+    /* a receive that took an unexpected message still arriving: it fails
+     * as one posted for it would (guarantee 1); the message's buffer goes
+     * when its transfer ends, if it ever does */
+    if (pin->p2p_unexp && pin->p2p_unexp->claimed) {
+        mc_unexp_t *u = pin->p2p_unexp;
+        mc_request_t *q = u->claimed;
+        u->claimed = NULL;
+        u->drop = 1;
+        req_complete(q, MC_ERR_PEER_FAILED, "recv: peer failed mid-message");
+    }
 }
 
 /* A receive still unmatched at the operation timeout fails with
@@ -5670,6 +5680,13 @@ mc_status_t mc_comm_irecv(mc_comm_h c, void *buf, size_t n, mc_dtype_t dt,
             free(u->data);
             free(u);
             req_complete(r, MC_OK, NULL);
+        } else if (c->p2p_dead[u->src]) {
+            /* its sender failed mid-message: the rest never comes */
+            u->drop = 1;
+            char msg[128];
+            snprintf(msg, sizeof(msg),
+                     "recv from rank %d: peer failed mid-message", u->src);
+            req_complete(r, MC_ERR_PEER_FAILED, msg);
         } else {
             u->claimed = r; /* copied when its payload completes */
         }

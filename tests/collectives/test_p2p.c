@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "ref.h"
@@ -409,6 +410,58 @@ static void test_recv_timeout(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* A receive that takes a message still arriving (read as unexpected,
+ * before the receive was posted) ends when the sender dies mid-message: it
+ * fails with MC_ERR_PEER_FAILED instead of waiting for good. Rank 1 sends
+ * 256 MiB over TCP and exits 150 ms in; rank 0 first drives progress (a
+ * receive on another tag with a short wait), so that the big message's
+ * header is read and its payload is arriving when its receive is posted. */
+#define CLAIM_BYTES ((size_t)256 << 20)
+
+static int claim_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    const p2p_param_t *p = arg;
+    pc_t c = {comm, rank, size, ref_tname(p->transport)};
+    char *big = malloc(CLAIM_BYTES);
+    if (!big) return FAIL(&c, "malloc");
+    memset(big, 1, CLAIM_BYTES);
+    CALL(&c, mc_comm_barrier(comm));
+    if (rank == 1) {
+        mc_request_h r;
+        CALL(&c, mc_comm_isend(comm, big, CLAIM_BYTES, MC_UINT8, 0, 7, &r));
+        double t0 = now_s();
+        int done = 0;
+        while (now_s() - t0 < 0.15 && !done)
+            mc_request_test(r, &done);
+        if (done) return FAIL(&c, "256 MiB went before the exit");
+        _exit(0); /* mid-message: the kernel closes everything */
+    }
+    int32_t dummy;
+    mc_request_h other;
+    CALL(&c, mc_comm_irecv(comm, &dummy, 1, MC_INT32, 1, 99, &other));
+    (void)mc_request_wait(other, 50); /* progress: the header is read */
+    double t0 = now_s();
+    mc_status_t st = mc_comm_recv(comm, big, CLAIM_BYTES, MC_UINT8, 1, 7);
+    double took = now_s() - t0;
+    (void)mc_request_wait(other, -1);
+    mc_request_free(other);
+    free(big);
+    if (st != MC_ERR_PEER_FAILED)
+        return FAIL(&c, "recv of a message whose sender died: %s after "
+                        "%.2f s",
+                    mc_status_str(st), took);
+    printf("  recv failed %.0f ms after it was posted\n", took * 1e3);
+    return 0;
+}
+
+static void test_recv_claimed_sender_dies(void **state)
+{
+    (void)state;
+    p2p_param_t tcp = {2, MC_TRANSPORT_TCP};
+    assert_int_equal(mc_test_spawn(2, MC_TRANSPORT_TCP, 60, claim_body, &tcp),
+                     0);
+}
+
 static p2p_param_t params[] = {
     {2, MC_TRANSPORT_SHM}, {3, MC_TRANSPORT_SHM}, {4, MC_TRANSPORT_SHM},
     {2, MC_TRANSPORT_TCP}, {3, MC_TRANSPORT_TCP}, {4, MC_TRANSPORT_TCP},
@@ -418,7 +471,7 @@ int main(void)
 {
     enum { N = sizeof(params) / sizeof(params[0]) };
     static char names[N][48];
-    struct CMUnitTest tests[N + 1];
+    struct CMUnitTest tests[N + 2];
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof(names[i]), "p2p_%d_%s", params[i].size,
                  ref_tname(params[i].transport));
@@ -427,5 +480,8 @@ int main(void)
     }
     tests[N] = (struct CMUnitTest){"recv_timeout", test_recv_timeout, NULL,
                                    NULL, NULL};
-    return _cmocka_run_group_tests("p2p", tests, N + 1, NULL, NULL);
+    tests[N + 1] = (struct CMUnitTest){"recv_claimed_sender_dies",
+                                       test_recv_claimed_sender_dies, NULL,
+                                       NULL, NULL};
+    return _cmocka_run_group_tests("p2p", tests, N + 2, NULL, NULL);
 }
