@@ -413,10 +413,12 @@ static void test_recv_timeout(void **state)
 /* A receive that takes a message still arriving (read as unexpected,
  * before the receive was posted) ends when the sender dies mid-message: it
  * fails with MC_ERR_PEER_FAILED instead of waiting for good. Rank 1 sends
- * 256 MiB over TCP and exits 150 ms in; rank 0 first drives progress (a
- * receive on another tag with a short wait), so that the big message's
- * header is read and its payload is arriving when its receive is posted. */
-#define CLAIM_BYTES ((size_t)256 << 20)
+ * 1 GiB over TCP and exits 40 ms in (loopback moves 256 MiB in under
+ * 150 ms on some machines, so the message is large and the exit early);
+ * rank 0 first drives progress for 20 ms (a receive on another tag with a
+ * short wait), so that the big message's header is read and its payload is
+ * arriving when its receive is posted. */
+#define CLAIM_BYTES ((size_t)1 << 30)
 
 static int claim_body(mc_comm_h comm, int rank, int size, void *arg)
 {
@@ -431,15 +433,15 @@ static int claim_body(mc_comm_h comm, int rank, int size, void *arg)
         CALL(&c, mc_comm_isend(comm, big, CLAIM_BYTES, MC_UINT8, 0, 7, &r));
         double t0 = now_s();
         int done = 0;
-        while (now_s() - t0 < 0.15 && !done)
+        while (now_s() - t0 < 0.04 && !done)
             mc_request_test(r, &done);
-        if (done) return FAIL(&c, "256 MiB went before the exit");
+        if (done) return FAIL(&c, "1 GiB went before the exit");
         _exit(0); /* mid-message: the kernel closes everything */
     }
     int32_t dummy;
     mc_request_h other;
     CALL(&c, mc_comm_irecv(comm, &dummy, 1, MC_INT32, 1, 99, &other));
-    (void)mc_request_wait(other, 50); /* progress: the header is read */
+    (void)mc_request_wait(other, 20); /* progress: the header is read */
     double t0 = now_s();
     mc_status_t st = mc_comm_recv(comm, big, CLAIM_BYTES, MC_UINT8, 1, 7);
     double took = now_s() - t0;
