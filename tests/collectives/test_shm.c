@@ -314,6 +314,17 @@ static void test_vtable_and_args(void **state)
     assert_int_equal(ops->progress(tl), 0);
     ops->destroy(tl);
 
+    /* connect called after the deadline passed: still a timeout, never a
+     * success with peer 1 unattached (nor a look at an unread entry) */
+    p.uid ^= 8;
+    assert_int_equal(ops->create(&p, &tl), MC_OK);
+    usleep(400 * 1000);
+    assert_int_equal(ops->connect(tl), MC_ERR_TIMEOUT);
+    assert_non_null(strstr(mc_last_error(), "peer 1"));
+    assert_int_equal(t_segments_left(p.uid), 0);
+    ops->destroy(tl);
+    p.uid ^= 8;
+
     /* size 1: no peers, nothing to connect; bad posts are rejected. */
     peers[1] = 0;
     p.size = 1;

@@ -352,6 +352,15 @@ static int64_t shm_remaining_ms(const mc_tl_t *tl)
     return left > 0 ? (left + 999) / 1000 : 0;
 }
 
+/* How long connect may wait for a peer's store entry: what is left, and
+ * 1 ms once the deadline has passed (0 would mean "look without waiting",
+ * whose MC_INPROGRESS connect must not take for success). */
+static int64_t shm_connect_wait_ms(const mc_tl_t *tl)
+{
+    int64_t w = shm_remaining_ms(tl);
+    return w == 0 ? 1 : w;
+}
+
 static void shm_futex_wake(uint32_t *word)
 {
     syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
@@ -1376,13 +1385,20 @@ err_free:
 }
 
 /* Open and map the segment `name` of peer pe (pid from the store) and check
- * its control block. Sets pe->map on success. missing_ok: a segment that
- * does not exist (yet, or any more) is MC_INPROGRESS, not an error. */
+ * its control block. Sets pe->map on success. A peer publishes its store
+ * entry only after creating the segment, and unlinks it only once every
+ * peer mapped it or when it gives up: a missing segment is a peer that
+ * gave up (or an older one's leftover entry), never one still coming. */
 static mc_status_t shm_map_segment(mc_tl_t *tl, mc_shm_peer_t *pe,
-                                   const char *name, int pid, int missing_ok)
+                                   const char *name, int pid)
 {
     int fd = shm_open(name, O_RDWR, 0);
-    if (fd < 0 && errno == ENOENT && missing_ok) return MC_INPROGRESS;
+    if (fd < 0 && errno == ENOENT)
+        return mc_err(MC_ERR_PEER_FAILED,
+                      "shm connect: rank %d: peer %d (pid %d) published "
+                      "segment %s but it is gone: that process gave up or "
+                      "ended",
+                      tl->rank, pe->rank, pid, name);
     if (fd < 0)
         return mc_err(MC_ERR_IO,
                       "shm connect: rank %d: open peer %d's segment %s: %s",
@@ -1495,8 +1511,8 @@ static mc_status_t shm_map_peer(mc_tl_t *tl, mc_shm_peer_t *pe)
 {
     char name[MC_SHM_NAME_MAX];
     int pid = 0;
-    MC_CHECK(shm_read_entry(tl, pe, shm_remaining_ms(tl), name, &pid));
-    MC_CHECK(shm_map_segment(tl, pe, name, pid, 0));
+    MC_CHECK(shm_read_entry(tl, pe, shm_connect_wait_ms(tl), name, &pid));
+    MC_CHECK(shm_map_segment(tl, pe, name, pid));
     mc_shm_ctrl_t *c = pe->map;
     mc_shm_dirent_t *d =
         &((mc_shm_dirent_t *)((uint8_t *)pe->map + c->dir_off))[tl->rank];
@@ -1531,7 +1547,7 @@ static mc_status_t shm_attach(mc_tl_t *tl, mc_shm_peer_t *pe, int64_t wait_ms)
     int pid = 0;
     mc_status_t st = shm_read_entry(tl, pe, wait_ms, name, &pid);
     if (st != MC_OK) return st;
-    st = shm_map_segment(tl, pe, name, pid, wait_ms == 0);
+    st = shm_map_segment(tl, pe, name, pid);
     if (st != MC_OK) goto unmap;
     mc_shm_ctrl_t *c = pe->map;
     mc_shm_dirent_t *d =
@@ -1658,7 +1674,7 @@ static mc_status_t shm_connect(mc_tl_t *tl)
             MC_CHECK_GOTO(shm_map_peer(tl, pe), st, err_unlink);
         } else if (pe->role == SHM_GUEST) {
             /* a newer co-joiner hosts us: it published at create */
-            MC_CHECK_GOTO(shm_attach(tl, pe, shm_remaining_ms(tl)), st,
+            MC_CHECK_GOTO(shm_attach(tl, pe, shm_connect_wait_ms(tl)), st,
                           err_unlink);
         } else {
             nguests++;
