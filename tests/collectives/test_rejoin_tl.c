@@ -788,7 +788,8 @@ static void test_shm_stale(void **state)
 /* ------------------------------------------------------------------------ */
 /* Scale-up: ranks 0 and 1 run in a group of 3 slots whose slot 2 was never
  * connected. add_peer with nobody there times out cleanly (a receive posted
- * meanwhile fails with it, later sends are refused); then a process takes
+ * meanwhile fails with it, later sends are refused); a joiner that
+ * published and gave up fails the add at once; then a process takes
  * slot 2 and both members add it while exchanging data with each other.
  * Rank 0 also checks add_peer's argument rules. */
 
@@ -845,14 +846,35 @@ static int body_member(int rank, uint64_t inc, void *arg)
         rc = MC_TFAIL(rank, "send after a failed add was accepted");
         goto out;
     }
-    /* now someone does (a retry with a newer incarnation) */
+    /* a joiner that published and gave up (its transport destroyed before
+     * connect, the process still alive): the add fails at once, not at
+     * its timeout */
     if (rank == 0 && (rc = t_set(&r, "spawn/6", "1"))) goto out;
+    char v[8];
+    if ((rc = t_get_driving(&r, "gaveup/6", v, sizeof(v), T_TIMEOUT_MS)))
+        goto out;
+    t0 = mc_now_us();
     if (ops->add_peer(r.tl, 2, 6, T_TIMEOUT_MS) != MC_OK) {
         rc = MC_TFAIL(rank, "add_peer: %s", mc_last_error());
         goto out;
     }
+    st = t_status_leaves(&r, 2, MC_INPROGRESS, T_TIMEOUT_MS);
+    dt = mc_now_us() - t0;
+    if (st != MC_ERR_PEER_FAILED || dt > 3000000) {
+        rc = MC_TFAIL(rank, "add of a joiner that gave up: status %d after "
+                            "%lld us (%s)",
+                      st, (long long)dt, mc_last_error());
+        _exit(1);
+    }
+    if ((rc = t_set(&r, rank ? "checked/6/1" : "checked/6/0", "1"))) goto out;
+    /* now someone does (a retry with a newer incarnation) */
+    if (rank == 0 && (rc = t_set(&r, "spawn/7", "1"))) goto out;
+    if (ops->add_peer(r.tl, 2, 7, T_TIMEOUT_MS) != MC_OK) {
+        rc = MC_TFAIL(rank, "add_peer: %s", mc_last_error());
+        goto out;
+    }
     int peers[2] = {other, 2};
-    rc = t_exchange(&r, peers, 2, 2, 6);
+    rc = t_exchange(&r, peers, 2, 2, 7);
 out:
     t_close(&r);
     return rc;
@@ -872,6 +894,41 @@ static int body_scaleup(int rank, uint64_t inc, void *arg)
     return rc;
 }
 
+/* Slot 2's joiner that gives up: it publishes (creates its transport),
+ * destroys it before connecting, and stays alive until both members saw
+ * their add fail. */
+static int body_gaveup(int rank, uint64_t inc, void *arg)
+{
+    (void)arg;
+    t_rank_t r;
+    if (t_store(&r, rank)) return 1;
+    uint8_t peers[3] = {1, 1, 0};
+    uint64_t incs[3] = {0, 0, 0};
+    mc_tl_params_t p = {.rank = rank,
+                        .size = 3,
+                        .store = r.store,
+                        .uid = g_uid,
+                        .peers = peers,
+                        .incarnation = inc,
+                        .peer_incarnation = incs,
+                        .timeout_ms = T_TIMEOUT_MS};
+    int rc = 0;
+    if (ops->create(&p, &r.tl) != MC_OK) {
+        rc = MC_TFAIL(rank, "create: %s", mc_last_error());
+        goto out;
+    }
+    ops->destroy(r.tl);
+    r.tl = NULL;
+    char v[8];
+    if ((rc = t_set(&r, "gaveup/6", "1")) ||
+        (rc = t_get_driving(&r, "checked/6/0", v, sizeof(v), T_TIMEOUT_MS)) ||
+        (rc = t_get_driving(&r, "checked/6/1", v, sizeof(v), T_TIMEOUT_MS)))
+        goto out;
+out:
+    t_close(&r);
+    return rc;
+}
+
 static void t_scaleup(const mc_tl_ops_t *o)
 {
     t_procs_t ps;
@@ -880,7 +937,11 @@ static void t_scaleup(const mc_tl_ops_t *o)
     t_fork(&ps, "rank 1", 0, body_member, 1, 0, NULL);
     int failed = 0;
     if (t_parent_wait(&ps, "spawn/6") == 0)
-        t_fork(&ps, "rank 2.6", 0, body_scaleup, 2, 6, NULL);
+        t_fork(&ps, "rank 2.6 (gives up)", 0, body_gaveup, 2, 6, NULL);
+    else
+        failed++;
+    if (!failed && t_parent_wait(&ps, "spawn/7") == 0)
+        t_fork(&ps, "rank 2.7", 0, body_scaleup, 2, 7, NULL);
     else
         failed++;
     if (failed) ps.deadline_us = mc_now_us();

@@ -109,6 +109,9 @@
 #define MC_TCP_CHECK_ALIVE_US 1000000 /* close check: connected this long */
 #define MC_TCP_CHECK_MAX_US 2000000 /* close check: no answer this long */
 #define MC_TCP_CHECK_TRIES 3 /* close check: connections before "alive" */
+#define MC_TCP_PROBE_US 250000 /* accepting add: first listener probes */
+#define MC_TCP_PROBE_MAX_US 2000000 /* ... spaced up to this once answered */
+#define MC_TCP_PROBE_POLL_US 20000 /* a probe under way is looked at */
 
 typedef struct mc_tcp_q {
     mc_xfer_t *head, *tail;
@@ -147,6 +150,10 @@ typedef struct mc_tcp_out {
 typedef struct mc_tcp_add {
     int64_t deadline_us;               /* INT64_MAX in connect */
     mc_tcp_out_t out[MC_NUM_CHANNELS]; /* used if the peer is lower */
+    /* the peer is higher (it connects to us), in add_peer: a connection
+     * to its published listener now and then (tcp_add_probe) */
+    int probe_fd;
+    int64_t probe_us, probe_next_us, probe_gap_us;
 } mc_tcp_add_t;
 
 /* One accepted socket waiting for its hello. */
@@ -1230,6 +1237,7 @@ static void tcp_add_end(mc_tl_t *tl, int r)
     if (!p->add) return;
     for (int c = 0; c < MC_NUM_CHANNELS; c++)
         tcp_close(&p->add->out[c].fd);
+    tcp_close(&p->add->probe_fd);
     free(p->add);
     p->add = NULL;
     for (int i = 0; i < tl->nadds; i++)
@@ -1482,6 +1490,9 @@ static void tcp_add_begin(mc_tl_t *tl, int r, mc_tcp_add_t *a,
     a->deadline_us = deadline_us;
     for (int c = 0; c < MC_NUM_CHANNELS; c++)
         a->out[c] = (mc_tcp_out_t){.fd = -1, .state = OUT_IDLE};
+    a->probe_fd = -1;
+    a->probe_us = a->probe_next_us = 0;
+    a->probe_gap_us = MC_TCP_PROBE_US;
     tl->peers[r].add = a;
     tl->peers[r].add_st = MC_OK;
     tl->adds[tl->nadds++] = r;
@@ -1554,6 +1565,11 @@ static int64_t tcp_add_wake(const mc_tl_t *tl)
         int r = tl->adds[i];
         const mc_tcp_add_t *a = tl->peers[r].add;
         if (a->deadline_us < wake) wake = a->deadline_us;
+        if (r > tl->rank && tl->connected) {
+            int64_t t = a->probe_fd >= 0 ? mc_now_us() + MC_TCP_PROBE_POLL_US
+                                         : a->probe_next_us;
+            if (t < wake) wake = t;
+        }
         for (int c = 0; r < tl->rank && c < MC_NUM_CHANNELS; c++)
             if (a->out[c].state == OUT_IDLE && a->out[c].next_try_us < wake)
                 wake = a->out[c].next_try_us;
@@ -1562,6 +1578,73 @@ static int64_t tcp_add_wake(const mc_tl_t *tl)
         if (tl->ins[i].since_us + MC_TCP_PENDING_US < wake)
             wake = tl->ins[i].since_us + MC_TCP_PENDING_US;
     return wake;
+}
+
+/*
+ * An add_peer of a higher rank waits for the joiner to connect to us. The
+ * joiner publishes its address only once it listens, and listens for the
+ * rest of its life, so a refused connection to a published address is a
+ * process that gave up or ended: no hello is coming, and the add fails now
+ * instead of at its timeout. One probe at a time, every MC_TCP_PROBE_US; a
+ * probe that connects (a live joiner) is closed at once, unread, and the
+ * next waits twice as long (up to MC_TCP_PROBE_MAX_US), so that a slow
+ * joiner's backlog holds few of them. Returns 1
+ * with `why` filled once the joiner is known gone; unreachable, slow or a
+ * local error gives no verdict.
+ */
+static int tcp_add_probe(mc_tl_t *tl, int r, mc_tcp_add_t *a, int64_t now,
+                         char *why, size_t cap)
+{
+    int e = 0;
+    if (a->probe_fd >= 0) {
+        socklen_t sl = sizeof(e);
+        if (getsockopt(a->probe_fd, SOL_SOCKET, SO_ERROR, &e, &sl) != 0)
+            e = errno;
+        if (!e) {
+            struct pollfd pf = {.fd = a->probe_fd, .events = POLLOUT};
+            if (poll(&pf, 1, 0) == 1 && (pf.revents & POLLOUT)) {
+                if (tcp_self_connected(a->probe_fd))
+                    e = ECONNREFUSED; /* nobody listens on that port */
+            } else if (now - a->probe_us < MC_TCP_CHECK_MAX_US) {
+                return 0; /* under way */
+            }
+        }
+        tcp_close(&a->probe_fd);
+        if (!e && a->probe_gap_us < MC_TCP_PROBE_MAX_US) a->probe_gap_us *= 2;
+        a->probe_next_us = now + a->probe_gap_us;
+    } else {
+        if (now < a->probe_next_us) return 0;
+        a->probe_next_us = now + a->probe_gap_us;
+        char key[MC_TCP_KEY_LEN], val[MC_TCP_ADDR_LEN];
+        tcp_key(key, sizeof(key), r, tl->peers[r].inc);
+        int exists = 0;
+        size_t len = 0;
+        struct sockaddr_in sa;
+        if (mc_store_check(tl->store, key, &exists) != MC_OK || !exists ||
+            mc_store_get(tl->store, key, 0, val, sizeof(val) - 1, &len) !=
+                MC_OK ||
+            len >= sizeof(val) - 1)
+            return 0; /* not published yet, or no verdict */
+        val[len] = '\0';
+        if (mc_sock_parse_addr(val, len, &sa) != 0) return 0;
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) return 0;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 &&
+            errno != EINPROGRESS && errno != EINTR) {
+            e = errno;
+            close(fd);
+        } else {
+            a->probe_fd = fd;
+            a->probe_us = now;
+            return 0; /* looked at from the next step on */
+        }
+    }
+    if (!tcp_err_is_gone(e)) return 0;
+    snprintf(why, cap,
+             "it published its address but its listener is gone (%s): that "
+             "process gave up or ended",
+             strerror(e));
+    return 1;
 }
 
 /* One round of every handshake: deadlines, due connection attempts, one
@@ -1577,6 +1660,12 @@ static mc_status_t tcp_add_step(mc_tl_t *tl, int64_t max_wait_us)
             tcp_add_fail(tl, r, MC_ERR_TIMEOUT,
                          "no process of that incarnation connected within "
                          "the timeout"); /* swaps adds[i] */
+            continue;
+        }
+        char gone[160];
+        if (r > tl->rank && tl->connected &&
+            tcp_add_probe(tl, r, a, now, gone, sizeof(gone))) {
+            tcp_add_fail(tl, r, MC_ERR_PEER_FAILED, gone); /* swaps adds[i] */
             continue;
         }
         mc_status_t st = MC_OK;
@@ -2085,6 +2174,7 @@ static void tcp_destroy(mc_tl_t *tl)
             if (tl->peers[r].add) {
                 for (int c = 0; c < MC_NUM_CHANNELS; c++)
                     tcp_close(&tl->peers[r].add->out[c].fd);
+                tcp_close(&tl->peers[r].add->probe_fd);
                 free(tl->peers[r].add);
             }
         }
