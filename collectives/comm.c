@@ -184,7 +184,8 @@ struct mc_request {
     mc_comm_t *comm;
     int kind;
     int refs; /* user + engine */
-    int p2p_counted; /* a send counted in comm->p2p_sending */
+    int p2p_counted; /* a send counted in comm->p2p_sending, and on
+                        comm->sends (s_prev/s_next; plock) */
     volatile int done;
     mc_status_t status;
     char err[MC_ABORT_MSG_MAX + 128];
@@ -203,6 +204,7 @@ struct mc_request {
     size_t bytes;
     mc_hdr_t shdr;
     mc_xfer_t hx, px;
+    struct mc_request *s_prev, *s_next;
     /* completion callback (under the communicator's dlock) */
     mc_request_cb_t cb;
     void *cb_arg;
@@ -295,6 +297,7 @@ struct mc_comm {
     uint64_t dead_att_epoch, dead_att_seq;
     mc_request_t *precv_head, *precv_tail; /* posted unmatched receives */
     mc_unexp_t *unexp_head, *unexp_tail;
+    mc_request_t *sends; /* user sends handed to a transport (plock) */
     size_t unexp_bytes, unexp_max;
     char *discard;
     size_t discard_len;
@@ -5544,6 +5547,19 @@ static mc_status_t p2p_check(mc_comm_t *c, const char *fn, const void *buf,
     return MC_OK;
 }
 
+/* A user send leaves comm->sends (plock). */
+static void p2p_send_unlink(mc_comm_t *c, mc_request_t *r)
+{
+    r->p2p_counted = 0;
+    c->p2p_sending[r->peer]--;
+    if (r->s_prev)
+        r->s_prev->s_next = r->s_next;
+    else
+        c->sends = r->s_next;
+    if (r->s_next) r->s_next->s_prev = r->s_prev;
+    r->s_prev = r->s_next = NULL;
+}
+
 static void p2p_send_event(mc_ev_t *ev)
 {
     mc_request_t *r = (mc_request_t *)ev;
@@ -5552,10 +5568,7 @@ static void p2p_send_event(mc_ev_t *ev)
         return;
     mc_status_t st = r->hx.status < 0 ? (mc_status_t)r->hx.status
                                       : (mc_status_t)r->px.status;
-    if (r->p2p_counted) {
-        r->p2p_counted = 0;
-        r->comm->p2p_sending[r->peer]--;
-    }
+    if (r->p2p_counted) p2p_send_unlink(r->comm, r);
     char msg[128] = "";
     if (st < 0)
         snprintf(msg, sizeof(msg), "send to rank %d failed: %s", r->peer,
@@ -5616,6 +5629,9 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n, mc_dtype_t dt,
     }
     c->p2p_sending[peer]++;
     r->p2p_counted = 1;
+    r->s_next = c->sends;
+    if (c->sends) c->sends->s_prev = r;
+    c->sends = r;
     progress_locked(c);
     pthread_mutex_unlock(&c->plock);
     *req_p = r;
@@ -5811,6 +5827,12 @@ static void comm_free(mc_comm_t *c)
         for (int p = 0; c->in[ch] && p < c->size; p++) {
             free(c->in[ch][p].cbuf);
             free(c->in[ch][p].sink);
+            /* a message still arriving that no list holds any more */
+            mc_unexp_t *u = c->in[ch][p].p2p_unexp;
+            if (u && u->drop) {
+                free(u->data);
+                free(u);
+            }
         }
         free(c->in[ch]);
     }
@@ -7039,7 +7061,7 @@ void mc_comm_destroy(mc_comm_h c)
             if (a->busy && a->px.status == MC_INPROGRESS) busy = 1;
         }
         ctrl_gc(c);
-        if (c->ctrl_out) busy = 1;
+        if (c->ctrl_out || c->sends) busy = 1;
         if (!busy || mc_now_us() > until) break;
         progress_locked(c);
     }
@@ -7053,6 +7075,26 @@ void mc_comm_destroy(mc_comm_h c)
         mc_in_t *in = &c->in[MC_CH_P2P][p];
         if (in->p2p_req) req_complete(in->p2p_req, MC_ERR_IO, "destroyed");
         in->p2p_req = NULL;
+        /* a receive that took a message still arriving */
+        mc_unexp_t *u = in->p2p_unexp;
+        if (u && u->claimed) {
+            mc_request_t *r = u->claimed;
+            u->claimed = NULL;
+            u->drop = 1; /* unlinked: comm_free frees it */
+            req_complete(r, MC_ERR_IO, "recv: communicator destroyed");
+        }
+    }
+    /* sends the peer did not take within the grace above: nothing moves
+     * them any more (tl_quiet), and the transports drop them unread */
+    while (c->sends) {
+        mc_request_t *r = c->sends;
+        char msg[128];
+        snprintf(msg, sizeof(msg),
+                 "send to rank %d: the communicator was destroyed before "
+                 "the peer took it",
+                 r->peer);
+        p2p_send_unlink(c, r);
+        req_complete(r, MC_ERR_IO, msg);
     }
     c->tl_quiet = 1;
     pthread_mutex_unlock(&c->plock);

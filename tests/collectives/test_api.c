@@ -15,6 +15,7 @@
 #include <ctype.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -676,12 +677,61 @@ static void test_huge_timeouts(void **state)
  * once (not after the 30 s operation timeout each, and no crash: the
  * communicator used to be freed under the waiting thread), and destroy
  * returns once they are out. Then destroy from a completion callback, and
- * while a blocking send the peer never takes waits (it fails). */
+ * while a blocking send the peer never takes waits (it fails). Then
+ * requests nobody waits on during destroy, waited for after it: a 64 MiB
+ * isend the peer never takes (mode 4), a receive that took a 256 MiB
+ * message still arriving from a peer stopped mid-send (mode 5). Each
+ * ends with MC_ERR_IO, its callback runs, and its wait after destroy
+ * touches nothing freed (it used to: ASan; or a wait for good). */
 typedef struct {
     const char *dir;
     int mode; /* 0 blocking, 1 queued requests, 2 from a callback, 3 a
-                 64 MiB send the peer never receives */
+                 64 MiB send the peer never receives, 4 and 5 above */
 } destroy_case_t;
+
+static volatile int g_after_cb = 1; /* the status its callback saw */
+static void after_cb(mc_request_h r, mc_status_t st, void *arg)
+{
+    (void)r;
+    (void)arg;
+    g_after_cb = st;
+}
+
+/* Modes 4 and 5, rank 0: destroy with r in flight, then wait on r. */
+static int destroy_then_wait(mc_comm_h comm, mc_request_h r, int mode)
+{
+    if (mc_request_on_complete(r, after_cb, NULL) != MC_OK)
+        return MC_TFAIL(0, "on_complete: %s", mc_last_error());
+    double t0 = now_s();
+    mc_comm_destroy(comm);
+    double took = now_s() - t0;
+    mc_status_t st = mc_request_wait(r, 5000);
+    mc_request_free(r);
+    if (st != MC_ERR_IO || g_after_cb != MC_ERR_IO || took > 2.0)
+        return MC_TFAIL(0,
+                        "mode %d: wait after destroy %s, callback %s, "
+                        "destroy %.2f s",
+                        mode, mc_status_str(st),
+                        mc_status_str((mc_status_t)g_after_cb), took);
+    return 0;
+}
+
+/* /proc/<pid>/stat says stopped ('T'), within about 2 s. */
+static int wait_stopped(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    for (int i = 0; i < 200; i++) {
+        FILE *f = fopen(path, "r");
+        size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+        if (f) fclose(f);
+        buf[n] = '\0';
+        char *e = strrchr(buf, ')');
+        if (e && e[1] == ' ' && e[2] == 'T') return 1;
+        usleep(10000);
+    }
+    return 0;
+}
 
 static mc_comm_h g_dc;
 static double g_dc_took;
@@ -722,6 +772,55 @@ static int destroy_rank(int rank, int size, void *arg)
         return MC_TFAIL(rank, "create: %s", mc_last_error());
     int fails = 0;
     int32_t a[4] = {1, 2, 3, 4}, b[4];
+    if (k->mode == 5) {
+        size_t n = (size_t)256 << 20;
+        uint8_t *big = malloc(n);
+        if (!big) return MC_TFAIL(rank, "malloc");
+        memset(big, 7, n);
+        if (mc_comm_barrier(comm) != MC_OK)
+            return MC_TFAIL(rank, "barrier: %s", mc_last_error());
+        mc_request_h r;
+        if (rank == 1) {
+            /* send, stop 5 ms in (rank 0 sends SIGCONT when done) */
+            char pid[16];
+            int m = snprintf(pid, sizeof(pid), "%d", (int)getpid());
+            if (mc_store_set(store, "pid1", pid, (size_t)m) != MC_OK ||
+                mc_comm_isend(comm, big, n, MC_UINT8, 0, 7, &r) != MC_OK)
+                return MC_TFAIL(rank, "isend: %s", mc_last_error());
+            double t0 = now_s();
+            int done = 0;
+            while (now_s() - t0 < 0.005 && !done)
+                mc_request_test(r, &done);
+            if (done) return MC_TFAIL(rank, "256 MiB went in 5 ms");
+            raise(SIGSTOP);
+            (void)mc_request_wait(r, 10000); /* rank 0 is gone: fails */
+            mc_request_free(r);
+            mc_comm_destroy(comm);
+        } else {
+            char pid[16] = "";
+            size_t len = 0;
+            int32_t dummy;
+            mc_request_h other;
+            if (mc_comm_irecv(comm, &dummy, 1, MC_INT32, 1, 99, &other) !=
+                MC_OK)
+                return MC_TFAIL(rank, "irecv: %s", mc_last_error());
+            (void)mc_request_wait(other, 20); /* the header is read */
+            if (mc_store_get(store, "pid1", 10000, pid, sizeof(pid) - 1,
+                             &len) != MC_OK)
+                return MC_TFAIL(rank, "pid1: %s", mc_last_error());
+            pid[len] = '\0';
+            pid_t p1 = (pid_t)atoi(pid);
+            if (!wait_stopped(p1)) fails += MC_TFAIL(rank, "rank 1 ran on");
+            if (mc_comm_irecv(comm, big, n, MC_UINT8, 1, 7, &r) != MC_OK)
+                return MC_TFAIL(rank, "irecv: %s", mc_last_error());
+            mc_request_free(other); /* failed by destroy; freed after */
+            fails += destroy_then_wait(comm, r, 5);
+            kill(p1, SIGCONT);
+        }
+        free(big);
+        mc_store_destroy(store);
+        return fails;
+    }
     if (rank == 1) { /* calls nothing (mode 2: the barrier) */
         if (k->mode == 2 && mc_comm_barrier(comm) != MC_OK)
             fails += MC_TFAIL(rank, "barrier: %s", mc_last_error());
@@ -741,6 +840,17 @@ static int destroy_rank(int rank, int size, void *arg)
         if (!g_cb_destroyed)
             fails += MC_TFAIL(rank, "the callback never destroyed");
         usleep(100000); /* the callback thread frees it meanwhile */
+        mc_store_destroy(store);
+        return fails;
+    }
+    if (k->mode == 4) {
+        size_t n = (size_t)64 << 20;
+        uint8_t *big = calloc(n, 1);
+        mc_request_h r;
+        if (!big || mc_comm_isend(comm, big, n, MC_UINT8, 1, 5, &r) != MC_OK)
+            return MC_TFAIL(rank, "isend: %s", mc_last_error());
+        fails += destroy_then_wait(comm, r, 4);
+        free(big); /* destroy is done: nothing reads it */
         mc_store_destroy(store);
         return fails;
     }
@@ -790,7 +900,7 @@ static int destroy_rank(int rank, int size, void *arg)
 static void test_destroy_concurrent(void **state)
 {
     (void)state;
-    for (int mode = 0; mode < 4; mode++) {
+    for (int mode = 0; mode < 6; mode++) {
         char *dir = mc_test_mkdtemp();
         assert_non_null(dir);
         destroy_case_t k = {dir, mode};
