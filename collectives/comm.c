@@ -1179,7 +1179,11 @@ static void peer_failed(mc_comm_t *c, int peer, mc_status_t st)
         cx_fail(c, MC_ERR_PEER_FAILED, 0, "%s at seq %llu: rank %d failed (%s)",
                 mc_coll_name(c->cx.req->args.coll),
                 (unsigned long long)c->cx.seq, peer, mc_status_str(st));
-    p2p_peer_failed(c, peer);
+    /* Its p2p stream ends on its own, after what it still holds: a message
+     * it sent before it exited (a result, then exit) is delivered, and
+     * receives fail at that end (p2p_peer_failed). Every caller here has
+     * the transport's verdict, which ends all of the peer's streams. */
+    if (c->p2p_eof[peer]) p2p_peer_failed(c, peer);
 }
 
 /* ------------------------------------------------------------------------ */

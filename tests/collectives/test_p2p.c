@@ -464,6 +464,53 @@ static void test_recv_claimed_sender_dies(void **state)
                      0);
 }
 
+/* A sender that sends and then exits (a result, then exit): its message is
+ * delivered in full, though its death may be seen (on the collective
+ * stream) while the payload is still being read. Rank 0 posts a 4 MiB
+ * receive first; rank 1 sends it and exits; 8 rounds, fresh processes. */
+#define EXIT_BYTES ((size_t)4 << 20)
+
+static int exit_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    const p2p_param_t *p = arg;
+    pc_t c = {comm, rank, size, ref_tname(p->transport)};
+    uint8_t *buf = malloc(EXIT_BYTES);
+    if (!buf) return FAIL(&c, "malloc");
+    for (size_t i = 0; i < EXIT_BYTES; i++)
+        buf[i] = rank ? (uint8_t)(i * 7 + 3) : 0;
+    mc_request_h r = NULL;
+    if (rank == 0)
+        CALL(&c, mc_comm_irecv(comm, buf, EXIT_BYTES, MC_UINT8, 1, 3, &r));
+    CALL(&c, mc_comm_barrier(comm));
+    if (rank == 1) {
+        CALL(&c, mc_comm_send(comm, buf, EXIT_BYTES, MC_UINT8, 0, 3));
+        _exit(0);
+    }
+    mc_status_t st = mc_request_wait(r, -1);
+    mc_request_free(r);
+    if (st != MC_OK)
+        return FAIL(&c, "recv of a message sent before its sender exited: "
+                        "%s (%s)",
+                    mc_status_str(st), mc_last_error());
+    for (size_t i = 0; i < EXIT_BYTES; i++)
+        if (buf[i] != (uint8_t)(i * 7 + 3))
+            return FAIL(&c, "byte %zu: %u", i, buf[i]);
+    free(buf);
+    return 0;
+}
+
+static void test_recv_sender_exits(void **state)
+{
+    (void)state;
+    int failed = 0;
+    for (int round = 0; round < 8; round++) {
+        p2p_param_t shm = {2, MC_TRANSPORT_SHM}, tcp = {2, MC_TRANSPORT_TCP};
+        failed += mc_test_spawn(2, MC_TRANSPORT_SHM, 60, exit_body, &shm);
+        failed += mc_test_spawn(2, MC_TRANSPORT_TCP, 60, exit_body, &tcp);
+    }
+    assert_int_equal(failed, 0);
+}
+
 static p2p_param_t params[] = {
     {2, MC_TRANSPORT_SHM}, {3, MC_TRANSPORT_SHM}, {4, MC_TRANSPORT_SHM},
     {2, MC_TRANSPORT_TCP}, {3, MC_TRANSPORT_TCP}, {4, MC_TRANSPORT_TCP},
@@ -473,7 +520,7 @@ int main(void)
 {
     enum { N = sizeof(params) / sizeof(params[0]) };
     static char names[N][48];
-    struct CMUnitTest tests[N + 2];
+    struct CMUnitTest tests[N + 3];
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof(names[i]), "p2p_%d_%s", params[i].size,
                  ref_tname(params[i].transport));
@@ -485,5 +532,8 @@ int main(void)
     tests[N + 1] = (struct CMUnitTest){"recv_claimed_sender_dies",
                                        test_recv_claimed_sender_dies, NULL,
                                        NULL, NULL};
-    return _cmocka_run_group_tests("p2p", tests, N + 2, NULL, NULL);
+    tests[N + 2] = (struct CMUnitTest){"recv_sender_exits",
+                                       test_recv_sender_exits, NULL, NULL,
+                                       NULL};
+    return _cmocka_run_group_tests("p2p", tests, N + 3, NULL, NULL);
 }
