@@ -5037,6 +5037,66 @@ static mc_status_t check_root(mc_comm_t *c, const char *fn, int root)
     return MC_OK;
 }
 
+static int ranges_overlap(const void *a, size_t alen, const void *b,
+                          size_t blen)
+{
+    if (!a || !b || !alen || !blen) return 0;
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return x < y + blen && y < x + alen;
+}
+
+/* Input and output (bytes) either apart or in place (the operation's one
+ * in-place form, `in_place`); any other overlap would read input the
+ * operation already overwrote, or write output twice: refused, naming the
+ * in-place form (`how`). */
+static mc_status_t check_overlap(mc_comm_t *c, const char *fn, const void *s,
+                                 size_t sbytes, const void *rb, size_t rbytes,
+                                 int in_place, const char *how)
+{
+    if (in_place || !ranges_overlap(s, sbytes, rb, rbytes)) return MC_OK;
+    return comm_err(c, MC_ERR_INVALID_ARG,
+                    "%s: sendbuf and recvbuf overlap but are not in place "
+                    "(in place means %s)",
+                    fn, how);
+}
+
+typedef struct {
+    size_t off, n;
+    int rank;
+} span_t;
+
+static int span_cmp(const void *a, const void *b)
+{
+    const span_t *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* The output blocks (displs[i], counts[i]) of the ranks must not overlap:
+ * two ranks' data in one place leaves whichever came last. */
+static mc_status_t check_blocks(mc_comm_t *c, const char *fn, const char *what,
+                                const size_t *counts, const size_t *displs)
+{
+    span_t *v = malloc(sizeof(*v) * (size_t)c->size);
+    if (!v) return comm_err(c, MC_ERR_NO_MEMORY, "%s: out of memory", fn);
+    int n = 0;
+    for (int i = 0; i < c->size; i++)
+        if (counts[i]) v[n++] = (span_t){displs[i], counts[i], i};
+    qsort(v, (size_t)n, sizeof(*v), span_cmp);
+    for (int i = 1; i < n; i++)
+        if (v[i].off < v[i - 1].off + v[i - 1].n) {
+            span_t a = v[i - 1], b = v[i];
+            free(v);
+            return comm_err(c, MC_ERR_INVALID_ARG,
+                            "%s: the blocks of ranks %d and %d overlap in "
+                            "recvbuf (%s[%d] = %zu, count %zu; %s[%d] = %zu, "
+                            "count %zu)",
+                            fn, a.rank, b.rank, what, a.rank, a.off, a.n,
+                            what, b.rank, b.off, b.n);
+        }
+    free(v);
+    return MC_OK;
+}
+
 static mc_status_t new_coll(mc_comm_t *c, mc_coll_t coll, mc_dtype_t dt,
                             mc_redop_t op, int root, size_t count,
                             const void *sbuf, void *rbuf, mc_request_t **r_p)
@@ -5077,6 +5137,8 @@ static mc_status_t iallreduce(mc_comm_h c, const void *s, void *rb, size_t n,
     MC_CHECK(check_bytes(c, fn, n, 1, dt));
     MC_CHECK(check_buf(c, fn, s, n, "sendbuf"));
     MC_CHECK(check_buf(c, fn, rb, n, "recvbuf"));
+    MC_CHECK(check_overlap(c, fn, s, n * ES(dt), rb, n * ES(dt), s == rb,
+                           "sendbuf == recvbuf"));
     mc_request_t *r = NULL;
     MC_CHECK(new_coll(c, MC_COLL_ALLREDUCE, dt, op, -1, n, s, rb, &r));
     r->args.in_place = s == rb;
@@ -5110,13 +5172,15 @@ static mc_status_t iallgatherv(mc_comm_h c, mc_coll_t coll, const void *s,
     if (!counts || !displs)
         return comm_err(c, MC_ERR_INVALID_ARG, "%s: recvcounts/displs is NULL",
                         fn);
-    size_t total = 0;
+    size_t total = 0, end = 0;
     for (int i = 0; i < c->size; i++) {
         MC_CHECK(check_entry(c, fn, "recvcounts", i, counts[i], 1, dt));
         MC_CHECK(check_entry(c, fn, "displs", i, displs[i], 1, dt));
         if (counts[i] > (SIZE_MAX / 4) / ES(dt) - total)
             return comm_err(c, MC_ERR_INVALID_ARG, "%s: counts too large", fn);
         total += counts[i];
+        if (counts[i] && displs[i] + counts[i] > end)
+            end = displs[i] + counts[i];
     }
     if (scount != counts[c->rank])
         return comm_err(c, MC_ERR_INVALID_ARG,
@@ -5124,6 +5188,13 @@ static mc_status_t iallgatherv(mc_comm_h c, mc_coll_t coll, const void *s,
                         fn, scount, c->rank, counts[c->rank]);
     MC_CHECK(check_buf(c, fn, s, scount, "sendbuf"));
     MC_CHECK(check_buf(c, fn, rb, total, "recvbuf"));
+    if (coll != MC_COLL_ALLGATHER) /* allgather's blocks are its own */
+        MC_CHECK(check_blocks(c, fn, "displs", counts, displs));
+    MC_CHECK(check_overlap(c, fn, s, scount * ES(dt), rb, end * ES(dt),
+                           rb && s == AT(rb, displs[c->rank], dt),
+                           coll == MC_COLL_ALLGATHER
+                               ? "sendbuf == recvbuf + rank * count"
+                               : "sendbuf == recvbuf + displs[rank]"));
     mc_request_t *r = NULL;
     MC_CHECK(new_coll(c, coll, dt, MC_SUM, -1, scount, s, rb, &r));
     r->args.counts = dup_sizes(counts, c->size);
@@ -5219,6 +5290,14 @@ static mc_status_t ireduce_scatterv(mc_comm_h c, mc_coll_t coll, const void *s,
     }
     mc_status_t st = check_buf(c, fn, s, total, "sendbuf");
     if (st == MC_OK) st = check_buf(c, fn, rb, counts[c->rank], "recvbuf");
+    if (st == MC_OK)
+        st = check_overlap(c, fn, s, total * ES(dt), rb,
+                           counts[c->rank] * ES(dt),
+                           s && rb == AT(s, displs[c->rank], dt),
+                           coll == MC_COLL_REDUCE_SCATTER
+                               ? "recvbuf == sendbuf + rank * count"
+                               : "recvbuf == sendbuf + the sum of "
+                                 "recvcounts before rank");
     mc_request_t *r = NULL;
     if (st == MC_OK)
         st = new_coll(c, coll, dt, op, -1, counts[c->rank], s, rb, &r);
@@ -5315,18 +5394,27 @@ static mc_status_t irooted(mc_comm_h c, mc_coll_t coll, const void *s, void *rb,
         if (is_root) MC_CHECK(check_buf(c, fn, s, n, "sendbuf"));
         MC_CHECK(check_buf(c, fn, rb, n, "recvbuf"));
         in_place = s == rb;
+        if (is_root)
+            MC_CHECK(check_overlap(c, fn, s, n * ES(dt), rb, n * ES(dt),
+                                   in_place, "sendbuf == recvbuf"));
         if (!is_root) s = rb;
         break;
     case MC_COLL_REDUCE:
         MC_CHECK(check_buf(c, fn, s, n, "sendbuf"));
         if (is_root) MC_CHECK(check_buf(c, fn, rb, n, "recvbuf"));
         in_place = s == rb;
+        if (is_root)
+            MC_CHECK(check_overlap(c, fn, s, n * ES(dt), rb, n * ES(dt),
+                                   in_place, "sendbuf == recvbuf"));
         break;
     case MC_COLL_GATHER:
         MC_CHECK(check_buf(c, fn, s, n, "sendbuf"));
         if (is_root) {
             MC_CHECK(check_buf(c, fn, rb, n * blocks, "recvbuf"));
             in_place = rb && s == AT(rb, (size_t)root * n, dt);
+            MC_CHECK(check_overlap(c, fn, s, n * ES(dt), rb,
+                                   n * blocks * ES(dt), in_place,
+                                   "sendbuf == recvbuf + root * count"));
         }
         break;
     case MC_COLL_SCATTER:
@@ -5334,6 +5422,9 @@ static mc_status_t irooted(mc_comm_h c, mc_coll_t coll, const void *s, void *rb,
         if (is_root) {
             MC_CHECK(check_buf(c, fn, s, n * blocks, "sendbuf"));
             in_place = s && rb == AT(s, (size_t)root * n, dt);
+            MC_CHECK(check_overlap(c, fn, s, n * blocks * ES(dt), rb,
+                                   n * ES(dt), in_place,
+                                   "recvbuf == sendbuf + root * count"));
         }
         break;
     default:
@@ -5383,14 +5474,6 @@ mc_status_t mc_comm_reduce(mc_comm_h c, const void *s, void *rb, size_t n,
                     &r);
 }
 
-static int ranges_overlap(const void *a, size_t alen, const void *b,
-                          size_t blen)
-{
-    if (!a || !b || !alen || !blen) return 0;
-    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
-    return x < y + blen && y < x + alen;
-}
-
 static mc_status_t ialltoallv(mc_comm_h c, mc_coll_t coll, const void *s,
                               const size_t *sc, const size_t *sd, void *rb,
                               const size_t *rc, const size_t *rd, mc_dtype_t dt,
@@ -5415,6 +5498,8 @@ static mc_status_t ialltoallv(mc_comm_h c, mc_coll_t coll, const void *s,
     }
     MC_CHECK(check_buf(c, fn, s, send_end, "sendbuf"));
     MC_CHECK(check_buf(c, fn, rb, recv_end, "recvbuf"));
+    if (coll != MC_COLL_ALLTOALL) /* alltoall's blocks are its own */
+        MC_CHECK(check_blocks(c, fn, "rdispls", rc, rd));
     if (ranges_overlap(s, send_end * ES(dt), rb, recv_end * ES(dt)))
         return comm_err(c, MC_ERR_INVALID_ARG,
                         "%s: send and receive buffers overlap (in-place "

@@ -451,7 +451,10 @@ void mc_request_free(mc_request_h req);
  * MC_ERR_MISMATCH. Counts of 0 are allowed.
  *
  * In-place forms follow NCCL: pass the same pointer (or the pointer to this
- * rank's slot inside the receive buffer, as noted per call).
+ * rank's slot inside the receive buffer, as noted per call). Send and
+ * receive buffers that overlap in any other way, and (v-variants) output
+ * blocks of two ranks that overlap, fail with MC_ERR_INVALID_ARG on the
+ * rank that passed them.
  */
 
 /** recv[i] = op over ranks of send[i], i < count. In-place: send == recv. */
@@ -473,8 +476,8 @@ mc_status_t mc_comm_allgather(mc_comm_h comm, const void *sendbuf,
 /** Uneven allgather: rank r contributes recvcounts[r] elements placed at
  *  recvbuf + displs[r] elements. sendcount must equal recvcounts[rank];
  *  recvcounts/displs must be the same on every rank. In-place: sendbuf ==
- *  recvbuf + displs[rank]. The arrays are copied; they need not outlive the
- *  call. */
+ *  recvbuf + displs[rank]. The blocks must not overlap each other. The
+ *  arrays are copied; they need not outlive the call. */
 mc_status_t mc_comm_iallgatherv(mc_comm_h comm, const void *sendbuf,
                                 size_t sendcount, void *recvbuf,
                                 const size_t *recvcounts, const size_t *displs,
@@ -549,7 +552,8 @@ mc_status_t mc_comm_alltoall(mc_comm_h comm, const void *sendbuf, void *recvbuf,
 /** Uneven all-to-all (MPI_Alltoallv): sendcounts[j] elements at
  *  sendbuf + sdispls[j] go to rank j; recvcounts[j] elements from rank j land
  *  at recvbuf + rdispls[j]. sendcounts[j] on rank i must equal recvcounts[i]
- *  on rank j, else MC_ERR_MISMATCH. Arrays are copied. */
+ *  on rank j, else MC_ERR_MISMATCH. The receive blocks must not overlap
+ *  each other (send blocks may). Arrays are copied. */
 mc_status_t mc_comm_ialltoallv(mc_comm_h comm, const void *sendbuf,
                                const size_t *sendcounts, const size_t *sdispls,
                                void *recvbuf, const size_t *recvcounts,

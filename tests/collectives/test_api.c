@@ -333,6 +333,29 @@ static int bad_args_body(mc_comm_h comm, int rank, int size, void *arg)
         "displ|null");
     BAD(mc_comm_alltoall(comm, a, a, 2, MC_INT32),
         "overlap|in-place|in place|alias|same");
+    /* buffers that overlap without being the in-place form, and output
+     * blocks of two ranks that overlap: refused, naming the problem (they
+     * used to run and leave whichever bytes came last) */
+    {
+        const char *OV = "overlap";
+        BAD(mc_comm_allreduce(comm, a, a + 1, 4, MC_INT32, MC_SUM), OV);
+        BAD(mc_comm_allgather(comm, a + 1, a, 2, MC_INT32), OV);
+        BAD(mc_comm_reduce_scatter(comm, a, a + 1, 2, MC_INT32, MC_SUM), OV);
+        BAD(mc_comm_broadcast(comm, a, a + 1, 4, MC_INT32, rank), OV);
+        BAD(mc_comm_reduce(comm, a, a + 2, 4, MC_INT32, MC_SUM, rank), OV);
+        BAD(mc_comm_gather(comm, a + 1, a, 2, MC_INT32, rank), OV);
+        BAD(mc_comm_scatter(comm, a, a + 1, 2, MC_INT32, rank), OV);
+        size_t od[8];
+        memcpy(od, dsp, sizeof(od));
+        if (size > 1) {
+            od[size - 1] = dsp[size - 2] + 1; /* into the block before */
+            BAD(mc_comm_allgatherv(comm, a, 2, b, cnt, od, MC_INT32),
+                "overlap");
+            BAD(mc_comm_alltoallv(comm, a, cnt, dsp, b, cnt, od, MC_INT32),
+                "overlap");
+        }
+        BAD(mc_comm_allgatherv(comm, b + 1, 2, b, cnt, dsp, MC_INT32), OV);
+    }
     /* a huge displacement is named as one, not as a count */
     {
         size_t hd[8];
