@@ -1422,6 +1422,8 @@ static mc_status_t shm_map_segment(mc_tl_t *tl, mc_shm_peer_t *pe,
     pe->map = map;
     pe->map_len = seg_len;
 
+    /* checked once here: the directory is then found at MC_SHM_PAGE, never
+     * by reading dir_off again from memory the peer can write */
     const mc_shm_ctrl_t *c = map;
     if (__atomic_load_n(&c->magic, __ATOMIC_ACQUIRE) != MC_SHM_MAGIC ||
         c->version != MC_SHM_VERSION || c->rank != pe->rank ||
@@ -1515,7 +1517,7 @@ static mc_status_t shm_map_peer(mc_tl_t *tl, mc_shm_peer_t *pe)
     MC_CHECK(shm_map_segment(tl, pe, name, pid));
     mc_shm_ctrl_t *c = pe->map;
     mc_shm_dirent_t *d =
-        &((mc_shm_dirent_t *)((uint8_t *)pe->map + c->dir_off))[tl->rank];
+        &((mc_shm_dirent_t *)((uint8_t *)pe->map + MC_SHM_PAGE))[tl->rank];
     for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
         uint64_t off, cap;
         if (!shm_ringref_ok(&d->in[ch], pe->map_len, &off, &cap))
@@ -1551,7 +1553,7 @@ static mc_status_t shm_attach(mc_tl_t *tl, mc_shm_peer_t *pe, int64_t wait_ms)
     if (st != MC_OK) goto unmap;
     mc_shm_ctrl_t *c = pe->map;
     mc_shm_dirent_t *d =
-        &((mc_shm_dirent_t *)((uint8_t *)pe->map + c->dir_off))[tl->rank];
+        &((mc_shm_dirent_t *)((uint8_t *)pe->map + MC_SHM_PAGE))[tl->rank];
     uint64_t inc = __atomic_load_n(&d->inc, __ATOMIC_RELAXED);
     uint64_t link = __atomic_load_n(&d->link, __ATOMIC_RELAXED);
     if (inc != tl->inc) {
