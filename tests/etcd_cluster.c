@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -61,8 +62,13 @@ void start_member(cluster_t *k, int i)
     snprintf(curl, sizeof(curl), "http://%s:%d", k->ip, k->cport[i]);
     snprintf(purl, sizeof(purl), "http://%s:%d", k->ip, k->pport[i]);
     fflush(NULL);
+    pid_t parent = getpid();
     pid_t p = fork();
     if (p == 0) {
+        /* a test process that dies (a crash, a harness's SIGKILL) takes
+         * its etcd members with it */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0) {
             dup2(devnull, 1);
@@ -94,6 +100,33 @@ void member_wait(cluster_t *k, int i, double s)
     mc_etcd_close(e);
 }
 
+/* Clusters still running, stopped at exit: a failed assertion leaves
+ * its test by longjmp, before the test's own cluster_stop. Only the
+ * process that started them stops them (forked ranks inherit atexit). */
+#define MC_LIVE_MAX 16
+static cluster_t *g_live[MC_LIVE_MAX];
+static pid_t g_live_owner;
+
+static void clusters_at_exit(void)
+{
+    if (getpid() != g_live_owner) return;
+    for (int i = 0; i < MC_LIVE_MAX; i++)
+        if (g_live[i]) cluster_stop(g_live[i]);
+}
+
+static void live_add(cluster_t *k)
+{
+    if (!g_live_owner) {
+        g_live_owner = getpid();
+        atexit(clusters_at_exit);
+    }
+    for (int i = 0; i < MC_LIVE_MAX; i++)
+        if (!g_live[i]) {
+            g_live[i] = k;
+            return;
+        }
+}
+
 cluster_t *cluster_start_on(int n, const char *ip)
 {
     if (!etcd_bin()) fail_msg("etcd is not installed: run scripts/setup.sh");
@@ -102,6 +135,7 @@ cluster_t *cluster_start_on(int n, const char *ip)
     assert_non_null(k);
     k->n = n;
     k->dir = mc_test_mkdtemp();
+    live_add(k);
     snprintf(k->ip, sizeof(k->ip), "%s", ip ? ip : "127.0.0.1");
     size_t off = 0, eoff = 0;
     for (int i = 0; i < n; i++) {
@@ -140,6 +174,8 @@ void member_kill(cluster_t *k, int i)
 
 void cluster_stop(cluster_t *k)
 {
+    for (int i = 0; i < MC_LIVE_MAX; i++)
+        if (g_live[i] == k) g_live[i] = NULL;
     for (int i = 0; i < k->n; i++)
         member_kill(k, i);
     mc_test_rmtree(k->dir);
