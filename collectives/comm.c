@@ -1062,8 +1062,12 @@ static void p2p_match(mc_comm_t *c, mc_in_t *in)
         return;
     }
     /* Unexpected: buffer it if within the cap, else hold the stream until
-     * a matching receive is posted. */
-    if (h->len > c->unexp_max - c->unexp_bytes) return;
+     * a matching receive is posted (a dead peer's held stream: its
+     * receives fail, as nothing more is read from it). */
+    if (h->len > c->unexp_max - c->unexp_bytes) {
+        if (c->peer_dead[in->peer]) p2p_peer_failed(c, in->peer);
+        return;
+    }
     mc_unexp_t *u = calloc(1, sizeof(*u));
     void *data = malloc(h->len ? (size_t)h->len : 1);
     if (!u || !data) {
@@ -1158,9 +1162,22 @@ static void p2p_recv_expire(mc_comm_t *c, mc_request_t *r)
 }
 
 /* Evidence that `peer` is gone: fail what depends on it. */
+/* After a peer's death: its p2p stream ends on its own, after what it
+ * still holds, and p2p_peer_failed runs there; unless it ended already
+ * (p2p_eof) or is held (a message too large for the unexpected buffer
+ * waits for its receive, so nothing more is read and no end comes). */
+static void p2p_after_death(mc_comm_t *c, int peer)
+{
+    if (c->p2p_eof[peer] || c->in[MC_CH_P2P][peer].state == IN_HAVE_HDR)
+        p2p_peer_failed(c, peer);
+}
+
 static void peer_failed(mc_comm_t *c, int peer, mc_status_t st)
 {
-    if (c->peer_dead[peer]) return;
+    if (c->peer_dead[peer]) {
+        p2p_after_death(c, peer); /* a protocol error on its p2p stream */
+        return;
+    }
     c->peer_dead[peer] = 1;
     MC_LOG(MC_LOG_INFO, "rank %d: lost rank %d (%s)", c->rank, peer,
            mc_status_str(st));
@@ -1179,11 +1196,10 @@ static void peer_failed(mc_comm_t *c, int peer, mc_status_t st)
         cx_fail(c, MC_ERR_PEER_FAILED, 0, "%s at seq %llu: rank %d failed (%s)",
                 mc_coll_name(c->cx.req->args.coll),
                 (unsigned long long)c->cx.seq, peer, mc_status_str(st));
-    /* Its p2p stream ends on its own, after what it still holds: a message
-     * it sent before it exited (a result, then exit) is delivered, and
-     * receives fail at that end (p2p_peer_failed). Every caller here has
-     * the transport's verdict, which ends all of the peer's streams. */
-    if (c->p2p_eof[peer]) p2p_peer_failed(c, peer);
+    /* A message it sent before it exited (a result, then exit) is still
+     * delivered. Every caller here has the transport's verdict, which ends
+     * all of the peer's streams. */
+    p2p_after_death(c, peer);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1980,7 +1996,9 @@ static void ctrl_send(mc_comm_t *c, int to, const mc_ctrl_t *ct,
                       const uint8_t *active, const uint8_t *dead,
                       const uint8_t *susp)
 {
-    if (to == c->rank || c->p2p_dead[to] || c->peer_tl[to] < 0) return;
+    if (to == c->rank || c->p2p_dead[to] || c->peer_dead[to] ||
+        c->peer_tl[to] < 0)
+        return;
     mc_ctrl_out_t *m = malloc(sizeof(*m) + c->ctrl_len);
     if (!m) {
         MC_LOG(MC_LOG_ERROR, "rank %d: out of memory for a control message",
@@ -2024,7 +2042,10 @@ static void ctrl_send(mc_comm_t *c, int to, const mc_ctrl_t *ct,
  * every control message it sent us has been read. */
 static int ag_dead(const mc_comm_t *c, int p)
 {
-    return c->p2p_dead[p];
+    /* dead on either stream: a death seen on the collective stream leaves
+     * the p2p stream to end on its own (peer_failed), but the agreement
+     * neither names it coordinator nor counts it alive meanwhile */
+    return c->p2p_dead[p] || c->peer_dead[p];
 }
 
 /* Is the evidence of peer p's death (an ended stream) in doubt? In
@@ -5701,6 +5722,16 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n, mc_dtype_t dt,
     int t = c->peer_tl[peer];
     mc_status_t st = MC_OK;
     if (c->peer_dead[peer]) st = MC_ERR_PEER_FAILED;
+    if (st == MC_OK && !c->active[peer]) {
+        /* removed (on suspicion: its streams may be open): nothing goes */
+        uint64_t e = c->epoch;
+        pthread_mutex_unlock(&c->plock);
+        req_release(r);
+        req_release(r);
+        return comm_err(c, MC_ERR_PEER_FAILED,
+                        "send to rank %d: it is not in the view (epoch %llu)",
+                        peer, (unsigned long long)e);
+    }
     if (st == MC_OK)
         st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_P2P, &r->hx);
     if (st == MC_OK)
@@ -5796,10 +5827,17 @@ mc_status_t mc_comm_irecv(mc_comm_h c, void *buf, size_t n, mc_dtype_t dt,
             u->claimed = r; /* copied when its payload completes */
         }
     } else {
-        if (peer != MC_ANY_SOURCE && c->p2p_dead[peer]) {
-            pthread_mutex_unlock(&c->plock);
+        if (peer != MC_ANY_SOURCE && (c->p2p_dead[peer] || !c->active[peer])) {
             char msg[128];
-            snprintf(msg, sizeof(msg), "recv from rank %d: peer failed", peer);
+            if (c->p2p_dead[peer])
+                snprintf(msg, sizeof(msg), "recv from rank %d: peer failed",
+                         peer);
+            else
+                snprintf(msg, sizeof(msg),
+                         "recv from rank %d: it is not in the view (epoch "
+                         "%llu)",
+                         peer, (unsigned long long)c->epoch);
+            pthread_mutex_unlock(&c->plock);
             req_complete(r, MC_ERR_PEER_FAILED, msg);
             return MC_OK;
         }
@@ -6243,7 +6281,8 @@ static void admit_peer(mc_comm_t *c, int q)
                "rank %d: cannot reach the joiner in slot %d: %s; treating it "
                "as failed",
                c->rank, q, why);
-        c->peer_dead[q] = c->p2p_dead[q] = c->p2p_eof[q] = 1;
+        c->peer_dead[q] = c->p2p_eof[q] = 1;
+        p2p_peer_failed(c, q); /* what waits on the old process fails */
         return;
     }
     c->peer_tl[q] = (int8_t)t;
@@ -7267,6 +7306,28 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
 
     for (int i = 0; c->live && i < nf; i++)
         mc_live_forget(c->live, c->failed_last[i]);
+    /* receives waiting for a message from a removed rank fail (the fault
+     * model: send/recv with an inactive peer fail); one already taking a
+     * message goes on (the transport holds its buffer) */
+    for (mc_request_t *prev = NULL, *r = c->precv_head; r;) {
+        mc_request_t *next = r->next;
+        if (r->peer >= 0 && r->peer != c->rank && !active[r->peer]) {
+            if (prev)
+                prev->next = next;
+            else
+                c->precv_head = next;
+            if (c->precv_tail == r) c->precv_tail = prev;
+            char msg[128];
+            snprintf(msg, sizeof(msg),
+                     "recv from rank %d: it was removed from the view "
+                     "(epoch %llu)",
+                     r->peer, (unsigned long long)epoch);
+            req_complete(r, MC_ERR_PEER_FAILED, msg);
+        } else {
+            prev = r;
+        }
+        r = next;
+    }
     c->epoch = epoch;
     c->view_changes++;
     if (!c->active[c->rank]) c->evicted = 1;

@@ -511,6 +511,64 @@ static void test_recv_sender_exits(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* A dead rank whose p2p stream a survivor holds: rank 0 (the lowest, the
+ * agreement's natural coordinator) sends rank 1 a 64 KiB message larger
+ * than rank 1's unexpected-message room (MOONCAKE_P2P_UNEXPECTED_MAX=1024,
+ * so rank 1 holds that stream unread) and exits. The survivors' allreduce
+ * completes over {1, 2, 3} well within the liveness timeout (rank 0 is
+ * dead for the agreement although its held stream never ends), and rank
+ * 1's receive of that message, and one on another tag, fail with
+ * MC_ERR_PEER_FAILED at once. */
+static int held_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    const p2p_param_t *p = arg;
+    pc_t c = {comm, rank, size, ref_tname(p->transport)};
+    static uint8_t big[64 << 10];
+    CALL(&c, mc_comm_barrier(comm));
+    if (rank == 0) {
+        mc_request_h r;
+        CALL(&c, mc_comm_isend(comm, big, sizeof(big), MC_UINT8, 1, 9, &r));
+        CALL(&c, mc_comm_barrier(comm)); /* rank 1 reads the header */
+        CALL(&c, mc_comm_barrier(comm));
+        _exit(0);
+    }
+    CALL(&c, mc_comm_barrier(comm));
+    CALL(&c, mc_comm_barrier(comm));
+    int32_t v = rank, out = 0;
+    double t0 = now_s();
+    CALL(&c, mc_comm_allreduce(comm, &v, &out, 1, MC_INT32, MC_SUM));
+    double took = now_s() - t0;
+    if (out != 1 + 2 + 3)
+        return FAIL(&c, "allreduce after rank 0 died: %d, want 6", (int)out);
+    if (took > 1.5)
+        return FAIL(&c, "allreduce after rank 0 died took %.2f s", took);
+    if (rank == 1) {
+        t0 = now_s();
+        mc_status_t st = mc_comm_recv(comm, big, sizeof(big), MC_UINT8, 0, 9);
+        mc_status_t st2 = mc_comm_recv(comm, &v, 1, MC_INT32, 0, 10);
+        took = now_s() - t0;
+        if (st != MC_ERR_PEER_FAILED || st2 != MC_ERR_PEER_FAILED ||
+            took > 1.0)
+            return FAIL(&c, "receives from the dead rank 0: %s, %s after "
+                            "%.2f s",
+                        mc_status_str(st), mc_status_str(st2), took);
+    }
+    return 0;
+}
+
+static void test_dead_rank_held_stream(void **state)
+{
+    (void)state;
+    setenv("MOONCAKE_P2P_UNEXPECTED_MAX", "1024", 1);
+    setenv("MOONCAKE_TIMEOUT_MS", "20000", 1);
+    p2p_param_t shm = {4, MC_TRANSPORT_SHM}, tcp = {4, MC_TRANSPORT_TCP};
+    int failed = mc_test_spawn(4, MC_TRANSPORT_SHM, 60, held_body, &shm);
+    failed += mc_test_spawn(4, MC_TRANSPORT_TCP, 60, held_body, &tcp);
+    unsetenv("MOONCAKE_P2P_UNEXPECTED_MAX");
+    unsetenv("MOONCAKE_TIMEOUT_MS");
+    assert_int_equal(failed, 0);
+}
+
 static p2p_param_t params[] = {
     {2, MC_TRANSPORT_SHM}, {3, MC_TRANSPORT_SHM}, {4, MC_TRANSPORT_SHM},
     {2, MC_TRANSPORT_TCP}, {3, MC_TRANSPORT_TCP}, {4, MC_TRANSPORT_TCP},
@@ -520,7 +578,7 @@ int main(void)
 {
     enum { N = sizeof(params) / sizeof(params[0]) };
     static char names[N][48];
-    struct CMUnitTest tests[N + 3];
+    struct CMUnitTest tests[N + 4];
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof(names[i]), "p2p_%d_%s", params[i].size,
                  ref_tname(params[i].transport));
@@ -535,5 +593,8 @@ int main(void)
     tests[N + 2] = (struct CMUnitTest){"recv_sender_exits",
                                        test_recv_sender_exits, NULL, NULL,
                                        NULL};
-    return _cmocka_run_group_tests("p2p", tests, N + 3, NULL, NULL);
+    tests[N + 3] = (struct CMUnitTest){"dead_rank_held_stream",
+                                       test_dead_rank_held_stream, NULL, NULL,
+                                       NULL};
+    return _cmocka_run_group_tests("p2p", tests, N + 4, NULL, NULL);
 }

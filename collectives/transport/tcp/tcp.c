@@ -152,8 +152,9 @@ typedef struct mc_tcp_add {
     mc_tcp_out_t out[MC_NUM_CHANNELS]; /* used if the peer is lower */
     /* the peer is higher (it connects to us), in add_peer: a connection
      * to its published listener now and then (tcp_add_probe) */
-    int probe_fd;
+    int probe_fd, probe_sa_ok;
     int64_t probe_us, probe_next_us, probe_gap_us;
+    struct sockaddr_in probe_sa; /* its published address, once read */
 } mc_tcp_add_t;
 
 /* One accepted socket waiting for its hello. */
@@ -1490,8 +1491,13 @@ static void tcp_add_begin(mc_tl_t *tl, int r, mc_tcp_add_t *a,
     a->deadline_us = deadline_us;
     for (int c = 0; c < MC_NUM_CHANNELS; c++)
         a->out[c] = (mc_tcp_out_t){.fd = -1, .state = OUT_IDLE};
+    /* the first probe only after MC_TCP_PROBE_US: a joiner that connects
+     * at once is never probed (probes it never accepts would sit in its
+     * listener's backlog) */
     a->probe_fd = -1;
-    a->probe_us = a->probe_next_us = 0;
+    a->probe_sa_ok = 0;
+    a->probe_us = 0;
+    a->probe_next_us = mc_now_us() + MC_TCP_PROBE_US;
     a->probe_gap_us = MC_TCP_PROBE_US;
     tl->peers[r].add = a;
     tl->peers[r].add_st = MC_OK;
@@ -1615,21 +1621,24 @@ static int tcp_add_probe(mc_tl_t *tl, int r, mc_tcp_add_t *a, int64_t now,
     } else {
         if (now < a->probe_next_us) return 0;
         a->probe_next_us = now + a->probe_gap_us;
-        char key[MC_TCP_KEY_LEN], val[MC_TCP_ADDR_LEN];
-        tcp_key(key, sizeof(key), r, tl->peers[r].inc);
-        int exists = 0;
-        size_t len = 0;
-        struct sockaddr_in sa;
-        if (mc_store_check(tl->store, key, &exists) != MC_OK || !exists ||
-            mc_store_get(tl->store, key, 0, val, sizeof(val) - 1, &len) !=
-                MC_OK ||
-            len >= sizeof(val) - 1)
-            return 0; /* not published yet, or no verdict */
-        val[len] = '\0';
-        if (mc_sock_parse_addr(val, len, &sa) != 0) return 0;
+        if (!a->probe_sa_ok) { /* the store once (progress holds locks) */
+            char key[MC_TCP_KEY_LEN], val[MC_TCP_ADDR_LEN];
+            tcp_key(key, sizeof(key), r, tl->peers[r].inc);
+            int exists = 0;
+            size_t len = 0;
+            if (mc_store_check(tl->store, key, &exists) != MC_OK || !exists ||
+                mc_store_get(tl->store, key, 0, val, sizeof(val) - 1, &len) !=
+                    MC_OK ||
+                len >= sizeof(val) - 1)
+                return 0; /* not published yet, or no verdict */
+            val[len] = '\0';
+            if (mc_sock_parse_addr(val, len, &a->probe_sa) != 0) return 0;
+            a->probe_sa_ok = 1;
+        }
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) return 0;
-        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 &&
+        if (connect(fd, (struct sockaddr *)&a->probe_sa, sizeof(a->probe_sa)) !=
+                0 &&
             errno != EINPROGRESS && errno != EINTR) {
             e = errno;
             close(fd);
