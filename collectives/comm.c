@@ -2381,8 +2381,13 @@ static int ag_try_decide(mc_comm_t *c)
                        .coord = c->rank,
                        .epoch = c->epoch,
                        .view_start = c->view_start};
+        /* to every rank waiting for this decision: a suspect whose
+         * report names us too (it would wait for its own deadline, a whole
+         * operation timeout, or for good with none) */
         for (int p = 0; p < c->size; p++)
-            if (next[p]) ctrl_send(c, p, &q, c->active, NULL, NULL);
+            if (next[p] || (c->rep_epoch[p] == c->epoch &&
+                            c->rep_coord[p] == c->rank))
+                ctrl_send(c, p, &q, c->active, NULL, NULL);
         memset(next, 0, n);
         return AG_NOQUORUM;
     }
@@ -2573,8 +2578,16 @@ static int agree(mc_comm_t *c, uint64_t seq)
      * healed), where they would stand in for fresh ones that say more
      * (a later last_ended, entered). Reports still in flight from this
      * round can still arrive and count. */
-    if (outcome == AG_NOQUORUM || outcome == AG_TIMEOUT)
+    if (outcome == AG_NOQUORUM || outcome == AG_TIMEOUT) {
         memset(c->rep_epoch, 0, (size_t)c->size * sizeof(*c->rep_epoch));
+        /* Suspicion, too, was this round's: the next one suspects afresh
+         * (live_poll: whoever is silent then; evidence in doubt turns into
+         * suspicion again). Kept, a healed partition or a resumed stall
+         * would fail every later call with "no quorum" for good. */
+        memset(c->suspect, 0, (size_t)c->size);
+        c->live_checked = 0;
+        c->ag_wake = 0;
+    }
     pthread_mutex_unlock(&c->plock);
     return outcome;
 }

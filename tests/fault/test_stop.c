@@ -1005,6 +1005,145 @@ static void stop_shm_2(void **s)
     (void)s, run_stop(2, MC_TRANSPORT_SHM, 0);
 }
 
+/* heal_pair_{tcp,shm}_2: a stall that heals. Two ranks (liveness 500 ms,
+ * op timeout 3 s); the parent SIGSTOPs rank 1 between allreduces. Rank 0's
+ * call fails with no quorum, as it must (no majority of 2); rank 0 then
+ * waits for the parent, which resumes rank 1 a second later. From then on
+ * the group must work again with both ranks active (the round that ends
+ * the interrupted call may adopt a new epoch with the same set): within
+ * 10 s both ranks complete 20 allreduces in a row with the exact sum. (Suspicion was kept
+ * after a failed round, and ag_wake stayed set: every later call on both
+ * ranks failed with no quorum for good.) */
+typedef struct {
+    _Atomic int steps[2], oks[2], noq, cont, quit;
+    _Atomic int wrong;
+} heal_shm_t;
+
+static int heal_rank(int rank, mc_transport_kind_t tr, const char *dir,
+                     heal_shm_t *sh)
+{
+    setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "500", 1);
+    mc_store_h store;
+    if (mc_store_file_create(dir, &store) != MC_OK)
+        return MC_TFAIL(rank, "store: %s", mc_last_error());
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = tr;
+    cfg.timeout_ms = 3000;
+    cfg.init_timeout_ms = 30000;
+    mc_comm_h comm;
+    mc_status_t st = mc_comm_create(rank, 2, store, &cfg, &comm);
+    mc_store_destroy(store);
+    if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
+    int64_t v[64];
+    int run = 0; /* successes in a row */
+    for (int s = 0; !atomic_load(&sh->quit) && s < 100000; s++) {
+        for (int i = 0; i < 64; i++)
+            v[i] = ((int64_t)1 << rank) * g_of(s, i);
+        st = mc_comm_allreduce(comm, v, v, 64, MC_INT64, MC_SUM);
+        atomic_store(&sh->steps[rank], s + 1);
+        if (st == MC_OK) {
+            uint64_t ep = 0;
+            uint8_t act[2] = {0, 0};
+            mc_comm_op_view(comm, &ep, act, NULL);
+            /* both active (a healing agreement may move the epoch on
+             * with the same set) and the exact sum */
+            int bad = !act[0] || !act[1];
+            for (int i = 0; i < 64; i++)
+                bad |= v[i] != 3 * g_of(s, i);
+            if (bad) {
+                if (atomic_fetch_add(&sh->wrong, 1) < 4)
+                    fprintf(stderr,
+                            "  rank %d step %d: epoch %llu active %d%d, "
+                            "v[0] %lld (want %lld)\n",
+                            rank, s, (unsigned long long)mc_test_epoch_rel(ep),
+                            act[0], act[1], (long long)v[0],
+                            (long long)(3 * g_of(s, 0)));
+            }
+            if (atomic_load(&sh->cont) && ++run >= 20)
+                atomic_store(&sh->oks[rank], 1);
+        } else {
+            run = 0;
+            if (rank == 0 && !atomic_load(&sh->cont)) {
+                if (st == MC_ERR_NO_QUORUM) atomic_store(&sh->noq, 1);
+                /* the application waits for the stall to end */
+                for (int i = 0; i < 3000 && !atomic_load(&sh->cont); i++)
+                    usleep(10000);
+            }
+        }
+        usleep(1000);
+    }
+    mc_comm_destroy(comm);
+    return 0;
+}
+
+static void run_heal(mc_transport_kind_t tr)
+{
+    char *d = mc_test_mkdtemp();
+    assert_non_null(d);
+    heal_shm_t *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(sh != MAP_FAILED);
+    pid_t pid[2];
+    for (int r = 0; r < 2; r++) {
+        pid[r] = fork();
+        assert_true(pid[r] >= 0);
+        if (pid[r] == 0) _exit(heal_rank(r, tr, d, sh));
+    }
+    int64_t t0 = now_ns(), lim = 40ll * 1000000000;
+    while ((atomic_load(&sh->steps[0]) < 20 || atomic_load(&sh->steps[1]) < 20)
+           && now_ns() - t0 < lim)
+        usleep(1000);
+    kill(pid[1], SIGSTOP);
+    while (!atomic_load(&sh->noq) && now_ns() - t0 < lim)
+        usleep(1000);
+    int noq = atomic_load(&sh->noq);
+    usleep(1000000);
+    kill(pid[1], SIGCONT);
+    int64_t t_cont = now_ns();
+    atomic_store(&sh->cont, 1);
+    while (!(atomic_load(&sh->oks[0]) && atomic_load(&sh->oks[1])) &&
+           now_ns() - t_cont < 10ll * 1000000000)
+        usleep(1000);
+    int healed = atomic_load(&sh->oks[0]) && atomic_load(&sh->oks[1]);
+    double heal_s = (double)(now_ns() - t_cont) / 1e9;
+    atomic_store(&sh->quit, 1);
+    int bad_exit = 0;
+    for (int r = 0; r < 2; r++) {
+        int ws = 0;
+        while (waitpid(pid[r], &ws, WNOHANG) == 0) {
+            if (now_ns() - t0 > lim + 10ll * 1000000000) {
+                kill(pid[r], SIGKILL);
+                fprintf(stderr, "rank %d hung: killed\n", r);
+            }
+            usleep(1000);
+        }
+        if (!WIFEXITED(ws) || WEXITSTATUS(ws)) bad_exit++;
+    }
+    fprintf(stderr,
+            "  stall of rank 1: no quorum on rank 0: %s; 20 good allreduces "
+            "on both after the resume: %s (%.2f s); wrong results: %d\n",
+            noq ? "yes" : "no", healed ? "yes" : "no", heal_s,
+            atomic_load(&sh->wrong));
+    int wrong = atomic_load(&sh->wrong);
+    munmap(sh, sizeof(*sh));
+    mc_test_rmtree(d);
+    free(d);
+    assert_true(noq);
+    assert_true(healed);
+    assert_int_equal(wrong, 0);
+    assert_int_equal(bad_exit, 0);
+}
+
+static void heal_pair_tcp_2(void **s)
+{
+    (void)s, run_heal(MC_TRANSPORT_TCP);
+}
+static void heal_pair_shm_2(void **s)
+{
+    (void)s, run_heal(MC_TRANSPORT_SHM);
+}
+
 int main(void)
 {
     srand((unsigned)time(NULL));
@@ -1032,6 +1171,8 @@ int main(void)
         cmocka_unit_test(late_pair_tcp_2),
         cmocka_unit_test(late_frame_tcp_2),
         cmocka_unit_test(report_pair_tcp_2),
+        cmocka_unit_test(heal_pair_tcp_2),
+        cmocka_unit_test(heal_pair_shm_2),
     };
     /* MC_STOP_ONLY: comma-separated name patterns (fnmatch), e.g.
      * "*slot*,*split*": run only the cases that match one; a pattern that
