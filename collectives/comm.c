@@ -2295,10 +2295,14 @@ static int ag_adopt(mc_comm_t *c, uint64_t seq)
             c->sent_view[p] = c->nv_epoch;
             ctrl_send(c, p, &v, c->nv_active, NULL, NULL);
         }
-    view_adopt(c, c->nv_epoch, c->nv_active);
-    c->view_start = c->nv_start;
+    /* view_adopt reads nv_active before anything progresses; admitting a
+     * joiner there runs progress, which may note a still newer view: that
+     * one stays pending (not overwritten, not dropped) */
+    uint64_t start = c->nv_start;
     c->nv_pending = 0;
-    memset(c->nv_active, 0, (size_t)c->size);
+    view_adopt(c, c->nv_epoch, c->nv_active);
+    c->view_start = start;
+    if (!c->nv_pending) memset(c->nv_active, 0, (size_t)c->size);
     memset(c->suspect, 0, (size_t)c->size);
     c->ag_on = 0;
     c->ag_wake = 0;
