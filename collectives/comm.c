@@ -2123,6 +2123,7 @@ static int ag_coord(const mc_comm_t *c)
 
 static int ag_left_seen(mc_comm_t *c);
 static int sig_capable(const mc_comm_t *c, int p);
+static uint64_t sig_fenced(uint64_t epoch, uint64_t seq);
 static int slot_decide(mc_comm_t *c);
 
 /* The entry rule. A rank that passed the frame barrier of op S heard,
@@ -2322,6 +2323,28 @@ static int ag_adopt(mc_comm_t *c, uint64_t seq)
 }
 
 /* Coordinator: decide if every needed report is in (plock held). */
+/* Before a view that re-runs the running op without ranks of its signal
+ * barrier: fence them (sig_barrier's other half). Our word to each becomes
+ * sig_fenced, then, after a full fence, we look for a LEFT again: a
+ * removed rank that passed the barrier meanwhile has stored it where we
+ * see it (the op then completes in this view), or it sees our fence and
+ * fails the op. Returns 1 if a LEFT is seen now. plock held. */
+static int ag_fence_words(mc_comm_t *c, const uint8_t *next)
+{
+    int any = 0;
+    uint64_t w = sig_fenced(c->epoch, c->exec_seq);
+    for (int q = 0; q < c->size; q++) {
+        if (q == c->rank || !c->active[q] || next[q] || !sig_capable(c, q))
+            continue;
+        int t = c->peer_tl[q];
+        (void)c->tlops[t]->signal(c->tl[t], q, (int)(c->exec_seq & 1), w);
+        any = 1;
+    }
+    if (!any) return 0;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return ag_left_seen(c);
+}
+
 static int ag_try_decide(mc_comm_t *c)
 {
     size_t n = (size_t)c->size;
@@ -2412,6 +2435,9 @@ static int ag_try_decide(mc_comm_t *c)
     /* the shared slots: every word of the interrupted op there (and the
      * members fenced: slot_decide) */
     if (maxlast < (int64_t)c->exec_seq && slot_decide(c))
+        maxlast = (int64_t)c->exec_seq;
+    if (maxlast < (int64_t)c->exec_seq && c->ft_signals &&
+        ag_fence_words(c, next))
         maxlast = (int64_t)c->exec_seq;
     /* Joiners: only when every member of the next view waits between the
      * same two operations (the admission round after an op), so that all
@@ -2698,6 +2724,14 @@ static uint64_t sig_word(uint64_t epoch, uint64_t seq, uint64_t flags)
            (flags & SIG_FLAGS);
 }
 
+/* The word a coordinator stores in place of its own to a rank it removes
+ * from op (epoch, seq) (ag_fence_words): (epoch, seq) with the top epoch
+ * bit flipped, which no barrier of that op stores. */
+static uint64_t sig_fenced(uint64_t epoch, uint64_t seq)
+{
+    return sig_word(epoch ^ 0x8000, seq, 0);
+}
+
 /* Has some peer of this attempt left the barrier of (epoch, seq)? Its
  * word then (flags included) in *got. plock held. */
 static int sig_left_seen(mc_comm_t *c, const int *vslots, int nv,
@@ -2794,12 +2828,34 @@ static mc_status_t sig_barrier(mc_cctx_t *cx, uint64_t *flags)
     /* Tell every peer we leave: from here this op completes in this view
      * whoever dies (a failed store: that peer is dead, nothing to tell). */
     uint64_t left = sig_word(cx->epoch, cx->seq, acc | SIG_LEFT);
+    uint64_t fenced = sig_fenced(cx->epoch, cx->seq);
+    int by = -1;
     pthread_mutex_lock(&c->plock);
     for (int d = 1; d < n; d++) {
         int p = cx->vslots[(r + d) % n], t = c->peer_tl[p];
         (void)c->tlops[t]->signal(c->tl[t], p, slot, left);
     }
+    /* A coordinator that removes this rank (suspected: stopped, slow)
+     * while it passes stores sig_fenced in place of its word to us, then
+     * looks for our LEFT (ag_fence_words). Stores, then loads, on both
+     * sides: it sees our LEFT (the op completes in this view, for all)
+     * or we see its fence (removed: the survivors re-run the op without
+     * us, so we must not return it), or both. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (int d = 1; d < n && by < 0; d++) {
+        int p = cx->vslots[(r + d) % n], t = c->peer_tl[p];
+        uint64_t w = 0;
+        if (c->tlops[t]->peek(c->tl[t], p, slot, &w) == MC_OK && w == fenced)
+            by = p;
+    }
+    if (by >= 0 && cx->failed == MC_OK)
+        cx_fail(c, MC_ERR_PEER_FAILED, 0,
+                "%s at seq %llu: rank %d (coordinating) removed this rank "
+                "while it completed the op in view %llu",
+                mc_coll_name(cx->req->args.coll), (unsigned long long)cx->seq,
+                by, (unsigned long long)cx->epoch);
     pthread_mutex_unlock(&c->plock);
+    if (by >= 0) return cx->failed;
     *flags = acc;
     return MC_OK;
 }
