@@ -1095,9 +1095,12 @@ static void p2p_match(mc_comm_t *c, mc_in_t *in)
  * the collective stream may still deliver frames. */
 static void p2p_peer_failed(mc_comm_t *c, int peer)
 {
-    if (c->p2p_dead[peer]) return;
+    /* once: the posted receives (later ones fail at post); always: the
+     * receive reading the stream now (an MC_ANY_SOURCE receive may take a
+     * dead peer's held message after the first call) */
+    int first = !c->p2p_dead[peer];
     c->p2p_dead[peer] = 1;
-    mc_request_t *prev = NULL, *r = c->precv_head;
+    mc_request_t *prev = NULL, *r = first ? c->precv_head : NULL;
     while (r) {
         mc_request_t *next = r->next;
         if (r->peer == peer) {
@@ -2269,7 +2272,9 @@ static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
                    c->rank, from, (unsigned long long)ct.epoch);
         return;
     case CT_NOQUORUM:
-        if (ct.epoch == c->epoch) {
+        /* only from the coordinator this rank reports to: one it has
+         * given up on may not end the round another one runs */
+        if (ct.epoch == c->epoch && from == ag_coord(c)) {
             c->ag_noq = 1;
             ag_interrupt(c, from);
         }
@@ -7384,7 +7389,12 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
      * message goes on (the transport holds its buffer) */
     for (mc_request_t *prev = NULL, *r = c->precv_head; r;) {
         mc_request_t *next = r->next;
-        if (r->peer >= 0 && r->peer != c->rank && !active[r->peer]) {
+        /* (a dead rank's p2p stream ends on its own, after the messages
+         * it still holds: its receives are failed there) */
+        int q = r->peer, own_end = q >= 0 && c->peer_dead[q] &&
+                                   !c->p2p_eof[q] &&
+                                   c->in[MC_CH_P2P][q].state != IN_HAVE_HDR;
+        if (q >= 0 && q != c->rank && !active[q] && !own_end) {
             if (prev)
                 prev->next = next;
             else

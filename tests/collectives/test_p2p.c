@@ -512,18 +512,19 @@ static void test_recv_sender_exits(void **state)
 }
 
 /* A dead rank whose p2p stream a survivor holds: rank 0 (the lowest, the
- * agreement's natural coordinator) sends rank 1 a 64 KiB message larger
+ * agreement's natural coordinator) sends rank 1 a 16 MiB message larger
  * than rank 1's unexpected-message room (MOONCAKE_P2P_UNEXPECTED_MAX=1024,
- * so rank 1 holds that stream unread) and exits. The survivors' allreduce
+ * so rank 1 holds that stream unread) and exits before it all went. The survivors' allreduce
  * completes over {1, 2, 3} well within the liveness timeout (rank 0 is
  * dead for the agreement although its held stream never ends), and rank
  * 1's receive of that message, and one on another tag, fail with
- * MC_ERR_PEER_FAILED at once. */
+ * MC_ERR_PEER_FAILED at once; one from any source may take the held
+ * message and ends with it (delivered whole, or failed). */
 static int held_body(mc_comm_h comm, int rank, int size, void *arg)
 {
     const p2p_param_t *p = arg;
     pc_t c = {comm, rank, size, ref_tname(p->transport)};
-    static uint8_t big[64 << 10];
+    static uint8_t big[16 << 20]; /* past every socket buffer and ring */
     CALL(&c, mc_comm_barrier(comm));
     if (rank == 0) {
         mc_request_h r;
@@ -552,6 +553,24 @@ static int held_body(mc_comm_h comm, int rank, int size, void *arg)
             return FAIL(&c, "receives from the dead rank 0: %s, %s after "
                             "%.2f s",
                         mc_status_str(st), mc_status_str(st2), took);
+        /* from any source: it may take the held message (what of it is
+         * there), and then ends with it: delivered or failed, never a
+         * wait for good */
+        mc_request_h r;
+        memset(big, 0xee, sizeof(big));
+        CALL(&c, mc_comm_irecv(comm, big, sizeof(big), MC_UINT8,
+                               MC_ANY_SOURCE, 9, &r));
+        st = mc_request_wait(r, 5000);
+        if (st == MC_ERR_TIMEOUT)
+            return FAIL(&c, "any-source receive of the dead rank's held "
+                            "message: still waiting after 5 s");
+        mc_request_free(r);
+        if (st == MC_OK)
+            for (size_t i = 0; i < sizeof(big); i++)
+                if (big[i] != 0)
+                    return FAIL(&c, "held message byte %zu: %u", i, big[i]);
+        if (st != MC_OK && st != MC_ERR_PEER_FAILED)
+            return FAIL(&c, "any-source receive: %s", mc_status_str(st));
     }
     return 0;
 }
