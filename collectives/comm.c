@@ -5810,19 +5810,24 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n, mc_dtype_t dt,
                         "send to rank %d: it is not in the view (epoch %llu)",
                         peer, (unsigned long long)e);
     }
-    if (st == MC_OK)
+    int hposted = 0;
+    if (st == MC_OK) {
         st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_P2P, &r->hx);
+        hposted = st == MC_OK;
+    }
     if (st == MC_OK)
         st = c->tlops[t]->post_send(c->tl[t], peer, MC_CH_P2P, &r->px);
     if (st < 0) {
-        /* header may be queued already: leave the request to the engine
-         * only if something is in flight */
-        int inflight = r->hx.status == MC_INPROGRESS;
+        /* The header queued, the payload refused (the peer failed): the
+         * header's transfer still ends (its callback always comes), and
+         * with the payload marked failed that completes the request and
+         * drops the engine's reference; the caller gets no handle, so its
+         * reference goes now. (Only that one: before, both stayed and the
+         * request never completed.) Nothing posted: both go. */
+        if (hposted) r->px.status = st;
         pthread_mutex_unlock(&c->plock);
-        if (!inflight) {
-            req_release(r);
-            req_release(r);
-        }
+        req_release(r);
+        if (!hposted) req_release(r);
         return comm_err(c, st, "send to rank %d: %s", peer, mc_status_str(st));
     }
     c->p2p_sending[peer]++;
