@@ -1028,6 +1028,18 @@ static void coll_match(mc_comm_t *c, mc_in_t *in)
     in_post(c, in, &in->px, f->buf, f->bytes);
 }
 
+/* Take posted receive r (after prev, NULL at the head) off the list
+ * (plock). */
+static void precv_unlink(mc_comm_t *c, mc_request_t *prev, mc_request_t *r)
+{
+    if (prev)
+        prev->next = r->next;
+    else
+        c->precv_head = r->next;
+    if (c->precv_tail == r) c->precv_tail = prev;
+    r->next = NULL;
+}
+
 /* p2p stream: a header is in in->hdr (IN_HAVE_HDR). */
 static void p2p_match(mc_comm_t *c, mc_in_t *in)
 {
@@ -1039,11 +1051,7 @@ static void p2p_match(mc_comm_t *c, mc_in_t *in)
         r = r->next;
     }
     if (r) {
-        if (prev)
-            prev->next = r->next;
-        else
-            c->precv_head = r->next;
-        if (c->precv_tail == r) c->precv_tail = prev;
+        precv_unlink(c, prev, r);
         r->source = in->peer;
         if (h->len != r->bytes) {
             char msg[256];
@@ -1104,11 +1112,7 @@ static void p2p_peer_failed(mc_comm_t *c, int peer)
     while (r) {
         mc_request_t *next = r->next;
         if (r->peer == peer) {
-            if (prev)
-                prev->next = next;
-            else
-                c->precv_head = next;
-            if (c->precv_tail == r) c->precv_tail = prev;
+            precv_unlink(c, prev, r);
             char msg[128];
             snprintf(msg, sizeof(msg), "recv from rank %d: peer failed", peer);
             req_complete(r, MC_ERR_PEER_FAILED, msg);
@@ -1149,12 +1153,7 @@ static void p2p_recv_expire(mc_comm_t *c, mc_request_t *r)
         q = q->next;
     }
     if (!q) return; /* matched (or done) */
-    if (prev)
-        prev->next = r->next;
-    else
-        c->precv_head = r->next;
-    if (c->precv_tail == r) c->precv_tail = prev;
-    r->next = NULL;
+    precv_unlink(c, prev, r);
     char who[32] = "any rank", msg[160];
     if (r->peer != MC_ANY_SOURCE) snprintf(who, sizeof(who), "rank %d", r->peer);
     snprintf(msg, sizeof(msg),
@@ -7400,11 +7399,7 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
                                    !c->p2p_eof[q] &&
                                    c->in[MC_CH_P2P][q].state != IN_HAVE_HDR;
         if (q >= 0 && q != c->rank && !active[q] && !own_end) {
-            if (prev)
-                prev->next = next;
-            else
-                c->precv_head = next;
-            if (c->precv_tail == r) c->precv_tail = prev;
+            precv_unlink(c, prev, r);
             char msg[128];
             snprintf(msg, sizeof(msg),
                      "recv from rank %d: it was removed from the view "
