@@ -367,6 +367,8 @@ struct mc_comm {
     int ag_wake;         /* a peer started one for c->epoch */
     int ag_noq;          /* the coordinator found no quorum */
     uint64_t noq_epoch;  /* the view in which this rank last had none */
+    uint64_t shrink_epoch; /* mc_comm_shrink calls in this view so far */
+    uint32_t shrink_try;   /* (their keys in the store: shrink_check) */
     uint64_t ag_sig;     /* what our last report said (resend on change) */
     uint64_t *rep_epoch; /* [size] epoch of the latest report from a peer */
     int *rep_coord;      /* [size] */
@@ -7533,6 +7535,105 @@ mc_status_t mc_comm_recover(mc_comm_h c)
     return MC_OK;
 }
 
+/* The removed ranks of `next` against the view, as text: "2,5". */
+static void shrink_list(const mc_comm_t *c, const uint8_t *next, char *out,
+                        size_t cap)
+{
+    size_t k = 0;
+    out[0] = '\0';
+    for (int p = 0; p < c->size && k + 16 < cap; p++)
+        if (c->active[p] && !next[p])
+            k += (size_t)snprintf(out + k, cap - k, "%s%d", k ? "," : "", p);
+}
+
+/* Embedded membership: before anyone adopts a shrunk view, every staying
+ * rank checks that the others of that view passed the same list. Each
+ * puts the ranks it removes under shrink/<epoch>/<try>/<rank> in the
+ * store and reads those of the other ranks of its next view (waiting up
+ * to the op timeout). A difference fails the call on the ranks that see
+ * it (MC_ERR_MISMATCH, naming both lists), with the view left as it was,
+ * so ranks that passed different lists never adopt different views (and
+ * every rank of an adopted view saw all of its members' lists equal).
+ * exec_lock held, plock not. */
+static mc_status_t shrink_check(mc_comm_t *c, const uint8_t *next)
+{
+    size_t cap = (size_t)c->size * 12 + 16;
+    char *mine = malloc(cap), *theirs = malloc(cap);
+    if (!mine || !theirs) {
+        free(mine);
+        free(theirs);
+        return comm_err(c, MC_ERR_NO_MEMORY, "mc_comm_shrink: out of memory");
+    }
+    pthread_mutex_lock(&c->plock);
+    if (c->shrink_epoch != c->epoch) {
+        c->shrink_epoch = c->epoch;
+        c->shrink_try = 0;
+    }
+    uint64_t ep = c->epoch;
+    uint32_t try = c->shrink_try++;
+    shrink_list(c, next, mine, cap);
+    pthread_mutex_unlock(&c->plock);
+    char key[96];
+    snprintf(key, sizeof(key), "shrink/%llu/%u/%d", (unsigned long long)ep,
+             try, c->rank);
+    mc_status_t st = mc_store_set(c->store, key, mine, strlen(mine) + 1);
+    if (st != MC_OK)
+        st = comm_err(c, st, "mc_comm_shrink: store: %s", mc_last_error());
+    int64_t deadline = mc_deadline_us(c->timeout_ms);
+    for (int p = 0; p < c->size && st == MC_OK; p++) {
+        if (p == c->rank || !next[p]) continue;
+        snprintf(key, sizeof(key), "shrink/%llu/%u/%d",
+                 (unsigned long long)ep, try, p);
+        size_t len = 0;
+        /* in slices, looking for p's failure in between (nothing else
+         * drives progress meanwhile: this thread holds exec_lock) */
+        for (;;) {
+            int64_t left = (deadline - mc_now_us()) / 1000;
+            st = mc_store_get(c->store, key,
+                              left > 100 ? 100 : (left > 0 ? left : 0),
+                              theirs, cap - 1, &len);
+            if (st != MC_ERR_TIMEOUT || mc_now_us() >= deadline) break;
+            pthread_mutex_lock(&c->plock);
+            progress_locked(c);
+            live_poll(c, mc_now_us());
+            int gone = c->peer_dead[p] || c->p2p_dead[p] || c->suspect[p];
+            pthread_mutex_unlock(&c->plock);
+            if (gone) {
+                st = comm_err(c, MC_ERR_PEER_FAILED,
+                              "mc_comm_shrink: rank %d, which stays in the "
+                              "view this rank asks for, failed before it "
+                              "called mc_comm_shrink; nothing changed",
+                              p);
+                break;
+            }
+        }
+        if (st == MC_ERR_PEER_FAILED) break;
+        if (st == MC_ERR_TIMEOUT) {
+            st = comm_err(c, MC_ERR_TIMEOUT,
+                          "mc_comm_shrink: rank %d, which stays in the view "
+                          "this rank asks for, did not call mc_comm_shrink "
+                          "within the operation timeout (%lld ms); nothing "
+                          "changed",
+                          p, (long long)c->timeout_ms);
+            break;
+        }
+        if (st != MC_OK) {
+            st = comm_err(c, st, "mc_comm_shrink: store: %s", mc_last_error());
+            break;
+        }
+        theirs[len < cap ? len : cap - 1] = '\0';
+        if (strcmp(theirs, mine) != 0)
+            st = comm_err(c, MC_ERR_MISMATCH,
+                          "mc_comm_shrink: rank %d removes [%s] but this rank "
+                          "removes [%s]: every staying rank must pass the "
+                          "same list; nothing changed",
+                          p, theirs, mine);
+    }
+    free(mine);
+    free(theirs);
+    return st;
+}
+
 mc_status_t mc_comm_shrink(mc_comm_h c, const int *ranks, int n)
 {
     CHECK_COMM(c, "mc_comm_shrink");
@@ -7569,8 +7670,21 @@ mc_status_t mc_comm_shrink(mc_comm_h c, const int *ranks, int n)
     /* an operation boundary: everything issued before runs first */
     pthread_mutex_lock(&c->exec_lock);
     run_queue(c, NULL);
-    pthread_mutex_lock(&c->plock);
     mc_status_t st = MC_OK;
+    /* embedded membership: the staying ranks' lists agree first (etcd's
+     * transaction lets one view win and fails the others) */
+    pthread_mutex_lock(&c->plock);
+    int check = !c->em && c->store && next[c->rank] && !c->evicted;
+    pthread_mutex_unlock(&c->plock);
+    if (check) {
+        st = shrink_check(c, next);
+        if (st < 0) {
+            pthread_mutex_unlock(&c->exec_lock);
+            free(next);
+            return st;
+        }
+    }
+    pthread_mutex_lock(&c->plock);
     if (c->evicted)
         st = comm_err(c, MC_ERR_EVICTED,
                       "mc_comm_shrink: rank %d was already removed", c->rank);

@@ -684,6 +684,60 @@ static int huge_timeout_body(mc_comm_h comm, int rank, int size, void *arg)
     return 0;
 }
 
+/* mc_comm_shrink with different lists (embedded membership): ranks 0 and
+ * 1 remove [3], rank 2 removes [1], rank 3 calls nothing. Each of 0, 1, 2
+ * finds another list among the ranks it would keep and fails with
+ * MC_ERR_MISMATCH naming both, and nobody adopts a view (they used to
+ * adopt different ones): the next allreduce runs over all four in the old
+ * epoch. Then 0, 1, 2 shrink [3] alike and rank 3 leaves. */
+static int shrink_differ_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    (void)arg;
+    (void)size;
+    uint64_t e0 = 0, e = 0;
+    mc_comm_view(comm, &e0, NULL, NULL);
+    if (rank < 3) {
+        int bad[1] = {rank == 2 ? 1 : 3};
+        mc_status_t st = mc_comm_shrink(comm, bad, 1);
+        if (st != MC_ERR_MISMATCH || !strstr(mc_last_error(), "removes ["))
+            return MC_TFAIL(rank, "shrink with different lists: %s (%s)",
+                            mc_status_str(st), mc_last_error());
+    }
+    int32_t v = rank + 1, out = 0;
+    mc_status_t st = mc_comm_allreduce(comm, &v, &out, 1, MC_INT32, MC_SUM);
+    mc_comm_view(comm, &e, NULL, NULL);
+    if (st != MC_OK || out != 10 || e != e0)
+        return MC_TFAIL(rank, "allreduce after the failed shrink: %s, %d, "
+                              "epoch %llu (was %llu)",
+                        mc_status_str(st), (int)out, (unsigned long long)e,
+                        (unsigned long long)e0);
+    if (rank == 3) {
+        usleep(200000); /* leaves; the others remove it */
+        return 0;
+    }
+    int three[1] = {3};
+    st = mc_comm_shrink(comm, three, 1);
+    if (st == MC_OK)
+        st = mc_comm_allreduce(comm, &v, &out, 1, MC_INT32, MC_SUM);
+    mc_comm_view(comm, &e, NULL, NULL);
+    if (st != MC_OK || out != 6 || e != e0 + 1)
+        return MC_TFAIL(rank, "shrink [3] alike, then allreduce: %s, %d, "
+                              "epoch %llu",
+                        mc_status_str(st), (int)out, (unsigned long long)e);
+    return 0;
+}
+
+static void test_shrink_lists_differ(void **state)
+{
+    (void)state;
+    setenv("MOONCAKE_TIMEOUT_MS", "10000", 1);
+    int failed =
+        mc_test_spawn(4, MC_TRANSPORT_SHM, 60, shrink_differ_body, NULL);
+    failed += mc_test_spawn(4, MC_TRANSPORT_TCP, 60, shrink_differ_body, NULL);
+    unsetenv("MOONCAKE_TIMEOUT_MS");
+    assert_int_equal(failed, 0);
+}
+
 static void test_huge_timeouts(void **state)
 {
     (void)state;
@@ -1102,6 +1156,7 @@ int main(void)
         cmocka_unit_test(test_auto_transport),
         cmocka_unit_test(test_settings_differ),
         cmocka_unit_test(test_huge_timeouts),
+        cmocka_unit_test(test_shrink_lists_differ),
         cmocka_unit_test(test_destroy_concurrent),
         cmocka_unit_test(test_slot_map_fails),
     };
