@@ -7546,88 +7546,183 @@ static void shrink_list(const mc_comm_t *c, const uint8_t *next, char *out,
             k += (size_t)snprintf(out + k, cap - k, "%s%d", k ? "," : "", p);
 }
 
-/* Embedded membership: before anyone adopts a shrunk view, every staying
- * rank checks that the others of that view passed the same list. Each
- * puts the ranks it removes under shrink/<epoch>/<try>/<rank> in the
- * store and reads those of the other ranks of its next view (waiting up
- * to the op timeout). A difference fails the call on the ranks that see
- * it (MC_ERR_MISMATCH, naming both lists), with the view left as it was,
- * so ranks that passed different lists never adopt different views (and
- * every rank of an adopted view saw all of its members' lists equal).
- * exec_lock held, plock not. */
-static mc_status_t shrink_check(mc_comm_t *c, const uint8_t *next)
+/* Embedded membership: before anyone adopts a shrunk view, the ranks that
+ * call mc_comm_shrink agree on it through the bootstrap store. Attempt t
+ * of view `epoch` (the first one nobody decided yet):
+ * (t counts this rank's calls in the view, failed ones included, so
+ * that every rank's k-th call meets the others' k-th):
+ *   1. each puts the ranks it removes ("2,5") under
+ *      shrink/<epoch>/<t>/<rank>, and reads those of the other members of
+ *      the view it asks for (in 100 ms slices, watching for their
+ *      failure, up to the op timeout);
+ *   2. each then offers a decision with compare_set on
+ *      shrink/<epoch>/<t>/decision: "adopt:<its list>" if every list it
+ *      read was its own, else "abort"; the first offer stands, and every
+ *      rank follows it.
+ * "adopt:X" is written only by a rank that saw every member of X's view
+ * pass X, so every rank that adopts adopts the same view; a rank whose
+ * list differs fails (MC_ERR_MISMATCH) and, if X removes it, is evicted.
+ * "abort" (a difference, a rank that did not come in time, a failed one)
+ * fails every rank's call with the view left as it was; a rank that comes
+ * to an attempt already decided, or sees it decided while it reads,
+ * follows the decision at once.
+ * On return MC_OK: adopt `next`; *evict_p: adopt `next` (rewritten to the
+ * decided view, without this rank) and fail. exec_lock held, plock not. */
+static mc_status_t shrink_check(mc_comm_t *c, uint8_t *next, int *evict_p)
 {
+    *evict_p = 0;
     size_t cap = (size_t)c->size * 12 + 16;
-    char *mine = malloc(cap), *theirs = malloc(cap);
+    char *mine = malloc(cap), *theirs = malloc(cap + 8);
     if (!mine || !theirs) {
         free(mine);
         free(theirs);
         return comm_err(c, MC_ERR_NO_MEMORY, "mc_comm_shrink: out of memory");
     }
     pthread_mutex_lock(&c->plock);
-    if (c->shrink_epoch != c->epoch) {
+    if (c->shrink_epoch != c->epoch) { /* the view moved in run_queue */
         c->shrink_epoch = c->epoch;
-        c->shrink_try = 0;
+        c->shrink_try = 1;
     }
     uint64_t ep = c->epoch;
-    uint32_t try = c->shrink_try++;
+    uint32_t t = c->shrink_try - 1; /* this call's (shrink_count) */
     shrink_list(c, next, mine, cap);
     pthread_mutex_unlock(&c->plock);
-    char key[96];
-    snprintf(key, sizeof(key), "shrink/%llu/%u/%d", (unsigned long long)ep,
-             try, c->rank);
-    mc_status_t st = mc_store_set(c->store, key, mine, strlen(mine) + 1);
-    if (st != MC_OK)
+    char key[96], dkey[96];
+    snprintf(dkey, sizeof(dkey), "shrink/%llu/%u/decision",
+             (unsigned long long)ep, t);
+    int decided = 0;
+    mc_status_t st = mc_store_check(c->store, dkey, &decided);
+    if (st == MC_OK && !decided) {
+        snprintf(key, sizeof(key), "shrink/%llu/%u/%d", (unsigned long long)ep,
+                 t, c->rank);
+        st = mc_store_set(c->store, key, mine, strlen(mine) + 1);
+    }
+    if (st != MC_OK) {
         st = comm_err(c, st, "mc_comm_shrink: store: %s", mc_last_error());
+        free(mine);
+        free(theirs);
+        return st;
+    }
+    /* 1. the lists of the others of the view asked for */
+    mc_status_t local = decided ? MC_ERR_MISMATCH : MC_OK;
+    char why[512] = "";
     int64_t deadline = mc_deadline_us(c->timeout_ms);
-    for (int p = 0; p < c->size && st == MC_OK; p++) {
+    for (int p = 0; p < c->size && local == MC_OK && !decided; p++) {
         if (p == c->rank || !next[p]) continue;
         snprintf(key, sizeof(key), "shrink/%llu/%u/%d",
-                 (unsigned long long)ep, try, p);
+                 (unsigned long long)ep, t, p);
         size_t len = 0;
+        mc_status_t g;
         /* in slices, looking for p's failure in between (nothing else
          * drives progress meanwhile: this thread holds exec_lock) */
         for (;;) {
             int64_t left = (deadline - mc_now_us()) / 1000;
-            st = mc_store_get(c->store, key,
-                              left > 100 ? 100 : (left > 0 ? left : 0),
-                              theirs, cap - 1, &len);
-            if (st != MC_ERR_TIMEOUT || mc_now_us() >= deadline) break;
+            g = mc_store_get(c->store, key,
+                             left > 100 ? 100 : (left > 0 ? left : 0), theirs,
+                             cap - 1, &len);
+            if (g != MC_ERR_TIMEOUT || mc_now_us() >= deadline) break;
+            /* decided meanwhile (a rank saw a difference): follow it */
+            if (mc_store_check(c->store, dkey, &decided) == MC_OK && decided)
+                break;
             pthread_mutex_lock(&c->plock);
             progress_locked(c);
             live_poll(c, mc_now_us());
             int gone = c->peer_dead[p] || c->p2p_dead[p] || c->suspect[p];
             pthread_mutex_unlock(&c->plock);
             if (gone) {
-                st = comm_err(c, MC_ERR_PEER_FAILED,
-                              "mc_comm_shrink: rank %d, which stays in the "
-                              "view this rank asks for, failed before it "
-                              "called mc_comm_shrink; nothing changed",
-                              p);
+                g = MC_ERR_PEER_FAILED;
                 break;
             }
         }
-        if (st == MC_ERR_PEER_FAILED) break;
-        if (st == MC_ERR_TIMEOUT) {
-            st = comm_err(c, MC_ERR_TIMEOUT,
-                          "mc_comm_shrink: rank %d, which stays in the view "
-                          "this rank asks for, did not call mc_comm_shrink "
-                          "within the operation timeout (%lld ms); nothing "
-                          "changed",
-                          p, (long long)c->timeout_ms);
-            break;
+        if (decided) break;
+        if (g == MC_OK) {
+            theirs[len < cap ? len : cap - 1] = '\0';
+            if (strcmp(theirs, mine) != 0) {
+                local = MC_ERR_MISMATCH;
+                snprintf(why, sizeof(why),
+                         "rank %d removes [%s] but this rank removes [%s]: "
+                         "every staying rank must pass the same list",
+                         p, theirs, mine);
+            }
+        } else if (g == MC_ERR_TIMEOUT) {
+            local = MC_ERR_TIMEOUT;
+            snprintf(why, sizeof(why),
+                     "rank %d, which stays in the view this rank asks for, "
+                     "did not call it within the operation timeout (%lld ms)",
+                     p, (long long)c->timeout_ms);
+        } else if (g == MC_ERR_PEER_FAILED) {
+            local = MC_ERR_PEER_FAILED;
+            snprintf(why, sizeof(why),
+                     "rank %d, which stays in the view this rank asks for, "
+                     "failed before it called it",
+                     p);
+        } else {
+            local = g;
+            snprintf(why, sizeof(why), "store: %.400s", mc_last_error());
         }
-        if (st != MC_OK) {
-            st = comm_err(c, st, "mc_comm_shrink: store: %s", mc_last_error());
-            break;
-        }
-        theirs[len < cap ? len : cap - 1] = '\0';
-        if (strcmp(theirs, mine) != 0)
+    }
+    /* 2. the decision: the first offer stands ("abort:<status>:<why>",
+     * so that every rank fails with the status and text of the one that
+     * gave up) */
+    size_t offer_len =
+        local == MC_OK
+            ? (size_t)snprintf(theirs, cap + 8, "adopt:%s", mine)
+            : (size_t)snprintf(theirs, cap + 8, "abort:%d:rank %d: %s",
+                               (int)local, c->rank,
+                               why[0] ? why : "a different list");
+    if (offer_len > cap + 7) offer_len = cap + 7;
+    char *offer = strdup(theirs), *cur = theirs;
+    size_t cur_len = 0;
+    st = offer ? mc_store_compare_set(c->store, dkey, "", 0, offer, offer_len,
+                                      cur, cap + 7, &cur_len)
+               : MC_ERR_NO_MEMORY;
+    free(offer);
+    if (st != MC_OK) {
+        st = comm_err(c, st, "mc_comm_shrink: store: %s", mc_last_error());
+    } else {
+        cur[cur_len < cap + 7 ? cur_len : cap + 6] = '\0';
+        if (strncmp(cur, "adopt:", 6) == 0 && strcmp(cur + 6, mine) == 0) {
+            st = MC_OK; /* this rank's list won (its own reads aside) */
+        } else if (strncmp(cur, "adopt:", 6) == 0) {
+            /* the others' list won: its view does not hold this rank
+             * (they read every member's list); does it remove us? */
+            uint8_t *x = malloc((size_t)c->size);
+            int self = 0;
+            if (x) {
+                pthread_mutex_lock(&c->plock);
+                memcpy(x, c->active, (size_t)c->size);
+                pthread_mutex_unlock(&c->plock);
+                for (char *q = cur + 6; *q;) {
+                    char *end;
+                    long v = strtol(q, &end, 10);
+                    if (end == q) break;
+                    if (v >= 0 && v < c->size) x[v] = 0;
+                    self |= v == c->rank;
+                    q = *end == ',' ? end + 1 : end;
+                }
+                if (self) {
+                    memcpy(next, x, (size_t)c->size);
+                    *evict_p = 1;
+                }
+                free(x);
+            }
             st = comm_err(c, MC_ERR_MISMATCH,
-                          "mc_comm_shrink: rank %d removes [%s] but this rank "
-                          "removes [%s]: every staying rank must pass the "
-                          "same list; nothing changed",
-                          p, theirs, mine);
+                          "mc_comm_shrink: the others removed [%s] but this "
+                          "rank removes [%s]%s",
+                          cur + 6, mine,
+                          self ? "; this rank is among the removed: evicted"
+                               : "");
+        } else {
+            /* aborted: by this rank or another, for the reason it gives */
+            int code = MC_ERR_MISMATCH, off = 0;
+            if (sscanf(cur, "abort:%d:%n", &code, &off) < 1 || !off ||
+                code >= 0)
+                code = MC_ERR_MISMATCH, off = 0;
+            st = comm_err(c, (mc_status_t)code,
+                          "mc_comm_shrink: given up (%s; this rank removes "
+                          "[%s]); nothing changed",
+                          off ? cur + off : cur, mine);
+        }
     }
     free(mine);
     free(theirs);
@@ -7637,6 +7732,15 @@ static mc_status_t shrink_check(mc_comm_t *c, const uint8_t *next)
 mc_status_t mc_comm_shrink(mc_comm_h c, const int *ranks, int n)
 {
     CHECK_COMM(c, "mc_comm_shrink");
+    /* every call counts, failed ones too: the k-th call of each rank in a
+     * view meets the others' k-th (shrink_check) */
+    pthread_mutex_lock(&c->plock);
+    if (c->shrink_epoch != c->epoch) {
+        c->shrink_epoch = c->epoch;
+        c->shrink_try = 0;
+    }
+    c->shrink_try++;
+    pthread_mutex_unlock(&c->plock);
     if (n < 0 || (n > 0 && !ranks))
         return comm_err(c, MC_ERR_INVALID_ARG,
                         "mc_comm_shrink: invalid rank list (n=%d)", n);
@@ -7671,21 +7775,29 @@ mc_status_t mc_comm_shrink(mc_comm_h c, const int *ranks, int n)
     pthread_mutex_lock(&c->exec_lock);
     run_queue(c, NULL);
     mc_status_t st = MC_OK;
-    /* embedded membership: the staying ranks' lists agree first (etcd's
-     * transaction lets one view win and fails the others) */
+    /* the view may have changed in run_queue (a failure, an admission):
+     * the listed ranks come off the view as it is now */
     pthread_mutex_lock(&c->plock);
-    int check = !c->em && c->store && next[c->rank] && !c->evicted;
+    memcpy(next, c->active, (size_t)c->size);
+    for (int i = 0; i < n; i++)
+        next[ranks[i]] = 0;
+    /* embedded membership: the calling ranks agree on the view first
+     * (etcd's transaction lets one view win and fails the others) */
+    int check = !c->em && c->store && !c->evicted;
     pthread_mutex_unlock(&c->plock);
     if (check) {
-        st = shrink_check(c, next);
-        if (st < 0) {
+        int evict = 0;
+        st = shrink_check(c, next, &evict);
+        if (st < 0 && !evict) {
             pthread_mutex_unlock(&c->exec_lock);
             free(next);
             return st;
         }
     }
     pthread_mutex_lock(&c->plock);
-    if (c->evicted)
+    if (st < 0) /* removed by the others' list: adopt it, evicted */
+        view_adopt(c, c->epoch + 1, next);
+    else if (c->evicted)
         st = comm_err(c, MC_ERR_EVICTED,
                       "mc_comm_shrink: rank %d was already removed", c->rank);
     else if (c->em) {

@@ -396,12 +396,14 @@ mc_status_t mc_comm_set_auto_recover(mc_comm_h comm, int on);
  * ranks that stay, which must all pass the same list; they adopt view
  * epoch + 1 without the listed ranks. A listed rank that calls it is
  * evicted: its later collectives fail with MC_ERR_EVICTED. Embedded
- * membership checks the lists first (through the bootstrap store): a
- * staying rank that sees another list among the ranks it would keep fails
- * with MC_ERR_MISMATCH naming both, and the view stays as it was; one that
- * does not call it within the operation timeout fails it with
- * MC_ERR_TIMEOUT. With etcd the first view committed wins and the others
- * fail.
+ * membership first agrees on the lists through the bootstrap store (each
+ * rank's k-th call in a view meets the others' k-th, failed calls
+ * included): if any calling rank sees another list among the ranks it
+ * would keep (MC_ERR_MISMATCH, naming the lists), or a rank it would keep
+ * does not call within the operation timeout (MC_ERR_TIMEOUT) or fails,
+ * every calling rank fails alike and the view stays as it was; otherwise
+ * they all adopt the same view. With etcd the first view committed wins
+ * and the others fail.
  */
 mc_status_t mc_comm_shrink(mc_comm_h comm, const int *ranks, int n);
 

@@ -684,19 +684,20 @@ static int huge_timeout_body(mc_comm_h comm, int rank, int size, void *arg)
     return 0;
 }
 
-/* mc_comm_shrink with different lists (embedded membership): ranks 0 and
- * 1 remove [3], rank 2 removes [1], rank 3 calls nothing. Each of 0, 1, 2
- * finds another list among the ranks it would keep and fails with
- * MC_ERR_MISMATCH naming both, and nobody adopts a view (they used to
- * adopt different ones): the next allreduce runs over all four in the old
- * epoch. Then 0, 1, 2 shrink [3] alike and rank 3 leaves. */
+/* mc_comm_shrink with different lists (embedded membership): ranks 0, 1
+ * and 3 remove [3], rank 2 removes [1]. The ranks find another list among
+ * the ranks they would keep (or follow the decision of one that did) and
+ * fail with MC_ERR_MISMATCH naming their list, and nobody adopts a view
+ * (they used to adopt different ones): the next allreduce runs over all
+ * four in the old epoch. Then all four remove [3] alike (rank 2 late):
+ * 0, 1, 2 go on in the next epoch, rank 3 is evicted. */
 static int shrink_differ_body(mc_comm_h comm, int rank, int size, void *arg)
 {
     (void)arg;
     (void)size;
     uint64_t e0 = 0, e = 0;
     mc_comm_view(comm, &e0, NULL, NULL);
-    if (rank < 3) {
+    {
         int bad[1] = {rank == 2 ? 1 : 3};
         mc_status_t st = mc_comm_shrink(comm, bad, 1);
         if (st != MC_ERR_MISMATCH || !strstr(mc_last_error(), "removes ["))
@@ -711,12 +712,19 @@ static int shrink_differ_body(mc_comm_h comm, int rank, int size, void *arg)
                               "epoch %llu (was %llu)",
                         mc_status_str(st), (int)out, (unsigned long long)e,
                         (unsigned long long)e0);
+    /* now alike, rank 2 300 ms late, and rank 3 (listed) calls too: it
+     * waits for the others' decision and is evicted */
+    int three[1] = {3};
+    if (rank == 2) usleep(300000);
+    st = mc_comm_shrink(comm, three, 1);
     if (rank == 3) {
-        usleep(200000); /* leaves; the others remove it */
+        mc_status_t st2 = mc_comm_allreduce(comm, &v, &out, 1, MC_INT32,
+                                            MC_SUM);
+        if (st != MC_OK || st2 != MC_ERR_EVICTED)
+            return MC_TFAIL(rank, "listed rank: shrink %s, then %s",
+                            mc_status_str(st), mc_status_str(st2));
         return 0;
     }
-    int three[1] = {3};
-    st = mc_comm_shrink(comm, three, 1);
     if (st == MC_OK)
         st = mc_comm_allreduce(comm, &v, &out, 1, MC_INT32, MC_SUM);
     mc_comm_view(comm, &e, NULL, NULL);
@@ -727,6 +735,47 @@ static int shrink_differ_body(mc_comm_h comm, int rank, int size, void *arg)
     return 0;
 }
 
+/* A rank late to mc_comm_shrink (op timeout 1 s): ranks 0 and 1 remove
+ * [3] and give up on rank 2 after the timeout (MC_ERR_TIMEOUT, nothing
+ * adopted); they call again at once. Rank 2 comes 1.5 s late to the
+ * first attempt, which was decided (abort): it fails at once with the same
+ * MC_ERR_TIMEOUT and does not adopt the view alone; its second call meets their second one, and all
+ * three adopt the view together. (Each rank's k-th call in a view meets
+ * the others' k-th.) */
+static int shrink_late_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    (void)arg;
+    (void)size;
+    if (rank == 3) {
+        usleep(300000);
+        return 0;
+    }
+    uint64_t e0 = 0, e = 0;
+    mc_comm_view(comm, &e0, NULL, NULL);
+    int three[1] = {3};
+    if (rank == 2) usleep(1500000);
+    double t0 = now_s();
+    mc_status_t st = mc_comm_shrink(comm, three, 1);
+    double took = now_s() - t0;
+    mc_comm_view(comm, &e, NULL, NULL);
+    if ((rank < 2 && st != MC_ERR_TIMEOUT) ||
+        (rank == 2 && (st != MC_ERR_TIMEOUT || took > 0.5)) || e != e0)
+        return MC_TFAIL(rank, "shrink with rank 2 late: %s after %.2f s, "
+                              "epoch %llu (was %llu) (%s)",
+                        mc_status_str(st), took, (unsigned long long)e,
+                        (unsigned long long)e0, mc_last_error());
+    st = mc_comm_shrink(comm, three, 1);
+    int32_t v = rank + 1, out = 0;
+    if (st == MC_OK)
+        st = mc_comm_allreduce(comm, &v, &out, 1, MC_INT32, MC_SUM);
+    mc_comm_view(comm, &e, NULL, NULL);
+    if (st != MC_OK || out != 6 || e != e0 + 1)
+        return MC_TFAIL(rank, "shrink again, alike: %s, %d, epoch %llu (%s)",
+                        mc_status_str(st), (int)out, (unsigned long long)e,
+                        mc_last_error());
+    return 0;
+}
+
 static void test_shrink_lists_differ(void **state)
 {
     (void)state;
@@ -734,6 +783,8 @@ static void test_shrink_lists_differ(void **state)
     int failed =
         mc_test_spawn(4, MC_TRANSPORT_SHM, 60, shrink_differ_body, NULL);
     failed += mc_test_spawn(4, MC_TRANSPORT_TCP, 60, shrink_differ_body, NULL);
+    setenv("MOONCAKE_TIMEOUT_MS", "1000", 1);
+    failed += mc_test_spawn(4, MC_TRANSPORT_TCP, 60, shrink_late_body, NULL);
     unsetenv("MOONCAKE_TIMEOUT_MS");
     assert_int_equal(failed, 0);
 }
