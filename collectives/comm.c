@@ -5736,6 +5736,17 @@ static mc_status_t p2p_check(mc_comm_t *c, const char *fn, const void *buf,
     return MC_OK;
 }
 
+/* A user send a transport holds joins comm->sends (plock). */
+static void p2p_send_link(mc_comm_t *c, mc_request_t *r)
+{
+    c->p2p_sending[r->peer]++;
+    r->p2p_counted = 1;
+    r->s_prev = NULL;
+    r->s_next = c->sends;
+    if (c->sends) c->sends->s_prev = r;
+    c->sends = r;
+}
+
 /* A user send leaves comm->sends (plock). */
 static void p2p_send_unlink(mc_comm_t *c, mc_request_t *r)
 {
@@ -5825,17 +5836,18 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n, mc_dtype_t dt,
          * drops the engine's reference; the caller gets no handle, so its
          * reference goes now. (Only that one: before, both stayed and the
          * request never completed.) Nothing posted: both go. */
-        if (hposted) r->px.status = st;
+        if (hposted) {
+            r->px.status = st;
+            /* on the send list meanwhile: destroy ends it if the
+             * header's end never comes (nothing progresses after it) */
+            p2p_send_link(c, r);
+        }
         pthread_mutex_unlock(&c->plock);
         req_release(r);
         if (!hposted) req_release(r);
         return comm_err(c, st, "send to rank %d: %s", peer, mc_status_str(st));
     }
-    c->p2p_sending[peer]++;
-    r->p2p_counted = 1;
-    r->s_next = c->sends;
-    if (c->sends) c->sends->s_prev = r;
-    c->sends = r;
+    p2p_send_link(c, r);
     progress_locked(c);
     pthread_mutex_unlock(&c->plock);
     *req_p = r;
