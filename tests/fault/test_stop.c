@@ -130,6 +130,21 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Wait for rank r's process (pid); past the run's limit (t0 + lim) and
+ * 10 s more, kill it. Returns its wait status. */
+static int st_reap(pid_t pid, int r, int64_t t0, int64_t lim)
+{
+    int ws = 0;
+    while (waitpid(pid, &ws, WNOHANG) == 0) {
+        if (now_ns() - t0 > lim + 10ll * 1000000000) {
+            kill(pid, SIGKILL);
+            fprintf(stderr, "rank %d hung: killed\n", r);
+        }
+        usleep(1000);
+    }
+    return ws;
+}
+
 static int64_t g_of(int step, int i)
 {
     return (int64_t)(step + 1) * 1000003 + i;
@@ -291,14 +306,7 @@ static void run_stop(int n, mc_transport_kind_t tr, int mid_frame)
     atomic_store(&sh->quit, 1);
     int bad_exit = 0;
     for (int r = 0; r < n; r++) {
-        int ws = 0;
-        while (waitpid(pid[r], &ws, WNOHANG) == 0) {
-            if (now_ns() - t0 > lim + 10ll * 1000000000) {
-                kill(pid[r], SIGKILL);
-                fprintf(stderr, "rank %d hung: killed\n", r);
-            }
-            usleep(1000);
-        }
+        int ws = st_reap(pid[r], r, t0, lim);
         if (n == 2 && r == k.victim) continue; /* killed above */
         if (!WIFEXITED(ws) || WEXITSTATUS(ws)) bad_exit++;
     }
@@ -1140,14 +1148,7 @@ static void run_heal(mc_transport_kind_t tr)
     atomic_store(&sh->quit, 1);
     int bad_exit = 0;
     for (int r = 0; r < 2; r++) {
-        int ws = 0;
-        while (waitpid(pid[r], &ws, WNOHANG) == 0) {
-            if (now_ns() - t0 > lim + 10ll * 1000000000) {
-                kill(pid[r], SIGKILL);
-                fprintf(stderr, "rank %d hung: killed\n", r);
-            }
-            usleep(1000);
-        }
+        int ws = st_reap(pid[r], r, t0, lim);
         if (!WIFEXITED(ws) || WEXITSTATUS(ws)) bad_exit++;
     }
     fprintf(stderr,
