@@ -226,6 +226,7 @@ struct mc_cctx {
     char rf_why[MC_ABORT_MSG_MAX];
     mc_request_t *req;
     const mc_coll_args_t *args; /* what the algorithm sees (mc_cx_args) */
+    mc_coll_args_t avg_args;    /* an fp16/fp8 AVG's, as a SUM (avg_premul) */
     uint64_t seq;
     uint64_t epoch;    /* view of this attempt */
     int vrank, nv;     /* virtual rank and size over the active slots */
@@ -400,6 +401,9 @@ struct mc_comm {
     size_t stage_hwm;      /* largest region need of a staged call */
     void *backup;    /* input of an in-place op, for a re-run */
     size_t backup_cap;
+    void *avg_buf;   /* an fp16/fp8 AVG's input divided by the view's size
+                        (avg_premul) */
+    size_t avg_cap;
     size_t (*saved)[2]; /* lazy keeping: (offset, length) ranges saved */
     size_t nsaved, saved_cap;
     int saved_all;   /* the whole input is in backup */
@@ -2646,9 +2650,9 @@ static int mem_overlap(const void *a, size_t alen, const void *b, size_t blen)
     return alen && blen && x < y + blen && y < x + alen;
 }
 
-/* Bytes of an operation's input that the operation itself may overwrite
- * (in-place reductions): kept aside so that a re-run sees the original. */
-static size_t inplace_input(const mc_comm_t *c, const mc_coll_args_t *a)
+/* Bytes of a reduction's input and of its output (0, 0 for the others). */
+static void red_sizes(const mc_comm_t *c, const mc_coll_args_t *a,
+                      size_t *in_p, size_t *out_p)
 {
     size_t es = mc_dtype_size(a->dtype), in = 0, out = 0;
     switch (a->coll) {
@@ -2669,10 +2673,38 @@ static size_t inplace_input(const mc_comm_t *c, const mc_coll_args_t *a)
         out = a->counts[c->rank] * es;
         break;
     default:
-        return 0;
+        break;
     }
-    if (!a->sendbuf || !a->recvbuf) return 0;
+    *in_p = in;
+    *out_p = out;
+}
+
+/* Bytes of an operation's input that the operation itself may overwrite
+ * (in-place reductions): kept aside so that a re-run sees the original. */
+static size_t inplace_input(const mc_comm_t *c, const mc_coll_args_t *a)
+{
+    size_t in, out;
+    red_sizes(c, a, &in, &out);
+    if (!in || !a->sendbuf || !a->recvbuf) return 0;
     return mem_overlap(a->sendbuf, in, a->recvbuf, out) ? in : 0;
+}
+
+/* AVG over fp16 and fp8: each rank divides its own input by the number of
+ * ranks of the attempt first, then the ranks sum (as NCCL does: its AVG
+ * is a sum of inputs pre-multiplied by 1/n). Summing first and dividing
+ * once at the end, as the other types do, leaves these narrow types'
+ * range on the way: 4 ranks of fp16 20000.0 sum to 80000, which is inf
+ * (e4m3: NaN past 448), where the average is 20000. Input bytes, or 0
+ * where the rule does not apply. */
+static size_t avg_premul(const mc_comm_t *c, const mc_coll_args_t *a)
+{
+    if (a->op != MC_AVG ||
+        (a->dtype != MC_FLOAT16 && a->dtype != MC_FLOAT8_E4M3 &&
+         a->dtype != MC_FLOAT8_E5M2))
+        return 0;
+    size_t in, out;
+    red_sizes(c, a, &in, &out);
+    return in;
 }
 
 static uint64_t join_flag(mc_comm_t *c);
@@ -4218,6 +4250,36 @@ static mc_status_t ft_barrier(mc_comm_t *c, mc_cctx_t *cx, uint64_t *flags,
     return st;
 }
 
+/* avg_premul: this attempt's input divided by its view's size, and the op
+ * a SUM over it, for the algorithm (mc_cx_args); frames and slots still
+ * carry the caller's call (AVG), which the peers check. The caller's input
+ * stays as it is, so a re-run over another view divides it again. */
+static mc_status_t avg_prepare(mc_comm_t *c, mc_cctx_t *cx, mc_request_t *r)
+{
+    size_t bytes = avg_premul(c, &r->args);
+    if (!bytes || !r->args.sendbuf) return MC_OK;
+    if (c->avg_cap < bytes) {
+        free(c->avg_buf);
+        c->avg_cap = 0;
+        c->avg_buf = malloc(bytes);
+        if (!c->avg_buf)
+            return mc_err(MC_ERR_NO_MEMORY,
+                          "%s %s AVG: no memory for the input divided by the "
+                          "number of ranks (%zu bytes)",
+                          mc_coll_name(r->args.coll),
+                          mc_dtype_name(r->args.dtype), bytes);
+        c->avg_cap = bytes;
+    }
+    memcpy(c->avg_buf, r->args.sendbuf, bytes);
+    mc_reduce_div(c->avg_buf, bytes / mc_dtype_size(r->args.dtype),
+                  r->args.dtype, (uint64_t)cx->nv);
+    cx->avg_args = r->args;
+    cx->avg_args.sendbuf = c->avg_buf;
+    cx->avg_args.op = MC_SUM;
+    cx->args = &cx->avg_args;
+    return MC_OK;
+}
+
 /* One attempt at a queued collective over the current view (exec_lock
  * held), starting at `now` (mc_now_us). Leaves the error text in cx->err. */
 static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
@@ -4269,6 +4331,7 @@ static mc_status_t coll_attempt(mc_comm_t *c, mc_request_t *r, int64_t now)
     mc_status_t st = cx->failed;
     pthread_mutex_unlock(&c->plock);
 
+    if (st == MC_OK) st = avg_prepare(c, cx, r);
     if (st == MC_OK && !(c->ft && r->args.coll == MC_COLL_BARRIER))
         st = mc_coll_run_view(cx);
     /* A barrier call keeps its frames: through the slots (tried), a rank
@@ -4506,8 +4569,10 @@ static mc_status_t run_ft(mc_comm_t *c, mc_request_t *r)
          * range by range as the algorithm overwrites it (mc_cx_save);
          * reduce only on the root (the chain; the tree, like recursive
          * doubling and the reduce_scatter ring, writes its output only at
-         * the commit and saves nothing) */
-        c->saved_all = !(((r->args.coll == MC_COLL_ALLREDUCE ||
+         * the commit and saves nothing); an fp16/fp8 AVG keeps it whole
+         * (its attempts run out of place, from avg_prepare's copy) */
+        c->saved_all = avg_premul(c, &r->args) ||
+                       !(((r->args.coll == MC_COLL_ALLREDUCE ||
                            r->args.coll == MC_COLL_REDUCE) &&
                           r->args.sendbuf == r->args.recvbuf) ||
                          r->args.coll == MC_COLL_REDUCE_SCATTER ||
@@ -6102,6 +6167,7 @@ static void comm_free(mc_comm_t *c)
     free(c->rep_maps);
     free(c->sent_view);
     free(c->backup);
+    free(c->avg_buf);
     mc_stage_free(c->stage);
     mc_stage_free(c->slots);
     free(c->slot_map);

@@ -104,11 +104,14 @@ typedef enum mc_dtype {
  * overflow keeps its sign, 0xff below -448), so every rank holds the same
  * bits in whichever order it combined the inputs.
  *
- * MC_AVG divides the sum by the number of contributing ranks once, at the
- * end; for integer types the division truncates toward zero. The sum is
- * kept in the element type: an fp16 or fp8 AVG whose sum leaves the type's
- * range gives inf (NaN for e4m3) where NCCL, which scales each input by
- * 1/n first, may stay finite.
+ * MC_AVG divides the sum by the number of contributing ranks (the view's
+ * active count) once, at the end; for integer types the division truncates
+ * toward zero. fp16 and fp8 are the exception, as in NCCL: each rank
+ * divides its own input by that count first (one rounding) and the ranks
+ * then sum, so an average whose sum would leave the type's range (4 ranks
+ * of fp16 20000.0: 80000) stays finite. The bits then depend on the order
+ * of the sum, which the algorithm picks; every rank still gets the same
+ * bits. Inputs at the type's very top may still round past it.
  * MC_BAND/BOR/BXOR are for integer types and bool only.
  * For MC_BOOL, SUM and MAX mean logical or, PROD and MIN logical and.
  */

@@ -423,6 +423,66 @@ static inline uint64_t ref_reduce_bits(mc_dtype_t d, mc_redop_t op,
     return (acc.u / (uint64_t)nranks) & ref_width_mask(d);
 }
 
+/* AVG over fp16 and fp8: every rank divides its input by n first and the
+ * ranks then sum (the engine, as NCCL does), so the bits depend on the
+ * order of the sum, which differs between algorithms. */
+static inline int ref_avg_premul(mc_dtype_t d, mc_redop_t op)
+{
+    return op == MC_AVG && (d == MC_FLOAT16 || d == MC_FLOAT8_E4M3 ||
+                            d == MC_FLOAT8_E5M2);
+}
+
+/* One unit in the last place of the dtype at magnitude |v| (subnormals:
+ * the smallest normal's). */
+static inline double ref_ulp(mc_dtype_t d, double v)
+{
+    int mb = 23, emin = -126, e = 0;
+    switch (d) {
+    case MC_FLOAT16:
+        mb = 10, emin = -14;
+        break;
+    case MC_BFLOAT16:
+        mb = 7;
+        break;
+    case MC_FLOAT8_E4M3:
+        mb = 3, emin = -6;
+        break;
+    case MC_FLOAT8_E5M2:
+        mb = 2, emin = -14;
+        break;
+    default:
+        break;
+    }
+    v = fabs(v);
+    if (v > 0) {
+        (void)frexp(v, &e);
+        e -= 1;
+    }
+    if (v == 0 || e < emin) e = emin;
+    return ldexp(1.0, e - mb);
+}
+
+/* Is `got` (bits) the ref_avg_premul average of element idx over ranks
+ * 0..nranks-1? Within the exact average plus the rounding errors of the
+ * divisions (half an ulp of each x/n) and of the nranks - 1 additions
+ * (half an ulp of the largest partial any order can make). */
+static inline int ref_avg_close(mc_dtype_t d, uint64_t seed, int nranks,
+                                size_t idx, uint64_t got, double *exp_p)
+{
+    double sum = 0, abs_sum = 0, tol = 0;
+    for (int r = 0; r < nranks; r++) {
+        double x = ref_gen(d, MC_AVG, seed, r, idx).f;
+        sum += x;
+        abs_sum += fabs(x);
+        tol += 0.5 * ref_ulp(d, x / nranks);
+    }
+    tol += 0.5 * (nranks - 1) * ref_ulp(d, abs_sum / nranks);
+    tol *= 1.0 + 1e-6; /* the binary32 steps' own rounding */
+    double g = ref_bits_to_double(d, got);
+    *exp_p = sum / nranks;
+    return fabs(g - *exp_p) <= tol;
+}
+
 /* Fill elements [0, n) of buf with rank's reduction input starting at input
  * index `base`. */
 static inline void ref_fill_input(mc_dtype_t d, mc_redop_t op, uint64_t seed,

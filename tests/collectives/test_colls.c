@@ -156,6 +156,35 @@ static void check(tc_t *t, const char *label, mc_dtype_t d, const void *got,
            label, first, n, wrong, e, g);
 }
 
+/* check() a reduction's n results, elements base.. of the reference; an
+ * fp16/fp8 AVG (ref_avg_premul) within its rounding bounds instead (the
+ * ranks' bits still agree: check_hashes). */
+static void check_red(tc_t *t, const char *label, mc_dtype_t d, mc_redop_t op,
+                      uint64_t seed, size_t base, const void *got,
+                      const void *exp, size_t n)
+{
+    if (!ref_avg_premul(d, op)) {
+        check(t, label, d, got, exp, n);
+        return;
+    }
+    size_t first = n, wrong = 0;
+    double e0 = 0, e;
+    for (size_t i = 0; i < n; i++) {
+        if (ref_avg_close(d, seed, t->size, base + i, ref_get_bits(d, got, i),
+                          &e))
+            continue;
+        if (first == n) first = i, e0 = e;
+        wrong++;
+    }
+    if (!wrong) return;
+    char g[64];
+    ref_fmt(d, ref_get_bits(d, got, first), g, sizeof(g));
+    report(t,
+           "%s: first wrong index %zu of %zu (%zu wrong): expected %.6g "
+           "within the rounding bounds, got %s",
+           label, first, n, wrong, e0, g);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Reductions                                                               */
 /* ------------------------------------------------------------------------ */
@@ -183,7 +212,7 @@ static int run_allreduce(tc_t *t, mc_dtype_t d, mc_redop_t op, size_t n, int ip)
         rc = -1;
         goto out;
     }
-    check(t, "result", d, out, exp, n);
+    check_red(t, "result", d, op, seed, 0, out, exp, n);
     if (!ip) check(t, "sendbuf modified", d, send, orig, n);
     t->hash = ref_fnv(t->hash, out, n * es);
 out:
@@ -215,7 +244,7 @@ static int run_reduce_scatter(tc_t *t, mc_dtype_t d, mc_redop_t op, size_t rc_,
         rc = -1;
         goto out;
     }
-    check(t, "result", d, out, exp, rc_);
+    check_red(t, "result", d, op, seed, (size_t)t->rank * rc_, out, exp, rc_);
     if (!ip) check(t, "sendbuf modified", d, send, orig, total);
 out:
     free(send), free(recv), free(exp), free(orig);
@@ -227,6 +256,64 @@ static size_t uneven_count(size_t base, int r, int size)
 {
     if (size > 1 && r % 3 == 1) return 0;
     return base + (size_t)(r * 3) % 7;
+}
+
+/* fp16/fp8 AVG of large values (every rank the same one): the average is representable though the sum is not, and must come
+ * out finite within the rounding bounds of ref_avg_close (a sum divided at
+ * the end gave inf, NaN for e4m3). Allreduce in and out of place, reduce
+ * at the last rank, reduce_scatter: n elements each (per rank for it). */
+static int run_avg_range(tc_t *t, mc_dtype_t d, size_t n)
+{
+    size_t es = ref_dsize(d), S = (size_t)t->size;
+    /* well within the range: the divisions may round up, and the sum of
+     * the rounded parts may pass the average (at the largest value itself
+     * it can overflow, in NCCL too) */
+    double big = d == MC_FLOAT16 ? 48000 : d == MC_FLOAT8_E4M3 ? 320 : 40960;
+    uint64_t bits = ref_double_to_bits(d, big);
+    double v = ref_bits_to_double(d, bits);
+    double tol = (0.5 * (double)S * ref_ulp(d, v / (double)S) +
+                  0.5 * (double)(S - 1) * ref_ulp(d, v)) *
+                 (1.0 + 1e-6);
+    unsigned char *in = xalloc(n * S * es), *out = xalloc(n * S * es);
+    int rc = 0;
+    for (int k = 0; k < 4 && !rc; k++) {
+        const char *what[] = {"allreduce", "allreduce in-place", "reduce",
+                              "reduce_scatter"};
+        set_what(t, "AVG range dtype=%s count=%zu %s (each rank %g)",
+                 ref_dname(d), n, what[k], v);
+        for (size_t i = 0; i < n * S; i++)
+            ref_put_bits(d, in, i, bits);
+        memset(out, SENTINEL, n * S * es);
+        mc_status_t st;
+        size_t m = n;
+        unsigned char *res = out;
+        if (k == 0) {
+            st = mc_comm_allreduce(t->comm, in, out, n, d, MC_AVG);
+        } else if (k == 1) {
+            st = mc_comm_allreduce(t->comm, in, in, n, d, MC_AVG);
+            res = in;
+        } else if (k == 2) {
+            st = mc_comm_reduce(t->comm, in, out, n, d, MC_AVG, t->size - 1);
+            if (t->rank != t->size - 1) m = 0;
+        } else {
+            st = mc_comm_reduce_scatter(t->comm, in, out, n, d, MC_AVG);
+        }
+        if (st != MC_OK) {
+            report(t, "returned %s: %s", mc_status_str(st), mc_last_error());
+            rc = -1;
+            break;
+        }
+        for (size_t i = 0; i < m; i++) {
+            double g = ref_bits_to_double(d, ref_get_bits(d, res, i));
+            if (!(fabs(g - v) <= tol)) {
+                report(t, "index %zu of %zu: got %g, expected %g within %g",
+                       i, m, g, v, tol);
+                break;
+            }
+        }
+    }
+    free(in), free(out);
+    return rc;
 }
 
 static int run_reduce_scatterv(tc_t *t, mc_dtype_t d, mc_redop_t op,
@@ -261,7 +348,8 @@ static int run_reduce_scatterv(tc_t *t, mc_dtype_t d, mc_redop_t op,
         rc = -1;
         goto out;
     }
-    check(t, "result (+1 guard element)", d, recv, exp, mine + 1);
+    check_red(t, "result", d, op, seed, offs[t->rank], recv, exp, mine);
+    check(t, "guard element", d, recv + mine * es, exp + mine * es, 1);
 out:
     free(send), free(recv), free(exp), free(counts), free(offs);
     return rc;
@@ -293,7 +381,7 @@ static int run_reduce(tc_t *t, mc_dtype_t d, mc_redop_t op, size_t n, int root,
     if (is_root) {
         for (size_t i = 0; i < n; i++)
             ref_put_bits(d, exp, i, ref_reduce_bits(d, op, seed, t->size, i));
-        check(t, "result at root", d, out, exp, n);
+        check_red(t, "result at root", d, op, seed, 0, out, exp, n);
     }
     if (!ip) check(t, "sendbuf modified", d, send, orig, n);
     /* elsewhere the buffer is ignored: in place, it keeps the input */
@@ -951,6 +1039,11 @@ static int sweep_all(tc_t *t)
     if (run_alltoallv(t, MC_UINT16, Lb)) return -1;
     if (run_inexact(t, MC_FLOAT32, 1001)) return -1;
     if (run_inexact(t, MC_BFLOAT16, L)) return -1;
+    if (run_avg_range(t, MC_FLOAT16, 37) ||
+        run_avg_range(t, MC_FLOAT8_E4M3, 1025) ||
+        run_avg_range(t, MC_FLOAT8_E5M2, Lb) ||
+        run_avg_range(t, MC_FLOAT16, Lb))
+        return -1;
     return check_hashes(t);
 }
 
@@ -991,6 +1084,9 @@ static int sweep_algo(tc_t *t)
     if (run_inexact(t, MC_FLOAT32, 1001)) return -1;
     if (run_inexact(t, MC_FLOAT16, 4099)) return -1;
     if (run_inexact(t, MC_BFLOAT16, L)) return -1;
+    if (run_avg_range(t, MC_FLOAT16, 1025) ||
+        run_avg_range(t, MC_FLOAT8_E4M3, L / (size_t)S + 1))
+        return -1;
     return check_hashes(t);
 }
 

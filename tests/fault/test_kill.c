@@ -48,11 +48,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "reduce.h" /* fp16 conversions */
 #include "tests_common.h"
 
 #define KT_MAXR 8
 #define KT_MAXSTEP 200
-#define KT_MAXOPS 8
+#define KT_MAXOPS 9
 #define KT_POISON 0x5A5A5A5A5A5A5A5AULL
 #define KT_OP_TIMEOUT_MS 15000 /* a hang fails the op long before ... */
 #define KT_DEADLINE_S 60       /* ... the parent gives up on the scenario */
@@ -76,6 +77,7 @@ typedef enum {
     KO_GA,  /* gather int64 of enc(r) to rank 0 */
     KO_RAVG, /* reduce int64 AVG to rank 0 */
     KO_SC,  /* scatter int64 of enc2(0, r) from rank 0 */
+    KO_H16, /* allreduce fp16 AVG (each rank divides first), within bounds */
 } kt_opk_t;
 
 static const char *const opk_names[] = {
@@ -85,7 +87,7 @@ static const char *const opk_names[] = {
     [KO_A2A] = "alltoall",           [KO_BAR] = "barrier",
     [KO_RED] = "reduce(i64,sum)",    [KO_A2AV] = "alltoallv",
     [KO_GA] = "gather",              [KO_SC] = "scatter",
-    [KO_RAVG] = "reduce(i64,avg)",
+    [KO_RAVG] = "reduce(i64,avg)",   [KO_H16] = "allreduce(f16,avg)",
 };
 
 #define KT_ROOT_VICTIM (-1) /* the broadcast root is the (first) victim */
@@ -98,7 +100,7 @@ typedef struct kt_op {
 
 typedef enum {
     W_AR_BIG,   /* one large allreduce per step */
-    W_AR_SMALL, /* int64 sum, float64 sum, int64 avg */
+    W_AR_SMALL, /* int64 sum, float64 sum, int64 avg, fp16 avg */
     W_AG,
     W_RS,
     W_BC,
@@ -439,7 +441,8 @@ static int workload(const kt_scn_t *sc, kt_op_t *ops)
         ops[0] = (kt_op_t){KO_AR, 7, 0};
         ops[1] = (kt_op_t){KO_F64, 5, 0};
         ops[2] = (kt_op_t){KO_AVG, 3, 0};
-        return 3;
+        ops[3] = (kt_op_t){KO_H16, 8, 0};
+        return 4;
     case W_AG:
         ops[0] = (kt_op_t){KO_AG, b, 0};
         return 1;
@@ -467,7 +470,8 @@ static int workload(const kt_scn_t *sc, kt_op_t *ops)
         ops[5] = (kt_op_t){KO_A2A, 65, 0};
         ops[6] = (kt_op_t){KO_BAR, 0, 0};
         ops[7] = (kt_op_t){KO_F64, 33, 0};
-        return 8;
+        ops[8] = (kt_op_t){KO_H16, 1028, 0};
+        return 9;
     case W_RED:
         ops[0] = (kt_op_t){KO_RED, b, 0};
         return 1;
@@ -616,6 +620,28 @@ static double f64_in(int r, uint64_t key, size_t i)
            (double)(1 << r);
 }
 
+/* fp16's unit in the last place at magnitude |v|. */
+static double h16_ulp(double v)
+{
+    int e = 0;
+    v = fabs(v);
+    if (v > 0) {
+        (void)frexp(v, &e);
+        e -= 1;
+    }
+    if (v == 0 || e < -14) e = -14;
+    return ldexp(1.0, e - 10);
+}
+
+/* KO_H16's input: integers up to 960 in magnitude, whose sum over 8
+ * ranks (7680) fp16 holds exactly; its average by 3 or 7 it does not. */
+static uint16_t h16_in(int r, uint64_t key, size_t i)
+{
+    int64_t v = (int64_t)((key * 7919 + i * 104729 + (uint64_t)r * 15485863) %
+                          1921) - 960;
+    return mc_float_to_fp16((float)v);
+}
+
 static uint64_t hash_words(const void *p, size_t n)
 {
     const uint64_t *w = p;
@@ -679,6 +705,11 @@ static int64_t inplace_lost(kt_child_t *c, const kt_op_t *op, uint64_t key)
             lost += memcmp(&rd[i], &(double){f64_in(me, key, i)},
                            sizeof(double)) != 0;
         break;
+    case KO_H16:
+        for (size_t i = 0; i < cnt; i++)
+            lost += ((const uint16_t *)(const void *)c->rbuf)[i] !=
+                    h16_in(me, key, i);
+        break;
     case KO_RS:
         for (size_t i = 0; i < cnt * (size_t)n; i++)
             lost += s64[i] != ((int64_t)1 << me) * g_of(key, i);
@@ -715,6 +746,15 @@ static mc_status_t step_issue(kt_child_t *c, const kt_op_t *op, uint64_t key,
                                   op->k == KO_RED ? MC_SUM : MC_AVG, op->root);
         return mc_comm_allreduce(comm, in, r, cnt, MC_INT64,
                                  op->k == KO_AR ? MC_SUM : MC_AVG);
+    }
+    case KO_H16: {
+        uint16_t *in = (uint16_t *)(void *)(ip ? r : s);
+        if (!ip)
+            for (size_t i = 0; i < cnt; i++)
+                r[i] = KT_POISON;
+        for (size_t i = 0; i < cnt; i++)
+            in[i] = h16_in(me, key, i);
+        return mc_comm_allreduce(comm, in, r, cnt, MC_FLOAT16, MC_AVG);
     }
     case KO_F64: {
         double *in = ip ? rd : sd;
@@ -857,6 +897,33 @@ static void step_verify(kt_child_t *c, const kt_op_t *op, uint64_t key, int ip,
                 KT_BAD(i, gb, wb, "(%.17g vs %.17g, view 0x%" PRIx64 ")", od[i],
                        ref, mask);
             }
+        }
+        break;
+    }
+    case KO_H16: {
+        /* each rank's x / nact rounded to fp16, then summed in some order
+         * with one rounding per step: the exact average within half an ulp
+         * per rounding (the largest each can be); the survivors' bits are
+         * compared through rec->hash */
+        const uint16_t *oh = (const uint16_t *)(const void *)out;
+        len = cnt / 4; /* whole words: cnt is a multiple of 4 */
+        for (size_t i = 0; i < cnt; i++) {
+            double ref = 0, mag = 0, tol = 0;
+            for (int r = 0; r < n; r++) {
+                if (!(mask >> r & 1)) continue;
+                double x = mc_fp16_to_float(h16_in(r, key, i));
+                ref += x;
+                mag += fabs(x);
+                tol += 0.5 * h16_ulp(x / nact);
+            }
+            ref /= nact;
+            tol += 0.5 * (nact - 1) * h16_ulp(mag / nact);
+            double g = mc_fp16_to_float(oh[i]);
+            if (!(fabs(g - ref) <= tol * (1 + 1e-6)))
+                KT_BAD(i, oh[i], mc_float_to_fp16((float)ref),
+                       "(%.6g vs %.6g within %.3g, avg over %d, view 0x%" PRIx64
+                       ")",
+                       g, ref, tol, nact, mask);
         }
         break;
     }
@@ -1515,7 +1582,8 @@ static void rec_line(kt_run_t *k, int r, int s, const char *why)
 
 static int op_replicated(kt_opk_t o)
 {
-    return o == KO_AR || o == KO_AVG || o == KO_F64 || o == KO_AG || o == KO_BC;
+    return o == KO_AR || o == KO_AVG || o == KO_F64 || o == KO_AG ||
+           o == KO_BC || o == KO_H16;
 }
 
 /* The per-step checks over the survivors for FT-on scenarios. */

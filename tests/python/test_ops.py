@@ -280,6 +280,18 @@ def reduce_scatter_tensor_stacked(ctx):
 
 
 @case(skip_on=GLOO_NO_AVG)
+def all_reduce_avg_fp16_range(ctx):
+    """fp16 AVG whose sum leaves fp16's range (4 ranks of 20000: 80000 >
+    65504): each rank divides first (as NCCL), so the average stays finite;
+    summed first it was inf."""
+    t = torch.full((1001,), 20000.0, dtype=torch.float16)
+    dist.all_reduce(t, op=redop("AVG"))
+    assert torch.isfinite(t).all(), f"fp16 AVG overflowed: {t[:4]}"
+    torch.testing.assert_close(t, torch.full_like(t, 20000.0), rtol=2e-3,
+                               atol=0)
+
+
+@case(skip_on=GLOO_NO_AVG)
 def reduce_scatter_avg(ctx):
     ws, me = ctx.world_size, ctx.rank
     for dtype in (torch.float32, torch.bfloat16, torch.int64):
