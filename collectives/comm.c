@@ -139,10 +139,19 @@ typedef struct mc_in {
 } mc_in_t;
 
 /* Control message of the view agreement (MC_KIND_CTRL on the p2p stream,
- * which is always read). Followed by three byte maps of `size` entries:
- * the sender's view's active slots, ranks it has evidence are dead, ranks
- * it suspects. */
-enum { CT_REPORT = 1, CT_VIEW = 2, CT_NOQUORUM = 3 };
+ * which is always read). Followed by five byte maps of `size` entries:
+ * the sender's view's active slots (PROPOSE: the proposed ones), ranks it
+ * has evidence are dead (PROPOSE: the ranks asked to accept it), ranks it
+ * suspects, and (REPORT) the active slots of the proposal it accepted and
+ * the ranks asked to accept that one. */
+enum {
+    CT_REPORT = 1,
+    CT_VIEW = 2,
+    CT_NOQUORUM = 3,
+    CT_PROPOSE = 4, /* embedded membership: a coordinator's decision, to be
+                       accepted before it is a view (ag_two_phase) */
+    CT_ACCEPT = 5
+};
 typedef struct mc_ctrl {
     uint32_t type;
     int32_t coord;       /* REPORT: the sender's coordinator; VIEW: decider */
@@ -154,6 +163,13 @@ typedef struct mc_ctrl {
     uint32_t entered;    /* REPORT: the sender entered the frame barrier of
                             op last_ended + 1 in this view holding its whole
                             result (ag_entered, the entry rule) */
+    uint32_t rno;        /* REPORT: the sender's report number; PROPOSE: the
+                            receiver's report the proposal rests on */
+    uint32_t pid;        /* PROPOSE, ACCEPT: the proposal; REPORT: the one
+                            the sender accepted */
+    int32_t acc_from;    /* REPORT: who proposed that one (-1: none) */
+    uint32_t pad_;
+    uint64_t acc_start;  /* REPORT: its first seq */
 } mc_ctrl_t;
 
 typedef struct mc_ctrl_out {
@@ -377,6 +393,28 @@ struct mc_comm {
     uint8_t *rep_maps;   /* [size][2 * size]: dead, suspect */
     uint8_t *rep_admit;  /* [size] REPORT.admit */
     uint8_t *rep_entered; /* [size] REPORT.entered */
+    /* two-phase commit of a view (ag_two_phase; embedded membership) */
+    uint64_t ag_round;   /* agreement rounds so far (a lock lasts one) */
+    uint32_t ag_rno;     /* number of our latest report */
+    uint32_t *rep_rno;   /* [size] REPORT.rno */
+    int32_t *rep_acc_from; /* [size] REPORT.acc_from */
+    uint32_t *rep_acc_pid; /* [size] */
+    uint64_t *rep_acc_start; /* [size] */
+    uint8_t *rep_acc_maps;   /* [size][2 * size]: set, acceptors */
+    int acc_from;        /* the proposal we accepted in acc_epoch: proposer */
+    uint32_t acc_pid;
+    uint64_t acc_epoch, acc_start, acc_round;
+    uint8_t *acc_set;    /* [size] its active slots */
+    uint8_t *acc_q;      /* [size] the ranks asked to accept it */
+    int prop_on;         /* coordinator: a proposal of ours is out */
+    uint32_t prop_pid;
+    uint64_t prop_start;
+    uint8_t *prop_set;   /* [size] */
+    uint8_t *prop_q;     /* [size] the ranks asked to accept it */
+    uint8_t *prop_ok;    /* [size] accepted by that member */
+    uint32_t *prop_rno;  /* [size] the report the proposal to it rests on */
+    int64_t *dead_us;    /* [size] when this rank first saw it dead
+                            (peer_failed; in a round: ag_try_decide) */
     uint64_t *sent_view; /* [size] epoch of the view last sent to a peer */
     int nv_pending;      /* a newer view heard of, adopt at a safe point */
     uint64_t nv_epoch, nv_start;
@@ -384,7 +422,7 @@ struct mc_comm {
     uint8_t *nv_active; /* [size] */
     uint8_t *ag_tmp;    /* [size] */
     mc_ctrl_out_t *ctrl_out;
-    size_t ctrl_len; /* sizeof(mc_ctrl_t) + 3 * size */
+    size_t ctrl_len; /* sizeof(mc_ctrl_t) + 5 * size */
     mc_stage_t *stage; /* staging memory shared on this host (stage.h) */
     /* shared slots (mc_cx_slot_run): our region and the peers'
      * mapped ones */
@@ -1187,6 +1225,7 @@ static void peer_failed(mc_comm_t *c, int peer, mc_status_t st)
         return;
     }
     c->peer_dead[peer] = 1;
+    if (c->dead_us) c->dead_us[peer] = mc_now_us();
     MC_LOG(MC_LOG_INFO, "rank %d: lost rank %d (%s)", c->rank, peer,
            mc_status_str(st));
     /* A peer that exits after its last frame to us is normal: fail the
@@ -2025,6 +2064,12 @@ static void ctrl_send(mc_comm_t *c, int to, const mc_ctrl_t *ct,
         memcpy(maps + 2 * n, susp, n);
     else
         memset(maps + 2 * n, 0, n);
+    if (ct->type == CT_REPORT && ct->acc_from >= 0) {
+        memcpy(maps + 3 * n, c->acc_set, n);
+        memcpy(maps + 4 * n, c->acc_q, n);
+    } else {
+        memset(maps + 3 * n, 0, 2 * n);
+    }
     m->hdr = (mc_hdr_t){.magic = MC_WIRE_MAGIC,
                         .kind = MC_KIND_CTRL,
                         .epoch = ct->epoch,
@@ -2199,7 +2244,14 @@ static void ag_send_report(mc_comm_t *c)
                     .view_start = c->view_start,
                     .last_ended = (int64_t)c->exec_seq - 1 + ag_left_seen(c),
                     .admit = (uint32_t)c->admit_phase,
-                    .entered = (uint32_t)ag_entered(c)};
+                    .entered = (uint32_t)ag_entered(c),
+                    .rno = ++c->ag_rno,
+                    .acc_from = -1};
+    if (c->acc_from >= 0 && c->acc_epoch == c->epoch) {
+        ct.acc_from = c->acc_from;
+        ct.pid = c->acc_pid;
+        ct.acc_start = c->acc_start;
+    }
     for (int p = 0; p < c->size; p++)
         if (c->active[p]) ctrl_send(c, p, &ct, c->active, dead, c->suspect);
     c->ag_sig = ag_signature(c);
@@ -2235,7 +2287,10 @@ static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
     const uint8_t *maps = CTRL_MAPS(c, body);
     size_t n = (size_t)c->size;
     if (c->evicted) return;
-    if (ct.epoch > c->epoch) {
+    /* (a proposal's maps are not a view: it carries the sender's epoch,
+     * never a newer one than the receiver's, which reported in it) */
+    if (ct.epoch > c->epoch && ct.type != CT_PROPOSE &&
+        ct.type != CT_ACCEPT) {
         ag_note_view(c, ct.epoch, ct.view_start, maps, from);
         ag_interrupt(c, from);
     }
@@ -2259,6 +2314,15 @@ static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
         c->rep_admit[from] = ct.admit != 0;
         c->rep_entered[from] = ct.entered != 0;
         memcpy(c->rep_maps + (size_t)from * 2 * n, maps + n, 2 * n);
+        c->rep_rno[from] = ct.rno;
+        /* an acceptance of ours it no longer holds (it accepted another
+         * since: the report follows its ACCEPT on the same stream) */
+        if (c->prop_on && (ct.acc_from != c->rank || ct.pid != c->prop_pid))
+            c->prop_ok[from] = 0;
+        c->rep_acc_from[from] = ct.acc_from;
+        c->rep_acc_pid[from] = ct.pid;
+        c->rep_acc_start[from] = ct.acc_start;
+        memcpy(c->rep_acc_maps + (size_t)from * 2 * n, maps + 3 * n, 2 * n);
         /* An admission report says nothing failed: the sender finished the
          * op and waits in the admission round, which every member enters
          * after the same op (the join flag came with its final barrier).
@@ -2275,6 +2339,37 @@ static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
                    "rank %d: rank %d announces a different view with the "
                    "same epoch %llu; ignoring it",
                    c->rank, from, (unsigned long long)ct.epoch);
+        return;
+    case CT_PROPOSE:
+        /* Accept a decision only from the coordinator this rank reports
+         * to, resting on its latest report (nothing it said changed since;
+         * also after its own round ended, as a VIEW would be taken then):
+         * it then stays with that coordinator for this round (agree: its
+         * deadline no longer moves it on; evidence of its death, or its
+         * silence past the liveness timeout, still do), and its reports
+         * carry the proposal from now on, so that a coordinator after it
+         * can tell whether this one may have been committed
+         * (ag_two_phase). */
+        if (ct.epoch == c->epoch && !c->em && !c->nv_pending &&
+            from != c->rank && ag_coord(c) == from && ct.rno == c->ag_rno) {
+            c->acc_from = from;
+            c->acc_pid = ct.pid;
+            c->acc_epoch = c->epoch;
+            c->acc_start = ct.view_start;
+            c->acc_round = c->ag_round;
+            memcpy(c->acc_set, maps, n);
+            memcpy(c->acc_q, maps + n, n);
+            mc_ctrl_t a = {.type = CT_ACCEPT,
+                           .coord = from,
+                           .epoch = c->epoch,
+                           .pid = ct.pid,
+                           .acc_from = -1};
+            ctrl_send(c, from, &a, c->active, NULL, NULL);
+        }
+        return;
+    case CT_ACCEPT:
+        if (ct.epoch == c->epoch && c->prop_on && ct.pid == c->prop_pid)
+            c->prop_ok[from] = 1;
         return;
     case CT_NOQUORUM:
         /* only from the coordinator this rank reports to: one it has
@@ -2355,6 +2450,134 @@ static int ag_fence_words(mc_comm_t *c, const uint8_t *next)
     return ag_left_seen(c);
 }
 
+/* May the proposal of `from` (active set `set`, first seq `start`, asked
+ * of the ranks `acc`) have been committed? Only if each of those ranks
+ * accepted it; one this coordinator hears from (its quorum `quo`, or
+ * itself) that holds another value, or none, never accepted it or moved
+ * on from it, which it does only to the same value (below), so it was
+ * not. Ranks we do not hear from may hold it. plock held. */
+static int ag_maybe_committed(mc_comm_t *c, const uint8_t *quo,
+                              const uint8_t *set, const uint8_t *acc,
+                              uint64_t start)
+{
+    size_t n = (size_t)c->size;
+    for (int q = 0; q < c->size; q++) {
+        if (!acc[q]) continue;
+        if (q == c->rank) {
+            if (c->acc_from < 0 || c->acc_epoch != c->epoch ||
+                c->acc_start != start || memcmp(c->acc_set, set, n))
+                return 0;
+        } else if (quo[q]) {
+            if (c->rep_acc_from[q] < 0 || c->rep_acc_start[q] != start ||
+                memcmp(c->rep_acc_maps + (size_t)q * 2 * n, set, n))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* Two-phase commit of the view this coordinator decided (embedded
+ * membership; with etcd the store's compare-and-swap decides). A view is
+ * only adopted once every member it rests on (the quorum: the next view's
+ * members, which all report to us) accepted it as a PROPOSE. A member
+ * accepts only from its coordinator and only on its latest report, and
+ * then stays with us for the round; its later reports carry what it
+ * accepted. So two coordinators cannot both commit different views for one
+ * epoch: before, a coordinator that stalled after deciding, while its
+ * members turned to the next one on their deadline, could announce its
+ * view after the other's (test_stop two_coord_*: rank 0 of 5 went on alone
+ * in a view of its own). A coordinator first looks for a proposal of
+ * another that may have been committed (ag_maybe_committed) and proposes
+ * that one's value instead of its own. Returns 1 when `next` from *start is
+ * accepted by the whole quorum (commit it now), 0 while waiting (plock
+ * held). */
+static int ag_two_phase(mc_comm_t *c, uint8_t *next, uint64_t *start,
+                        int *joins)
+{
+    size_t n = (size_t)c->size;
+    uint8_t *quo = c->ag_tmp;
+    for (int q = 0; q < c->size; q++)
+        quo[q] = next[q] && c->active[q] && q != c->rank;
+    /* 1. a value another coordinator may have committed */
+    for (int p = 0; p < c->size; p++) {
+        const uint8_t *set, *acc;
+        uint64_t st;
+        int from;
+        if (p == c->rank) {
+            if (c->acc_epoch != c->epoch) continue;
+            from = c->acc_from, set = c->acc_set, acc = c->acc_q;
+            st = c->acc_start;
+        } else {
+            if (!quo[p]) continue;
+            from = c->rep_acc_from[p];
+            set = c->rep_acc_maps + (size_t)p * 2 * n;
+            acc = set + n;
+            st = c->rep_acc_start[p];
+        }
+        /* (a proposer that reports to us in this view never committed
+         * it: it would be in the next view) */
+        if (from < 0 || from == c->rank || quo[from] ||
+            !ag_maybe_committed(c, quo, set, acc, st))
+            continue;
+        if (*start != st || memcmp(next, set, n))
+            MC_LOG(MC_LOG_WARN,
+                   "rank %d: view %llu: rank %d's proposal may have been "
+                   "committed: proposing it instead of our own",
+                   c->rank, (unsigned long long)c->epoch, from);
+        memcpy(next, set, n);
+        *start = st;
+        *joins = 0;
+        for (int q = 0; q < c->size; q++)
+            *joins |= next[q] && !c->active[q];
+        break;
+    }
+    /* a view that admits joiners keeps the one phase: its record is
+     * published for the joiners first (join_publish) */
+    if (*joins) return 1;
+    /* 2. propose (again, if anything changed) */
+    quo[c->rank] = 1;
+    if (!c->prop_on || c->prop_start != *start ||
+        memcmp(c->prop_set, next, n) || memcmp(c->prop_q, quo, n)) {
+        c->prop_on = 1;
+        c->prop_pid++;
+        c->prop_start = *start;
+        memcpy(c->prop_set, next, n);
+        memcpy(c->prop_q, quo, n);
+        memset(c->prop_ok, 0, n);
+        memset(c->prop_rno, 0, n * sizeof(*c->prop_rno));
+        /* our own acceptance, which our reports carry if we ever report
+         * to another coordinator in this view */
+        c->acc_from = c->rank;
+        c->acc_pid = c->prop_pid;
+        c->acc_epoch = c->epoch;
+        c->acc_start = *start;
+        c->acc_round = c->ag_round;
+        memcpy(c->acc_set, next, n);
+        memcpy(c->acc_q, quo, n);
+        MC_FAULT_POINT("ag.decide");
+    }
+    int all = 1;
+    for (int q = 0; q < c->size; q++) {
+        if (!c->prop_q[q] || q == c->rank || c->prop_ok[q]) continue;
+        all = 0;
+        /* to the member's latest report (sent again when it reports) */
+        if (c->prop_rno[q] != c->rep_rno[q]) {
+            c->prop_rno[q] = c->rep_rno[q];
+            mc_ctrl_t pr = {.type = CT_PROPOSE,
+                            .coord = c->rank,
+                            .epoch = c->epoch,
+                            .view_start = *start,
+                            .rno = c->rep_rno[q],
+                            .pid = c->prop_pid,
+                            .acc_from = -1};
+            ctrl_send(c, q, &pr, c->prop_set, c->prop_q, NULL);
+        }
+    }
+    if (!all) return 0;
+    MC_FAULT_POINT("ag.commit");
+    return 1;
+}
+
 static int ag_try_decide(mc_comm_t *c)
 {
     size_t n = (size_t)c->size;
@@ -2378,10 +2601,12 @@ static int ag_try_decide(mc_comm_t *c)
             susp = 1;
             dead = 0;
         }
+        if (q != c->rank && dead && c->dead_us[q] < c->ag_start_us)
+            c->dead_us[q] = mc_now_us(); /* first seen in this round */
         if (q != c->rank && dead && !c->p2p_eof[q] &&
             c->in[MC_CH_P2P][q].state != IN_HAVE_HDR &&
             !(c->ft_signals && sig_capable(c, q)) && /* notices: words */
-            mc_now_us() < c->ag_start_us + ag_eof_wait_us(c)) {
+            mc_now_us() < c->dead_us[q] + ag_eof_wait_us(c)) {
             /* its p2p stream may still hold a LEFT notice (or a VIEW) it
              * sent before it died, whoever saw it die: decide once that
              * stream has ended (or is held, and reads nothing more) */
@@ -2522,10 +2747,18 @@ static int ag_try_decide(mc_comm_t *c)
             return 1;
         }
     }
-    if (all_admit) join_publish(c, next, c->epoch + 1, (uint64_t)(maxlast + 1));
+    uint64_t start = (uint64_t)(maxlast + 1);
+    int joins = 0;
+    for (int q = 0; q < c->size; q++)
+        joins |= next[q] && !c->active[q];
+    if (!c->em && !ag_two_phase(c, next, &start, &joins)) {
+        memset(next, 0, n);
+        return 0;
+    }
+    if (all_admit && joins) join_publish(c, next, c->epoch + 1, start);
     c->nv_pending = 1;
     c->nv_epoch = c->epoch + 1;
-    c->nv_start = (uint64_t)(maxlast + 1);
+    c->nv_start = start;
     c->nv_from = c->rank;
     return 1;
 }
@@ -2540,6 +2773,7 @@ static int agree(mc_comm_t *c, uint64_t seq)
     int64_t deadline = t0 + round_us, give_up = t0 + 3 * round_us;
     if (!c->ag_on) {
         c->ag_on = 1;
+        c->ag_round++;
         c->ag_start_us = t0;
         if (!c->nv_pending) ag_send_report(c);
     }
@@ -2590,12 +2824,18 @@ static int agree(mc_comm_t *c, uint64_t seq)
             /* suspect whoever we are still waiting for */
             int coord = ag_coord(c);
             if (coord != c->rank) {
-                c->suspect[coord] = 1;
+                /* not one whose proposal we accepted in this round: it
+                 * may commit it (ag_two_phase); only evidence of its
+                 * death, or the round's end, frees us from it */
+                if (!(c->acc_from == coord && c->acc_epoch == c->epoch &&
+                      c->acc_round == c->ag_round))
+                    c->suspect[coord] = 1;
             } else {
                 for (int q = 0; q < c->size; q++)
                     if (c->active[q] && q != c->rank &&
                         (c->rep_epoch[q] != c->epoch ||
-                         c->rep_coord[q] != c->rank))
+                         c->rep_coord[q] != c->rank ||
+                         (c->prop_on && c->prop_q[q] && !c->prop_ok[q])))
                         c->suspect[q] = 1;
             }
             MC_LOG(MC_LOG_WARN,
@@ -2627,6 +2867,9 @@ static int agree(mc_comm_t *c, uint64_t seq)
         memset(c->suspect, 0, (size_t)c->size);
         c->live_checked = 0;
         c->ag_wake = 0;
+        /* our proposal goes with the round (an accepted one stays:
+         * ag_two_phase) */
+        c->prop_on = 0;
     }
     pthread_mutex_unlock(&c->plock);
     return outcome;
@@ -4859,6 +5102,10 @@ static void run_coll(mc_comm_t *c, mc_request_t *r)
     pthread_mutex_lock(&c->plock);
     op_end(c, r->seq);
     if (st == MC_OK) {
+        /* a proposal for the view after cx->epoch that we accepted was
+         * not committed: whoever commits it leaves that view, and every
+         * op of it needs every member (ag_two_phase) */
+        if (c->acc_epoch == cx->epoch) c->acc_from = -1;
         c->op_valid = 1;
         c->op_epoch = cx->epoch;
         memcpy(c->op_active, c->att_active, (size_t)c->size);
@@ -6165,6 +6412,14 @@ static void comm_free(mc_comm_t *c)
     free(c->rep_coord);
     free(c->rep_last);
     free(c->rep_maps);
+    free(c->rep_acc_maps);
+    free(c->rep_rno);
+    free(c->rep_acc_from);
+    free(c->rep_acc_pid);
+    free(c->rep_acc_start);
+    free(c->prop_rno);
+    free(c->dead_us);
+    free(c->acc_set);
     free(c->sent_view);
     free(c->backup);
     free(c->avg_buf);
@@ -7001,7 +7256,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->jw_nonce = calloc((size_t)size, sizeof(uint64_t));
     c->jw_etcd = calloc(2 * (size_t)size, sizeof(uint64_t));
     c->jw_used = c->jw_etcd ? c->jw_etcd + size : NULL;
-    c->ctrl_len = sizeof(mc_ctrl_t) + 3 * (size_t)size;
+    c->ctrl_len = sizeof(mc_ctrl_t) + 5 * (size_t)size;
     if (c->ft && size > 4096) {
         MC_LOG(MC_LOG_WARN,
                "rank %d: fault tolerance supports up to 4096 "
@@ -7010,6 +7265,28 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         c->ft = 0;
     }
     if (c->ft) c->rep_maps = calloc((size_t)size * 2, (size_t)size);
+    if (c->ft) {
+        c->rep_acc_maps = calloc((size_t)size * 2, (size_t)size);
+        c->rep_rno = calloc((size_t)size, sizeof(uint32_t));
+        c->rep_acc_from = calloc((size_t)size, sizeof(int32_t));
+        c->rep_acc_pid = calloc((size_t)size, sizeof(uint32_t));
+        c->rep_acc_start = calloc((size_t)size, sizeof(uint64_t));
+        c->prop_rno = calloc((size_t)size, sizeof(uint32_t));
+        c->dead_us = calloc((size_t)size, sizeof(int64_t));
+        c->acc_set = calloc(5, (size_t)size);
+        c->acc_q = c->acc_set ? c->acc_set + size : NULL;
+        c->prop_set = c->acc_set ? c->acc_set + 2 * (size_t)size : NULL;
+        c->prop_q = c->acc_set ? c->acc_set + 3 * (size_t)size : NULL;
+        c->prop_ok = c->acc_set ? c->acc_set + 4 * (size_t)size : NULL;
+        c->acc_from = -1;
+        if (!c->rep_acc_maps || !c->rep_rno || !c->rep_acc_from ||
+            !c->rep_acc_pid || !c->rep_acc_start || !c->prop_rno ||
+            !c->dead_us ||
+            !c->acc_set) {
+            free(c->rep_maps);
+            c->rep_maps = NULL; /* reported below */
+        }
+    }
     if (!c->active || !c->op_active || !c->vslots || !c->vof ||
         !c->failed_last || !c->att_active || !c->suspect || !c->nv_active ||
         !c->ag_tmp || !c->rep_epoch || !c->rep_coord || !c->rep_last ||
@@ -7493,6 +7770,8 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
     }
     c->epoch = epoch;
     c->view_changes++;
+    c->prop_on = 0;     /* proposals were for the view before */
+    c->acc_from = -1;
     if (!c->active[c->rank]) c->evicted = 1;
     for (int i = 0; i < nj && !c->evicted; i++)
         if (c->joined_last[i] != c->rank) admit_peer(c, c->joined_last[i]);

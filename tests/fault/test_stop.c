@@ -1175,6 +1175,186 @@ static void heal_pair_shm_2(void **s)
     (void)s, run_heal(MC_TRANSPORT_SHM);
 }
 
+/* Two coordinators, one epoch. 5 ranks; rank 4 dies between two ops, so
+ * the survivors agree on a view without it, with rank 0 coordinating.
+ * Rank 0 stalls for 1.8 s (MOONCAKE_FAULT_INJECT sleep, no progress) at
+ * the point where it has decided (`ag.decide`: its reports are all in) or,
+ * with the two-phase commit, once every member accepted its proposal
+ * (`ag.commit`). With a 1 s operation timeout the members suspect it
+ * meanwhile and turn to rank 1, which may decide without rank 0 (3 of 5).
+ * Whatever happens, no two ranks may hold different active sets for the
+ * same epoch, and every step a rank completes holds the exact sum over the
+ * view it reports; the group goes on (ranks 1-3 complete their steps).
+ * Before the two-phase commit (`ag.decide`): rank 0 woke up and adopted
+ * epoch 2 as {0,1,2,3} while ranks 1-3 held epoch 2 as {1,2,3}. */
+typedef struct {
+    _Atomic int steps[5];
+    uint64_t ep[5][64];
+    uint8_t mask[5][64];
+    uint64_t oep[5][64]; /* the op's view, for a completed step */
+    uint8_t omask[5][64];
+    int32_t st[5][64];
+    _Atomic int wrong;
+} tc_shm_t;
+
+#define TC_STEPS 40
+#define TC_KILL 10
+
+static int tc_rank(int rank, mc_transport_kind_t tr, const char *dir,
+                   const char *inject, tc_shm_t *sh)
+{
+    setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "3000", 1);
+    if (rank == 0) setenv("MOONCAKE_FAULT_INJECT", inject, 1);
+    mc_store_h store;
+    if (mc_store_file_create(dir, &store) != MC_OK)
+        return MC_TFAIL(rank, "store: %s", mc_last_error());
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = tr;
+    cfg.timeout_ms = 1000;
+    cfg.init_timeout_ms = 30000;
+    mc_comm_h comm;
+    mc_status_t st = mc_comm_create(rank, 5, store, &cfg, &comm);
+    mc_store_destroy(store);
+    if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
+    int64_t v[64];
+    for (int s = 0; s < TC_STEPS; s++) {
+        if (rank == 4 && s == TC_KILL) raise(SIGKILL);
+        for (int i = 0; i < 64; i++)
+            v[i] = ((int64_t)1 << rank) * g_of(s, i);
+        st = mc_comm_allreduce(comm, v, v, 64, MC_INT64, MC_SUM);
+        uint64_t ep = 0;
+        uint8_t act[5] = {0};
+        mc_comm_view(comm, &ep, act, NULL);
+        int m = 0;
+        for (int r = 0; r < 5; r++)
+            m |= act[r] ? 1 << r : 0;
+        sh->ep[rank][s] = ep;
+        sh->mask[rank][s] = (uint8_t)m;
+        sh->st[rank][s] = st;
+        if (st == MC_OK) {
+            uint64_t oep = 0;
+            uint8_t oact[5] = {0};
+            mc_comm_op_view(comm, &oep, oact, NULL);
+            int om = 0, bad = 0;
+            for (int r = 0; r < 5; r++)
+                om |= oact[r] ? 1 << r : 0;
+            sh->oep[rank][s] = oep;
+            sh->omask[rank][s] = (uint8_t)om;
+            for (int i = 0; i < 64; i++)
+                bad |= v[i] != om * g_of(s, i);
+            if (bad && atomic_fetch_add(&sh->wrong, 1) < 4)
+                fprintf(stderr, "  rank %d step %d: wrong sum over 0x%x\n",
+                        rank, s, om);
+        }
+        atomic_store(&sh->steps[rank], s + 1);
+        if (st == MC_ERR_EVICTED) break;
+    }
+    mc_comm_destroy(comm);
+    return 0;
+}
+
+static void run_two_coord(mc_transport_kind_t tr, const char *inject,
+                          int evicted)
+{
+    /* etcd membership: the store's compare-and-swap decides the view */
+    if (getenv("MOONCAKE_ETCD_ENDPOINTS")) skip();
+    char *d = mc_test_mkdtemp();
+    assert_non_null(d);
+    tc_shm_t *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(sh != MAP_FAILED);
+    pid_t pid[5];
+    for (int r = 0; r < 5; r++) {
+        pid[r] = fork();
+        assert_true(pid[r] >= 0);
+        if (pid[r] == 0) _exit(tc_rank(r, tr, d, inject, sh));
+    }
+    int64_t t0 = now_ns(), lim = 60ll * 1000000000;
+    int bad_exit = 0;
+    for (int r = 0; r < 5; r++) {
+        int ws = st_reap(pid[r], r, t0, lim);
+        if (r < 4 && (!WIFEXITED(ws) || WEXITSTATUS(ws))) bad_exit++;
+    }
+    /* no two ranks with different sets for one epoch (the views held
+     * after each step and the views of completed steps), and no completed
+     * step over fewer than 3 of the 5 ranks (only rank 4 died) */
+    int split = 0, done = 0, minority = 0;
+    for (int a = 0; a < 4; a++)
+        for (int sa = 0; sa < atomic_load(&sh->steps[a]); sa++)
+            for (int k = 0; k < 2; k++) {
+                uint64_t ea = k ? sh->oep[a][sa] : sh->ep[a][sa];
+                uint8_t ma = k ? sh->omask[a][sa] : sh->mask[a][sa];
+                if (k && sh->st[a][sa] != MC_OK) continue;
+                if (k && __builtin_popcount(ma) < 3 && minority++ < 4)
+                    fprintf(stderr,
+                            "  rank %d completed step %d over 0x%x only\n",
+                            a, sa, ma);
+                for (int b = 0; b < 4; b++)
+                    for (int sb = 0; b != a && sb < atomic_load(&sh->steps[b]);
+                         sb++)
+                        for (int kb = 0; kb < 2; kb++) {
+                            if (kb && sh->st[b][sb] != MC_OK) continue;
+                            uint64_t eb = kb ? sh->oep[b][sb] : sh->ep[b][sb];
+                            uint8_t mb =
+                                kb ? sh->omask[b][sb] : sh->mask[b][sb];
+                            if (ea == eb && ma != mb && split++ < 4)
+                                fprintf(stderr,
+                                        "  epoch %llu: rank %d (step %d) "
+                                        "holds 0x%x, rank %d (step %d) "
+                                        "0x%x\n",
+                                        (unsigned long long)mc_test_epoch_rel(
+                                            ea),
+                                        a, sa, ma, b, sb, mb);
+                        }
+            }
+    for (int r = 1; r < 4; r++)
+        done += sh->st[r][TC_STEPS - 1] == MC_OK &&
+                atomic_load(&sh->steps[r]) == TC_STEPS;
+    int last = atomic_load(&sh->steps[0]) - 1;
+    fprintf(stderr,
+            "  %s: rank 0 ended at step %d with %s in epoch %llu (0x%x); "
+            "ranks 1-3 completed every step: %d of 3; split views: %d; "
+            "steps over a minority: %d; wrong sums: %d\n",
+            inject, last, last >= 0 ? mc_status_str(sh->st[0][last]) : "-",
+            (unsigned long long)mc_test_epoch_rel(last >= 0 ? sh->ep[0][last]
+                                                            : 0),
+            last >= 0 ? sh->mask[0][last] : 0, done, split, minority,
+            atomic_load(&sh->wrong));
+    int wrong = atomic_load(&sh->wrong);
+    /* stalled once it had decided: the others went on without it, so it
+     * is evicted; once every member accepted: they wait for it (it may
+     * commit), and it completes every step with them */
+    int ok0 = evicted ? last >= TC_KILL && sh->st[0][last] == MC_ERR_EVICTED
+                      : last == TC_STEPS - 1 && sh->st[0][last] == MC_OK;
+    munmap(sh, sizeof(*sh));
+    mc_test_rmtree(d);
+    free(d);
+    assert_int_equal(split, 0);
+    assert_int_equal(minority, 0);
+    assert_true(ok0);
+    assert_int_equal(wrong, 0);
+    assert_int_equal(done, 3);
+    assert_int_equal(bad_exit, 0);
+}
+
+static void two_coord_decide_shm_5(void **s)
+{
+    (void)s, run_two_coord(MC_TRANSPORT_SHM, "ag.decide:1:sleep=1800", 1);
+}
+static void two_coord_decide_tcp_5(void **s)
+{
+    (void)s, run_two_coord(MC_TRANSPORT_TCP, "ag.decide:1:sleep=1800", 1);
+}
+static void two_coord_commit_shm_5(void **s)
+{
+    (void)s, run_two_coord(MC_TRANSPORT_SHM, "ag.commit:1:sleep=1800", 0);
+}
+static void two_coord_commit_tcp_5(void **s)
+{
+    (void)s, run_two_coord(MC_TRANSPORT_TCP, "ag.commit:1:sleep=1800", 0);
+}
+
 int main(void)
 {
     srand((unsigned)time(NULL));
@@ -1205,6 +1385,10 @@ int main(void)
         cmocka_unit_test(report_pair_tcp_2),
         cmocka_unit_test(heal_pair_tcp_2),
         cmocka_unit_test(heal_pair_shm_2),
+        cmocka_unit_test(two_coord_decide_shm_5),
+        cmocka_unit_test(two_coord_decide_tcp_5),
+        cmocka_unit_test(two_coord_commit_shm_5),
+        cmocka_unit_test(two_coord_commit_tcp_5),
     };
     /* MC_STOP_ONLY: comma-separated name patterns (fnmatch), e.g.
      * "*slot*,*split*": run only the cases that match one; a pattern that
