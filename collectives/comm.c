@@ -398,7 +398,6 @@ struct mc_comm {
     uint32_t ag_rno;     /* number of our latest report */
     uint32_t *rep_rno;   /* [size] REPORT.rno */
     int32_t *rep_acc_from; /* [size] REPORT.acc_from */
-    uint32_t *rep_acc_pid; /* [size] */
     uint64_t *rep_acc_start; /* [size] */
     uint8_t *rep_acc_maps;   /* [size][2 * size]: set, acceptors */
     int acc_from;        /* the proposal we accepted in acc_epoch: proposer */
@@ -2320,7 +2319,6 @@ static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
         if (c->prop_on && (ct.acc_from != c->rank || ct.pid != c->prop_pid))
             c->prop_ok[from] = 0;
         c->rep_acc_from[from] = ct.acc_from;
-        c->rep_acc_pid[from] = ct.pid;
         c->rep_acc_start[from] = ct.acc_start;
         memcpy(c->rep_acc_maps + (size_t)from * 2 * n, maps + 3 * n, 2 * n);
         /* An admission report says nothing failed: the sender finished the
@@ -6415,7 +6413,6 @@ static void comm_free(mc_comm_t *c)
     free(c->rep_acc_maps);
     free(c->rep_rno);
     free(c->rep_acc_from);
-    free(c->rep_acc_pid);
     free(c->rep_acc_start);
     free(c->prop_rno);
     free(c->dead_us);
@@ -7269,7 +7266,6 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         c->rep_acc_maps = calloc((size_t)size * 2, (size_t)size);
         c->rep_rno = calloc((size_t)size, sizeof(uint32_t));
         c->rep_acc_from = calloc((size_t)size, sizeof(int32_t));
-        c->rep_acc_pid = calloc((size_t)size, sizeof(uint32_t));
         c->rep_acc_start = calloc((size_t)size, sizeof(uint64_t));
         c->prop_rno = calloc((size_t)size, sizeof(uint32_t));
         c->dead_us = calloc((size_t)size, sizeof(int64_t));
@@ -7280,7 +7276,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         c->prop_ok = c->acc_set ? c->acc_set + 4 * (size_t)size : NULL;
         c->acc_from = -1;
         if (!c->rep_acc_maps || !c->rep_rno || !c->rep_acc_from ||
-            !c->rep_acc_pid || !c->rep_acc_start || !c->prop_rno ||
+            !c->rep_acc_start || !c->prop_rno ||
             !c->dead_us ||
             !c->acc_set) {
             free(c->rep_maps);

@@ -48,7 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "reduce.h" /* fp16 conversions */
+#include "collectives/ref.h" /* ref_ulp, fp16 conversions */
 #include "tests_common.h"
 
 #define KT_MAXR 8
@@ -620,19 +620,6 @@ static double f64_in(int r, uint64_t key, size_t i)
            (double)(1 << r);
 }
 
-/* fp16's unit in the last place at magnitude |v|. */
-static double h16_ulp(double v)
-{
-    int e = 0;
-    v = fabs(v);
-    if (v > 0) {
-        (void)frexp(v, &e);
-        e -= 1;
-    }
-    if (v == 0 || e < -14) e = -14;
-    return ldexp(1.0, e - 10);
-}
-
 /* KO_H16's input: integers up to 960 in magnitude, whose sum over 8
  * ranks (7680) fp16 holds exactly; its average by 3 or 7 it does not. */
 static uint16_t h16_in(int r, uint64_t key, size_t i)
@@ -914,10 +901,10 @@ static void step_verify(kt_child_t *c, const kt_op_t *op, uint64_t key, int ip,
                 double x = mc_fp16_to_float(h16_in(r, key, i));
                 ref += x;
                 mag += fabs(x);
-                tol += 0.5 * h16_ulp(x / nact);
+                tol += 0.5 * ref_ulp(MC_FLOAT16, x / nact);
             }
             ref /= nact;
-            tol += 0.5 * (nact - 1) * h16_ulp(mag / nact);
+            tol += 0.5 * (nact - 1) * ref_ulp(MC_FLOAT16, mag / nact);
             double g = mc_fp16_to_float(oh[i]);
             if (!(fabs(g - ref) <= tol * (1 + 1e-6)))
                 KT_BAD(i, oh[i], mc_float_to_fp16((float)ref),

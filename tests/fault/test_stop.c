@@ -1054,17 +1054,8 @@ static int heal_rank(int rank, mc_transport_kind_t tr, const char *dir,
                      heal_shm_t *sh)
 {
     setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "500", 1);
-    mc_store_h store;
-    if (mc_store_file_create(dir, &store) != MC_OK)
-        return MC_TFAIL(rank, "store: %s", mc_last_error());
-    mc_comm_config_t cfg;
-    mc_comm_config_init(&cfg);
-    cfg.transport = tr;
-    cfg.timeout_ms = 3000;
-    cfg.init_timeout_ms = 30000;
     mc_comm_h comm;
-    mc_status_t st = mc_comm_create(rank, 2, store, &cfg, &comm);
-    mc_store_destroy(store);
+    mc_status_t st = open_pair(rank, dir, 3000, tr, &comm);
     if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
     int64_t v[64];
     int run = 0; /* successes in a row */
@@ -1205,17 +1196,8 @@ static int tc_rank(int rank, mc_transport_kind_t tr, const char *dir,
 {
     setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "3000", 1);
     if (rank == 0) setenv("MOONCAKE_FAULT_INJECT", inject, 1);
-    mc_store_h store;
-    if (mc_store_file_create(dir, &store) != MC_OK)
-        return MC_TFAIL(rank, "store: %s", mc_last_error());
-    mc_comm_config_t cfg;
-    mc_comm_config_init(&cfg);
-    cfg.transport = tr;
-    cfg.timeout_ms = 1000;
-    cfg.init_timeout_ms = 30000;
     mc_comm_h comm;
-    mc_status_t st = mc_comm_create(rank, 5, store, &cfg, &comm);
-    mc_store_destroy(store);
+    mc_status_t st = open_group(rank, 5, dir, 1000, tr, &comm);
     if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
     int64_t v[64];
     for (int s = 0; s < TC_STEPS; s++) {
