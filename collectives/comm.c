@@ -4511,9 +4511,9 @@ static mc_status_t avg_prepare(mc_comm_t *c, mc_cctx_t *cx, mc_request_t *r)
                           mc_dtype_name(r->args.dtype), bytes);
         c->avg_cap = bytes;
     }
-    memcpy(c->avg_buf, r->args.sendbuf, bytes);
-    mc_reduce_div(c->avg_buf, bytes / mc_dtype_size(r->args.dtype),
-                  r->args.dtype, (uint64_t)cx->nv);
+    mc_reduce_div_to(c->avg_buf, r->args.sendbuf,
+                     bytes / mc_dtype_size(r->args.dtype), r->args.dtype,
+                     (uint64_t)cx->nv);
     cx->avg_args = r->args;
     cx->avg_args.sendbuf = c->avg_buf;
     cx->avg_args.op = MC_SUM;

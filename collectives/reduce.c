@@ -486,6 +486,34 @@ static atomic_int mc_simd_allowed = 1;
     }
 
 MC_DEF_F16_AVX(mc_f16_sum_avx2, _mm256_add_ps, +)
+
+/* fp16 x / n in place (AVG's division: mc_reduce_div), as the portable
+ * mc_f16_div: exact widening, one binary32 division, RNE narrowing; a NaN
+ * lane becomes sign | 0x7e00 as mc_f2h makes it (vcvtps2ph keeps the
+ * payload). */
+__attribute__((target("avx2,f16c"))) static void
+mc_f16_div_avx2(void *p, const void *q, size_t count, uint64_t n)
+{
+    uint16_t *d = p;
+    const uint16_t *sv = q;
+    const float fn = (float)n;
+    const __m256 vn = _mm256_set1_ps(fn);
+    const __m128i absm = _mm_set1_epi16(0x7fff);
+    const __m128i sgn = _mm_set1_epi16((short)0x8000);
+    const __m128i inf = _mm_set1_epi16(0x7c00);
+    const __m128i qnan = _mm_set1_epi16(0x7e00);
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sv + i)));
+        __m128i h = _mm256_cvtps_ph(_mm256_div_ps(x, vn),
+                                    _MM_FROUND_TO_NEAREST_INT);
+        __m128i nan = _mm_cmpgt_epi16(_mm_and_si128(h, absm), inf);
+        __m128i cn = _mm_or_si128(_mm_and_si128(h, sgn), qnan);
+        _mm_storeu_si128((__m128i *)(d + i), _mm_blendv_epi8(h, cn, nan));
+    }
+    for (; i < count; i++)
+        d[i] = mc_f2h(mc_h2f(sv[i]) / fn);
+}
 MC_DEF_F16_AVX(mc_f16_prod_avx2, _mm256_mul_ps, *)
 MC_DEF_BF16_AVX(mc_bf16_sum_avx2, _mm256_add_ps, +)
 MC_DEF_BF16_AVX(mc_bf16_prod_avx2, _mm256_mul_ps, *)
@@ -660,30 +688,36 @@ void mc_reduce(void *dst, const void *a, const void *b, size_t count,
 /* Signed: divide magnitudes so that any n (even > INT64_MAX) truncates
  * toward zero without overflow. */
 #define MC_DEF_SDIV(W)                                                         \
-    static void mc_s##W##_div(void *p, size_t count, uint64_t n)               \
+    static void mc_s##W##_div(void *p, const void *src, size_t count,          \
+                              uint64_t n)                                      \
     {                                                                          \
-        int##W##_t *restrict d = p;                                            \
+        int##W##_t *d = p;                                                     \
+        const int##W##_t *sv = src;                                            \
         for (size_t i = 0; i < count; i++) {                                   \
-            int64_t x = d[i];                                                  \
+            int64_t x = sv[i];                                                 \
             uint64_t mag = x < 0 ? 0u - (uint64_t)x : (uint64_t)x;             \
             uint64_t q = mag / n;                                              \
             d[i] = (int##W##_t)(x < 0 ? (int64_t)(0u - q) : (int64_t)q);       \
         }                                                                      \
     }
 #define MC_DEF_UDIV(W)                                                         \
-    static void mc_u##W##_div(void *p, size_t count, uint64_t n)               \
+    static void mc_u##W##_div(void *p, const void *q, size_t count,            \
+                              uint64_t n)                                      \
     {                                                                          \
-        uint##W##_t *restrict d = p;                                           \
+        uint##W##_t *d = p;                                                    \
+        const uint##W##_t *sv = q;                                             \
         for (size_t i = 0; i < count; i++)                                     \
-            d[i] = (uint##W##_t)((uint64_t)d[i] / n);                          \
+            d[i] = (uint##W##_t)((uint64_t)sv[i] / n);                         \
     }
 #define MC_DEF_FDIV(tag, T, TOF, FROMF, FT)                                    \
-    static void mc_##tag##_div(void *p, size_t count, uint64_t n)              \
+    static void mc_##tag##_div(void *p, const void *q, size_t count,           \
+                               uint64_t n)                                     \
     {                                                                          \
-        T *restrict d = p;                                                     \
+        T *d = p;                                                              \
+        const T *sv = q;                                                       \
         FT fn = (FT)n;                                                         \
         for (size_t i = 0; i < count; i++)                                     \
-            d[i] = FROMF(TOF(d[i]) / fn);                                      \
+            d[i] = FROMF(TOF(sv[i]) / fn);                                     \
     }
 #define MC_ID(x) (x)
 
@@ -703,14 +737,17 @@ MC_DEF_FDIV(f32, float, MC_ID, MC_ID, float)
 MC_DEF_FDIV(f64, double, MC_ID, MC_ID, double)
 
 /* bool has no AVG (mc_redop_check); defined anyway: (x != 0) / n. */
-static void mc_bool_div(void *p, size_t count, uint64_t n)
+static void mc_bool_div(void *p, const void *q, size_t count, uint64_t n)
 {
     uint8_t *d = p;
+    const uint8_t *sv = q;
     for (size_t i = 0; i < count; i++)
-        d[i] = (uint8_t)(d[i] != 0 && n == 1);
+        d[i] = (uint8_t)(sv[i] != 0 && n == 1);
 }
 
-typedef void (*mc_div_fn)(void *p, size_t count, uint64_t n);
+/* dst[i] = src[i] / n; src may be dst itself */
+typedef void (*mc_div_fn)(void *dst, const void *src, size_t count,
+                          uint64_t n);
 
 static const mc_div_fn mc_divs[MC_DTYPE_COUNT] = {
     [MC_INT8] = mc_s8_div,          [MC_UINT8] = mc_u8_div,
@@ -723,7 +760,28 @@ static const mc_div_fn mc_divs[MC_DTYPE_COUNT] = {
     [MC_FLOAT8_E5M2] = mc_e5m2_div,
 };
 
+/* The run-time selected division kernel (fp16 with AVX2/F16C), or NULL. */
+static mc_div_fn mc_simd_div(mc_dtype_t dtype)
+{
+#if MC_REDUCE_X86
+    if (dtype == MC_FLOAT16 &&
+        atomic_load_explicit(&mc_simd_allowed, memory_order_relaxed) &&
+        mc_cpu_has_avx2_f16c())
+        return mc_f16_div_avx2;
+#endif
+    (void)dtype;
+    return NULL;
+}
+
+static mc_div_fn mc_simd_div(mc_dtype_t dtype);
+
 void mc_reduce_div(void *dst, size_t count, mc_dtype_t dtype, uint64_t n)
+{
+    mc_reduce_div_to(dst, dst, count, dtype, n);
+}
+
+void mc_reduce_div_to(void *dst, const void *src, size_t count,
+                      mc_dtype_t dtype, uint64_t n)
 {
     if ((unsigned)dtype >= MC_DTYPE_COUNT || n == 0) {
         MC_LOG(MC_LOG_ERROR, "mc_reduce_div: invalid dtype %d or divisor %llu",
@@ -732,9 +790,10 @@ void mc_reduce_div(void *dst, size_t count, mc_dtype_t dtype, uint64_t n)
     }
     if (count == 0) return;
     size_t es = mc_dtype_size(dtype);
-    mc_div_fn fn = mc_divs[dtype];
-    if (((uintptr_t)dst & (es - 1)) == 0) {
-        fn(dst, count, n);
+    mc_div_fn fn = mc_simd_div(dtype);
+    if (!fn) fn = mc_divs[dtype];
+    if ((((uintptr_t)dst | (uintptr_t)src) & (es - 1)) == 0) {
+        fn(dst, src, count, n);
         return;
     }
     _Alignas(64) unsigned char t[MC_STAGE_BYTES];
@@ -742,8 +801,8 @@ void mc_reduce_div(void *dst, size_t count, mc_dtype_t dtype, uint64_t n)
     for (size_t off = 0; off < count; off += per) {
         size_t m = count - off < per ? count - off : per;
         unsigned char *p = (unsigned char *)dst + off * es;
-        memcpy(t, p, m * es);
-        fn(t, m, n);
+        memcpy(t, (const unsigned char *)src + off * es, m * es);
+        fn(t, t, m, n);
         memcpy(p, t, m * es);
     }
 }

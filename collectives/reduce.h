@@ -31,6 +31,9 @@ void mc_reduce(void *dst, const void *a, const void *b, size_t count,
 /* dst[i] = dst[i] / n (AVG finalisation; integers truncate toward zero,
  * floats divide in binary32/64 and round once). n >= 1. */
 void mc_reduce_div(void *dst, size_t count, mc_dtype_t dtype, uint64_t n);
+/* The same into dst from src (src may be dst): dst[i] = src[i] / n. */
+void mc_reduce_div_to(void *dst, const void *src, size_t count,
+                      mc_dtype_t dtype, uint64_t n);
 
 /* memcpy with streaming (non-temporal) stores where the CPU has them: for
  * large copies whose destination is not read again soon, so they neither

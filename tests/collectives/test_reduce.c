@@ -747,6 +747,57 @@ static void test_simd_matches_portable(void **state)
 
 /* ------------------------------------------------------------------------ */
 /* AVG finalisation                                                         */
+/* AVG's fp16 division (mc_reduce_div, and mc_reduce_div_to into another
+ * buffer): the AVX2/F16C kernel gives the portable kernel's bits for every
+ * one of the 65536 fp16 values (NaNs of either sign and any payload,
+ * infinities, subnormals), for several n, on lengths that leave a scalar
+ * tail, from an aligned source and a misaligned one. */
+static void test_div_simd_matches_portable(void **state)
+{
+    (void)state;
+    const size_t N = 65536 + 5;
+    uint16_t *x = xmalloc(N * 2), *p1 = xmalloc(N * 2), *p2 = xmalloc(N * 2);
+    uint16_t *p3 = xmalloc(N * 2);
+    unsigned char *mis = xmalloc(N * 2 + 1);
+    for (size_t i = 0; i < N; i++)
+        x[i] = (uint16_t)(i * 40503u); /* every value once, shuffled */
+    const uint64_t ns[] = {1, 2, 3, 5, 7, 8, 1000, 65537};
+    for (size_t k = 0; k < sizeof(ns) / sizeof(ns[0]); k++) {
+        const size_t len[2] = {N, N - 3};
+        for (int l = 0; l < 2; l++) {
+            memcpy(p1, x, N * 2);
+            memcpy(p2, x, N * 2);
+            int prev = mc_reduce_simd_enable(0);
+            mc_reduce_div(p1, len[l], MC_FLOAT16, ns[k]);
+            mc_reduce_simd_enable(1);
+            mc_reduce_div(p2, len[l], MC_FLOAT16, ns[k]);
+            mc_reduce_simd_enable(prev);
+            for (size_t i = 0; i < N; i++)
+                if (p1[i] != p2[i])
+                    fail_msg("fp16 / %llu, x=0x%04x: portable 0x%04x, simd "
+                             "0x%04x",
+                             (unsigned long long)ns[k], x[i], p1[i], p2[i]);
+            /* into another buffer (avg_prepare), aligned and not */
+            memset(p2, 0, N * 2);
+            mc_reduce_div_to(p2, x, len[l], MC_FLOAT16, ns[k]);
+            memcpy(mis + 1, x, N * 2);
+            memset(p3, 0, N * 2);
+            mc_reduce_div_to(p3, mis + 1, len[l], MC_FLOAT16, ns[k]);
+            for (size_t i = 0; i < len[l]; i++)
+                if (p1[i] != p2[i] || p1[i] != p3[i])
+                    fail_msg("fp16 / %llu into a buffer, x=0x%04x: 0x%04x, "
+                             "0x%04x (misaligned source), want 0x%04x",
+                             (unsigned long long)ns[k], x[i], p2[i], p3[i],
+                             p1[i]);
+        }
+    }
+    free(x);
+    free(p1);
+    free(p2);
+    free(p3);
+    free(mis);
+}
+
 /* ------------------------------------------------------------------------ */
 
 static void test_reduce_div(void **state)
@@ -931,6 +982,7 @@ int main(void)
         cmocka_unit_test(test_fp8_all_pairs),
         cmocka_unit_test(test_simd_matches_portable),
         cmocka_unit_test(test_reduce_div),
+        cmocka_unit_test(test_div_simd_matches_portable),
         cmocka_unit_test(test_avg_end_to_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
