@@ -406,6 +406,8 @@ struct mc_comm {
     uint8_t *acc_set;    /* [size] its active slots */
     uint8_t *acc_q;      /* [size] the ranks asked to accept it */
     int prop_on;         /* coordinator: a proposal of ours is out */
+    int prop_carried;    /* its value is another coordinator's */
+    int64_t acc_us;      /* when we accepted (the lock lasts a round) */
     uint32_t prop_pid;
     uint64_t prop_start;
     uint8_t *prop_set;   /* [size] */
@@ -2318,7 +2320,8 @@ static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
          * since: the report follows its ACCEPT on the same stream) */
         if (c->prop_on && (ct.acc_from != c->rank || ct.pid != c->prop_pid))
             c->prop_ok[from] = 0;
-        c->rep_acc_from[from] = ct.acc_from;
+        c->rep_acc_from[from] =
+            ct.acc_from >= 0 && ct.acc_from < c->size ? ct.acc_from : -1;
         c->rep_acc_start[from] = ct.acc_start;
         memcpy(c->rep_acc_maps + (size_t)from * 2 * n, maps + 3 * n, 2 * n);
         /* An admission report says nothing failed: the sender finished the
@@ -2341,7 +2344,9 @@ static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
     case CT_PROPOSE:
         /* Accept a decision only from the coordinator this rank reports
          * to, resting on its latest report (nothing it said changed since;
-         * also after its own round ended, as a VIEW would be taken then):
+         * also after its own round ended, as a VIEW would be taken then,
+         * but not while an op of ours runs: it may complete in this view,
+         * which drops what we accepted, run_coll):
          * it then stays with that coordinator for this round (agree: its
          * deadline no longer moves it on; evidence of its death, or its
          * silence past the liveness timeout, still do), and its reports
@@ -2349,12 +2354,14 @@ static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
          * can tell whether this one may have been committed
          * (ag_two_phase). */
         if (ct.epoch == c->epoch && !c->em && !c->nv_pending &&
-            from != c->rank && ag_coord(c) == from && ct.rno == c->ag_rno) {
+            !(c->cx_active && !c->ag_on) && from != c->rank &&
+            ag_coord(c) == from && ct.rno == c->ag_rno) {
             c->acc_from = from;
             c->acc_pid = ct.pid;
             c->acc_epoch = c->epoch;
             c->acc_start = ct.view_start;
             c->acc_round = c->ag_round;
+            c->acc_us = mc_now_us();
             memcpy(c->acc_set, maps, n);
             memcpy(c->acc_q, maps + n, n);
             mc_ctrl_t a = {.type = CT_ACCEPT,
@@ -2376,6 +2383,11 @@ static void handle_ctrl(mc_comm_t *c, int from, const uint8_t *body)
             c->ag_noq = 1;
             ag_interrupt(c, from);
         }
+        /* its proposal of its own value can never be committed now (a
+         * carried one, pid 0 here, stays: another may have committed it) */
+        if (ct.epoch == c->epoch && ct.pid && c->acc_from == from &&
+            c->acc_pid == ct.pid)
+            c->acc_from = -1;
         return;
     default:
         MC_LOG(MC_LOG_WARN, "rank %d: unknown control message %u from %d",
@@ -2497,6 +2509,7 @@ static int ag_two_phase(mc_comm_t *c, uint8_t *next, uint64_t *start,
     for (int q = 0; q < c->size; q++)
         quo[q] = next[q] && c->active[q] && q != c->rank;
     /* 1. a value another coordinator may have committed */
+    int carried = 0;
     for (int p = 0; p < c->size; p++) {
         const uint8_t *set, *acc;
         uint64_t st;
@@ -2524,19 +2537,21 @@ static int ag_two_phase(mc_comm_t *c, uint8_t *next, uint64_t *start,
                    c->rank, (unsigned long long)c->epoch, from);
         memcpy(next, set, n);
         *start = st;
+        carried = 1;
         *joins = 0;
         for (int q = 0; q < c->size; q++)
             *joins |= next[q] && !c->active[q];
         break;
     }
-    /* a view that admits joiners keeps the one phase: its record is
-     * published for the joiners first (join_publish) */
-    if (*joins) return 1;
+    /* (a view that admits joiners goes through both phases too: its
+     * record is published for the joiners once the members accepted it,
+     * at the commit, join_publish) */
     /* 2. propose (again, if anything changed) */
     quo[c->rank] = 1;
     if (!c->prop_on || c->prop_start != *start ||
         memcmp(c->prop_set, next, n) || memcmp(c->prop_q, quo, n)) {
         c->prop_on = 1;
+        c->prop_carried = carried;
         c->prop_pid++;
         c->prop_start = *start;
         memcpy(c->prop_set, next, n);
@@ -2640,7 +2655,8 @@ static int ag_try_decide(mc_comm_t *c)
         mc_ctrl_t q = {.type = CT_NOQUORUM,
                        .coord = c->rank,
                        .epoch = c->epoch,
-                       .view_start = c->view_start};
+                       .view_start = c->view_start,
+                       .pid = c->prop_on && !c->prop_carried ? c->prop_pid : 0};
         /* to every rank waiting for this decision: a suspect whose
          * report names us too (it would wait for its own deadline, a whole
          * operation timeout, or for good with none) */
@@ -2826,14 +2842,16 @@ static int agree(mc_comm_t *c, uint64_t seq)
                  * may commit it (ag_two_phase); only evidence of its
                  * death, or the round's end, frees us from it */
                 if (!(c->acc_from == coord && c->acc_epoch == c->epoch &&
-                      c->acc_round == c->ag_round))
+                      c->acc_round == c->ag_round &&
+                      now < c->acc_us + round_us))
                     c->suspect[coord] = 1;
             } else {
                 for (int q = 0; q < c->size; q++)
                     if (c->active[q] && q != c->rank &&
                         (c->rep_epoch[q] != c->epoch ||
                          c->rep_coord[q] != c->rank ||
-                         (c->prop_on && c->prop_q[q] && !c->prop_ok[q])))
+                         (c->prop_on && c->prop_q[q] && !c->prop_ok[q] &&
+                          c->prop_rno[q] == c->rep_rno[q])))
                         c->suspect[q] = 1;
             }
             MC_LOG(MC_LOG_WARN,
@@ -2866,7 +2884,11 @@ static int agree(mc_comm_t *c, uint64_t seq)
         c->live_checked = 0;
         c->ag_wake = 0;
         /* our proposal goes with the round (an accepted one stays:
-         * ag_two_phase) */
+         * ag_two_phase), and so does our own acceptance of it unless its
+         * value was another's */
+        if (c->prop_on && !c->prop_carried && c->acc_from == c->rank &&
+            c->acc_pid == c->prop_pid)
+            c->acc_from = -1;
         c->prop_on = 0;
     }
     pthread_mutex_unlock(&c->plock);
