@@ -30,8 +30,48 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* The lowest port of the kernel's ephemeral range (the source ports of
+ * outgoing connections), or 32768. */
+static int ephemeral_low(void)
+{
+    int lo = 32768, hi;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        if (fscanf(f, "%d %d", &lo, &hi) != 2) lo = 32768;
+        fclose(f);
+    }
+    return lo;
+}
+
+static int port_bindable(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return 0;
+    int one = 1; /* a port in TIME_WAIT is free for a listener */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+/* A port below the ephemeral range: a port the kernel handed out from
+ * that range and that was closed again can be taken by any outgoing
+ * connection (an etcd member dialing its peers, a rank) before the
+ * server it was meant for binds it; one below the range cannot. */
 int free_port(void)
 {
+    static unsigned seed;
+    if (!seed) seed = (unsigned)getpid() ^ (unsigned)(now_s() * 1e6);
+    int lo = 20000, hi = ephemeral_low();
+    if (hi - lo < 1000) lo = 1024;
+    for (int t = 0; t < 200 && hi - lo >= 1000; t++) {
+        int p = lo + (int)(rand_r(&seed) % (unsigned)(hi - lo));
+        if (port_bindable(p)) return p;
+    }
+    /* no room below the range: any free port */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -69,10 +109,12 @@ void start_member(cluster_t *k, int i)
          * its etcd members with it */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) _exit(127);
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) {
-            dup2(devnull, 1);
-            dup2(devnull, 2);
+        char log[600];
+        snprintf(log, sizeof(log), "%s.log", data);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
         }
         execl(etcd_bin(), "etcd", "--name", name, "--data-dir", data,
               "--listen-client-urls", curl, "--advertise-client-urls", curl,
@@ -86,18 +128,56 @@ void start_member(cluster_t *k, int i)
     k->pid[i] = p;
 }
 
-void member_wait(cluster_t *k, int i, double s)
+/* Print the tail of member i's log (its stderr). */
+static void member_log(cluster_t *k, int i)
+{
+    char log[600], line[512];
+    snprintf(log, sizeof(log), "%s/m%d.log", k->dir, i);
+    FILE *f = fopen(log, "r");
+    if (!f) return;
+    char tail[8][512];
+    int n = 0;
+    while (fgets(line, sizeof(line), f))
+        snprintf(tail[n++ % 8], sizeof(tail[0]), "%s", line);
+    fclose(f);
+    for (int j = n > 8 ? n - 8 : 0; j < n; j++)
+        printf("    m%d: %s", i, tail[j % 8]);
+}
+
+/* 0 once a put through member i succeeded, -1 when it exited or did not
+ * answer within s seconds (its log printed). */
+static int member_ready(cluster_t *k, int i, double s)
 {
     char ep[64];
     snprintf(ep, sizeof(ep), "%s:%d", k->ip, k->cport[i]);
     mc_etcd_t *e;
     assert_int_equal(mc_etcd_open(ep, 500, &e), MC_OK);
     double t0 = now_s();
+    int rc = 0;
     while (mc_etcd_put(e, "ready", "1", 1, 0, NULL) != MC_OK) {
-        if (now_s() - t0 > s) fail_msg("etcd member %d did not start", i);
+        int st;
+        if (k->pid[i] > 0 && waitpid(k->pid[i], &st, WNOHANG) == k->pid[i]) {
+            printf("  etcd member %d exited (status 0x%x)\n", i, st);
+            k->pid[i] = 0;
+            rc = -1;
+            break;
+        }
+        if (now_s() - t0 > s) {
+            printf("  etcd member %d did not answer in %.0f s\n", i, s);
+            rc = -1;
+            break;
+        }
         usleep(10000);
     }
     mc_etcd_close(e);
+    if (rc) member_log(k, i);
+    return rc;
+}
+
+void member_wait(cluster_t *k, int i, double s)
+{
+    if (member_ready(k, i, s) != 0)
+        fail_msg("etcd member %d did not start", i);
 }
 
 /* Clusters still running, stopped at exit: a failed assertion leaves
@@ -137,26 +217,43 @@ cluster_t *cluster_start_on(int n, const char *ip)
     k->dir = mc_test_mkdtemp();
     live_add(k);
     snprintf(k->ip, sizeof(k->ip), "%s", ip ? ip : "127.0.0.1");
-    size_t off = 0, eoff = 0;
-    for (int i = 0; i < n; i++) {
-        k->cport[i] = free_port();
-        k->pport[i] = free_port();
-        off += (size_t)snprintf(k->initial + off, sizeof(k->initial) - off,
-                                "%sm%d=http://%s:%d", i ? "," : "", i, k->ip,
-                                k->pport[i]);
-        eoff += (size_t)snprintf(k->endpoints + eoff,
-                                 sizeof(k->endpoints) - eoff,
-                                 "%shttp://%s:%d", i ? "," : "", k->ip,
-                                 k->cport[i]);
+    /* A member that cannot bind its ports exits; one that never answers
+     * is stuck. Either way the whole cluster starts again on new ports
+     * and fresh data dirs (a member's data names its peers). */
+    for (int attempt = 1;; attempt++) {
+        size_t off = 0, eoff = 0;
+        for (int i = 0; i < n; i++) {
+            k->cport[i] = free_port();
+            k->pport[i] = free_port();
+            off += (size_t)snprintf(k->initial + off,
+                                    sizeof(k->initial) - off,
+                                    "%sm%d=http://%s:%d", i ? "," : "", i,
+                                    k->ip, k->pport[i]);
+            eoff += (size_t)snprintf(k->endpoints + eoff,
+                                     sizeof(k->endpoints) - eoff,
+                                     "%shttp://%s:%d", i ? "," : "", k->ip,
+                                     k->cport[i]);
+        }
+        for (int i = 0; i < n; i++)
+            start_member(k, i);
+        double t0 = now_s();
+        int ok = 1;
+        for (int i = 0; i < n && ok; i++)
+            ok = member_ready(k, i, 20) == 0;
+        if (ok) {
+            printf("  etcd: %d member(s) up on %s in %.0f ms\n", n, k->ip,
+                   (now_s() - t0) * 1e3);
+            return k;
+        }
+        if (attempt == 3) fail_msg("etcd did not start (3 attempts)");
+        printf("  etcd: starting the cluster again (attempt %d)\n",
+               attempt + 1);
+        for (int i = 0; i < n; i++)
+            member_kill(k, i);
+        mc_test_rmtree(k->dir);
+        free(k->dir);
+        k->dir = mc_test_mkdtemp();
     }
-    for (int i = 0; i < n; i++)
-        start_member(k, i);
-    double t0 = now_s();
-    for (int i = 0; i < n; i++)
-        member_wait(k, i, 20);
-    printf("  etcd: %d member(s) up on %s in %.0f ms\n", n, k->ip,
-           (now_s() - t0) * 1e3);
-    return k;
 }
 
 cluster_t *cluster_start(int n)
