@@ -200,6 +200,8 @@ struct mc_request {
     mc_comm_t *comm;
     int kind;
     int refs; /* user + engine */
+    uint64_t removed_epoch; /* a send whose peer a view removed (that
+                               view's epoch): released, see view_adopt */
     int p2p_counted; /* a send counted in comm->p2p_sending, and on
                         comm->sends (s_prev/s_next; plock) */
     volatile int done;
@@ -1089,7 +1091,12 @@ static void precv_unlink(mc_comm_t *c, mc_request_t *prev, mc_request_t *r)
 static void p2p_match(mc_comm_t *c, mc_in_t *in)
 {
     mc_hdr_t *h = &in->hdr;
-    mc_request_t *prev = NULL, *r = c->precv_head;
+    /* A sender the view removed that is not dead (stopped, say) may never
+     * send the rest: its message never goes straight into a caller's
+     * buffer, only into an engine buffer (a receive claims it whole, or
+     * fails: mc_comm_irecv), or it is held */
+    int gone = !c->active[in->peer] && !c->peer_dead[in->peer];
+    mc_request_t *prev = NULL, *r = gone ? NULL : c->precv_head;
     while (r && !((r->peer == MC_ANY_SOURCE || r->peer == in->peer) &&
                   r->tag == h->tag)) {
         prev = r;
@@ -1170,6 +1177,20 @@ static void p2p_peer_failed(mc_comm_t *c, int peer)
     if (pin->p2p_req) {
         mc_request_t *q = pin->p2p_req;
         pin->p2p_req = NULL;
+        /* Its payload transfer may still be posted (this rank counts the
+         * peer dead while the transport still reads its p2p stream, e.g.
+         * after a protocol error on the collective stream): the rest goes
+         * to the transport's sink, never into the caller's buffer, and the
+         * stream ends there (the transfer fails: in_event). */
+        int t = c->peer_tl[peer];
+        if (pin->state == IN_PAYLOAD && pin->px.status == MC_INPROGRESS &&
+            t >= 0 && c->tlops[t]->release_recv &&
+            c->tlops[t]->release_recv(c->tl[t], peer, MC_CH_P2P, &pin->px,
+                                      MC_ERR_PEER_FAILED) < 0)
+            MC_LOG(MC_LOG_WARN,
+                   "rank %d: a receive from rank %d could not be released "
+                   "(%s): the transport may still write its buffer",
+                   c->rank, peer, mc_last_error());
         req_complete(q, MC_ERR_PEER_FAILED, "recv: peer failed mid-message");
     }
     /* a receive that took an unexpected message still arriving: it fails
@@ -1187,9 +1208,10 @@ static void p2p_peer_failed(mc_comm_t *c, int peer)
 /* A receive still unmatched at the operation timeout fails with
  * MC_ERR_TIMEOUT (guarantee 1: a live peer that never sends does not hold
  * the caller for good). One already matched keeps going: its message is
- * arriving, and a failing sender ends it. A message that comes later is
- * kept for the next matching receive. (A send has no such end: its buffer
- * stays with the transport until the peer reads it or fails.) plock. */
+ * arriving, and a failing sender ends it, or the view that removes the
+ * sender (view_adopt). A message that comes later is kept for the next
+ * matching receive. (A send has no such end: its buffer stays with the
+ * transport until the peer reads it, fails or is removed.) plock. */
 static void p2p_recv_expire(mc_comm_t *c, mc_request_t *r)
 {
     mc_request_t *prev = NULL, *q = c->precv_head;
@@ -6102,7 +6124,12 @@ static void p2p_send_event(mc_ev_t *ev)
                                       : (mc_status_t)r->px.status;
     if (r->p2p_counted) p2p_send_unlink(r->comm, r);
     char msg[128] = "";
-    if (st < 0)
+    if (st < 0 && r->removed_epoch)
+        snprintf(msg, sizeof(msg),
+                 "send to rank %d: it was removed from the view (epoch "
+                 "%llu) before it took the message",
+                 r->peer, (unsigned long long)r->removed_epoch);
+    else if (st < 0)
         snprintf(msg, sizeof(msg), "send to rank %d failed: %s", r->peer,
                  mc_status_str(st));
     req_complete(r, st, msg);
@@ -6244,12 +6271,20 @@ mc_status_t mc_comm_irecv(mc_comm_h c, void *buf, size_t n, mc_dtype_t dt,
             free(u->data);
             free(u);
             req_complete(r, MC_OK, NULL);
-        } else if (c->p2p_dead[u->src]) {
-            /* its sender failed mid-message: the rest never comes */
+        } else if (c->p2p_dead[u->src] ||
+                   (!c->active[u->src] && !c->peer_dead[u->src])) {
+            /* its sender failed mid-message, or was removed from the view
+             * (alive, maybe stopped): the rest may never come */
             u->drop = 1;
-            char msg[128];
-            snprintf(msg, sizeof(msg),
-                     "recv from rank %d: peer failed mid-message", u->src);
+            char msg[160];
+            if (c->p2p_dead[u->src])
+                snprintf(msg, sizeof(msg),
+                         "recv from rank %d: peer failed mid-message", u->src);
+            else
+                snprintf(msg, sizeof(msg),
+                         "recv from rank %d: it was removed from the view "
+                         "(epoch %llu) while its message was arriving",
+                         u->src, (unsigned long long)c->epoch);
             req_complete(r, MC_ERR_PEER_FAILED, msg);
         } else {
             u->claimed = r; /* copied when its payload completes */
@@ -7765,7 +7800,7 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
         mc_live_forget(c->live, c->failed_last[i]);
     /* receives waiting for a message from a removed rank fail (the fault
      * model: send/recv with an inactive peer fail); one already taking a
-     * message goes on (the transport holds its buffer) */
+     * message is released below */
     for (mc_request_t *prev = NULL, *r = c->precv_head; r;) {
         mc_request_t *next = r->next;
         /* (a dead rank's p2p stream ends on its own, after the messages
@@ -7785,6 +7820,75 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
             prev = r;
         }
         r = next;
+    }
+    /* and so do sends to it still under way: the transport stops reading
+     * their buffers (a stopped rank would hold them forever). A message
+     * none of which went leaves unsent; one partly written goes on from
+     * the transport's copy, so that a removed process that resumes reads
+     * whole messages and then the view that evicts it. (A dead rank's
+     * the transport fails anyway; one the engine alone counts dead, e.g.
+     * after a protocol error, may be alive and not reading.) */
+    for (mc_request_t *r = c->sends; r; r = r->s_next) {
+        int q = r->peer, t = c->peer_tl[q];
+        if (active[q] || t < 0 || !c->tlops[t]->release_send) continue;
+        /* every byte written, its completion not yet seen: it went */
+        if (r->hx.off >= r->hx.len && r->px.off >= r->px.len) continue;
+        int h = 0, p = 0; /* header: 1 dropped, 0 kept or done, < 0 */
+        if (r->hx.status == MC_INPROGRESS)
+            h = c->tlops[t]->release_send(c->tl[t], q, MC_CH_P2P, &r->hx, 1,
+                                          MC_ERR_PEER_FAILED);
+        if (h >= 0 && r->px.status == MC_INPROGRESS)
+            p = c->tlops[t]->release_send(c->tl[t], q, MC_CH_P2P, &r->px,
+                                          h == 1, MC_ERR_PEER_FAILED);
+        if (h < 0 || p < 0)
+            /* (out of memory for the copy) it waits as before */
+            MC_LOG(MC_LOG_WARN,
+                   "rank %d: a send to rank %d, removed from the view, "
+                   "could not be released (%s): it waits for that rank",
+                   c->rank, q, mc_status_str(h < 0 ? h : p));
+        else
+            r->removed_epoch = epoch;
+    }
+    /* Receives already taking a message from a removed rank that is not
+     * dead (a dead one's stream ends on its own, p2p_peer_failed): the
+     * rest of the message goes to the transport's sink (release_recv)
+     * and the stream is read on from there; one whose message arrives in
+     * an engine buffer drops that buffer when it is in. */
+    for (int q = 0; q < c->size; q++) {
+        if (q == c->rank || active[q] || c->peer_dead[q] || c->peer_tl[q] < 0)
+            continue;
+        int t = c->peer_tl[q];
+        mc_in_t *pin = &c->in[MC_CH_P2P][q];
+        mc_request_t *rq = NULL;
+        if (pin->p2p_req && pin->state == IN_PAYLOAD &&
+            pin->px.status == MC_INPROGRESS &&
+            pin->px.off < pin->px.len && /* else it is all in */
+            c->tlops[t]->release_recv) {
+            int rc = c->tlops[t]->release_recv(c->tl[t], q, MC_CH_P2P,
+                                               &pin->px, MC_OK);
+            if (rc == 0) {
+                rq = pin->p2p_req;
+                pin->p2p_req = NULL; /* its payload event: on to a header */
+            } else {
+                MC_LOG(MC_LOG_WARN,
+                       "rank %d: a receive from rank %d, removed from the "
+                       "view, could not be released (%s): it waits for "
+                       "that rank",
+                       c->rank, q, mc_status_str(rc));
+            }
+        } else if (pin->p2p_unexp && pin->p2p_unexp->claimed) {
+            rq = pin->p2p_unexp->claimed;
+            pin->p2p_unexp->claimed = NULL;
+            pin->p2p_unexp->drop = 1;
+        }
+        if (rq) {
+            char msg[160];
+            snprintf(msg, sizeof(msg),
+                     "recv from rank %d: it was removed from the view (epoch "
+                     "%llu) while its message was arriving",
+                     q, (unsigned long long)epoch);
+            req_complete(rq, MC_ERR_PEER_FAILED, msg);
+        }
     }
     c->epoch = epoch;
     c->view_changes++;

@@ -223,6 +223,31 @@ typedef struct mc_tl_ops {
     mc_status_t (*sent_held)(mc_tl_t *tl, int peer, int ch);
     mc_status_t (*ack_now)(mc_tl_t *tl, int peer, int ch);
 
+    /* Give up a posted send (the engine removed `peer` from its view while
+     * x still waited: the fault model fails sends to an inactive peer, and
+     * a stopped peer would hold x's buffer forever). When this returns, x
+     * has completed with `st` (its callback ran) and the transport never
+     * reads x->buf again. With `drop` set and no byte of x gone, x leaves
+     * the stream unsent; otherwise the bytes of x not yet written still
+     * go, from a copy the transport owns, so the stream stays as posted (a
+     * removed process that resumes reads whole messages, then what
+     * follows, e.g. the view that evicts it). The engine releases a
+     * message's header with `drop` and its payload with `drop` only if the
+     * header was dropped. Returns 1 if x was dropped, 0 if not,
+     * MC_ERR_INVALID_ARG if x is not a send posted on (peer, ch),
+     * MC_ERR_NO_MEMORY (x stays posted). Not from inside a completion
+     * callback. */
+    int (*release_send)(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
+                        int drop, mc_status_t st);
+    /* The same for a posted receive (the engine gave up a receive whose
+     * payload was arriving from a peer it removed): x completes with `st`
+     * now and the transport never writes x->buf again; the bytes x still
+     * expected are read into a sink the transport owns and discarded, so
+     * what follows on the stream is read as posted after x. Returns 0,
+     * MC_ERR_INVALID_ARG or MC_ERR_NO_MEMORY (x stays posted). */
+    int (*release_recv)(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
+                        mc_status_t st);
+
     /* One-sided, registered memory (verbs, cuda). */
     mc_status_t (*mem_reg)(mc_tl_t *tl, void *addr, size_t len, mc_mr_t **mr_p);
     mc_status_t (*mem_dereg)(mc_tl_t *tl, mc_mr_t *mr);
@@ -246,6 +271,26 @@ mc_status_t mc_tl_stub_add_peer(mc_tl_t *tl, int peer, uint64_t incarnation,
 mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src, mc_mr_t *lmr,
                            uint64_t raddr, uint64_t rkey, size_t len,
                            mc_xfer_t *x);
+
+/* The copies a transport owns (the rests of released sends), so that
+ * destroy frees them without walking its queues, whose other transfers
+ * belong to the engine and may be freed already. Zero-initialised. */
+typedef struct mc_tl_owned {
+    struct mc_xfer_copy *head;
+} mc_tl_owned_t;
+
+/* Shared by the transports' release_send/release_recv: take x out of the
+ * FIFO list (*head, *tail) as described there, putting in its place a
+ * copy of its unsent bytes (send) or a sink for the bytes it still
+ * expects (receive), registered in `own` (it unregisters and frees itself
+ * when it completes), unless a send is dropped; then complete x with st
+ * (status last, then its callback). Returns 1 dropped, 0 kept, or an
+ * error. */
+int mc_tl_q_release(mc_tl_owned_t *own, mc_xfer_t **head, mc_xfer_t **tail,
+                    mc_xfer_t *x, int is_send, int drop, mc_status_t st);
+/* Free the copies still registered in `own` (destroy: wherever they are
+ * queued, nothing moves them any more). */
+void mc_tl_owned_free(mc_tl_owned_t *own);
 
 /* The transports compiled in (see transport.c for the table). */
 extern const mc_tl_ops_t mc_tl_tcp_ops;

@@ -590,8 +590,12 @@ mc_status_t mc_comm_barrier(mc_comm_h comm);
  * matched by the communicator's operation timeout fails with
  * MC_ERR_TIMEOUT when it is waited for (mc_comm_recv, mc_request_wait); a
  * message that comes later waits for the next matching receive. A send has
- * no such timeout: it ends when the peer has taken the message or has
- * failed, since until then the transport reads its buffer.
+ * no such timeout: it ends when the peer has taken the message, has failed,
+ * or is removed from the view (MC_ERR_PEER_FAILED, e.g. a stopped rank the
+ * heartbeat found: the buffer is free again then; a message partly on its
+ * way goes on from the engine's copy, one not started is not sent). The
+ * same view change fails receives from that rank, also one whose message
+ * was arriving (the rest is read and discarded, never into its buffer).
  */
 #define MC_ANY_SOURCE (-1)
 

@@ -1340,6 +1340,377 @@ static void two_coord_commit_tcp_5(void **s)
     (void)s, run_two_coord(MC_TRANSPORT_TCP, "ag.commit:1:sleep=1800", 0);
 }
 
+/* A send to a stopped rank ends with the view that removes it (the fault
+ * model: a send to an inactive peer fails with a peer-failed error).
+ * 3 ranks; rank 2 posts a receive of rank 0's 16 MiB message (more than
+ * the p2p ring or the socket buffers hold) and stops itself before any of
+ * it came; only then does rank 0 send it. Ranks 0 and 1 run allreduces
+ * until the heartbeat removes rank 2; rank 0's send must then fail with
+ * MC_ERR_PEER_FAILED, and rank 0 overwrites and frees the buffer at once.
+ * Before, the send waited forever for the stopped rank (its buffer still
+ * read by the transport). Resumed, rank 2 reads what the stream holds:
+ * its receive must complete with the whole message, exact (the transport
+ * sent the rest from its own copy, not from the freed buffer, which ASan
+ * would also catch), and its next call is evicted. A second,
+ * small message queued behind it leaves unsent (its send fails too):
+ * rank 2 must not receive it, and its stream must stay whole for the
+ * view that evicts it. send_stopped_left_*: rank 2 is never resumed
+ * (ranks 0 and 1 destroy their communicators, then it is killed), so
+ * rank 0's transport still holds the rest of the message when it is
+ * destroyed: under ASan, a leak of that copy fails the test. */
+#define SS_COUNT (2 << 20) /* int64: 16 MiB */
+
+typedef struct {
+    _Atomic int stopped, send_done, victim_done, posted;
+    int resume; /* 0: rank 2 stays stopped until the others are gone */
+    int recv_mode; /* recv_stopped_*: rank 2 stops while sending */
+    int32_t clobbered; /* recv mode: rank 0's buffer written after */
+    char msg0[200];    /* rank 0's first call's error text */
+    int32_t any_st;    /* recv mode: rank 1's MC_ANY_SOURCE receive */
+    int64_t any_ms;
+    char msg1[200];
+    int32_t send_st, send2_st, recv_st, recv2_st, evict_st;
+    int64_t send_ms;  /* from the view change to the send's end */
+    int64_t view_ms;  /* from the send's post to the view without rank 2 */
+    int32_t recv_wrong, sum_wrong;
+    uint64_t epoch[2];
+} ss_shm_t;
+
+static int64_t ss_pat(int64_t i)
+{
+    return i * 2654435761ll + 17;
+}
+
+/* Ranks 0 and 1: allreduces until rank 0 says stop (v[0]), checking each
+ * sum over the op's view. At the first step in a view without rank 2,
+ * rank 0 runs at_view (which ends the p2p call under test, then lets the
+ * parent resume rank 2) and gives the victim's checks 20 s. */
+static int ss_loop(mc_comm_h comm, int rank, ss_shm_t *sh, int64_t t_post,
+                   void (*at_view)(ss_shm_t *, void *), void *arg)
+{
+    int64_t v[64], t_end = 0, t_view = 0;
+    for (int step = 0; step < 100000; step++) {
+        int stop = rank == 0 && (atomic_load(&sh->victim_done) ||
+                                 (!sh->resume && atomic_load(&sh->send_done)));
+        if (rank == 0 && t_end && now_ns() > t_end) stop = 1;
+        for (int i = 0; i < 64; i++)
+            v[i] = ((int64_t)1 << rank) * g_of(step, i);
+        v[0] = stop;
+        mc_status_t st = mc_comm_allreduce(comm, v, v, 64, MC_INT64, MC_SUM);
+        if (st != MC_OK)
+            return MC_TFAIL(rank, "allreduce %d: %s", step, mc_last_error());
+        uint64_t ep = 0;
+        uint8_t act[3] = {0};
+        mc_comm_op_view(comm, &ep, act, NULL);
+        int m = act[0] | act[1] << 1 | act[2] << 2;
+        for (int i = 1; i < 64; i++)
+            if (v[i] != m * g_of(step, i)) sh->sum_wrong++;
+        if (v[0]) break;
+        if (act[2] || t_view) continue;
+        t_view = now_ns();
+        sh->epoch[rank] = ep;
+        if (rank == 1 && sh->recv_mode) {
+            /* rank 2's message to this rank is in an engine buffer, half
+             * there: a receive from any rank that claims it fails now */
+            int64_t *b1 = malloc(SS_COUNT * sizeof(int64_t));
+            mc_request_h q;
+            if (!b1) return MC_TFAIL(rank, "oom");
+            sh->any_st = mc_comm_irecv(comm, b1, SS_COUNT, MC_INT64,
+                                       MC_ANY_SOURCE, 11, &q);
+            if (sh->any_st == MC_OK) {
+                sh->any_st = mc_request_wait(q, 5000);
+                if (sh->any_st != MC_ERR_TIMEOUT)
+                    snprintf(sh->msg1, sizeof(sh->msg1), "%s",
+                             mc_last_error());
+                mc_request_free(q);
+            }
+            sh->any_ms = (now_ns() - t_view) / 1000000;
+            if (sh->any_st != MC_ERR_TIMEOUT) free(b1);
+        }
+        if (rank != 0) continue;
+        sh->view_ms = (t_view - t_post) / 1000000;
+        at_view(sh, arg);
+        atomic_store(&sh->send_done, 1);
+        t_end = now_ns() + 20000000000ll;
+    }
+    return 0;
+}
+
+/* Rank 0's p2p calls under test. */
+typedef struct {
+    mc_request_h rq[2];
+    int64_t *buf;
+    char msg[200]; /* rq[0]'s error text */
+} ss_calls_t;
+
+/* The calls' end: from the view change, 5 s at most. */
+static int ss_test_both(ss_calls_t *k, int32_t *st0, int32_t *st1,
+                        int64_t *ms)
+{
+    int done[2] = {0, 0};
+    int64_t t0 = now_ns();
+    while (!(done[0] && done[1]) && now_ns() - t0 < 5000000000ll) {
+        if (!done[0]) *st0 = mc_request_test(k->rq[0], &done[0]);
+        if (done[0] && *st0 < 0 && !k->msg[0])
+            snprintf(k->msg, sizeof(k->msg), "%s", mc_last_error());
+        if (!done[1]) *st1 = mc_request_test(k->rq[1], &done[1]);
+        if (!(done[0] && done[1])) usleep(1000);
+    }
+    *ms = (now_ns() - t0) / 1000000;
+    if (done[1]) mc_request_free(k->rq[1]);
+    if (done[0]) mc_request_free(k->rq[0]);
+    return done[0];
+}
+
+static void ss_sends_at_view(ss_shm_t *sh, void *arg)
+{
+    ss_calls_t *k = arg;
+    int done = ss_test_both(k, &sh->send_st, &sh->send2_st, &sh->send_ms);
+    snprintf(sh->msg0, sizeof(sh->msg0), "%s", k->msg);
+    if (!done) return;
+    memset(k->buf, 0xEE, SS_COUNT * sizeof(int64_t));
+    free(k->buf); /* the transport must not read it any more */
+    k->buf = NULL;
+}
+
+static void ss_recv_at_view(ss_shm_t *sh, void *arg)
+{
+    ss_calls_t *k = arg;
+    /* (rq[1]: the same receive again, to be tested once more) */
+    int done = ss_test_both(k, &sh->send_st, &sh->send2_st, &sh->send_ms);
+    snprintf(sh->msg0, sizeof(sh->msg0), "%s", k->msg);
+    if (done) memset(k->buf, 0xEE, SS_COUNT * sizeof(int64_t));
+}
+
+static int ss_rank(int rank, mc_transport_kind_t tr, const char *dir,
+                   ss_shm_t *sh)
+{
+    setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "1000", 1);
+    /* small socket buffers: on any host a 16 MiB message is only partly
+     * written when its receiver (or sender) stops */
+    setenv("MOONCAKE_TCP_BUF_BYTES", "262144", 1);
+    mc_comm_h comm;
+    /* the heartbeat, not the op timeout, finds the stopped rank */
+    mc_status_t st = open_group(rank, 3, dir, 30000, tr, &comm);
+    if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
+    if ((st = mc_comm_barrier(comm)) != MC_OK)
+        return MC_TFAIL(rank, "barrier: %s", mc_status_str(st));
+    int64_t *b = calloc(SS_COUNT, sizeof(int64_t));
+    if (!b) return MC_TFAIL(rank, "oom");
+    if (rank == 2 && sh->recv_mode) {
+        /* send to rank 0 once it waits for it, and stop with the message
+         * partly written */
+        while (!atomic_load(&sh->posted))
+            usleep(1000);
+        for (int64_t i = 0; i < SS_COUNT; i++)
+            b[i] = ss_pat(i);
+        mc_request_h rq, rq1;
+        st = mc_comm_isend(comm, b, SS_COUNT, MC_INT64, 0, 9, &rq);
+        if (st != MC_OK) return MC_TFAIL(rank, "isend: %s", mc_last_error());
+        /* and to rank 1, which has no receive posted for it */
+        st = mc_comm_isend(comm, b, SS_COUNT, MC_INT64, 1, 11, &rq1);
+        if (st != MC_OK) return MC_TFAIL(rank, "isend: %s", mc_last_error());
+        raise(SIGSTOP);
+        sh->recv_st = mc_request_wait(rq, 20000);
+        mc_request_free(rq);
+        mc_request_free(rq1); /* ends at destroy at the latest */
+    } else if (rank == 2) {
+        mc_request_h rq;
+        st = mc_comm_irecv(comm, b, SS_COUNT, MC_INT64, 0, 7, &rq);
+        if (st != MC_OK) return MC_TFAIL(rank, "irecv: %s", mc_last_error());
+        raise(SIGSTOP);
+        sh->recv_st = mc_request_wait(rq, 20000);
+        if (sh->recv_st == MC_OK)
+            for (int64_t i = 0; i < SS_COUNT; i++)
+                sh->recv_wrong += b[i] != ss_pat(i);
+        mc_request_free(rq); /* destroy ends it if it is still pending */
+        /* the second message was never sent: nothing comes in 1 s */
+        int64_t b2[1024];
+        mc_request_h rq2;
+        sh->recv2_st = mc_comm_irecv(comm, b2, 1024, MC_INT64, 0, 8, &rq2);
+        if (sh->recv2_st == MC_OK) {
+            sh->recv2_st = mc_request_wait(rq2, 1000);
+            if (sh->recv2_st == MC_ERR_TIMEOUT) sh->recv2_st = MC_INPROGRESS;
+            mc_request_free(rq2);
+        }
+    }
+    if (rank == 2) {
+        int64_t v[64] = {0};
+        sh->evict_st = mc_comm_allreduce(comm, v, v, 64, MC_INT64, MC_SUM);
+        atomic_store(&sh->victim_done, 1);
+        mc_comm_destroy(comm);
+        free(b);
+        return 0;
+    }
+    ss_calls_t k = {.buf = b};
+    int64_t small[1024], t_post = 0;
+    if (rank == 0 && sh->recv_mode) {
+        sh->send_st = sh->send2_st = MC_INPROGRESS;
+        st = mc_comm_irecv(comm, b, SS_COUNT, MC_INT64, 2, 9, &k.rq[0]);
+        if (st != MC_OK) return MC_TFAIL(rank, "irecv: %s", mc_last_error());
+        /* a second receive from rank 2, unmatched: the view fails it */
+        st = mc_comm_irecv(comm, small, 1024, MC_INT64, 2, 10, &k.rq[1]);
+        if (st != MC_OK) return MC_TFAIL(rank, "irecv: %s", mc_last_error());
+        /* rank 2 sends while this rank reads nothing (no call here), so
+         * only what the ring or the sockets hold is out when it stops */
+        atomic_store(&sh->posted, 1);
+        while (!atomic_load(&sh->stopped))
+            usleep(1000);
+        t_post = now_ns();
+    } else if (rank == 1 && sh->recv_mode) {
+        sh->any_st = MC_INPROGRESS;
+        while (!atomic_load(&sh->stopped))
+            usleep(1000);
+    } else if (rank == 0) {
+        sh->send_st = sh->send2_st = MC_INPROGRESS;
+        while (!atomic_load(&sh->stopped))
+            usleep(1000);
+        for (int64_t i = 0; i < SS_COUNT; i++)
+            b[i] = ss_pat(i);
+        t_post = now_ns();
+        st = mc_comm_isend(comm, b, SS_COUNT, MC_INT64, 2, 7, &k.rq[0]);
+        if (st != MC_OK) return MC_TFAIL(rank, "isend: %s", mc_last_error());
+        for (int i = 0; i < 1024; i++)
+            small[i] = -ss_pat(i);
+        st = mc_comm_isend(comm, small, 1024, MC_INT64, 2, 8, &k.rq[1]);
+        if (st != MC_OK) return MC_TFAIL(rank, "isend: %s", mc_last_error());
+    }
+    int rc = ss_loop(comm, rank, sh, t_post,
+                     sh->recv_mode ? ss_recv_at_view : ss_sends_at_view, &k);
+    mc_comm_destroy(comm);
+    if (rank == 0 && sh->recv_mode && sh->send_st != MC_INPROGRESS)
+        /* nothing of rank 2's rest may have landed in the buffer */
+        for (int64_t i = 0; i < SS_COUNT; i++)
+            sh->clobbered += b[i] != (int64_t)0xEEEEEEEEEEEEEEEEull;
+    /* a send that never ended: its buffer stays the transport's */
+    if (k.buf && (rank != 0 || sh->send_st != MC_INPROGRESS)) free(k.buf);
+    return rc;
+}
+
+static void run_send_stopped(mc_transport_kind_t tr, int resume, int recv)
+{
+    char *d = mc_test_mkdtemp();
+    assert_non_null(d);
+    ss_shm_t *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(sh != MAP_FAILED);
+    sh->resume = resume;
+    sh->recv_mode = recv;
+    pid_t pid[3];
+    for (int r = 0; r < 3; r++) {
+        pid[r] = fork();
+        assert_true(pid[r] >= 0);
+        /* exit, not _exit: LeakSanitizer checks at exit */
+        if (pid[r] == 0) exit(ss_rank(r, tr, d, sh));
+    }
+    int64_t t0 = now_ns(), lim = 60ll * 1000000000;
+    int ws = 0;
+    /* rank 2 stopped itself: let rank 0 send */
+    if (waitpid(pid[2], &ws, WUNTRACED) == pid[2] && WIFSTOPPED(ws))
+        atomic_store(&sh->stopped, 1);
+    while (!atomic_load(&sh->send_done) && now_ns() - t0 < 30000000000ll)
+        usleep(1000);
+    int bad_exit = 0;
+    if (resume) kill(pid[2], SIGCONT);
+    for (int r = 0; r < 3; r++) {
+        if (r == 2 && !resume) {
+            kill(pid[2], SIGKILL);
+            waitpid(pid[2], &ws, 0);
+            continue;
+        }
+        ws = st_reap(pid[r], r, t0, lim);
+        if (!WIFEXITED(ws) || WEXITSTATUS(ws)) bad_exit++;
+    }
+    const char *what = recv ? "receive" : "send";
+    fprintf(stderr,
+            "  %s: view without rank 2 %lld ms after the %s; the %s "
+            "ended %lld ms after it: %s (the second: %s)\n",
+            tr == MC_TRANSPORT_TCP ? "tcp" : "shm", (long long)sh->view_ms,
+            what, what, (long long)sh->send_ms, mc_status_str(sh->send_st),
+            mc_status_str(sh->send2_st));
+    if (recv)
+        fprintf(stderr,
+                "  rank 1's receive from any rank, claiming rank 2's message "
+                "half there: %s after %lld ms (%s)\n",
+                mc_status_str(sh->any_st), (long long)sh->any_ms, sh->msg1);
+    if (resume && recv)
+        fprintf(stderr,
+                "  rank 2 resumed: its send %s; its next call %s; rank 0's "
+                "buffer written after the receive ended: %d elements\n",
+                mc_status_str(sh->recv_st), mc_status_str(sh->evict_st),
+                sh->clobbered);
+    else if (resume)
+        fprintf(stderr,
+                "  rank 2 resumed: its receive %s (%d wrong), of the second "
+                "%s; its next call %s\n",
+                mc_status_str(sh->recv_st), sh->recv_wrong,
+                mc_status_str(sh->recv2_st), mc_status_str(sh->evict_st));
+    ss_shm_t r = *sh;
+    munmap(sh, sizeof(*sh));
+    mc_test_rmtree(d);
+    free(d);
+    assert_int_equal(bad_exit, 0);
+    assert_int_equal(r.send_st, MC_ERR_PEER_FAILED);
+    assert_int_equal(r.send2_st, MC_ERR_PEER_FAILED);
+    if (recv) {
+        assert_int_equal(r.any_st, MC_ERR_PEER_FAILED);
+        assert_non_null(strstr(r.msg1, "while its message was arriving"));
+    }
+    /* released while under way (not failed before it started) */
+    if (!strstr(r.msg0, recv ? "while its message was arriving"
+                              : "before it took the message"))
+        fail_msg("rank 0's %s failed with: %s", recv ? "receive" : "send",
+                 r.msg0);
+    assert_true(r.send_ms < 2000);
+    assert_int_equal(r.sum_wrong, 0);
+    assert_int_equal(r.epoch[0], r.epoch[1]);
+    if (!resume) return;
+    assert_int_equal(r.evict_st, MC_ERR_EVICTED);
+    if (recv) {
+        /* rank 0 read the rest into the sink: the whole message left */
+        assert_int_equal(r.recv_st, MC_OK);
+        assert_int_equal(r.clobbered, 0);
+        return;
+    }
+    assert_true(r.recv2_st != MC_OK);
+    assert_int_equal(r.recv_wrong, 0);
+    /* the whole message came (the stream was not cut short) */
+    assert_int_equal(r.recv_st, MC_OK);
+}
+
+static void send_stopped_shm_3(void **s)
+{
+    (void)s, run_send_stopped(MC_TRANSPORT_SHM, 1, 0);
+}
+static void send_stopped_tcp_3(void **s)
+{
+    (void)s, run_send_stopped(MC_TRANSPORT_TCP, 1, 0);
+}
+static void send_stopped_left_shm_3(void **s)
+{
+    (void)s, run_send_stopped(MC_TRANSPORT_SHM, 0, 0);
+}
+static void send_stopped_left_tcp_3(void **s)
+{
+    (void)s, run_send_stopped(MC_TRANSPORT_TCP, 0, 0);
+}
+static void recv_stopped_shm_3(void **s)
+{
+    (void)s, run_send_stopped(MC_TRANSPORT_SHM, 1, 1);
+}
+static void recv_stopped_tcp_3(void **s)
+{
+    (void)s, run_send_stopped(MC_TRANSPORT_TCP, 1, 1);
+}
+static void recv_stopped_left_shm_3(void **s)
+{
+    (void)s, run_send_stopped(MC_TRANSPORT_SHM, 0, 1);
+}
+static void recv_stopped_left_tcp_3(void **s)
+{
+    (void)s, run_send_stopped(MC_TRANSPORT_TCP, 0, 1);
+}
+
 int main(void)
 {
     srand((unsigned)time(NULL));
@@ -1374,6 +1745,14 @@ int main(void)
         cmocka_unit_test(two_coord_decide_tcp_5),
         cmocka_unit_test(two_coord_commit_shm_5),
         cmocka_unit_test(two_coord_commit_tcp_5),
+        cmocka_unit_test(send_stopped_shm_3),
+        cmocka_unit_test(send_stopped_tcp_3),
+        cmocka_unit_test(send_stopped_left_shm_3),
+        cmocka_unit_test(send_stopped_left_tcp_3),
+        cmocka_unit_test(recv_stopped_shm_3),
+        cmocka_unit_test(recv_stopped_tcp_3),
+        cmocka_unit_test(recv_stopped_left_shm_3),
+        cmocka_unit_test(recv_stopped_left_tcp_3),
     };
     /* MC_STOP_ONLY: comma-separated name patterns (fnmatch), e.g.
      * "*slot*,*split*": run only the cases that match one; a pattern that

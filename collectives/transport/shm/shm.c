@@ -252,6 +252,7 @@ struct mc_tl {
     int size;
     uint64_t uid;
     uint64_t inc; /* our incarnation */
+    mc_tl_owned_t owned; /* rests of released sends (release_send) */
     mc_store_h store;
     int64_t deadline_us; /* create + connect */
     char name[MC_SHM_NAME_MAX];
@@ -1141,6 +1142,28 @@ static mc_status_t shm_ack_now(mc_tl_t *tl, int peer, int ch)
     return MC_OK;
 }
 
+/* See transport.h. What was written is in the peer's ring; the rest goes
+ * from a copy. */
+static int shm_release_send(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
+                            int drop, mc_status_t st)
+{
+    if (!tl || !x || peer < 0 || peer >= tl->size || tl->peer_idx[peer] < 0 ||
+        ch < 0 || ch >= MC_NUM_CHANNELS || tl->busy)
+        return mc_err(MC_ERR_INVALID_ARG, "shm release_send: bad call");
+    mc_shm_stream_t *s = &tl->peers[tl->peer_idx[peer]]->tx[ch];
+    return mc_tl_q_release(&tl->owned, &s->q, &s->qtail, x, 1, drop, st);
+}
+
+static int shm_release_recv(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
+                            mc_status_t st)
+{
+    if (!tl || !x || peer < 0 || peer >= tl->size || tl->peer_idx[peer] < 0 ||
+        ch < 0 || ch >= MC_NUM_CHANNELS || tl->busy)
+        return mc_err(MC_ERR_INVALID_ARG, "shm release_recv: bad call");
+    mc_shm_stream_t *s = &tl->peers[tl->peer_idx[peer]]->rx[ch];
+    return mc_tl_q_release(&tl->owned, &s->q, &s->qtail, x, 0, 0, st);
+}
+
 /* Gone as soon as that is known, even while its streams still drain. */
 static mc_status_t shm_peer_status(mc_tl_t *tl, int peer)
 {
@@ -1188,6 +1211,7 @@ static void shm_destroy(mc_tl_t *tl)
         shm_unwatch_pid(pe);
         free(pe);
     }
+    mc_tl_owned_free(&tl->owned);
     if (tl->seg) munmap(tl->seg, tl->seg_len);
     if (tl->linked) shm_unlink(tl->name);
     free(tl->adds);
@@ -1866,6 +1890,8 @@ const mc_tl_ops_t mc_tl_shm_ops = {
     .peek = shm_peek,
     .sent_held = shm_sent_held,
     .ack_now = shm_ack_now,
+    .release_send = shm_release_send,
+    .release_recv = shm_release_recv,
     .mem_reg = mc_tl_stub_mem_reg,
     .mem_dereg = mc_tl_stub_mem_dereg,
     .put = mc_tl_stub_put,

@@ -198,6 +198,7 @@ struct mc_tl {
     int user_timeout; /* TCP_USER_TIMEOUT ms, 0 = kernel default */
     int64_t grace_us; /* see tcp_stream_stalled */
     uint64_t inc;     /* our incarnation */
+    mc_tl_owned_t owned; /* rests of released sends (release_send) */
     struct sockaddr_in la; /* our listener */
     int close_check;  /* MOONCAKE_TCP_CLOSE_CHECK */
     int nchk;         /* peers in CHK_RUN */
@@ -1919,6 +1920,28 @@ static mc_status_t tcp_post(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
     return MC_OK;
 }
 
+/* See transport.h. What was written is in the kernel's hands; the rest
+ * goes from a copy. */
+static int tcp_release_send(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
+                            int drop, mc_status_t st)
+{
+    if (!tl || !x || peer < 0 || peer >= tl->size || ch < 0 ||
+        ch >= MC_NUM_CHANNELS)
+        return mc_err(MC_ERR_INVALID_ARG, "tcp release_send: bad call");
+    mc_tcp_q_t *q = &tl->peers[peer].ch[ch].sq;
+    return mc_tl_q_release(&tl->owned, &q->head, &q->tail, x, 1, drop, st);
+}
+
+static int tcp_release_recv(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
+                            mc_status_t st)
+{
+    if (!tl || !x || peer < 0 || peer >= tl->size || ch < 0 ||
+        ch >= MC_NUM_CHANNELS)
+        return mc_err(MC_ERR_INVALID_ARG, "tcp release_recv: bad call");
+    mc_tcp_q_t *q = &tl->peers[peer].ch[ch].rq;
+    return mc_tl_q_release(&tl->owned, &q->head, &q->tail, x, 0, 0, st);
+}
+
 static mc_status_t tcp_post_send(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x)
 {
     return tcp_post(tl, peer, ch, x, 1);
@@ -2189,6 +2212,7 @@ static void tcp_destroy(mc_tl_t *tl)
         }
     for (int i = 0; i < tl->nin; i++)
         tcp_close(&tl->ins[i].fd);
+    mc_tl_owned_free(&tl->owned);
     free(tl->held);
     free(tl->ins);
     free(tl->adds);
@@ -2216,6 +2240,8 @@ const mc_tl_ops_t mc_tl_tcp_ops = {
     .peek = mc_tl_stub_peek,
     .sent_held = tcp_sent_held,
     .ack_now = tcp_ack_now,
+    .release_send = tcp_release_send,
+    .release_recv = tcp_release_recv,
     .mem_reg = mc_tl_stub_mem_reg,
     .mem_dereg = mc_tl_stub_mem_dereg,
     .put = mc_tl_stub_put,
