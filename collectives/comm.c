@@ -6722,12 +6722,26 @@ static void admit_peer(mc_comm_t *c, int q)
         if (!busy || mc_now_us() > until || c->peer_tl[q] < 0) break;
         progress_locked(c);
     }
-    /* forget the old process: its unread p2p messages, its reports */
+    /* forget the old process: its unread p2p messages, its reports. The
+     * message its p2p stream was filling when it ended never completes:
+     * a receive for the new process must not claim it (it would wait for
+     * good), and its buffer goes (once no transfer writes it) */
+    mc_in_t *pin = &c->in[MC_CH_P2P][q];
+    mc_unexp_t *old = pin->p2p_unexp;
+    if (old && pin->state == IN_PAYLOAD && pin->px.status == MC_INPROGRESS)
+        old = NULL; /* still written (the wait above ran out): it stays */
+    if (old && old->claimed) {
+        req_complete(old->claimed, MC_ERR_PEER_FAILED,
+                     "recv: its sender's process was replaced mid-message");
+        old->claimed = NULL;
+    }
+    int old_listed = 0;
     mc_unexp_t **pp = &c->unexp_head;
     c->unexp_tail = NULL;
     while (*pp) {
         mc_unexp_t *u = *pp;
-        if (u->src == q && u->complete && !u->claimed) {
+        if (u->src == q && (u->complete || u == old) && !u->claimed) {
+            old_listed |= u == old;
             *pp = u->next;
             c->unexp_bytes -= u->len;
             free(u->data);
@@ -6737,6 +6751,12 @@ static void admit_peer(mc_comm_t *c, int q)
         c->unexp_tail = u;
         pp = &u->next;
     }
+    if (old && !old_listed) { /* taken off the list (claimed, dropped) */
+        c->unexp_bytes -= old->len;
+        free(old->data);
+        free(old);
+    }
+    if (old) pin->p2p_unexp = NULL;
     c->rep_epoch[q] = 0;
     c->rep_coord[q] = -1;
     c->rep_last[q] = 0;

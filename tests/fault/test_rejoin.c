@@ -662,6 +662,164 @@ static void test_join_active_slot(void **state)
     rj_free(k);
 }
 
+/* A p2p message the old process of a slot left half-sent, then its
+ * replacement sends one with the same tag: rank 2 sends 16 MiB to rank 0,
+ * which has no receive posted (it lands in an engine buffer), and is
+ * killed after the send call returned, with the message partly written.
+ * Ranks 0 and 1 go on without it; a replacement takes slot 2 and sends
+ * rank 0 another 16 MiB with the same tag, which rank 0 must receive
+ * whole. Before, admitting the replacement forgot only the old process's
+ * complete messages: rank 0's receive claimed the half one, which never
+ * completes, and waited for good. */
+#define RP_COUNT (2 << 20) /* int64: 16 MiB */
+
+static int64_t rp_pat(int join, int64_t i)
+{
+    return join ? i * 7 + 2 : -(i * 3 + 1);
+}
+
+static int p2p_worker(rj_run_t *k, int slot, int join)
+{
+    rj_shm_t *sh = k->shm;
+    mc_store_h store;
+    if (mc_store_file_create(k->dir, &store) != MC_OK) {
+        rj_fail(sh, slot, "store: %s", mc_last_error());
+        return 1;
+    }
+    mc_comm_config_t cfg;
+    mc_comm_config_init(&cfg);
+    cfg.transport = k->tr;
+    cfg.timeout_ms = 30000;
+    cfg.init_timeout_ms = 30000;
+    cfg.max_size = k->max_size;
+    cfg.join = join;
+    cfg.admit_auto = 1;
+    mc_comm_h comm;
+    mc_status_t st = mc_comm_create(slot, k->size, store, &cfg, &comm);
+    mc_store_destroy(store);
+    if (st != MC_OK) {
+        rj_fail(sh, slot, "create (join=%d): %s", join, mc_last_error());
+        return 1;
+    }
+    int64_t *b = malloc(RP_COUNT * sizeof(int64_t));
+    if (!b) return 1;
+    if (slot == 2) {
+        for (int64_t i = 0; i < RP_COUNT; i++)
+            b[i] = rp_pat(join, i);
+        if (!join) {
+            mc_request_h rq;
+            if (mc_comm_barrier(comm) != MC_OK ||
+                mc_comm_isend(comm, b, RP_COUNT, MC_INT64, 0, 5, &rq) != MC_OK)
+                return 1;
+            raise(SIGKILL);
+        }
+        st = mc_comm_send(comm, b, RP_COUNT, MC_INT64, 0, 5);
+        if (st == MC_OK) st = mc_comm_barrier(comm);
+        if (st != MC_OK) {
+            rj_fail(sh, slot, "replacement: %s", mc_last_error());
+            return 1;
+        }
+        mc_comm_destroy(comm);
+        free(b);
+        return 0;
+    }
+    if ((st = mc_comm_barrier(comm)) != MC_OK) {
+        rj_fail(sh, slot, "barrier: %s", mc_last_error());
+        return 1;
+    }
+    /* allreduces until slot 2 is gone, then until its replacement is in */
+    int gone = 0;
+    for (int step = 0;; step++) {
+        int64_t v[8] = {slot + 1};
+        st = mc_comm_allreduce(comm, v, v, 8, MC_INT64, MC_SUM);
+        uint8_t act[RJ_MAXR] = {0};
+        mc_comm_view(comm, NULL, act, NULL);
+        if (st != MC_OK || step > 200000) {
+            rj_fail(sh, slot, "allreduce %d: %s", step, mc_last_error());
+            return 1;
+        }
+        if (!act[2] && !gone) atomic_store(&sh->joined[slot], gone = 1);
+        if (act[2] && gone) break;
+    }
+    if (slot == 0) {
+        mc_request_h rq;
+        st = mc_comm_irecv(comm, b, RP_COUNT, MC_INT64, 2, 5, &rq);
+        if (st == MC_OK) st = mc_request_wait(rq, 10000);
+        if (st != MC_OK) {
+            rj_fail(sh, slot, "recv from the replacement: %s",
+                    mc_last_error());
+            return 1;
+        }
+        mc_request_free(rq);
+        for (int64_t i = 0; i < RP_COUNT; i++)
+            if (b[i] != rp_pat(1, i)) {
+                rj_fail(sh, slot, "element %lld: %lld, want %lld",
+                        (long long)i, (long long)b[i],
+                        (long long)rp_pat(1, i));
+                return 1;
+            }
+    }
+    if ((st = mc_comm_barrier(comm)) != MC_OK) {
+        rj_fail(sh, slot, "last barrier: %s", mc_last_error());
+        return 1;
+    }
+    mc_comm_destroy(comm);
+    free(b);
+    return 0;
+}
+
+static void rejoin_p2p_leftover(mc_transport_kind_t tr)
+{
+    rj_run_t *k = rj_new(3, 3, tr);
+    double deadline = now_s() + 60;
+    for (int p = 0; p < 3; p++) {
+        fflush(NULL);
+        k->pid[p] = fork();
+        if (k->pid[p] == 0) {
+            alarm(90);
+            exit(p2p_worker(k, p, 0));
+        }
+    }
+    int ws;
+    waitpid(k->pid[2], &ws, 0); /* killed itself after its send call */
+    while (!atomic_load(&k->shm->joined[0]) || !atomic_load(&k->shm->joined[1])) {
+        if (now_s() > deadline) fail_msg("slot 2 was not removed");
+        usleep(1000);
+    }
+    fflush(NULL);
+    k->pid[2] = fork();
+    if (k->pid[2] == 0) {
+        alarm(90);
+        exit(p2p_worker(k, 2, 1));
+    }
+    int bad = 0;
+    for (int p = 0; p < 3; p++) {
+        while (waitpid(k->pid[p], &ws, WNOHANG) == 0) {
+            if (now_s() > deadline) kill(k->pid[p], SIGKILL);
+            usleep(2000);
+        }
+        if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
+            fprintf(stderr, "  slot %d: wait status 0x%x: %s\n", p, ws,
+                    k->shm->err[p]);
+            bad++;
+        }
+    }
+    rj_free(k);
+    assert_int_equal(bad, 0);
+}
+
+static void test_rejoin_p2p_leftover_shm_3(void **state)
+{
+    (void)state;
+    rejoin_p2p_leftover(MC_TRANSPORT_SHM);
+}
+
+static void test_rejoin_p2p_leftover_tcp_3(void **state)
+{
+    (void)state;
+    rejoin_p2p_leftover(MC_TRANSPORT_TCP);
+}
+
 int main(void)
 {
     const char *s = getenv("MC_REJOIN_SEED");
@@ -678,6 +836,8 @@ int main(void)
         cmocka_unit_test(test_scale_up),
         cmocka_unit_test(test_rejoin_two_kills_shm_6),
         cmocka_unit_test(test_rejoin_two_kills_explicit_shm_5),
+        cmocka_unit_test(test_rejoin_p2p_leftover_shm_3),
+        cmocka_unit_test(test_rejoin_p2p_leftover_tcp_3),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
