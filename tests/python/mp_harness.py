@@ -143,6 +143,16 @@ class Ctx:
         self._on_die()
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def stop_then_die(self):
+        """Stop this worker (SIGSTOP: silent, its sockets and shared memory
+        stay open, as with a hung process) until another process sends it
+        SIGCONT; then end it as die() does. kills=True cases only."""
+        if self._on_die is None:
+            raise RuntimeError("ctx.stop_then_die() needs @case(kills=True)")
+        self._on_die()
+        os.kill(os.getpid(), signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def store_barrier(self, name, timeout=None):
         """Synchronise through the store (not through the backend)."""
         t = timedelta(seconds=timeout or self.op_timeout)

@@ -14,6 +14,7 @@ References are computed locally from deterministic per-rank inputs
 import hashlib
 import os
 import random
+import signal
 import threading
 import time
 from datetime import timedelta
@@ -497,6 +498,64 @@ def _expect_rank_failure(what, victim, run):
     assert e.failed_ranks == [victim], \
         f"{what}: failed_ranks {e.failed_ranks}, expected [{victim}]: {e}"
     return time.monotonic() - t0, e
+
+
+def _wait_stopped(pid, timeout):
+    """Until process pid is stopped (state T in /proc/pid/stat)."""
+    t0 = time.monotonic()
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        assert time.monotonic() - t0 < timeout, f"pid {pid} did not stop"
+        time.sleep(0.005)
+
+
+@case(skip_on=NOT_GLOO, kills=True, world_sizes=(3,))
+def stopped_peer_p2p(ctx):
+    """Point-to-point with a rank that hangs (SIGSTOP): rank 0's isend of
+    16 MiB to it and rank 1's irecv of 16 MiB whose message was arriving
+    from it raise DistBackendError naming it once the survivors' view drops
+    it (the all_reduce loop finds it silent), not never; their tensors are
+    theirs again. (p2p errors are not RankFailureError, which is the
+    collectives' manual-mode error.)"""
+    _mooncake_only(ctx)
+    me, victim, survivors = ctx.rank, 2, [0, 1]
+    _ops_over(ctx, [0, 1, 2], "before")
+    n = 4 << 20  # float32: 16 MiB, more than the rings or sockets hold
+    if me == 1:
+        rbuf = torch.zeros(n)
+        rw = dist.irecv(rbuf, src=victim)
+    ctx.store_barrier("posted")
+    if me == victim:
+        ctx.store.set("victim-pid", str(os.getpid()))
+        sbuf = torch.full((n,), 2.0)
+        dist.isend(sbuf, dst=1)  # partly written: rank 1 reads nothing now
+        ctx.stop_then_die()
+    pid = int(ctx.store.get("victim-pid"))
+    _wait_stopped(pid, ctx.op_timeout)
+    if me == 0:
+        sbuf = torch.full((n,), 1.0)
+        sw = dist.isend(sbuf, dst=victim)
+    t0 = time.monotonic()
+    while mooncake.get_active_ranks() != survivors:
+        t = torch.ones(4)
+        dist.all_reduce(t)
+        assert time.monotonic() - t0 < ctx.op_timeout, "the view kept rank 2"
+    what = "isend to the stopped rank" if me == 0 else \
+        "irecv from the stopped rank (its message half there)"
+    t1 = time.monotonic()
+    with pytest.raises(dist.DistBackendError) as ei:
+        (sw if me == 0 else rw).wait()
+    took, e = time.monotonic() - t1, ei.value
+    assert "rank 2" in str(e) and "removed from the view" in str(e), str(e)
+    assert took < 2.0, f"{what}: ended {took:.2f}s after the view change"
+    print(f"[fault] rank {me}: {what} raised {took * 1e3:.0f} ms after the "
+          f"view change: {e}")
+    # the group goes on without it
+    _ops_over(ctx, survivors, "after-stop")
+    if me == 0:
+        os.kill(pid, signal.SIGCONT)  # it ends itself (SIGKILL)
 
 
 @case(skip_on=NOT_GLOO, kills=True, world_sizes=(3, 4))
