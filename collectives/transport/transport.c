@@ -62,13 +62,29 @@ mc_status_t mc_tl_stub_ack_now(mc_tl_t *tl, int peer, int ch)
 
 /* The rest of a released send (its bytes) or receive (a sink), owned by
  * the transport: freed by its own completion (written or read, or failed
- * with the peer) or by mc_tl_owned_free. */
+ * with the peer) or by mc_tl_owned_free. A receive's rest is read through
+ * a chain of transfers of at most MC_TL_SINK_CHUNK bytes that share one
+ * block (`blk`, counted), so a GiB still to come costs a MiB. */
+#define MC_TL_SINK_CHUNK ((size_t)1 << 20)
+
+typedef struct mc_sink_blk {
+    size_t refs;
+    unsigned char data[];
+} mc_sink_blk_t;
+
 typedef struct mc_xfer_copy {
     mc_xfer_t x; /* first: the callback gets &copy->x */
     struct mc_xfer_copy *prev, *next;
     mc_tl_owned_t *own;
+    mc_sink_blk_t *blk; /* a sink's shared block, or NULL */
     unsigned char data[];
 } mc_xfer_copy_t;
+
+static void copy_free(mc_xfer_copy_t *c)
+{
+    if (c->blk && --c->blk->refs == 0) free(c->blk);
+    free(c);
+}
 
 static void copy_unlink(mc_xfer_copy_t *c)
 {
@@ -83,7 +99,68 @@ static void copy_done(mc_xfer_t *x)
 {
     mc_xfer_copy_t *c = (mc_xfer_copy_t *)x;
     copy_unlink(c);
-    free(c);
+    copy_free(c);
+}
+
+static mc_xfer_copy_t *copy_new(mc_tl_owned_t *own, size_t inline_len,
+                                mc_sink_blk_t *blk, void *buf, size_t len)
+{
+    mc_xfer_copy_t *c = malloc(sizeof(*c) + inline_len);
+    if (!c) return NULL;
+    c->x = (mc_xfer_t){.buf = buf ? buf : c->data,
+                       .len = len,
+                       .cb = copy_done,
+                       .status = MC_INPROGRESS};
+    c->own = own;
+    c->blk = blk;
+    if (blk) blk->refs++;
+    c->prev = NULL;
+    c->next = own->head;
+    if (own->head) own->head->prev = c;
+    own->head = c;
+    return c;
+}
+
+/* The transfers that take x's place: first and last of a list. */
+static mc_status_t rest_new(mc_tl_owned_t *own, const mc_xfer_t *x, int is_send,
+                            mc_xfer_t **first_p, mc_xfer_t **last_p)
+{
+    size_t left = x->len - x->off;
+    if (is_send) {
+        mc_xfer_copy_t *c = copy_new(own, left, NULL, NULL, left);
+        if (!c) return MC_ERR_NO_MEMORY;
+        memcpy(c->data, (const unsigned char *)x->buf + x->off, left);
+        *first_p = *last_p = &c->x;
+        return MC_OK;
+    }
+    size_t blen = left < MC_TL_SINK_CHUNK ? left : MC_TL_SINK_CHUNK;
+    mc_sink_blk_t *blk = malloc(sizeof(*blk) + blen);
+    if (!blk) return MC_ERR_NO_MEMORY;
+    blk->refs = 1; /* ours while building */
+    mc_xfer_t *first = NULL, *last = NULL;
+    for (size_t done = 0; done < left; done += blen) {
+        size_t n = left - done < blen ? left - done : blen;
+        mc_xfer_copy_t *c = copy_new(own, 0, blk, blk->data, n);
+        if (!c) {
+            for (mc_xfer_t *y = first; y;) {
+                mc_xfer_t *next = y->next;
+                copy_unlink((mc_xfer_copy_t *)y);
+                copy_free((mc_xfer_copy_t *)y);
+                y = next;
+            }
+            free(blk); /* only our reference was left */
+            return MC_ERR_NO_MEMORY;
+        }
+        if (last)
+            last->next = &c->x;
+        else
+            first = &c->x;
+        last = &c->x;
+    }
+    if (--blk->refs == 0) free(blk); /* (left > 0: never) */
+    *first_p = first;
+    *last_p = last;
+    return MC_OK;
 }
 
 int mc_tl_q_release(mc_tl_owned_t *own, mc_xfer_t **head, mc_xfer_t **tail,
@@ -96,31 +173,18 @@ int mc_tl_q_release(mc_tl_owned_t *own, mc_xfer_t **head, mc_xfer_t **tail,
     }
     if (!y) return MC_ERR_INVALID_ARG;
     int dropped = is_send && drop && x->off == 0;
-    mc_xfer_t *rep = NULL;
+    mc_xfer_t *first = NULL, *last = NULL;
     if (!dropped && x->off < x->len) {
-        size_t left = x->len - x->off;
-        mc_xfer_copy_t *c = malloc(sizeof(*c) + left);
-        if (!c) return MC_ERR_NO_MEMORY;
-        if (is_send) /* a receive's rest lands in c->data, unread */
-            memcpy(c->data, (const unsigned char *)x->buf + x->off, left);
-        c->x = (mc_xfer_t){.buf = c->data,
-                           .len = left,
-                           .cb = copy_done,
-                           .status = MC_INPROGRESS};
-        c->own = own;
-        c->prev = NULL;
-        c->next = own->head;
-        if (own->head) own->head->prev = c;
-        own->head = c;
-        rep = &c->x;
+        mc_status_t rc = rest_new(own, x, is_send, &first, &last);
+        if (rc != MC_OK) return rc;
+        last->next = x->next;
     }
-    mc_xfer_t *after = rep ? rep : x->next;
-    if (rep) rep->next = x->next;
+    mc_xfer_t *after = first ? first : x->next;
     if (prev)
         prev->next = after;
     else
         *head = after;
-    if (*tail == x) *tail = rep ? rep : prev;
+    if (*tail == x) *tail = last ? last : prev;
     x->next = NULL;
     mc_xfer_cb_t cb = x->cb;
     __atomic_store_n(&x->status, (int)st, __ATOMIC_RELEASE);
@@ -133,6 +197,6 @@ void mc_tl_owned_free(mc_tl_owned_t *own)
     while (own->head) {
         mc_xfer_copy_t *c = own->head;
         own->head = c->next;
-        free(c);
+        copy_free(c);
     }
 }

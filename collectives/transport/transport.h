@@ -242,8 +242,9 @@ typedef struct mc_tl_ops {
     /* The same for a posted receive (the engine gave up a receive whose
      * payload was arriving from a peer it removed): x completes with `st`
      * now and the transport never writes x->buf again; the bytes x still
-     * expected are read into a sink the transport owns and discarded, so
-     * what follows on the stream is read as posted after x. Returns 0,
+     * expected are read into a sink the transport owns (1 MiB at most,
+     * reused) and discarded, so what follows on the stream is read as
+     * posted after x. Returns 0,
      * MC_ERR_INVALID_ARG or MC_ERR_NO_MEMORY (x stays posted). */
     int (*release_recv)(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
                         mc_status_t st);

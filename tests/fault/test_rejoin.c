@@ -782,7 +782,8 @@ static void rejoin_p2p_leftover(mc_transport_kind_t tr)
     }
     int ws;
     waitpid(k->pid[2], &ws, 0); /* killed itself after its send call */
-    while (!atomic_load(&k->shm->joined[0]) || !atomic_load(&k->shm->joined[1])) {
+    while (!atomic_load(&k->shm->joined[0]) ||
+           !atomic_load(&k->shm->joined[1])) {
         if (now_s() > deadline) fail_msg("slot 2 was not removed");
         usleep(1000);
     }
