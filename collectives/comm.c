@@ -200,8 +200,6 @@ struct mc_request {
     mc_comm_t *comm;
     int kind;
     int refs; /* user + engine */
-    uint64_t removed_epoch; /* a send whose peer a view removed (that
-                               view's epoch): released, see view_adopt */
     int p2p_counted; /* a send counted in comm->p2p_sending, and on
                         comm->sends (s_prev/s_next; plock) */
     volatile int done;
@@ -223,6 +221,8 @@ struct mc_request {
     mc_hdr_t shdr;
     mc_xfer_t hx, px;
     struct mc_request *s_prev, *s_next;
+    uint64_t removed_epoch; /* a send whose peer a view removed (that
+                               view's epoch): released, see view_adopt */
     /* completion callback (under the communicator's dlock) */
     mc_request_cb_t cb;
     void *cb_arg;

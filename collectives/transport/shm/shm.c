@@ -252,7 +252,6 @@ struct mc_tl {
     int size;
     uint64_t uid;
     uint64_t inc; /* our incarnation */
-    mc_tl_owned_t owned; /* rests of released sends (release_send) */
     mc_store_h store;
     int64_t deadline_us; /* create + connect */
     char name[MC_SHM_NAME_MAX];
@@ -273,6 +272,7 @@ struct mc_tl {
     int nunsettled;  /* peers with gone && !settled */
     unsigned stalls; /* stalled streams seen by progress, for rate limits */
     int no_waitv;    /* futex_waitv is not available */
+    mc_tl_owned_t owned; /* rests of released transfers (release_*) */
 };
 
 /* ------------------------------------------------------------------------ */

@@ -198,7 +198,6 @@ struct mc_tl {
     int user_timeout; /* TCP_USER_TIMEOUT ms, 0 = kernel default */
     int64_t grace_us; /* see tcp_stream_stalled */
     uint64_t inc;     /* our incarnation */
-    mc_tl_owned_t owned; /* rests of released sends (release_send) */
     struct sockaddr_in la; /* our listener */
     int close_check;  /* MOONCAKE_TCP_CLOSE_CHECK */
     int nchk;         /* peers in CHK_RUN */
@@ -229,6 +228,7 @@ struct mc_tl {
     uint64_t rej_inc;
     mc_xfer_t *orphans; /* queued on discarded streams; progress fails */
     char addr[MC_TCP_ADDR_LEN]; /* our "ip:port" */
+    mc_tl_owned_t owned; /* rests of released transfers (release_*) */
 };
 
 static const char *const mc_tcp_ch_name[MC_NUM_CHANNELS] = {"coll", "p2p"};
