@@ -736,6 +736,33 @@ MC_DEF_FDIV(e5m2, uint8_t, mc_e5m2_2f, mc_f2e5m2, float)
 MC_DEF_FDIV(f32, float, MC_ID, MC_ID, float)
 MC_DEF_FDIV(f64, double, MC_ID, MC_ID, double)
 
+/* One-byte dtypes (fp8, int8, uint8): the 256 quotients first, computed
+ * by the kernel above itself (so the result is the same bit for bit),
+ * then one lookup per element; fp8's widen-divide-round per element costs
+ * several times that. Short vectors keep the direct loop. */
+#define MC_DIV_TAB_MIN 1024
+#define MC_DEF_TDIV(tag)                                                       \
+    static void mc_##tag##_div_tab(void *p, const void *q, size_t count,       \
+                                   uint64_t n)                                 \
+    {                                                                          \
+        if (count < MC_DIV_TAB_MIN) {                                          \
+            mc_##tag##_div(p, q, count, n);                                    \
+            return;                                                            \
+        }                                                                      \
+        uint8_t v[256], t[256];                                                \
+        for (int i = 0; i < 256; i++)                                          \
+            v[i] = (uint8_t)i;                                                 \
+        mc_##tag##_div(t, v, 256, n);                                          \
+        uint8_t *d = p;                                                        \
+        const uint8_t *sv = q;                                                 \
+        for (size_t i = 0; i < count; i++)                                     \
+            d[i] = t[sv[i]];                                                   \
+    }
+MC_DEF_TDIV(e4m3)
+MC_DEF_TDIV(e5m2)
+MC_DEF_TDIV(s8)
+MC_DEF_TDIV(u8)
+
 /* bool has no AVG (mc_redop_check); defined anyway: (x != 0) / n. */
 static void mc_bool_div(void *p, const void *q, size_t count, uint64_t n)
 {
@@ -750,14 +777,14 @@ typedef void (*mc_div_fn)(void *dst, const void *src, size_t count,
                           uint64_t n);
 
 static const mc_div_fn mc_divs[MC_DTYPE_COUNT] = {
-    [MC_INT8] = mc_s8_div,          [MC_UINT8] = mc_u8_div,
+    [MC_INT8] = mc_s8_div_tab,      [MC_UINT8] = mc_u8_div_tab,
     [MC_INT16] = mc_s16_div,        [MC_UINT16] = mc_u16_div,
     [MC_INT32] = mc_s32_div,        [MC_UINT32] = mc_u32_div,
     [MC_INT64] = mc_s64_div,        [MC_UINT64] = mc_u64_div,
     [MC_BOOL] = mc_bool_div,        [MC_FLOAT16] = mc_f16_div,
     [MC_BFLOAT16] = mc_bf16_div,    [MC_FLOAT32] = mc_f32_div,
-    [MC_FLOAT64] = mc_f64_div,      [MC_FLOAT8_E4M3] = mc_e4m3_div,
-    [MC_FLOAT8_E5M2] = mc_e5m2_div,
+    [MC_FLOAT64] = mc_f64_div,      [MC_FLOAT8_E4M3] = mc_e4m3_div_tab,
+    [MC_FLOAT8_E5M2] = mc_e5m2_div_tab,
 };
 
 /* The run-time selected division kernel (fp16 with AVX2/F16C), or NULL. */

@@ -752,6 +752,61 @@ static void test_simd_matches_portable(void **state)
  * one of the 65536 fp16 values (NaNs of either sign and any payload,
  * infinities, subnormals), for several n, on lengths that leave a scalar
  * tail, from an aligned source and a misaligned one. */
+/* One-byte dtypes divide long vectors through a 256-entry table of the
+ * quotients (reduce.c, MC_DEF_TDIV): the same bits as the per-element
+ * kernel, which a vector shorter than the table's threshold still takes
+ * (one element at a time here), for every value and divisors up to 2^40;
+ * plus a few quotients known by hand. */
+static void test_div_bytes_table(void **state)
+{
+    (void)state;
+    const size_t N = 4096 + 3;
+    uint8_t *x = xmalloc(N), *p = xmalloc(N);
+    for (size_t i = 0; i < N; i++)
+        x[i] = (uint8_t)(i * 167u); /* every value, shuffled */
+    const mc_dtype_t dts[] = {MC_FLOAT8_E4M3, MC_FLOAT8_E5M2, MC_INT8,
+                              MC_UINT8};
+    const uint64_t ns[] = {1, 2, 3, 5, 7, 8, 255, 256, 1000, 1ull << 40};
+    for (size_t d = 0; d < sizeof(dts) / sizeof(dts[0]); d++)
+        for (size_t k = 0; k < sizeof(ns) / sizeof(ns[0]); k++) {
+            memset(p, 0, N);
+            mc_reduce_div_to(p, x, N, dts[d], ns[k]);
+            for (size_t i = 0; i < N; i++) {
+                uint8_t want = 0;
+                mc_reduce_div_to(&want, &x[i], 1, dts[d], ns[k]);
+                if (p[i] != want)
+                    fail_msg("dtype %d: 0x%02x / %llu: 0x%02x, the direct "
+                             "kernel 0x%02x",
+                             (int)dts[d], x[i], (unsigned long long)ns[k],
+                             p[i], want);
+            }
+            memcpy(p, x, N); /* in place too */
+            mc_reduce_div(p, N, dts[d], ns[k]);
+            for (size_t i = 0; i < N; i++) {
+                uint8_t want = 0;
+                mc_reduce_div_to(&want, &x[i], 1, dts[d], ns[k]);
+                assert_int_equal(p[i], want);
+            }
+        }
+    /* by hand: int8 -128 / 3 = -42 (truncated), uint8 255 / 2 = 127, e4m3
+     * 1.0 (0x38) / 2 = 0.5 (0x30), e5m2 1.0 (0x3c) / 4 = 0.25 (0x34) */
+    uint8_t a[2048];
+    memset(a, 0x80, sizeof(a));
+    mc_reduce_div(a, sizeof(a), MC_INT8, 3);
+    assert_int_equal((int8_t)a[2047], -42);
+    memset(a, 0xff, sizeof(a));
+    mc_reduce_div(a, sizeof(a), MC_UINT8, 2);
+    assert_int_equal(a[1500], 127);
+    memset(a, 0x38, sizeof(a));
+    mc_reduce_div(a, sizeof(a), MC_FLOAT8_E4M3, 2);
+    assert_int_equal(a[0], 0x30);
+    memset(a, 0x3c, sizeof(a));
+    mc_reduce_div(a, sizeof(a), MC_FLOAT8_E5M2, 4);
+    assert_int_equal(a[1], 0x34);
+    free(x);
+    free(p);
+}
+
 static void test_div_simd_matches_portable(void **state)
 {
     (void)state;
@@ -983,6 +1038,7 @@ int main(void)
         cmocka_unit_test(test_simd_matches_portable),
         cmocka_unit_test(test_reduce_div),
         cmocka_unit_test(test_div_simd_matches_portable),
+        cmocka_unit_test(test_div_bytes_table),
         cmocka_unit_test(test_avg_end_to_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
