@@ -1184,7 +1184,7 @@ static void p2p_peer_failed(mc_comm_t *c, int peer)
          * stream ends there (the transfer fails: in_event). */
         int t = c->peer_tl[peer];
         if (pin->state == IN_PAYLOAD && pin->px.status == MC_INPROGRESS &&
-            t >= 0 && c->tlops[t]->release_recv &&
+            t >= 0 &&
             c->tlops[t]->release_recv(c->tl[t], peer, MC_CH_P2P, &pin->px,
                                       MC_ERR_PEER_FAILED) < 0)
             MC_LOG(MC_LOG_WARN,
@@ -7850,7 +7850,7 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
      * after a protocol error, may be alive and not reading.) */
     for (mc_request_t *r = c->sends; r; r = r->s_next) {
         int q = r->peer, t = c->peer_tl[q];
-        if (active[q] || t < 0 || !c->tlops[t]->release_send) continue;
+        if (active[q] || t < 0) continue;
         /* every byte written, its completion not yet seen: it went */
         if (r->hx.off >= r->hx.len && r->px.off >= r->px.len) continue;
         int h = 0, p = 0; /* header: 1 dropped, 0 kept or done, < 0 */
@@ -7882,8 +7882,7 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
         mc_request_t *rq = NULL;
         if (pin->p2p_req && pin->state == IN_PAYLOAD &&
             pin->px.status == MC_INPROGRESS &&
-            pin->px.off < pin->px.len && /* else it is all in */
-            c->tlops[t]->release_recv) {
+            pin->px.off < pin->px.len) { /* else it is all in */
             int rc = c->tlops[t]->release_recv(c->tl[t], q, MC_CH_P2P,
                                                &pin->px, MC_OK);
             if (rc == 0) {

@@ -60,6 +60,20 @@ mc_status_t mc_tl_stub_ack_now(mc_tl_t *tl, int peer, int ch)
     return MC_ERR_UNSUPPORTED;
 }
 
+int mc_tl_stub_release_send(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
+                            int drop, mc_status_t st)
+{
+    (void)tl, (void)peer, (void)ch, (void)x, (void)drop, (void)st;
+    return MC_ERR_UNSUPPORTED;
+}
+
+int mc_tl_stub_release_recv(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
+                            mc_status_t st)
+{
+    (void)tl, (void)peer, (void)ch, (void)x, (void)st;
+    return MC_ERR_UNSUPPORTED;
+}
+
 /* The rest of a released send (its bytes) or receive (a sink), owned by
  * the transport: freed by its own completion (written or read, or failed
  * with the peer) or by mc_tl_owned_free. A receive's rest is read through

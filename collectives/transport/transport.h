@@ -267,6 +267,10 @@ mc_status_t mc_tl_stub_signal(mc_tl_t *tl, int peer, int slot, uint64_t value);
 mc_status_t mc_tl_stub_peek(mc_tl_t *tl, int peer, int slot, uint64_t *value_p);
 mc_status_t mc_tl_stub_sent_held(mc_tl_t *tl, int peer, int ch);
 mc_status_t mc_tl_stub_ack_now(mc_tl_t *tl, int peer, int ch);
+int mc_tl_stub_release_send(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
+                            int drop, mc_status_t st);
+int mc_tl_stub_release_recv(mc_tl_t *tl, int peer, int ch, mc_xfer_t *x,
+                            mc_status_t st);
 mc_status_t mc_tl_stub_add_peer(mc_tl_t *tl, int peer, uint64_t incarnation,
                                 int64_t timeout_ms);
 mc_status_t mc_tl_stub_put(mc_tl_t *tl, int peer, const void *src, mc_mr_t *lmr,

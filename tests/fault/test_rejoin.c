@@ -145,13 +145,14 @@ static int catchup(rj_run_t *k, mc_comm_h comm, int n, uint64_t *seen,
     return 0;
 }
 
-static int worker(rj_run_t *k, int slot, int join)
+/* Slot's communicator (a joiner's with join set), or NULL (error in the
+ * slot's err). */
+static mc_comm_h rj_open(rj_run_t *k, int slot, int join)
 {
-    rj_shm_t *sh = k->shm;
     mc_store_h store;
     if (mc_store_file_create(k->dir, &store) != MC_OK) {
-        rj_fail(sh, slot, "store: %s", mc_last_error());
-        return 1;
+        rj_fail(k->shm, slot, "store: %s", mc_last_error());
+        return NULL;
     }
     mc_comm_config_t cfg;
     mc_comm_config_init(&cfg);
@@ -165,9 +166,18 @@ static int worker(rj_run_t *k, int slot, int join)
     mc_status_t st = mc_comm_create(slot, k->size, store, &cfg, &comm);
     mc_store_destroy(store);
     if (st != MC_OK) {
-        rj_fail(sh, slot, "create (join=%d): %s", join, mc_last_error());
-        return 1;
+        rj_fail(k->shm, slot, "create (join=%d): %s", join, mc_last_error());
+        return NULL;
     }
+    return comm;
+}
+
+static int worker(rj_run_t *k, int slot, int join)
+{
+    rj_shm_t *sh = k->shm;
+    mc_status_t st;
+    mc_comm_h comm = rj_open(k, slot, join);
+    if (!comm) return 1;
     int n = mc_comm_size(comm);
     int64_t *buf = malloc((RJ_COUNT + 1) * sizeof(int64_t));
     int step = 0;
@@ -681,26 +691,9 @@ static int64_t rp_pat(int join, int64_t i)
 static int p2p_worker(rj_run_t *k, int slot, int join)
 {
     rj_shm_t *sh = k->shm;
-    mc_store_h store;
-    if (mc_store_file_create(k->dir, &store) != MC_OK) {
-        rj_fail(sh, slot, "store: %s", mc_last_error());
-        return 1;
-    }
-    mc_comm_config_t cfg;
-    mc_comm_config_init(&cfg);
-    cfg.transport = k->tr;
-    cfg.timeout_ms = 30000;
-    cfg.init_timeout_ms = 30000;
-    cfg.max_size = k->max_size;
-    cfg.join = join;
-    cfg.admit_auto = 1;
-    mc_comm_h comm;
-    mc_status_t st = mc_comm_create(slot, k->size, store, &cfg, &comm);
-    mc_store_destroy(store);
-    if (st != MC_OK) {
-        rj_fail(sh, slot, "create (join=%d): %s", join, mc_last_error());
-        return 1;
-    }
+    mc_status_t st;
+    mc_comm_h comm = rj_open(k, slot, join); /* admit_auto */
+    if (!comm) return 1;
     int64_t *b = malloc(RP_COUNT * sizeof(int64_t));
     if (!b) return 1;
     if (slot == 2) {
