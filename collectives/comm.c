@@ -7845,12 +7845,16 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
      * their buffers (a stopped rank would hold them forever). A message
      * none of which went leaves unsent; one partly written goes on from
      * the transport's copy, so that a removed process that resumes reads
-     * whole messages and then the view that evicts it. (A dead rank's
-     * the transport fails anyway; one the engine alone counts dead, e.g.
-     * after a protocol error, may be alive and not reading.) */
+     * whole messages and then the view that evicts it. (Sends to a rank
+     * its transport knows dead fail there, without a copy; one the engine
+     * alone counts dead, e.g. after a protocol error, may be alive and
+     * not reading.) */
     for (mc_request_t *r = c->sends; r; r = r->s_next) {
         int q = r->peer, t = c->peer_tl[q];
         if (active[q] || t < 0) continue;
+        if (c->peer_dead[q] &&
+            c->tlops[t]->peer_status(c->tl[t], q) == MC_ERR_PEER_FAILED)
+            continue;
         /* every byte written, its completion not yet seen: it went */
         if (r->hx.off >= r->hx.len && r->px.off >= r->px.len) continue;
         int h = 0, p = 0; /* header: 1 dropped, 0 kept or done, < 0 */
