@@ -214,15 +214,14 @@ struct mc_request {
     int admitted;    /* joiners the admission round after it added */
     /* point-to-point */
     int peer, source;
-    int64_t p2p_deadline; /* recv: unmatched past this, it times out */
+    int64_t p2p_deadline; /* not finished past this, it times out */
     uint32_t tag;
     void *buf;
     size_t bytes;
     mc_hdr_t shdr;
     mc_xfer_t hx, px;
     struct mc_request *s_prev, *s_next;
-    uint64_t removed_epoch; /* a send whose peer a view removed (that
-                               view's epoch): released, see view_adopt */
+    int p2p_held; /* its buffer could not be given back (p2p_expire) */
     /* completion callback (under the communicator's dlock) */
     mc_request_cb_t cb;
     void *cb_arg;
@@ -299,6 +298,7 @@ struct mc_comm {
     uint64_t *fin_seq;            /*   read whole (or dropped): (epoch, seq) */
     uint8_t *left_wait;           /* [peer]: left_notices waits on its frame */
     uint32_t *p2p_sending;        /* [peer]: user sends on its p2p stream */
+    uint8_t *p2p_rest; /* [peer]: a released send's rest may be queued to it */
     uint64_t *abort_seq;          /* [peer]: ABORT received for a later op */
     mc_status_t *abort_why;
     char (*abort_msg)[MC_ABORT_MSG_MAX + 1];
@@ -1205,29 +1205,142 @@ static void p2p_peer_failed(mc_comm_t *c, int peer)
     }
 }
 
-/* A receive still unmatched at the operation timeout fails with
- * MC_ERR_TIMEOUT (guarantee 1: a live peer that never sends does not hold
- * the caller for good). One already matched keeps going: its message is
- * arriving, and a failing sender ends it, or the view that removes the
- * sender (view_adopt). A message that comes later is kept for the next
- * matching receive. (A send has no such end: its buffer stays with the
- * transport until the peer reads it, fails or is removed.) plock. */
-static void p2p_recv_expire(mc_comm_t *c, mc_request_t *r)
+/* Give a user send's buffer back (plock held; the send is on comm->sends):
+ * the transport stops reading it, a message none of which went leaves
+ * unsent, one partly written goes on from the transport's copy (so that
+ * the peer's stream stays whole). Its transfers end with `st`, and `why`
+ * becomes the send's error text (unless one is set already: the first
+ * reason stands). Returns 1 if a transfer was released (the send
+ * completes at the next event pass), 0 if there was none to release (it
+ * went, or ended: it completes on its own), or < 0 (out of memory for the
+ * copy) when the send stays as it was. */
+static int p2p_send_release(mc_comm_t *c, mc_request_t *r, mc_status_t st,
+                            const char *why)
+{
+    int q = r->peer, t = c->peer_tl[q];
+    if (t < 0) return MC_ERR_INVALID_ARG;
+    /* every byte written, its completion not yet seen: it went */
+    if (r->hx.off >= r->hx.len && r->px.off >= r->px.len) return 0;
+    int h = 0, p = 0, did = 0; /* header: 1 dropped, 0 kept or done, < 0 */
+    if (r->hx.status == MC_INPROGRESS) {
+        h = c->tlops[t]->release_send(c->tl[t], q, MC_CH_P2P, &r->hx, 1, st);
+        did |= h >= 0;
+    }
+    if (h >= 0 && r->px.status == MC_INPROGRESS) {
+        p = c->tlops[t]->release_send(c->tl[t], q, MC_CH_P2P, &r->px, h == 1,
+                                      st);
+        did |= p >= 0;
+    }
+    /* (the callbacks only queued the send's event: the text is read when
+     * it runs) */
+    if (did && !r->err[0]) snprintf(r->err, sizeof(r->err), "%s", why);
+    /* a rest the transport still sends to a peer that stays in the view:
+     * LEFT notices do not wait behind it (left_notices) */
+    if (did && h == 0 && c->active[q]) c->p2p_rest[q] = 1;
+    if (h < 0) return h;
+    if (p < 0) return p;
+    return did;
+}
+
+/* Give up a user receive (plock held, not done) and complete it with st
+ * and `why`: one still posted leaves the list; one taking its message
+ * off the stream has the rest read into the transport's sink (never into
+ * its buffer), and the stream is read on after it; one that claimed a
+ * message still arriving into an engine buffer drops that buffer when it
+ * is in. Returns 1 if it completed, 0 if its message is all in (it
+ * completes at the next event pass), MC_ERR_NOT_FOUND if the engine no
+ * longer knows where its message is (admit_peer reset its stream while a
+ * transfer was still under way), or < 0 (out of memory for the sink) when
+ * the receive stays as it was. */
+static int p2p_recv_release(mc_comm_t *c, mc_request_t *r, mc_status_t st,
+                            const char *why)
 {
     mc_request_t *prev = NULL, *q = c->precv_head;
     while (q && q != r) {
         prev = q;
         q = q->next;
     }
-    if (!q) return; /* matched (or done) */
-    precv_unlink(c, prev, r);
-    char who[32] = "any rank", msg[160];
-    if (r->peer != MC_ANY_SOURCE) snprintf(who, sizeof(who), "rank %d", r->peer);
-    snprintf(msg, sizeof(msg),
-             "recv from %s (tag %u): no message within the operation "
-             "timeout (%lld ms)",
-             who, r->tag, (long long)c->timeout_ms);
-    req_complete(r, MC_ERR_TIMEOUT, msg);
+    if (q) {
+        precv_unlink(c, prev, r);
+        req_complete(r, st, why);
+        return 1;
+    }
+    int src = r->source;
+    if (src < 0 || src >= c->size || src == c->rank) return MC_ERR_NOT_FOUND;
+    mc_in_t *pin = &c->in[MC_CH_P2P][src];
+    int arriving = pin->state == IN_PAYLOAD &&
+                   pin->px.status == MC_INPROGRESS && pin->px.off < pin->px.len;
+    if (pin->p2p_req == r) {
+        int t = c->peer_tl[src];
+        if (!arriving || t < 0) return 0; /* all in: it completes at once */
+        int rc = c->tlops[t]->release_recv(c->tl[t], src, MC_CH_P2P, &pin->px,
+                                           MC_OK);
+        if (rc < 0) return rc;
+        pin->p2p_req = NULL; /* its payload event: on to a header */
+        req_complete(r, st, why);
+        return 1;
+    }
+    if (pin->p2p_unexp && pin->p2p_unexp->claimed == r) {
+        if (!arriving) return 0; /* in: copied at the next event pass */
+        pin->p2p_unexp->claimed = NULL;
+        pin->p2p_unexp->drop = 1;
+        req_complete(r, st, why);
+        return 1;
+    }
+    return MC_ERR_NOT_FOUND;
+}
+
+/* Guarantee 1 for a p2p call (plock held, from its wait or test): one not
+ * finished by the operation timeout (counted from the call) fails with
+ * MC_ERR_TIMEOUT; one whose peer the heartbeat finds silent past the
+ * liveness timeout fails then with MC_ERR_PEER_FAILED, while the peer
+ * stays in the view (the next collective finds the silence itself and
+ * removes it, with a quorum). Either way the caller's buffer is given
+ * back (p2p_send_release, p2p_recv_release): a send partly written still
+ * reaches the peer whole if it resumes, a receive that was taking its
+ * message discards the rest. An MC_ANY_SOURCE receive that nothing
+ * matched has only the timeout. */
+static void p2p_expire(mc_comm_t *c, mc_request_t *r, int64_t now)
+{
+    if (r->done || r->p2p_held) return;
+    int peer = r->kind == R_SEND ? r->peer
+                                 : (r->source >= 0 ? r->source : r->peer);
+    int timeout = now >= r->p2p_deadline;
+    if (!timeout && (peer < 0 || !mc_live_suspected(c->live, peer))) return;
+    char msg[256], who[32] = "any rank";
+    if (peer >= 0) snprintf(who, sizeof(who), "rank %d", peer);
+    const char *what = r->kind == R_SEND ? "send to" : "recv from";
+    if (timeout && r->kind == R_RECV && r->source < 0)
+        snprintf(msg, sizeof(msg),
+                 "recv from %s (tag %u): no message within the operation "
+                 "timeout (%lld ms)",
+                 who, r->tag, (long long)c->timeout_ms);
+    else if (timeout)
+        snprintf(msg, sizeof(msg),
+                 "%s %s (tag %u): not finished within the operation "
+                 "timeout (%lld ms)",
+                 what, who, r->tag, (long long)c->timeout_ms);
+    else
+        snprintf(msg, sizeof(msg),
+                 "%s rank %d (tag %u): rank %d has been silent for %lld ms, "
+                 "past the liveness timeout: suspected failed",
+                 what, peer, r->tag, peer,
+                 (long long)mc_live_silent_ms(c->live, peer));
+    mc_status_t st = timeout ? MC_ERR_TIMEOUT : MC_ERR_PEER_FAILED;
+    int rc = 0;
+    if (r->kind == R_SEND)
+        rc = r->p2p_counted ? p2p_send_release(c, r, st, msg) : 0;
+    else
+        rc = p2p_recv_release(c, r, st, msg);
+    if (rc < 0) {
+        r->p2p_held = 1; /* said once; it waits as before */
+        MC_LOG(MC_LOG_WARN,
+               "rank %d: %s; its buffer could not be given back (%s): it "
+               "waits for the transport",
+               c->rank, msg, mc_status_str(rc));
+    } else if (rc == 1 && !timeout) {
+        MC_LOG(MC_LOG_WARN, "rank %d: %s", c->rank, msg);
+    }
 }
 
 /* Evidence that `peer` is gone: fail what depends on it. */
@@ -3257,7 +3370,7 @@ static void left_notices(mc_comm_t *c, mc_cctx_t *cx, uint64_t flags)
             .buf = &l->hdr, .len = sizeof(l->hdr), .status = MC_INPROGRESS};
         if (c->tlops[t]->post_send(c->tl[t], p, MC_CH_P2P, &l->hx) < 0)
             l->hx.status = MC_ERR_PEER_FAILED;
-        else if (!c->p2p_sending[p])
+        else if (!c->p2p_sending[p] && !c->p2p_rest[p])
             c->left_wait[p] = 1; /* behind user sends: it goes, unwaited */
     }
     int64_t start = mc_now_us(), idle_since = start;
@@ -5311,7 +5424,7 @@ static mc_status_t request_wait(mc_request_t *r, int64_t timeout_ms)
                             r->peer);
         }
         int n = progress_locked(c);
-        if (r->kind == R_RECV && now >= r->p2p_deadline) p2p_recv_expire(c, r);
+        p2p_expire(c, r, now);
         pthread_mutex_unlock(&c->plock);
         if (n)
             idle_since = now;
@@ -5336,6 +5449,7 @@ mc_status_t mc_request_test(mc_request_h r, int *done_p)
             } else {
                 pthread_mutex_lock(&c->plock);
                 progress_locked(c);
+                if (!c->tl_quiet) p2p_expire(c, r, mc_now_us());
                 pthread_mutex_unlock(&c->plock);
             }
         }
@@ -6123,12 +6237,9 @@ static void p2p_send_event(mc_ev_t *ev)
     mc_status_t st = r->hx.status < 0 ? (mc_status_t)r->hx.status
                                       : (mc_status_t)r->px.status;
     if (r->p2p_counted) p2p_send_unlink(r->comm, r);
-    char msg[128] = "";
-    if (st < 0 && r->removed_epoch)
-        snprintf(msg, sizeof(msg),
-                 "send to rank %d: it was removed from the view (epoch "
-                 "%llu) before it took the message",
-                 r->peer, (unsigned long long)r->removed_epoch);
+    char msg[sizeof(r->err)] = "";
+    if (st < 0 && r->err[0]) /* given back: p2p_send_release says why */
+        snprintf(msg, sizeof(msg), "%s", r->err);
     else if (st < 0)
         snprintf(msg, sizeof(msg), "send to rank %d failed: %s", r->peer,
                  mc_status_str(st));
@@ -6148,6 +6259,7 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n, mc_dtype_t dt,
     r->peer = peer;
     r->tag = tag;
     r->bytes = n * ES(dt);
+    r->p2p_deadline = mc_deadline_us(c->timeout_ms);
     r->ev.fn = p2p_send_event;
     r->shdr = (mc_hdr_t){.magic = MC_WIRE_MAGIC,
                          .kind = MC_KIND_P2P,
@@ -6448,6 +6560,7 @@ static void comm_free(mc_comm_t *c)
     free(c->p2p_eof);
     free(c->left_wait);
     free(c->p2p_sending);
+    free(c->p2p_rest);
     free(c->abort_seq);
     free(c->abort_why);
     free(c->abort_msg);
@@ -6766,6 +6879,7 @@ static void admit_peer(mc_comm_t *c, int q)
            2 * (size_t)c->size);
     c->sent_view[q] = c->epoch; /* it has the view from the store */
     c->suspect[q] = 0;
+    c->p2p_rest[q] = 0; /* a fresh stream */
     c->abort_seq[q] = UINT64_MAX;
     if (t < 0) {
         MC_LOG(MC_LOG_ERROR,
@@ -7303,6 +7417,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->fin_seq = calloc((size_t)size, sizeof(uint64_t));
     c->left_wait = calloc((size_t)size, 1);
     c->p2p_sending = calloc((size_t)size, sizeof(uint32_t));
+    c->p2p_rest = calloc((size_t)size, 1);
     c->abort_seq = malloc(sizeof(uint64_t) * (size_t)size);
     c->abort_why = calloc((size_t)size, sizeof(mc_status_t));
     c->abort_msg = calloc((size_t)size, sizeof(*c->abort_msg));
@@ -7382,7 +7497,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
         !c->abort_out || !c->abort_seq || !c->abort_why || !c->abort_msg ||
         !c->left_out || !c->left_epoch || !c->left_seq || !c->left_wait ||
         !c->fin_epoch || !c->fin_seq ||
-        !c->p2p_sending ||
+        !c->p2p_sending || !c->p2p_rest ||
         !c->in[0] || !c->in[1] || !hosts || !mask) {
         st = mc_err(MC_ERR_NO_MEMORY, "comm_create: out of memory");
         goto err_free;
@@ -7855,23 +7970,18 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
         if (c->peer_dead[q] &&
             c->tlops[t]->peer_status(c->tl[t], q) == MC_ERR_PEER_FAILED)
             continue;
-        /* every byte written, its completion not yet seen: it went */
-        if (r->hx.off >= r->hx.len && r->px.off >= r->px.len) continue;
-        int h = 0, p = 0; /* header: 1 dropped, 0 kept or done, < 0 */
-        if (r->hx.status == MC_INPROGRESS)
-            h = c->tlops[t]->release_send(c->tl[t], q, MC_CH_P2P, &r->hx, 1,
-                                          MC_ERR_PEER_FAILED);
-        if (h >= 0 && r->px.status == MC_INPROGRESS)
-            p = c->tlops[t]->release_send(c->tl[t], q, MC_CH_P2P, &r->px,
-                                          h == 1, MC_ERR_PEER_FAILED);
-        if (h < 0 || p < 0)
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "send to rank %d: it was removed from the view (epoch "
+                 "%llu) before it took the message",
+                 q, (unsigned long long)epoch);
+        int rc = p2p_send_release(c, r, MC_ERR_PEER_FAILED, msg);
+        if (rc < 0)
             /* (out of memory for the copy) it waits as before */
             MC_LOG(MC_LOG_WARN,
                    "rank %d: a send to rank %d, removed from the view, "
                    "could not be released (%s): it waits for that rank",
-                   c->rank, q, mc_status_str(h < 0 ? h : p));
-        else
-            r->removed_epoch = epoch;
+                   c->rank, q, mc_status_str(rc));
     }
     /* Receives already taking a message from a removed rank that is not
      * dead (a dead one's stream ends on its own, p2p_peer_failed): the
@@ -7881,37 +7991,22 @@ static void view_adopt(mc_comm_t *c, uint64_t epoch, const uint8_t *active)
     for (int q = 0; q < c->size; q++) {
         if (q == c->rank || active[q] || c->peer_dead[q] || c->peer_tl[q] < 0)
             continue;
-        int t = c->peer_tl[q];
         mc_in_t *pin = &c->in[MC_CH_P2P][q];
-        mc_request_t *rq = NULL;
-        if (pin->p2p_req && pin->state == IN_PAYLOAD &&
-            pin->px.status == MC_INPROGRESS &&
-            pin->px.off < pin->px.len) { /* else it is all in */
-            int rc = c->tlops[t]->release_recv(c->tl[t], q, MC_CH_P2P,
-                                               &pin->px, MC_OK);
-            if (rc == 0) {
-                rq = pin->p2p_req;
-                pin->p2p_req = NULL; /* its payload event: on to a header */
-            } else {
-                MC_LOG(MC_LOG_WARN,
-                       "rank %d: a receive from rank %d, removed from the "
-                       "view, could not be released (%s): it waits for "
-                       "that rank",
-                       c->rank, q, mc_status_str(rc));
-            }
-        } else if (pin->p2p_unexp && pin->p2p_unexp->claimed) {
-            rq = pin->p2p_unexp->claimed;
-            pin->p2p_unexp->claimed = NULL;
-            pin->p2p_unexp->drop = 1;
-        }
-        if (rq) {
-            char msg[160];
-            snprintf(msg, sizeof(msg),
-                     "recv from rank %d: it was removed from the view (epoch "
-                     "%llu) while its message was arriving",
-                     q, (unsigned long long)epoch);
-            req_complete(rq, MC_ERR_PEER_FAILED, msg);
-        }
+        mc_request_t *rq = pin->p2p_req;
+        if (!rq && pin->p2p_unexp) rq = pin->p2p_unexp->claimed;
+        if (!rq) continue;
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "recv from rank %d: it was removed from the view (epoch "
+                 "%llu) while its message was arriving",
+                 q, (unsigned long long)epoch);
+        int rc = p2p_recv_release(c, rq, MC_ERR_PEER_FAILED, msg);
+        if (rc < 0)
+            MC_LOG(MC_LOG_WARN,
+                   "rank %d: a receive from rank %d, removed from the "
+                   "view, could not be released (%s): it waits for that "
+                   "rank",
+                   c->rank, q, mc_status_str(rc));
     }
     c->epoch = epoch;
     c->view_changes++;

@@ -638,21 +638,24 @@ mc_status_t mc_live_connect(mc_live_t *l)
 int mc_live_suspects(mc_live_t *l, uint8_t *out)
 {
     if (!l) return 0;
-    int64_t d = atomic_load_explicit(&l->drain_us, memory_order_acquire);
     int n = 0;
     for (int r = 0; r < l->size; r++) {
-        mc_live_peer_t *p = &l->peers[r];
-        int s = 0;
-        if (d && atomic_load_explicit(&p->watch, memory_order_relaxed)) {
-            /* heard_us may already be newer than d: then not silent */
-            int64_t h =
-                atomic_load_explicit(&p->heard_us, memory_order_relaxed);
-            s = d - h > l->timeout_us;
-        }
+        int s = mc_live_suspected(l, r);
         if (out) out[r] = (uint8_t)s;
         n += s;
     }
     return n;
+}
+
+int mc_live_suspected(mc_live_t *l, int peer)
+{
+    if (!l || peer < 0 || peer >= l->size) return 0;
+    int64_t d = atomic_load_explicit(&l->drain_us, memory_order_acquire);
+    mc_live_peer_t *p = &l->peers[peer];
+    /* acquire: a re-watched peer's heard_us is stored before its watch */
+    if (!d || !atomic_load_explicit(&p->watch, memory_order_acquire)) return 0;
+    int64_t h = atomic_load_explicit(&p->heard_us, memory_order_relaxed);
+    return d - h > l->timeout_us;
 }
 
 int64_t mc_live_silent_ms(mc_live_t *l, int peer)

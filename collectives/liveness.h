@@ -126,6 +126,12 @@ mc_status_t mc_live_connect(mc_live_t *l);
 int mc_live_suspects(mc_live_t *l, uint8_t *out);
 
 /*
+ * 1 if `peer` alone is suspected by the rule of mc_live_suspects (watched
+ * and silent longer than the timeout), else 0. Lock-free, no system call.
+ */
+int mc_live_suspected(mc_live_t *l, int peer);
+
+/*
  * Milliseconds since `peer` was last heard (on the thread's clock, see
  * above), or -1 if it is not watched (self, out of range, forgotten,
  * unwatched) or before connect. Lock-free.

@@ -586,16 +586,25 @@ mc_status_t mc_comm_barrier(mc_comm_h comm);
  * one sender with the same tag arrive in send order; a receive matches the
  * oldest message with its (source, tag). A send completes once its buffer
  * may be reused. The receive's count must equal the send's, else the
- * receive fails with MC_ERR_MISMATCH. A receive that no message has
- * matched by the communicator's operation timeout fails with
- * MC_ERR_TIMEOUT when it is waited for (mc_comm_recv, mc_request_wait); a
- * message that comes later waits for the next matching receive. A send has
- * no such timeout: it ends when the peer has taken the message, has failed,
- * or is removed from the view (MC_ERR_PEER_FAILED, e.g. a stopped rank the
- * heartbeat found: the buffer is free again then; a message partly on its
- * way goes on from the engine's copy, one not started is not sent). The
- * same view change fails receives from that rank, also one whose message
- * was arriving (the rest is read and discarded, never into its buffer).
+ * receive fails with MC_ERR_MISMATCH.
+ *
+ * Every send and receive ends (checked while it is waited for or tested:
+ * mc_comm_send/recv, mc_request_wait, mc_request_test):
+ *  - not finished by the communicator's operation timeout, counted from
+ *    the call: MC_ERR_TIMEOUT (a receive nothing matched; a message that
+ *    comes later waits for the next matching receive);
+ *  - its peer silent past the liveness timeout (fault tolerance on: the
+ *    heartbeat): MC_ERR_PEER_FAILED, the peer still in the view (the next
+ *    collective deals with it); an MC_ANY_SOURCE receive nothing matched
+ *    has only the timeout;
+ *  - its peer dead, or removed from the view: MC_ERR_PEER_FAILED.
+ * When such a call fails its buffer is the caller's again: a message partly
+ * sent goes on from the engine's copy (the peer may still receive it
+ * whole), one not started is not sent, and the rest of a message that was
+ * arriving is read and discarded, never into the buffer. So a failed send
+ * does not say whether the peer got the message. (Without memory for that
+ * copy, or for the sink, the call waits as before, with a warning. A
+ * request only completion callbacks watch is not checked.)
  */
 #define MC_ANY_SOURCE (-1)
 

@@ -588,6 +588,137 @@ static void test_dead_rank_held_stream(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* A send or a receive taking its message that has not finished by the
+ * operation timeout (1 s here) fails with MC_ERR_TIMEOUT, and gives the
+ * caller's buffer back while the stream stays whole (guarantee 1: a live
+ * peer that never takes a message does not hold the caller for good;
+ * before, such a send waited forever). 2 live ranks, no call stalls the
+ * heartbeat. Part 1: rank 0 sends 16 MiB that rank 1 (held stream: the
+ * unexpected buffer is 1 KiB) receives only 2.5 s later; rank 0's send
+ * fails after about 1 s and rank 0 overwrites its buffer; rank 1 must
+ * still receive the message whole and exact (from the engine's copy).
+ * Part 2: rank 1 sends 16 MiB to rank 0's posted receive and makes no
+ * call for 2.5 s (its transport moves nothing meanwhile); rank 0's
+ * receive fails after about 1 s, rank 0 overwrites its buffer; rank 1's
+ * send, waited for past its own timeout, fails too and the rest goes from
+ * its copy, which rank 0 reads into the transport's sink: not one element
+ * of rank 0's buffer may change after. Each part ends
+ * with a message the other way, which the stream must deliver. */
+#define TO_COUNT ((size_t)2 << 20) /* int64: 16 MiB */
+
+static int64_t to_pat(size_t i, int k)
+{
+    return (int64_t)i * 2654435761ll + 17 + k;
+}
+
+/* Receive one int32 on tag from peer, retrying receives that expire. */
+static mc_status_t to_recv_retry(mc_comm_h comm, int peer, uint32_t tag,
+                                 int32_t *v)
+{
+    mc_status_t st = MC_ERR_TIMEOUT;
+    for (int i = 0; i < 20 && st == MC_ERR_TIMEOUT; i++)
+        st = mc_comm_recv(comm, v, 1, MC_INT32, peer, tag);
+    return st;
+}
+
+static int to_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    const p2p_param_t *p = arg;
+    pc_t c = {comm, rank, size, ref_tname(p->transport)};
+    int64_t *b = malloc(TO_COUNT * sizeof(int64_t));
+    if (!b) return FAIL(&c, "oom");
+    int32_t v = 0;
+    CALL(&c, mc_comm_barrier(comm));
+    /* part 1 */
+    if (rank == 0) {
+        for (size_t i = 0; i < TO_COUNT; i++)
+            b[i] = to_pat(i, 0);
+        mc_request_h r;
+        CALL(&c, mc_comm_isend(comm, b, TO_COUNT, MC_INT64, 1, 50, &r));
+        double t0 = now_s();
+        mc_status_t st = mc_request_wait(r, -1);
+        double took = now_s() - t0;
+        mc_request_free(r);
+        if (st != MC_ERR_TIMEOUT || !strstr(mc_last_error(), "not finished"))
+            return FAIL(&c, "send nobody took: %s after %.2f s (%s)",
+                        mc_status_str(st), took, mc_last_error());
+        if (took < 0.8 || took > 5.0)
+            return FAIL(&c, "send timed out after %.2f s (timeout 1 s)", took);
+        printf("  %s: send timed out after %.0f ms\n", c.tname, took * 1e3);
+        memset(b, 0xEE, TO_COUNT * sizeof(int64_t)); /* ours again */
+        CALL(&c, to_recv_retry(comm, 1, 51, &v));
+        if (v != 51) return FAIL(&c, "message after part 1: %d", (int)v);
+    } else {
+        usleep(2500000); /* no call: rank 0's send times out meanwhile */
+        memset(b, 0, TO_COUNT * sizeof(int64_t));
+        CALL(&c, mc_comm_recv(comm, b, TO_COUNT, MC_INT64, 0, 50));
+        for (size_t i = 0; i < TO_COUNT; i++)
+            if (b[i] != to_pat(i, 0))
+                return FAIL(&c, "message whose send timed out, element "
+                                "%zu: %lld",
+                            i, (long long)b[i]);
+        v = 51;
+        CALL(&c, mc_comm_send(comm, &v, 1, MC_INT32, 0, 51));
+    }
+    /* part 2 */
+    if (rank == 0) {
+        mc_request_h r;
+        CALL(&c, mc_comm_irecv(comm, b, TO_COUNT, MC_INT64, 1, 60, &r));
+        CALL(&c, mc_comm_send(comm, &v, 1, MC_INT32, 1, 61)); /* posted */
+        double t0 = now_s();
+        mc_status_t st = mc_request_wait(r, -1);
+        double took = now_s() - t0;
+        mc_request_free(r);
+        if (st != MC_ERR_TIMEOUT || !strstr(mc_last_error(), "not finished"))
+            return FAIL(&c, "receive of a stalled message: %s after %.2f s "
+                            "(%s)",
+                        mc_status_str(st), took, mc_last_error());
+        printf("  %s: receive timed out mid-message after %.0f ms\n",
+               c.tname, took * 1e3);
+        memset(b, 0xEE, TO_COUNT * sizeof(int64_t));
+        CALL(&c, to_recv_retry(comm, 1, 62, &v));
+        if (v != 62) return FAIL(&c, "message after part 2: %d", (int)v);
+        for (size_t i = 0; i < TO_COUNT; i++)
+            if (b[i] != (int64_t)0xEEEEEEEEEEEEEEEEull)
+                return FAIL(&c, "element %zu written after the receive "
+                                "timed out",
+                            i);
+    } else {
+        for (size_t i = 0; i < TO_COUNT; i++)
+            b[i] = to_pat(i, 1);
+        CALL(&c, to_recv_retry(comm, 0, 61, &v));
+        mc_request_h r;
+        CALL(&c, mc_comm_isend(comm, b, TO_COUNT, MC_INT64, 0, 60, &r));
+        usleep(2500000); /* no call: the message stalls half sent */
+        /* past its own timeout too: it fails at once, and the rest goes
+         * from the engine's copy (rank 0 reads it into its sink) */
+        mc_status_t st = wait_free(r, -1);
+        if (st != MC_OK &&
+            (st != MC_ERR_TIMEOUT || !strstr(mc_last_error(), "not finished")))
+            return FAIL(&c, "stalled send: %s", mc_last_error());
+        v = 62;
+        CALL(&c, mc_comm_send(comm, &v, 1, MC_INT32, 0, 62));
+    }
+    free(b);
+    CALL(&c, mc_comm_barrier(comm));
+    return 0;
+}
+
+static void test_p2p_timeout(void **state)
+{
+    (void)state;
+    setenv("MOONCAKE_TIMEOUT_MS", "1000", 1);
+    setenv("MOONCAKE_P2P_UNEXPECTED_MAX", "1024", 1);
+    setenv("MOONCAKE_TCP_BUF_BYTES", "262144", 1);
+    p2p_param_t shm = {2, MC_TRANSPORT_SHM}, tcp = {2, MC_TRANSPORT_TCP};
+    int failed = mc_test_spawn(2, MC_TRANSPORT_SHM, 60, to_body, &shm);
+    failed += mc_test_spawn(2, MC_TRANSPORT_TCP, 60, to_body, &tcp);
+    unsetenv("MOONCAKE_TCP_BUF_BYTES");
+    unsetenv("MOONCAKE_P2P_UNEXPECTED_MAX");
+    unsetenv("MOONCAKE_TIMEOUT_MS");
+    assert_int_equal(failed, 0);
+}
+
 static p2p_param_t params[] = {
     {2, MC_TRANSPORT_SHM}, {3, MC_TRANSPORT_SHM}, {4, MC_TRANSPORT_SHM},
     {2, MC_TRANSPORT_TCP}, {3, MC_TRANSPORT_TCP}, {4, MC_TRANSPORT_TCP},
@@ -597,7 +728,7 @@ int main(void)
 {
     enum { N = sizeof(params) / sizeof(params[0]) };
     static char names[N][48];
-    struct CMUnitTest tests[N + 4];
+    struct CMUnitTest tests[N + 5];
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof(names[i]), "p2p_%d_%s", params[i].size,
                  ref_tname(params[i].transport));
@@ -615,5 +746,7 @@ int main(void)
     tests[N + 3] = (struct CMUnitTest){"dead_rank_held_stream",
                                        test_dead_rank_held_stream, NULL, NULL,
                                        NULL};
-    return _cmocka_run_group_tests("p2p", tests, N + 4, NULL, NULL);
+    tests[N + 4] = (struct CMUnitTest){"p2p_timeout", test_p2p_timeout, NULL,
+                                       NULL, NULL};
+    return _cmocka_run_group_tests("p2p", tests, N + 5, NULL, NULL);
 }

@@ -1711,6 +1711,218 @@ static void recv_stopped_left_tcp_3(void **s)
     (void)s, run_send_stopped(MC_TRANSPORT_TCP, 0, 1);
 }
 
+/* p2p with a silent peer and no collective running: the heartbeat ends
+ * it (guarantee 1: a silent peer within the liveness timeout). Only an
+ * agreement removes a rank, and p2p calls run none; before, a send to a
+ * stopped rank, or a receive whose message was arriving from it, waited
+ * for good unless a collective ran. 2 ranks; rank 1 posts a receive of
+ * rank 0's 16 MiB message, sends rank 0 16 MiB that rank 0 waits for, and
+ * stops itself with both partly moved (small socket buffers: the rings
+ * and sockets hold far less). Rank 0 sends its message and waits, with
+ * no timeout of its own, for its send, its receive of rank 1's message
+ * and a second receive from rank 1 that nothing matches: each must fail
+ * with MC_ERR_PEER_FAILED naming the silence within the liveness timeout
+ * (1 s) + slack of the stop; rank 0 then overwrites both buffers and
+ * frees the one it sent. Resumed, rank 1 must receive rank 0's message
+ * whole and exact (the rest came from the engine's copy), its own send
+ * must complete (rank 0 read the rest into the transport's sink: not one
+ * element of its buffer was written), and both ranks go on in the same
+ * view: an allreduce, and a p2p message each way. */
+#define PS_COUNT (2 << 20) /* int64: 16 MiB */
+
+typedef struct {
+    _Atomic int posted, stopped, rank0_done, rank1_done;
+    int64_t t_stop;          /* rank 1, just before it stops */
+    int32_t st[3];           /* rank 0: send, receive mid-message, unmatched */
+    int64_t ms[3];           /* their ends after the stop */
+    char msg[3][200];
+    int32_t clobbered;       /* rank 0's receive buffer written after */
+    int32_t r1_recv, r1_send, r1_wrong;
+    int32_t sum[2], ping[2];
+    uint64_t epoch[2];
+} ps_shm_t;
+
+static int ps_rank(int rank, mc_transport_kind_t tr, const char *dir,
+                   ps_shm_t *sh)
+{
+    setenv("MOONCAKE_LIVENESS_TIMEOUT_MS", "1000", 1);
+    setenv("MOONCAKE_TCP_BUF_BYTES", "262144", 1);
+    mc_comm_h comm;
+    /* the heartbeat, not the op timeout (30 s), ends the calls */
+    mc_status_t st = open_pair(rank, dir, 30000, tr, &comm);
+    if (st != MC_OK) return MC_TFAIL(rank, "create: %s", mc_last_error());
+    if ((st = mc_comm_barrier(comm)) != MC_OK)
+        return MC_TFAIL(rank, "barrier: %s", mc_status_str(st));
+    int64_t *in = calloc(PS_COUNT, sizeof(int64_t));
+    int64_t *out = malloc(PS_COUNT * sizeof(int64_t));
+    if (!in || !out) return MC_TFAIL(rank, "oom");
+    for (int64_t i = 0; i < PS_COUNT; i++)
+        out[i] = rank ? -ss_pat(i) : ss_pat(i);
+    if (rank == 1) {
+        mc_request_h rr, sr;
+        st = mc_comm_irecv(comm, in, PS_COUNT, MC_INT64, 0, 7, &rr);
+        if (st != MC_OK) return MC_TFAIL(rank, "irecv: %s", mc_last_error());
+        while (!atomic_load(&sh->posted))
+            usleep(1000);
+        st = mc_comm_isend(comm, out, PS_COUNT, MC_INT64, 0, 9, &sr);
+        if (st != MC_OK) return MC_TFAIL(rank, "isend: %s", mc_last_error());
+        sh->t_stop = now_ns();
+        raise(SIGSTOP);
+        sh->r1_recv = mc_request_wait(rr, 20000);
+        mc_request_free(rr);
+        if (sh->r1_recv == MC_OK)
+            for (int64_t i = 0; i < PS_COUNT; i++)
+                sh->r1_wrong += in[i] != ss_pat(i);
+        sh->r1_send = mc_request_wait(sr, 20000);
+        mc_request_free(sr);
+        atomic_store(&sh->rank1_done, 1);
+        int32_t back = 30;
+        st = mc_comm_send(comm, &back, 1, MC_INT32, 0, 30);
+        if (st != MC_OK) return MC_TFAIL(rank, "send: %s", mc_last_error());
+    } else {
+        mc_request_h q[3];
+        int64_t small[16];
+        st = mc_comm_irecv(comm, in, PS_COUNT, MC_INT64, 1, 9, &q[1]);
+        if (st != MC_OK) return MC_TFAIL(rank, "irecv: %s", mc_last_error());
+        st = mc_comm_irecv(comm, small, 16, MC_INT64, 1, 10, &q[2]);
+        if (st != MC_OK) return MC_TFAIL(rank, "irecv: %s", mc_last_error());
+        /* rank 1 sends while this rank makes no call: only what the ring
+         * or the sockets hold is in when it stops */
+        atomic_store(&sh->posted, 1);
+        while (!atomic_load(&sh->stopped))
+            usleep(1000);
+        st = mc_comm_isend(comm, out, PS_COUNT, MC_INT64, 1, 7, &q[0]);
+        if (st != MC_OK) return MC_TFAIL(rank, "isend: %s", mc_last_error());
+        for (int i = 0; i < 3; i++) {
+            sh->st[i] = mc_request_wait(q[i], -1);
+            sh->ms[i] = (now_ns() - sh->t_stop) / 1000000;
+            snprintf(sh->msg[i], sizeof(sh->msg[i]), "%s", mc_last_error());
+            mc_request_free(q[i]);
+            if (i == 0 && sh->st[0] != MC_OK) {
+                memset(out, 0xEE, PS_COUNT * sizeof(int64_t));
+                free(out); /* the transport must not read it any more */
+                out = NULL;
+            }
+        }
+        memset(in, 0xEE, PS_COUNT * sizeof(int64_t));
+        atomic_store(&sh->rank0_done, 1);
+        /* a collective now would find rank 1 still stopped: wait until
+         * it is back and its calls ended (its message on tag 30), driving
+         * progress meanwhile (the rests of the released transfers move
+         * only then); a receive fails at once while rank 1 is silent */
+        int64_t t = now_ns();
+        int32_t back = 0;
+        do {
+            st = mc_comm_recv(comm, &back, 1, MC_INT32, 1, 30);
+            if (st == MC_ERR_PEER_FAILED) usleep(1000);
+        } while (st == MC_ERR_PEER_FAILED && now_ns() - t < 30000000000ll);
+        if (st != MC_OK || back != 30)
+            return MC_TFAIL(rank, "recv after the resume: %s (%d)",
+                            mc_last_error(), (int)back);
+    }
+    /* both go on: an allreduce, then a message each way */
+    int32_t v = rank + 1, sum = 0;
+    sh->sum[rank] = mc_comm_allreduce(comm, &v, &sum, 1, MC_INT32, MC_SUM);
+    if (sh->sum[rank] == MC_OK && sum != 3) {
+        fprintf(stderr, "rank %d: allreduce of %d: sum %d, want 3\n", rank,
+                (int)v, (int)sum);
+        sh->sum[rank] = -1;
+    }
+    mc_comm_op_view(comm, &sh->epoch[rank], NULL, NULL);
+    int32_t mine = 100 + rank, theirs = -1;
+    mc_request_h pr;
+    st = mc_comm_isend(comm, &mine, 1, MC_INT32, 1 - rank, 20, &pr);
+    if (st == MC_OK) st = mc_comm_recv(comm, &theirs, 1, MC_INT32, 1 - rank, 20);
+    if (st == MC_OK) st = mc_request_wait(pr, 20000), mc_request_free(pr);
+    sh->ping[rank] = st == MC_OK && theirs != 100 + (1 - rank) ? -1 : st;
+    mc_comm_destroy(comm);
+    if (rank == 0)
+        for (int64_t i = 0; i < PS_COUNT; i++)
+            sh->clobbered += in[i] != (int64_t)0xEEEEEEEEEEEEEEEEull;
+    free(in);
+    free(out);
+    return 0;
+}
+
+static void run_p2p_silent(mc_transport_kind_t tr)
+{
+    char *d = mc_test_mkdtemp();
+    assert_non_null(d);
+    ps_shm_t *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(sh != MAP_FAILED);
+    for (int i = 0; i < 3; i++)
+        sh->st[i] = MC_INPROGRESS;
+    pid_t pid[2];
+    for (int r = 0; r < 2; r++) {
+        pid[r] = fork();
+        assert_true(pid[r] >= 0);
+        if (pid[r] == 0) { /* exit, not _exit: LeakSanitizer checks */
+            int rc = ps_rank(r, tr, d, sh);
+            free(d);
+            exit(rc);
+        }
+    }
+    int64_t t0 = now_ns(), lim = 60ll * 1000000000;
+    int ws = 0;
+    if (waitpid(pid[1], &ws, WUNTRACED) == pid[1] && WIFSTOPPED(ws))
+        atomic_store(&sh->stopped, 1);
+    /* rank 0's calls end, or 15 s */
+    while (!atomic_load(&sh->rank0_done) && now_ns() - t0 < 15000000000ll)
+        usleep(1000);
+    kill(pid[1], SIGCONT);
+    int bad_exit = 0;
+    for (int r = 0; r < 2; r++) {
+        ws = st_reap(pid[r], r, t0, lim);
+        if (!WIFEXITED(ws) || WEXITSTATUS(ws)) bad_exit++;
+    }
+    const char *tn = tr == MC_TRANSPORT_TCP ? "tcp" : "shm";
+    const char *what[3] = {"send", "receive mid-message", "receive unmatched"};
+    for (int i = 0; i < 3; i++)
+        fprintf(stderr, "  %s: rank 0's %s ended %lld ms after the stop: %s (%s)\n",
+                tn, what[i], (long long)sh->ms[i], mc_status_str(sh->st[i]),
+                sh->msg[i]);
+    fprintf(stderr,
+            "  rank 1 resumed: its receive %s (%d wrong), its send %s; rank "
+            "0's buffer written after: %d; then allreduce %d / %d, p2p %d / "
+            "%d, epochs %llu / %llu\n",
+            mc_status_str(sh->r1_recv), sh->r1_wrong,
+            mc_status_str(sh->r1_send), sh->clobbered, sh->sum[0], sh->sum[1],
+            sh->ping[0], sh->ping[1], (unsigned long long)sh->epoch[0],
+            (unsigned long long)sh->epoch[1]);
+    ps_shm_t r = *sh;
+    munmap(sh, sizeof(*sh));
+    mc_test_rmtree(d);
+    free(d);
+    assert_int_equal(bad_exit, 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(r.st[i], MC_ERR_PEER_FAILED);
+        if (!strstr(r.msg[i], "silent for"))
+            fail_msg("rank 0's %s failed with: %s", what[i], r.msg[i]);
+        /* liveness timeout 1 s, + generous slack on a loaded machine */
+        assert_true(r.ms[i] < ST_LIVE_MS + ST_SLACK_MS);
+    }
+    assert_int_equal(r.r1_recv, MC_OK);
+    assert_int_equal(r.r1_wrong, 0);
+    assert_int_equal(r.r1_send, MC_OK);
+    assert_int_equal(r.clobbered, 0);
+    assert_int_equal(r.sum[0], MC_OK);
+    assert_int_equal(r.sum[1], MC_OK);
+    assert_int_equal(r.ping[0], MC_OK);
+    assert_int_equal(r.ping[1], MC_OK);
+    assert_int_equal(r.epoch[0], 1);
+    assert_int_equal(r.epoch[1], 1);
+}
+
+static void p2p_silent_shm_2(void **s)
+{
+    (void)s, run_p2p_silent(MC_TRANSPORT_SHM);
+}
+static void p2p_silent_tcp_2(void **s)
+{
+    (void)s, run_p2p_silent(MC_TRANSPORT_TCP);
+}
+
 int main(void)
 {
     srand((unsigned)time(NULL));
@@ -1753,6 +1965,8 @@ int main(void)
         cmocka_unit_test(recv_stopped_tcp_3),
         cmocka_unit_test(recv_stopped_left_shm_3),
         cmocka_unit_test(recv_stopped_left_tcp_3),
+        cmocka_unit_test(p2p_silent_shm_2),
+        cmocka_unit_test(p2p_silent_tcp_2),
     };
     /* MC_STOP_ONLY: comma-separated name patterns (fnmatch), e.g.
      * "*slot*,*split*": run only the cases that match one; a pattern that
