@@ -558,6 +558,53 @@ def stopped_peer_p2p(ctx):
         os.kill(pid, signal.SIGCONT)  # it ends itself (SIGKILL)
 
 
+@case(skip_on=NOT_GLOO, kills=True, world_sizes=(3,))
+def silent_peer_p2p(ctx):
+    """Point-to-point with a rank that hangs (SIGSTOP) while no collective
+    runs: rank 0's blocking send of 16 MiB to it and rank 1's blocking recv
+    of its 16 MiB message, partly there, raise DistBackendError saying it
+    is silent within the liveness timeout (3 s) of its stop; before, they
+    waited for good (p2p runs no agreement, and only an agreement removes
+    a rank). The tensors are theirs again, and the group goes on: its next
+    collectives find the rank silent and drop it."""
+    _mooncake_only(ctx)
+    me, victim, survivors = ctx.rank, 2, [0, 1]
+    _ops_over(ctx, [0, 1, 2], "before")
+    n = 4 << 20  # float32: 16 MiB, more than the rings or sockets hold
+    ctx.store_barrier("ready")
+    if me == victim:
+        ctx.store.set("victim-pid", str(os.getpid()))
+        sbuf = torch.full((n,), 2.0)
+        dist.isend(sbuf, dst=1)  # partly written: rank 1 reads nothing now
+        ctx.stop_then_die()
+    pid = int(ctx.store.get("victim-pid"))
+    _wait_stopped(pid, ctx.op_timeout)
+    t0 = time.monotonic()
+    buf = torch.full((n,), 1.0) if me == 0 else torch.zeros(n)
+    what = "send to the stopped rank" if me == 0 else \
+        "recv from the stopped rank (its message partly there)"
+    with pytest.raises(dist.DistBackendError) as ei:
+        if me == 0:
+            dist.send(buf, dst=victim)
+        else:
+            dist.recv(buf, src=victim)
+    took, e = time.monotonic() - t0, ei.value
+    assert "rank 2" in str(e) and "silent" in str(e), str(e)
+    # liveness timeout 3 s, counted from its last heartbeat (before the stop)
+    assert took < 3.0 + 1.5, f"{what}: ended {took:.2f}s after the stop"
+    print(f"[fault] rank {me}: {what} raised {took * 1e3:.0f} ms after the "
+          f"stop was seen: {e}")
+    buf.fill_(7.0)  # ours again
+    t1 = time.monotonic()
+    while mooncake.get_active_ranks() != survivors:
+        t = torch.ones(4)
+        dist.all_reduce(t)
+        assert time.monotonic() - t1 < ctx.op_timeout, "the view kept rank 2"
+    _ops_over(ctx, survivors, "after-stop")
+    if me == 0:
+        os.kill(pid, signal.SIGCONT)  # it ends itself (SIGKILL)
+
+
 @case(skip_on=NOT_GLOO, kills=True, world_sizes=(3, 4))
 def kill_manual_mode(ctx):
     _mooncake_only(ctx)
