@@ -21,13 +21,15 @@ Conventions follow nccl-tests (and the C ``mooncake-bench``):
         all_to_all_single: the send buffer; sparse_all_reduce: every rank's
         values together (each rank a 1-D sparse COO tensor of count entries
         over 2 * count * n rows, overlapping the other ranks'; indices not
-        counted). count = elements per call as nccl-tests prints it (per
-        rank block for the last four).
+        counted); send_recv (as nccl-tests' sendrecv): what each rank sends
+        to rank + 1 while it receives as much from rank - 1 (isend, irecv,
+        then both waits). count = elements per call as nccl-tests prints it
+        (per rank block for all_gather, reduce_scatter, all_to_all, sparse).
   time  average per iteration of -n calls between barriers, maximum over ranks
         (with -R, the median of R such batches).
   algbw size / time (GB/s, 1e9); busbw = algbw * factor, factor 2(n-1)/n for
         all_reduce, (n-1)/n for all_gather, reduce_scatter and all_to_all,
-        1 for broadcast.
+        1 for broadcast and send_recv.
   #wrong wrong elements over all ranks in one checked call per size, on inputs
         whose result is exact in the dtype (before the timed calls).
 torch collectives are in place for all_reduce and broadcast and out of place
@@ -60,6 +62,7 @@ OPS = (
     "broadcast",
     "all_to_all_single",
     "sparse_all_reduce",
+    "send_recv",
 )
 
 # name -> (torch dtype attribute, largest integer the type holds exactly)
@@ -96,6 +99,8 @@ OP_ALIASES = {
     "alltoall": "all_to_all_single",
     "sparse": "sparse_all_reduce",
     "all_to_all": "all_to_all_single",
+    "sendrecv": "send_recv",
+    "p2p": "send_recv",
 }
 BUILTIN_BACKENDS = ("gloo", "nccl", "mpi", "ucc", "xccl")
 
@@ -234,6 +239,8 @@ def parse_args(argv):
         p.error("-f 1 with -b != -e would never end")
     if a.op == "sparse_all_reduce" and a.device != "cpu":
         p.error("sparse_all_reduce runs on cpu tensors only")
+    if a.op == "send_recv" and a.ranks is not None and a.ranks < 2:
+        p.error("send_recv needs --ranks >= 2")
     if a.backends is None:
         a.backends_explicit = False
         a.backends = ["mooncake", "nccl" if a.device == "cuda" else "gloo"]
@@ -262,7 +269,7 @@ def sizes_of(opts):
 
 def layout(op, size, esz, n):
     """-> (count, bytes): count as nccl-tests prints it, bytes the printed size."""
-    if op in ("all_reduce", "broadcast"):
+    if op in ("all_reduce", "broadcast", "send_recv"):
         count = size // esz
         return count, count * esz
     count = size // (esz * n)  # per-rank block
@@ -272,7 +279,7 @@ def layout(op, size, esz, n):
 def busbw_factor(op, n):
     if op == "all_reduce":
         return 2.0 * (n - 1) / n
-    if op == "broadcast":
+    if op in ("broadcast", "send_recv"):
         return 1.0
     return (n - 1) / n  # sparse_all_reduce: an all_gather of the entries
 
@@ -338,6 +345,9 @@ class OpCase:
         elif op == "sparse_all_reduce":
             self.space = 2 * c * n
             self.inp = self.out = None
+        elif op == "send_recv":
+            self.inp = pat.empty(c)
+            self.out = pat.empty(c)
         else:  # all_to_all_single
             self.inp = pat.empty(c * n)
             self.out = pat.empty(c * n)
@@ -367,6 +377,9 @@ class OpCase:
         elif self.op == "sparse_all_reduce":
             self.inp = self._sparse_in(r)
             self.out = self.inp.clone()
+        elif self.op == "send_recv":
+            self.inp.copy_(p.to(p.mov_in(r, 0, c)))
+            self.out.fill_(p.garbage)
         else:
             self.inp.copy_(p.to(torch.cat([p.mov_in(r, j, c) for j in range(n)])))
             self.out.fill_(p.garbage)
@@ -387,6 +400,8 @@ class OpCase:
                 t = self._sparse_in(j)
                 acc.index_add_(0, t.indices()[0], t.values().to(torch.int64))
             return p.to(acc)
+        if self.op == "send_recv":
+            return p.to(p.mov_in((r + n - 1) % n, 0, c))
         return p.to(torch.cat([p.mov_in(j, r, c) for j in range(n)]))
 
     def run(self):
@@ -402,6 +417,12 @@ class OpCase:
         elif self.op == "sparse_all_reduce":
             self.out = self.inp.clone()
             dist.all_reduce(self.out, op=dist.ReduceOp.SUM, group=g)
+        elif self.op == "send_recv":
+            n, r = self.n, self.rank
+            rw = dist.irecv(self.out, src=self._global((r + n - 1) % n), group=g)
+            sw = dist.isend(self.inp, dst=self._global((r + 1) % n), group=g)
+            sw.wait()
+            rw.wait()
         else:
             dist.all_to_all_single(self.out, self.inp, group=g)
 

@@ -50,12 +50,14 @@ enum bench_op {
     OP_ALLTOALL,
     OP_ALLTOALLV,
     OP_BARRIER,
+    OP_SENDRECV,
     OP_COUNT
 };
 
 static const char *const bench_op_names[OP_COUNT] = {
     "allreduce", "allgather", "reduce_scatter", "broadcast", "reduce",
     "gather",    "scatter",   "alltoall",       "alltoallv", "barrier",
+    "sendrecv",
 };
 
 struct bench_opts {
@@ -103,7 +105,9 @@ static void usage(FILE *f)
 "  -n, --iters N           timed iterations per size (default 20)\n"
 "  -w, --warmup_iters N    untimed warm-up iterations (default 5)\n"
 "  -o, --op OP             allreduce|allgather|reduce_scatter|broadcast|reduce|\n"
-"                          gather|scatter|alltoall|alltoallv|barrier\n"
+"                          gather|scatter|alltoall|alltoallv|barrier|sendrecv\n"
+"                          (sendrecv, as nccl-tests: each rank sends SIZE to\n"
+"                          rank+1 and receives SIZE from rank-1 at once)\n"
 "                          (default allreduce)\n"
 "  -d, --datatype TYPE     int8 uint8 int16 uint16 int32 uint32 int64 uint64\n"
 "                          bool float16 bfloat16 float32 float64 float8_e4m3\n"
@@ -450,6 +454,11 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
                 argv[optind]);
         return -1;
     }
+    if ((o->op == OP_SENDRECV || (o->kill && o->ft_op == OP_SENDRECV)) &&
+        o->nranks < 2) {
+        fprintf(stderr, "mooncake-bench: sendrecv needs --ranks >= 2\n");
+        return -1;
+    }
     if (o->kill) {
         o->kill_bytes = minb_set ? o->minb : (uint64_t)1 << 20;
         if (!ranks_set) o->nranks = 4;
@@ -753,6 +762,7 @@ static void layout_for(const struct rank_ctx *c, uint64_t size,
     case OP_ALLREDUCE:
     case OP_BROADCAST:
     case OP_REDUCE:
+    case OP_SENDRECV:
         l->count = size / e;
         l->send_bytes = l->recv_bytes = l->count * e;
         break;
@@ -802,7 +812,8 @@ static double busbw_factor(enum bench_op op, int n)
 
 static int has_inplace(enum bench_op op)
 {
-    return op != OP_ALLTOALL && op != OP_ALLTOALLV && op != OP_BARRIER;
+    return op != OP_ALLTOALL && op != OP_ALLTOALLV && op != OP_BARRIER &&
+           op != OP_SENDRECV;
 }
 
 /* Buffers for one call: in place as NCCL defines it per operation. */
@@ -862,6 +873,22 @@ static mc_status_t run_once(const struct rank_ctx *c, const struct layout *l,
             vd[j] = (size_t)j * l->count;
         }
         return mc_comm_alltoallv(comm, s, vc, vd, r, vc, vd, o->dtype);
+    }
+    case OP_SENDRECV: {
+        mc_request_h rq, sq;
+        int to = (c->rank + 1) % c->n, from = (c->rank + c->n - 1) % c->n;
+        mc_status_t st = mc_comm_irecv(comm, r, l->count, o->dtype, from, 1, &rq);
+        if (st != MC_OK) return st;
+        st = mc_comm_isend(comm, s, l->count, o->dtype, to, 1, &sq);
+        if (st != MC_OK) {
+            (void)mc_request_wait(rq, 0);
+            mc_request_free(rq);
+            return st;
+        }
+        mc_status_t a = mc_request_wait(sq, -1), b = mc_request_wait(rq, -1);
+        mc_request_free(sq);
+        mc_request_free(rq);
+        return a != MC_OK ? a : b;
     }
     default:
         return mc_comm_barrier(comm);
@@ -954,6 +981,11 @@ static void fill_inputs(const struct rank_ctx *c, const struct layout *l,
             for (size_t i = 0; i < cnt; i++)
                 put(s + j * cnt * e, i, dt, mov_in(p, me, j, i));
         break;
+    case OP_SENDRECV:
+        fill_garbage(r, cnt, dt);
+        for (size_t i = 0; i < cnt; i++)
+            put(s, i, dt, mov_in(p, me, 0, i));
+        break;
     default:
         break;
     }
@@ -1002,6 +1034,10 @@ static int64_t check_op(const struct rank_ctx *c, const struct layout *l,
         for (size_t j = 0; j < n; j++)
             wrong += count_wrong(r + j * cnt * e, cnt, dt, want_mov, p, (int)j,
                                  (size_t)me);
+        break;
+    case OP_SENDRECV: /* from rank - 1, which sent its own pattern */
+        wrong = count_wrong(r, cnt, dt, want_mov, p, (int)((me + n - 1) % n),
+                            0);
         break;
     default:
         break;
