@@ -136,6 +136,8 @@ typedef struct mc_in {
     uint8_t *cbuf;                 /* p2p: control message being read */
     uint8_t *sink;                 /* coll: a failed attempt's payload */
     size_t sink_cap;
+    int64_t rndv_until; /* p2p: a large message's header held until then
+                           for its receive (p2p_match), 0: not held so */
 } mc_in_t;
 
 /* Control message of the view agreement (MC_KIND_CTRL on the p2p stream,
@@ -318,6 +320,9 @@ struct mc_comm {
     mc_unexp_t *unexp_head, *unexp_tail;
     mc_request_t *sends; /* user sends handed to a transport (plock) */
     size_t unexp_bytes, unexp_max;
+    size_t rndv_min;   /* MOONCAKE_P2P_RNDV_MIN: messages this large wait */
+    int64_t rndv_us;   /* MOONCAKE_P2P_RNDV_US for their receive first */
+    int rndv_held;     /* streams holding a header so (p2p_rndv_scan) */
     char *discard;
     size_t discard_len;
     void *scratch[4];
@@ -597,6 +602,8 @@ static void drain_events(mc_comm_t *c)
     }
 }
 
+static void p2p_rndv_scan(mc_comm_t *c);
+
 /* Progress every transport once and process what completed. plock held. */
 static int progress_locked(mc_comm_t *c)
 {
@@ -609,6 +616,7 @@ static int progress_locked(mc_comm_t *c)
             n++;
         }
     }
+    if (c->rndv_held > 0) p2p_rndv_scan(c);
     return n;
 }
 
@@ -1087,6 +1095,30 @@ static void precv_unlink(mc_comm_t *c, mc_request_t *prev, mc_request_t *r)
     r->next = NULL;
 }
 
+/* in no longer holds a header for its receive's rendezvous (plock) */
+static void rndv_end(mc_comm_t *c, mc_in_t *in)
+{
+    if (!in->rndv_until) return;
+    in->rndv_until = 0;
+    c->rndv_held--;
+}
+
+/* Streams whose rendezvous wait ran out buffer their message now (from
+ * progress_locked while any is held; plock). */
+static void p2p_rndv_scan(mc_comm_t *c)
+{
+    int64_t now = mc_now_us();
+    for (int p = 0; p < c->size && c->rndv_held > 0; p++) {
+        if (p == c->rank) continue;
+        mc_in_t *in = &c->in[MC_CH_P2P][p];
+        if (!in->rndv_until) continue;
+        if (in->state != IN_HAVE_HDR)
+            rndv_end(c, in); /* (reset meanwhile) */
+        else if (now >= in->rndv_until)
+            p2p_match(c, in);
+    }
+}
+
 /* p2p stream: a header is in in->hdr (IN_HAVE_HDR). */
 static void p2p_match(mc_comm_t *c, mc_in_t *in)
 {
@@ -1103,6 +1135,7 @@ static void p2p_match(mc_comm_t *c, mc_in_t *in)
         r = r->next;
     }
     if (r) {
+        rndv_end(c, in);
         precv_unlink(c, prev, r);
         r->source = in->peer;
         if (h->len != r->bytes) {
@@ -1121,6 +1154,23 @@ static void p2p_match(mc_comm_t *c, mc_in_t *in)
         in_post(c, in, &in->px, r->buf, r->bytes);
         return;
     }
+    /* Rendezvous: a large message first waits up to rndv_us for its
+     * receive, the stream held meanwhile (p2p_rndv_scan looks again), so
+     * that it goes straight into the caller's buffer: buffered, it costs a
+     * fresh allocation (page faults) and one more copy, 1.5-3x the time on
+     * one host. A receive posted late, or for another message first (tags
+     * out of order), finds it buffered after the wait as before. Not for
+     * a dead or removed sender: what it sent is read at once. */
+    if (h->len >= c->rndv_min && c->rndv_us > 0 && !gone &&
+        !c->peer_dead[in->peer]) {
+        int64_t now = mc_now_us();
+        if (!in->rndv_until) {
+            in->rndv_until = now + c->rndv_us;
+            c->rndv_held++;
+        }
+        if (now < in->rndv_until) return;
+    }
+    rndv_end(c, in);
     /* Unexpected: buffer it if within the cap, else hold the stream until
      * a matching receive is posted (a dead peer's held stream: its
      * receives fail, as nothing more is read from it). */
@@ -1350,7 +1400,11 @@ static void p2p_expire(mc_comm_t *c, mc_request_t *r, int64_t now)
  * waits for its receive, so nothing more is read and no end comes). */
 static void p2p_after_death(mc_comm_t *c, int peer)
 {
-    if (c->p2p_eof[peer] || c->in[MC_CH_P2P][peer].state == IN_HAVE_HDR)
+    mc_in_t *in = &c->in[MC_CH_P2P][peer];
+    /* a message held for its receive's rendezvous is read now: sent
+     * before its sender died, it is delivered (p2p_match buffers it) */
+    if (in->state == IN_HAVE_HDR && in->rndv_until) p2p_match(c, in);
+    if (c->p2p_eof[peer] || in->state == IN_HAVE_HDR)
         p2p_peer_failed(c, peer);
 }
 
@@ -6896,6 +6950,7 @@ static void admit_peer(mc_comm_t *c, int q)
     c->p2p_eof[q] = 0;
     for (int ch = 0; ch < MC_NUM_CHANNELS; ch++) {
         mc_in_t *in = &c->in[ch][q];
+        rndv_end(c, in);
         uint8_t *cbuf = in->cbuf, *sink = in->sink;
         size_t sink_cap = in->sink_cap;
         memset(in, 0, sizeof(*in));
@@ -7387,6 +7442,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     pthread_condattr_destroy(&ca);
     c->unexp_max =
         (size_t)mc_env_int("MOONCAKE_P2P_UNEXPECTED_MAX", (int64_t)1 << 30);
+    c->rndv_min = (size_t)mc_env_int("MOONCAKE_P2P_RNDV_MIN", 64 << 10);
+    c->rndv_us = mc_env_int("MOONCAKE_P2P_RNDV_US", 1000);
     c->discard_len = 1 << 16;
     c->async_grace_us = mc_env_int("MOONCAKE_ASYNC_GRACE_US", 50);
     c->ft_signals = mc_env_int("MOONCAKE_FT_SIGNALS", 1) != 0;

@@ -336,14 +336,70 @@ static int t_interleaved(pc_t *c)
     return 0;
 }
 
+/* Large messages (from MOONCAKE_P2P_RNDV_MIN, 64 KiB) wait a moment for
+ * their receive, the stream held (rendezvous), then are buffered as
+ * before: tags received out of order still work. Rank 0 sends 1 MiB on
+ * tag 71, then 4 ints on tag 72, then 2 MiB on tag 73; rank 1 receives
+ * tag 72 first (it comes only once the 1 MiB message is buffered: within
+ * the wait, 1 ms, well under a second), then 71, then 73 after 30 ms
+ * (posted late: buffered). Every message exact. */
+#define RV_BIG ((size_t)1 << 18) /* int32: 1 MiB */
+
+static int t_rndv(pc_t *c)
+{
+    if (c->rank > 1) return 0;
+    int32_t *a = malloc(RV_BIG * 4), *b = malloc(2 * RV_BIG * 4), m[4];
+    if (!a || !b) return FAIL(c, "oom");
+    int rc = 0;
+    if (c->rank == 0) {
+        fill_i32(a, RV_BIG, 7);
+        fill_i32(b, 2 * RV_BIG, 9);
+        fill_i32(m, 4, 11);
+        mc_request_h r[3];
+        CALL(c, mc_comm_isend(c->comm, a, RV_BIG, MC_INT32, 1, 71, &r[0]));
+        CALL(c, mc_comm_isend(c->comm, m, 4, MC_INT32, 1, 72, &r[1]));
+        CALL(c, mc_comm_isend(c->comm, b, 2 * RV_BIG, MC_INT32, 1, 73, &r[2]));
+        for (int i = 0; i < 3; i++)
+            CALL(c, wait_free(r[i], -1));
+    } else {
+        int32_t e[4], *ea = malloc(RV_BIG * 4), *eb = malloc(2 * RV_BIG * 4);
+        if (!ea || !eb) return FAIL(c, "oom");
+        fill_i32(ea, RV_BIG, 7);
+        fill_i32(eb, 2 * RV_BIG, 9);
+        fill_i32(e, 4, 11);
+        memset(a, 0, RV_BIG * 4);
+        memset(b, 0, 2 * RV_BIG * 4);
+        double t0 = now_s();
+        CALL(c, mc_comm_recv(c->comm, m, 4, MC_INT32, 0, 72));
+        double took = now_s() - t0;
+        CALL(c, mc_comm_recv(c->comm, a, RV_BIG, MC_INT32, 0, 71));
+        usleep(30000);
+        CALL(c, mc_comm_recv(c->comm, b, 2 * RV_BIG, MC_INT32, 0, 73));
+        if (took > 1.0)
+            rc = FAIL(c, "tag 72 behind a 1 MiB message: %.3f s", took);
+        else if (check_i32(c, "tag 72 (received first)", m, e, 4) ||
+                 check_i32(c, "tag 71 (sent first, 1 MiB)", a, ea, RV_BIG) ||
+                 check_i32(c, "tag 73 (2 MiB, received late)", b, eb,
+                           2 * RV_BIG))
+            rc = 1;
+        free(ea);
+        free(eb);
+    }
+    free(a);
+    free(b);
+    return rc;
+}
+
 static int rank_body(mc_comm_h comm, int rank, int size, void *arg)
 {
     const p2p_param_t *p = arg;
     pc_t c = {comm, rank, size, ref_tname(p->transport)};
     static int (*const steps[])(pc_t *) = {
-        t_tags, t_ring, t_any_source, t_count_mismatch, t_zero, t_interleaved};
+        t_tags, t_ring,          t_any_source, t_count_mismatch,
+        t_zero, t_interleaved,   t_rndv};
     static const char *const names[] = {
-        "tags", "ring", "any_source", "count_mismatch", "zero", "interleaved"};
+        "tags", "ring",        "any_source", "count_mismatch",
+        "zero", "interleaved", "rndv"};
     for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
         if (steps[k](&c)) return FAIL(&c, "step '%s' failed", names[k]);
         mc_status_t st = mc_comm_barrier(comm);
@@ -508,6 +564,58 @@ static void test_recv_sender_exits(void **state)
         failed += mc_test_spawn(2, MC_TRANSPORT_SHM, 60, exit_body, &shm);
         failed += mc_test_spawn(2, MC_TRANSPORT_TCP, 60, exit_body, &tcp);
     }
+    assert_int_equal(failed, 0);
+}
+
+/* A large message held for its receive's rendezvous when its sender dies
+ * is still delivered (it was sent before the sender exited): rank 1 sends
+ * 128 KiB (it fits the ring and the sockets) and exits; rank 0, whose
+ * rendezvous wait is 5 s here, holds the header while it waits 300 ms for
+ * something else, then receives the message whole. Without the read at
+ * the sender's death the held message would fail with it. */
+#define RVX_BYTES ((size_t)128 << 10)
+
+static int rndv_exit_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    const p2p_param_t *p = arg;
+    pc_t c = {comm, rank, size, ref_tname(p->transport)};
+    uint8_t *buf = malloc(RVX_BYTES);
+    if (!buf) return FAIL(&c, "malloc");
+    for (size_t i = 0; i < RVX_BYTES; i++)
+        buf[i] = rank ? (uint8_t)(i * 5 + 1) : 0;
+    CALL(&c, mc_comm_barrier(comm));
+    if (rank == 1) {
+        CALL(&c, mc_comm_send(comm, buf, RVX_BYTES, MC_UINT8, 0, 4));
+        _exit(0);
+    }
+    int32_t dummy;
+    mc_request_h other;
+    CALL(&c, mc_comm_irecv(comm, &dummy, 1, MC_INT32, 1, 99, &other));
+    (void)mc_request_wait(other, 300); /* progress: header held, death */
+    mc_status_t st = mc_comm_recv(comm, buf, RVX_BYTES, MC_UINT8, 1, 4);
+    (void)mc_request_wait(other, -1);
+    mc_request_free(other);
+    if (st != MC_OK)
+        return FAIL(&c, "recv of a held message whose sender exited: %s (%s)",
+                    mc_status_str(st), mc_last_error());
+    for (size_t i = 0; i < RVX_BYTES; i++)
+        if (buf[i] != (uint8_t)(i * 5 + 1))
+            return FAIL(&c, "byte %zu: %u", i, buf[i]);
+    free(buf);
+    return 0;
+}
+
+static void test_rndv_sender_exits(void **state)
+{
+    (void)state;
+    setenv("MOONCAKE_P2P_RNDV_US", "5000000", 1);
+    int failed = 0;
+    for (int round = 0; round < 3; round++) {
+        p2p_param_t shm = {2, MC_TRANSPORT_SHM}, tcp = {2, MC_TRANSPORT_TCP};
+        failed += mc_test_spawn(2, MC_TRANSPORT_SHM, 60, rndv_exit_body, &shm);
+        failed += mc_test_spawn(2, MC_TRANSPORT_TCP, 60, rndv_exit_body, &tcp);
+    }
+    unsetenv("MOONCAKE_P2P_RNDV_US");
     assert_int_equal(failed, 0);
 }
 
@@ -728,7 +836,7 @@ int main(void)
 {
     enum { N = sizeof(params) / sizeof(params[0]) };
     static char names[N][48];
-    struct CMUnitTest tests[N + 5];
+    struct CMUnitTest tests[N + 6];
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof(names[i]), "p2p_%d_%s", params[i].size,
                  ref_tname(params[i].transport));
@@ -748,5 +856,8 @@ int main(void)
                                        NULL};
     tests[N + 4] = (struct CMUnitTest){"p2p_timeout", test_p2p_timeout, NULL,
                                        NULL, NULL};
-    return _cmocka_run_group_tests("p2p", tests, N + 5, NULL, NULL);
+    tests[N + 5] = (struct CMUnitTest){"rndv_sender_exits",
+                                       test_rndv_sender_exits, NULL, NULL,
+                                       NULL};
+    return _cmocka_run_group_tests("p2p", tests, N + 6, NULL, NULL);
 }
