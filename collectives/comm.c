@@ -138,6 +138,7 @@ typedef struct mc_in {
     size_t sink_cap;
     int64_t rndv_until; /* p2p: a large message's header held until then
                            for its receive (p2p_match), 0: not held so */
+    int rndv_over;      /* p2p: this header has had its chance to wait */
 } mc_in_t;
 
 /* Control message of the view agreement (MC_KIND_CTRL on the p2p stream,
@@ -602,7 +603,7 @@ static void drain_events(mc_comm_t *c)
     }
 }
 
-static void p2p_rndv_scan(mc_comm_t *c);
+static int p2p_rndv_scan(mc_comm_t *c);
 
 /* Progress every transport once and process what completed. plock held. */
 static int progress_locked(mc_comm_t *c)
@@ -616,7 +617,10 @@ static int progress_locked(mc_comm_t *c)
             n++;
         }
     }
-    if (c->rndv_held > 0) p2p_rndv_scan(c);
+    if (c->rndv_held > 0 && p2p_rndv_scan(c)) {
+        drain_events(c); /* what the scan's reads completed at once */
+        n++;
+    }
     return n;
 }
 
@@ -635,6 +639,9 @@ static void idle_wait(mc_comm_t *c, int64_t idle_since, int64_t now)
     } else {
         pthread_mutex_lock(&c->plock);
         int64_t t = c->ntl > 1 ? 100 : 1000;
+        /* a held header is looked at again when its wait ends: the
+         * transports know nothing of it */
+        if (c->rndv_held > 0 && t > 100) t = 100;
         for (int i = 0; i < c->ntl && !c->tl_quiet; i++)
             c->tlops[i]->wait(c->tl[i], t);
         pthread_mutex_unlock(&c->plock);
@@ -950,6 +957,7 @@ static void in_event(mc_ev_t *ev)
             return;
         }
         in->state = IN_HAVE_HDR;
+        in->rndv_over = 0;
         if (in->ch == MC_CH_COLL)
             coll_match(c, in);
         else
@@ -1105,18 +1113,22 @@ static void rndv_end(mc_comm_t *c, mc_in_t *in)
 
 /* Streams whose rendezvous wait ran out buffer their message now (from
  * progress_locked while any is held; plock). */
-static void p2p_rndv_scan(mc_comm_t *c)
+static int p2p_rndv_scan(mc_comm_t *c)
 {
     int64_t now = mc_now_us();
+    int n = 0;
     for (int p = 0; p < c->size && c->rndv_held > 0; p++) {
         if (p == c->rank) continue;
         mc_in_t *in = &c->in[MC_CH_P2P][p];
         if (!in->rndv_until) continue;
-        if (in->state != IN_HAVE_HDR)
+        if (in->state != IN_HAVE_HDR) {
             rndv_end(c, in); /* (reset meanwhile) */
-        else if (now >= in->rndv_until)
+        } else if (now >= in->rndv_until) {
             p2p_match(c, in);
+            n++;
+        }
     }
+    return n;
 }
 
 /* p2p stream: a header is in in->hdr (IN_HAVE_HDR). */
@@ -1128,9 +1140,11 @@ static void p2p_match(mc_comm_t *c, mc_in_t *in)
      * buffer, only into an engine buffer (a receive claims it whole, or
      * fails: mc_comm_irecv), or it is held */
     int gone = !c->active[in->peer] && !c->peer_dead[in->peer];
+    int other = 0; /* a receive from this peer waits for another tag */
     mc_request_t *prev = NULL, *r = gone ? NULL : c->precv_head;
     while (r && !((r->peer == MC_ANY_SOURCE || r->peer == in->peer) &&
                   r->tag == h->tag)) {
+        other |= r->peer == MC_ANY_SOURCE || r->peer == in->peer;
         prev = r;
         r = r->next;
     }
@@ -1158,11 +1172,16 @@ static void p2p_match(mc_comm_t *c, mc_in_t *in)
      * receive, the stream held meanwhile (p2p_rndv_scan looks again), so
      * that it goes straight into the caller's buffer: buffered, it costs a
      * fresh allocation (page faults) and one more copy, 1.5-3x the time on
-     * one host. A receive posted late, or for another message first (tags
-     * out of order), finds it buffered after the wait as before. Not for
-     * a dead or removed sender: what it sent is read at once. */
-    if (h->len >= c->rndv_min && c->rndv_us > 0 && !gone &&
-        !c->peer_dead[in->peer]) {
+     * one host. A receive posted late finds it buffered after the wait as
+     * before. Not when waiting cannot help or would stall: a receive from
+     * this peer already waits for another tag (tags out of order), this
+     * rank is sending to the peer itself (two blocking sends crossing
+     * would each wait out the other's hold), the sender is dead or removed
+     * (what it sent is read at once), or this header had its wait (held
+     * since for lack of buffer room). */
+    if (h->len >= c->rndv_min && c->rndv_us > 0 && !gone && !other &&
+        !in->rndv_over && !c->peer_dead[in->peer] &&
+        !c->p2p_sending[in->peer]) {
         int64_t now = mc_now_us();
         if (!in->rndv_until) {
             in->rndv_until = now + c->rndv_us;
@@ -1171,6 +1190,7 @@ static void p2p_match(mc_comm_t *c, mc_in_t *in)
         if (now < in->rndv_until) return;
     }
     rndv_end(c, in);
+    in->rndv_over = 1;
     /* Unexpected: buffer it if within the cap, else hold the stream until
      * a matching receive is posted (a dead peer's held stream: its
      * receives fail, as nothing more is read from it). */
@@ -2806,12 +2826,14 @@ static int ag_try_decide(mc_comm_t *c)
         if (q != c->rank && dead && c->dead_us[q] < c->ag_start_us)
             c->dead_us[q] = mc_now_us(); /* first seen in this round */
         if (q != c->rank && dead && !c->p2p_eof[q] &&
-            c->in[MC_CH_P2P][q].state != IN_HAVE_HDR &&
+            (c->in[MC_CH_P2P][q].state != IN_HAVE_HDR ||
+             c->in[MC_CH_P2P][q].rndv_until) && /* (reads on soon) */
             !(c->ft_signals && sig_capable(c, q)) && /* notices: words */
             mc_now_us() < c->dead_us[q] + ag_eof_wait_us(c)) {
             /* its p2p stream may still hold a LEFT notice (or a VIEW) it
              * sent before it died, whoever saw it die: decide once that
-             * stream has ended (or is held, and reads nothing more) */
+             * stream has ended (or is held for lack of buffer room, and
+             * reads nothing more; a rendezvous hold ends within rndv_us) */
             memset(next, 0, n);
             return 0;
         }
