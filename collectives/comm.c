@@ -217,7 +217,8 @@ struct mc_request {
     int admitted;    /* joiners the admission round after it added */
     /* point-to-point */
     int peer, source;
-    int64_t p2p_deadline; /* not finished past this, it times out */
+    int64_t p2p_deadline; /* not finished past this, it times out (set at
+                             the first wait or test: p2p_expire) */
     uint32_t tag;
     void *buf;
     size_t bytes;
@@ -1361,8 +1362,10 @@ static int p2p_recv_release(mc_comm_t *c, mc_request_t *r, mc_status_t st,
 }
 
 /* Guarantee 1 for a p2p call (plock held, from its wait or test): one not
- * finished by the operation timeout (counted from the call) fails with
- * MC_ERR_TIMEOUT; one whose peer the heartbeat finds silent past the
+ * finished by the operation timeout fails with MC_ERR_TIMEOUT, counted
+ * from the first time it is waited for or tested (progress happens only
+ * inside calls: a send posted long before anyone waits for it has moved
+ * only what its post could, and gets the whole timeout from then); one whose peer the heartbeat finds silent past the
  * liveness timeout fails then with MC_ERR_PEER_FAILED, while the peer
  * stays in the view (the next collective finds the silence itself and
  * removes it, with a quorum). Either way the caller's buffer is given
@@ -1375,6 +1378,9 @@ static void p2p_expire(mc_comm_t *c, mc_request_t *r, int64_t now)
     if (r->done || r->p2p_held) return;
     int peer = r->kind == R_SEND ? r->peer
                                  : (r->source >= 0 ? r->source : r->peer);
+    if (!r->p2p_deadline)
+        r->p2p_deadline =
+            c->timeout_ms < 0 ? INT64_MAX : now + c->timeout_ms * 1000;
     int timeout = now >= r->p2p_deadline;
     if (!timeout && (peer < 0 || !mc_live_suspected(c->live, peer))) return;
     char msg[256], who[32] = "any rank";
@@ -6335,7 +6341,6 @@ mc_status_t mc_comm_isend(mc_comm_h c, const void *buf, size_t n, mc_dtype_t dt,
     r->peer = peer;
     r->tag = tag;
     r->bytes = n * ES(dt);
-    r->p2p_deadline = mc_deadline_us(c->timeout_ms);
     r->ev.fn = p2p_send_event;
     r->shdr = (mc_hdr_t){.magic = MC_WIRE_MAGIC,
                          .kind = MC_KIND_P2P,
@@ -6422,7 +6427,6 @@ mc_status_t mc_comm_irecv(mc_comm_h c, void *buf, size_t n, mc_dtype_t dt,
     r->tag = tag;
     r->buf = buf;
     r->bytes = n * ES(dt);
-    r->p2p_deadline = mc_deadline_us(c->timeout_ms);
     *req_p = r;
     pthread_mutex_lock(&c->plock);
     /* an unexpected message that already arrived (or is arriving)? */

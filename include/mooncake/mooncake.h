@@ -591,7 +591,9 @@ mc_status_t mc_comm_barrier(mc_comm_h comm);
  * Every send and receive ends (checked while it is waited for or tested:
  * mc_comm_send/recv, mc_request_wait, mc_request_test):
  *  - not finished by the communicator's operation timeout, counted from
- *    the call: MC_ERR_TIMEOUT (a receive nothing matched; a message that
+ *    the first wait or test of it (progress happens inside calls: a
+ *    request posted long before it is waited for gets the whole timeout
+ *    then): MC_ERR_TIMEOUT (a receive nothing matched; a message that
  *    comes later waits for the next matching receive);
  *  - its peer silent past the liveness timeout (fault tolerance on: the
  *    heartbeat): MC_ERR_PEER_FAILED, the peer still in the view (the next
