@@ -226,6 +226,7 @@ struct mc_request {
     mc_xfer_t hx, px;
     struct mc_request *s_prev, *s_next;
     int p2p_held; /* its buffer could not be given back (p2p_expire) */
+    uint64_t p2p_post; /* send: its post number (comm->p2p_posts) */
     /* completion callback (under the communicator's dlock) */
     mc_request_cb_t cb;
     void *cb_arg;
@@ -302,7 +303,9 @@ struct mc_comm {
     uint64_t *fin_seq;            /*   read whole (or dropped): (epoch, seq) */
     uint8_t *left_wait;           /* [peer]: left_notices waits on its frame */
     uint32_t *p2p_sending;        /* [peer]: user sends on its p2p stream */
-    uint8_t *p2p_rest; /* [peer]: a released send's rest may be queued to it */
+    uint64_t *p2p_rest; /* [peer]: the post number of a released send whose
+                           rest may still be queued to it (0: none) */
+    uint64_t p2p_posts; /* user sends posted (their post numbers) */
     uint64_t *abort_seq;          /* [peer]: ABORT received for a later op */
     mc_status_t *abort_why;
     char (*abort_msg)[MC_ABORT_MSG_MAX + 1];
@@ -1307,7 +1310,8 @@ static int p2p_send_release(mc_comm_t *c, mc_request_t *r, mc_status_t st,
     if (did && !r->err[0]) snprintf(r->err, sizeof(r->err), "%s", why);
     /* a rest the transport still sends to a peer that stays in the view:
      * LEFT notices do not wait behind it (left_notices) */
-    if (did && h == 0 && c->active[q]) c->p2p_rest[q] = 1;
+    if (did && h == 0 && c->active[q] && r->p2p_post > c->p2p_rest[q])
+        c->p2p_rest[q] = r->p2p_post;
     if (h < 0) return h;
     if (p < 0) return p;
     return did;
@@ -5500,10 +5504,14 @@ static mc_status_t request_wait(mc_request_t *r, int64_t timeout_ms)
              * wait for good; nothing reads its buffer any more */
             pthread_mutex_unlock(&c->plock);
             if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) break;
+            if (r->kind == R_SEND)
+                return comm_err(c, MC_ERR_IO,
+                                "send to rank %d: the communicator was "
+                                "destroyed before the peer took it",
+                                r->peer);
             return comm_err(c, MC_ERR_IO,
-                            "send to rank %d: the communicator was destroyed "
-                            "before the peer took it",
-                            r->peer);
+                            "recv: the communicator was destroyed before "
+                            "its message came");
         }
         int n = progress_locked(c);
         p2p_expire(c, r, now);
@@ -6289,6 +6297,7 @@ static mc_status_t p2p_check(mc_comm_t *c, const char *fn, const void *buf,
 /* A user send a transport holds joins comm->sends (plock). */
 static void p2p_send_link(mc_comm_t *c, mc_request_t *r)
 {
+    r->p2p_post = ++c->p2p_posts;
     c->p2p_sending[r->peer]++;
     r->p2p_counted = 1;
     r->s_prev = NULL;
@@ -6319,6 +6328,10 @@ static void p2p_send_event(mc_ev_t *ev)
     mc_status_t st = r->hx.status < 0 ? (mc_status_t)r->hx.status
                                       : (mc_status_t)r->px.status;
     if (r->p2p_counted) p2p_send_unlink(r->comm, r);
+    /* the stream is FIFO: a released send's rest to this peer, queued
+     * before this one, has gone (LEFT notices wait for it again) */
+    if (st == MC_OK && r->p2p_post > r->comm->p2p_rest[r->peer])
+        r->comm->p2p_rest[r->peer] = 0;
     char msg[sizeof(r->err)] = "";
     if (st < 0 && r->err[0]) /* given back: p2p_send_release says why */
         snprintf(msg, sizeof(msg), "%s", r->err);
@@ -7500,7 +7513,7 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->fin_seq = calloc((size_t)size, sizeof(uint64_t));
     c->left_wait = calloc((size_t)size, 1);
     c->p2p_sending = calloc((size_t)size, sizeof(uint32_t));
-    c->p2p_rest = calloc((size_t)size, 1);
+    c->p2p_rest = calloc((size_t)size, sizeof(uint64_t));
     c->abort_seq = malloc(sizeof(uint64_t) * (size_t)size);
     c->abort_why = calloc((size_t)size, sizeof(mc_status_t));
     c->abort_msg = calloc((size_t)size, sizeof(*c->abort_msg));

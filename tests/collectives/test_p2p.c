@@ -578,9 +578,11 @@ static void test_recv_sender_exits(void **state)
 /* A large message held for its receive's rendezvous when its sender dies
  * is still delivered (it was sent before the sender exited): rank 1 sends
  * 128 KiB (it fits the ring and the sockets) and exits; rank 0, whose
- * rendezvous wait is 5 s here, holds the header while it waits 300 ms for
- * something else, then receives the message whole. Without the read at
- * the sender's death the held message would fail with it. */
+ * rendezvous wait is 5 s here, holds the header while it waits for a
+ * message from rank 2, which comes 300 ms later (a receive posted for
+ * rank 1 on another tag would end the wait at once), then receives rank
+ * 1's message whole. Without the read at the sender's death the held
+ * message would fail with it. 3 ranks. */
 #define RVX_BYTES ((size_t)128 << 10)
 
 static int rndv_exit_body(mc_comm_h comm, int rank, int size, void *arg)
@@ -590,19 +592,23 @@ static int rndv_exit_body(mc_comm_h comm, int rank, int size, void *arg)
     uint8_t *buf = malloc(RVX_BYTES);
     if (!buf) return FAIL(&c, "malloc");
     for (size_t i = 0; i < RVX_BYTES; i++)
-        buf[i] = rank ? (uint8_t)(i * 5 + 1) : 0;
+        buf[i] = rank == 1 ? (uint8_t)(i * 5 + 1) : 0;
     CALL(&c, mc_comm_barrier(comm));
     if (rank == 1) {
         CALL(&c, mc_comm_send(comm, buf, RVX_BYTES, MC_UINT8, 0, 4));
         _exit(0);
     }
-    int32_t dummy;
-    mc_request_h other;
-    CALL(&c, mc_comm_irecv(comm, &dummy, 1, MC_INT32, 1, 99, &other));
-    (void)mc_request_wait(other, 300); /* progress: header held, death */
+    int32_t v = 2;
+    if (rank == 2) {
+        usleep(300000);
+        CALL(&c, mc_comm_send(comm, &v, 1, MC_INT32, 0, 99));
+        free(buf);
+        return 0;
+    }
+    /* progress, with no receive from rank 1 posted: its header is held,
+     * then its death is seen */
+    CALL(&c, mc_comm_recv(comm, &v, 1, MC_INT32, 2, 99));
     mc_status_t st = mc_comm_recv(comm, buf, RVX_BYTES, MC_UINT8, 1, 4);
-    (void)mc_request_wait(other, -1);
-    mc_request_free(other);
     if (st != MC_OK)
         return FAIL(&c, "recv of a held message whose sender exited: %s (%s)",
                     mc_status_str(st), mc_last_error());
@@ -619,9 +625,9 @@ static void test_rndv_sender_exits(void **state)
     setenv("MOONCAKE_P2P_RNDV_US", "5000000", 1);
     int failed = 0;
     for (int round = 0; round < 3; round++) {
-        p2p_param_t shm = {2, MC_TRANSPORT_SHM}, tcp = {2, MC_TRANSPORT_TCP};
-        failed += mc_test_spawn(2, MC_TRANSPORT_SHM, 60, rndv_exit_body, &shm);
-        failed += mc_test_spawn(2, MC_TRANSPORT_TCP, 60, rndv_exit_body, &tcp);
+        p2p_param_t shm = {3, MC_TRANSPORT_SHM}, tcp = {3, MC_TRANSPORT_TCP};
+        failed += mc_test_spawn(3, MC_TRANSPORT_SHM, 60, rndv_exit_body, &shm);
+        failed += mc_test_spawn(3, MC_TRANSPORT_TCP, 60, rndv_exit_body, &tcp);
     }
     unsetenv("MOONCAKE_P2P_RNDV_US");
     assert_int_equal(failed, 0);
@@ -709,18 +715,18 @@ static void test_dead_rank_held_stream(void **state)
  * caller's buffer back while the stream stays whole (guarantee 1: a live
  * peer that never takes a message does not hold the caller for good;
  * before, such a send waited forever). 2 live ranks, no call stalls the
- * heartbeat. Part 1: rank 0 sends 16 MiB that rank 1 (held stream: the
+ * heartbeat. Part 1: rank 0 sends 4 MiB that rank 1 (held stream: the
  * unexpected buffer is 1 KiB) receives only 2.5 s later; rank 0's send
  * fails after about 1 s and rank 0 overwrites its buffer; rank 1 must
  * still receive the message whole and exact (from the engine's copy).
- * Part 2: rank 1 sends 16 MiB to rank 0's posted receive and makes no
+ * Part 2: rank 1 sends 4 MiB to rank 0's posted receive and makes no
  * call for 2.5 s (its transport moves nothing meanwhile); rank 0's
  * receive fails after about 1 s, rank 0 overwrites its buffer; rank 1's
  * send, first waited for 2.5 s after its post (its timeout counts from
  * that wait), then completes, rank 0 reading the rest into the
  * transport's sink: not one element of rank 0's buffer may change after. Each part ends
  * with a message the other way, which the stream must deliver. */
-#define TO_COUNT ((size_t)2 << 20) /* int64: 16 MiB */
+#define TO_COUNT ((size_t)1 << 19) /* int64: 4 MiB (the p2p ring: 1 MiB) */
 
 static int64_t to_pat(size_t i, int k)
 {
@@ -865,5 +871,7 @@ int main(void)
     tests[N + 5] = (struct CMUnitTest){"rndv_sender_exits",
                                        test_rndv_sender_exits, NULL, NULL,
                                        NULL};
+    /* MC_P2P_ONLY: a cmocka filter pattern ("p2p_timeout", "rndv*") */
+    if (getenv("MC_P2P_ONLY")) cmocka_set_test_filter(getenv("MC_P2P_ONLY"));
     return _cmocka_run_group_tests("p2p", tests, N + 6, NULL, NULL);
 }
