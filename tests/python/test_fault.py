@@ -511,6 +511,22 @@ def _wait_stopped(pid, timeout):
         time.sleep(0.005)
 
 
+def _stop_mid_send(ctx, victim, n, barrier):
+    """After the store barrier `barrier`, the victim isends n float32 to
+    rank 1 (partly written: rank 1 reads nothing meanwhile) and stops
+    itself (SIGSTOP; SIGCONT makes it die); the others get its pid once it
+    is stopped."""
+    ctx.store_barrier(barrier)
+    if ctx.rank == victim:
+        ctx.store.set("victim-pid", str(os.getpid()))
+        sbuf = torch.full((n,), 2.0)
+        dist.isend(sbuf, dst=1)
+        ctx.stop_then_die()
+    pid = int(ctx.store.get("victim-pid"))
+    _wait_stopped(pid, ctx.op_timeout)
+    return pid
+
+
 @case(skip_on=NOT_GLOO, kills=True, world_sizes=(3,))
 def stopped_peer_p2p(ctx):
     """Point-to-point with a rank that hangs (SIGSTOP): rank 0's isend of
@@ -526,14 +542,7 @@ def stopped_peer_p2p(ctx):
     if me == 1:
         rbuf = torch.zeros(n)
         rw = dist.irecv(rbuf, src=victim)
-    ctx.store_barrier("posted")
-    if me == victim:
-        ctx.store.set("victim-pid", str(os.getpid()))
-        sbuf = torch.full((n,), 2.0)
-        dist.isend(sbuf, dst=1)  # partly written: rank 1 reads nothing now
-        ctx.stop_then_die()
-    pid = int(ctx.store.get("victim-pid"))
-    _wait_stopped(pid, ctx.op_timeout)
+    pid = _stop_mid_send(ctx, victim, n, "posted")
     if me == 0:
         sbuf = torch.full((n,), 1.0)
         sw = dist.isend(sbuf, dst=victim)
@@ -571,14 +580,7 @@ def silent_peer_p2p(ctx):
     me, victim, survivors = ctx.rank, 2, [0, 1]
     _ops_over(ctx, [0, 1, 2], "before")
     n = 4 << 20  # float32: 16 MiB, more than the rings or sockets hold
-    ctx.store_barrier("ready")
-    if me == victim:
-        ctx.store.set("victim-pid", str(os.getpid()))
-        sbuf = torch.full((n,), 2.0)
-        dist.isend(sbuf, dst=1)  # partly written: rank 1 reads nothing now
-        ctx.stop_then_die()
-    pid = int(ctx.store.get("victim-pid"))
-    _wait_stopped(pid, ctx.op_timeout)
+    pid = _stop_mid_send(ctx, victim, n, "ready")
     t0 = time.monotonic()
     buf = torch.full((n,), 1.0) if me == 0 else torch.zeros(n)
     what = "send to the stopped rank" if me == 0 else \
