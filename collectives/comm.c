@@ -231,6 +231,10 @@ struct mc_request {
     mc_request_cb_t cb;
     void *cb_arg;
     struct mc_request *cb_next;
+    /* p2p with a callback: on comm->p2p_watch (plock), holding a reference,
+     * until the progress thread finds it done (p2p_watch_round) */
+    int watched;
+    struct mc_request *w_next;
 };
 
 struct mc_cctx {
@@ -345,6 +349,18 @@ struct mc_comm {
     int tl_quiet;     /* plock: destroy made its last progress pass; a send
                          still waited for fails (nothing reads it again) */
     int64_t async_grace_us; /* MOONCAKE_ASYNC_GRACE_US */
+    /* p2p requests with a completion callback, which nobody may ever wait
+     * for: the progress thread drives them while no other thread does
+     * (p2p_watch_round). List and counters under plock; p2p_watch_n is
+     * also read atomically under qlock by the thread's sleep. */
+    mc_request_t *p2p_watch;
+    int p2p_watch_n;
+    uint64_t passes;       /* progress_locked passes, by any thread */
+    uint64_t watch_passes; /* `passes` after the watcher's last look */
+    int64_t watch_idle_since; /* the progress thread's own */
+    int64_t watch_linger;     /* it keeps looking until then (its own) */
+    int64_t watch_nap_us;     /* MOONCAKE_P2P_WATCH_US: between looks */
+    int thread_deep; /* qlock: the progress thread sleeps until signalled */
     pthread_t thread;
     pthread_mutex_t exec_lock;
 
@@ -613,6 +629,7 @@ static int p2p_rndv_scan(mc_comm_t *c);
 static int progress_locked(mc_comm_t *c)
 {
     if (c->tl_quiet) return 0; /* destroyed: past its last progress pass */
+    c->passes++;
     int n = 0;
     for (int i = 0; i < c->ntl; i++) {
         n += c->tlops[i]->progress(c->tl[i]);
@@ -722,6 +739,37 @@ static void *cb_thread_main(void *arg)
     return NULL;
 }
 
+static void start_thread(mc_comm_t *c);
+
+/* A p2p request progresses only inside calls (its own wait or test, other
+ * requests', collectives). One that only a callback watches (a torch
+ * future) would never end on a quiet communicator, not even at its
+ * deadline: the progress thread drives it (p2p_watch_round) and checks
+ * its deadline and peer (p2p_expire), the deadline counting from here. */
+static void p2p_watch_add(mc_comm_t *c, mc_request_t *r)
+{
+    pthread_mutex_lock(&c->plock);
+    /* past tl_quiet, destroy has failed every p2p request */
+    int add = !r->watched && !c->tl_quiet &&
+              !__atomic_load_n(&r->done, __ATOMIC_ACQUIRE);
+    if (add) {
+        __atomic_add_fetch(&r->refs, 1, __ATOMIC_ACQ_REL);
+        r->watched = 1;
+        r->w_next = c->p2p_watch;
+        c->p2p_watch = r;
+        __atomic_add_fetch(&c->p2p_watch_n, 1, __ATOMIC_ACQ_REL);
+    }
+    pthread_mutex_unlock(&c->plock);
+    if (!add) return;
+    /* wake the thread only from its long sleep: while it watches, it
+     * looks every millisecond anyway (a wake-up per op cost torch's
+     * send/recv up to a third of its time at 32-512 KiB) */
+    pthread_mutex_lock(&c->qlock);
+    int wake = !c->thread_started || c->thread_deep;
+    pthread_mutex_unlock(&c->qlock);
+    if (wake) start_thread(c);
+}
+
 mc_status_t mc_request_on_complete(mc_request_h r, mc_request_cb_t cb,
                                    void *arg)
 {
@@ -745,6 +793,7 @@ mc_status_t mc_request_on_complete(mc_request_h r, mc_request_cb_t cb,
         if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) cb_enqueue(c, r);
     }
     pthread_mutex_unlock(&c->dlock);
+    if (st == MC_OK && r->kind != R_COLL) p2p_watch_add(c, r);
     return st;
 }
 
@@ -5382,17 +5431,102 @@ static void run_queue(mc_comm_t *c, mc_request_t *until)
     }
 }
 
+/* Sleep on qcond up to `us` unless an operation is queued or destroy
+ * began. */
+static void progress_thread_nap(mc_comm_t *c, int64_t us)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long)(us * 1000);
+    while (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&c->qlock);
+    if (!c->qhead && !c->stopping)
+        pthread_cond_timedwait(&c->qcond, &c->qlock, &ts);
+    pthread_mutex_unlock(&c->qlock);
+}
+
+/* One turn of the progress thread for the watched p2p requests
+ * (p2p_watch_add), while no collective is queued. It drives progress only
+ * while no other thread does (a caller waiting on a request, a collective
+ * running inline: `passes` moved since its last look); otherwise it only
+ * checks the deadlines and the peers, a look a millisecond. Its own waits
+ * hold plock at most 100 us, and after 5 ms without progress it naps
+ * without plock between passes, so a quiet communicator costs it next to
+ * nothing and a caller's next call finds plock free. It keeps looking for
+ * 100 ms after the last watched request ended, so that a stream of p2p
+ * calls does not wake it for each. */
+static void p2p_watch_round(mc_comm_t *c)
+{
+    int64_t now = mc_now_us();
+    mc_request_t *gone = NULL;
+    pthread_mutex_lock(&c->plock);
+    if (!c->p2p_watch) {
+        c->watch_passes = c->passes;
+        pthread_mutex_unlock(&c->plock);
+        progress_thread_nap(c, c->watch_nap_us);
+        return;
+    }
+    int others = c->passes != c->watch_passes;
+    int n = 0;
+    if (!others) n = progress_locked(c);
+    for (mc_request_t **pp = &c->p2p_watch; *pp;) {
+        mc_request_t *r = *pp;
+        if (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE) && !c->tl_quiet)
+            p2p_expire(c, r, now);
+        if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
+            *pp = r->w_next;
+            r->w_next = gone;
+            gone = r;
+            __atomic_sub_fetch(&c->p2p_watch_n, 1, __ATOMIC_ACQ_REL);
+        } else {
+            pp = &r->w_next;
+        }
+    }
+    c->watch_linger = now + 100000;
+    if (n || others || gone) c->watch_idle_since = now;
+    int64_t idle = now - c->watch_idle_since;
+    int wait_tl = !others && idle >= 50 && idle < 5000 && c->p2p_watch;
+    if (wait_tl)
+        for (int i = 0; i < c->ntl && !c->tl_quiet; i++)
+            c->tlops[i]->wait(c->tl[i], 100);
+    c->watch_passes = c->passes;
+    pthread_mutex_unlock(&c->plock);
+    while (gone) {
+        mc_request_t *r = gone;
+        gone = r->w_next;
+        req_release(r);
+    }
+    if (others || idle >= 5000)
+        progress_thread_nap(c, c->watch_nap_us);
+    else if (!n && !wait_tl)
+        sched_yield();
+}
+
 static void *progress_thread(void *arg)
 {
     mc_comm_t *c = arg;
     for (;;) {
         pthread_mutex_lock(&c->qlock);
-        while (!c->qhead && !c->stopping)
+        /* sleeps until signalled only while it watches nothing */
+        while (!c->qhead && !c->stopping &&
+               !__atomic_load_n(&c->p2p_watch_n, __ATOMIC_ACQUIRE) &&
+               mc_now_us() >= c->watch_linger) {
+            c->thread_deep = 1;
             pthread_cond_wait(&c->qcond, &c->qlock);
+            c->thread_deep = 0;
+        }
         int stop = c->stopping;
         int64_t issued = c->qhead ? c->qhead->t_issue : 0;
+        int queued = c->qhead != NULL;
         pthread_mutex_unlock(&c->qlock);
         if (stop) return NULL;
+        if (!queued) {
+            p2p_watch_round(c);
+            continue;
+        }
         /* Give a caller that waits right after issuing (torch does, for
          * every synchronous op) the chance to run the operation inline:
          * a hand-off to this thread costs a wake-up on both sides. */
@@ -7485,6 +7619,8 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->rndv_us = mc_env_int("MOONCAKE_P2P_RNDV_US", 1000);
     c->discard_len = 1 << 16;
     c->async_grace_us = mc_env_int("MOONCAKE_ASYNC_GRACE_US", 50);
+    c->watch_nap_us = mc_env_int("MOONCAKE_P2P_WATCH_US", 1000);
+    if (c->watch_nap_us < 10) c->watch_nap_us = 10;
     c->ft_signals = mc_env_int("MOONCAKE_FT_SIGNALS", 1) != 0;
     c->ft_pair = mc_env_int("MOONCAKE_FT_PAIR", 1) != 0;
     c->ft_entry = mc_env_int("MOONCAKE_FT_ENTRY", 1) != 0;
@@ -7948,7 +8084,16 @@ void mc_comm_destroy(mc_comm_h c)
         req_complete(r, MC_ERR_IO, msg);
     }
     c->tl_quiet = 1;
+    /* the progress thread is gone: drop its references (every p2p request
+     * has ended above) */
+    mc_request_t *watched = c->p2p_watch;
+    c->p2p_watch = NULL;
     pthread_mutex_unlock(&c->plock);
+    while (watched) {
+        mc_request_t *r = watched;
+        watched = r->w_next;
+        req_release(r);
+    }
     /* Threads of the caller's still in mc_request_wait/test here: each
      * leaves once its request ends (failed above, or its attempt ended at
      * a wait; a send still waited for fails now: tl_quiet). Only then may

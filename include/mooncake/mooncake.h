@@ -440,6 +440,11 @@ typedef void (*mc_request_cb_t)(mc_request_h req, mc_status_t status,
  * operations; they must not block for long. The request stays valid until
  * the callback returns even if its owner frees it meanwhile. One callback
  * per request: a second registration returns MC_ERR_INVALID_ARG.
+ * A send or receive with a callback needs no wait or test to finish: the
+ * communicator's progress thread moves it whenever no call of the
+ * caller's does (looking about every millisecond), and ends it at its
+ * deadline or when its peer falls silent, counting the deadline from this
+ * call.
  */
 mc_status_t mc_request_on_complete(mc_request_h req, mc_request_cb_t cb,
                                    void *arg);
@@ -589,12 +594,15 @@ mc_status_t mc_comm_barrier(mc_comm_h comm);
  * receive fails with MC_ERR_MISMATCH.
  *
  * Every send and receive ends (checked while it is waited for or tested:
- * mc_comm_send/recv, mc_request_wait, mc_request_test):
+ * mc_comm_send/recv, mc_request_wait, mc_request_test; and, for a request
+ * with a completion callback, by the communicator's own thread, which
+ * also moves its data while no call does: see mc_request_on_complete):
  *  - not finished by the communicator's operation timeout, counted from
- *    the first wait or test of it (progress happens inside calls: a
- *    request posted long before it is waited for gets the whole timeout
- *    then): MC_ERR_TIMEOUT (a receive nothing matched; a message that
- *    comes later waits for the next matching receive);
+ *    the first wait or test of it, or from mc_request_on_complete
+ *    (progress happens inside calls: a request posted long before it is
+ *    waited for gets the whole timeout then): MC_ERR_TIMEOUT (a receive
+ *    nothing matched; a message that comes later waits for the next
+ *    matching receive);
  *  - its peer silent past the liveness timeout (fault tolerance on: the
  *    heartbeat): MC_ERR_PEER_FAILED, the peer still in the view (the next
  *    collective deals with it); an MC_ANY_SOURCE receive nothing matched

@@ -12,6 +12,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -839,6 +840,116 @@ static void test_p2p_timeout(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* Requests that only completion callbacks watch (a torch future's wait
+ * never calls into the engine): nothing here calls the engine between the
+ * posts and the callbacks, so the engine's own thread must move the
+ * messages and end each request. 16 MiB each way (far more than the rings
+ * and socket buffers hold), then a receive nothing matches, which must
+ * fail at the operation timeout (1 s). Before, the exchange never
+ * finished. */
+#define CB_COUNT ((size_t)2 << 20) /* int64: 16 MiB */
+
+typedef struct {
+    _Atomic int fired;
+    mc_status_t st;
+    double t;
+    char msg[200];
+} cbw_t;
+
+static void cbw_done(mc_request_h req, mc_status_t st, void *arg)
+{
+    cbw_t *w = arg;
+    w->st = st;
+    w->t = now_s();
+    if (st != MC_OK) {
+        int done = 0;
+        mc_request_test(req, &done); /* this request's own error text */
+        snprintf(w->msg, sizeof(w->msg), "%s", mc_last_error());
+    }
+    atomic_store(&w->fired, 1);
+}
+
+/* Sleep until every callback fired or `limit` seconds passed. */
+static int cbw_sleep(cbw_t *w, int n, double limit)
+{
+    double t0 = now_s();
+    for (;;) {
+        int all = 1;
+        for (int i = 0; i < n; i++)
+            all = all && atomic_load(&w[i].fired);
+        if (all) return 1;
+        if (now_s() - t0 > limit) return 0;
+        usleep(1000);
+    }
+}
+
+static int cbonly_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    const p2p_param_t *p = arg;
+    pc_t c = {comm, rank, size, ref_tname(p->transport)};
+    int64_t *out = malloc(CB_COUNT * sizeof(int64_t));
+    int64_t *in = calloc(CB_COUNT, sizeof(int64_t));
+    if (!out || !in) return FAIL(&c, "oom");
+    for (size_t i = 0; i < CB_COUNT; i++)
+        out[i] = to_pat(i, rank);
+    CALL(&c, mc_comm_barrier(comm));
+    cbw_t w[3] = {0};
+    mc_request_h r[3];
+    CALL(&c, mc_comm_irecv(comm, in, CB_COUNT, MC_INT64, 1 - rank, 70, &r[0]));
+    CALL(&c, mc_comm_isend(comm, out, CB_COUNT, MC_INT64, 1 - rank, 70, &r[1]));
+    double t0 = now_s();
+    for (int i = 0; i < 2; i++) {
+        CALL(&c, mc_request_on_complete(r[i], cbw_done, &w[i]));
+        mc_request_free(r[i]); /* the callback still comes */
+    }
+    if (!cbw_sleep(w, 2, 30))
+        return FAIL(&c, "16 MiB each way watched by callbacks only: not "
+                        "finished after 30 s (receive %d, send %d)",
+                    atomic_load(&w[0].fired), atomic_load(&w[1].fired));
+    for (int i = 0; i < 2; i++)
+        if (w[i].st != MC_OK)
+            return FAIL(&c, "%s: %s (%s)", i ? "send" : "receive",
+                        mc_status_str(w[i].st), w[i].msg);
+    for (size_t i = 0; i < CB_COUNT; i++)
+        if (in[i] != to_pat(i, 1 - rank))
+            return FAIL(&c, "element %zu: %lld", i, (long long)in[i]);
+    printf("  %s rank %d: 16 MiB each way by callbacks only in %.1f ms\n",
+           c.tname, rank, ((w[0].t > w[1].t ? w[0].t : w[1].t) - t0) * 1e3);
+    /* nothing matches: the operation timeout ends it */
+    int32_t v = 0;
+    CALL(&c, mc_comm_irecv(comm, &v, 1, MC_INT32, 1 - rank, 71, &r[2]));
+    t0 = now_s();
+    CALL(&c, mc_request_on_complete(r[2], cbw_done, &w[2]));
+    if (!cbw_sleep(&w[2], 1, 10))
+        return FAIL(&c, "a receive nothing matches, watched by a callback "
+                        "only: no end after 10 s (timeout 1 s)");
+    double took = w[2].t - t0;
+    if (w[2].st != MC_ERR_TIMEOUT || !strstr(w[2].msg, "no message"))
+        return FAIL(&c, "unmatched receive: %s (%s)", mc_status_str(w[2].st),
+                    w[2].msg);
+    if (took < 0.8 || took > 5.0)
+        return FAIL(&c, "unmatched receive ended after %.2f s (timeout 1 s)",
+                    took);
+    mc_request_free(r[2]);
+    CALL(&c, mc_comm_barrier(comm));
+    free(in);
+    free(out);
+    return 0;
+}
+
+static void test_callback_only(void **state)
+{
+    (void)state;
+    setenv("MOONCAKE_TIMEOUT_MS", "1000", 1);
+    setenv("MOONCAKE_TCP_BUF_BYTES", "262144", 1);
+    p2p_param_t shm = {2, MC_TRANSPORT_SHM}, tcp = {2, MC_TRANSPORT_TCP};
+    int failed = mc_test_spawn(2, MC_TRANSPORT_SHM, 60, cbonly_body, &shm);
+    failed += mc_test_spawn(2, MC_TRANSPORT_TCP, 60, cbonly_body, &tcp);
+    unsetenv("MOONCAKE_TCP_BUF_BYTES");
+    unsetenv("MOONCAKE_TIMEOUT_MS");
+    assert_int_equal(failed, 0);
+}
+
 static p2p_param_t params[] = {
     {2, MC_TRANSPORT_SHM}, {3, MC_TRANSPORT_SHM}, {4, MC_TRANSPORT_SHM},
     {2, MC_TRANSPORT_TCP}, {3, MC_TRANSPORT_TCP}, {4, MC_TRANSPORT_TCP},
@@ -848,7 +959,7 @@ int main(void)
 {
     enum { N = sizeof(params) / sizeof(params[0]) };
     static char names[N][48];
-    struct CMUnitTest tests[N + 6];
+    struct CMUnitTest tests[N + 7];
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof(names[i]), "p2p_%d_%s", params[i].size,
                  ref_tname(params[i].transport));
@@ -871,7 +982,9 @@ int main(void)
     tests[N + 5] = (struct CMUnitTest){"rndv_sender_exits",
                                        test_rndv_sender_exits, NULL, NULL,
                                        NULL};
+    tests[N + 6] = (struct CMUnitTest){"callback_only", test_callback_only,
+                                       NULL, NULL, NULL};
     /* MC_P2P_ONLY: a cmocka filter pattern ("p2p_timeout", "rndv*") */
     if (getenv("MC_P2P_ONLY")) cmocka_set_test_filter(getenv("MC_P2P_ONLY"));
-    return _cmocka_run_group_tests("p2p", tests, N + 6, NULL, NULL);
+    return _cmocka_run_group_tests("p2p", tests, N + 7, NULL, NULL);
 }

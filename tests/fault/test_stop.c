@@ -1740,7 +1740,27 @@ typedef struct {
     int32_t r1_recv, r1_send, r1_wrong;
     int32_t sum[2], ping[2];
     uint64_t epoch[2];
+    int cb_mode; /* rank 0 watches its requests by callbacks only */
+    _Atomic int fired[3];
 } ps_shm_t;
+
+typedef struct {
+    ps_shm_t *sh;
+    int i;
+} ps_cb_t;
+
+/* rank 0's callback (cb_mode): what the waits would have recorded */
+static void ps_done(mc_request_h req, mc_status_t st, void *arg)
+{
+    ps_cb_t *a = arg;
+    ps_shm_t *sh = a->sh;
+    sh->st[a->i] = st;
+    sh->ms[a->i] = (now_ns() - sh->t_stop) / 1000000;
+    int done = 0;
+    mc_request_test(req, &done); /* this request's own error text */
+    snprintf(sh->msg[a->i], sizeof(sh->msg[a->i]), "%s", mc_last_error());
+    atomic_store(&sh->fired[a->i], 1);
+}
 
 static int ps_rank(int rank, mc_transport_kind_t tr, const char *dir,
                    ps_shm_t *sh)
@@ -1793,7 +1813,29 @@ static int ps_rank(int rank, mc_transport_kind_t tr, const char *dir,
             usleep(1000);
         st = mc_comm_isend(comm, out, PS_COUNT, MC_INT64, 1, 7, &q[0]);
         if (st != MC_OK) return MC_TFAIL(rank, "isend: %s", mc_last_error());
-        for (int i = 0; i < 3; i++) {
+        ps_cb_t cba[3];
+        for (int i = 0; i < 3 && sh->cb_mode; i++) {
+            /* no call into the engine until every callback came: only
+             * its own thread can end them */
+            cba[i] = (ps_cb_t){sh, i};
+            if (mc_request_on_complete(q[i], ps_done, &cba[i]) != MC_OK)
+                return MC_TFAIL(rank, "on_complete: %s", mc_last_error());
+        }
+        for (int i = 0; i < 3 && sh->cb_mode; i++) {
+            int64_t t = now_ns();
+            while (!atomic_load(&sh->fired[i]) &&
+                   now_ns() - t < 20000000000ll)
+                usleep(1000);
+            if (!atomic_load(&sh->fired[i]))
+                return MC_TFAIL(rank, "callback %d: none after 20 s", i);
+            mc_request_free(q[i]);
+            if (i == 0 && sh->st[0] != MC_OK) {
+                memset(out, 0xEE, PS_COUNT * sizeof(int64_t));
+                free(out);
+                out = NULL;
+            }
+        }
+        for (int i = 0; i < 3 && !sh->cb_mode; i++) {
             sh->st[i] = mc_request_wait(q[i], -1);
             sh->ms[i] = (now_ns() - sh->t_stop) / 1000000;
             snprintf(sh->msg[i], sizeof(sh->msg[i]), "%s", mc_last_error());
@@ -1844,7 +1886,7 @@ static int ps_rank(int rank, mc_transport_kind_t tr, const char *dir,
     return 0;
 }
 
-static void run_p2p_silent(mc_transport_kind_t tr)
+static void run_p2p_silent(mc_transport_kind_t tr, int cb_mode)
 {
     char *d = mc_test_mkdtemp();
     assert_non_null(d);
@@ -1853,6 +1895,7 @@ static void run_p2p_silent(mc_transport_kind_t tr)
     assert_true(sh != MAP_FAILED);
     for (int i = 0; i < 3; i++)
         sh->st[i] = MC_INPROGRESS;
+    sh->cb_mode = cb_mode;
     pid_t pid[2];
     for (int r = 0; r < 2; r++) {
         pid[r] = fork();
@@ -1879,9 +1922,10 @@ static void run_p2p_silent(mc_transport_kind_t tr)
     const char *tn = tr == MC_TRANSPORT_TCP ? "tcp" : "shm";
     const char *what[3] = {"send", "receive mid-message", "receive unmatched"};
     for (int i = 0; i < 3; i++)
-        fprintf(stderr, "  %s: rank 0's %s ended %lld ms after the stop: %s (%s)\n",
-                tn, what[i], (long long)sh->ms[i], mc_status_str(sh->st[i]),
-                sh->msg[i]);
+        fprintf(stderr,
+                "  %s: rank 0's %s%s ended %lld ms after the stop: %s (%s)\n",
+                tn, what[i], cb_mode ? " (callback only)" : "",
+                (long long)sh->ms[i], mc_status_str(sh->st[i]), sh->msg[i]);
     fprintf(stderr,
             "  rank 1 resumed: its receive %s (%d wrong), its send %s; rank "
             "0's buffer written after: %d; then allreduce %d / %d, p2p %d / "
@@ -1916,11 +1960,20 @@ static void run_p2p_silent(mc_transport_kind_t tr)
 
 static void p2p_silent_shm_2(void **s)
 {
-    (void)s, run_p2p_silent(MC_TRANSPORT_SHM);
+    (void)s, run_p2p_silent(MC_TRANSPORT_SHM, 0);
 }
 static void p2p_silent_tcp_2(void **s)
 {
-    (void)s, run_p2p_silent(MC_TRANSPORT_TCP);
+    (void)s, run_p2p_silent(MC_TRANSPORT_TCP, 0);
+}
+/* the same with rank 0 watching its requests by callbacks only */
+static void p2p_silent_cb_shm_2(void **s)
+{
+    (void)s, run_p2p_silent(MC_TRANSPORT_SHM, 1);
+}
+static void p2p_silent_cb_tcp_2(void **s)
+{
+    (void)s, run_p2p_silent(MC_TRANSPORT_TCP, 1);
 }
 
 int main(void)
@@ -1967,6 +2020,8 @@ int main(void)
         cmocka_unit_test(recv_stopped_left_tcp_3),
         cmocka_unit_test(p2p_silent_shm_2),
         cmocka_unit_test(p2p_silent_tcp_2),
+        cmocka_unit_test(p2p_silent_cb_shm_2),
+        cmocka_unit_test(p2p_silent_cb_tcp_2),
     };
     /* MC_STOP_ONLY: comma-separated name patterns (fnmatch), e.g.
      * "*slot*,*split*": run only the cases that match one; a pattern that

@@ -179,6 +179,26 @@ def p2p_interleaved_with_collectives(ctx):
     check(rbuf, payload(left, me, 42, 257), "p2p across collectives")
 
 
+@case
+def futures_only(ctx):
+    # Waiting on the futures alone (work.get_future().wait(), or a callback
+    # chained to them) never calls into the Work: the backend must move the
+    # messages itself. 16 MiB each way around the ring is far more than the
+    # rings and socket buffers hold; before, this waited for good.
+    ws, me = ctx.world_size, ctx.rank
+    right, left = (me + 1) % ws, (me - 1) % ws
+    n = 4 << 20
+    got = torch.zeros(n)
+    rw = dist.irecv(got, src=left, tag=5)
+    sw = dist.isend(payload(me, right, 5, n), dst=right, tag=5)
+    seen = []
+    chained = rw.get_future().then(lambda f: seen.append(me) or 1)
+    sw.get_future().wait()
+    rw.get_future().wait()
+    assert chained.wait() == 1 and seen == [me]
+    check(got, payload(left, me, 5, n), "irecv waited through its future")
+
+
 @pytest.mark.parametrize("ws,name", params(__name__))
 def test_case(mp_runner, ws, name):
     mp_runner.check(__name__, ws, name)

@@ -84,6 +84,7 @@ struct bench_opts {
     int ft_nsizes;
     int ft_reps;
     enum bench_op ft_op;
+    int p2p_cb; /* --p2p-callbacks */
 };
 
 /* Sizes of one step of the sweep, following nccl-tests: `count` is the
@@ -108,6 +109,9 @@ static void usage(FILE *f)
 "                          gather|scatter|alltoall|alltoallv|barrier|sendrecv\n"
 "                          (sendrecv, as nccl-tests: each rank sends SIZE to\n"
 "                          rank+1 and receives SIZE from rank-1 at once)\n"
+"      --p2p-callbacks     sendrecv: also set a completion callback on both\n"
+"                          requests (that does nothing) before waiting, as\n"
+"                          the torch backend does for every request\n"
 "                          (default allreduce)\n"
 "  -d, --datatype TYPE     int8 uint8 int16 uint16 int32 uint32 int64 uint64\n"
 "                          bool float16 bfloat16 float32 float64 float8_e4m3\n"
@@ -287,7 +291,8 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         OPT_FT_COMPARE,
         OPT_FT_SIZES,
         OPT_FT_REPS,
-        OPT_FT_OP
+        OPT_FT_OP,
+        OPT_P2P_CB
     };
     static const struct option longopts[] = {
         {"minbytes", required_argument, NULL, 'b'},
@@ -311,6 +316,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         {"ft-sizes", required_argument, NULL, OPT_FT_SIZES},
         {"ft-reps", required_argument, NULL, OPT_FT_REPS},
         {"ft-op", required_argument, NULL, OPT_FT_OP},
+        {"p2p-callbacks", no_argument, NULL, OPT_P2P_CB},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -424,6 +430,9 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
             break;
         case OPT_FT_OP:
             bad = parse_op(optarg, &o->ft_op);
+            break;
+        case OPT_P2P_CB:
+            o->p2p_cb = 1;
             break;
         case 'h':
             usage(stdout);
@@ -843,6 +852,11 @@ static void buffers(const struct rank_ctx *c, const struct layout *l,
     }
 }
 
+static void bench_nop_cb(mc_request_h req, mc_status_t st, void *arg)
+{
+    (void)req, (void)st, (void)arg;
+}
+
 static mc_status_t run_once(const struct rank_ctx *c, const struct layout *l,
                             void *s, void *r)
 {
@@ -884,6 +898,10 @@ static mc_status_t run_once(const struct rank_ctx *c, const struct layout *l,
             (void)mc_request_wait(rq, 0);
             mc_request_free(rq);
             return st;
+        }
+        if (o->p2p_cb) {
+            (void)mc_request_on_complete(rq, bench_nop_cb, NULL);
+            (void)mc_request_on_complete(sq, bench_nop_cb, NULL);
         }
         mc_status_t a = mc_request_wait(sq, -1), b = mc_request_wait(rq, -1);
         mc_request_free(sq);
