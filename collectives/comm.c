@@ -233,7 +233,6 @@ struct mc_request {
     struct mc_request *cb_next;
     /* p2p with a callback: on comm->p2p_watch (plock), holding a reference,
      * until the progress thread finds it done (p2p_watch_round) */
-    int watched;
     struct mc_request *w_next;
 };
 
@@ -350,16 +349,14 @@ struct mc_comm {
                          still waited for fails (nothing reads it again) */
     int64_t async_grace_us; /* MOONCAKE_ASYNC_GRACE_US */
     /* p2p requests with a completion callback, which nobody may ever wait
-     * for: the progress thread drives them while no other thread does
-     * (p2p_watch_round). List and counters under plock; p2p_watch_n is
-     * also read atomically under qlock by the thread's sleep. */
+     * for: the progress thread drives them while no caller's thread waits
+     * (p2p_watch_round). The list under plock; p2p_watch_n atomic (the
+     * thread's sleep reads it under qlock). */
     mc_request_t *p2p_watch;
     int p2p_watch_n;
-    uint64_t passes;       /* progress_locked passes, by any thread */
-    uint64_t watch_passes; /* `passes` after the watcher's last look */
+    int waiters; /* atomic: threads inside request_wait */
     int64_t watch_idle_since; /* the progress thread's own */
     int64_t watch_linger;     /* it keeps looking until then (its own) */
-    int64_t watch_nap_us;     /* MOONCAKE_P2P_WATCH_US: between looks */
     int thread_deep; /* qlock: the progress thread sleeps until signalled */
     pthread_t thread;
     pthread_mutex_t exec_lock;
@@ -629,7 +626,6 @@ static int p2p_rndv_scan(mc_comm_t *c);
 static int progress_locked(mc_comm_t *c)
 {
     if (c->tl_quiet) return 0; /* destroyed: past its last progress pass */
-    c->passes++;
     int n = 0;
     for (int i = 0; i < c->ntl; i++) {
         n += c->tlops[i]->progress(c->tl[i]);
@@ -748,19 +744,22 @@ static void start_thread(mc_comm_t *c);
  * its deadline and peer (p2p_expire), the deadline counting from here. */
 static void p2p_watch_add(mc_comm_t *c, mc_request_t *r)
 {
+    /* r holds a reference for the list already (mc_request_on_complete
+     * took it while r was surely alive: once dlock is released its
+     * callback may run and free r but for that reference) */
     pthread_mutex_lock(&c->plock);
     /* past tl_quiet, destroy has failed every p2p request */
-    int add = !r->watched && !c->tl_quiet &&
-              !__atomic_load_n(&r->done, __ATOMIC_ACQUIRE);
+    int add = !c->tl_quiet && !__atomic_load_n(&r->done, __ATOMIC_ACQUIRE);
     if (add) {
-        __atomic_add_fetch(&r->refs, 1, __ATOMIC_ACQ_REL);
-        r->watched = 1;
         r->w_next = c->p2p_watch;
         c->p2p_watch = r;
         __atomic_add_fetch(&c->p2p_watch_n, 1, __ATOMIC_ACQ_REL);
     }
     pthread_mutex_unlock(&c->plock);
-    if (!add) return;
+    if (!add) {
+        req_release(r);
+        return;
+    }
     /* wake the thread only from its long sleep: while it watches, it
      * looks every millisecond anyway (a wake-up per op cost torch's
      * send/recv up to a third of its time at 32-512 KiB) */
@@ -778,6 +777,7 @@ mc_status_t mc_request_on_complete(mc_request_h r, mc_request_cb_t cb,
                       "mc_request_on_complete: NULL request or callback");
     mc_comm_t *c = r->comm;
     mc_status_t st = MC_OK;
+    int watch = 0;
     pthread_mutex_lock(&c->dlock);
     if (r->cb) {
         st = mc_err(MC_ERR_INVALID_ARG,
@@ -790,10 +790,17 @@ mc_status_t mc_request_on_complete(mc_request_h r, mc_request_cb_t cb,
         c->cb_started = 1;
         r->cb = cb;
         r->cb_arg = arg;
-        if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) cb_enqueue(c, r);
+        if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
+            cb_enqueue(c, r);
+        } else if (r->kind != R_COLL) {
+            /* the watch list's reference, taken while the caller's keeps
+             * r alive: after the unlock the callback may free it */
+            __atomic_add_fetch(&r->refs, 1, __ATOMIC_ACQ_REL);
+            watch = 1;
+        }
     }
     pthread_mutex_unlock(&c->dlock);
-    if (st == MC_OK && r->kind != R_COLL) p2p_watch_add(c, r);
+    if (watch) p2p_watch_add(c, r);
     return st;
 }
 
@@ -5450,28 +5457,27 @@ static void progress_thread_nap(mc_comm_t *c, int64_t us)
 
 /* One turn of the progress thread for the watched p2p requests
  * (p2p_watch_add), while no collective is queued. It drives progress only
- * while no other thread does (a caller waiting on a request, a collective
- * running inline: `passes` moved since its last look); otherwise it only
- * checks the deadlines and the peers, a look a millisecond. Its own waits
- * hold plock at most 100 us, and after 5 ms without progress it naps
- * without plock between passes, so a quiet communicator costs it next to
- * nothing and a caller's next call finds plock free. It keeps looking for
- * 100 ms after the last watched request ended, so that a stream of p2p
- * calls does not wake it for each. */
+ * while no caller's thread waits on this communicator (`waiters`: a wait
+ * drives progress for every request, a blocking collective too); it then
+ * only checks the deadlines and the peers, a look a millisecond. Driving,
+ * it never sleeps under plock (a caller's next call would wait for it):
+ * it yields for 200 us after progress, then naps on qcond (a queued
+ * collective wakes it) 0.1 ms a time, 1 ms after 5 ms without progress,
+ * 10 ms after a second, so that a request that never ends costs next to
+ * nothing. It keeps looking for 100 ms after its list empties, so that a
+ * stream of p2p calls does not wake it for each. */
 static void p2p_watch_round(mc_comm_t *c)
 {
     int64_t now = mc_now_us();
     mc_request_t *gone = NULL;
+    int others = __atomic_load_n(&c->waiters, __ATOMIC_ACQUIRE) > 0;
     pthread_mutex_lock(&c->plock);
     if (!c->p2p_watch) {
-        c->watch_passes = c->passes;
         pthread_mutex_unlock(&c->plock);
-        progress_thread_nap(c, c->watch_nap_us);
+        progress_thread_nap(c, 1000);
         return;
     }
-    int others = c->passes != c->watch_passes;
-    int n = 0;
-    if (!others) n = progress_locked(c);
+    int n = others ? 0 : progress_locked(c);
     for (mc_request_t **pp = &c->p2p_watch; *pp;) {
         mc_request_t *r = *pp;
         if (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE) && !c->tl_quiet)
@@ -5485,24 +5491,23 @@ static void p2p_watch_round(mc_comm_t *c)
             pp = &r->w_next;
         }
     }
+    pthread_mutex_unlock(&c->plock);
     c->watch_linger = now + 100000;
     if (n || others || gone) c->watch_idle_since = now;
-    int64_t idle = now - c->watch_idle_since;
-    int wait_tl = !others && idle >= 50 && idle < 5000 && c->p2p_watch;
-    if (wait_tl)
-        for (int i = 0; i < c->ntl && !c->tl_quiet; i++)
-            c->tlops[i]->wait(c->tl[i], 100);
-    c->watch_passes = c->passes;
-    pthread_mutex_unlock(&c->plock);
     while (gone) {
         mc_request_t *r = gone;
         gone = r->w_next;
         req_release(r);
     }
-    if (others || idle >= 5000)
-        progress_thread_nap(c, c->watch_nap_us);
-    else if (!n && !wait_tl)
-        sched_yield();
+    int64_t idle = now - c->watch_idle_since;
+    if (others)
+        progress_thread_nap(c, 1000);
+    else if (n || idle < 200)
+        sched_yield(); /* and a caller blocked on plock gets it */
+    else
+        progress_thread_nap(c, idle < 5000      ? 100
+                               : idle < 1000000 ? 1000
+                                                : 10000);
 }
 
 static void *progress_thread(void *arg)
@@ -5572,7 +5577,20 @@ mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
     return st;
 }
 
+static mc_status_t request_wait_loop(mc_request_t *r, int64_t timeout_ms);
+
+/* Counted in `waiters`: while a caller waits, it drives progress, and the
+ * progress thread leaves the watched requests' progress to it. */
 static mc_status_t request_wait(mc_request_t *r, int64_t timeout_ms)
+{
+    mc_comm_t *c = r->comm;
+    __atomic_add_fetch(&c->waiters, 1, __ATOMIC_ACQ_REL);
+    mc_status_t st = request_wait_loop(r, timeout_ms);
+    __atomic_sub_fetch(&c->waiters, 1, __ATOMIC_ACQ_REL);
+    return st;
+}
+
+static mc_status_t request_wait_loop(mc_request_t *r, int64_t timeout_ms)
 {
     mc_comm_t *c = r->comm;
     int64_t deadline = mc_deadline_us(timeout_ms);
@@ -7619,8 +7637,6 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     c->rndv_us = mc_env_int("MOONCAKE_P2P_RNDV_US", 1000);
     c->discard_len = 1 << 16;
     c->async_grace_us = mc_env_int("MOONCAKE_ASYNC_GRACE_US", 50);
-    c->watch_nap_us = mc_env_int("MOONCAKE_P2P_WATCH_US", 1000);
-    if (c->watch_nap_us < 10) c->watch_nap_us = 10;
     c->ft_signals = mc_env_int("MOONCAKE_FT_SIGNALS", 1) != 0;
     c->ft_pair = mc_env_int("MOONCAKE_FT_PAIR", 1) != 0;
     c->ft_entry = mc_env_int("MOONCAKE_FT_ENTRY", 1) != 0;

@@ -441,10 +441,10 @@ typedef void (*mc_request_cb_t)(mc_request_h req, mc_status_t status,
  * the callback returns even if its owner frees it meanwhile. One callback
  * per request: a second registration returns MC_ERR_INVALID_ARG.
  * A send or receive with a callback needs no wait or test to finish: the
- * communicator's progress thread moves it whenever no call of the
- * caller's does (looking about every millisecond), and ends it at its
- * deadline or when its peer falls silent, counting the deadline from this
- * call.
+ * communicator's progress thread moves it while no caller's thread waits
+ * on this communicator (looking every 0.1-10 ms while nothing moves, less
+ * often the longer nothing did), and ends it at its deadline or when its
+ * peer falls silent, counting the deadline from this call.
  */
 mc_status_t mc_request_on_complete(mc_request_h req, mc_request_cb_t cb,
                                    void *arg);
@@ -613,8 +613,7 @@ mc_status_t mc_comm_barrier(mc_comm_h comm);
  * whole), one not started is not sent, and the rest of a message that was
  * arriving is read and discarded, never into the buffer. So a failed send
  * does not say whether the peer got the message. (Without memory for that
- * copy, or for the sink, the call waits as before, with a warning. A
- * request only completion callbacks watch is not checked.)
+ * copy, or for the sink, the call waits as before, with a warning.)
  */
 #define MC_ANY_SOURCE (-1)
 

@@ -9,6 +9,8 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -143,11 +145,105 @@ static void test_cb_tcp(void **s)
     assert_int_equal(mc_test_spawn(2, MC_TRANSPORT_TCP, 60, body, NULL), 0);
 }
 
+/* Fire and forget: p2p requests whose callback frees them, posted while
+ * another thread waits on the communicator (so that a send may end, and its
+ * callback run and free it, while mc_request_on_complete is still on its
+ * way out: it must not touch the request after its lock; ASan), some
+ * small (done at their post), some of 1 MiB (watched by the progress
+ * thread until they end). */
+#define FF_N 2000
+#define FF_BIG (256 * 1024) /* int32: 1 MiB */
+
+static _Atomic int ff_done, ff_bad, ff_stop;
+
+static void ff_free_cb(mc_request_h req, mc_status_t st, void *arg)
+{
+    (void)arg;
+    if (st != MC_OK) atomic_fetch_add(&ff_bad, 1);
+    mc_request_free(req);
+    atomic_fetch_add(&ff_done, 1);
+}
+
+static mc_comm_h ff_comm;
+
+static void *ff_waiter(void *a)
+{
+    (void)a;
+    int32_t v;
+    mc_request_h r;
+    if (mc_comm_irecv(ff_comm, &v, 1, MC_INT32, 1, 999, &r)) return NULL;
+    while (!atomic_load(&ff_stop))
+        (void)mc_request_wait(r, 50);
+    mc_request_free(r); /* pending: destroy ends it */
+    return NULL;
+}
+
+static int ff_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    (void)size, (void)arg;
+    atomic_store(&ff_done, 0);
+    atomic_store(&ff_bad, 0);
+    atomic_store(&ff_stop, 0);
+    ff_comm = comm;
+    int32_t *big = calloc(FF_BIG, sizeof(int32_t));
+    if (!big) return MC_TFAIL(rank, "oom");
+    int32_t x = 1;
+    if (rank == 0) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, ff_waiter, NULL))
+            return MC_TFAIL(rank, "pthread_create");
+        for (int i = 0; i < FF_N; i++) {
+            int b = i % 100 == 0;
+            mc_request_h r;
+            if (mc_comm_isend(comm, b ? big : &x, b ? FF_BIG : 1, MC_INT32,
+                              1, 5, &r))
+                return MC_TFAIL(rank, "isend: %s", mc_last_error());
+            if (mc_request_on_complete(r, ff_free_cb, NULL))
+                return MC_TFAIL(rank, "on_complete: %s", mc_last_error());
+        }
+        for (int i = 0; i < 30000 && atomic_load(&ff_done) < FF_N; i++)
+            usleep(1000);
+        atomic_store(&ff_stop, 1);
+        pthread_join(t, NULL);
+        if (atomic_load(&ff_done) != FF_N || atomic_load(&ff_bad))
+            return MC_TFAIL(rank, "%d of %d callbacks, %d failed",
+                            atomic_load(&ff_done), FF_N,
+                            atomic_load(&ff_bad));
+    } else {
+        for (int i = 0; i < FF_N; i++) {
+            int b = i % 100 == 0;
+            if (mc_comm_recv(comm, b ? big : &x, b ? FF_BIG : 1, MC_INT32, 0,
+                             5))
+                return MC_TFAIL(rank, "recv %d: %s", i, mc_last_error());
+        }
+    }
+    if (mc_comm_barrier(comm))
+        return MC_TFAIL(rank, "barrier: %s", mc_last_error());
+    free(big);
+    return 0;
+}
+
+static void test_p2p_free_in_cb_shm(void **s)
+{
+    (void)s;
+    assert_int_equal(mc_test_spawn(2, MC_TRANSPORT_SHM, 60, ff_body, NULL),
+                     0);
+}
+
+static void test_p2p_free_in_cb_tcp(void **s)
+{
+    (void)s;
+    assert_int_equal(mc_test_spawn(2, MC_TRANSPORT_TCP, 60, ff_body, NULL),
+                     0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cb_shm),
         cmocka_unit_test(test_cb_tcp),
+        cmocka_unit_test(test_p2p_free_in_cb_shm),
+        cmocka_unit_test(test_p2p_free_in_cb_tcp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
