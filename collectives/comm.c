@@ -355,7 +355,12 @@ struct mc_comm {
     mc_request_t *p2p_watch;
     int p2p_watch_n;
     int waiters; /* atomic: threads inside request_wait */
-    int64_t watch_idle_since; /* the progress thread's own */
+    uint64_t watch_adds;      /* plock: p2p_watch_add's count */
+    uint64_t watch_adds_seen; /* the progress thread's own, and below */
+    int64_t watch_checked;    /* the list's last p2p_watch_check */
+    int64_t watch_walked;     /* ... that walked it */
+    int64_t watch_min_deadline; /* the earliest deadline on it (or less) */
+    int64_t watch_idle_since;
     int64_t watch_linger;     /* it keeps looking until then (its own) */
     int thread_deep; /* qlock: the progress thread sleeps until signalled */
     pthread_t thread;
@@ -751,8 +756,16 @@ static void p2p_watch_add(mc_comm_t *c, mc_request_t *r)
     /* past tl_quiet, destroy has failed every p2p request */
     int add = !c->tl_quiet && !__atomic_load_n(&r->done, __ATOMIC_ACQUIRE);
     if (add) {
+        /* its deadline counts from here (or from an earlier wait) */
+        if (!r->p2p_deadline)
+            r->p2p_deadline = c->timeout_ms < 0
+                                  ? INT64_MAX
+                                  : mc_now_us() + c->timeout_ms * 1000;
+        if (!c->p2p_watch || r->p2p_deadline < c->watch_min_deadline)
+            c->watch_min_deadline = r->p2p_deadline;
         r->w_next = c->p2p_watch;
         c->p2p_watch = r;
+        c->watch_adds++;
         __atomic_add_fetch(&c->p2p_watch_n, 1, __ATOMIC_ACQ_REL);
     }
     pthread_mutex_unlock(&c->plock);
@@ -5418,6 +5431,8 @@ static void run_coll(mc_comm_t *c, mc_request_t *r)
     req_complete(r, st, err);
 }
 
+static void p2p_watch_between_ops(mc_comm_t *c);
+
 /* Run queued collectives in order until the queue is empty or `until` is
  * done. exec_lock held. */
 static void run_queue(mc_comm_t *c, mc_request_t *until)
@@ -5435,6 +5450,7 @@ static void run_queue(mc_comm_t *c, mc_request_t *until)
         pthread_mutex_unlock(&c->qlock);
         if (!r) return;
         run_coll(c, r);
+        p2p_watch_between_ops(c);
     }
 }
 
@@ -5443,7 +5459,7 @@ static void run_queue(mc_comm_t *c, mc_request_t *until)
 static void progress_thread_nap(mc_comm_t *c, int64_t us)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* qcond's clock */
     ts.tv_nsec += (long)(us * 1000);
     while (ts.tv_nsec >= 1000000000) {
         ts.tv_sec++;
@@ -5455,29 +5471,25 @@ static void progress_thread_nap(mc_comm_t *c, int64_t us)
     pthread_mutex_unlock(&c->qlock);
 }
 
-/* One turn of the progress thread for the watched p2p requests
- * (p2p_watch_add), while no collective is queued. It drives progress only
- * while no caller's thread waits on this communicator (`waiters`: a wait
- * drives progress for every request, a blocking collective too); it then
- * only checks the deadlines and the peers, a look a millisecond. Driving,
- * it never sleeps under plock (a caller's next call would wait for it):
- * it yields for 200 us after progress, then naps on qcond (a queued
- * collective wakes it) 0.1 ms a time, 1 ms after 5 ms without progress,
- * 10 ms after a second, so that a request that never ends costs next to
- * nothing. It keeps looking for 100 ms after its list empties, so that a
- * stream of p2p calls does not wake it for each. */
-static void p2p_watch_round(mc_comm_t *c)
+/* Check the watched requests' deadlines and peers (p2p_expire) and drop
+ * the ones that ended; at most once a millisecond (the list can be long:
+ * a batch of thousands of receives). plock held; returns the dropped ones,
+ * linked through w_next, for p2p_watch_release outside plock. */
+static mc_request_t *p2p_watch_check(mc_comm_t *c, int64_t now)
 {
-    int64_t now = mc_now_us();
+    if (now - c->watch_checked < 1000) return NULL;
+    c->watch_checked = now;
+    /* A long list is walked only when a deadline passed, a peer is
+     * suspected, or every 100 ms to drop what ended (a walk of 20000
+     * entries held plock for a few hundred microseconds). */
+    int walk = __atomic_load_n(&c->p2p_watch_n, __ATOMIC_ACQUIRE) <= 64 ||
+               now >= c->watch_min_deadline || now - c->watch_walked >= 100000;
+    for (int p = 0; !walk && p < c->size; p++)
+        walk = p != c->rank && mc_live_suspected(c->live, p);
+    if (!walk) return NULL;
+    c->watch_walked = now;
+    int64_t min = INT64_MAX;
     mc_request_t *gone = NULL;
-    int others = __atomic_load_n(&c->waiters, __ATOMIC_ACQUIRE) > 0;
-    pthread_mutex_lock(&c->plock);
-    if (!c->p2p_watch) {
-        pthread_mutex_unlock(&c->plock);
-        progress_thread_nap(c, 1000);
-        return;
-    }
-    int n = others ? 0 : progress_locked(c);
     for (mc_request_t **pp = &c->p2p_watch; *pp;) {
         mc_request_t *r = *pp;
         if (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE) && !c->tl_quiet)
@@ -5488,17 +5500,66 @@ static void p2p_watch_round(mc_comm_t *c)
             gone = r;
             __atomic_sub_fetch(&c->p2p_watch_n, 1, __ATOMIC_ACQ_REL);
         } else {
+            /* p2p_held ones wait for the transport: no deadline of theirs
+             * needs a walk */
+            if (!r->p2p_held && r->p2p_deadline < min) min = r->p2p_deadline;
             pp = &r->w_next;
         }
     }
-    pthread_mutex_unlock(&c->plock);
-    c->watch_linger = now + 100000;
-    if (n || others || gone) c->watch_idle_since = now;
+    c->watch_min_deadline = min;
+    return gone;
+}
+
+static void p2p_watch_release(mc_request_t *gone)
+{
     while (gone) {
         mc_request_t *r = gone;
         gone = r->w_next;
         req_release(r);
     }
+}
+
+/* Between the operations the progress thread runs (run_queue): a stream
+ * of queued collectives keeps it from its watch rounds, and the watched
+ * requests' deadlines still count. */
+static void p2p_watch_between_ops(mc_comm_t *c)
+{
+    if (!__atomic_load_n(&c->p2p_watch_n, __ATOMIC_ACQUIRE)) return;
+    pthread_mutex_lock(&c->plock);
+    mc_request_t *gone = p2p_watch_check(c, mc_now_us());
+    pthread_mutex_unlock(&c->plock);
+    p2p_watch_release(gone);
+}
+
+/* One turn of the progress thread for the watched p2p requests
+ * (p2p_watch_add), while no collective is queued. It drives progress only
+ * while no caller's thread waits on this communicator (`waiters`: a wait
+ * drives progress for every request, a blocking collective too); it then
+ * only checks the deadlines and the peers, a look a millisecond. Driving,
+ * it never sleeps under plock (a caller's next call would wait for it):
+ * it yields for 200 us after progress or a new request, then naps on
+ * qcond (a queued collective wakes it) 0.1 ms a time, 1 ms after 5 ms
+ * without either, 10 ms after a second, so that a request that never ends
+ * costs next to nothing. It keeps looking for 100 ms after its list
+ * empties, so that a stream of p2p calls does not wake it for each. */
+static void p2p_watch_round(mc_comm_t *c)
+{
+    int64_t now = mc_now_us();
+    int others = __atomic_load_n(&c->waiters, __ATOMIC_ACQUIRE) > 0;
+    pthread_mutex_lock(&c->plock);
+    if (!c->p2p_watch) {
+        pthread_mutex_unlock(&c->plock);
+        progress_thread_nap(c, 1000);
+        return;
+    }
+    int n = others ? 0 : progress_locked(c);
+    int added = c->watch_adds != c->watch_adds_seen;
+    c->watch_adds_seen = c->watch_adds;
+    mc_request_t *gone = p2p_watch_check(c, now);
+    pthread_mutex_unlock(&c->plock);
+    c->watch_linger = now + 100000;
+    if (n || others || added || gone) c->watch_idle_since = now;
+    p2p_watch_release(gone);
     int64_t idle = now - c->watch_idle_since;
     if (others)
         progress_thread_nap(c, 1000);
@@ -5522,6 +5583,8 @@ static void *progress_thread(void *arg)
             c->thread_deep = 1;
             pthread_cond_wait(&c->qcond, &c->qlock);
             c->thread_deep = 0;
+            /* a fresh start: not idle since before the sleep */
+            c->watch_idle_since = mc_now_us();
         }
         int stop = c->stopping;
         int64_t issued = c->qhead ? c->qhead->t_issue : 0;
@@ -7619,7 +7682,11 @@ mc_status_t mc_comm_create(int rank, int size, mc_store_h store,
     tune_init(&c->tune);
     pthread_mutex_init(&c->plock, NULL);
     pthread_mutex_init(&c->qlock, NULL);
-    pthread_cond_init(&c->qcond, NULL);
+    pthread_condattr_t qa;
+    pthread_condattr_init(&qa);
+    pthread_condattr_setclock(&qa, CLOCK_MONOTONIC); /* progress_thread_nap */
+    pthread_cond_init(&c->qcond, &qa);
+    pthread_condattr_destroy(&qa);
     pthread_mutex_init(&c->exec_lock, NULL);
     pthread_mutex_init(&c->dlock, NULL);
     pthread_cond_init(&c->dcond, NULL);

@@ -540,10 +540,13 @@ def stopped_peer_p2p(ctx):
     me, victim, survivors = ctx.rank, 2, [0, 1]
     _ops_over(ctx, [0, 1, 2], "before")
     n = 4 << 20  # float32: 16 MiB, more than the rings or sockets hold
+    # rank 1 posts its receive only once the victim stopped: a receive
+    # posted before would be moved by the backend's progress thread (torch
+    # works are watched) and could take the whole message before the stop
+    pid = _stop_mid_send(ctx, victim, n, "posted")
     if me == 1:
         rbuf = torch.zeros(n)
         rw = dist.irecv(rbuf, src=victim)
-    pid = _stop_mid_send(ctx, victim, n, "posted")
     if me == 0:
         sbuf = torch.full((n,), 1.0)
         sw = dist.isend(sbuf, dst=victim)
