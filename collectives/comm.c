@@ -5643,13 +5643,17 @@ mc_status_t mc_request_wait(mc_request_h r, int64_t timeout_ms)
 static mc_status_t request_wait_loop(mc_request_t *r, int64_t timeout_ms);
 
 /* Counted in `waiters`: while a caller waits, it drives progress, and the
- * progress thread leaves the watched requests' progress to it. */
+ * progress thread leaves the watched requests' progress to it. Counted
+ * only while some request is watched (two atomic updates per wait were
+ * 0.05 us of a 0.55 us exchange); a wait that began before the first
+ * watched request merely shares the driving with the thread. */
 static mc_status_t request_wait(mc_request_t *r, int64_t timeout_ms)
 {
     mc_comm_t *c = r->comm;
-    __atomic_add_fetch(&c->waiters, 1, __ATOMIC_ACQ_REL);
+    int counted = __atomic_load_n(&c->p2p_watch_n, __ATOMIC_RELAXED) > 0;
+    if (counted) __atomic_add_fetch(&c->waiters, 1, __ATOMIC_ACQ_REL);
     mc_status_t st = request_wait_loop(r, timeout_ms);
-    __atomic_sub_fetch(&c->waiters, 1, __ATOMIC_ACQ_REL);
+    if (counted) __atomic_sub_fetch(&c->waiters, 1, __ATOMIC_ACQ_REL);
     return st;
 }
 
