@@ -1,6 +1,10 @@
 #define _GNU_SOURCE
 #include "tests_common.h"
 
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/lsan_interface.h>
+#endif
+
 #include <errno.h>
 #include <ftw.h>
 #include <signal.h>
@@ -107,6 +111,11 @@ int mc_test_fork(int size, int timeout_s,
         if (p == 0) {
             int rc = fn(r, size, arg);
             fflush(NULL);
+#ifdef __SANITIZE_ADDRESS__
+            /* _exit skips LeakSanitizer's check at exit: run it here (it
+             * ends the process, with an error, on a leak) */
+            __lsan_do_leak_check();
+#endif
             _exit(rc ? 1 : 0);
         }
         if (p < 0) {
