@@ -774,8 +774,8 @@ static void p2p_watch_add(mc_comm_t *c, mc_request_t *r)
         return;
     }
     /* wake the thread only from its long sleep: while it watches, it
-     * looks every millisecond anyway (a wake-up per op cost torch's
-     * send/recv up to a third of its time at 32-512 KiB) */
+     * looks at least every 10 ms anyway, and a wake-up per call would
+     * cost a context switch on both sides */
     pthread_mutex_lock(&c->qlock);
     int wake = !c->thread_started || c->thread_deep;
     pthread_mutex_unlock(&c->qlock);
