@@ -47,6 +47,15 @@ typedef struct pc {
                         mc_last_error());                                      \
     } while (0)
 
+/* Run body on n ranks over shm, then over tcp (60 s each); the number of
+ * failed ranks. arg is the run's p2p_param_t. */
+static int spawn_shm_tcp(int n, mc_test_rank_fn body)
+{
+    p2p_param_t shm = {n, MC_TRANSPORT_SHM}, tcp = {n, MC_TRANSPORT_TCP};
+    int failed = mc_test_spawn(n, MC_TRANSPORT_SHM, 60, body, &shm);
+    return failed + mc_test_spawn(n, MC_TRANSPORT_TCP, 60, body, &tcp);
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -468,9 +477,7 @@ static void test_recv_timeout(void **state)
 {
     (void)state;
     setenv("MOONCAKE_TIMEOUT_MS", "1000", 1);
-    p2p_param_t shm = {2, MC_TRANSPORT_SHM}, tcp = {2, MC_TRANSPORT_TCP};
-    int failed = mc_test_spawn(2, MC_TRANSPORT_SHM, 60, timeout_body, &shm);
-    failed += mc_test_spawn(2, MC_TRANSPORT_TCP, 60, timeout_body, &tcp);
+    int failed = spawn_shm_tcp(2, timeout_body);
     unsetenv("MOONCAKE_TIMEOUT_MS");
     assert_int_equal(failed, 0);
 }
@@ -568,11 +575,8 @@ static void test_recv_sender_exits(void **state)
 {
     (void)state;
     int failed = 0;
-    for (int round = 0; round < 8; round++) {
-        p2p_param_t shm = {2, MC_TRANSPORT_SHM}, tcp = {2, MC_TRANSPORT_TCP};
-        failed += mc_test_spawn(2, MC_TRANSPORT_SHM, 60, exit_body, &shm);
-        failed += mc_test_spawn(2, MC_TRANSPORT_TCP, 60, exit_body, &tcp);
-    }
+    for (int round = 0; round < 8; round++)
+        failed += spawn_shm_tcp(2, exit_body);
     assert_int_equal(failed, 0);
 }
 
@@ -625,11 +629,8 @@ static void test_rndv_sender_exits(void **state)
     (void)state;
     setenv("MOONCAKE_P2P_RNDV_US", "5000000", 1);
     int failed = 0;
-    for (int round = 0; round < 3; round++) {
-        p2p_param_t shm = {3, MC_TRANSPORT_SHM}, tcp = {3, MC_TRANSPORT_TCP};
-        failed += mc_test_spawn(3, MC_TRANSPORT_SHM, 60, rndv_exit_body, &shm);
-        failed += mc_test_spawn(3, MC_TRANSPORT_TCP, 60, rndv_exit_body, &tcp);
-    }
+    for (int round = 0; round < 3; round++)
+        failed += spawn_shm_tcp(3, rndv_exit_body);
     unsetenv("MOONCAKE_P2P_RNDV_US");
     assert_int_equal(failed, 0);
 }
@@ -703,9 +704,7 @@ static void test_dead_rank_held_stream(void **state)
     (void)state;
     setenv("MOONCAKE_P2P_UNEXPECTED_MAX", "1024", 1);
     setenv("MOONCAKE_TIMEOUT_MS", "20000", 1);
-    p2p_param_t shm = {4, MC_TRANSPORT_SHM}, tcp = {4, MC_TRANSPORT_TCP};
-    int failed = mc_test_spawn(4, MC_TRANSPORT_SHM, 60, held_body, &shm);
-    failed += mc_test_spawn(4, MC_TRANSPORT_TCP, 60, held_body, &tcp);
+    int failed = spawn_shm_tcp(4, held_body);
     unsetenv("MOONCAKE_P2P_UNEXPECTED_MAX");
     unsetenv("MOONCAKE_TIMEOUT_MS");
     assert_int_equal(failed, 0);
@@ -831,9 +830,7 @@ static void test_p2p_timeout(void **state)
     setenv("MOONCAKE_TIMEOUT_MS", "1000", 1);
     setenv("MOONCAKE_P2P_UNEXPECTED_MAX", "1024", 1);
     setenv("MOONCAKE_TCP_BUF_BYTES", "262144", 1);
-    p2p_param_t shm = {2, MC_TRANSPORT_SHM}, tcp = {2, MC_TRANSPORT_TCP};
-    int failed = mc_test_spawn(2, MC_TRANSPORT_SHM, 60, to_body, &shm);
-    failed += mc_test_spawn(2, MC_TRANSPORT_TCP, 60, to_body, &tcp);
+    int failed = spawn_shm_tcp(2, to_body);
     unsetenv("MOONCAKE_TCP_BUF_BYTES");
     unsetenv("MOONCAKE_P2P_UNEXPECTED_MAX");
     unsetenv("MOONCAKE_TIMEOUT_MS");
@@ -943,9 +940,7 @@ static void test_callback_only(void **state)
     /* 3 s: the exchange takes 15-100 ms here, also beside busy loops */
     setenv("MOONCAKE_TIMEOUT_MS", "3000", 1);
     setenv("MOONCAKE_TCP_BUF_BYTES", "262144", 1);
-    p2p_param_t shm = {2, MC_TRANSPORT_SHM}, tcp = {2, MC_TRANSPORT_TCP};
-    int failed = mc_test_spawn(2, MC_TRANSPORT_SHM, 60, cbonly_body, &shm);
-    failed += mc_test_spawn(2, MC_TRANSPORT_TCP, 60, cbonly_body, &tcp);
+    int failed = spawn_shm_tcp(2, cbonly_body);
     unsetenv("MOONCAKE_TCP_BUF_BYTES");
     unsetenv("MOONCAKE_TIMEOUT_MS");
     assert_int_equal(failed, 0);
