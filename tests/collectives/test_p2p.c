@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <time.h>
 
@@ -743,6 +744,13 @@ static mc_status_t to_recv_retry(mc_comm_h comm, int peer, uint32_t tag,
     return st;
 }
 
+/* Shared by the ranks of p2p_timeout (MAP_SHARED, made before the fork):
+ * rank 1 sets it once its part-2 isend returned. Rank 0 calls nothing until
+ * then, so that the isend fills the ring (or the socket buffers) and
+ * stops half sent; a receiver that drains while the isend pushes can take
+ * the whole message inside that call (one CI run in many did). */
+static _Atomic int *to_posted;
+
 static int to_body(mc_comm_h comm, int rank, int size, void *arg)
 {
     const p2p_param_t *p = arg;
@@ -787,6 +795,15 @@ static int to_body(mc_comm_h comm, int rank, int size, void *arg)
         mc_request_h r;
         CALL(&c, mc_comm_irecv(comm, b, TO_COUNT, MC_INT64, 1, 60, &r));
         CALL(&c, mc_comm_send(comm, &v, 1, MC_INT32, 1, 61)); /* posted */
+        double w0 = now_s();
+        while (!atomic_load(to_posted)) {
+            if (now_s() - w0 > 20.0) {
+                mc_request_free(r);
+                return FAIL(&c, "rank 1 did not post its isend in 20 s");
+            }
+            usleep(1000);
+        }
+        atomic_store(to_posted, 0); /* for the next transport's run */
         double t0 = now_s();
         mc_status_t st = mc_request_wait(r, -1);
         double took = now_s() - t0;
@@ -811,6 +828,7 @@ static int to_body(mc_comm_h comm, int rank, int size, void *arg)
         CALL(&c, to_recv_retry(comm, 0, 61, &v));
         mc_request_h r;
         CALL(&c, mc_comm_isend(comm, b, TO_COUNT, MC_INT64, 0, 60, &r));
+        atomic_store(to_posted, 1);
         usleep(2500000); /* no call: the message stalls half sent */
         /* waited for only now, 2.5 s after its post: its timeout counts
          * from here, and it completes (rank 0 reads the rest into its
@@ -830,7 +848,12 @@ static void test_p2p_timeout(void **state)
     setenv("MOONCAKE_TIMEOUT_MS", "1000", 1);
     setenv("MOONCAKE_P2P_UNEXPECTED_MAX", "1024", 1);
     setenv("MOONCAKE_TCP_BUF_BYTES", "262144", 1);
+    to_posted = mmap(NULL, sizeof(*to_posted), PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(to_posted != MAP_FAILED);
+    atomic_store(to_posted, 0);
     int failed = spawn_shm_tcp(2, to_body);
+    munmap((void *)to_posted, sizeof(*to_posted));
     unsetenv("MOONCAKE_TCP_BUF_BYTES");
     unsetenv("MOONCAKE_P2P_UNEXPECTED_MAX");
     unsetenv("MOONCAKE_TIMEOUT_MS");
