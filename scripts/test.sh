@@ -19,7 +19,9 @@ for flavour in release asan; do
   phase "$flavour tests"
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-  r=0; (cd "build/$flavour" && ctest --output-on-failure --timeout 1200) || r=$?
+  # suites in parallel (tests/CMakeLists.txt: the CPU-bound ones run alone);
+  # MC_CTEST_JOBS=1 runs them one at a time
+  r=0; (cd "build/$flavour" && ctest --output-on-failure --timeout 1200 -j"${MC_CTEST_JOBS:-4}") || r=$?
   count $r
   [ "$r" -eq 0 ] || failed_c+=("build/$flavour")
 done
