@@ -231,9 +231,11 @@ struct mc_request {
     mc_request_cb_t cb;
     void *cb_arg;
     struct mc_request *cb_next;
-    /* p2p with a callback: on comm->p2p_watch (plock), holding a reference,
-     * until the progress thread finds it done (p2p_watch_round) */
+    /* p2p with a callback or mc_request_watch: on comm->p2p_watch (plock),
+     * holding a reference, until the progress thread finds it done
+     * (p2p_watch_round); `watched` (dlock) once it was handed to the list */
     struct mc_request *w_next;
+    int watched;
 };
 
 struct mc_cctx {
@@ -782,6 +784,32 @@ static void p2p_watch_add(mc_comm_t *c, mc_request_t *r)
     if (wake) start_thread(c);
 }
 
+/* Whether r goes on the watch list: a send or receive not finished and not
+ * handed to it yet. Takes the list's reference while the caller's keeps r
+ * alive (after the unlock a callback may free it); dlock held. */
+static int watch_take(mc_request_t *r)
+{
+    if (r->kind == R_COLL || r->watched ||
+        __atomic_load_n(&r->done, __ATOMIC_ACQUIRE))
+        return 0;
+    r->watched = 1;
+    __atomic_add_fetch(&r->refs, 1, __ATOMIC_ACQ_REL);
+    return 1;
+}
+
+mc_status_t mc_request_watch(mc_request_h r)
+{
+    if (!r) return mc_err(MC_ERR_INVALID_ARG, "mc_request_watch: NULL request");
+    /* finished: its communicator may be gone already */
+    if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) return MC_OK;
+    mc_comm_t *c = r->comm;
+    pthread_mutex_lock(&c->dlock);
+    int watch = watch_take(r);
+    pthread_mutex_unlock(&c->dlock);
+    if (watch) p2p_watch_add(c, r);
+    return MC_OK;
+}
+
 mc_status_t mc_request_on_complete(mc_request_h r, mc_request_cb_t cb,
                                    void *arg)
 {
@@ -803,14 +831,10 @@ mc_status_t mc_request_on_complete(mc_request_h r, mc_request_cb_t cb,
         c->cb_started = 1;
         r->cb = cb;
         r->cb_arg = arg;
-        if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) {
+        if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE))
             cb_enqueue(c, r);
-        } else if (r->kind != R_COLL) {
-            /* the watch list's reference, taken while the caller's keeps
-             * r alive: after the unlock the callback may free it */
-            __atomic_add_fetch(&r->refs, 1, __ATOMIC_ACQ_REL);
-            watch = 1;
-        }
+        else
+            watch = watch_take(r);
     }
     pthread_mutex_unlock(&c->dlock);
     if (watch) p2p_watch_add(c, r);

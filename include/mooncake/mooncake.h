@@ -450,6 +450,20 @@ mc_status_t mc_request_on_complete(mc_request_h req, mc_request_cb_t cb,
                                    void *arg);
 
 /**
+ * Move a send or receive in the background, as for one with a completion
+ * callback (mc_request_on_complete: the communicator's progress thread
+ * moves it while no caller's thread waits on this communicator, and ends
+ * it at its deadline, counted from this call, or when its peer falls
+ * silent), with no callback: its owner still waits for, tests or frees
+ * it. For an owner that waits later but wants the transfer to overlap
+ * what it does meanwhile (torch's isend/irecv) without a callback's
+ * hand-off to the callback thread per request. Nothing to do for a
+ * collective (the progress thread runs those anyway) or a finished request;
+ * calling it again, or mc_request_on_complete after it, is harmless.
+ */
+mc_status_t mc_request_watch(mc_request_h req);
+
+/**
  * Release a request. If it is still pending the operation continues and the
  * engine frees it when it finishes; the buffers must stay valid until then.
  */
@@ -595,10 +609,12 @@ mc_status_t mc_comm_barrier(mc_comm_h comm);
  *
  * Every send and receive ends (checked while it is waited for or tested:
  * mc_comm_send/recv, mc_request_wait, mc_request_test; and, for a request
- * with a completion callback, by the communicator's own thread, which
- * also moves its data while no call does: see mc_request_on_complete):
+ * with a completion callback or mc_request_watch, by the communicator's
+ * own thread, which also moves its data while no call does: see
+ * mc_request_on_complete):
  *  - not finished by the communicator's operation timeout, counted from
- *    the first wait or test of it, or from mc_request_on_complete
+ *    the first wait or test of it, or from mc_request_on_complete or
+ *    mc_request_watch
  *    (progress happens inside calls: a request posted long before it is
  *    waited for gets the whole timeout then): MC_ERR_TIMEOUT (a receive
  *    nothing matched; a message that comes later waits for the next

@@ -969,6 +969,75 @@ static void test_callback_only(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* mc_request_watch: the same exchange with no callback. Neither rank calls
+ * the engine until the whole message is in its receive buffer (only the
+ * progress threads move it); then the requests are finished. A receive
+ * nothing matches, watched at its post, is past its deadline 4 s later
+ * (timeout 3 s): unwatched, its deadline would count from that test. */
+static int watch_body(mc_comm_h comm, int rank, int size, void *arg)
+{
+    const p2p_param_t *p = arg;
+    pc_t c = {comm, rank, size, ref_tname(p->transport)};
+    int64_t *out = malloc(CB_COUNT * sizeof(int64_t));
+    _Atomic int64_t *in = calloc(CB_COUNT, sizeof(int64_t));
+    if (!out || !in) return FAIL(&c, "oom");
+    for (size_t i = 0; i < CB_COUNT; i++)
+        out[i] = to_pat(i, rank);
+    CALL(&c, mc_comm_barrier(comm));
+    mc_request_h r[3];
+    CALL(&c, mc_comm_irecv(comm, (void *)in, CB_COUNT, MC_INT64, 1 - rank, 80,
+                           &r[0]));
+    CALL(&c, mc_comm_isend(comm, out, CB_COUNT, MC_INT64, 1 - rank, 80, &r[1]));
+    double t0 = now_s();
+    for (int i = 0; i < 2; i++) {
+        CALL(&c, mc_request_watch(r[i]));
+        CALL(&c, mc_request_watch(r[i])); /* again: harmless */
+    }
+    /* the first and the last element, read with no call */
+    while (atomic_load(&in[0]) != to_pat(0, 1 - rank) ||
+           atomic_load(&in[CB_COUNT - 1]) != to_pat(CB_COUNT - 1, 1 - rank)) {
+        if (now_s() - t0 > 30)
+            return FAIL(&c, "16 MiB each way watched, no call: not in the "
+                            "receive buffer after 30 s");
+        usleep(1000);
+    }
+    double took = now_s() - t0;
+    for (int i = 0; i < 2; i++)
+        CALL(&c, wait_free(r[i], 10000));
+    for (size_t i = 0; i < CB_COUNT; i++)
+        if (in[i] != to_pat(i, 1 - rank))
+            return FAIL(&c, "element %zu: %lld", i, (long long)in[i]);
+    printf("  %s rank %d: 16 MiB each way by the progress thread alone in "
+           "%.1f ms\n",
+           c.tname, rank, took * 1e3);
+    int32_t v = 0;
+    CALL(&c, mc_comm_irecv(comm, &v, 1, MC_INT32, 1 - rank, 81, &r[2]));
+    CALL(&c, mc_request_watch(r[2]));
+    usleep(4000000);
+    int done = 0;
+    mc_status_t st = mc_request_test(r[2], &done);
+    if (!done || st != MC_ERR_TIMEOUT || !strstr(mc_last_error(), "no message"))
+        return FAIL(&c, "a receive nothing matches, watched from its post: "
+                        "%s 4 s later (timeout 3 s): %s",
+                    done ? mc_status_str(st) : "pending", mc_last_error());
+    mc_request_free(r[2]);
+    CALL(&c, mc_comm_barrier(comm));
+    free((void *)in);
+    free(out);
+    return 0;
+}
+
+static void test_watch_only(void **state)
+{
+    (void)state;
+    setenv("MOONCAKE_TIMEOUT_MS", "3000", 1);
+    setenv("MOONCAKE_TCP_BUF_BYTES", "262144", 1);
+    int failed = spawn_shm_tcp(2, watch_body);
+    unsetenv("MOONCAKE_TCP_BUF_BYTES");
+    unsetenv("MOONCAKE_TIMEOUT_MS");
+    assert_int_equal(failed, 0);
+}
+
 static p2p_param_t params[] = {
     {2, MC_TRANSPORT_SHM}, {3, MC_TRANSPORT_SHM}, {4, MC_TRANSPORT_SHM},
     {2, MC_TRANSPORT_TCP}, {3, MC_TRANSPORT_TCP}, {4, MC_TRANSPORT_TCP},
@@ -978,7 +1047,7 @@ int main(void)
 {
     enum { N = sizeof(params) / sizeof(params[0]) };
     static char names[N][48];
-    struct CMUnitTest tests[N + 7];
+    struct CMUnitTest tests[N + 8];
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof(names[i]), "p2p_%d_%s", params[i].size,
                  ref_tname(params[i].transport));
@@ -1003,7 +1072,9 @@ int main(void)
                                        NULL};
     tests[N + 6] = (struct CMUnitTest){"callback_only", test_callback_only,
                                        NULL, NULL, NULL};
+    tests[N + 7] = (struct CMUnitTest){"watch_only", test_watch_only, NULL,
+                                       NULL, NULL};
     /* MC_P2P_ONLY: a cmocka filter pattern ("p2p_timeout", "rndv*") */
     if (getenv("MC_P2P_ONLY")) cmocka_set_test_filter(getenv("MC_P2P_ONLY"));
-    return _cmocka_run_group_tests("p2p", tests, N + 7, NULL, NULL);
+    return _cmocka_run_group_tests("p2p", tests, N + 8, NULL, NULL);
 }
