@@ -152,8 +152,12 @@ class MooncakeWork : public c10d::Work
 #endif
     // Adds an issued request. Must be followed by start() once all are added.
     void addRequest(mc_request_h req);
-    // Registers the completion callbacks; a Work with no requests completes
-    // at once.
+    // Ends the issue: a Work with no requests completes at once. The
+    // engine's completion callbacks are set only when something must hear
+    // of the end without waiting for it (arm(): getFuture, or the Work
+    // dropped before its end): a wait or a poll finishes the Work itself,
+    // and a callback costs a wake-up of the engine's callback thread per
+    // request.
     void start();
     // Records a failure found while issuing (after some requests were
     // issued, so the Work must still wait for them before failing).
@@ -172,6 +176,9 @@ class MooncakeWork : public c10d::Work
 
   private:
     static void onComplete(mc_request_h req, mc_status_t status, void *arg);
+    // Sets the engine's callbacks (once); the engine then holds a reference
+    // until the last one has run.
+    void arm();
     void complete();
     void collectAndComplete();
 
@@ -186,6 +193,7 @@ class MooncakeWork : public c10d::Work
     std::string firstError_;
     std::atomic<int> source_{-1};
     std::atomic<bool> claimed_{false};
+    std::atomic<bool> armed_{false};
     c10::intrusive_ptr<c10::ivalue::Future> future_;
     std::chrono::steady_clock::time_point startTime_;
     std::atomic<float> durationMs_{-1.0f};

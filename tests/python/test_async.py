@@ -128,6 +128,50 @@ def async_is_really_asynchronous(ctx):
     check(t, ref, "async result after polling is_completed()")
 
 
+def _wait_equal(t, ref, what, timeout):
+    deadline = time.monotonic() + timeout
+    while not torch.equal(t, ref):
+        assert time.monotonic() < deadline, \
+            f"{what}: no result {timeout:.0f} s after its Work was dropped"
+        time.sleep(0.005)
+
+
+@case(skip_on={"gloo": "gloo's collectives take only contiguous tensors"})
+def dropped_works_still_deliver(ctx):
+    # Works dropped at once, never waited for and never asked for a future:
+    # the ops still run to their end and deliver their results, copy-out of
+    # a staged (non-contiguous) output included, and the tensors they use
+    # stay alive meanwhile (torch frees the caller's temporaries at once).
+    ws, me = ctx.world_size, ctx.rank
+    right, left = (me + 1) % ws, (me - 1) % ws
+    n = 3000
+    ins = [make_input(r, n, torch.float32, "drop/ar") for r in range(ws)]
+    base = torch.zeros(n, 2)
+    view = base[:, 1]  # strided: the engine works on a staged copy
+    view.copy_(ins[me])
+    dist.all_reduce(view, async_op=True)  # the Work goes at once
+    ref = ref_reduce(ins, "SUM", torch.float32)
+    # point-to-point: a dropped receive into a strided tensor, a dropped
+    # send of a temporary
+    rb = torch.zeros(n, 3)
+    rview = rb[:, 2]
+    dist.irecv(rview, src=left, tag=5)
+    dist.isend(make_input(me, n, torch.float32, "drop/p2p") * 1, dst=right,
+               tag=5)
+    # garbage into whatever the temporaries' memory was
+    junk = [torch.full((n,), -1e30) for _ in range(16)]
+    _wait_equal(view, ref, "dropped all_reduce", ctx.op_timeout)
+    _wait_equal(rview, make_input(left, n, torch.float32, "drop/p2p"),
+                "dropped irecv", ctx.op_timeout)
+    assert torch.all(base[:, 0] == 0), "dropped all_reduce wrote outside"
+    assert torch.all(rb[:, :2] == 0), "dropped irecv wrote outside"
+    del junk
+    # the group goes on
+    t = torch.full((10,), float(me))
+    dist.all_reduce(t)
+    check(t, torch.full((10,), float(ws * (ws - 1) // 2)), "after the drops")
+
+
 @case
 def get_future_values(ctx):
     ws, me = ctx.world_size, ctx.rank
