@@ -586,8 +586,10 @@ struct DroppedWork {
 MooncakeWork::~MooncakeWork()
 {
     // Finished (waited, polled, or armed: the engine held a reference until
-    // its last callback, which finished it): the requests go.
-    if (claimed_.load()) {
+    // its last callback, which finished it), or never issued (an issue that
+    // threw: the caller's tensors stay as they were, no copy-out): the
+    // requests go.
+    if (claimed_.load() || reqs_.empty()) {
         for (mc_request_h r : reqs_)
             mc_request_free(r);
         return;
@@ -604,7 +606,7 @@ MooncakeWork::~MooncakeWork()
     d->opName = opName_;
     {
         std::lock_guard<std::mutex> g(errMutex_);
-        if (firstStatus_ != MC_OK) d->failed.store(true);
+        if (firstStatus_ != MC_OK || !started_) d->failed.store(true);
     }
 #ifdef MOONCAKE_TORCH_CUDA
     if (cuda) d->stream = stream;
@@ -653,6 +655,7 @@ void MooncakeWork::failIssue(mc_status_t st, const std::string &text)
 
 void MooncakeWork::start()
 {
+    started_ = true;
     if (reqs_.empty()) {
         complete();
         return;
@@ -676,14 +679,14 @@ void MooncakeWork::arm()
     for (size_t i = 0; i < reqs_.size(); i++) {
         mc_status_t st = mc_request_on_complete(reqs_[i], onComplete, this);
         if (st < 0) {
-            // Cannot happen for a fresh request unless the callback thread
-            // could not start; the request still ends, but we will not hear of
-            // it.
+            // Only if the callback thread could not start: that request
+            // still ends, unheard of. The engine may still use our tensors,
+            // so the reference stays (pending_ never reaches 0): the Work
+            // and its tensors are kept for good. A wait() still finishes it.
             failIssue(st, mc_last_error());
-            if (pending_.fetch_sub(1) == 1) {
-                complete();
-                c10::raw::intrusive_ptr::decref(this);
-            }
+            TORCH_WARN("mooncake ", opName_,
+                       ": the engine's callback thread did not start; the "
+                       "Work's future completes only through its wait()");
         }
     }
 }

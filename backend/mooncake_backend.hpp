@@ -194,6 +194,9 @@ class MooncakeWork : public c10d::Work
     std::atomic<int> source_{-1};
     std::atomic<bool> claimed_{false};
     std::atomic<bool> armed_{false};
+    // start() ran: the issue went through (a Work destroyed before it came
+    // from an issue that threw, and its copy-out must never run)
+    bool started_ = false;
     c10::intrusive_ptr<c10::ivalue::Future> future_;
     std::chrono::steady_clock::time_point startTime_;
     std::atomic<float> durationMs_{-1.0f};

@@ -343,8 +343,9 @@ struct mc_comm {
     mc_request_t *qhead, *qtail;
     uint64_t next_seq;
     int stopping, thread_started; /* stopping: atomic, set by destroy */
-    int api_calls;   /* atomic: threads inside mc_request_wait/test, which
-                        destroy waits out before it frees anything */
+    int api_calls;   /* atomic: threads inside mc_request_wait/test/watch/
+                        on_complete, which destroy waits out before it
+                        frees anything */
     int cb_self_free; /* destroyed from a completion callback: the callback
                          thread frees the communicator as it ends */
     int tl_quiet;     /* plock: destroy made its last progress pass; a send
@@ -803,10 +804,16 @@ mc_status_t mc_request_watch(mc_request_h r)
     /* finished: its communicator may be gone already */
     if (__atomic_load_n(&r->done, __ATOMIC_ACQUIRE)) return MC_OK;
     mc_comm_t *c = r->comm;
-    pthread_mutex_lock(&c->dlock);
-    int watch = watch_take(r);
-    pthread_mutex_unlock(&c->dlock);
-    if (watch) p2p_watch_add(c, r);
+    /* counted as mc_request_test is: a destroy from another thread frees
+     * nothing while we are here; once it began, it fails the request */
+    __atomic_add_fetch(&c->api_calls, 1, __ATOMIC_SEQ_CST);
+    if (!__atomic_load_n(&c->stopping, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&c->dlock);
+        int watch = watch_take(r);
+        pthread_mutex_unlock(&c->dlock);
+        if (watch) p2p_watch_add(c, r);
+    }
+    __atomic_sub_fetch(&c->api_calls, 1, __ATOMIC_SEQ_CST);
     return MC_OK;
 }
 
@@ -819,6 +826,9 @@ mc_status_t mc_request_on_complete(mc_request_h r, mc_request_cb_t cb,
     mc_comm_t *c = r->comm;
     mc_status_t st = MC_OK;
     int watch = 0;
+    /* counted: a destroy from another thread runs the queued callbacks and
+     * frees the communicator only once we are out */
+    __atomic_add_fetch(&c->api_calls, 1, __ATOMIC_SEQ_CST);
     pthread_mutex_lock(&c->dlock);
     if (r->cb) {
         st = mc_err(MC_ERR_INVALID_ARG,
@@ -838,6 +848,7 @@ mc_status_t mc_request_on_complete(mc_request_h r, mc_request_cb_t cb,
     }
     pthread_mutex_unlock(&c->dlock);
     if (watch) p2p_watch_add(c, r);
+    __atomic_sub_fetch(&c->api_calls, 1, __ATOMIC_SEQ_CST);
     return st;
 }
 

@@ -132,6 +132,23 @@ def non_contiguous_p2p(ctx):
     _group_still_works(ctx, "non-contiguous p2p")
 
 
+@case(skip_on={"gloo": "calls the mooncake backend object itself"})
+def failed_issue_leaves_output(ctx):
+    # An op the engine refuses at issue raises, and its output stays as it
+    # was even when the backend staged it (strided): no copy-out of a
+    # staging buffer nothing wrote. (torch.distributed refuses a receive
+    # from oneself before the backend; the backend object does not.)
+    me = ctx.rank
+    b = dist.distributed_c10d._get_default_group()._get_backend(
+        torch.device("cpu"))
+    base = torch.full((1000, 2), 7.0)
+    with pytest.raises(Exception, match="recv"):
+        b.recv([base[:, 0]], me, 0)
+    assert torch.all(base == 7.0), \
+        f"the refused receive wrote its output: {base[:4, 0].tolist()}"
+    _group_still_works(ctx, "after the refused receive")
+
+
 @case
 def unsupported_reduction_is_clear_error(ctx):
     # Bitwise reductions on floating point are undefined: every rank gets a
