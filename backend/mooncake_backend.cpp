@@ -524,65 +524,6 @@ MooncakeWork::MooncakeWork(std::shared_ptr<Comm> comm, int rank,
         c10::ListType::create(c10::TensorType::get()), devices);
 }
 
-namespace
-{
-// What a Work dropped before its end leaves behind: its requests, the
-// tensors the engine still reads or writes, and the copy-out to run when
-// they succeed (a dropped async op still delivers its result, as gloo's
-// and NCCL's do). The engine's callbacks own it; the last one frees it.
-struct DroppedWork {
-    std::shared_ptr<Comm> comm;
-    std::vector<mc_request_h> reqs;
-    std::vector<std::function<void()>> post;
-    std::vector<at::Tensor> keep, outputs;
-    const char *opName;
-    std::atomic<int> pending{0};
-    std::atomic<bool> failed{false}, leak{false};
-#ifdef MOONCAKE_TORCH_CUDA
-    std::optional<c10::cuda::CUDAStream> stream;
-#endif
-
-    void finish()
-    {
-        if (leak.load()) {
-            TORCH_WARN("mooncake ", opName,
-                       " (its Work was dropped): the engine's callback "
-                       "thread did not start; its tensors are kept for good");
-            return;
-        }
-        if (!failed.load()) {
-            try {
-#ifdef MOONCAKE_TORCH_CUDA
-                std::optional<c10::cuda::CUDAStreamGuard> guard;
-                if (stream) guard.emplace(*stream);
-#endif
-                for (auto &f : post)
-                    f();
-            } catch (const std::exception &e) {
-                TORCH_WARN("mooncake ", opName,
-                           " (its Work was dropped): copying the result "
-                           "back failed: ",
-                           e.what());
-            }
-        }
-        for (mc_request_h r : reqs)
-            mc_request_free(r);
-        delete this; // the tensors and the Comm go with it
-    }
-
-    static void onComplete(mc_request_h, mc_status_t status, void *arg)
-    {
-        auto *d = static_cast<DroppedWork *>(arg);
-        gCallbacksRunning.fetch_add(1);
-        tlsOnCallback = true;
-        if (status < 0) d->failed.store(true);
-        if (d->pending.fetch_sub(1) == 1) d->finish();
-        tlsOnCallback = false;
-        gCallbacksRunning.fetch_sub(1);
-    }
-};
-} // namespace
-
 MooncakeWork::~MooncakeWork()
 {
     // Finished (waited, polled, or armed: the engine held a reference until
@@ -595,34 +536,33 @@ MooncakeWork::~MooncakeWork()
         return;
     }
     // Dropped before anyone saw its end: the engine may still read and
-    // write our tensors, and the copy-out has not run. Hand both, with the
-    // requests, to callbacks that finish the op when it ends.
-    auto *d = new DroppedWork;
-    d->comm = comm_;
-    d->reqs = std::move(reqs_);
-    d->post = std::move(post);
-    d->keep = std::move(keep);
-    d->outputs = std::move(outputs_);
-    d->opName = opName_;
+    // write our tensors, and the copy-out has not run (a dropped async op
+    // still delivers its result, as gloo's and NCCL's do). A successor
+    // takes the requests, the tensors and the copy-out, armed: the engine
+    // holds it until its last callback has finished the op.
+    auto next = c10::make_intrusive<MooncakeWork>(comm_, rank_, opType_,
+                                                  opName_, std::move(outputs_),
+                                                  opTimeout_);
+    next->reqs_ = std::move(reqs_);
+    next->post = std::move(post);
+    next->keep = std::move(keep);
+    next->cuda = cuda;
+#ifdef MOONCAKE_TORCH_CUDA
+    next->stream = stream;
+    next->endEvent = endEvent;
+#endif
     {
         std::lock_guard<std::mutex> g(errMutex_);
-        if (firstStatus_ != MC_OK || !started_) d->failed.store(true);
+        next->firstStatus_ = firstStatus_;
+        next->firstError_ = firstError_;
     }
-#ifdef MOONCAKE_TORCH_CUDA
-    if (cuda) d->stream = stream;
-#endif
-    size_t n = d->reqs.size();
-    d->pending.store(static_cast<int>(n) + 1); // + 1: ours, while we register
-    for (size_t i = 0; i < n; i++) {
-        if (mc_request_on_complete(d->reqs[i], DroppedWork::onComplete, d) <
-            0) {
-            // only if the callback thread could not start: that request
-            // still ends, unheard of, so its tensors must never be freed
-            d->leak.store(true);
-            d->pending.fetch_sub(1);
-        }
+    if (!started_ && next->firstStatus_ == MC_OK) {
+        // issued in part, then a throw: no copy-out
+        next->firstStatus_ = MC_ERR_INTERNAL;
+        next->firstError_ = "the op's issue failed";
     }
-    if (d->pending.fetch_sub(1) == 1) d->finish();
+    next->started_ = true;
+    next->arm();
 }
 
 void MooncakeWork::noteCuda(const std::vector<at::Tensor> &ts)
