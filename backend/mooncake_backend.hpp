@@ -194,8 +194,8 @@ class MooncakeWork : public c10d::Work
     std::atomic<int> source_{-1};
     std::atomic<bool> claimed_{false};
     std::atomic<bool> armed_{false};
-    // start() ran: the issue went through (a Work destroyed before it came
-    // from an issue that threw, and its copy-out must never run)
+    // start() ran. A Work destroyed without it comes from an issue that
+    // threw: its copy-out must never run.
     bool started_ = false;
     c10::intrusive_ptr<c10::ivalue::Future> future_;
     std::chrono::steady_clock::time_point startTime_;
