@@ -181,24 +181,32 @@ def p2p_interleaved_with_collectives(ctx):
     check(rbuf, payload(left, me, 42, 257), "p2p across collectives")
 
 
+def _ring_16mib(ctx, tag):
+    """irecv from the left, isend to the right, 16 MiB each: (receive
+    buffer, its Work, the send's Work, what the receive must get)."""
+    ws, me = ctx.world_size, ctx.rank
+    right, left = (me + 1) % ws, (me - 1) % ws
+    n = 4 << 20
+    got = torch.zeros(n)
+    rw = dist.irecv(got, src=left, tag=tag)
+    sw = dist.isend(payload(me, right, tag, n), dst=right, tag=tag)
+    return got, rw, sw, payload(left, me, tag, n)
+
+
 @case
 def futures_only(ctx):
     # Waiting on the futures alone (work.get_future().wait(), or a callback
     # chained to them) never calls into the Work: the backend must move the
     # messages itself. 16 MiB each way around the ring is far more than the
     # rings and socket buffers hold; before, this waited for good.
-    ws, me = ctx.world_size, ctx.rank
-    right, left = (me + 1) % ws, (me - 1) % ws
-    n = 4 << 20
-    got = torch.zeros(n)
-    rw = dist.irecv(got, src=left, tag=5)
-    sw = dist.isend(payload(me, right, 5, n), dst=right, tag=5)
+    me = ctx.rank
+    got, rw, sw, want = _ring_16mib(ctx, 5)
     seen = []
     chained = rw.get_future().then(lambda f: seen.append(me) or 1)
     sw.get_future().wait()
     rw.get_future().wait()
     assert chained.wait() == 1 and seen == [me]
-    check(got, payload(left, me, 5, n), "irecv waited through its future")
+    check(got, want, "irecv waited through its future")
 
 
 @case
@@ -207,13 +215,7 @@ def moves_before_wait(ctx):
     # each way around the ring is in the receive buffer before anyone waits
     # (no call at all meanwhile), so a transfer overlaps the caller's own
     # work. Before, a Work without a future moved only inside its wait.
-    ws, me = ctx.world_size, ctx.rank
-    right, left = (me + 1) % ws, (me - 1) % ws
-    n = 4 << 20
-    got = torch.zeros(n)
-    rw = dist.irecv(got, src=left, tag=6)
-    sw = dist.isend(payload(me, right, 6, n), dst=right, tag=6)
-    want = payload(left, me, 6, n)
+    got, rw, sw, want = _ring_16mib(ctx, 6)
     deadline = time.monotonic() + ctx.op_timeout
     while not (got[0] == want[0] and got[-1] == want[-1]):
         assert time.monotonic() < deadline, \
